@@ -1,0 +1,59 @@
+"""Choose the default model by test accuracy per CPU-minute.
+
+Trains each candidate (model x image size) on the same patient-grouped three-class split of
+DarkCovidNet and records wall time (decoding excluded: it is cached) and test accuracy.
+
+    python benchmarks/select_default_model.py --data ../shared/data/darkcovidnet \
+        --candidates compactnet:128 compactnet:160 darkcovidnet:256 --epochs 30 --out results.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import covidxray  # noqa: F401  (chooses the Keras backend)
+from covidxray.config import TrainConfig
+from covidxray.rundir import RunDir
+from covidxray.train import evaluate_splits, fit, prepare_data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--task", default="three-class")
+    parser.add_argument("--candidates", nargs="+", default=["compactnet:128", "compactnet:160", "darkcovidnet:256"])
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--patience", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", default="model_selection.jsonl")
+    args = parser.parse_args()
+    for candidate in args.candidates:
+        name, size = candidate.split(":")
+        config = TrainConfig(data=args.data, task=args.task, model=name, image_size=int(size),
+                             epochs=args.epochs, patience=args.patience, seed=args.seed,
+                             learning_rate=args.learning_rate, batch_size=args.batch_size).resolve()
+        data = prepare_data(config, progress=False)
+        with tempfile.TemporaryDirectory() as folder:
+            run = RunDir(folder)
+            started = time.perf_counter()
+            training = fit(config, data, run, verbose=2)
+            minutes = (time.perf_counter() - started) / 60
+            metrics, _ = evaluate_splits(run.load_model(), data)
+        row = {"model": name, "image_size": int(size), "epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size, "minutes": round(minutes, 2),
+               **training, "val_accuracy": metrics["validation"]["accuracy"],
+               "test_accuracy": metrics["test"]["accuracy"], "backend": os.environ.get("KERAS_BACKEND"),
+               "cpus": os.cpu_count()}
+        row["test_accuracy_per_minute"] = round(row["test_accuracy"] / minutes, 4)
+        print(json.dumps(row), flush=True)
+        with open(args.out, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""The ``covidxray`` command: parses arguments, then calls library functions.
+
+User mistakes (a bad path, an unreadable image, an unknown label) end with one line on
+stderr and exit status 2; nothing already written is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import sys
+from pathlib import Path
+
+import covidxray
+from covidxray.errors import CovidXrayError
+from covidxray.labels import TASKS
+
+log = logging.getLogger("covidxray")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from covidxray.models import DEFAULT_MODEL, list_models
+
+    parser = argparse.ArgumentParser(
+        prog="covidxray",
+        description="Train, evaluate and run chest X-ray classifiers (COVID-19, pneumonia). "
+        "For research and teaching only; never for diagnosis.",
+    )
+    parser.add_argument("--version", action="version", version=f"covidxray {covidxray.__version__}")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or info messages")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model and write a run directory with its report")
+    train.add_argument("--data", required=True, help="class folders, a CSV manifest (path,label[,patient_id,source]) or an ieee8023 folder")
+    train.add_argument("--task", choices=list(TASKS), default="three-class")
+    train.add_argument("--out", required=True, help="run directory to write")
+    train.add_argument("--model", default=DEFAULT_MODEL, choices=list_models())
+    train.add_argument("--epochs", type=int, default=40, help="at most this many epochs (early stopping may end sooner)")
+    train.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the model's own)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--patience", type=int, default=10, help="epochs without better validation loss before stopping")
+    train.add_argument("--weights", default="none", help="none, imagenet (keras.applications models) or a weights file")
+    train.add_argument("--val-fraction", type=float, default=0.15)
+    train.add_argument("--test-fraction", type=float, default=0.15)
+    train.add_argument("--no-augment", dest="augment", action="store_false", help="train without augmentation")
+    train.add_argument("--flip", action="store_true", help="add horizontal flips to the augmentation")
+    train.add_argument("--no-class-weights", dest="class_weights", action="store_false")
+    train.add_argument("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/covidxray)")
+    train.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    train.set_defaults(handler=run_train)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a trained run on a labelled dataset")
+    evaluate.add_argument("--run", required=True, help="run directory written by covidxray train")
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--out", default=None, help="write the metrics to this JSON file")
+    evaluate.add_argument("--cache-dir", default=None)
+    evaluate.set_defaults(handler=run_evaluate)
+
+    predict = commands.add_parser("predict", help="class probabilities for image files or folders")
+    predict.add_argument("--run", required=True, help="run directory written by covidxray train")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="PNG, JPEG or DICOM files, or folders of them")
+    predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    predict.set_defaults(handler=run_predict)
+
+    models = commands.add_parser("models", help="list the models create_model knows")
+    models.set_defaults(handler=run_models)
+
+    data = commands.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    download = data.add_parser("download", help="download a public dataset and lay it out for training")
+    download.add_argument("name", help="dataset name, e.g. darkcovidnet")
+    download.add_argument("--dest", default="data", help="folder to put it in (default ./data)")
+    download.add_argument("--url", default=None, help="download from this address instead (a mirror)")
+    download.set_defaults(handler=run_download)
+    return parser
+
+
+def run_train(args) -> int:
+    from covidxray.config import TrainConfig
+    from covidxray.train import train
+
+    config = TrainConfig(
+        data=args.data, task=args.task, model=args.model, image_size=args.image_size, weights=args.weights,
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, patience=args.patience,
+        class_weights=args.class_weights, augment=args.augment, flip=args.flip, val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction, seed=args.seed, cache_dir=args.cache_dir,
+    )
+    metrics = train(config, args.out, overwrite=args.overwrite, verbose=0 if args.quiet else (1 if sys.stdout.isatty() else 2),
+                    progress=False if args.quiet else None)
+    for split in ("train", "validation", "test"):
+        print(f"{split:>10}: accuracy {metrics[split]['accuracy']:.4f}  loss {metrics[split]['loss']:.4f}  ({metrics[split]['n']} images)")
+    covid = metrics["test"].get("covid")
+    if covid:
+        print(f"{'covid':>10}: sensitivity {_fmt(covid['sensitivity'])}  specificity {_fmt(covid['specificity'])}  AUC {_fmt(covid['auc'])}")
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def run_evaluate(args) -> int:
+    from covidxray.evaluate import evaluate_run
+    from covidxray.files import atomic_write_text
+
+    metrics = evaluate_run(args.run, args.data, cache_dir=args.cache_dir, progress=False if args.quiet else None)
+    text = json.dumps(metrics, indent=2)
+    if args.out:
+        atomic_write_text(args.out, text + "\n")
+    covid = metrics.get("covid") or {}
+    print(f"accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}  ({metrics['n']} images)"
+          + (f"  covid sensitivity {_fmt(covid['sensitivity'])} specificity {_fmt(covid['specificity'])} AUC {_fmt(covid['auc'])}" if covid else ""))
+    return 0
+
+
+def run_predict(args) -> int:
+    from covidxray.predict import expand_paths, predict_files
+    from covidxray.rundir import RunDir
+
+    run = RunDir(args.run)
+    config = run.load_config()
+    paths = expand_paths(args.paths)
+    model = run.load_model()
+    results, failures = predict_files(model, paths, config.classes, config.image_size,
+                                      progress=False if args.quiet else None)
+    print(format_predictions(results, config.classes, args.format), end="")
+    for message in failures.values():
+        print(f"covidxray: skipped {message}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def format_predictions(results: list[dict], classes, fmt: str) -> str:
+    """Predictions as an aligned table, JSON list or CSV."""
+    if fmt == "json":
+        return json.dumps(results, indent=2) + "\n"
+    rows = [[r["path"], r["label"], *(f"{r['probabilities'][c]:.4f}" for c in classes)] for r in results]
+    header = ["path", "label", *(f"p_{c}" for c in classes)]
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerows([header, *rows])
+        return buffer.getvalue()
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    return "".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() + "\n" for row in [header, *rows])
+
+
+def run_models(args) -> int:
+    from covidxray.models import DEFAULT_MODEL, MODELS
+
+    for name in sorted(MODELS):
+        spec = MODELS[name]
+        mark = " (default)" if name == DEFAULT_MODEL else ""
+        print(f"{name:<20} {spec.image_size:>4}px  {spec.description}{mark}")
+    return 0
+
+
+def run_download(args) -> int:
+    from covidxray.data.download import download_dataset
+
+    folder = download_dataset(args.name, args.dest, url=args.url, progress=not args.quiet)
+    print(f"{args.name}: ready in {folder}")
+    return 0
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="covidxray: %(message)s")
+    try:
+        return args.handler(args)
+    except CovidXrayError as error:
+        print(f"covidxray: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("covidxray: interrupted; files already written are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Training settings: one dataclass, written beside every run so the run can be repeated."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from covidxray.errors import CovidXrayError
+from covidxray.labels import task_classes
+from covidxray.models import DEFAULT_MODEL, get_spec
+
+
+@dataclass
+class TrainConfig:
+    data: str  # a folder of class folders, a CSV manifest, or an ieee8023-style folder
+    task: str = "three-class"  # "binary" (covid vs normal) or "three-class"
+    model: str = DEFAULT_MODEL  # a name from covidxray.models.list_models()
+    image_size: int | None = None  # input side in pixels; None: the model's own default
+    weights: str = "none"  # none, imagenet (backbones) or a weights file
+    epochs: int = 40  # upper bound; early stopping usually ends sooner
+    batch_size: int = 32
+    learning_rate: float = 1e-3  # Adam; halved when validation loss stalls
+    patience: int = 10  # epochs without a better validation loss before stopping
+    class_weights: bool = True  # weight the loss by inverse class frequency
+    augment: bool = True  # rotation, zoom, shift, contrast inside the model
+    flip: bool = False  # add horizontal flips to the augmentation
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0  # seeds the split, the weights and the augmentation
+    cache_dir: str | None = None  # decoded-image cache; None: ~/.cache/covidxray
+    classes: tuple[str, ...] = ()  # filled from the task by resolve()
+
+    def resolve(self) -> TrainConfig:
+        """Fill the derived fields (classes, image size) and check the settings."""
+        spec = get_spec(self.model)
+        classes = task_classes(self.task)
+        for name in ("val_fraction", "test_fraction"):
+            if not 0.02 <= getattr(self, name) <= 0.5:
+                raise CovidXrayError(f"--{name.replace('_', '-')} must lie between 0.02 and 0.5")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise CovidXrayError("--epochs and --batch-size must be at least 1")
+        return TrainConfig(**{**asdict(self), "classes": classes, "image_size": self.image_size or spec.image_size})
+
+    def save(self, path: Path) -> None:
+        from covidxray.files import atomic_write_text
+
+        atomic_write_text(path, json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        values = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in values.items() if k in known}
+        values["classes"] = tuple(values.get("classes", ()))
+        return cls(**values)

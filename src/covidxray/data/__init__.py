@@ -1,0 +1,1 @@
+"""Datasets: reading images, finding labelled files, splitting, and the decode-once cache."""

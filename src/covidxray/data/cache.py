@@ -1,0 +1,129 @@
+"""Decode each image once: grayscale, resized, stored on disk keyed by content and size.
+
+The first run reads every file, hashes its bytes, decodes it and writes
+``ROOT/<size>/<sha256>.npy``. An index maps each file's path, byte size and modification time
+to its hash, so later runs (and every epoch, which trains from one in-memory array) open no
+image file at all. Renamed or copied files with the same bytes share one entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from covidxray.data.images import pixel_digest, read_image, resize_square
+from covidxray.errors import ImageReadError
+from covidxray.files import atomic_save, atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+INDEX_NAME = "index.json"
+
+
+def default_cache_dir() -> Path:
+    """``$COVIDXRAY_CACHE``, else ``$XDG_CACHE_HOME/covidxray``, else ``~/.cache/covidxray``."""
+    if os.environ.get("COVIDXRAY_CACHE"):
+        return Path(os.environ["COVIDXRAY_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "covidxray"
+
+
+@dataclass
+class DecodedImages:
+    """Images of a list of files: ``images[i]`` is file ``i``; failed files are listed apart."""
+
+    images: np.ndarray  # (n, size, size) uint8, rows of failed files are zero
+    pixel_digests: list[str | None]
+    failed: dict[str, str] = field(default_factory=dict)  # path -> error message
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Boolean mask of the files that decoded."""
+        return np.array([d is not None for d in self.pixel_digests], dtype=bool)
+
+
+class ImageCache:
+    """On-disk store of decoded, resized images. Safe to interrupt: every write is atomic."""
+
+    def __init__(self, root: str | Path | None = None, workers: int | None = None):
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self.workers = workers or min(4, os.cpu_count() or 1)
+
+    def load(self, paths: list[str], size: int, *, progress: bool | None = None) -> DecodedImages:
+        """Decode (or fetch from the cache) every path at ``size`` x ``size``."""
+        index = self._read_index()
+        images = np.zeros((len(paths), size, size), dtype=np.uint8)
+        digests: list[str | None] = [None] * len(paths)
+        failed: dict[str, str] = {}
+        todo = []
+        for i, path in enumerate(paths):
+            try:
+                entry = index.get(_file_key(path))
+            except OSError:  # missing or unreadable: _decode reports it in .failed
+                entry = None
+            cached = self._array_path(entry["sha256"], size) if entry else None
+            if cached is not None and cached.is_file():
+                images[i], digests[i] = np.load(cached), entry["pixels"]
+            else:
+                todo.append(i)
+        if todo:
+            with ThreadPoolExecutor(self.workers) as pool:
+                results = pool.map(lambda i: self._decode(paths[i], size), todo)
+                bar = tqdm(zip(todo, results), total=len(todo), desc=f"decoding at {size}px",
+                           unit="img", disable=_bar_disabled(progress))
+                for i, result in bar:
+                    if isinstance(result, ImageReadError):
+                        failed[paths[i]] = str(result)
+                        continue
+                    key, entry, array = result
+                    index[key] = entry
+                    images[i], digests[i] = array, entry["pixels"]
+            self._write_index(index)
+        return DecodedImages(images, digests, failed)
+
+    def _decode(self, path: str, size: int):
+        try:
+            data = Path(path).read_bytes()
+        except FileNotFoundError:
+            return ImageReadError(path, "no such file (moved or deleted?)", "restore it or remove it from the dataset")
+        except OSError as error:
+            return ImageReadError(path, f"cannot read ({error.strerror})", "check the file's permissions")
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            full = read_image(path)
+        except ImageReadError as error:
+            return error
+        array = resize_square(full, size)
+        atomic_save(self._array_path(sha, size), lambda tmp: np.save(tmp, array))
+        return _file_key(path), {"sha256": sha, "pixels": pixel_digest(full)}, array
+
+    def _array_path(self, sha: str, size: int) -> Path:
+        return self.root / str(size) / f"{sha}.npy"
+
+    def _read_index(self) -> dict:
+        try:
+            return json.loads((self.root / INDEX_NAME).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _write_index(self, index: dict) -> None:
+        current = self._read_index()  # another process may have added entries meanwhile
+        current.update(index)
+        atomic_write_bytes(self.root / INDEX_NAME, json.dumps(current).encode())
+
+
+def _file_key(path: str) -> str:
+    stat = os.stat(path)
+    return f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def _bar_disabled(progress: bool | None) -> bool | None:
+    return None if progress is None else not progress  # None: only on a terminal

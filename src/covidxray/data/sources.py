@@ -1,0 +1,163 @@
+"""Find the labelled images of a dataset and return them as one table.
+
+Three layouts are read, and :func:`load_dataset` tells them apart:
+
+* a CSV manifest with ``path,label`` and optional ``patient_id``, ``source`` columns (a folder
+  holding ``manifest.csv`` is read through it);
+* the ieee8023 covid-chestxray-dataset layout, ``metadata.csv`` + ``images/`` (labels from
+  ``finding``, frontal views only);
+* class folders, ``ROOT/<class>/<image>``, whatever the folder names the alias table knows.
+
+Every layout gives the same columns: ``path`` (absolute), ``label`` (canonical class),
+``patient_id`` (empty string when unknown), ``source`` and ``original_label``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from covidxray.data.images import is_image_path
+from covidxray.errors import DatasetError
+from covidxray.labels import ALIASES, canonical_label
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["path", "label", "patient_id", "source", "original_label"]
+MANIFEST_NAME = "manifest.csv"
+IEEE8023_METADATA = "metadata.csv"
+#: Views of the ieee8023 collection that are frontal chest X-rays.
+FRONTAL_VIEWS = frozenset({"PA", "AP", "AP SUPINE", "AP SEMI ERECT", "AP ERECT"})
+
+
+def load_dataset(path: str | Path) -> pd.DataFrame:
+    """Read the labelled images at ``path`` (a manifest CSV or a folder) into a table."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file or folder; check the --data path")
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise DatasetError(f"{path}: a dataset is a folder or a .csv manifest with path,label columns")
+        frame = read_manifest(path)
+    elif (path / MANIFEST_NAME).is_file():
+        frame = read_manifest(path / MANIFEST_NAME)
+    elif (path / IEEE8023_METADATA).is_file() and (path / "images").is_dir():
+        frame = read_ieee8023(path)
+    else:
+        frame = read_class_folders(path)
+    if frame.empty:
+        raise DatasetError(f"{path}: no labelled images found")
+    return frame.reset_index(drop=True)
+
+
+def read_manifest(csv_path: Path) -> pd.DataFrame:
+    """A CSV with ``path,label`` columns (paths relative to the CSV's folder or absolute)."""
+    try:
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as error:
+        raise DatasetError(f"{csv_path}: cannot read as CSV ({error})") from None
+    missing = {"path", "label"} - set(table.columns)
+    if missing:
+        raise DatasetError(
+            f"{csv_path}: missing column(s) {', '.join(sorted(missing))}; "
+            "a manifest needs path,label (and optionally patient_id,source)"
+        )
+    root = csv_path.parent
+    paths = [p if Path(p).is_absolute() else str((root / p).resolve()) for p in table["path"]]
+    labels = [_canonical_or_raise(label, f"{csv_path}, row {row + 2}") for row, label in enumerate(table["label"])]
+    frame = pd.DataFrame(
+        {
+            "path": paths,
+            "label": labels,
+            "patient_id": table["patient_id"] if "patient_id" in table else "",
+            "source": table["source"] if "source" in table else csv_path.parent.name,
+            "original_label": table["label"],
+        }
+    )
+    _check_files_exist(frame, csv_path)
+    return frame[COLUMNS]
+
+
+def read_ieee8023(root: Path) -> pd.DataFrame:
+    """The covid-chestxray-dataset layout: frontal X-rays, labels from ``finding``."""
+    table = pd.read_csv(root / IEEE8023_METADATA, dtype=str, keep_default_na=False)
+    missing = {"patientid", "finding", "filename"} - set(table.columns)
+    if missing:
+        raise DatasetError(f"{root / IEEE8023_METADATA}: missing column(s) {', '.join(sorted(missing))}")
+    if "view" in table:
+        table = table[table["view"].str.upper().str.replace("_", " ").isin(FRONTAL_VIEWS)]
+    if "modality" in table:
+        table = table[table["modality"].str.lower().isin(("x-ray", "xray", "cr", "dx", ""))]
+    labels = table["finding"].map(canonical_label)
+    skipped = table.loc[labels.isna(), "finding"].value_counts()
+    if len(skipped):
+        log.info("%s: skipped %d images whose finding is none of the classes: %s",
+                 root, int(skipped.sum()), ", ".join(f"{k} ({v})" for k, v in skipped.items()))
+    table, labels = table[labels.notna()], labels[labels.notna()]
+    frame = pd.DataFrame(
+        {
+            "path": [str((root / "images" / name).resolve()) for name in table["filename"]],
+            "label": labels.values,
+            "patient_id": "ieee8023-" + table["patientid"].values,
+            "source": "ieee8023",
+            "original_label": table["finding"].values,
+        }
+    )
+    _check_files_exist(frame, root / IEEE8023_METADATA)
+    return frame[COLUMNS]
+
+
+def read_class_folders(root: Path) -> pd.DataFrame:
+    """``ROOT/<class>/<image>``: one folder per class, named by any alias of the class."""
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DatasetError(
+            f"{root}: no class folders, manifest.csv or metadata.csv; lay the images out as "
+            f"{root}/<class>/<image> (e.g. covid/, normal/) or pass a CSV with path,label columns"
+        )
+    rows = []
+    for folder in folders:
+        label = _canonical_or_raise(folder.name, f"{folder}/")
+        images = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_path(p) and not p.name.startswith("."))
+        if not images:
+            raise DatasetError(f"{folder}: empty class folder; add images to it or remove it")
+        rows += [(str(p.resolve()), label, "", root.name, folder.name) for p in images]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def select_task(frame: pd.DataFrame, classes: tuple[str, ...], where: str = "dataset",
+                require_all: bool = True) -> pd.DataFrame:
+    """Keep the rows of ``classes``; with ``require_all`` every class must have an image."""
+    counts = frame["label"].value_counts()
+    empty = [c for c in classes if counts.get(c, 0) == 0]
+    dropped = {c: int(n) for c, n in counts.items() if c not in classes}
+    if dropped:
+        log.info("%s: left out %s (not classes of this task)", where,
+                 ", ".join(f"{n} {c}" for c, n in dropped.items()))
+    if not any(counts.get(c, 0) for c in classes):
+        raise DatasetError(f"{where}: no images of {', '.join(classes)}")
+    if empty and require_all:
+        raise DatasetError(
+            f"{where}: no images of class {', '.join(empty)}; this task needs {', '.join(classes)}"
+        )
+    return frame[frame["label"].isin(classes)].reset_index(drop=True)
+
+
+def _canonical_or_raise(label: str, where: str) -> str:
+    canonical = canonical_label(label)
+    if canonical is None:
+        known = ", ".join(sorted({k.replace(" ", "_") for k in ALIASES if len(k) < 12}))
+        raise DatasetError(
+            f"{where}: unknown label {label!r}; rename it to covid, normal or pneumonia "
+            f"(known aliases include {known})"
+        )
+    return canonical
+
+
+def _check_files_exist(frame: pd.DataFrame, listed_in: Path) -> None:
+    missing = [p for p in frame["path"] if not Path(p).is_file()]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise DatasetError(f"{missing[0]}{more}: listed in {listed_in} but missing; restore the file(s) or remove their rows")

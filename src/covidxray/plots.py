@@ -1,0 +1,85 @@
+"""Figures from numbers. Each function returns a matplotlib Figure; callers save it.
+
+Uses matplotlib's object API (no pyplot), so nothing here touches global state or needs a
+display.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+MISTAKE_COLOR, CORRECT_COLOR = "#c0392b", "#1e8449"
+
+
+def plot_history(history: pd.DataFrame) -> Figure:
+    """Training vs validation accuracy and loss per epoch (``acc.png``)."""
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    epochs = np.arange(1, len(history) + 1)
+    for axes, metric in zip(figure.subplots(1, 2), ("accuracy", "loss")):
+        axes.plot(epochs, history[metric], marker="o", markersize=3, label="training")
+        if f"val_{metric}" in history:
+            axes.plot(epochs, history[f"val_{metric}"], marker="o", markersize=3, label="validation")
+        axes.set(xlabel="epoch", ylabel=metric, title=f"{metric} per epoch")
+        axes.grid(alpha=0.3)
+        axes.legend()
+    return figure
+
+
+def plot_confusion(matrix, classes, title: str = "test confusion matrix") -> Figure:
+    """Counts per (true, predicted) class pair, with class names (``mat.png``)."""
+    matrix = np.asarray(matrix)
+    figure = Figure(figsize=(1.6 * len(classes) + 2.5, 1.4 * len(classes) + 2), layout="constrained")
+    axes = figure.subplots()
+    image = axes.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axes, shrink=0.8)
+    ticks = np.arange(len(classes))
+    axes.set(xticks=ticks, yticks=ticks, xticklabels=classes, yticklabels=classes,
+             xlabel="predicted", ylabel="true", title=title)
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (row, column), count in np.ndenumerate(matrix):
+        axes.text(column, row, str(count), ha="center", va="center",
+                  color="white" if count > threshold else "black", fontsize=12)
+    return figure
+
+
+def plot_predictions(images: np.ndarray, y_true: np.ndarray, probabilities: np.ndarray, classes,
+                     columns: int = 6) -> Figure:
+    """A grid of images titled true / predicted (probability); mistakes in red (``pred.png``)."""
+    count = len(images)
+    rows = max(1, int(np.ceil(count / columns)))
+    figure = Figure(figsize=(2.3 * columns, 2.6 * rows), layout="constrained")
+    grid = np.atleast_1d(figure.subplots(rows, columns, squeeze=False).ravel())
+    for index, axes in enumerate(grid):
+        axes.axis("off")
+        if index >= count:
+            continue
+        predicted = int(np.argmax(probabilities[index]))
+        wrong = predicted != int(y_true[index])
+        axes.imshow(np.squeeze(images[index]), cmap="gray", vmin=0, vmax=255)
+        axes.set_title(
+            f"true: {classes[int(y_true[index])]}\npred: {classes[predicted]} ({probabilities[index, predicted]:.2f})",
+            fontsize=9, color=MISTAKE_COLOR if wrong else CORRECT_COLOR,
+        )
+        if wrong:
+            axes.axis("on")
+            axes.set_xticks([])
+            axes.set_yticks([])
+            for spine in axes.spines.values():
+                spine.set(color=MISTAKE_COLOR, linewidth=3)
+    return figure
+
+
+def pick_examples(y_true: np.ndarray, probabilities: np.ndarray, count: int = 24, seed: int = 0) -> np.ndarray:
+    """Indices to show: every mistake first (up to half the grid), then a sample per class."""
+    rng = np.random.default_rng(seed)
+    wrong = np.flatnonzero(probabilities.argmax(axis=1) != y_true)
+    chosen = list(rng.permutation(wrong)[: count // 2])
+    remaining = [i for i in rng.permutation(len(y_true)) if i not in set(chosen)]
+    by_class = {c: [i for i in remaining if y_true[i] == c] for c in np.unique(y_true)}
+    while len(chosen) < min(count, len(y_true)) and any(by_class.values()):
+        for c in list(by_class):
+            if by_class[c] and len(chosen) < count:
+                chosen.append(by_class[c].pop())
+    return np.array(sorted(chosen), dtype=int)

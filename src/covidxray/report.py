@@ -1,0 +1,82 @@
+"""The run's report: figures saved beside ``report.md``, which shows every table and figure."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from covidxray import rundir
+from covidxray.files import atomic_save, atomic_write_text
+from covidxray.labels import COVID
+from covidxray.plots import pick_examples, plot_confusion, plot_history, plot_predictions
+
+DISCLAIMER = (
+    "> **For research and teaching only. Not a medical device; never use it for diagnosis.** "
+    "Accuracy on one dataset says little about other hospitals: in DarkCovidNet every COVID "
+    "image comes from a different source than every normal one, so a model can learn the source "
+    "instead of the disease."
+)
+FIGURES = {"acc": "acc.png", "mat": "mat.png", "pred": "pred.png"}
+
+
+def save_figure(figure, path) -> None:
+    atomic_save(path, lambda tmp: figure.savefig(tmp, dpi=110))
+
+
+def write_figures_and_report(run: rundir.RunDir, config, data, metrics: dict, test_probabilities) -> None:
+    """Draw ``acc.png``, ``mat.png`` and ``pred.png`` and write ``report.md``."""
+    history = pd.read_csv(run.file(rundir.HISTORY))
+    save_figure(plot_history(history), run.file(FIGURES["acc"]))
+    save_figure(plot_confusion(metrics["test"]["confusion_matrix"], config.classes), run.file(FIGURES["mat"]))
+    x_test, y_test = data.part("test")
+    shown = pick_examples(y_test, test_probabilities, seed=config.seed)
+    save_figure(plot_predictions(x_test[shown], y_test[shown], test_probabilities[shown], config.classes),
+                run.file(FIGURES["pred"]))
+    atomic_write_text(run.file(rundir.REPORT), render_report(config, metrics))
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def render_report(config, metrics: dict) -> str:
+    """``report.md``: settings, the results table, per-class scores, COVID scores and figures."""
+    info = metrics["run"]
+    test = metrics["test"]
+    grouping = ("patient-grouped (no patient in two splits)" if info["grouped_by_patient"]
+                else "image-level (no patient ids: one patient's images may be in two splits)")
+    lines = [
+        f"# covidxray run: {config.model} on {config.task}",
+        "",
+        DISCLAIMER,
+        "",
+        "## Setup",
+        "",
+        f"- data: `{config.data}`; classes: {', '.join(config.classes)}",
+        f"- split: {grouping}, stratified by label; identical images kept in one split; seed {config.seed}",
+        "- images: " + ", ".join(f"{k} {v}" for k, v in info["images"].items()),
+        f"- model: `{config.model}` at {config.image_size}x{config.image_size}, {info['parameters']:,} parameters, "
+        f"Keras backend `{info['backend']}`",
+        f"- training: up to {config.epochs} epochs, best validation loss at epoch {info['best_epoch']}, "
+        f"{info['fit_seconds']} s ({info['train_images_per_second']} images/s); decoding {info['data_seconds']} s",
+    ]
+    if info["skipped"]:
+        lines.append(f"- skipped {len(info['skipped'])} unreadable file(s): "
+                     + "; ".join(f"`{m}`" for m in list(info["skipped"].values())[:5]))
+    lines += ["", "## Results", "", "| split | images | accuracy | loss |", "|---|---:|---:|---:|"]
+    for split in ("train", "validation", "test"):
+        lines.append(f"| {split} | {metrics[split]['n']} | {_pct(metrics[split]['accuracy'])} | {metrics[split]['loss']:.3f} |")
+    lines += ["", "### Per class (test)", "", "| class | precision | recall | F1 | images |", "|---|---:|---:|---:|---:|"]
+    for name, scores in test["per_class"].items():
+        lines.append(f"| {name} | {_pct(scores['precision'])} | {_pct(scores['recall'])} | {_pct(scores['f1'])} | {scores['support']} |")
+    if COVID in test.get("covid", {}) or "covid" in test:
+        covid = test["covid"]
+        auc = "n/a" if covid["auc"] is None else f"{covid['auc']:.3f}"
+        lines += ["", "### COVID-19 vs the rest (test)", "",
+                  "| sensitivity | specificity | ROC AUC |", "|---:|---:|---:|",
+                  f"| {_pct(covid['sensitivity'])} ({covid['tp']}/{covid['tp'] + covid['fn']}) "
+                  f"| {_pct(covid['specificity'])} ({covid['tn']}/{covid['tn'] + covid['fp']}) | {auc} |"]
+    lines += ["", "## Figures", "",
+              "Training and validation accuracy and loss per epoch:", "", f"![accuracy and loss]({FIGURES['acc']})", "",
+              "Test confusion matrix:", "", f"![confusion matrix]({FIGURES['mat']})", "",
+              "Test predictions (mistakes in red):", "", f"![predictions]({FIGURES['pred']})", ""]
+    return "\n".join(lines)

@@ -1,0 +1,81 @@
+"""The run directory: where each file of a run lives, and atomic writes into it.
+
+A run directory holds ``model.keras``, ``config.json``, ``split.csv``, ``history.csv``,
+``metrics.json``, the figures (``acc.png``, ``mat.png``, ``pred.png``) and ``report.md``.
+Every file is written to a temporary name and renamed, so an interrupted run never leaves
+a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from covidxray.errors import CovidXrayError
+from covidxray.files import atomic_write_text
+
+MODEL = "model.keras"
+CONFIG = "config.json"
+SPLIT = "split.csv"
+HISTORY = "history.csv"
+METRICS = "metrics.json"
+REPORT = "report.md"
+
+
+class RunDir:
+    """Paths of a run's files, and reading back a finished run."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def create(self, overwrite: bool = False) -> None:
+        """Make the folder; refuse to replace a finished run unless ``overwrite``."""
+        if self.file(MODEL).exists() and not overwrite:
+            raise CovidXrayError(
+                f"{self.path}: already holds a trained run; choose another --out or pass --overwrite"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def require(self, name: str) -> Path:
+        """The path of a file the run must have, or a clear error."""
+        target = self.file(name)
+        if not target.is_file():
+            raise CovidXrayError(f"{target}: missing; is {self.path} a finished covidxray run? (train one with covidxray train)")
+        return target
+
+    def load_config(self):
+        from covidxray.config import TrainConfig
+
+        return TrainConfig.load(self.require(CONFIG))
+
+    def load_model(self):
+        import keras
+
+        path = self.require(MODEL)
+        try:
+            return keras.saving.load_model(path, compile=False)
+        except Exception as error:  # Keras raises many types for a bad archive
+            raise CovidXrayError(f"{path}: cannot load the model ({error}); retrain the run") from None
+
+    def write_json(self, name: str, data) -> Path:
+        target = self.file(name)
+        atomic_write_text(target, json.dumps(data, indent=2, default=_json_default) + "\n")
+        return target
+
+
+def _json_default(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def write_csv(target: Path, table) -> None:
+    """Write a pandas table atomically."""
+    atomic_write_text(target, table.to_csv(index=False))

@@ -1,0 +1,159 @@
+"""Train a model and write its run directory.
+
+Data flows one way: files -> table -> decoded arrays -> split -> model -> predictions ->
+metrics -> figures and report. :func:`train` is the whole pipeline; each step is a function
+of its own so that notebooks and other commands can reuse it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+from sklearn.utils.class_weight import compute_class_weight
+
+from covidxray import rundir
+from covidxray.config import TrainConfig
+from covidxray.data.cache import ImageCache
+from covidxray.data.sources import load_dataset, select_task
+from covidxray.data.splits import SPLITS, split_dataset
+from covidxray.errors import DatasetError
+from covidxray.files import atomic_save
+from covidxray.metrics import classification_metrics
+from covidxray.models import create_model
+from covidxray.predict import predict_arrays
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    """A labelled, decoded and split dataset, ready for ``model.fit``."""
+
+    table: pd.DataFrame  # path, label, patient_id, source, original_label, split
+    images: np.ndarray  # (n, size, size, 1) uint8, row i is table row i
+    targets: np.ndarray  # (n,) class indices into classes
+    classes: tuple[str, ...]
+    skipped: dict[str, str]  # path -> why it was left out
+
+    def part(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        mask = (self.table["split"] == split).to_numpy()
+        return self.images[mask], self.targets[mask]
+
+
+def load_labelled_images(data: str, classes: tuple[str, ...], size: int, *, cache_dir=None,
+                         progress: bool | None = None, require_all: bool = True):
+    """Read a dataset's table and decode its images; undecodable files are left out, named."""
+    table = select_task(load_dataset(data), classes, where=str(data), require_all=require_all)
+    decoded = ImageCache(cache_dir).load(list(table["path"]), size, progress=progress)
+    for message in decoded.failed.values():
+        log.warning("skipped %s", message)
+    keep = decoded.ok
+    if not keep.any():
+        raise DatasetError(f"{data}: none of the {len(table)} images could be decoded")
+    digests = [d for d, k in zip(decoded.pixel_digests, keep) if k]
+    table = table[keep].reset_index(drop=True)
+    images = decoded.images[keep][..., None]
+    targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    return table, images, targets, digests, decoded.failed
+
+
+def prepare_data(config: TrainConfig, progress: bool | None = None) -> PreparedData:
+    """Read, decode and split the data of ``config`` (resolved)."""
+    table, images, targets, digests, failed = load_labelled_images(
+        config.data, config.classes, config.image_size, cache_dir=config.cache_dir, progress=progress
+    )
+    table["split"] = split_dataset(table, pixel_digests=digests, val_fraction=config.val_fraction,
+                                   test_fraction=config.test_fraction, seed=config.seed)
+    return PreparedData(table, images, targets, config.classes, failed)
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Save the model whenever the monitored value improves, atomically."""
+
+    def __init__(self, path: Path, monitor: str = "val_loss"):
+        super().__init__()
+        self.path, self.monitor, self.best, self.best_epoch = Path(path), monitor, np.inf, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is not None and value < self.best:
+            self.best, self.best_epoch = float(value), epoch + 1
+            atomic_save(self.path, self.model.save)
+
+
+def fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: int = 1) -> dict:
+    """Build, compile and fit the model; the best epoch on validation loss is saved."""
+    keras.utils.set_random_seed(config.seed)
+    model = create_model(config.model, num_classes=len(config.classes), image_size=config.image_size,
+                         weights=config.weights, augment=config.augment, flip=config.flip, seed=config.seed)
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x_train, y_train = data.part("train")
+    checkpoint = BestCheckpoint(run.file(rundir.MODEL))
+    callbacks = [
+        checkpoint,
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, config.patience // 3)),
+        keras.callbacks.CSVLogger(str(run.file(rundir.HISTORY))),
+    ]
+    started = time.perf_counter()
+    model.fit(x_train, y_train, validation_data=data.part("validation"), epochs=config.epochs,
+              batch_size=config.batch_size, class_weight=_class_weights(y_train, len(config.classes)) if config.class_weights else None,
+              callbacks=callbacks, verbose=verbose, shuffle=True)
+    seconds = time.perf_counter() - started
+    return {"best_epoch": checkpoint.best_epoch, "fit_seconds": round(seconds, 1),
+            "train_images_per_second": round(len(x_train) * len(pd.read_csv(run.file(rundir.HISTORY))) / seconds, 1)}
+
+
+def evaluate_splits(model: keras.Model, data: PreparedData) -> tuple[dict, dict]:
+    """Metrics of every split, and the test probabilities (for figures)."""
+    metrics, test_probabilities = {}, None
+    for split in SPLITS:
+        x, y = data.part(split)
+        probabilities = predict_arrays(model, x)
+        metrics[split] = classification_metrics(y, probabilities, data.classes)
+        if split == "test":
+            test_probabilities = probabilities
+    return metrics, test_probabilities
+
+
+def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verbose: int = 1,
+          progress: bool | None = None) -> dict:
+    """The whole pipeline: returns ``metrics.json``'s content and writes the run directory."""
+    from covidxray.report import write_figures_and_report
+
+    config = config.resolve()
+    run = rundir.RunDir(out)
+    run.create(overwrite=overwrite)
+    started = time.perf_counter()
+    data = prepare_data(config, progress=progress)
+    decode_seconds = time.perf_counter() - started
+    config.save(run.file(rundir.CONFIG))
+    rundir.write_csv(run.file(rundir.SPLIT), data.table)
+    training = fit(config, data, run, verbose=verbose)
+    model = run.load_model()
+    metrics, test_probabilities = evaluate_splits(model, data)
+    metrics["run"] = {
+        **training,
+        "model": config.model, "task": config.task, "image_size": config.image_size,
+        "parameters": int(model.count_params()), "backend": keras.backend.backend(),
+        "data_seconds": round(decode_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1),
+        "images": {split: int((data.table["split"] == split).sum()) for split in SPLITS},
+        "grouped_by_patient": bool(data.table["patient_id"].astype(bool).any()),
+        "skipped": data.skipped,
+    }
+    run.write_json(rundir.METRICS, metrics)
+    write_figures_and_report(run, config, data, metrics, test_probabilities)
+    return metrics
+
+
+def _class_weights(y: np.ndarray, num_classes: int) -> dict[int, float]:
+    present = np.unique(y)
+    weights = compute_class_weight("balanced", classes=present, y=y)
+    return {int(c): float(w) for c, w in zip(present, weights)} | {c: 1.0 for c in range(num_classes) if c not in present}

@@ -1,0 +1,51 @@
+"""Helpers shared by the data-layer tests: the shared data folder and tiny synthetic images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+#: ``../shared/data`` beside the checkout (the real DarkCovidNet and ieee8023 data).
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data_dir() -> Path:
+    """The shared data folder; fails the test on CI (env var ``CI`` set) when absent, else skips."""
+    if not SHARED_DATA.is_dir():
+        message = f"shared data folder {SHARED_DATA} is absent"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message} (CI is set, so real-data tests must run)")
+        pytest.skip(message)
+    return SHARED_DATA
+
+
+def gray(seed: int, shape: tuple[int, int] = (8, 8)) -> np.ndarray:
+    """A random 8-bit grayscale image, different for every seed."""
+    return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def write_image(path: Path, array: np.ndarray, **save_options) -> Path:
+    """Save ``array`` with Pillow (format from the suffix), creating parent folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **save_options)
+    return path
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    return write_image(path, array)
+
+
+def write_class_folders(root: Path, counts: dict[str, int], suffix: str = ".png") -> dict[str, list[Path]]:
+    """``root/<folder>/img<i><suffix>`` with ``counts[folder]`` distinct images per folder."""
+    written: dict[str, list[Path]] = {}
+    seed = 0
+    for folder, count in counts.items():
+        written[folder] = []
+        for i in range(count):
+            seed += 1
+            written[folder].append(write_image(root / folder / f"img{i}{suffix}", gray(seed)))
+    return written

@@ -1,0 +1,57 @@
+"""Build, save, load and predict on each Keras backend (each in its own process)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = r"""
+import json, sys
+import numpy as np
+import covidxray, keras
+from covidxray.models import create_model
+out = {"backend": keras.backend.backend()}
+images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 1)).astype("float32")
+for name in ("compactnet", "darkcovidnet"):
+    model = create_model(name, num_classes=3, image_size=64, seed=0)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(images, np.array([0, 1, 2]), epochs=1, verbose=0)
+    before = model.predict(images, verbose=0)
+    path = f"{sys.argv[1]}/{name}.keras"
+    model.save(path)
+    after = keras.saving.load_model(path, compile=False).predict(images, verbose=0)
+    out[name] = {"max_diff": float(np.abs(before - after).max()), "sums": before.sum(axis=1).tolist()}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_build_save_load_predict(backend, tmp_path):
+    env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["backend"] == backend
+    for name in ("compactnet", "darkcovidnet"):
+        assert result[name]["max_diff"] < 1e-5
+        assert all(abs(s - 1) < 1e-4 for s in result[name]["sums"])
+
+
+def test_default_backend_is_chosen_when_unset(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["KERAS_HOME"] = str(tmp_path)  # no keras.json there
+    code = "import covidxray, keras; print(keras.backend.backend())"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "tensorflow"
+
+
+def test_keras_json_choice_is_respected(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["KERAS_HOME"] = str(tmp_path)
+    (tmp_path / "keras.json").write_text(json.dumps({"backend": "jax"}))
+    code = "import covidxray, os; print(os.environ.get('KERAS_BACKEND', 'unset'))"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == "unset"  # Keras reads keras.json itself

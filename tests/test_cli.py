@@ -1,0 +1,176 @@
+"""End to end through the command line: train, evaluate, predict, and bad input."""
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import make_dataset
+from covidxray.cli import main
+
+RUN_FILES = ("model.keras", "config.json", "split.csv", "history.csv", "metrics.json",
+             "acc.png", "mat.png", "pred.png", "report.md")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One small three-class run on synthetic images, shared by the tests below."""
+    root = tmp_path_factory.mktemp("e2e")
+    data = make_dataset(root / "data", per_class=20)
+    run = root / "run"
+    code = main(["--quiet", "train", "--data", str(data), "--task", "three-class", "--out", str(run),
+                 "--image-size", "32", "--epochs", "12", "--patience", "12", "--seed", "3",
+                 "--cache-dir", str(root / "cache")])
+    assert code == 0
+    return data, run
+
+
+def test_train_writes_a_complete_run(trained):
+    _, run = trained
+    for name in RUN_FILES:
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temporary files left
+    for figure in ("acc.png", "mat.png", "pred.png"):
+        assert (run / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = json.loads((run / "config.json").read_text())
+    assert config["classes"] == ["covid", "normal", "pneumonia"] and config["image_size"] == 32
+    history = pd.read_csv(run / "history.csv")
+    assert {"accuracy", "loss", "val_accuracy", "val_loss"} <= set(history.columns)
+
+
+def test_metrics_json_has_the_promised_shape(trained):
+    _, run = trained
+    metrics = json.loads((run / "metrics.json").read_text())
+    for split in ("train", "validation", "test"):
+        assert 0 <= metrics[split]["accuracy"] <= 1 and metrics[split]["loss"] >= 0
+    test = metrics["test"]
+    assert set(test["per_class"]) == {"covid", "normal", "pneumonia"}
+    assert {"precision", "recall", "f1"} <= set(test["per_class"]["covid"])
+    assert {"sensitivity", "specificity", "auc"} <= set(test["covid"])
+    # the synthetic classes are easy: a model that learned anything separates them
+    assert metrics["train"]["accuracy"] >= 0.9
+    assert metrics["test"]["covid"]["auc"] >= 0.9
+
+
+def test_split_keeps_patients_together(trained):
+    _, run = trained
+    split = pd.read_csv(run / "split.csv")
+    assert split.groupby("patient_id")["split"].nunique().max() == 1
+    assert set(split["split"]) == {"train", "validation", "test"}
+    for part in ("train", "validation", "test"):
+        assert set(split.loc[split["split"] == part, "label"]) == {"covid", "normal", "pneumonia"}
+
+
+def test_report_shows_every_result(trained):
+    _, run = trained
+    report = (run / "report.md").read_text()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "never use it for diagnosis" in report
+    assert f"{100 * metrics['test']['accuracy']:.1f}%" in report
+    for figure in ("acc.png", "mat.png", "pred.png"):
+        assert f"]({figure})" in report
+    assert "patient-grouped" in report
+    assert "sensitivity" in report and "ROC AUC" in report
+
+
+def test_evaluate_writes_the_test_shape(trained, tmp_path, capsys):
+    data, run = trained
+    out = tmp_path / "eval.json"
+    assert main(["--quiet", "evaluate", "--run", str(run), "--data", str(data), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["n"] == 60
+    assert {"accuracy", "loss", "per_class", "covid", "confusion_matrix"} <= set(result)
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_predict_formats(trained, capsys):
+    data, run = trained
+    files = sorted((data / "covid").glob("*.png"))[:3]
+    assert main(["--quiet", "predict", "--run", str(run), *map(str, files), "--format", "json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in results] == [str(f) for f in files]
+    for r in results:
+        assert set(r["probabilities"]) == {"covid", "normal", "pneumonia"}
+        assert abs(sum(r["probabilities"].values()) - 1) < 1e-4
+        assert r["label"] == max(r["probabilities"], key=r["probabilities"].get)
+    assert main(["--quiet", "predict", "--run", str(run), str(data / "normal"), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 20 and set(rows[0]) == {"path", "label", "p_covid", "p_normal", "p_pneumonia"}
+    assert main(["--quiet", "predict", "--run", str(run), str(files[0])]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["path", "label", "p_covid", "p_normal", "p_pneumonia"] and len(table) == 2
+
+
+def test_predict_skips_a_bad_file_and_names_it(trained, tmp_path, capsys):
+    data, run = trained
+    fake = tmp_path / "notes.png"
+    fake.write_text("this is not an image")
+    good = sorted((data / "normal").glob("*.png"))[0]
+    assert main(["--quiet", "predict", "--run", str(run), str(good), str(fake), "--format", "json"]) == 1
+    captured = capsys.readouterr()
+    assert [r["path"] for r in json.loads(captured.out)] == [str(good)]
+    assert str(fake) in captured.err and "Traceback" not in captured.err
+
+
+def test_a_finished_run_is_not_overwritten(trained, capsys):
+    data, run = trained
+    before = (run / "model.keras").stat().st_mtime_ns
+    code = main(["--quiet", "train", "--data", str(data), "--out", str(run), "--image-size", "32", "--epochs", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(run) in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (run / "model.keras").stat().st_mtime_ns == before
+
+
+def test_binary_task_and_a_broken_image(tmp_path, capsys):
+    data = make_dataset(tmp_path / "data", per_class=10)
+    broken = data / "normal" / "normal_000.png"
+    broken.write_bytes(broken.read_bytes()[:60])  # truncated
+    run = tmp_path / "run"
+    code = main(["--quiet", "train", "--data", str(data), "--task", "binary", "--out", str(run),
+                 "--image-size", "32", "--epochs", "2"])
+    assert code == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["test"]["per_class"]) == {"covid", "normal"}
+    assert list(metrics["run"]["skipped"]) == [str(broken.resolve())]
+    split = pd.read_csv(run / "split.csv")
+    assert "pneumonia" not in set(split["label"]) and str(broken.resolve()) not in set(split["path"])
+
+
+@pytest.mark.parametrize(
+    "setup, args, expected",
+    [
+        (lambda d: None, lambda d: ["train", "--data", str(d / "missing"), "--out", str(d / "r")], "missing"),
+        (lambda d: (d / "data" / "tumour").mkdir(parents=True),
+         lambda d: ["train", "--data", str(d / "data"), "--out", str(d / "r")], "tumour"),
+        (lambda d: (d / "data" / "covid").mkdir(parents=True),
+         lambda d: ["train", "--data", str(d / "data"), "--out", str(d / "r")], "empty class folder"),
+        (lambda d: (d / "data.csv").write_text("path,label\nx.png,covid\n"),
+         lambda d: ["train", "--data", str(d / "data.csv"), "--out", str(d / "r")], "x.png"),
+        (lambda d: (d / "notarun").mkdir(),
+         lambda d: ["predict", "--run", str(d / "notarun"), str(d)], "config.json"),
+        (lambda d: None, lambda d: ["predict", "--run", str(d), str(d / "nothing.png")], "nothing.png"),
+        (lambda d: None, lambda d: ["train", "--data", str(d), "--out", str(d / "r"), "--test-fraction", "0.9"],
+         "--test-fraction"),
+    ],
+    ids=["missing-data", "unknown-label", "empty-class", "manifest-missing-file", "not-a-run", "missing-image", "bad-option"],
+)
+def test_user_mistakes_are_one_clear_line(tmp_path, capsys, setup, args, expected):
+    setup(tmp_path)
+    assert main(["--quiet", *args(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("covidxray: error:") and expected in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_class_with_one_image_is_refused(tmp_path, capsys):
+    data = make_dataset(tmp_path / "data", per_class=8, manifest=False)
+    for extra in sorted((data / "covid").glob("*.png"))[1:]:
+        extra.unlink()
+    assert main(["--quiet", "train", "--data", str(data), "--out", str(tmp_path / "r"), "--image-size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "'covid'" in err and "1 image" in err
+    assert not Path(tmp_path / "r" / "model.keras").exists()

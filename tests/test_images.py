@@ -1,0 +1,245 @@
+"""Tests for covidxray.data.images: decoding every kind of file into 8-bit grayscale."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covidxray.data.images import is_image_path, pixel_digest, read_image, resize_square
+from covidxray.errors import CovidXrayError, ImageReadError
+from helpers import gray, write_image
+
+
+def _check_gray8(image: np.ndarray, shape: tuple[int, int]) -> None:
+    assert image.ndim == 2
+    assert image.dtype == np.uint8
+    assert image.shape == shape
+
+
+def test_grayscale_png_round_trips(tmp_path):
+    pixels = gray(1, (6, 9))
+    image = read_image(write_image(tmp_path / "g.png", pixels))
+    _check_gray8(image, (6, 9))
+    np.testing.assert_array_equal(image, pixels)
+
+
+def test_rgb_png_is_luminance(tmp_path):
+    rgb = np.zeros((2, 3, 3), dtype=np.uint8)
+    rgb[0, 0] = (255, 0, 0)
+    rgb[0, 1] = (0, 255, 0)
+    rgb[0, 2] = (0, 0, 255)
+    rgb[1, :] = (200, 200, 200)  # gray stays gray
+    image = read_image(write_image(tmp_path / "rgb.png", rgb))
+    _check_gray8(image, (2, 3))
+    expected = np.asarray(Image.fromarray(rgb).convert("L"))
+    np.testing.assert_array_equal(image, expected)
+    assert image[0, 1] > image[0, 0] > image[0, 2]  # green is brightest, blue darkest
+    assert (image[1] == 200).all()
+
+
+def test_rgba_transparent_pixels_become_black(tmp_path):
+    rgba = np.zeros((2, 2, 4), dtype=np.uint8)
+    rgba[..., :3] = 255  # white everywhere ...
+    rgba[0, 0, 3] = 255  # ... opaque here
+    rgba[0, 1, 3] = 0  # ... fully transparent here
+    rgba[1, :, 3] = 128  # ... half transparent here
+    image = read_image(write_image(tmp_path / "rgba.png", rgba))
+    _check_gray8(image, (2, 2))
+    assert image[0, 0] == 255
+    assert image[0, 1] == 0
+    assert 120 <= image[1, 0] <= 136
+
+
+def test_palette_png(tmp_path):
+    palette_image = Image.new("P", (3, 1))
+    palette_image.putpalette([0, 0, 0, 255, 255, 255, 255, 0, 0] + [0] * (768 - 9))
+    for x, index in enumerate((0, 1, 2)):
+        palette_image.putpixel((x, 0), index)
+    path = tmp_path / "p.png"
+    palette_image.save(path)
+    assert Image.open(path).mode == "P"
+    image = read_image(path)
+    _check_gray8(image, (1, 3))
+    red = int(np.asarray(Image.new("RGB", (1, 1), (255, 0, 0)).convert("L"))[0, 0])
+    np.testing.assert_array_equal(image, [[0, 255, red]])
+
+
+def test_palette_png_with_transparency_is_on_black(tmp_path):
+    palette_image = Image.new("P", (2, 1))
+    palette_image.putpalette([255, 255, 255] * 256)
+    palette_image.putpixel((0, 0), 0)
+    palette_image.putpixel((1, 0), 1)
+    path = tmp_path / "pt.png"
+    palette_image.save(path, transparency=1)
+    np.testing.assert_array_equal(read_image(path), [[255, 0]])
+
+
+def test_16bit_png_is_scaled_to_full_range(tmp_path):
+    pixels = np.array([[100, 1100], [2100, 4100]], dtype=np.uint16)  # 12-bit data in a 16-bit PNG
+    path = tmp_path / "deep.png"
+    Image.fromarray(pixels).save(path)
+    assert Image.open(path).mode.startswith("I;16")
+    image = read_image(path)
+    _check_gray8(image, (2, 2))
+    assert image.min() == 0 and image.max() == 255
+    np.testing.assert_array_equal(image, [[0, 64], [128, 255]])
+
+
+def test_16bit_constant_png_is_black_not_an_error(tmp_path):
+    path = tmp_path / "flat.png"
+    Image.fromarray(np.full((3, 3), 777, dtype=np.uint16)).save(path)
+    image = read_image(path)
+    _check_gray8(image, (3, 3))
+    assert (image == 0).all()
+
+
+def test_cmyk_jpeg(tmp_path):
+    path = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (8, 8), (0, 0, 0, 0)).save(path)  # no ink: white
+    Image.new("CMYK", (8, 8), (0, 0, 0, 255)).save(tmp_path / "black.jpg")  # full black ink
+    assert Image.open(path).mode == "CMYK"
+    white, black = read_image(path), read_image(tmp_path / "black.jpg")
+    _check_gray8(white, (8, 8))
+    assert white.min() >= 250
+    assert black.max() <= 5
+
+
+def test_plain_jpeg(tmp_path):
+    pixels = np.tile(np.linspace(0, 255, 16, dtype=np.uint8), (16, 1))
+    path = write_image(tmp_path / "x.jpeg", pixels, quality=95)
+    image = read_image(path)
+    _check_gray8(image, (16, 16))
+    assert np.abs(image.astype(int) - pixels.astype(int)).max() <= 8  # lossy, but close
+
+    rgb_path = write_image(tmp_path / "rgb.JPG", np.stack([pixels] * 3, axis=-1), quality=95)
+    _check_gray8(read_image(rgb_path), (16, 16))
+
+
+def test_truncated_png_raises_naming_the_file(tmp_path):
+    good = write_image(tmp_path / "good.png", gray(3, (64, 64)))
+    data = good.read_bytes()
+    path = tmp_path / "truncated.png"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError) as raised:
+        read_image(path)
+    assert str(path) in str(raised.value)
+    assert raised.value.path == str(path)
+    assert isinstance(raised.value, CovidXrayError)
+
+
+def test_text_file_named_png_raises_naming_the_file(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("this is not an image\n")
+    with pytest.raises(ImageReadError) as raised:
+        read_image(path)
+    assert str(path) in str(raised.value)
+
+
+def test_missing_file_raises(tmp_path):
+    path = tmp_path / "absent.png"
+    with pytest.raises(ImageReadError) as raised:
+        read_image(path)
+    assert str(path) in str(raised.value)
+    assert "no such file" in str(raised.value)
+
+
+def test_folder_is_not_an_image(tmp_path):
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    with pytest.raises(ImageReadError):
+        read_image(folder)
+
+
+# --- DICOM ---------------------------------------------------------------------------------
+
+
+def write_dicom(path, pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int = 12):
+    """A minimal single-frame DICOM file with explicit VR little endian, 16 bits allocated."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
+    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    dataset.Modality = "DX"
+    dataset.Rows, dataset.Columns = pixels.shape
+    dataset.SamplesPerPixel = 1
+    dataset.PhotometricInterpretation = photometric
+    dataset.BitsAllocated = 16
+    dataset.BitsStored = bits_stored
+    dataset.HighBit = bits_stored - 1
+    dataset.PixelRepresentation = 0
+    dataset.PixelData = pixels.astype("<u2").tobytes()
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+DICOM_PIXELS = np.array([[0, 1024, 2048], [3072, 4095, 4095]], dtype=np.uint16)  # 12-bit
+
+
+def test_dicom_monochrome2_12bit(tmp_path):
+    image = read_image(write_dicom(tmp_path / "m2.dcm", DICOM_PIXELS, "MONOCHROME2"))
+    _check_gray8(image, DICOM_PIXELS.shape)
+    assert image[0, 0] == 0 and image[1, 2] == 255  # scaled to the full 8-bit range
+    np.testing.assert_array_equal(image, np.round(DICOM_PIXELS / 4095 * 255).astype(np.uint8))
+
+
+def test_dicom_monochrome1_is_inverted(tmp_path):
+    mono2 = read_image(write_dicom(tmp_path / "m2.dcm", DICOM_PIXELS, "MONOCHROME2"))
+    mono1 = read_image(write_dicom(tmp_path / "m1.DICOM", DICOM_PIXELS, "MONOCHROME1"))
+    _check_gray8(mono1, DICOM_PIXELS.shape)
+    np.testing.assert_array_equal(mono1, 255 - mono2)
+    assert mono1[0, 0] == 255  # zero is white in MONOCHROME1
+
+
+def test_corrupt_dicom_raises_naming_the_file(tmp_path):
+    path = tmp_path / "broken.dcm"
+    path.write_bytes(b"not a dicom file at all" * 10)
+    with pytest.raises(ImageReadError) as raised:
+        read_image(path)
+    assert str(path) in str(raised.value)
+
+
+# --- resize, digest, suffixes --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(40, 30), (10, 70), (32, 32)])
+def test_resize_square(shape):
+    image = resize_square(gray(4, shape), 32)
+    assert image.shape == (32, 32)
+    assert image.dtype == np.uint8
+
+
+def test_resize_square_keeps_a_constant_image_constant():
+    image = resize_square(np.full((50, 20), 77, dtype=np.uint8), 16)
+    assert (image == 77).all()
+
+
+def test_pixel_digest_same_pixels_in_png_and_bmp(tmp_path):
+    pixels = gray(5, (12, 10))
+    png = read_image(write_image(tmp_path / "a.png", pixels))
+    bmp = read_image(write_image(tmp_path / "a.bmp", pixels))
+    assert tmp_path.joinpath("a.png").read_bytes() != tmp_path.joinpath("a.bmp").read_bytes()
+    assert pixel_digest(png) == pixel_digest(bmp)
+
+
+def test_pixel_digest_differs_for_different_pixels():
+    pixels = gray(6, (8, 8))
+    changed = pixels.copy()
+    changed[3, 3] ^= 1
+    assert pixel_digest(pixels) != pixel_digest(changed)
+    # same bytes, other shape: a different picture
+    assert pixel_digest(pixels) != pixel_digest(pixels.reshape(4, 16))
+
+
+def test_is_image_path(tmp_path):
+    assert is_image_path(tmp_path / "x.PNG")
+    assert is_image_path(tmp_path / "x.jpeg")
+    assert is_image_path(tmp_path / "x.dcm")
+    assert not is_image_path(tmp_path / "x.txt")
+    assert not is_image_path(tmp_path / "manifest.csv")

@@ -1,0 +1,120 @@
+"""Tests for covidxray.metrics: classes looked up by name, numbers checked by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from covidxray.metrics import EPSILON, classification_metrics, cross_entropy
+
+CLASSES = ("normal", "pneumonia", "covid")  # covid deliberately last
+NORMAL, PNEUMONIA, COVID = 0, 1, 2
+
+# true class, probabilities (normal, pneumonia, covid); prediction and covid-vs-rest outcome
+Y_TRUE = np.array([COVID, COVID, COVID, NORMAL, NORMAL, PNEUMONIA, PNEUMONIA, PNEUMONIA])
+PROBS = np.array([
+    [0.1, 0.1, 0.8],  # covid     -> covid      TP
+    [0.2, 0.2, 0.6],  # covid     -> covid      TP
+    [0.5, 0.3, 0.2],  # covid     -> normal     FN
+    [0.7, 0.2, 0.1],  # normal    -> normal     TN
+    [0.3, 0.2, 0.5],  # normal    -> covid      FP
+    [0.1, 0.6, 0.3],  # pneumonia -> pneumonia  TN
+    [0.2, 0.7, 0.1],  # pneumonia -> pneumonia  TN
+    [0.6, 0.3, 0.1],  # pneumonia -> normal     TN (for covid)
+])
+
+
+@pytest.fixture
+def metrics() -> dict:
+    return classification_metrics(Y_TRUE, PROBS, CLASSES)
+
+
+def test_covid_sensitivity_and_specificity_by_name(metrics):
+    covid = metrics["covid"]
+    assert (covid["tp"], covid["fn"], covid["tn"], covid["fp"]) == (2, 1, 4, 1)
+    assert covid["sensitivity"] == pytest.approx(2 / 3)
+    assert covid["specificity"] == pytest.approx(4 / 5)
+
+
+def test_covid_auc_is_covid_vs_rest(metrics):
+    # positives score 0.8, 0.6, 0.2; negatives 0.1, 0.5, 0.3, 0.1, 0.1:
+    # 5 + 5 + 3 of the 15 pairs are ranked right
+    assert metrics["covid"]["auc"] == pytest.approx(13 / 15)
+    assert metrics["covid"]["auc"] == pytest.approx(roc_auc_score(Y_TRUE == COVID, PROBS[:, COVID]))
+
+
+def test_accuracy_and_counts(metrics):
+    assert metrics["n"] == 8
+    assert metrics["accuracy"] == pytest.approx(5 / 8)
+    assert metrics["classes"] == list(CLASSES)
+
+
+def test_per_class_precision_recall(metrics):
+    per_class = metrics["per_class"]
+    assert set(per_class) == set(CLASSES)
+    assert per_class["normal"]["precision"] == pytest.approx(1 / 3)
+    assert per_class["normal"]["recall"] == pytest.approx(1 / 2)
+    assert per_class["pneumonia"]["precision"] == pytest.approx(1.0)
+    assert per_class["pneumonia"]["recall"] == pytest.approx(2 / 3)
+    assert per_class["covid"]["precision"] == pytest.approx(2 / 3)
+    assert per_class["covid"]["recall"] == pytest.approx(2 / 3)
+    assert per_class["covid"]["f1"] == pytest.approx(2 / 3)
+    assert [per_class[c]["support"] for c in CLASSES] == [2, 3, 3]
+
+
+def test_confusion_matrix_rows_are_true_classes(metrics):
+    assert metrics["confusion_matrix"] == [
+        [1, 0, 1],  # true normal
+        [1, 2, 0],  # true pneumonia
+        [1, 0, 2],  # true covid
+    ]
+
+
+def test_loss_is_mean_negative_log_probability_of_the_true_class(metrics):
+    true_probabilities = [0.8, 0.6, 0.2, 0.7, 0.3, 0.6, 0.7, 0.3]
+    expected = -sum(math.log(p) for p in true_probabilities) / len(true_probabilities)
+    assert metrics["loss"] == pytest.approx(expected)
+
+
+def test_loss_clips_zero_probabilities():
+    loss = cross_entropy(np.array([0, 1]), np.array([[1.0, 0.0], [1.0, 0.0]]))
+    assert math.isfinite(loss)
+    assert loss == pytest.approx(-math.log(EPSILON) / 2)
+
+
+def test_covid_is_found_wherever_it_sits():
+    # the same predictions with the columns in another order give the same covid numbers
+    order = [2, 0, 1]  # covid, normal, pneumonia
+    remapped_true = np.array([order.index(y) for y in Y_TRUE])
+    reordered = classification_metrics(remapped_true, PROBS[:, order], tuple(CLASSES[i] for i in order))
+    original = classification_metrics(Y_TRUE, PROBS, CLASSES)
+    assert reordered["covid"] == original["covid"]
+    assert reordered["per_class"] == original["per_class"]
+
+
+def test_set_without_covid_has_no_sensitivity_or_auc():
+    y_true = np.array([NORMAL, NORMAL, PNEUMONIA])
+    probs = np.array([[0.8, 0.1, 0.1], [0.2, 0.1, 0.7], [0.1, 0.8, 0.1]])
+    covid = classification_metrics(y_true, probs, CLASSES)["covid"]
+    assert covid["sensitivity"] is None
+    assert covid["auc"] is None
+    assert covid["specificity"] == pytest.approx(2 / 3)
+    assert (covid["tp"], covid["fn"], covid["tn"], covid["fp"]) == (0, 0, 2, 1)
+
+
+def test_set_of_only_covid_has_no_specificity_or_auc():
+    y_true = np.array([COVID, COVID])
+    probs = np.array([[0.1, 0.1, 0.8], [0.6, 0.2, 0.2]])
+    covid = classification_metrics(y_true, probs, CLASSES)["covid"]
+    assert covid["sensitivity"] == pytest.approx(1 / 2)
+    assert covid["specificity"] is None
+    assert covid["auc"] is None
+
+
+def test_task_without_covid_has_no_covid_section():
+    result = classification_metrics(np.array([0, 1]), np.array([[0.9, 0.1], [0.4, 0.6]]), ("normal", "pneumonia"))
+    assert "covid" not in result
+    assert result["accuracy"] == pytest.approx(1.0)

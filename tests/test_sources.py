@@ -1,0 +1,330 @@
+"""Tests for covidxray.data.sources: class folders, CSV manifests, the ieee8023 layout, tasks."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from covidxray.data.sources import COLUMNS, load_dataset, select_task
+from covidxray.errors import DatasetError
+from covidxray.labels import TASKS
+from helpers import gray, shared_data_dir, write_class_folders, write_image
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    return shared_data_dir()
+
+
+def _counts(frame: pd.DataFrame) -> dict[str, int]:
+    return {label: int(n) for label, n in frame["label"].value_counts().items()}
+
+
+# --- class folders ---------------------------------------------------------------------------
+
+
+def test_class_folders_with_darkcovidnet_names(tmp_path):
+    root = tmp_path / "X-Ray Image DataSet"
+    written = write_class_folders(root, {"Covid-19": 2, "No_findings": 3, "Pneumonia": 1})
+    frame = load_dataset(root)
+    assert list(frame.columns) == COLUMNS
+    assert _counts(frame) == {"covid": 2, "normal": 3, "pneumonia": 1}
+    expected_paths = {str(p.resolve()) for paths in written.values() for p in paths}
+    assert set(frame["path"]) == expected_paths
+    assert all(Path(p).is_absolute() for p in frame["path"])
+    assert set(frame["patient_id"]) == {""}
+    assert set(frame["source"]) == {"X-Ray Image DataSet"}
+    assert set(frame.loc[frame["label"] == "normal", "original_label"]) == {"No_findings"}
+
+
+def test_class_folders_with_pyimagesearch_names(tmp_path):
+    write_class_folders(tmp_path / "dataset", {"covid": 3, "normal": 2}, suffix=".jpg")
+    frame = load_dataset(tmp_path / "dataset")
+    assert _counts(frame) == {"covid": 3, "normal": 2}
+    assert set(frame["original_label"]) == {"covid", "normal"}
+
+
+def test_nested_subfolders_are_read(tmp_path):
+    root = tmp_path / "data"
+    write_image(root / "covid" / "a.png", gray(1))
+    write_image(root / "covid" / "patient1" / "day2" / "b.png", gray(2))
+    write_image(root / "normal" / "sub" / "c.jpeg", gray(3))
+    frame = load_dataset(root)
+    assert _counts(frame) == {"covid": 2, "normal": 1}
+    assert str((root / "covid" / "patient1" / "day2" / "b.png").resolve()) in set(frame["path"])
+
+
+def test_non_image_and_hidden_files_are_ignored(tmp_path):
+    root = tmp_path / "data"
+    write_class_folders(root, {"covid": 1, "normal": 1})
+    (root / "covid" / "notes.txt").write_text("x")
+    (root / "covid" / "labels.csv").write_text("a,b\n")
+    (root / "covid" / ".DS_Store").write_bytes(b"\0")
+    write_image(root / "normal" / ".hidden.png", gray(9))
+    (root / ".git").mkdir()  # hidden folders are not classes
+    frame = load_dataset(root)
+    assert len(frame) == 2
+    assert all(Path(p).suffix == ".png" and not Path(p).name.startswith(".") for p in frame["path"])
+
+
+def test_unknown_class_folder_raises_naming_it(tmp_path):
+    root = tmp_path / "data"
+    write_class_folders(root, {"covid": 1, "tuberculosis": 1})
+    with pytest.raises(DatasetError) as raised:
+        load_dataset(root)
+    message = str(raised.value)
+    assert str(root / "tuberculosis") in message
+    assert "unknown label 'tuberculosis'" in message
+
+
+def test_empty_class_folder_raises_naming_it(tmp_path):
+    root = tmp_path / "data"
+    write_class_folders(root, {"covid": 1})
+    (root / "normal").mkdir()
+    (root / "normal" / "readme.txt").write_text("images go here")  # no image: still empty
+    with pytest.raises(DatasetError) as raised:
+        load_dataset(root)
+    message = str(raised.value)
+    assert str(root / "normal") in message
+    assert "empty" in message
+
+
+def test_loose_images_without_class_folders_explain_the_layout(tmp_path):
+    root = tmp_path / "loose"
+    for i in range(3):
+        write_image(root / f"x{i}.png", gray(i))
+    with pytest.raises(DatasetError) as raised:
+        load_dataset(root)
+    message = str(raised.value)
+    assert str(root) in message
+    assert "<class>/<image>" in message
+    assert "path,label" in message
+
+
+def test_missing_dataset_path_raises(tmp_path):
+    with pytest.raises(DatasetError, match="no such file or folder"):
+        load_dataset(tmp_path / "nowhere")
+
+
+def test_non_csv_file_raises(tmp_path):
+    path = write_image(tmp_path / "x.png", gray(0))
+    with pytest.raises(DatasetError, match=r"\.csv manifest"):
+        load_dataset(path)
+
+
+# --- CSV manifests ---------------------------------------------------------------------------
+
+
+def _manifest_dataset(root: Path) -> Path:
+    write_image(root / "img" / "a.png", gray(1))
+    write_image(root / "img" / "b.png", gray(2))
+    write_image(root / "other" / "c.jpg", gray(3))
+    (root / "list.csv").write_text(
+        "path,label,patient_id,source\n"
+        "img/a.png,Covid-19,p1,hospital-a\n"
+        "img/b.png,No Finding,p2,hospital-b\n"
+        "other/c.jpg,pneumonia,p2,hospital-b\n"
+    )
+    return root / "list.csv"
+
+
+def test_csv_manifest_with_relative_paths_and_columns(tmp_path):
+    csv_path = _manifest_dataset(tmp_path / "ds")
+    frame = load_dataset(csv_path)
+    assert list(frame.columns) == COLUMNS
+    assert list(frame["path"]) == [str((tmp_path / "ds" / p).resolve()) for p in ("img/a.png", "img/b.png", "other/c.jpg")]
+    assert list(frame["label"]) == ["covid", "normal", "pneumonia"]
+    assert list(frame["patient_id"]) == ["p1", "p2", "p2"]
+    assert list(frame["source"]) == ["hospital-a", "hospital-b", "hospital-b"]
+    assert list(frame["original_label"]) == ["Covid-19", "No Finding", "pneumonia"]
+
+
+def test_manifest_csv_in_a_folder_is_used(tmp_path):
+    root = tmp_path / "ds"
+    write_class_folders(root, {"covid": 1, "normal": 1})  # would be read as class folders ...
+    (root / "manifest.csv").write_text("path,label\ncovid/img0.png,covid\n")  # ... but the manifest wins
+    frame = load_dataset(root)
+    assert list(frame["path"]) == [str((root / "covid" / "img0.png").resolve())]
+    assert list(frame["patient_id"]) == [""]
+    assert list(frame["source"]) == ["ds"]  # without a source column: the folder's name
+
+
+def test_csv_with_absolute_paths(tmp_path):
+    image = write_image(tmp_path / "images" / "x.png", gray(1))
+    csv_path = tmp_path / "elsewhere" / "m.csv"
+    csv_path.parent.mkdir()
+    csv_path.write_text(f"label,path\nnormal,{image}\n")
+    frame = load_dataset(csv_path)
+    assert list(frame["path"]) == [str(image)]
+    assert list(frame["label"]) == ["normal"]
+
+
+def test_csv_with_unknown_label_names_csv_and_row(tmp_path):
+    csv_path = _manifest_dataset(tmp_path / "ds")
+    csv_path.write_text(
+        "path,label\n"
+        "img/a.png,covid\n"
+        "img/b.png,tuberculosis\n"
+    )
+    with pytest.raises(DatasetError) as raised:
+        load_dataset(csv_path)
+    message = str(raised.value)
+    assert str(csv_path) in message
+    assert "row 3" in message  # line 3 of the file: header, a.png, b.png
+    assert "'tuberculosis'" in message
+
+
+@pytest.mark.parametrize(("header", "missing"), [("path,patient_id", "label"), ("file,label", "path")])
+def test_csv_missing_a_column(tmp_path, header, missing):
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_text(f"{header}\nx.png,covid\n")
+    with pytest.raises(DatasetError) as raised:
+        load_dataset(csv_path)
+    message = str(raised.value)
+    assert str(csv_path) in message
+    assert f"missing column(s) {missing}" in message
+
+
+def test_csv_listing_a_missing_file_names_it(tmp_path):
+    csv_path = _manifest_dataset(tmp_path / "ds")
+    (tmp_path / "ds" / "img" / "b.png").unlink()
+    with pytest.raises(DatasetError) as raised:
+        load_dataset(csv_path)
+    message = str(raised.value)
+    assert str((tmp_path / "ds" / "img" / "b.png").resolve()) in message
+    assert str(csv_path) in message
+    assert "a.png" not in message
+
+
+def test_empty_csv_raises(tmp_path):
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_text("path,label\n")
+    with pytest.raises(DatasetError, match="no labelled images"):
+        load_dataset(csv_path)
+
+
+# --- ieee8023 layout -------------------------------------------------------------------------
+
+IEEE_ROWS = [
+    # patientid, finding, view, modality, filename, kept as
+    ("1", "COVID-19", "PA", "X-ray", "a.png", "covid"),
+    ("1", "COVID-19", "L", "X-ray", "a-lateral.png", None),  # lateral view
+    ("2", "COVID-19, ARDS", "AP Supine", "X-ray", "b.jpg", "covid"),
+    ("3", "No Finding", "AP", "X-ray", "c.png", "normal"),
+    ("4", "Pneumonia/Bacterial/Klebsiella", "PA", "X-ray", "d.png", "pneumonia"),
+    ("5", "SARS", "AP semi erect", "X-ray", "e.png", "pneumonia"),
+    ("6", "COVID-19", "Axial", "CT", "f.png", None),  # CT
+    ("7", "COVID-19", "PA", "CT", "g.png", None),  # CT, even with a frontal-sounding view
+    ("8", "todo", "PA", "X-ray", "h.png", None),  # unknown finding
+]
+
+
+def _ieee8023(root: Path) -> Path:
+    lines = ["patientid,offset,finding,view,modality,filename"]
+    for i, (patient, finding, view, modality, filename, _) in enumerate(IEEE_ROWS):
+        write_image(root / "images" / filename, gray(100 + i))
+        finding = f'"{finding}"' if "," in finding else finding
+        lines.append(f"{patient},0,{finding},{view},{modality},{filename}")
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_ieee8023_layout_keeps_frontal_xrays_and_maps_findings(tmp_path, caplog):
+    root = _ieee8023(tmp_path / "covid-chestxray-dataset")
+    with caplog.at_level(logging.INFO, logger="covidxray.data.sources"):
+        frame = load_dataset(root)
+    kept = [(row[4], row[5], row[0]) for row in IEEE_ROWS if row[5] is not None]
+    assert list(frame.columns) == COLUMNS
+    assert list(frame["path"]) == [str((root / "images" / name).resolve()) for name, _, _ in kept]
+    assert list(frame["label"]) == [label for _, label, _ in kept]
+    assert list(frame["patient_id"]) == [f"ieee8023-{patient}" for _, _, patient in kept]
+    assert set(frame["source"]) == {"ieee8023"}
+    assert list(frame["original_label"]) == ["COVID-19", "COVID-19, ARDS", "No Finding",
+                                             "Pneumonia/Bacterial/Klebsiella", "SARS"]
+    assert "todo" in caplog.text  # the skipped finding is reported
+
+
+def test_ieee8023_missing_image_names_it(tmp_path):
+    root = _ieee8023(tmp_path / "ieee")
+    (root / "images" / "c.png").unlink()
+    with pytest.raises(DatasetError) as raised:
+        load_dataset(root)
+    assert str((root / "images" / "c.png").resolve()) in str(raised.value)
+
+
+def test_ieee8023_missing_column(tmp_path):
+    root = tmp_path / "ieee"
+    write_image(root / "images" / "a.png", gray(0))
+    (root / "metadata.csv").write_text("patientid,view,filename\n1,PA,a.png\n")
+    with pytest.raises(DatasetError, match="missing column.*finding"):
+        load_dataset(root)
+
+
+# --- select_task -----------------------------------------------------------------------------
+
+
+def _frame(labels: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "path": [f"/x/{i}.png" for i in range(len(labels))],
+        "label": labels,
+        "patient_id": "",
+        "source": "s",
+        "original_label": labels,
+    })
+
+
+def test_select_task_drops_other_classes():
+    frame = _frame(["covid", "pneumonia", "normal", "pneumonia", "covid"])
+    selected = select_task(frame, TASKS["binary"])
+    assert list(selected["label"]) == ["covid", "normal", "covid"]
+    assert list(selected.index) == [0, 1, 2]
+    assert list(selected["path"]) == ["/x/0.png", "/x/2.png", "/x/4.png"]
+
+
+def test_select_task_keeps_everything_for_three_classes():
+    frame = _frame(["covid", "pneumonia", "normal"])
+    assert len(select_task(frame, TASKS["three-class"])) == 3
+
+
+def test_select_task_missing_class_raises_naming_it():
+    frame = _frame(["covid", "normal", "normal"])
+    with pytest.raises(DatasetError) as raised:
+        select_task(frame, TASKS["three-class"], where="test set")
+    message = str(raised.value)
+    assert "test set" in message
+    assert "no images of class pneumonia" in message
+
+
+def test_select_task_without_require_all():
+    frame = _frame(["covid", "covid", "pneumonia"])
+    selected = select_task(frame, TASKS["binary"], require_all=False)
+    assert list(selected["label"]) == ["covid", "covid"]
+
+
+def test_select_task_with_no_class_of_the_task_raises_even_without_require_all():
+    with pytest.raises(DatasetError, match="no images of covid, normal"):
+        select_task(_frame(["pneumonia"]), TASKS["binary"], require_all=False)
+
+
+# --- real data -------------------------------------------------------------------------------
+
+
+def test_real_darkcovidnet(shared_data):
+    frame = load_dataset(shared_data / "darkcovidnet")
+    assert _counts(frame) == {"covid": 124, "normal": 500, "pneumonia": 500}
+    assert frame["patient_id"].nunique() == 764
+    assert (frame["patient_id"] != "").all()
+    assert set(frame["source"]) == {"ieee8023", "nih-chestxray8"}
+    assert all(Path(p).is_absolute() for p in frame["path"][:20])
+
+
+def test_real_ieee8023(shared_data):
+    frame = load_dataset(shared_data / "ieee8023")
+    assert set(frame["label"]) == {"covid", "normal", "pneumonia"}
+    assert frame["patient_id"].str.startswith("ieee8023-").all()
+    assert frame["patient_id"].str.len().gt(len("ieee8023-")).all()
+    assert _counts(frame)["covid"] == 415 + 12  # COVID-19 and COVID-19, ARDS
+    assert _counts(frame)["normal"] == 19

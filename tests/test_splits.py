@@ -1,0 +1,160 @@
+"""Tests for covidxray.data.splits: stratified, patient-grouped train/validation/test splits."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from covidxray.data.sources import load_dataset
+from covidxray.data.splits import SPLITS, split_dataset, split_groups
+from covidxray.errors import DatasetError
+from helpers import shared_data_dir
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    return shared_data_dir()
+
+
+@pytest.fixture
+def darkcovidnet(shared_data) -> pd.DataFrame:
+    return load_dataset(shared_data / "darkcovidnet")
+
+
+def _frame(labels, patients=None, sources=None) -> pd.DataFrame:
+    n = len(labels)
+    return pd.DataFrame({
+        "path": [f"/x/{i}.png" for i in range(n)],
+        "label": list(labels),
+        "patient_id": list(patients) if patients is not None else [""] * n,
+        "source": list(sources) if sources is not None else ["s"] * n,
+        "original_label": list(labels),
+    })
+
+
+# --- real data -------------------------------------------------------------------------------
+
+
+def test_real_split_keeps_patients_apart(darkcovidnet):
+    split = split_dataset(darkcovidnet, seed=0)
+    assert split.index.equals(darkcovidnet.index)
+    assert set(split) == set(SPLITS)
+    splits_of_patient = darkcovidnet.assign(split=split).groupby("patient_id")["split"].nunique()
+    assert splits_of_patient.max() == 1, splits_of_patient[splits_of_patient > 1].index.tolist()[:5]
+
+
+def test_real_split_holds_every_class_in_near_70_15_15(darkcovidnet):
+    split = split_dataset(darkcovidnet, seed=0)
+    table = pd.crosstab(darkcovidnet["label"], split)
+    assert (table[list(SPLITS)] > 0).all().all(), table
+    fractions = split.value_counts(normalize=True)
+    assert abs(fractions["train"] - 0.70) < 0.04, fractions
+    assert abs(fractions["validation"] - 0.15) < 0.03, fractions
+    assert abs(fractions["test"] - 0.15) < 0.03, fractions
+    # stratified: each class is split in about the same proportions
+    per_class = table.div(table.sum(axis=1), axis=0)
+    assert (per_class["test"] - 0.15).abs().max() < 0.06, per_class
+
+
+def test_real_split_is_deterministic_per_seed(darkcovidnet):
+    first = split_dataset(darkcovidnet, seed=3)
+    again = split_dataset(darkcovidnet, seed=3)
+    other = split_dataset(darkcovidnet, seed=4)
+    assert first.equals(again)
+    assert not first.equals(other)
+    assert (first != other).sum() > 50
+
+
+# --- synthetic -------------------------------------------------------------------------------
+
+
+def _balanced(n_per_class: int = 10) -> pd.DataFrame:
+    labels = ["covid"] * n_per_class + ["normal"] * n_per_class
+    return _frame(labels, patients=[f"p{i}" for i in range(len(labels))])
+
+
+def test_identical_pixels_land_in_one_split_whatever_the_patient_ids():
+    frame = _balanced(10)
+    digests = [f"d{i}" for i in range(len(frame))]
+    # the same picture filed under three patient ids (a duplicate across sources, say)
+    for i in (0, 3, 7):
+        digests[i] = "same"
+    groups = split_groups(frame, digests)
+    assert groups[0] == groups[3] == groups[7]
+    assert len(set(groups)) == len(frame) - 2
+    for seed in range(6):
+        split = split_dataset(frame, pixel_digests=digests, seed=seed)
+        assert split[0] == split[3] == split[7], (seed, split.tolist())
+
+
+def test_identical_pixels_join_whole_patient_groups():
+    frame = _frame(["covid"] * 4, patients=["a", "a", "b", "c"])
+    groups = split_groups(frame, [None, "x", "x", None])  # a's second image equals b's image
+    assert groups[0] == groups[1] == groups[2]
+    assert groups[3] != groups[0]
+
+
+def test_patients_are_kept_apart_by_source():
+    frame = _frame(["covid"] * 3, patients=["1", "1", "1"], sources=["nih", "nih", "ieee8023"])
+    groups = split_groups(frame)
+    assert groups[0] == groups[1]
+    assert groups[2] != groups[0]
+
+
+def test_rows_without_patient_are_their_own_group():
+    frame = _frame(["covid"] * 3)
+    assert len(set(split_groups(frame))) == 3
+
+
+def test_synthetic_split_keeps_patients_together():
+    rng = np.random.default_rng(0)
+    labels, patients = [], []
+    for label in ("covid", "normal", "pneumonia"):
+        for p in range(12):
+            for _ in range(int(rng.integers(1, 4))):
+                labels.append(label)
+                patients.append(f"{label}-{p}")
+    frame = _frame(labels, patients=patients)
+    split = split_dataset(frame, seed=1)
+    assert frame.assign(split=split).groupby("patient_id")["split"].nunique().max() == 1
+    assert (pd.crosstab(frame["label"], split)[list(SPLITS)] > 0).all().all()
+
+
+def test_class_with_one_image_raises_naming_it():
+    frame = _frame(["normal"] * 10 + ["covid"], patients=[f"p{i}" for i in range(11)])
+    with pytest.raises(DatasetError) as raised:
+        split_dataset(frame)
+    message = str(raised.value)
+    assert "'covid'" in message
+    assert "1 image(s) from 1 patient(s)" in message
+
+
+def test_class_with_two_patients_raises_naming_it():
+    patients = [f"n{i}" for i in range(10)] + ["c1", "c1", "c2", "c2", "c2"]
+    frame = _frame(["normal"] * 10 + ["covid"] * 5, patients=patients)
+    with pytest.raises(DatasetError) as raised:
+        split_dataset(frame)
+    message = str(raised.value)
+    assert "'covid'" in message
+    assert "2 patient(s)" in message
+    assert "'normal'" not in message
+
+
+def test_no_patient_ids_logs_a_warning(caplog):
+    frame = _frame(["covid"] * 10 + ["normal"] * 10)
+    with caplog.at_level(logging.WARNING, logger="covidxray.data.splits"):
+        split = split_dataset(frame)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings, "expected a warning about missing patient ids"
+    assert any("patient" in r.getMessage() for r in warnings)
+    assert set(split) == set(SPLITS)
+
+
+def test_patient_ids_present_logs_no_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="covidxray.data.splits"):
+        split_dataset(_balanced(10))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
