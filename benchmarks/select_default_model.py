@@ -15,13 +15,15 @@ import os
 import tempfile
 import time
 
-import covidxray  # noqa: F401  (chooses the Keras backend)
+import covidxray  # noqa: F401  (chooses the Keras backend before anything imports Keras)
 from covidxray.config import TrainConfig
 from covidxray.rundir import RunDir
 from covidxray.train import evaluate_splits, fit, prepare_data
 
 
 def main() -> None:
+    import keras
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--task", default="three-class")
@@ -47,7 +49,7 @@ def main() -> None:
             metrics, _ = evaluate_splits(run.load_model(), data)
         row = {"model": name, "image_size": int(size), "epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size, "minutes": round(minutes, 2),
                **training, "val_accuracy": metrics["validation"]["accuracy"],
-               "test_accuracy": metrics["test"]["accuracy"], "backend": os.environ.get("KERAS_BACKEND"),
+               "test_accuracy": metrics["test"]["accuracy"], "backend": keras.backend.backend(),
                "cpus": os.cpu_count()}
         row["test_accuracy_per_minute"] = round(row["test_accuracy"] / minutes, 4)
         print(json.dumps(row), flush=True)

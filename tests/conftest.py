@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import covidxray  # noqa: F401  (chooses the Keras backend before any test imports Keras)
+
 CLASSES = ("covid", "normal", "pneumonia")
 
 

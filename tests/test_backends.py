@@ -55,3 +55,12 @@ def test_keras_json_choice_is_respected(tmp_path):
     code = "import covidxray, os; print(os.environ.get('KERAS_BACKEND', 'unset'))"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.stdout.strip() == "unset"  # Keras reads keras.json itself
+
+
+def test_keras_json_naming_a_missing_backend_is_overridden(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["KERAS_HOME"] = str(tmp_path)
+    (tmp_path / "keras.json").write_text(json.dumps({"backend": "notinstalled"}))
+    code = "import covidxray, os; print(os.environ.get('KERAS_BACKEND', 'unset'))"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == "tensorflow"

@@ -174,3 +174,17 @@ def test_a_class_with_one_image_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "'covid'" in err and "1 image" in err
     assert not Path(tmp_path / "r" / "model.keras").exists()
+
+
+def test_download_errors_are_one_clear_line(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as probe:  # a local port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/master.zip"
+    assert main(["--quiet", "data", "download", "darkcovidnet", "--dest", str(tmp_path), "--url", url]) == 2
+    err = capsys.readouterr().err.strip()
+    assert url in err and len(err.splitlines()) == 1
+    assert main(["--quiet", "data", "download", "nosuchdata", "--dest", str(tmp_path)]) == 2
+    assert "darkcovidnet" in capsys.readouterr().err

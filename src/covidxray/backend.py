@@ -1,9 +1,11 @@
 """Pick the Keras backend before Keras is imported.
 
-Keras 3 reads ``KERAS_BACKEND`` once, at import. When it is unset (and ``~/.keras/keras.json``
-names no backend) covidxray picks the first installed of TensorFlow, PyTorch and JAX: the order
-of their measured training speed on a laptop CPU (49, 35 and 26 images/s for DarkCovidNet at
-256x256 on a 2-core machine). Set ``KERAS_BACKEND=jax`` (or ``torch``, ``tensorflow``) to choose.
+Keras 3 reads ``KERAS_BACKEND`` once, at import. When it is unset, covidxray keeps the backend
+named in ``~/.keras/keras.json`` if that backend is installed (Keras writes that file with
+``tensorflow`` on first import, installed or not), and otherwise picks the first installed of
+TensorFlow, PyTorch and JAX: the order of their measured training speed on a laptop CPU (49, 35
+and 26 images/s for DarkCovidNet at 256x256 on a 2-core machine). Set ``KERAS_BACKEND=jax``
+(or ``torch``, ``tensorflow``) to choose.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from pathlib import Path
 PREFERENCE = (("tensorflow", "tensorflow"), ("torch", "torch"), ("jax", "jax"))
 
 
-def _configured_backend() -> str | None:
-    if os.environ.get("KERAS_BACKEND"):
-        return os.environ["KERAS_BACKEND"]
+def _installed(backend: str) -> bool:
+    module = dict(PREFERENCE).get(backend, backend)
+    return importlib.util.find_spec(module) is not None
+
+
+def _keras_json_backend() -> str | None:
     keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
     try:
         return json.loads((keras_home / "keras.json").read_text()).get("backend")
@@ -28,9 +33,11 @@ def _configured_backend() -> str | None:
 
 def choose_backend() -> str:
     """Set ``KERAS_BACKEND`` when nothing chose one, and return the backend in force."""
-    chosen = _configured_backend()
-    if chosen:
-        return chosen
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    configured = _keras_json_backend()
+    if configured and _installed(configured):
+        return configured
     for backend, module in PREFERENCE:
         if importlib.util.find_spec(module) is not None:
             os.environ["KERAS_BACKEND"] = backend

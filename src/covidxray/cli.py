@@ -22,7 +22,11 @@ log = logging.getLogger("covidxray")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from covidxray.config import TrainConfig
     from covidxray.models import DEFAULT_MODEL, list_models
+
+    def default(name: str):
+        return TrainConfig.__dataclass_fields__[name].default
 
     parser = argparse.ArgumentParser(
         prog="covidxray",
@@ -35,18 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model and write a run directory with its report")
     train.add_argument("--data", required=True, help="class folders, a CSV manifest (path,label[,patient_id,source]) or an ieee8023 folder")
-    train.add_argument("--task", choices=list(TASKS), default="three-class")
+    train.add_argument("--task", choices=list(TASKS), default=default("task"))
     train.add_argument("--out", required=True, help="run directory to write")
     train.add_argument("--model", default=DEFAULT_MODEL, choices=list_models())
-    train.add_argument("--epochs", type=int, default=40, help="at most this many epochs (early stopping may end sooner)")
+    train.add_argument("--epochs", type=int, default=default("epochs"), help="epochs (the learning rate decays to zero at the last; early stopping may end sooner)")
     train.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the model's own)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument("--patience", type=int, default=10, help="epochs without better validation loss before stopping")
-    train.add_argument("--weights", default="none", help="none, imagenet (keras.applications models) or a weights file")
-    train.add_argument("--val-fraction", type=float, default=0.15)
-    train.add_argument("--test-fraction", type=float, default=0.15)
+    train.add_argument("--seed", type=int, default=default("seed"))
+    train.add_argument("--batch-size", type=int, default=default("batch_size"))
+    train.add_argument("--learning-rate", type=float, default=default("learning_rate"), help="peak rate of Adam (warm-up, then cosine decay)")
+    train.add_argument("--patience", type=int, default=default("patience"), help="epochs without better validation loss before stopping")
+    train.add_argument("--weights", default=default("weights"), help="none, imagenet (keras.applications models) or a weights file")
+    train.add_argument("--val-fraction", type=float, default=default("val_fraction"))
+    train.add_argument("--test-fraction", type=float, default=default("test_fraction"))
     train.add_argument("--no-augment", dest="augment", action="store_false", help="train without augmentation")
     train.add_argument("--flip", action="store_true", help="add horizontal flips to the augmentation")
     train.add_argument("--no-class-weights", dest="class_weights", action="store_false")

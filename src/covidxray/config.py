@@ -18,9 +18,9 @@ class TrainConfig:
     model: str = DEFAULT_MODEL  # a name from covidxray.models.list_models()
     image_size: int | None = None  # input side in pixels; None: the model's own default
     weights: str = "none"  # none, imagenet (backbones) or a weights file
-    epochs: int = 40  # upper bound; early stopping usually ends sooner
+    epochs: int = 30  # the learning rate decays to zero at the last epoch
     batch_size: int = 32
-    learning_rate: float = 1e-3  # Adam; halved when validation loss stalls
+    learning_rate: float = 1e-3  # Adam's peak rate: one epoch of warm-up, then cosine decay to 0
     patience: int = 10  # epochs without a better validation loss before stopping
     class_weights: bool = True  # weight the loss by inverse class frequency
     augment: bool = True  # rotation, zoom, shift, contrast inside the model
@@ -28,6 +28,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0  # seeds the split, the weights and the augmentation
+    jit_compile: bool | str = "auto"  # XLA compilation (Keras's "auto": where the backend supports it)
     cache_dir: str | None = None  # decoded-image cache; None: ~/.cache/covidxray
     classes: tuple[str, ...] = ()  # filled from the task by resolve()
 

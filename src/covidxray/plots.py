@@ -76,7 +76,8 @@ def pick_examples(y_true: np.ndarray, probabilities: np.ndarray, count: int = 24
     rng = np.random.default_rng(seed)
     wrong = np.flatnonzero(probabilities.argmax(axis=1) != y_true)
     chosen = list(rng.permutation(wrong)[: count // 2])
-    remaining = [i for i in rng.permutation(len(y_true)) if i not in set(chosen)]
+    taken = set(chosen)
+    remaining = [i for i in rng.permutation(len(y_true)) if i not in taken]
     by_class = {c: [i for i in remaining if y_true[i] == c] for c in np.unique(y_true)}
     while len(chosen) < min(count, len(y_true)) and any(by_class.values()):
         for c in list(by_class):

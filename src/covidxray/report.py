@@ -68,8 +68,8 @@ def render_report(config, metrics: dict) -> str:
     lines += ["", "### Per class (test)", "", "| class | precision | recall | F1 | images |", "|---|---:|---:|---:|---:|"]
     for name, scores in test["per_class"].items():
         lines.append(f"| {name} | {_pct(scores['precision'])} | {_pct(scores['recall'])} | {_pct(scores['f1'])} | {scores['support']} |")
-    if COVID in test.get("covid", {}) or "covid" in test:
-        covid = test["covid"]
+    if COVID in test:
+        covid = test[COVID]
         auc = "n/a" if covid["auc"] is None else f"{covid['auc']:.3f}"
         lines += ["", "### COVID-19 vs the rest (test)", "",
                   "| sensitivity | specificity | ROC AUC |", "|---:|---:|---:|",

@@ -27,6 +27,7 @@ from covidxray.files import atomic_save
 from covidxray.metrics import classification_metrics
 from covidxray.models import create_model
 from covidxray.predict import predict_arrays
+from covidxray.report import write_figures_and_report
 
 log = logging.getLogger(__name__)
 
@@ -92,23 +93,37 @@ def fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: in
     keras.utils.set_random_seed(config.seed)
     model = create_model(config.model, num_classes=len(config.classes), image_size=config.image_size,
                          weights=config.weights, augment=config.augment, flip=config.flip, seed=config.seed)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     x_train, y_train = data.part("train")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(config, len(x_train))),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=config.jit_compile)
     checkpoint = BestCheckpoint(run.file(rundir.MODEL))
     callbacks = [
         checkpoint,
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, config.patience // 3)),
         keras.callbacks.CSVLogger(str(run.file(rundir.HISTORY))),
     ]
     started = time.perf_counter()
-    model.fit(x_train, y_train, validation_data=data.part("validation"), epochs=config.epochs,
+    history = model.fit(x_train, y_train, validation_data=data.part("validation"), epochs=config.epochs,
               batch_size=config.batch_size, class_weight=_class_weights(y_train, len(config.classes)) if config.class_weights else None,
               callbacks=callbacks, verbose=verbose, shuffle=True)
     seconds = time.perf_counter() - started
     return {"best_epoch": checkpoint.best_epoch, "fit_seconds": round(seconds, 1),
-            "train_images_per_second": round(len(x_train) * len(pd.read_csv(run.file(rundir.HISTORY))) / seconds, 1)}
+            "epochs_run": len(history.history["loss"]),
+            "train_images_per_second": round(len(x_train) * len(history.history["loss"]) / seconds, 1)}
+
+
+def learning_rate_schedule(config: TrainConfig, train_size: int):
+    """Linear warm-up over the first epoch, then cosine decay to zero at the last epoch.
+
+    Annealing to zero settles the batch-norm statistics, so the last epochs are stable.
+    """
+    steps_per_epoch = max(1, -(-train_size // config.batch_size))
+    total = steps_per_epoch * config.epochs
+    warmup = min(steps_per_epoch, total // 2)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else config.learning_rate, decay_steps=max(1, total - warmup),
+        warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup,
+    )
 
 
 def evaluate_splits(model: keras.Model, data: PreparedData) -> tuple[dict, dict]:
@@ -126,8 +141,6 @@ def evaluate_splits(model: keras.Model, data: PreparedData) -> tuple[dict, dict]
 def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verbose: int = 1,
           progress: bool | None = None) -> dict:
     """The whole pipeline: returns ``metrics.json``'s content and writes the run directory."""
-    from covidxray.report import write_figures_and_report
-
     config = config.resolve()
     run = rundir.RunDir(out)
     run.create(overwrite=overwrite)
