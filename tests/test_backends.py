@@ -12,17 +12,24 @@ import json, sys
 import numpy as np
 import covidxray, keras
 from covidxray.models import create_model
+from covidxray.models.batchnorm import recalibrate_batch_norm
 out = {"backend": keras.backend.backend()}
 images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 1)).astype("float32")
 for name in ("compactnet", "darkcovidnet"):
     model = create_model(name, num_classes=3, image_size=64, seed=0)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(images, np.array([0, 1, 2]), epochs=1, verbose=0)
+    recalibrate_batch_norm(model, images)
+    first_conv, first_bn = {"compactnet": ("stem_conv", "stem_bn"), "darkcovidnet": ("conv1", "conv1_bn")}[name]
+    features = keras.Model(model.get_layer("scale").input, model.get_layer(first_conv).output).predict(images, verbose=0)
+    moving = keras.ops.convert_to_numpy(model.get_layer(first_bn).moving_mean)
+    bn_error = float(np.abs(moving - features.mean(axis=(0, 1, 2))).max() / (np.abs(features).mean() + 1e-9))
     before = model.predict(images, verbose=0)
     path = f"{sys.argv[1]}/{name}.keras"
     model.save(path)
     after = keras.saving.load_model(path, compile=False).predict(images, verbose=0)
-    out[name] = {"max_diff": float(np.abs(before - after).max()), "sums": before.sum(axis=1).tolist()}
+    out[name] = {"max_diff": float(np.abs(before - after).max()), "sums": before.sum(axis=1).tolist(),
+                 "bn_error": bn_error}
 print(json.dumps(out))
 """
 
@@ -37,6 +44,7 @@ def test_build_save_load_predict(backend, tmp_path):
     for name in ("compactnet", "darkcovidnet"):
         assert result[name]["max_diff"] < 1e-5
         assert all(abs(s - 1) < 1e-4 for s in result[name]["sums"])
+        assert result[name]["bn_error"] < 1e-3  # precise BN: moving mean = mean of the layer's input
 
 
 def test_default_backend_is_chosen_when_unset(tmp_path):

@@ -38,6 +38,8 @@ class RunDir:
                 f"{self.path}: already holds a trained run; choose another --out or pass --overwrite"
             )
         self.path.mkdir(parents=True, exist_ok=True)
+        for stale in (METRICS, REPORT):  # never leave an old run's results beside a new model
+            self.file(stale).unlink(missing_ok=True)
 
     def require(self, name: str) -> Path:
         """The path of a file the run must have, or a clear error."""

@@ -24,12 +24,16 @@ from covidxray.data.sources import load_dataset, select_task
 from covidxray.data.splits import SPLITS, split_dataset
 from covidxray.errors import DatasetError
 from covidxray.files import atomic_save
-from covidxray.metrics import classification_metrics
+from covidxray.metrics import classification_metrics, cross_entropy
 from covidxray.models import create_model
+from covidxray.models.batchnorm import recalibrate_batch_norm
 from covidxray.predict import predict_arrays
 from covidxray.report import write_figures_and_report
 
 log = logging.getLogger(__name__)
+
+#: Training images used to recompute batch-norm statistics after each epoch.
+CALIBRATION_IMAGES = 512
 
 
 @dataclass
@@ -74,6 +78,26 @@ def prepare_data(config: TrainConfig, progress: bool | None = None) -> PreparedD
     return PreparedData(table, images, targets, config.classes, failed)
 
 
+class PreciseValidation(keras.callbacks.Callback):
+    """After each epoch: recompute batch-norm statistics on training images, then score the
+    validation set; adds ``val_loss`` and ``val_accuracy`` to the epoch's logs.
+
+    Keep it first among the callbacks, so that the checkpoint and early stopping see the
+    validation scores of exactly the model they save.
+    """
+
+    def __init__(self, calibration_images: np.ndarray, x_val: np.ndarray, y_val: np.ndarray):
+        super().__init__()
+        self.calibration_images, self.x_val, self.y_val = calibration_images, x_val, y_val
+
+    def on_epoch_end(self, epoch, logs=None):
+        recalibrate_batch_norm(self.model, self.calibration_images)
+        probabilities = predict_arrays(self.model, self.x_val)
+        if logs is not None:
+            logs["val_loss"] = cross_entropy(self.y_val, probabilities)
+            logs["val_accuracy"] = float(np.mean(probabilities.argmax(axis=1) == self.y_val))
+
+
 class BestCheckpoint(keras.callbacks.Callback):
     """Save the model whenever the monitored value improves, atomically."""
 
@@ -97,13 +121,16 @@ def fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: in
     model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(config, len(x_train))),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=config.jit_compile)
     checkpoint = BestCheckpoint(run.file(rundir.MODEL))
+    rng = np.random.default_rng(config.seed)
+    calibration = x_train[np.sort(rng.permutation(len(x_train))[:CALIBRATION_IMAGES])]
     callbacks = [
+        PreciseValidation(calibration, *data.part("validation")),
         checkpoint,
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
         keras.callbacks.CSVLogger(str(run.file(rundir.HISTORY))),
     ]
     started = time.perf_counter()
-    history = model.fit(x_train, y_train, validation_data=data.part("validation"), epochs=config.epochs,
+    history = model.fit(x_train, y_train, epochs=config.epochs,
               batch_size=config.batch_size, class_weight=_class_weights(y_train, len(config.classes)) if config.class_weights else None,
               callbacks=callbacks, verbose=verbose, shuffle=True)
     seconds = time.perf_counter() - started
