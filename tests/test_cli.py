@@ -164,6 +164,7 @@ def test_user_mistakes_are_one_clear_line(tmp_path, capsys, setup, args, expecte
     err = capsys.readouterr().err.strip()
     assert err.startswith("covidxray: error:") and expected in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # a failed train leaves no half-made run behind
 
 
 def test_a_class_with_one_image_is_refused(tmp_path, capsys):

@@ -158,3 +158,12 @@ def test_patient_ids_present_logs_no_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="covidxray.data.splits"):
         split_dataset(_balanced(10))
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_some_missing_patient_ids_are_counted_by_class(caplog):
+    labels = ["covid"] * 10 + ["normal"] * 10
+    patients = [""] * 4 + [f"c{i}" for i in range(6)] + [f"n{i}" for i in range(10)]
+    with caplog.at_level(logging.WARNING, logger="covidxray.data.splits"):
+        split_dataset(_frame(labels, patients))
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(messages) == 1 and "4 images have no patient id (covid 4)" in messages[0]

@@ -56,7 +56,7 @@ def render_report(config, metrics: dict) -> str:
         "- images: " + ", ".join(f"{k} {v}" for k, v in info["images"].items()),
         f"- model: `{config.model}` at {config.image_size}x{config.image_size}, {info['parameters']:,} parameters, "
         f"Keras backend `{info['backend']}`",
-        f"- training: up to {config.epochs} epochs, best validation loss at epoch {info['best_epoch']}, "
+        f"- training: up to {config.epochs} epochs, best validation accuracy at epoch {info['best_epoch']} of {info['epochs_run']}, "
         f"{info['fit_seconds']} s ({info['train_images_per_second']} images/s); decoding {info['data_seconds']} s",
     ]
     if info["skipped"]:

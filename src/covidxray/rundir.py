@@ -31,12 +31,15 @@ class RunDir:
     def file(self, name: str) -> Path:
         return self.path / name
 
-    def create(self, overwrite: bool = False) -> None:
-        """Make the folder; refuse to replace a finished run unless ``overwrite``."""
+    def refuse_to_replace(self, overwrite: bool = False) -> None:
+        """Raise if the folder holds a trained model, unless ``overwrite``."""
         if self.file(MODEL).exists() and not overwrite:
             raise CovidXrayError(
                 f"{self.path}: already holds a trained run; choose another --out or pass --overwrite"
             )
+
+    def create(self) -> None:
+        """Make the folder, and remove an earlier run's results from it."""
         self.path.mkdir(parents=True, exist_ok=True)
         for stale in (METRICS, REPORT):  # never leave an old run's results beside a new model
             self.file(stale).unlink(missing_ok=True)

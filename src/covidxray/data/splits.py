@@ -52,9 +52,15 @@ def split_dataset(
     seed: int = 0,
 ) -> pd.Series:
     """Assign each row to train, validation or test; returns a Series aligned with ``frame``."""
-    if not frame["patient_id"].fillna("").astype(bool).any():
+    unknown = ~frame["patient_id"].fillna("").astype(str).astype(bool)
+    if unknown.all():
         log.warning("no patient ids in the data: one patient's images may land in two splits, "
                     "which inflates test accuracy; add a patient_id column to a manifest to group them")
+    elif unknown.any():
+        counts = frame.loc[unknown, "label"].value_counts()
+        log.warning("%d images have no patient id (%s): each is split on its own, so one patient's "
+                    "images may land in two splits", int(unknown.sum()),
+                    ", ".join(f"{label} {n}" for label, n in counts.items()))
     groups = split_groups(frame, pixel_digests)
     labels = frame["label"].to_numpy()
     _check_enough_groups(labels, groups)
