@@ -189,3 +189,36 @@ def test_download_errors_are_one_clear_line(tmp_path, capsys):
     assert url in err and len(err.splitlines()) == 1
     assert main(["--quiet", "data", "download", "nosuchdata", "--dest", str(tmp_path)]) == 2
     assert "darkcovidnet" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_keeps_what_it_wrote(tmp_path, monkeypatch, capsys):
+    import covidxray.train
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    data = make_dataset(tmp_path / "data", per_class=10)
+    run = tmp_path / "run"
+    monkeypatch.setattr(covidxray.train, "evaluate_splits", interrupt)  # stop right after fitting
+    code = main(["--quiet", "train", "--data", str(data), "--out", str(run), "--image-size", "32", "--epochs", "2"])
+    assert code == 130 and "interrupted" in capsys.readouterr().err
+    for name in ("model.keras", "config.json", "split.csv", "history.csv"):
+        assert (run / name).is_file(), name
+    assert not (run / "metrics.json").exists()
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
+    image = sorted((data / "covid").glob("*.png"))[0]
+    assert main(["--quiet", "predict", "--run", str(run), str(image), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["path"] == str(image)
+
+
+def test_a_corrupt_model_file_is_a_clear_error(trained, tmp_path, capsys):
+    import shutil
+
+    data, run = trained
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    (broken / "model.keras").write_bytes(b"not a keras archive")
+    image = sorted((data / "covid").glob("*.png"))[0]
+    assert main(["--quiet", "predict", "--run", str(broken), str(image)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(broken / "model.keras") in err and "retrain" in err and len(err.splitlines()) == 1

@@ -81,7 +81,12 @@ def split_dataset(
 
 
 def _first_fold(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
-    n_splits = max(2, min(n_splits, len(np.unique(groups))))
+    """Hold out one of ``n_splits`` stratified, grouped folds (fewer folds for a small class)."""
+    smallest = min(len(np.unique(groups[labels == label])) for label in np.unique(labels))
+    if smallest < n_splits:
+        log.info("a class has only %d patients: holding out 1/%d instead of 1/%d", smallest,
+                 max(2, smallest), n_splits)
+    n_splits = max(2, min(n_splits, smallest))
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     _, held_out = next(folds.split(np.zeros(len(labels)), labels, groups))
     mask = np.zeros(len(labels), dtype=bool)
