@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -172,6 +173,7 @@ def _fmt(value) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up lines; set it to 0 to see them
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="covidxray: %(message)s")
     try:

@@ -33,7 +33,7 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     "compactnet": ModelSpec(compact.compactnet, compact.DEFAULT_IMAGE_SIZE, True,
-                            description="small residual CNN, the default (fastest to 80%+ on CPU)"),
+                            description="small residual CNN, chosen by test accuracy per CPU-minute"),
     "darkcovidnet": ModelSpec(darkcovidnet.darkcovidnet, darkcovidnet.DEFAULT_IMAGE_SIZE, True,
                               description="Ozturk et al. 2020: 17 conv layers, LeakyReLU, ~1.17 M parameters"),
     **{
