@@ -20,7 +20,7 @@ install: $(BIN)/python
 install-all: $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[tensorflow,jax,test]" "torch==2.13.0"
 
-data/darkcovidnet:
+data/darkcovidnet: | install
 	$(BIN)/covidxray data download darkcovidnet --dest data
 
 main: install $(if $(wildcard ../shared/data/darkcovidnet),,data/darkcovidnet)

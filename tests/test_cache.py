@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import covidxray.data.cache as cache_module
-from covidxray.data.cache import INDEX_NAME, ImageCache
+from covidxray.data.cache import FORMAT_VERSION, INDEX_NAME, ImageCache
 from covidxray.data.images import pixel_digest, read_image, resize_square
 from helpers import gray, write_image
 
@@ -25,7 +25,7 @@ def images(tmp_path) -> list[str]:
 
 
 def _npy_files(root: pathlib.Path, size: int) -> list[pathlib.Path]:
-    return sorted((root / str(size)).glob("*.npy"))
+    return sorted((root / FORMAT_VERSION / str(size)).glob("*.npy"))
 
 
 def test_load_returns_the_right_pixels(tmp_path, images):
@@ -40,7 +40,7 @@ def test_load_returns_the_right_pixels(tmp_path, images):
     np.testing.assert_array_equal(decoded.images[3], resize_square(full, 32))
     assert decoded.pixel_digests == [pixel_digest(read_image(p)) for p in images]
     assert len(_npy_files(tmp_path / "cache", 32)) == 4
-    assert (tmp_path / "cache" / INDEX_NAME).is_file()
+    assert (tmp_path / "cache" / FORMAT_VERSION / INDEX_NAME).is_file()
 
 
 def test_second_load_opens_no_image_file(tmp_path, images, monkeypatch):
@@ -142,8 +142,8 @@ def test_no_temporary_files_are_left(tmp_path, images):
 
 def test_corrupt_index_is_rebuilt(tmp_path, images):
     cache_root = tmp_path / "cache"
-    cache_root.mkdir()
-    (cache_root / INDEX_NAME).write_text("{not json")
+    (cache_root / FORMAT_VERSION).mkdir(parents=True)
+    (cache_root / FORMAT_VERSION / INDEX_NAME).write_text("{not json")
     decoded = ImageCache(cache_root).load(images, 32, progress=False)
     assert decoded.failed == {}
     np.testing.assert_array_equal(decoded.images[1], gray(1, (32, 32)))

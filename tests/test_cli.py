@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from conftest import make_dataset
 from covidxray.cli import main
@@ -150,13 +151,20 @@ def test_binary_task_and_a_broken_image(tmp_path, capsys):
          lambda d: ["train", "--data", str(d / "data"), "--out", str(d / "r")], "empty class folder"),
         (lambda d: (d / "data.csv").write_text("path,label\nx.png,covid\n"),
          lambda d: ["train", "--data", str(d / "data.csv"), "--out", str(d / "r")], "x.png"),
-        (lambda d: (d / "notarun").mkdir(),
-         lambda d: ["predict", "--run", str(d / "notarun"), str(d)], "config.json"),
+        (lambda d: ((d / "notarun").mkdir(), Image.new("L", (8, 8)).save(d / "x.png")),
+         lambda d: ["predict", "--run", str(d / "notarun"), str(d / "x.png")], "config.json"),
         (lambda d: None, lambda d: ["predict", "--run", str(d), str(d / "nothing.png")], "nothing.png"),
         (lambda d: None, lambda d: ["train", "--data", str(d), "--out", str(d / "r"), "--test-fraction", "0.9"],
          "--test-fraction"),
+        (lambda d: None, lambda d: ["train", "--data", str(d), "--out", str(d / "r"), "--image-size", "8"],
+         "--image-size"),
+        (lambda d: (d / "file").write_text(""), lambda d: ["train", "--data", str(d), "--out", str(d / "file")],
+         "is a file"),
+        (lambda d: None, lambda d: ["data", "download", "darkcovidnet", "--dest", str(d / "r"), "--url", "example.org/x.zip"],
+         "http"),
     ],
-    ids=["missing-data", "unknown-label", "empty-class", "manifest-missing-file", "not-a-run", "missing-image", "bad-option"],
+    ids=["missing-data", "unknown-label", "empty-class", "manifest-missing-file", "not-a-run", "missing-image",
+         "bad-option", "bad-image-size", "out-is-a-file", "url-without-scheme"],
 )
 def test_user_mistakes_are_one_clear_line(tmp_path, capsys, setup, args, expected):
     setup(tmp_path)

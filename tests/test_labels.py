@@ -70,3 +70,18 @@ def test_unknown_task_raises_naming_the_choices(task):
     message = str(raised.value)
     assert repr(task) in message
     assert "binary" in message and "three-class" in message
+
+
+@pytest.mark.parametrize("label", ["COVID-negative", "covid_neg", "COVID-19 negative", "suspected COVID-19",
+                                   "Pneumonia negative", "non-covid", "positive", "negative", "todo"])
+def test_doubtful_labels_are_never_guessed(label):
+    assert canonical_label(label) is None
+
+
+def test_every_ieee8023_finding_in_the_shared_data_maps():
+    import pandas as pd
+
+    from helpers import shared_data_dir
+
+    findings = pd.read_csv(shared_data_dir() / "ieee8023" / "metadata.csv", dtype=str, keep_default_na=False)["finding"]
+    assert {f: canonical_label(f) for f in findings.unique() if canonical_label(f) is None} == {}

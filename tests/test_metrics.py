@@ -118,3 +118,13 @@ def test_task_without_covid_has_no_covid_section():
     result = classification_metrics(np.array([0, 1]), np.array([[0.9, 0.1], [0.4, 0.6]]), ("normal", "pneumonia"))
     assert "covid" not in result
     assert result["accuracy"] == pytest.approx(1.0)
+
+
+def test_scores_of_a_class_absent_from_the_data_are_none():
+    import json
+
+    probabilities = np.array([[0.9, 0.1], [0.8, 0.2]])
+    result = classification_metrics(np.array([0, 0]), probabilities, ("covid", "normal"))
+    assert result["per_class"]["normal"] == {"precision": None, "recall": None, "f1": None, "support": 0}
+    assert result["per_class"]["covid"]["recall"] == 1.0
+    assert "NaN" not in json.dumps(result)

@@ -123,9 +123,9 @@ def run_predict(args) -> int:
     from covidxray.predict import expand_paths, predict_files
     from covidxray.rundir import RunDir
 
+    paths = expand_paths(args.paths)
     run = RunDir(args.run)
     config = run.load_config()
-    paths = expand_paths(args.paths)
     model = run.load_model()
     results, failures = predict_files(model, paths, config.classes, config.image_size,
                                       progress=False if args.quiet else None)
@@ -180,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except CovidXrayError as error:
         print(f"covidxray: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a folder that is a file, no permission, a full disk, ...
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"covidxray: error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("covidxray: interrupted; files already written are kept", file=sys.stderr)

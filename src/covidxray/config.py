@@ -10,6 +10,8 @@ from covidxray.errors import CovidXrayError
 from covidxray.labels import task_classes
 from covidxray.models import DEFAULT_MODEL, get_spec
 
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
+
 
 @dataclass
 class TrainConfig:
@@ -41,7 +43,10 @@ class TrainConfig:
                 raise CovidXrayError(f"--{name.replace('_', '-')} must lie between 0.02 and 0.5")
         if self.epochs < 1 or self.batch_size < 1:
             raise CovidXrayError("--epochs and --batch-size must be at least 1")
-        return TrainConfig(**{**asdict(self), "classes": classes, "image_size": self.image_size or spec.image_size})
+        if self.image_size is not None and not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
+            raise CovidXrayError(f"--image-size must lie between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels")
+        size = spec.image_size if self.image_size is None else self.image_size
+        return TrainConfig(**{**asdict(self), "classes": classes, "image_size": size})
 
     def save(self, path: Path) -> None:
         from covidxray.files import atomic_write_text

@@ -1,26 +1,23 @@
 """Atomic file writes: write to a temporary name beside the target, then rename onto it.
 
 An interrupted process therefore never leaves a half-written file under the target name.
+Files get the usual permissions (0666 less the umask), as ``open`` would give them.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write_bytes(target: str | Path, data: bytes) -> None:
-    target = Path(target)
+def _temporary_beside(target: Path) -> Path:
+    """Create an empty file next to ``target`` with the permissions ``open`` would give."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as handle:
-        handle.write(data)
-    os.replace(handle.name, target)
-
-
-def atomic_write_text(target: str | Path, text: str) -> None:
-    atomic_write_bytes(target, text.encode())
+    tmp = target.with_name(f".{target.stem}.{uuid.uuid4().hex[:12]}.tmp{target.suffix}")
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    return tmp
 
 
 def atomic_save(target: str | Path, save: Callable[[Path], object]) -> None:
@@ -29,12 +26,17 @@ def atomic_save(target: str | Path, save: Callable[[Path], object]) -> None:
     The temporary name keeps the target's suffix, for writers that pick a format by it.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=target.suffix)
-    os.close(handle)
+    tmp = _temporary_beside(target)
     try:
-        save(Path(name))
-        os.replace(name, target)
+        save(tmp)
+        os.replace(tmp, target)
     finally:
-        if os.path.exists(name):
-            os.unlink(name)
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(target: str | Path, data: bytes) -> None:
+    atomic_save(target, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_text(target: str | Path, text: str) -> None:
+    atomic_write_bytes(target, text.encode())

@@ -27,16 +27,15 @@ ALIASES: dict[str, str] = {
     "covid 19": COVID,
     "covid19": COVID,
     "covid 19 ards": COVID,
+    "covid 19 with ards": COVID,
     "sars cov 2": COVID,
     "pneumonia viral covid 19": COVID,
-    "positive": COVID,
     # No finding: DarkCovidNet "No_findings", NIH "No Finding", PyImageSearch "normal".
     "normal": NORMAL,
     "no finding": NORMAL,
     "no findings": NORMAL,
     "nofinding": NORMAL,
     "healthy": NORMAL,
-    "negative": NORMAL,
     # Other pneumonias: DarkCovidNet "Pneumonia", ieee8023 bacterial, viral and fungal findings.
     "pneumonia": PNEUMONIA,
     "bacterial pneumonia": PNEUMONIA,
@@ -66,6 +65,8 @@ ALIASES: dict[str, str] = {
 
 # ieee8023 writes hierarchical findings such as "Pneumonia/Bacterial/Klebsiella".
 _HIERARCHY_PREFIXES = ("pneumonia bacterial ", "pneumonia viral ", "pneumonia fungal ", "pneumonia ")
+# A label with one of these words is never guessed ("COVID-negative", "suspected pneumonia").
+_DOUBT_WORDS = frozenset({"negative", "neg", "non", "not", "no", "suspect", "suspected", "unknown", "todo", "excluded"})
 
 
 def _fold(label: str) -> str:
@@ -77,12 +78,11 @@ def canonical_label(label: str) -> str | None:
     key = _fold(label)
     if key in ALIASES:
         return ALIASES[key]
-    for prefix in _HIERARCHY_PREFIXES:
+    if _DOUBT_WORDS & set(key.split()):
+        return None
+    for prefix in _HIERARCHY_PREFIXES:  # "Pneumonia/<kind>": a pneumonia, or COVID-19 if it says so
         if key.startswith(prefix):
-            rest = key[len(prefix):]
-            return ALIASES.get(rest, COVID if rest.startswith("covid") else PNEUMONIA)
-    if key.startswith("covid"):
-        return COVID
+            return COVID if ALIASES.get(key[len(prefix):]) == COVID else PNEUMONIA
     return None
 
 

@@ -25,15 +25,15 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, classe
     y_pred = probabilities.argmax(axis=1)
     labels = list(range(len(classes)))
     precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
+        y_true, y_pred, labels=labels, zero_division=np.nan
     )
     result = {
         "n": int(len(y_true)),
         "accuracy": float(np.mean(y_pred == y_true)),
         "loss": cross_entropy(y_true, probabilities),
         "per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]),
-                   "f1": float(f1[i]), "support": int(support[i])}
+            name: {"precision": _number(precision[i]), "recall": _number(recall[i]),
+                   "f1": _number(f1[i]), "support": int(support[i])}
             for i, name in enumerate(classes)
         },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
@@ -42,6 +42,11 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, classe
     if COVID in classes:
         result["covid"] = covid_metrics(y_true, probabilities, classes.index(COVID))
     return result
+
+
+def _number(value) -> float | None:
+    """A float for JSON; None where the score is undefined (no images of the class, or none predicted)."""
+    return None if np.isnan(value) else float(value)
 
 
 def covid_metrics(y_true: np.ndarray, probabilities: np.ndarray, covid: int) -> dict:

@@ -15,7 +15,6 @@ DISCLAIMER = (
     "image comes from a different source than every normal one, so a model can learn the source "
     "instead of the disease."
 )
-FIGURES = {"acc": "acc.png", "mat": "mat.png", "pred": "pred.png"}
 
 
 def save_figure(figure, path) -> None:
@@ -25,12 +24,12 @@ def save_figure(figure, path) -> None:
 def write_figures_and_report(run: rundir.RunDir, config, data, metrics: dict, test_probabilities) -> None:
     """Draw ``acc.png``, ``mat.png`` and ``pred.png`` and write ``report.md``."""
     history = pd.read_csv(run.file(rundir.HISTORY))
-    save_figure(plot_history(history), run.file(FIGURES["acc"]))
-    save_figure(plot_confusion(metrics["test"]["confusion_matrix"], config.classes), run.file(FIGURES["mat"]))
+    save_figure(plot_history(history), run.file(rundir.ACC_FIGURE))
+    save_figure(plot_confusion(metrics["test"]["confusion_matrix"], config.classes), run.file(rundir.MATRIX_FIGURE))
     x_test, y_test = data.part("test")
     shown = pick_examples(y_test, test_probabilities, seed=config.seed)
     save_figure(plot_predictions(x_test[shown], y_test[shown], test_probabilities[shown], config.classes),
-                run.file(FIGURES["pred"]))
+                run.file(rundir.PREDICTIONS_FIGURE))
     atomic_write_text(run.file(rundir.REPORT), render_report(config, metrics))
 
 
@@ -42,8 +41,14 @@ def render_report(config, metrics: dict) -> str:
     """``report.md``: settings, the results table, per-class scores, COVID scores and figures."""
     info = metrics["run"]
     test = metrics["test"]
-    grouping = ("patient-grouped (no patient in two splits)" if info["grouped_by_patient"]
-                else "image-level (no patient ids: one patient's images may be in two splits)")
+    missing, total = info["images_without_patient_id"], sum(info["images"].values())
+    if missing == 0:
+        grouping = "patient-grouped (no patient in two splits)"
+    elif missing == total:
+        grouping = "image-level (no patient ids: one patient's images may be in two splits)"
+    else:
+        grouping = (f"partly patient-grouped ({missing} of {total} images have no patient id and are "
+                    "split one by one, so those patients' images may be in two splits)")
     lines = [
         f"# covidxray run: {config.model} on {config.task}",
         "",
@@ -76,7 +81,7 @@ def render_report(config, metrics: dict) -> str:
                   f"| {_pct(covid['sensitivity'])} ({covid['tp']}/{covid['tp'] + covid['fn']}) "
                   f"| {_pct(covid['specificity'])} ({covid['tn']}/{covid['tn'] + covid['fp']}) | {auc} |"]
     lines += ["", "## Figures", "",
-              "Training and validation accuracy and loss per epoch:", "", f"![accuracy and loss]({FIGURES['acc']})", "",
-              "Test confusion matrix:", "", f"![confusion matrix]({FIGURES['mat']})", "",
-              "Test predictions (mistakes in red):", "", f"![predictions]({FIGURES['pred']})", ""]
+              "Training and validation accuracy and loss per epoch:", "", f"![accuracy and loss]({rundir.ACC_FIGURE})", "",
+              "Test confusion matrix:", "", f"![confusion matrix]({rundir.MATRIX_FIGURE})", "",
+              "Test predictions (mistakes in red):", "", f"![predictions]({rundir.PREDICTIONS_FIGURE})", ""]
     return "\n".join(lines)

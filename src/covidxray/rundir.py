@@ -20,6 +20,8 @@ SPLIT = "split.csv"
 HISTORY = "history.csv"
 METRICS = "metrics.json"
 REPORT = "report.md"
+ACC_FIGURE, MATRIX_FIGURE, PREDICTIONS_FIGURE = "acc.png", "mat.png", "pred.png"
+RUN_FILES = (MODEL, CONFIG, SPLIT, HISTORY, METRICS, REPORT, ACC_FIGURE, MATRIX_FIGURE, PREDICTIONS_FIGURE)
 
 
 class RunDir:
@@ -33,15 +35,21 @@ class RunDir:
 
     def refuse_to_replace(self, overwrite: bool = False) -> None:
         """Raise if the folder holds a trained model, unless ``overwrite``."""
+        if self.path.exists() and not self.path.is_dir():
+            raise CovidXrayError(f"{self.path}: is a file, not a folder; choose another --out")
         if self.file(MODEL).exists() and not overwrite:
             raise CovidXrayError(
                 f"{self.path}: already holds a trained run; choose another --out or pass --overwrite"
             )
 
     def create(self) -> None:
-        """Make the folder, and remove an earlier run's results from it."""
+        """Make the folder, and remove an earlier run's files from it (``--overwrite``).
+
+        Every file of the old run goes, so an interrupted new run never leaves an old model
+        beside a new configuration.
+        """
         self.path.mkdir(parents=True, exist_ok=True)
-        for stale in (METRICS, REPORT):  # never leave an old run's results beside a new model
+        for stale in RUN_FILES:
             self.file(stale).unlink(missing_ok=True)
 
     def require(self, name: str) -> Path:
@@ -54,7 +62,11 @@ class RunDir:
     def load_config(self):
         from covidxray.config import TrainConfig
 
-        return TrainConfig.load(self.require(CONFIG))
+        path = self.require(CONFIG)
+        try:
+            return TrainConfig.load(path)
+        except (ValueError, TypeError) as error:
+            raise CovidXrayError(f"{path}: not a covidxray run configuration ({error}); retrain the run") from None
 
     def load_model(self):
         import keras

@@ -191,7 +191,7 @@ def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verb
         "parameters": int(model.count_params()), "backend": keras.backend.backend(),
         "data_seconds": round(decode_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1),
         "images": {split: int((data.table["split"] == split).sum()) for split in SPLITS},
-        "grouped_by_patient": bool(data.table["patient_id"].astype(bool).any()),
+        "images_without_patient_id": int((~data.table["patient_id"].astype(bool)).sum()),
         "skipped": data.skipped,
     }
     run.write_json(rundir.METRICS, metrics)

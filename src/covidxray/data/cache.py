@@ -26,6 +26,8 @@ from covidxray.files import atomic_save, atomic_write_bytes
 log = logging.getLogger(__name__)
 
 INDEX_NAME = "index.json"
+#: Bump when decoding or resizing changes, so that old arrays are not reused.
+FORMAT_VERSION = "v1"
 
 
 def default_cache_dir() -> Path:
@@ -91,6 +93,7 @@ class ImageCache:
 
     def _decode(self, path: str, size: int):
         try:
+            key = _file_key(path)  # before reading: a file changed meanwhile is decoded again next time
             data = Path(path).read_bytes()
         except FileNotFoundError:
             return ImageReadError(path, "no such file (moved or deleted?)", "restore it or remove it from the dataset")
@@ -98,26 +101,26 @@ class ImageCache:
             return ImageReadError(path, f"cannot read ({error.strerror})", "check the file's permissions")
         sha = hashlib.sha256(data).hexdigest()
         try:
-            full = read_image(path)
+            full = read_image(path, data)
         except ImageReadError as error:
             return error
         array = resize_square(full, size)
         atomic_save(self._array_path(sha, size), lambda tmp: np.save(tmp, array))
-        return _file_key(path), {"sha256": sha, "pixels": pixel_digest(full)}, array
+        return key, {"sha256": sha, "pixels": pixel_digest(full)}, array
 
     def _array_path(self, sha: str, size: int) -> Path:
-        return self.root / str(size) / f"{sha}.npy"
+        return self.root / FORMAT_VERSION / str(size) / f"{sha}.npy"
 
     def _read_index(self) -> dict:
         try:
-            return json.loads((self.root / INDEX_NAME).read_text())
+            return json.loads((self.root / FORMAT_VERSION / INDEX_NAME).read_text())
         except (OSError, ValueError):
             return {}
 
     def _write_index(self, index: dict) -> None:
         current = self._read_index()  # another process may have added entries meanwhile
         current.update(index)
-        atomic_write_bytes(self.root / INDEX_NAME, json.dumps(current).encode())
+        atomic_write_bytes(self.root / FORMAT_VERSION / INDEX_NAME, json.dumps(current).encode())
 
 
 def _file_key(path: str) -> str:

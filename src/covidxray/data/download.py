@@ -19,6 +19,7 @@ import re
 import shutil
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 import zlib
@@ -142,6 +143,8 @@ def download_dataset(
         Seconds to wait for the server before giving up (the download can be resumed).
     """
     spec = spec if spec is not None else get_spec(name)
+    if urllib.parse.urlsplit(url or spec.url).scheme not in ("http", "https", "file"):
+        raise DatasetError(f"cannot download {url or spec.url!r}: give a full http(s):// address")
     dest = Path(dest)
     target = dest / spec.name
     if _is_complete(target):
@@ -172,6 +175,8 @@ def fetch(url: str, archive: Path, *, progress: bool = True, timeout: float = 60
         raise DatasetError(f"cannot download {url}: HTTP {error.code} {error.reason}") from None
     except (OSError, http.client.HTTPException) as error:
         raise _network_error(url, part, error) from None
+    except ValueError as error:  # not a URL urllib can open, e.g. no http:// in front
+        raise DatasetError(f"cannot download {url!r} ({error}); give a full http(s):// address") from None
     with response:
         offset = _resume_offset(response, offset, url, part)
         total = _total_size(response, offset)

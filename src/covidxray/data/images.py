@@ -8,6 +8,7 @@ naming the file.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -23,19 +24,26 @@ def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode ``path`` into a ``(height, width)`` uint8 array."""
+def read_image(path: str | Path, data: bytes | None = None) -> np.ndarray:
+    """Decode ``path`` into a ``(height, width)`` uint8 array.
+
+    ``data``: the file's bytes, when the caller has already read them (the file is then not
+    opened again); ``path`` still names the file in errors and picks DICOM by its suffix.
+    """
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise ImageReadError(path, "no such file", "check the path")
+    source = path if data is None else io.BytesIO(data)
     if path.suffix.lower() in (".dcm", ".dicom"):
-        return _read_dicom(path)
+        return _read_dicom(path, source)
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             image.load()
             return _to_gray8(image)
     except UnidentifiedImageError:
         raise ImageReadError(path, "not an image file Pillow can read") from None
+    except Image.DecompressionBombError as error:
+        raise ImageReadError(path, f"too large to decode safely ({error})", "shrink the image") from None
     except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
         raise ImageReadError(path, f"corrupt or truncated image ({error})") from None
 
@@ -63,27 +71,27 @@ def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
     return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
 
 
-def _read_dicom(path: Path) -> np.ndarray:
+def _read_dicom(path: Path, source) -> np.ndarray:
     try:
         import pydicom
         from pydicom.pixels import apply_voi_lut
     except ImportError:  # pragma: no cover - pydicom is a dependency
         raise ImageReadError(path, "reading DICOM needs pydicom", "pip install pydicom") from None
     try:
-        dataset = pydicom.dcmread(path)
+        dataset = pydicom.dcmread(source)
         pixels = dataset.pixel_array
-    except Exception as error:  # pydicom raises many types for bad or compressed data
+        if pixels.ndim == 3 and getattr(dataset, "SamplesPerPixel", 1) == 1:
+            pixels = pixels[0]  # multi-frame: the first frame
+        if pixels.ndim == 3:  # colour DICOM: luminance
+            pixels = pixels[..., :3] @ np.array([0.299, 0.587, 0.114])
+        else:
+            pixels = apply_voi_lut(pixels, dataset)
+    except Exception as error:  # pydicom raises many types for bad, odd or compressed data
         raise ImageReadError(
             path,
             f"cannot decode DICOM pixel data ({error})",
             "convert it to PNG, or install the decoder pydicom names (pylibjpeg, gdcm)",
         ) from None
-    if pixels.ndim == 3 and getattr(dataset, "SamplesPerPixel", 1) == 1:
-        pixels = pixels[0]  # multi-frame: the first frame
-    if pixels.ndim == 3:  # colour DICOM: luminance
-        pixels = pixels[..., :3] @ np.array([0.299, 0.587, 0.114])
-    else:
-        pixels = apply_voi_lut(pixels, dataset)
     image = _scale_to_uint8(np.asarray(pixels, dtype=np.float64))
     if getattr(dataset, "PhotometricInterpretation", "") == "MONOCHROME1":
         image = 255 - image

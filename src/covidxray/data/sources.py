@@ -54,10 +54,7 @@ def load_dataset(path: str | Path) -> pd.DataFrame:
 
 def read_manifest(csv_path: Path) -> pd.DataFrame:
     """A CSV with ``path,label`` columns (paths relative to the CSV's folder or absolute)."""
-    try:
-        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as error:
-        raise DatasetError(f"{csv_path}: cannot read as CSV ({error})") from None
+    table = _read_csv(csv_path)
     missing = {"path", "label"} - set(table.columns)
     if missing:
         raise DatasetError(
@@ -82,12 +79,15 @@ def read_manifest(csv_path: Path) -> pd.DataFrame:
 
 def read_ieee8023(root: Path) -> pd.DataFrame:
     """The covid-chestxray-dataset layout: frontal X-rays, labels from ``finding``."""
-    table = pd.read_csv(root / IEEE8023_METADATA, dtype=str, keep_default_na=False)
+    table = _read_csv(root / IEEE8023_METADATA)
     missing = {"patientid", "finding", "filename"} - set(table.columns)
     if missing:
         raise DatasetError(f"{root / IEEE8023_METADATA}: missing column(s) {', '.join(sorted(missing))}")
     if "view" in table:
         table = table[table["view"].str.upper().str.replace("_", " ").isin(FRONTAL_VIEWS)]
+    else:
+        log.warning("%s has no 'view' column: all %d images are used, lateral views too",
+                    root / IEEE8023_METADATA, len(table))
     if "modality" in table:
         table = table[table["modality"].str.lower().isin(("x-ray", "xray", "cr", "dx", ""))]
     labels = table["finding"].map(canonical_label)
@@ -143,6 +143,14 @@ def select_task(frame: pd.DataFrame, classes: tuple[str, ...], where: str = "dat
             f"{where}: no images of class {', '.join(empty)}; this task needs {', '.join(classes)}"
         )
     return frame[frame["label"].isin(classes)].reset_index(drop=True)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A CSV as strings (empty cells as ""), or a DatasetError naming the file."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, OSError) as error:
+        raise DatasetError(f"{path}: cannot read as CSV ({error}); save it as UTF-8 CSV") from None
 
 
 def _canonical_or_raise(label: str, where: str) -> str:
