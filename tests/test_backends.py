@@ -47,28 +47,34 @@ def test_build_save_load_predict(backend, tmp_path):
         assert result[name]["bn_error"] < 1e-3  # precise BN: moving mean = mean of the layer's input
 
 
-def test_default_backend_is_chosen_when_unset(tmp_path):
+def _backend_chosen_by_covidxray(keras_home, keras_json: dict | None = None) -> str:
+    """KERAS_BACKEND as covidxray leaves it, in a fresh process with KERAS_BACKEND unset."""
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
-    env["KERAS_HOME"] = str(tmp_path)  # no keras.json there
+    env["KERAS_HOME"] = str(keras_home)
+    if keras_json is not None:
+        (keras_home / "keras.json").write_text(json.dumps(keras_json))
+    code = "import covidxray, os; print(os.environ.get('KERAS_BACKEND', 'unset'))"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+@pytest.mark.parametrize(
+    "keras_json, expected",
+    [
+        (None, "tensorflow"),  # nothing chosen: the fastest installed backend
+        ({"backend": "jax"}, "unset"),  # keras.json names an installed backend: Keras reads it itself
+        ({"backend": "notinstalled"}, "tensorflow"),  # names a missing one: overridden
+    ],
+)
+def test_default_backend(tmp_path, keras_json, expected):
+    assert _backend_chosen_by_covidxray(tmp_path, keras_json) == expected
+
+
+def test_the_default_backend_is_the_one_keras_uses(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["KERAS_HOME"] = str(tmp_path)
     code = "import covidxray, keras; print(keras.backend.backend())"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "tensorflow"
-
-
-def test_keras_json_choice_is_respected(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
-    env["KERAS_HOME"] = str(tmp_path)
-    (tmp_path / "keras.json").write_text(json.dumps({"backend": "jax"}))
-    code = "import covidxray, os; print(os.environ.get('KERAS_BACKEND', 'unset'))"
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert done.stdout.strip() == "unset"  # Keras reads keras.json itself
-
-
-def test_keras_json_naming_a_missing_backend_is_overridden(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
-    env["KERAS_HOME"] = str(tmp_path)
-    (tmp_path / "keras.json").write_text(json.dumps({"backend": "notinstalled"}))
-    code = "import covidxray, os; print(os.environ.get('KERAS_BACKEND', 'unset'))"
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert done.stdout.strip() == "tensorflow"
