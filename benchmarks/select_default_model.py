@@ -47,7 +47,7 @@ def main() -> None:
             training = fit(config, data, run, verbose=2)
             minutes = (time.perf_counter() - started) / 60
             metrics, _ = evaluate_splits(run.load_model(), data)
-        row = {"model": name, "image_size": int(size), "epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size, "minutes": round(minutes, 2),
+        row = {"model": name, "image_size": int(size), "seed": args.seed, "epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size, "minutes": round(minutes, 2),
                **training, "val_accuracy": metrics["validation"]["accuracy"],
                "test_accuracy": metrics["test"]["accuracy"], "backend": keras.backend.backend(),
                "cpus": os.cpu_count()}
