@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=default("seed"))
     train.add_argument("--batch-size", type=int, default=default("batch_size"))
     train.add_argument("--learning-rate", type=float, default=default("learning_rate"), help="peak rate of Adam (warm-up, then cosine decay)")
-    train.add_argument("--patience", type=int, default=default("patience"), help="epochs without better validation accuracy before stopping")
+    train.add_argument("--patience", type=int, default=default("patience"), help="stop after this many epochs without better validation accuracy, watched from the middle of training on")
     train.add_argument("--weights", default=default("weights"), help="none, imagenet (keras.applications models) or a weights file")
     train.add_argument("--val-fraction", type=float, default=default("val_fraction"))
     train.add_argument("--test-fraction", type=float, default=default("test_fraction"))

@@ -23,7 +23,7 @@ class TrainConfig:
     epochs: int = 30  # the learning rate decays to zero at the last epoch
     batch_size: int = 32
     learning_rate: float = 1e-3  # Adam's peak rate: one epoch of warm-up, then cosine decay to 0
-    patience: int = 10  # epochs without a better validation accuracy before stopping
+    patience: int = 10  # stop after this many epochs without better validation accuracy (watched from mid-training)
     class_weights: bool = True  # weight the loss by inverse class frequency
     augment: bool = True  # rotation, zoom, shift, contrast inside the model
     flip: bool = False  # add horizontal flips to the augmentation
