@@ -64,6 +64,7 @@ def test_weights_from_a_file_are_loaded(tmp_path):
     )
 
 
+@pytest.mark.filterwarnings("ignore:Skipping nested container")  # Keras warns before it raises
 def test_bad_weights_are_clear_errors(tmp_path):
     with pytest.raises(CovidXrayError, match="no such weights file"):
         create_model("compactnet", num_classes=2, weights=str(tmp_path / "missing.h5"))
