@@ -11,9 +11,8 @@ from covidxray.plots import pick_examples, plot_confusion, plot_history, plot_pr
 
 DISCLAIMER = (
     "> **For research and teaching only. Not a medical device; never use it for diagnosis.** "
-    "Accuracy on one dataset says little about other hospitals: in DarkCovidNet every COVID "
-    "image comes from a different source than every normal one, so a model can learn the source "
-    "instead of the disease."
+    "Accuracy on one dataset says little about other hospitals, and where each class comes from "
+    "its own source (as in the DarkCovidNet data) a model can learn the source instead of the disease."
 )
 
 
