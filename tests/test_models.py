@@ -75,3 +75,16 @@ def test_bad_weights_are_clear_errors(tmp_path):
     other.save_weights(path)
     with pytest.raises(CovidXrayError, match="do not fit"):
         create_model("compactnet", num_classes=2, image_size=64, weights=str(path))
+
+
+def test_augmentation_changes_what_fit_learns():
+    images = np.random.default_rng(0).integers(0, 256, (64, 48, 48, 1)).astype("float32")
+    labels = np.arange(64) % 3
+    kernels = {}
+    for augment in (True, False):
+        keras.utils.set_random_seed(0)
+        model = create_model("compactnet", num_classes=3, image_size=48, augment=augment, seed=0)
+        model.compile("adam", "sparse_categorical_crossentropy")
+        model.fit(images, labels, epochs=1, batch_size=32, verbose=0, shuffle=False)
+        kernels[augment] = keras.ops.convert_to_numpy(model.get_layer("stem_conv").kernel)
+    assert not np.allclose(kernels[True], kernels[False])
