@@ -88,3 +88,14 @@ def test_augmentation_changes_what_fit_learns():
         model.fit(images, labels, epochs=1, batch_size=32, verbose=0, shuffle=False)
         kernels[augment] = keras.ops.convert_to_numpy(model.get_layer("stem_conv").kernel)
     assert not np.allclose(kernels[True], kernels[False])
+
+
+def test_backbone_weights_from_a_file(tmp_path):
+    backbone = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(96, 96, 3),
+                                                   pooling="avg")
+    path = tmp_path / "backbone.weights.h5"
+    backbone.save_weights(path)
+    model = create_model("mobilenet_v3_small", num_classes=2, image_size=96, weights=str(path))
+    loaded = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    for expected, actual in zip(backbone.weights, loaded.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(expected), keras.ops.convert_to_numpy(actual))
