@@ -65,6 +65,7 @@ def _backend_chosen_by_covidxray(keras_home, keras_json: dict | None = None) -> 
         (None, "tensorflow"),  # nothing chosen: the fastest installed backend
         ({"backend": "jax"}, "unset"),  # keras.json names an installed backend: Keras reads it itself
         ({"backend": "notinstalled"}, "tensorflow"),  # names a missing one: overridden
+        ({"backend": "not.a.module"}, "tensorflow"),  # a dotted name must not crash the import
     ],
 )
 def test_default_backend(tmp_path, keras_json, expected):

@@ -15,12 +15,15 @@ import json
 import os
 from pathlib import Path
 
-PREFERENCE = (("tensorflow", "tensorflow"), ("torch", "torch"), ("jax", "jax"))
+#: Keras backends in the order covidxray prefers them; each is also the name of its Python module.
+PREFERENCE = ("tensorflow", "torch", "jax")
 
 
 def _installed(backend: str) -> bool:
-    module = dict(PREFERENCE).get(backend, backend)
-    return importlib.util.find_spec(module) is not None
+    try:
+        return importlib.util.find_spec(backend) is not None
+    except (ImportError, ValueError):  # a dotted or empty name from a hand-edited keras.json
+        return False
 
 
 def _keras_json_backend() -> str | None:
@@ -38,8 +41,8 @@ def choose_backend() -> str:
     configured = _keras_json_backend()
     if configured and _installed(configured):
         return configured
-    for backend, module in PREFERENCE:
-        if importlib.util.find_spec(module) is not None:
+    for backend in PREFERENCE:
+        if _installed(backend):
             os.environ["KERAS_BACKEND"] = backend
             return backend
     raise ImportError(

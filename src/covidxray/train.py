@@ -21,7 +21,7 @@ from covidxray import rundir
 from covidxray.config import TrainConfig
 from covidxray.data.cache import ImageCache
 from covidxray.data.sources import load_dataset, select_task
-from covidxray.data.splits import SPLITS, split_dataset
+from covidxray.data.splits import SPLITS, split_dataset, without_patient_id
 from covidxray.errors import DatasetError
 from covidxray.files import atomic_save
 from covidxray.metrics import classification_metrics, cross_entropy
@@ -147,9 +147,9 @@ def fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: in
     history = model.fit(x_train, y_train, epochs=config.epochs, batch_size=config.batch_size,
                         class_weight=class_weight, callbacks=callbacks, verbose=verbose, shuffle=True)
     seconds = time.perf_counter() - started
-    return {"best_epoch": checkpoint.best_epoch, "fit_seconds": round(seconds, 1),
-            "epochs_run": len(history.history["loss"]),
-            "train_images_per_second": round(len(x_train) * len(history.history["loss"]) / seconds, 1)}
+    epochs_run = len(history.history["loss"])
+    return {"best_epoch": checkpoint.best_epoch, "fit_seconds": round(seconds, 1), "epochs_run": epochs_run,
+            "train_images_per_second": round(len(x_train) * epochs_run / seconds, 1)}
 
 
 def learning_rate_schedule(config: TrainConfig, train_size: int):
@@ -196,7 +196,7 @@ def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verb
         "parameters": int(model.count_params()), "backend": keras.backend.backend(),
         "data_seconds": round(decode_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1),
         "images": {split: int((data.table["split"] == split).sum()) for split in SPLITS},
-        "images_without_patient_id": int((~data.table["patient_id"].astype(bool)).sum()),
+        "images_without_patient_id": int(without_patient_id(data.table).sum()),
         "skipped": data.skipped,
     }
     run.write_json(rundir.METRICS, metrics)

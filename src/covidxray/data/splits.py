@@ -20,6 +20,11 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
 
 
+def without_patient_id(frame: pd.DataFrame) -> pd.Series:
+    """True for the rows whose patient is unknown (an empty or missing ``patient_id``)."""
+    return ~frame["patient_id"].fillna("").astype(str).astype(bool)
+
+
 def split_groups(frame: pd.DataFrame, pixel_digests: list[str | None] | None = None) -> np.ndarray:
     """Group ids: one per patient (kept apart by source), merged across identical pixels."""
     n = len(frame)
@@ -52,7 +57,7 @@ def split_dataset(
     seed: int = 0,
 ) -> pd.Series:
     """Assign each row to train, validation or test; returns a Series aligned with ``frame``."""
-    unknown = ~frame["patient_id"].fillna("").astype(str).astype(bool)
+    unknown = without_patient_id(frame)
     if unknown.all():
         log.warning("no patient ids in the data: one patient's images may land in two splits, "
                     "which inflates test accuracy; add a patient_id column to a manifest to group them")

@@ -87,15 +87,18 @@ def create_model(
     x = augmentation(seed, flip=flip)(inputs) if augment else inputs
     if spec.scaled_input:
         x = keras.layers.Rescaling(1 / 255, name="scale")(x)
-    try:
-        outputs = spec.body(x, num_classes, weights=weights) if spec.pretrained else spec.body(x, num_classes)
-    except Exception as error:  # keras.utils.get_file raises plain Exception when offline
-        if weights is None:
-            raise
-        raise CovidXrayError(
-            f"cannot load {weights} weights for {name!r} ({error}); check the internet connection "
-            "(ImageNet weights are downloaded on first use) or pass --weights with a file"
-        ) from None
+    if spec.pretrained:  # keras.applications loads (or downloads) the backbone weights itself
+        try:
+            outputs = spec.body(x, num_classes, weights=weights)
+        except Exception as error:  # keras.utils.get_file raises plain Exception when offline
+            if weights is None:
+                raise
+            raise CovidXrayError(
+                f"cannot load {weights} weights for {name!r} ({error}); check the internet connection "
+                "(ImageNet weights are downloaded on first use) or pass --weights with a file"
+            ) from None
+    else:
+        outputs = spec.body(x, num_classes)
     model = keras.Model(inputs, outputs, name=name)
     if weights is not None and not spec.pretrained:
         try:
