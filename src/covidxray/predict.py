@@ -36,10 +36,51 @@ def expand_paths(paths) -> list[Path]:
     return found
 
 
-def predict_files(model, paths, classes, image_size: int, *, progress: bool | None = None):
+def heatmap_folder(folder) -> Path:
+    """Check (and create) the folder for ``--heatmaps`` before any work is done."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CovidXrayError(f"{folder}: is a file, not a folder; give --heatmaps a folder (it is created if missing)")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def heatmap_names(paths) -> list[str]:
+    """One PNG name per input file, from its name (``a.png`` -> ``a_gradcam.png``); repeats get ``_2``, ``_3``."""
+    names, taken = [], set()
+    for path in paths:
+        stem, number = f"{Path(path).stem}_gradcam", 1
+        name = f"{stem}.png"
+        while name.lower() in taken:  # lower: a case-insensitive file system sees A.png as a.png
+            number += 1
+            name = f"{stem}_{number}.png"
+        taken.add(name.lower())
+        names.append(name)
+    return names
+
+
+def write_heatmaps(model, images: np.ndarray, paths, class_indices, folder) -> list[str]:
+    """Grad-CAM overlays (one PNG per image, named after its file) in ``folder``; returns their paths."""
+    from PIL import Image
+
+    from covidxray.files import atomic_save
+    from covidxray.heatmaps import grad_cam, overlay
+
+    folder = heatmap_folder(folder)
+    maps = grad_cam(model, images, class_indices)
+    written = []
+    for image, heatmap, name in zip(images, maps, heatmap_names(paths)):
+        picture = Image.fromarray(overlay(image, heatmap))
+        atomic_save(folder / name, lambda tmp, picture=picture: picture.save(tmp, format="PNG"))
+        written.append(str(folder / name))
+    return written
+
+
+def predict_files(model, paths, classes, image_size: int, *, progress: bool | None = None, heatmaps=None):
     """Predict every file; returns (results, failures).
 
-    ``results`` is a list of ``{"path", "label", "probabilities": {class: p}}``;
+    ``results`` is a list of ``{"path", "label", "probabilities": {class: p}}``, plus
+    ``"heatmap"`` (the path of its Grad-CAM overlay) when ``heatmaps`` names a folder;
     ``failures`` maps each unreadable file to its error message.
     """
     def load(path):
@@ -63,4 +104,8 @@ def predict_files(model, paths, classes, image_size: int, *, progress: bool | No
          "probabilities": {c: round(float(p), 6) for c, p in zip(classes, row)}}
         for (path, _), row in zip(good, probabilities)
     ]
+    if heatmaps is not None:
+        written = write_heatmaps(model, images, [p for p, _ in good], probabilities.argmax(axis=1), heatmaps)
+        for result, heatmap in zip(results, written):
+            result["heatmap"] = heatmap
     return results, failures
