@@ -155,14 +155,19 @@ def test_another_layer_can_be_chosen(trained, test_blobs):
     assert np.abs(maps - grad_cam(trained, test_blobs, 1)).max() > 0.1
 
 
-def test_overlay_is_rgb_and_leaves_cold_pixels_gray():
-    image = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
+def test_overlay_is_rgb_red_where_hot_and_blue_where_cold():
+    image = np.full((8, 8), 128, dtype=np.uint8)
     heat = np.zeros((8, 8), dtype=np.float32)
     heat[0, 0] = 1
     out = overlay(image, heat)
     assert out.shape == (8, 8, 3) and out.dtype == np.uint8
-    assert (out[1:, :] == image[1:, :, None]).all()  # no heat: the X-ray unchanged
-    assert len(set(out[0, 0])) > 1  # heat: coloured
+    red, green, blue = out[0, 0].astype(int)
+    assert red > blue and red > green  # hot
+    red, green, blue = out[5, 5].astype(int)
+    assert blue > red and blue > green  # cold
+    assert (overlay(image, heat, alpha=0) == 128).all()  # no colour: the X-ray unchanged
+    image = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
+    out = overlay(image, heat)
     # (H, W, 1) floats in [0, 255] or [0, 1], and a heatmap at another size
     np.testing.assert_array_equal(overlay(image[..., None].astype(np.float32), heat), out)
     np.testing.assert_array_equal(overlay(image / 255.0, heat), out)

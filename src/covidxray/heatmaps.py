@@ -219,8 +219,8 @@ def overlay(image, heatmap, alpha: float = 0.4, colormap: str = "jet") -> np.nda
     """The grayscale image with the heatmap's colours blended on top, as RGB uint8 ``(H, W, 3)``.
 
     ``image``: ``(H, W)`` or ``(H, W, 1)``, uint8, or float in [0, 255] (in [0, 1] if its
-    maximum is at most 1). ``heatmap``: values in [0, 1], resized to the image if needed. Each
-    pixel takes ``alpha * heat`` of the colour, so cold regions show the X-ray unchanged.
+    maximum is at most 1). ``heatmap``: values in [0, 1], resized to the image if needed.
+    ``alpha``: the colour's share in every pixel (blue: cold, red: hot with ``"jet"``).
     """
     from matplotlib import colormaps
     from PIL import Image
@@ -235,7 +235,6 @@ def overlay(image, heatmap, alpha: float = 0.4, colormap: str = "jet") -> np.nda
     heat = np.nan_to_num(np.asarray(heatmap, dtype=np.float32))
     if heat.shape != gray.shape:
         heat = np.asarray(Image.fromarray(heat).resize(gray.shape[::-1], Image.Resampling.BILINEAR))
-    heat = np.clip(heat, 0, 1)[..., None]
-    colour = colormaps[colormap](heat[..., 0])[..., :3] * 255
-    blended = (1 - alpha * heat) * np.clip(gray, 0, 255)[..., None] + alpha * heat * colour
+    colour = colormaps[colormap](np.clip(heat, 0, 1))[..., :3] * 255
+    blended = (1 - alpha) * np.clip(gray, 0, 255)[..., None] + alpha * colour
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
