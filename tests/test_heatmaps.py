@@ -91,6 +91,17 @@ def test_maps_have_the_input_shape_and_range(trained):
     assert grad_cam(trained, images[:0]).shape == (0, SIZE, SIZE)
 
 
+def test_it_equals_cam_where_cam_is_defined(trained, test_blobs):
+    """Global pooling then a dense layer: Grad-CAM on the logits is CAM (Zhou et al. 2016), i.e.
+    the ReLU of the activations weighted by the dense kernel's column (Selvaraju et al., sec. 3.1)."""
+    activations = keras.Model(trained.inputs, trained.get_layer("last_conv").output).predict(test_blobs, verbose=0)
+    kernel = keras.ops.convert_to_numpy(trained.get_layer("predictions").kernel)
+    cam = np.maximum(activations @ kernel[:, 1], 0)[..., None]
+    cam = keras.ops.convert_to_numpy(keras.ops.image.resize(cam, (SIZE, SIZE), interpolation="bilinear"))[..., 0]
+    cam /= cam.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(grad_cam(trained, test_blobs, 1), cam, atol=1e-4)
+
+
 def test_the_other_class_gives_another_map(trained, test_blobs):
     assert np.abs(grad_cam(trained, test_blobs, 0) - grad_cam(trained, test_blobs, 1)).max() > 0.5
 
