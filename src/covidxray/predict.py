@@ -12,6 +12,8 @@ from covidxray.data.images import is_image_path, read_image, resize_square
 from covidxray.errors import CovidXrayError, ImageReadError
 
 PREDICT_BATCH = 64
+#: Images whose Grad-CAM maps are held in memory at once.
+HEATMAP_CHUNK = 256
 
 
 def predict_arrays(model, images: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
@@ -59,7 +61,7 @@ def heatmap_names(paths) -> list[str]:
     return names
 
 
-def write_heatmaps(model, images: np.ndarray, paths, class_indices, folder) -> list[str]:
+def write_heatmaps(model, images: np.ndarray, paths, class_indices, folder, *, progress: bool | None = None) -> list[str]:
     """Grad-CAM overlays (one PNG per image, named after its file) in ``folder``; returns their paths."""
     from PIL import Image
 
@@ -67,13 +69,16 @@ def write_heatmaps(model, images: np.ndarray, paths, class_indices, folder) -> l
     from covidxray.heatmaps import grad_cam, overlay
 
     folder = heatmap_folder(folder)
-    maps = grad_cam(model, images, class_indices)
-    written = []
-    for image, heatmap, name in zip(images, maps, heatmap_names(paths)):
-        picture = Image.fromarray(overlay(image, heatmap))
-        atomic_save(folder / name, lambda tmp, picture=picture: picture.save(tmp, format="PNG"))
-        written.append(str(folder / name))
-    return written
+    targets = [folder / name for name in heatmap_names(paths)]
+    with tqdm(total=len(images), desc="heatmaps", unit="img", disable=None if progress is None else not progress) as bar:
+        for start in range(0, len(images), HEATMAP_CHUNK):  # in chunks: n maps at full size can be large
+            chunk = slice(start, start + HEATMAP_CHUNK)
+            for image, heatmap, target in zip(images[chunk], grad_cam(model, images[chunk], class_indices[chunk]),
+                                              targets[chunk]):
+                picture = Image.fromarray(overlay(image, heatmap))
+                atomic_save(target, lambda tmp, picture=picture: picture.save(tmp, format="PNG"))
+                bar.update()
+    return [str(target) for target in targets]
 
 
 def predict_files(model, paths, classes, image_size: int, *, progress: bool | None = None, heatmaps=None):
@@ -105,7 +110,8 @@ def predict_files(model, paths, classes, image_size: int, *, progress: bool | No
         for (path, _), row in zip(good, probabilities)
     ]
     if heatmaps is not None:
-        written = write_heatmaps(model, images, [p for p, _ in good], probabilities.argmax(axis=1), heatmaps)
+        written = write_heatmaps(model, images, [p for p, _ in good], probabilities.argmax(axis=1), heatmaps,
+                                 progress=progress)
         for result, heatmap in zip(results, written):
             result["heatmap"] = heatmap
     return results, failures
