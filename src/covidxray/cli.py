@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--run", required=True, help="run directory written by covidxray train")
     predict.add_argument("paths", nargs="+", metavar="PATH", help="PNG, JPEG or DICOM files, or folders of them")
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    predict.add_argument("--heatmaps", metavar="DIR", default=None,
+                         help="write a Grad-CAM overlay PNG per image into this folder (a heatmap is not proof of what the model uses)")
     predict.set_defaults(handler=run_predict)
 
     models = commands.add_parser("models", help="list the models create_model knows")
@@ -208,15 +210,18 @@ def run_evaluate(args) -> int:
 
 def run_predict(args) -> int:
     from covidxray.evaluate import load_calibration
-    from covidxray.predict import expand_paths, predict_files
+    from covidxray.predict import expand_paths, heatmap_folder, predict_files
     from covidxray.rundir import RunDir
 
     paths = expand_paths(args.paths)
+    if args.heatmaps:
+        heatmap_folder(args.heatmaps)
     run = RunDir(args.run)
     config = run.load_config()
     model = run.load_model()
     results, failures = predict_files(model, paths, config.classes, config.image_size,
-                                      progress=False if args.quiet else None, calibration=load_calibration(run))
+                                      progress=False if args.quiet else None, calibration=load_calibration(run),
+                                      heatmaps=args.heatmaps)
     print(format_predictions(results, config.classes, args.format), end="")
     for message in failures.values():
         print(f"covidxray: skipped {message}", file=sys.stderr)
@@ -229,6 +234,9 @@ def format_predictions(results: list[dict], classes, fmt: str) -> str:
         return json.dumps(results, indent=2) + "\n"
     rows = [[r["path"], r["label"], *(f"{r['probabilities'][c]:.4f}" for c in classes)] for r in results]
     header = ["path", "label", *(f"p_{c}" for c in classes)]
+    if any("heatmap" in r for r in results):
+        header.append("heatmap")
+        rows = [[*row, r.get("heatmap", "")] for row, r in zip(rows, results)]
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")

@@ -212,7 +212,7 @@ def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verb
         "skipped": data.skipped,
     }
     run.write_json(rundir.METRICS, metrics)
-    write_figures_and_report(run, config, data, metrics, test_probabilities)
+    write_figures_and_report(run, config, data, metrics, test_probabilities, model=model)
     return metrics
 
 
