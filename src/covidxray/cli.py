@@ -23,7 +23,7 @@ log = logging.getLogger("covidxray")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from covidxray.config import TrainConfig
+    from covidxray.config import MIXED_PRECISION_POLICIES, TrainConfig
     from covidxray.models import DEFAULT_MODEL, list_models
 
     def default(name: str):
@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-augment", dest="augment", action="store_false", help="train without augmentation")
     train.add_argument("--flip", action="store_true", help="add horizontal flips to the augmentation")
     train.add_argument("--no-class-weights", dest="class_weights", action="store_false")
+    train.add_argument("--mixed-precision", choices=MIXED_PRECISION_POLICIES, default=None,
+                       help="compute in 16-bit floats, keep weights in float32 (faster on GPUs, slower on most CPUs)")
+    train.add_argument("--steps-per-execution", type=int, default=default("steps_per_execution"),
+                       help="training steps per compiled call (more: less Python overhead per step, for fast GPUs)")
     train.add_argument("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/covidxray)")
     train.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     train.set_defaults(handler=run_train)
@@ -93,6 +97,7 @@ def run_train(args) -> int:
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, patience=args.patience,
         class_weights=args.class_weights, augment=args.augment, flip=args.flip, val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, seed=args.seed, cache_dir=args.cache_dir,
+        mixed_precision=args.mixed_precision, steps_per_execution=args.steps_per_execution,
     )
     metrics = train(config, args.out, overwrite=args.overwrite, verbose=0 if args.quiet else (1 if sys.stdout.isatty() else 2),
                     progress=False if args.quiet else None)
