@@ -29,7 +29,9 @@ Writes ``--out`` (JSON: every measurement, the medians, the machine) and ``--mar
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
+import itertools
 import json
 import os
 import platform
@@ -57,10 +59,18 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
 
+@functools.lru_cache(maxsize=1)
+def synthetic_images(n: int, size: int, num_classes: int):
+    """``n`` random uint8 images and labels (kept for the next job of the same shape)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (n, size, size, 1), dtype=np.uint8), rng.integers(0, num_classes, n)
+
+
 def measure_keras(job: dict) -> dict:
     """Train, predict and time one covidxray configuration; ``job`` as made by :func:`plan`."""
     import keras
-    import numpy as np
 
     import covidxray  # noqa: F401  (KERAS_BACKEND is set by the parent)
     from covidxray.config import TrainConfig
@@ -72,9 +82,7 @@ def measure_keras(job: dict) -> dict:
                          jit_compile=job["jit_compile"], mixed_precision=job["mixed_precision"],
                          steps_per_execution=job["steps_per_execution"]).resolve()
     n = job["steps"] * job["batch_size"]
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (n, config.image_size, config.image_size, 1), dtype=np.uint8)
-    y = rng.integers(0, len(config.classes), n)
+    x, y = synthetic_images(n, config.image_size, len(config.classes))
     started = time.perf_counter()
     model = build_model(config, n)
     build_seconds = time.perf_counter() - started
@@ -131,6 +139,12 @@ def run_worker(jobs: list[dict]) -> list[dict]:
     results = []
     for job in jobs:
         started = time.perf_counter()
+        if job.get("deadline") and time.time() > job["deadline"]:
+            result = {"ok": False, "error": "skipped: time budget spent", "job": job}
+            results.append(result)
+            print("RESULT " + json.dumps(result), flush=True)
+            print(f"  {label(job)}: skipped, time budget spent", file=sys.stderr, flush=True)
+            continue
         try:
             result = measure_reference(job) if job["kind"] == "reference" else measure_keras(job)
             result["ok"] = True
@@ -141,6 +155,7 @@ def run_worker(jobs: list[dict]) -> list[dict]:
         result["peak_rss_mib"] = peak_rss_mib()
         result["job"] = job
         results.append(result)
+        print("RESULT " + json.dumps(result), flush=True)  # the parent reads these lines
         print(f"  {label(job)}: " + (f"{result['train_images_per_second']:.1f} img/s training" if result["ok"]
                                       else result["error"]), file=sys.stderr, flush=True)
     return results
@@ -166,21 +181,33 @@ def installed_backends() -> list[str]:
 
 def plan(args) -> tuple[list[dict], list[dict]]:
     """The reference jobs (one per batch size) and the covidxray jobs, in the order they run."""
-    common = {"steps": args.steps, "predict": not args.no_predict, "latency_calls": args.latency_calls}
+    def steps(batch_size: int) -> int:
+        return max(1, args.images_per_step_epoch // batch_size) if args.images_per_step_epoch else args.steps
+
+    common = {"predict": not args.no_predict, "latency_calls": args.latency_calls}
     references = [{"kind": "reference", "image_size": args.reference_size, "batch_size": b, "warmup": args.warmup_steps,
-                   "device": args.reference_device, **common} for b in args.batch_size]
+                   "device": args.reference_device, "steps": steps(b), **common} for b in args.batch_size]
     jobs = []
     for backend in args.backends:
-        for spec in args.models:
+        for config in args.configs or []:
+            spec, batch_size, policy, spe = config.split("/")
+            name, _, size = spec.partition(":")
+            jobs.append({"kind": "keras", "backend": backend, "model": name, "image_size": int(size) if size else None,
+                         "batch_size": int(batch_size), "steps": steps(int(batch_size)), "epochs": args.epochs,
+                         "augment": args.augment != "off", "jit_compile": args.jit_compile,
+                         "mixed_precision": None if policy == "none" else policy, "steps_per_execution": int(spe),
+                         **common})
+        for spec in [] if args.configs else args.models:
             name, _, size = spec.partition(":")
             for batch_size in args.batch_size:
-                for policy in args.mixed_precision:
-                    for augment in ([True, False] if args.augment == "both" else [args.augment == "on"]):
-                        jobs.append({"kind": "keras", "backend": backend, "model": name,
-                                     "image_size": int(size) if size else None, "batch_size": batch_size,
-                                     "epochs": args.epochs, "augment": augment, "jit_compile": args.jit_compile,
-                                     "mixed_precision": None if policy == "none" else policy,
-                                     "steps_per_execution": args.steps_per_execution, **common})
+                for policy, spe, augment in itertools.product(
+                        args.mixed_precision, args.steps_per_execution,
+                        [True, False] if args.augment == "both" else [args.augment == "on"]):
+                    jobs.append({"kind": "keras", "backend": backend, "model": name,
+                                 "image_size": int(size) if size else None, "batch_size": batch_size,
+                                 "steps": steps(batch_size), "epochs": args.epochs, "augment": augment,
+                                 "jit_compile": args.jit_compile, "mixed_precision": None if policy == "none" else policy,
+                                 "steps_per_execution": spe, **common})
     return references, jobs
 
 
@@ -192,15 +219,16 @@ def run_subprocess(jobs: list[dict], backend: str | None, timeout: float) -> lis
     env["PYTHONPATH"] = src + os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else src
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(jobs)]
     try:
-        done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, timeout=timeout)
-        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULTS ")]
-        if lines:
-            return json.loads(lines[-1][len("RESULTS "):])
-        error = f"worker exited with status {done.returncode} and no results"
-    except subprocess.TimeoutExpired:
+        done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, timeout=max(1.0, timeout))
+        stdout, error = done.stdout, f"worker exited with status {done.returncode} before this job's result"
+    except subprocess.TimeoutExpired as stopped:
+        stdout = stopped.stdout.decode() if isinstance(stopped.stdout, bytes) else (stopped.stdout or "")
         error = f"worker ran past {timeout:.0f} s and was stopped"
-    print(f"  {error}", file=sys.stderr, flush=True)
-    return [{"ok": False, "error": error, "job": job} for job in jobs]
+    results = [json.loads(line[len("RESULT "):]) for line in stdout.splitlines() if line.startswith("RESULT ")]
+    for job in jobs[len(results):]:
+        print(f"  {label(job)}: {error}", file=sys.stderr, flush=True)
+        results.append({"ok": False, "error": error, "job": job})
+    return results
 
 
 def summarise(measurements: list[dict], epoch_images: int) -> list[dict]:
@@ -267,7 +295,12 @@ def parse_args(argv=None):
     parser.add_argument("--backends", nargs="+", default=None, choices=BACKENDS, help="default: those installed")
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="name:size (size optional)")
     parser.add_argument("--batch-size", nargs="+", type=int, default=[32])
+    parser.add_argument("--configs", nargs="+", default=None, metavar="MODEL:SIZE/BATCH/POLICY/SPE",
+                        help="instead of the grid of --models, --batch-size, --mixed-precision and "
+                        "--steps-per-execution: these configurations, in this order (POLICY: none or a mixed one)")
     parser.add_argument("--steps", type=int, default=12, help="training steps per measured epoch")
+    parser.add_argument("--images-per-step-epoch", type=int, default=None,
+                        help="instead of --steps: this many images per measured epoch, whatever the batch size")
     parser.add_argument("--epochs", type=int, default=2, help="measured epochs after the warm-up epoch")
     parser.add_argument("--warmup-steps", type=int, default=3, help="reference steps before timing")
     parser.add_argument("--repeats", type=int, default=3)
@@ -276,7 +309,7 @@ def parse_args(argv=None):
                         choices=["none", "mixed_float16", "mixed_bfloat16"])
     parser.add_argument("--augment", choices=["on", "off", "both"], default="on")
     parser.add_argument("--jit-compile", default="auto", type=lambda s: {"true": True, "false": False}.get(s.lower(), s))
-    parser.add_argument("--steps-per-execution", type=int, default=1)
+    parser.add_argument("--steps-per-execution", nargs="+", type=int, default=[1])
     parser.add_argument("--no-predict", action="store_true", help="time training only")
     parser.add_argument("--latency-calls", type=int, default=10)
     parser.add_argument("--reference-size", type=int, default=256)
@@ -285,7 +318,9 @@ def parse_args(argv=None):
     parser.add_argument("--one-process", action="store_true",
                         help="run all jobs of a backend in one process (saves start-up; peak memory is then cumulative)")
     parser.add_argument("--job-timeout", type=float, default=900)
-    parser.add_argument("--time-budget", type=float, default=None, help="start no new process after this many seconds")
+    parser.add_argument("--time-budget", type=float, default=None, help="start no new job after this many seconds")
+    parser.add_argument("--hard-limit", type=float, default=None,
+                        help="stop any worker still running after this many seconds (its finished jobs are kept)")
     parser.add_argument("--quick", action="store_true", help="smoke test: 64 px images, 2 steps, 1 repeat")
     parser.add_argument("--out", default="train_speed.json")
     parser.add_argument("--markdown", default="train_speed.md")
@@ -302,10 +337,12 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.worker:
-        print("RESULTS " + json.dumps(run_worker(json.loads(args.worker))), flush=True)
+        run_worker(json.loads(args.worker))
         return
     started = time.perf_counter()
     references, jobs = plan(args)
+    if args.time_budget:  # a worker running several jobs skips those it cannot start in time
+        jobs = [{**job, "deadline": time.time() + args.time_budget} for job in jobs]
     info = machine()
     print(f"machine: {info}", flush=True)
     measurements = []
@@ -316,6 +353,8 @@ def main(argv=None) -> None:
         print(f"repeat {repeat + 1} of {args.repeats}", flush=True)
         reference = {} if args.no_reference else {
             r["job"]["batch_size"]: r for r in run_subprocess(references, None, args.job_timeout)}
+        for ref in reference.values():
+            ref["repeat"] = repeat
         if args.one_process:
             groups = [[j for j in jobs if j["backend"] == b] for b in args.backends]
         else:
@@ -324,14 +363,15 @@ def main(argv=None) -> None:
             if args.time_budget and time.perf_counter() - started > args.time_budget:
                 print(f"time budget spent: skipped {', '.join(label(j) for j in group)}", flush=True)
                 continue
-            for result in run_subprocess(group, group[0]["backend"], args.job_timeout):
+            timeout = args.job_timeout
+            if args.hard_limit:
+                timeout = min(timeout, args.hard_limit - (time.perf_counter() - started))
+            for result in run_subprocess(group, group[0]["backend"], timeout):
                 ref = reference.get(result["job"]["batch_size"])
                 result["reference"] = ref if ref and ref.get("ok") else None
                 result["repeat"] = repeat
                 measurements.append(result)
-        for ref in reference.values():
-            ref["repeat"] = repeat
-            measurements.append(ref)
+        measurements += reference.values()
         if args.out:  # keep what is measured so far
             write(args, info, measurements, started)
     rows = write(args, info, measurements, started)

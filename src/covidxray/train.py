@@ -22,7 +22,7 @@ from covidxray.config import TrainConfig
 from covidxray.data.cache import ImageCache
 from covidxray.data.sources import load_dataset, select_task
 from covidxray.data.splits import SPLITS, split_dataset, without_patient_id
-from covidxray.errors import DatasetError
+from covidxray.errors import CovidXrayError, DatasetError
 from covidxray.files import atomic_save
 from covidxray.metrics import classification_metrics, cross_entropy
 from covidxray.models import create_model
@@ -122,6 +122,8 @@ class BestCheckpoint(keras.callbacks.Callback):
 
 def build_model(config: TrainConfig, train_size: int) -> keras.Model:
     """Create and compile the model of ``config`` (resolved) for ``train_size`` training images."""
+    if config.steps_per_execution > 1 and keras.backend.backend() == "torch":
+        raise CovidXrayError("--steps-per-execution must be 1 with the PyTorch backend (Keras runs it eagerly)")
     keras.utils.set_random_seed(config.seed)
     model = create_model(config.model, num_classes=len(config.classes), image_size=config.image_size,
                          weights=config.weights, augment=config.augment, flip=config.flip, seed=config.seed,
