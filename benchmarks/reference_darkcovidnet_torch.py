@@ -82,15 +82,16 @@ def measure(*, batch_size: int = 32, steps: int = 10, warmup: int = 3, image_siz
     for i in range(warmup):
         step(i)
     _sync(dev)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for i in range(steps):
         step(i)
     _sync(dev)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     result = {"batch_size": batch_size, "steps": steps, "image_size": image_size, "device": str(dev),
               "channels_last": channels_last, "threads": torch.get_num_threads(),
               "parameters": sum(p.numel() for p in model.parameters()),
-              "train_seconds": seconds, "train_images_per_second": steps * batch_size / seconds}
+              "train_seconds": seconds, "train_images_per_second": steps * batch_size / seconds,
+              "train_images_per_cpu_second": steps * batch_size / cpu_seconds}
     if predict:
         model.eval()
         with torch.no_grad():
