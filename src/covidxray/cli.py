@@ -25,7 +25,7 @@ log = logging.getLogger("covidxray")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from covidxray.config import TrainConfig
+    from covidxray.config import MIXED_PRECISION_POLICIES, TrainConfig
     from covidxray.models import DEFAULT_MODEL, list_models
     from covidxray.shortcut import DEFAULT_FRACTION
 
@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--no-augment", dest="augment", action="store_false", help="train without augmentation")
         command.add_argument("--flip", action="store_true", help="add horizontal flips to the augmentation")
         command.add_argument("--no-class-weights", dest="class_weights", action="store_false")
+        command.add_argument("--mixed-precision", choices=MIXED_PRECISION_POLICIES, default=None,
+                             help="compute in 16-bit floats, keep weights in float32 (faster on GPUs, slower on most CPUs)")
+        command.add_argument("--steps-per-execution", type=int, default=default("steps_per_execution"),
+                             help="training steps per compiled call (more: less Python overhead per step, for fast GPUs)")
         command.add_argument("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/covidxray)")
         command.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
 
@@ -124,7 +128,8 @@ def config_from(args, **overrides):
         learning_rate=args.learning_rate, patience=args.patience, class_weights=args.class_weights,
         augment=args.augment, flip=args.flip, val_fraction=args.val_fraction,
         test_fraction=getattr(args, "test_fraction", TrainConfig.test_fraction), seed=args.seed,
-        cache_dir=args.cache_dir, group_by=args.group_by, target_sensitivity=args.target_sensitivity, **overrides,
+        cache_dir=args.cache_dir, group_by=args.group_by, target_sensitivity=args.target_sensitivity,
+        mixed_precision=args.mixed_precision, steps_per_execution=args.steps_per_execution, **overrides,
     )
 
 
