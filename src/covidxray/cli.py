@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=run_evaluate)
 
     predict = commands.add_parser("predict", help="class probabilities for image files or folders")
-    predict.add_argument("--run", required=True, help="run directory written by covidxray train")
+    predict.add_argument("--run", default=None,
+                         help="run directory written by covidxray train (default: the model shipped with covidxray; "
+                              "see its MODEL_CARD.md)")
     predict.add_argument("paths", nargs="+", metavar="PATH", help="PNG, JPEG or DICOM files, or folders of them")
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
     predict.add_argument("--heatmaps", metavar="DIR", default=None,
@@ -216,12 +218,13 @@ def run_evaluate(args) -> int:
 def run_predict(args) -> int:
     from covidxray.evaluate import load_calibration
     from covidxray.predict import expand_paths, heatmap_folder, predict_files
+    from covidxray.pretrained import default_run_dir
     from covidxray.rundir import RunDir
 
     paths = expand_paths(args.paths)
     if args.heatmaps:
         heatmap_folder(args.heatmaps)
-    run = RunDir(args.run)
+    run = RunDir(args.run if args.run else default_run_dir())
     config = run.load_config()
     model = run.load_model()
     results, failures = predict_files(model, paths, config.classes, config.image_size,
