@@ -39,9 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a model and write a run directory with its report")
-    train.add_argument("--data", required=True, help="class folders, a CSV manifest (path,label[,patient_id,source]) or an ieee8023 folder")
+    train.add_argument("--data", help="class folders, a CSV manifest (path,label[,patient_id,source]) or an ieee8023 folder")
     train.add_argument("--task", choices=list(TASKS), default=default("task"))
-    train.add_argument("--out", required=True, help="run directory to write")
+    train.add_argument("--out", help="run directory to write")
     train.add_argument("--model", default=DEFAULT_MODEL, choices=list_models())
     train.add_argument("--epochs", type=int, default=default("epochs"), help="epochs (the learning rate decays to zero at the last; early stopping may end sooner)")
     train.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the model's own)")
@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-class-weights", dest="class_weights", action="store_false")
     train.add_argument("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/covidxray)")
     train.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    train.set_defaults(handler=run_train)
+    train.add_argument("--resume", metavar="RUN_DIR", default=None,
+                       help="continue an interrupted run from its last finished epoch, with its own settings (config.json)")
+    train.set_defaults(handler=run_train, parser=train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a trained run on a labelled dataset")
     evaluate.add_argument("--run", required=True, help="run directory written by covidxray train")
@@ -70,7 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--run", required=True, help="run directory written by covidxray train")
     predict.add_argument("paths", nargs="+", metavar="PATH", help="PNG, JPEG or DICOM files, or folders of them")
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    predict.add_argument("--engine", choices=("keras", "onnxruntime"), default="keras",
+                         help="run model.keras with Keras, or the run's ONNX export (covidxray export) with ONNX Runtime")
     predict.set_defaults(handler=run_predict)
+
+    export = commands.add_parser("export", help="export a trained run's inference model (ONNX or TensorFlow SavedModel)")
+    export.add_argument("--run", required=True, help="run directory written by covidxray train")
+    export.add_argument("--format", choices=("onnx", "savedmodel"), default="onnx",
+                        help="onnx (any backend with its converter: pip install 'covidxray[onnx]') or savedmodel (TensorFlow backend)")
+    export.add_argument("--out", default=None, help="where to write it (default: RUN/model.onnx or RUN/saved_model)")
+    export.set_defaults(handler=run_export)
 
     models = commands.add_parser("models", help="list the models create_model knows")
     models.set_defaults(handler=run_models)
@@ -84,18 +95,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: ``train`` options that set a TrainConfig field of the same name.
+CONFIG_OPTIONS = ("data", "task", "model", "image_size", "weights", "epochs", "batch_size", "learning_rate", "patience",
+                  "class_weights", "augment", "flip", "val_fraction", "test_fraction", "seed", "cache_dir")
+
+
 def run_train(args) -> int:
     from covidxray.config import TrainConfig
     from covidxray.train import train
 
-    config = TrainConfig(
-        data=args.data, task=args.task, model=args.model, image_size=args.image_size, weights=args.weights,
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, patience=args.patience,
-        class_weights=args.class_weights, augment=args.augment, flip=args.flip, val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction, seed=args.seed, cache_dir=args.cache_dir,
-    )
-    metrics = train(config, args.out, overwrite=args.overwrite, verbose=0 if args.quiet else (1 if sys.stdout.isatty() else 2),
-                    progress=False if args.quiet else None)
+    if args.resume:
+        config, args.out = _resumed_config(args), args.resume
+    else:
+        missing = [f"--{name}" for name in ("data", "out") if getattr(args, name) is None]
+        if missing:
+            args.parser.error(f"the following arguments are required: {', '.join(missing)} (or --resume RUN_DIR)")
+        config = TrainConfig(**{name: getattr(args, name) for name in CONFIG_OPTIONS})
+    metrics = train(config, args.out, overwrite=args.overwrite, resume=bool(args.resume),
+                    verbose=0 if args.quiet else (1 if sys.stdout.isatty() else 2), progress=False if args.quiet else None)
     for split in ("train", "validation", "test"):
         print(f"{split:>10}: accuracy {metrics[split]['accuracy']:.4f}  loss {metrics[split]['loss']:.4f}  ({metrics[split]['n']} images)")
     covid = metrics["test"].get("covid")
@@ -103,6 +120,30 @@ def run_train(args) -> int:
         print(f"{'covid':>10}: sensitivity {_fmt(covid['sensitivity'])}  specificity {_fmt(covid['specificity'])}  AUC {_fmt(covid['auc'])}")
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
+
+
+def _resumed_config(args):
+    """The run's own settings; any option given that contradicts them is an error (--cache-dir may change)."""
+    from dataclasses import replace
+
+    from covidxray.backup import check_resumable
+    from covidxray.rundir import RunDir
+
+    run = RunDir(args.resume)
+    if args.overwrite or (args.out is not None and Path(args.out).resolve() != run.path.resolve()):
+        raise CovidXrayError(f"--resume {run.path} continues that run in place; drop --out and --overwrite")
+    check_resumable(run)
+    saved = run.load_config()
+    given = {name: getattr(args, name) for name in CONFIG_OPTIONS
+             if getattr(args, name) != args.parser.get_default(name) and name != "cache_dir"}
+    if given.get("data") is not None and Path(given["data"]).resolve() == Path(saved.data).resolve():
+        given.pop("data")
+    conflicts = [f"--{name.replace('_', '-')} {value} (the run has {getattr(saved, name)})"
+                 for name, value in given.items() if value != getattr(saved, name)]
+    if conflicts:
+        raise CovidXrayError(f"{run.file('config.json')}: --resume takes the run's own settings, but "
+                             f"{'; '.join(conflicts)}; drop these options or start a new run")
+    return replace(saved, cache_dir=args.cache_dir) if args.cache_dir else saved
 
 
 def run_evaluate(args) -> int:
@@ -124,12 +165,18 @@ def run_predict(args) -> int:
     from covidxray.rundir import RunDir
 
     paths = expand_paths(args.paths)
-    run = RunDir(args.run)
-    config = run.load_config()
-    model = run.load_model()
-    results, failures = predict_files(model, paths, config.classes, config.image_size,
-                                      progress=False if args.quiet else None)
-    print(format_predictions(results, config.classes, args.format), end="")
+    if args.engine == "onnxruntime":
+        from covidxray.export import load_onnx
+
+        model = load_onnx(args.run)  # carries its class names and input size
+        classes, image_size = model.classes, model.image_size
+    else:
+        run = RunDir(args.run)
+        config = run.load_config()
+        model = run.load_model()
+        classes, image_size = config.classes, config.image_size
+    results, failures = predict_files(model, paths, classes, image_size, progress=False if args.quiet else None)
+    print(format_predictions(results, classes, args.format), end="")
     for message in failures.values():
         print(f"covidxray: skipped {message}", file=sys.stderr)
     return 1 if failures else 0
@@ -148,6 +195,13 @@ def format_predictions(results: list[dict], classes, fmt: str) -> str:
         return buffer.getvalue()
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     return "".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() + "\n" for row in [header, *rows])
+
+
+def run_export(args) -> int:
+    from covidxray.export import export_run
+
+    print(f"exported: {export_run(args.run, args.format, args.out)}")
+    return 0
 
 
 def run_models(args) -> int:
