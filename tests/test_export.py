@@ -107,3 +107,42 @@ def test_a_bad_onnx_file_is_a_clear_error(trained, tmp_path, capsys):
     assert main(["--quiet", "predict", "--run", str(broken), "--engine", "onnxruntime", str(files[0])]) == 2
     err = capsys.readouterr().err.strip()
     assert str(broken / "model.onnx") in err and "covidxray export" in err and len(err.splitlines()) == 1
+
+
+BACKEND_SCRIPT = r"""
+import json, sys
+import numpy as np
+import covidxray, keras
+from covidxray.errors import CovidXrayError
+from covidxray.export import OnnxModel, export_model
+from covidxray.models import create_model
+model = create_model("darkcovidnet", num_classes=3, image_size=32, seed=0)
+images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 1)).astype("float32")
+try:
+    export_model(model, "onnx", sys.argv[1], ("covid", "normal", "pneumonia"), 32)
+except CovidXrayError as error:
+    print(json.dumps({"backend": keras.backend.backend(), "error": str(error)}))
+    sys.exit(0)
+diff = np.abs(OnnxModel(sys.argv[1]).predict(images) - model.predict(images, verbose=0)).max()
+print(json.dumps({"backend": keras.backend.backend(), "max_diff": float(diff)}))
+"""
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_onnx_export_on_other_backends(backend, tmp_path):
+    """PyTorch exports through torch.onnx; JAX needs jax2onnx, which the [onnx] extra leaves out (heavy)."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", BACKEND_SCRIPT, str(tmp_path / "m.onnx")], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["backend"] == backend
+    if backend == "jax" and importlib.util.find_spec("jax2onnx") is None:
+        assert "pip install jax2onnx" in result["error"]
+    else:
+        assert result["max_diff"] < 1e-4

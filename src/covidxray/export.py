@@ -8,6 +8,7 @@ reaches it. The class names and the input size travel with it (ONNX metadata, or
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,19 +29,25 @@ def default_path(run: rundir.RunDir, fmt: str) -> Path:
 
 def export_run(run_path: str | Path, fmt: str = "onnx", out: str | Path | None = None) -> Path:
     """Export ``run_path``'s model (``model.keras``) as ``fmt``; returns where it was written."""
+    run = rundir.RunDir(run_path)
+    config = run.load_config()
+    target = Path(out) if out else default_path(run, fmt)
+    export_model(run.load_model(), fmt, target, config.classes, config.image_size)
+    return target
+
+
+def export_model(model, fmt: str, target: str | Path, classes, image_size: int) -> None:
+    """Write ``model``'s inference part (augmentation cut off) to ``target``, atomically."""
     import keras
 
     from covidxray.models.batchnorm import without_augmentation
 
     if fmt not in FORMATS:
         raise CovidXrayError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    run = rundir.RunDir(run_path)
-    config = run.load_config()
-    inference = without_augmentation(run.load_model())
-    target = Path(out) if out else default_path(run, fmt)
-    metadata = {"classes": list(config.classes), "image_size": config.image_size, "model": config.model,
+    inference = without_augmentation(model)
+    metadata = {"classes": list(classes), "image_size": image_size, "model": model.name,
                 "input": "grayscale (n, size, size, 1) float32 in [0, 255]"}
-    signature = [keras.InputSpec(shape=(None, config.image_size, config.image_size, 1), dtype="float32", name="image")]
+    signature = [keras.InputSpec(shape=(None, image_size, image_size, 1), dtype="float32", name="image")]
     backend = keras.backend.backend()
     if fmt == "savedmodel":
         if backend != "tensorflow":
@@ -52,11 +59,13 @@ def export_run(run_path: str | Path, fmt: str = "onnx", out: str | Path | None =
             (folder / f"{METADATA_KEY}.json").write_text(json.dumps(metadata, indent=2) + "\n")
 
         atomic_write_dir(target, write_saved_model)
-        return target
+        return
 
     def write_onnx(path: Path) -> None:
         try:
-            inference.export(str(path), format="onnx", verbose=False, input_signature=signature)
+            with warnings.catch_warnings():  # Keras's tf2onnx patch probes np.object, which warns
+                warnings.filterwarnings("ignore", category=FutureWarning, module="keras.src.export.tf2onnx_lib")
+                inference.export(str(path), format="onnx", verbose=False, input_signature=signature)
             import onnx
         except ImportError as error:  # the converter each backend needs: tf2onnx, onnxscript, jax2onnx
             fix = "pip install jax2onnx" if backend == "jax" else ONNX_EXTRA
@@ -68,7 +77,6 @@ def export_run(run_path: str | Path, fmt: str = "onnx", out: str | Path | None =
         onnx.save(graph, str(path))
 
     atomic_save(target, write_onnx)
-    return target
 
 
 class OnnxModel:

@@ -230,9 +230,9 @@ def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, resu
         "skipped": data.skipped,
         "resumed": resume,
     }
-    run.write_json(rundir.METRICS, metrics)
     write_figures_and_report(run, config, data, metrics, test_probabilities)
-    shutil.rmtree(run.file(rundir.BACKUP))  # the run is complete: nothing left to resume
+    run.write_json(rundir.METRICS, metrics)  # last: metrics.json marks a complete run
+    shutil.rmtree(run.file(rundir.BACKUP))  # nothing left to resume
     return metrics
 
 
