@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a model and write a run directory with its report")
-    train.add_argument("--data", required=True, help="class folders, a CSV manifest (path,label[,patient_id,source]) or an ieee8023 folder")
+    train.add_argument("--data", required=True, help="class folders, a CSV manifest (path,label[,patient_id,source]), an ieee8023 folder, "
+                       "or a shard folder written by covidxray data shard (streamed from disk)")
     train.add_argument("--task", choices=list(TASKS), default=default("task"))
     train.add_argument("--out", required=True, help="run directory to write")
     train.add_argument("--model", default=DEFAULT_MODEL, choices=list_models())
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--flip", action="store_true", help="add horizontal flips to the augmentation")
     train.add_argument("--no-class-weights", dest="class_weights", action="store_false")
     train.add_argument("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/covidxray)")
+    train.add_argument("--distribute", choices=("none", "data-parallel"), default=default("distribute"),
+                       help="data-parallel: split each batch over several devices (JAX backend: KERAS_BACKEND=jax)")
+    train.add_argument("--devices", type=int, default=None, help="devices for --distribute data-parallel (default: all visible)")
     train.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     train.set_defaults(handler=run_train)
 
@@ -81,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--dest", default="data", help="folder to put it in (default ./data)")
     download.add_argument("--url", default=None, help="download from this address instead (a mirror)")
     download.set_defaults(handler=run_download)
+    shard = data.add_parser("shard", help="decode a dataset once into shard files, for datasets larger than memory")
+    shard.add_argument("--data", required=True, help="class folders, a CSV manifest or an ieee8023 folder")
+    shard.add_argument("--out", required=True, help="shard folder to write (then: covidxray train --data SHARD_DIR)")
+    shard.add_argument("--image-size", type=int, required=True, help="side in pixels the images are resized to")
+    shard.add_argument("--shard-size", type=int, default=None, help="images per shard file (default 2048)")
+    shard.add_argument("--overwrite", action="store_true", help="replace an earlier shard folder in --out")
+    shard.set_defaults(handler=run_shard)
     return parser
 
 
@@ -93,6 +104,7 @@ def run_train(args) -> int:
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, patience=args.patience,
         class_weights=args.class_weights, augment=args.augment, flip=args.flip, val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, seed=args.seed, cache_dir=args.cache_dir,
+        distribute=args.distribute, devices=args.devices,
     )
     metrics = train(config, args.out, overwrite=args.overwrite, verbose=0 if args.quiet else (1 if sys.stdout.isatty() else 2),
                     progress=False if args.quiet else None)
@@ -165,6 +177,19 @@ def run_download(args) -> int:
 
     folder = download_dataset(args.name, args.dest, url=args.url, progress=not args.quiet)
     print(f"{args.name}: ready in {folder}")
+    return 0
+
+
+def run_shard(args) -> int:
+    from covidxray.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+    from covidxray.data.shards import DEFAULT_SHARD_SIZE, write_shards
+
+    if not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
+        raise CovidXrayError(f"--image-size must lie between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels")
+    meta = write_shards(args.data, args.out, args.image_size, shard_size=args.shard_size or DEFAULT_SHARD_SIZE,
+                        overwrite=args.overwrite, progress=False if args.quiet else None)
+    print(f"{meta['images']} images at {meta['image_size']}px in {len(meta['shards'])} shard(s): {args.out}"
+          + (f" ({len(meta['skipped'])} unreadable file(s) skipped)" if meta["skipped"] else ""))
     return 0
 
 

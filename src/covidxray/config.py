@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from covidxray.data.shards import shard_image_size
+from covidxray.distribute import check_settings
 from covidxray.errors import CovidXrayError
 from covidxray.labels import task_classes
 from covidxray.models import DEFAULT_MODEL, get_spec
@@ -32,6 +34,8 @@ class TrainConfig:
     seed: int = 0  # seeds the split, the weights and the augmentation
     jit_compile: bool | str = "auto"  # XLA compilation (Keras's "auto": where the backend supports it)
     cache_dir: str | None = None  # decoded-image cache; None: ~/.cache/covidxray
+    distribute: str = "none"  # "data-parallel": split each batch over several devices (JAX backend only)
+    devices: int | None = None  # devices for data-parallel training; None: every visible device
     classes: tuple[str, ...] = ()  # filled from the task by resolve()
 
     def resolve(self) -> TrainConfig:
@@ -45,7 +49,12 @@ class TrainConfig:
             raise CovidXrayError("--epochs and --batch-size must be at least 1")
         if self.image_size is not None and not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
             raise CovidXrayError(f"--image-size must lie between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels")
-        size = spec.image_size if self.image_size is None else self.image_size
+        check_settings(self.distribute, self.devices)
+        stored = shard_image_size(self.data)  # a shard folder holds one image size
+        if stored is not None and self.image_size not in (None, stored):
+            raise CovidXrayError(f"{self.data}: the shards hold {stored}px images; train with --image-size {stored} "
+                                 f"or shard again with --image-size {self.image_size}")
+        size = stored or (spec.image_size if self.image_size is None else self.image_size)
         return TrainConfig(**{**asdict(self), "classes": classes, "image_size": size})
 
     def save(self, path: Path) -> None:

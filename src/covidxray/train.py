@@ -7,6 +7,7 @@ of its own so that notebooks and other commands can reuse it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -19,9 +20,12 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from covidxray import rundir
 from covidxray.config import TrainConfig
+from covidxray.data.batches import ShuffledBatches
 from covidxray.data.cache import ImageCache
+from covidxray.data.shards import is_shard_dir, load_shards
 from covidxray.data.sources import load_dataset, select_task
 from covidxray.data.splits import SPLITS, split_dataset, without_patient_id
+from covidxray.distribute import data_parallel, device_count, process_slice
 from covidxray.errors import DatasetError
 from covidxray.files import atomic_save
 from covidxray.metrics import classification_metrics, cross_entropy
@@ -41,7 +45,7 @@ class PreparedData:
     """A labelled, decoded and split dataset, ready for ``model.fit``."""
 
     table: pd.DataFrame  # path, label, patient_id, source, original_label, split
-    images: np.ndarray  # (n, size, size, 1) uint8, row i is table row i
+    images: np.ndarray  # (n, size, size, 1) uint8, row i is table row i (a lazy ShardArray for shards)
     targets: np.ndarray  # (n,) class indices into classes
     classes: tuple[str, ...]
     skipped: dict[str, str]  # path -> why it was left out
@@ -53,7 +57,12 @@ class PreparedData:
 
 def load_labelled_images(data: str, classes: tuple[str, ...], size: int, *, cache_dir=None,
                          progress: bool | None = None, require_all: bool = True):
-    """Read a dataset's table and decode its images; undecodable files are left out, named."""
+    """Read a dataset's table and decode its images; undecodable files are left out, named.
+
+    A shard folder (``covidxray data shard``) is read lazily: ``images`` is then a ShardArray.
+    """
+    if is_shard_dir(data):
+        return load_labelled_shards(data, classes, size, require_all=require_all)
     table = select_task(load_dataset(data), classes, where=str(data), require_all=require_all)
     decoded = ImageCache(cache_dir).load(list(table["path"]), size, progress=progress)
     for message in decoded.failed.values():
@@ -66,6 +75,19 @@ def load_labelled_images(data: str, classes: tuple[str, ...], size: int, *, cach
     images = decoded.images[keep][..., None]
     targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     return table, images, targets, digests, decoded.failed
+
+
+def load_labelled_shards(data: str, classes: tuple[str, ...], size: int, *, require_all: bool = True):
+    """:func:`load_labelled_images` for a shard folder: the same five results, images unread."""
+    table, images, failed = load_shards(data)
+    if images.shape[1] != size:
+        raise DatasetError(f"{data}: the shards hold {images.shape[1]}px images, the model takes {size}px; "
+                           f"shard the data again with --image-size {size}")
+    table = select_task(table.assign(row=np.arange(len(table))), classes, where=str(data), require_all=require_all)
+    images = images[table["row"].to_numpy()]
+    digests = list(table["pixels"])
+    targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    return table.drop(columns=["row", "pixels", "shard", "offset"]), images, targets, digests, failed
 
 
 def prepare_data(config: TrainConfig, progress: bool | None = None) -> PreparedData:
@@ -121,12 +143,37 @@ class BestCheckpoint(keras.callbacks.Callback):
 
 
 def fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: int = 1) -> dict:
-    """Build, compile and fit the model; the epoch with the best validation accuracy is saved."""
+    """Build, compile and fit the model; the epoch with the best validation accuracy is saved.
+
+    With ``config.distribute == "data-parallel"`` the model is built and trained under a
+    ``keras.distribution.DataParallel`` over ``config.devices`` devices (JAX backend).
+    """
+    distribution = data_parallel(config.batch_size, config.devices) if config.distribute == "data-parallel" else None
+    with distribution.scope() if distribution else contextlib.nullcontext():
+        return {**_fit(config, data, run, verbose, distributed=distribution is not None),
+                "devices": device_count(distribution)}
+
+
+def training_input(config: TrainConfig, x, y, class_weight, distributed: bool) -> dict:
+    """``model.fit``'s data arguments: in-memory arrays as they are, else batches of a PyDataset
+    (streamed from shards, or whole batches only, as data-parallel training needs)."""
+    if isinstance(x, np.ndarray) and not distributed:
+        return {"x": x, "y": y, "batch_size": config.batch_size, "class_weight": class_weight, "shuffle": True}
+    index, count = process_slice() if distributed else (0, 1)
+    batches = ShuffledBatches(x, y, config.batch_size, seed=config.seed, class_weight=class_weight,
+                              drop_remainder=distributed, process_index=index, process_count=count)
+    return {"x": batches, "shuffle": False}  # the PyDataset shuffles, from the seed
+
+
+def _fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: int, distributed: bool) -> dict:
     keras.utils.set_random_seed(config.seed)
     model = create_model(config.model, num_classes=len(config.classes), image_size=config.image_size,
                          weights=config.weights, augment=config.augment, flip=config.flip, seed=config.seed)
     x_train, y_train = data.part("train")
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(config, len(x_train))),
+    class_weight = _class_weights(y_train, len(config.classes)) if config.class_weights else None
+    inputs = training_input(config, x_train, y_train, class_weight, distributed)
+    steps = len(inputs["x"]) if "y" not in inputs else -(-len(x_train) // config.batch_size)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(config, steps * config.batch_size)),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=config.jit_compile)
     checkpoint = BestCheckpoint(run.file(rundir.MODEL))
     rng = np.random.default_rng(config.seed)
@@ -142,10 +189,8 @@ def fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: in
                                       start_from_epoch=config.epochs // 2),
         keras.callbacks.CSVLogger(str(run.file(rundir.HISTORY))),
     ]
-    class_weight = _class_weights(y_train, len(config.classes)) if config.class_weights else None
     started = time.perf_counter()
-    history = model.fit(x_train, y_train, epochs=config.epochs, batch_size=config.batch_size,
-                        class_weight=class_weight, callbacks=callbacks, verbose=verbose, shuffle=True)
+    history = model.fit(**inputs, epochs=config.epochs, callbacks=callbacks, verbose=verbose)
     seconds = time.perf_counter() - started
     epochs_run = len(history.history["loss"])
     return {"best_epoch": checkpoint.best_epoch, "fit_seconds": round(seconds, 1), "epochs_run": epochs_run,
