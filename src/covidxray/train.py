@@ -172,8 +172,9 @@ def _fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: i
     x_train, y_train = data.part("train")
     class_weight = _class_weights(y_train, len(config.classes)) if config.class_weights else None
     inputs = training_input(config, x_train, y_train, class_weight, distributed)
-    steps = len(inputs["x"]) if "y" not in inputs else -(-len(x_train) // config.batch_size)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(config, steps * config.batch_size)),
+    batches = inputs["x"] if isinstance(inputs["x"], ShuffledBatches) else None  # its length: steps per epoch
+    seen = len(batches) * config.batch_size if batches is not None else len(x_train)  # per epoch, for the schedule
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(config, seen)),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=config.jit_compile)
     checkpoint = BestCheckpoint(run.file(rundir.MODEL))
     rng = np.random.default_rng(config.seed)

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -176,26 +177,32 @@ class ShardReader:
         counts = np.asarray(meta["shards"], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(counts)])
         self._files: dict[int, tuple[int, int]] = {}  # shard -> (file descriptor, data offset)
+        self._lock = threading.Lock()  # PyDataset workers are threads
 
     def __len__(self) -> int:
         return int(self.starts[-1])
 
     def _open(self, shard: int) -> tuple[int, int]:
-        if shard not in self._files:
-            path = self.root / shard_file(shard)
-            try:
-                with open(path, "rb") as handle:
-                    version = np.lib.format.read_magic(handle)
-                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                    shape, _, dtype = read_header(handle)
-                    offset = handle.tell()
-            except (OSError, ValueError) as error:
-                raise DatasetError(f"{path}: cannot read shard ({error}); run covidxray data shard again") from None
-            if dtype != np.uint8 or shape[1:] != (self.image_size, self.image_size):
-                raise DatasetError(f"{path}: holds {shape} {dtype}, not {self.image_size}px uint8 images; "
-                                   "run covidxray data shard again")
-            self._files[shard] = (os.open(path, os.O_RDONLY), offset)
-        return self._files[shard]
+        with self._lock:
+            if shard not in self._files:
+                self._files[shard] = self._open_file(shard)
+            return self._files[shard]
+
+    def _open_file(self, shard: int) -> tuple[int, int]:
+        """Open shard ``shard`` and find where its pixels start (after the .npy header)."""
+        path = self.root / shard_file(shard)
+        try:
+            with open(path, "rb") as handle:
+                version = np.lib.format.read_magic(handle)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(handle)
+                offset = handle.tell()
+        except (OSError, ValueError) as error:
+            raise DatasetError(f"{path}: cannot read shard ({error}); run covidxray data shard again") from None
+        if dtype != np.uint8 or shape[1:] != (self.image_size, self.image_size):
+            raise DatasetError(f"{path}: holds {shape} {dtype}, not {self.image_size}px uint8 images; "
+                               "run covidxray data shard again")
+        return os.open(path, os.O_RDONLY), offset
 
     def read(self, rows) -> np.ndarray:
         """Images ``rows`` (global row numbers) as a ``(len(rows), size, size)`` uint8 array."""
@@ -212,9 +219,9 @@ class ShardReader:
         return out
 
     def close(self) -> None:
-        for fd, _ in self._files.values():
+        while self._files:
+            fd, _ = self._files.popitem()[1]
             os.close(fd)
-        self._files.clear()
 
     def __del__(self):
         self.close()
