@@ -130,3 +130,14 @@ def test_hosts_take_disjoint_slices_of_each_global_batch():
         first, second = parts[0][step][1], parts[1][step][1]
         assert len(first) == len(second) == 4
         assert np.array_equal(np.concatenate([first, second]), whole[step][1])
+
+
+def test_cli_refuses_data_parallel_off_jax_before_writing(tmp_path, monkeypatch, capsys):
+    from covidxray.cli import main
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "tensorflow")
+    data = make_dataset(tmp_path / "data", per_class=4)
+    code = main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--distribute", "data-parallel"])
+    assert code == 2
+    assert "needs the JAX backend, not tensorflow; run with KERAS_BACKEND=jax" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

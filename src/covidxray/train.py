@@ -227,6 +227,8 @@ def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verb
     config = config.resolve()
     run = rundir.RunDir(out)
     run.refuse_to_replace(overwrite)
+    if config.distribute == "data-parallel":
+        data_parallel(config.batch_size, config.devices)  # a backend or device problem fails before any file is written
     started = time.perf_counter()
     data = prepare_data(config, progress=progress)
     decode_seconds = time.perf_counter() - started
