@@ -38,7 +38,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from covidxray.data.images import pixel_digest, read_image, resize_square
-from covidxray.data.sources import COLUMNS, load_dataset
+from covidxray.data.sources import COLUMNS, as_paths, load_datasets
 from covidxray.errors import DatasetError, ImageReadError
 from covidxray.files import atomic_save, atomic_write_text
 
@@ -110,12 +110,14 @@ class ShardWriter:
 
 def write_shards(data, out, image_size: int, *, shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False,
                  workers: int | None = None, progress: bool | None = None) -> dict:
-    """Decode every image of the dataset at ``data`` into shards in ``out``; returns ``shards.json``.
+    """Decode every image of the dataset(s) at ``data`` into shards in ``out``; returns ``shards.json``.
 
     Images are decoded ``shard_size`` at a time, so memory holds one shard, whatever the
-    dataset's size. Undecodable files are left out and listed in ``shards.json``.
+    dataset's size. Undecodable files are left out and listed in ``shards.json``; as when
+    training from image files, an image with the same pixels as one of an earlier dataset is
+    counted once.
     """
-    table = load_dataset(data)
+    table = load_datasets(data)
     workers = workers or min(4, os.cpu_count() or 1)
 
     def decode(path):
@@ -126,6 +128,7 @@ def write_shards(data, out, image_size: int, *, shard_size: int = DEFAULT_SHARD_
         return resize_square(full, image_size), pixel_digest(full)
 
     skipped: dict[str, str] = {}
+    first_dataset: dict[str, str] = {}  # pixel digest -> the dataset it was first seen in
     bar = tqdm(total=len(table), desc=f"sharding at {image_size}px", unit="img",
                disable=None if progress is None else not progress)
     writer = ShardWriter(out, image_size, shard_size, overwrite=overwrite)
@@ -136,7 +139,7 @@ def write_shards(data, out, image_size: int, *, shard_size: int = DEFAULT_SHARD_
                 if isinstance(result, ImageReadError):
                     skipped[row["path"]] = str(result)
                     log.warning("skipped %s", result)
-                else:
+                elif first_dataset.setdefault(result[1], row["dataset"]) == row["dataset"]:
                     writer.add(result[0], {**row, "pixels": result[1]})
             bar.update(len(chunk))
     bar.close()
@@ -162,9 +165,15 @@ def read_meta(root) -> dict:
     return meta
 
 
-def shard_image_size(path) -> int | None:
-    """The image size of the shard folder at ``path``; None when ``path`` is not one."""
-    return int(read_meta(path)["image_size"]) if is_shard_dir(path) else None
+def shard_image_size(data) -> int | None:
+    """The image size of the shard folder ``data`` (a path, or a list of one); None when it is not one."""
+    paths = as_paths(data)
+    if not any(is_shard_dir(p) for p in paths):
+        return None
+    if len(paths) > 1:
+        raise DatasetError(f"{', '.join(paths)}: a shard folder cannot be combined with other --data; "
+                           "shard the datasets together: covidxray data shard --data A --data B ...")
+    return int(read_meta(paths[0])["image_size"])
 
 
 class ShardReader:
