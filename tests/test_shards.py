@@ -11,7 +11,7 @@ from covidxray.cli import main
 from covidxray.data.batches import ShuffledBatches
 from covidxray.data.images import read_image
 from covidxray.data.loading import load_labelled_images
-from covidxray.data.shards import ShardWriter, load_shards, shard_file
+from covidxray.data.shards import ShardWriter, load_shards, shard_file, write_shards
 from covidxray.data.sources import load_dataset
 from covidxray.errors import DatasetError
 from covidxray.evaluate import evaluate_run
@@ -109,3 +109,18 @@ def test_bad_shard_folders_are_refused(sharded, tmp_path, capsys):
     # never closed: two images on disk, no table, no shards.json
     assert main(["train", "--data", str(interrupted), "--out", str(tmp_path / "r2")]) == 2
     assert "incomplete shard folder" in capsys.readouterr().err
+
+
+def test_datasets_sharded_together_count_a_shared_image_once(tmp_path):
+    first = make_dataset(tmp_path / "a", per_class=2, manifest=False)
+    second = make_dataset(tmp_path / "b", per_class=2, seed=1, manifest=False)
+    for path in list(second.rglob("*.png")):  # other file names: names alone would mark them as repeats
+        path.rename(path.with_name("b_" + path.name))
+    shared = first / "covid" / "covid_000.png"
+    (second / "covid" / "copy_of_covid_000.png").write_bytes(shared.read_bytes())  # same pixels, another name
+    meta = write_shards([str(first), str(second)], tmp_path / "shards", SIZE, progress=False)
+    assert meta["images"] == 12  # 6 + 6, the copy left out
+    table, _, _ = load_shards(tmp_path / "shards")
+    assert str(shared) in set(table["path"]) and not table["path"].str.contains("copy_of").any()
+    with pytest.raises(DatasetError, match="a shard folder cannot be combined with other --data"):
+        load_labelled_images([str(tmp_path / "shards"), str(first)], ("covid", "normal", "pneumonia"), SIZE)
