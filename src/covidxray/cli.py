@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     def add_training_options(command, out_help: str, required: bool = True):
         command.add_argument("--data", required=required, action="append",
                              help="class folders, a CSV manifest (path,label[,patient_id,source]) or an ieee8023 folder; "
-                                  "repeat to combine datasets (an image they share is counted once)")
+                                  "repeat to combine datasets (an image they share is counted once); "
+                                  "or one shard folder written by covidxray data shard (streamed from disk)")
         command.add_argument("--task", choices=list(TASKS), default=default("task"))
         command.add_argument("--out", required=required, help=out_help)
         command.add_argument("--model", default=DEFAULT_MODEL, choices=list_models())
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--test-fraction", type=float, default=default("test_fraction"))
     train.add_argument("--blank-lungs", type=float, default=default("blank_lungs"), metavar="FRACTION",
                        help="blank this central fraction of every image (the shortcut probe; see covidxray probe)")
+    train.add_argument("--distribute", choices=("none", "data-parallel"), default=default("distribute"),
+                       help="data-parallel: split each batch over several devices (JAX backend: KERAS_BACKEND=jax)")
+    train.add_argument("--devices", type=int, default=None, help="devices for --distribute data-parallel (default: all visible)")
     train.add_argument("--resume", metavar="RUN_DIR", default=None,
                        help="continue an interrupted run from its last finished epoch, with its own settings (config.json)")
     train.set_defaults(handler=run_train, parser=train)
@@ -129,13 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--dest", default="data", help="folder to put it in (default ./data)")
     download.add_argument("--url", default=None, help="download from this address instead (a mirror)")
     download.set_defaults(handler=run_download)
+    shard = data.add_parser("shard", help="decode a dataset once into shard files, for datasets larger than memory")
+    shard.add_argument("--data", required=True, action="append",
+                       help="class folders, a CSV manifest or an ieee8023 folder; repeat to combine datasets")
+    shard.add_argument("--out", required=True, help="shard folder to write (then: covidxray train --data SHARD_DIR)")
+    shard.add_argument("--image-size", type=int, required=True, help="side in pixels the images are resized to")
+    shard.add_argument("--shard-size", type=int, default=None, help="images per shard file (default 2048)")
+    shard.add_argument("--overwrite", action="store_true", help="replace an earlier shard folder in --out")
+    shard.set_defaults(handler=run_shard)
     return parser
 
 
 #: ``train`` options that set a TrainConfig field of the same name (``--resume`` checks them against the run's).
 CONFIG_OPTIONS = ("data", "task", "model", "image_size", "weights", "epochs", "batch_size", "learning_rate", "patience",
                   "class_weights", "augment", "flip", "val_fraction", "test_fraction", "seed", "cache_dir", "group_by",
-                  "target_sensitivity", "mixed_precision", "steps_per_execution", "blank_lungs")
+                  "target_sensitivity", "mixed_precision", "steps_per_execution", "blank_lungs", "distribute", "devices")
 
 
 def config_from(args, **overrides):
@@ -165,7 +177,7 @@ def run_train(args) -> int:
         missing = [f"--{name}" for name in ("data", "out") if getattr(args, name) is None]
         if missing:
             args.parser.error(f"the following arguments are required: {', '.join(missing)} (or --resume RUN_DIR)")
-        config = config_from(args, blank_lungs=args.blank_lungs)
+        config = config_from(args, blank_lungs=args.blank_lungs, distribute=args.distribute, devices=args.devices)
     metrics = train(config, args.out, overwrite=args.overwrite, resume=bool(args.resume), verbose=_verbosity(args),
                     progress=False if args.quiet else None)
     print_run_summary(metrics)
@@ -337,6 +349,19 @@ def run_download(args) -> int:
 
     folder = download_dataset(args.name, args.dest, url=args.url, progress=not args.quiet)
     print(f"{args.name}: ready in {folder}")
+    return 0
+
+
+def run_shard(args) -> int:
+    from covidxray.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+    from covidxray.data.shards import DEFAULT_SHARD_SIZE, write_shards
+
+    if not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
+        raise CovidXrayError(f"--image-size must lie between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels")
+    meta = write_shards(args.data, args.out, args.image_size, shard_size=args.shard_size or DEFAULT_SHARD_SIZE,
+                        overwrite=args.overwrite, progress=False if args.quiet else None)
+    print(f"{meta['images']} images at {meta['image_size']}px in {len(meta['shards'])} shard(s): {args.out}"
+          + (f" ({len(meta['skipped'])} unreadable file(s) skipped)" if meta["skipped"] else ""))
     return 0
 
 

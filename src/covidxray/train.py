@@ -7,6 +7,7 @@ of its own so that notebooks and other commands can reuse it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -22,8 +23,10 @@ from covidxray import rundir
 from covidxray.backup import EarlyStopping, RunBackup, check_resumable, read_state
 from covidxray.calibration import Calibration, scale
 from covidxray.config import TrainConfig
+from covidxray.data.batches import ShuffledBatches
 from covidxray.data.loading import LabelledImages, load_labelled_images
 from covidxray.data.splits import SPLITS, split_dataset, without_patient_id
+from covidxray.distribute import data_parallel, device_count, process_slice
 from covidxray.errors import CovidXrayError, DatasetError
 from covidxray.evaluate import calibration_summary, fit_calibration, score
 from covidxray.files import atomic_save
@@ -45,7 +48,7 @@ class PreparedData:
     """A labelled, decoded and split dataset, ready for ``model.fit``."""
 
     table: pd.DataFrame  # path, label, patient_id, source, ..., pixels, split
-    images: np.ndarray  # (n, size, size, 1) uint8, row i is table row i
+    images: np.ndarray  # (n, size, size, 1) uint8, row i is table row i (a lazy ShardArray for shards)
     targets: np.ndarray  # (n,) class indices into classes
     classes: tuple[str, ...]
     skipped: dict[str, str]  # path -> why it was left out
@@ -63,6 +66,8 @@ def load_data(config: TrainConfig, progress: bool | None = None) -> LabelledImag
     data = load_labelled_images(config.data, config.classes, config.image_size, cache_dir=config.cache_dir,
                                 progress=progress)
     if config.blank_lungs:
+        if not isinstance(data.images, np.ndarray):
+            raise CovidXrayError("--blank-lungs needs the images in memory; train on the image files, not a shard folder")
         data.images = blank_lung_field(data.images, config.blank_lungs)
     return data
 
@@ -147,9 +152,30 @@ def fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: in
     """Build, compile and fit the model; the epoch with the best validation accuracy is saved.
 
     Where ``run`` holds the backup of an interrupted fit, it continues from its last finished epoch.
+    With ``config.distribute == "data-parallel"`` the model is built and trained under a
+    ``keras.distribution.DataParallel`` over ``config.devices`` devices (JAX backend).
     """
+    distribution = data_parallel(config.batch_size, config.devices) if config.distribute == "data-parallel" else None
+    with distribution.scope() if distribution else contextlib.nullcontext():
+        return {**_fit(config, data, run, verbose, distributed=distribution is not None),
+                "devices": device_count(distribution)}
+
+
+def training_batches(config: TrainConfig, x, y, class_weight, distributed: bool) -> ShuffledBatches | None:
+    """Batches from a PyDataset where the arrays cannot go to ``model.fit`` as they are: images
+    streamed from shards, or whole batches only, as data-parallel training needs. None otherwise."""
+    if isinstance(x, np.ndarray) and not distributed:
+        return None
+    index, count = process_slice() if distributed else (0, 1)
+    return ShuffledBatches(x, y, config.batch_size, seed=config.seed, class_weight=class_weight,
+                           drop_remainder=distributed, process_index=index, process_count=count)
+
+
+def _fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: int, distributed: bool) -> dict:
     x_train, y_train = data.part("train")
-    model = build_model(config, len(x_train))
+    class_weight = balanced_class_weights(y_train, len(config.classes)) if config.class_weights else None
+    batches = training_batches(config, x_train, y_train, class_weight, distributed)
+    model = build_model(config, len(x_train) if batches is None else len(batches) * config.batch_size)
     checkpoint = BestCheckpoint(run.file(rundir.MODEL))
     rng = np.random.default_rng(config.seed)
     calibration = x_train[np.sort(rng.permutation(len(x_train))[:CALIBRATION_IMAGES])]
@@ -166,13 +192,15 @@ def fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: in
         stopping,
         backup,  # last: saves the states the others reach at each epoch's end, and writes history.csv
     ]
-    class_weight = balanced_class_weights(y_train, len(config.classes)) if config.class_weights else None
     state = read_state(run)
     if state is not None and (state["stopped"] or state["epoch"] >= config.epochs):
         history, seconds, best_epoch = state["history"], state["fit_seconds"], state["parts"]["checkpoint"]["best_epoch"]
     else:
-        fit_arrays(model, x_train, y_train, epochs=config.epochs, batch_size=config.batch_size,
-                   class_weight=class_weight, callbacks=callbacks, verbose=verbose)
+        if batches is None:
+            fit_arrays(model, x_train, y_train, epochs=config.epochs, batch_size=config.batch_size,
+                       class_weight=class_weight, callbacks=callbacks, verbose=verbose)
+        else:  # the PyDataset shuffles, from the seed
+            model.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
         history, seconds, best_epoch = backup.history, backup.fit_seconds, checkpoint.best_epoch
     epochs_run = len(history)
     return {"best_epoch": best_epoch, "fit_seconds": round(seconds, 1), "epochs_run": epochs_run,
@@ -235,6 +263,8 @@ def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, resu
         run.remove_temporaries()
     else:
         run.refuse_to_replace(overwrite)
+    if config.distribute == "data-parallel":
+        data_parallel(config.batch_size, config.devices)  # a backend or device problem fails before any file is written
     started = time.perf_counter()
     data = prepare_data(config, progress=progress)
     decode_seconds = time.perf_counter() - started
