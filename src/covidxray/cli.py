@@ -95,7 +95,7 @@ def run_train(args) -> int:
         test_fraction=args.test_fraction, seed=args.seed, cache_dir=args.cache_dir,
     )
     metrics = train(config, args.out, overwrite=args.overwrite, verbose=0 if args.quiet else (1 if sys.stdout.isatty() else 2),
-                    progress=False if args.quiet else None)
+                    progress=_progress(args))
     for split in ("train", "validation", "test"):
         print(f"{split:>10}: accuracy {metrics[split]['accuracy']:.4f}  loss {metrics[split]['loss']:.4f}  ({metrics[split]['n']} images)")
     covid = metrics["test"].get("covid")
@@ -109,7 +109,7 @@ def run_evaluate(args) -> int:
     from covidxray.evaluate import evaluate_run
     from covidxray.files import atomic_write_text
 
-    metrics = evaluate_run(args.run, args.data, cache_dir=args.cache_dir, progress=False if args.quiet else None)
+    metrics = evaluate_run(args.run, args.data, cache_dir=args.cache_dir, progress=_progress(args))
     text = json.dumps(metrics, indent=2)
     if args.out:
         atomic_write_text(args.out, text + "\n")
@@ -128,7 +128,7 @@ def run_predict(args) -> int:
     config = run.load_config()
     model = run.load_model()
     results, failures = predict_files(model, paths, config.classes, config.image_size,
-                                      progress=False if args.quiet else None)
+                                      progress=_progress(args))
     print(format_predictions(results, config.classes, args.format), end="")
     for message in failures.values():
         print(f"covidxray: skipped {message}", file=sys.stderr)
@@ -163,9 +163,14 @@ def run_models(args) -> int:
 def run_download(args) -> int:
     from covidxray.data.download import download_dataset
 
-    folder = download_dataset(args.name, args.dest, url=args.url, progress=not args.quiet)
+    folder = download_dataset(args.name, args.dest, url=args.url, progress=_progress(args))
     print(f"{args.name}: ready in {folder}")
     return 0
+
+
+def _progress(args) -> bool | None:
+    """Progress bars: never with --quiet, else on a terminal only (covidxray.progress)."""
+    return False if args.quiet else None
 
 
 def _fmt(value) -> str:

@@ -6,10 +6,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from covidxray.data.images import is_image_path, read_image, resize_square
 from covidxray.errors import CovidXrayError, ImageReadError
+from covidxray.progress import progress_bar
 
 PREDICT_BATCH = 64
 
@@ -50,8 +50,8 @@ def predict_files(model, paths, classes, image_size: int, *, progress: bool | No
 
     paths = [str(p) for p in paths]
     with ThreadPoolExecutor(4) as pool:
-        loaded = list(tqdm(pool.map(load, paths), total=len(paths), desc="reading", unit="img",
-                           disable=None if progress is None else not progress))
+        loaded = list(progress_bar(pool.map(load, paths), total=len(paths), desc="reading", unit="img",
+                                   progress=progress))
     failures = {p: str(x) for p, x in zip(paths, loaded) if isinstance(x, ImageReadError)}
     good = [(p, x) for p, x in zip(paths, loaded) if not isinstance(x, ImageReadError)]
     if not good:

@@ -1,4 +1,5 @@
-"""The run's report: figures saved beside ``report.md``, which shows every table and figure."""
+"""The run's report: figures saved beside ``report.md``, which shows every table and figure, and
+``report.html``, the same as one self-contained page."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pandas as pd
 
 from covidxray import rundir
 from covidxray.files import atomic_save, atomic_write_text
+from covidxray.htmlreport import write_html
 from covidxray.labels import COVID
 from covidxray.plots import pick_examples, plot_confusion, plot_history, plot_predictions
 
@@ -21,7 +23,7 @@ def save_figure(figure, path) -> None:
 
 
 def write_figures_and_report(run: rundir.RunDir, config, data, metrics: dict, test_probabilities) -> None:
-    """Draw ``acc.png``, ``mat.png`` and ``pred.png`` and write ``report.md``."""
+    """Draw ``acc.png``, ``mat.png`` and ``pred.png`` and write ``report.md`` and ``report.html``."""
     history = pd.read_csv(run.file(rundir.HISTORY))
     save_figure(plot_history(history), run.file(rundir.ACC_FIGURE))
     save_figure(plot_confusion(metrics["test"]["confusion_matrix"], config.classes), run.file(rundir.MATRIX_FIGURE))
@@ -29,7 +31,13 @@ def write_figures_and_report(run: rundir.RunDir, config, data, metrics: dict, te
     shown = pick_examples(y_test, test_probabilities, seed=config.seed)
     save_figure(plot_predictions(x_test[shown], y_test[shown], test_probabilities[shown], config.classes),
                 run.file(rundir.PREDICTIONS_FIGURE))
-    atomic_write_text(run.file(rundir.REPORT), render_report(config, metrics))
+    write_report(run.file(rundir.REPORT), render_report(config, metrics))
+
+
+def write_report(path, text: str) -> None:
+    """Write ``report.md`` and, beside it, ``report.html`` with every figure inlined."""
+    atomic_write_text(path, text)
+    write_html(path, text)
 
 
 def _pct(value) -> str:

@@ -1,7 +1,8 @@
 """The run directory: where each file of a run lives, and atomic writes into it.
 
 A run directory holds ``model.keras``, ``config.json``, ``split.csv``, ``history.csv``,
-``metrics.json``, the figures (``acc.png``, ``mat.png``, ``pred.png``) and ``report.md``.
+``metrics.json``, the figures (``acc.png``, ``mat.png``, ``pred.png``), ``report.md`` and
+``report.html``.
 Every file is written to a temporary name and renamed, so an interrupted run never leaves
 a half-written file behind.
 """
@@ -20,8 +21,9 @@ SPLIT = "split.csv"
 HISTORY = "history.csv"
 METRICS = "metrics.json"
 REPORT = "report.md"
+REPORT_HTML = "report.html"  # report.md as one self-contained page
 ACC_FIGURE, MATRIX_FIGURE, PREDICTIONS_FIGURE = "acc.png", "mat.png", "pred.png"
-RUN_FILES = (MODEL, CONFIG, SPLIT, HISTORY, METRICS, REPORT, ACC_FIGURE, MATRIX_FIGURE, PREDICTIONS_FIGURE)
+RUN_FILES = (MODEL, CONFIG, SPLIT, HISTORY, METRICS, REPORT, REPORT_HTML, ACC_FIGURE, MATRIX_FIGURE, PREDICTIONS_FIGURE)
 
 
 class RunDir:
