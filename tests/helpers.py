@@ -81,3 +81,20 @@ def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2"
     path.parent.mkdir(parents=True, exist_ok=True)
     dataset.save_as(path, enforce_file_format=True)
     return path
+
+
+def build_run(run_dir: Path, image_size: int = 32, task: str = "three-class", seed: int = 0) -> Path:
+    """A run folder with an untrained ``compactnet`` (random weights) and its config: enough
+    for predict, serve and heatmaps, in a second instead of a training run."""
+    import keras
+
+    from covidxray.config import TrainConfig
+    from covidxray.models import create_model
+
+    config = TrainConfig(data="synthetic", task=task, image_size=image_size, seed=seed).resolve()
+    keras.utils.set_random_seed(seed)
+    model = create_model(config.model, num_classes=len(config.classes), image_size=image_size, seed=seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.save(run_dir / "config.json")
+    model.save(run_dir / "model.keras")
+    return run_dir
