@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
     predict.set_defaults(handler=run_predict)
 
+    serve = commands.add_parser("serve", help="a local web page: upload an X-ray, see probabilities and a heatmap")
+    serve.add_argument("--run", default=None, help="run directory written by covidxray train")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-upload-mb", type=float, default=32.0, help="largest upload accepted (default 32)")
+    serve.set_defaults(handler=run_serve)
+
     models = commands.add_parser("models", help="list the models create_model knows")
     models.set_defaults(handler=run_models)
 
@@ -148,6 +155,13 @@ def format_predictions(results: list[dict], classes, fmt: str) -> str:
         return buffer.getvalue()
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     return "".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() + "\n" for row in [header, *rows])
+
+
+def run_serve(args) -> int:
+    from covidxray.serve import serve
+
+    serve(args.run, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, quiet=args.quiet)
+    return 0
 
 
 def run_models(args) -> int:
