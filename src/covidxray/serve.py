@@ -127,7 +127,7 @@ form { margin: 1rem 0; padding: 1rem; border: 1px dashed #8899aa; border-radius:
 button { font: inherit; padding: .3rem 1.2rem; }
 .error { padding: .7rem 1rem; background: #fdecea; border-left: 5px solid #c62828; }
 .images { display: flex; gap: 1rem; flex-wrap: wrap; }
-figure { margin: 0; }
+figure { margin: 0; max-width: 384px; }
 figure img { width: 384px; max-width: 100%; border-radius: 4px; background: #000; }
 table { border-collapse: collapse; margin: .5rem 0 1rem; }
 td, th { padding: .25rem .6rem; text-align: left; }
