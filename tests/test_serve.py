@@ -135,3 +135,13 @@ def test_serve_on_a_busy_port_is_a_clear_error(run_dir, capsys):
 def test_serve_on_a_folder_without_a_run(tmp_path, capsys):
     assert main(["serve", "--run", str(tmp_path)]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_analyzer_reads_files_and_keeps_the_aspect_ratio(run_dir, tmp_path):
+    analyzer = XrayAnalyzer(run_dir)
+    path = write_dicom(tmp_path / "wide.dcm", np.arange(48 * 96, dtype=np.uint16).reshape(48, 96))
+    result = analyzer.analyse_file(path)
+    assert result.label in analyzer.classes and abs(sum(result.probabilities.values()) - 1) < 1e-4
+    shown = Image.open(io.BytesIO(result.image_png))
+    heatmap = Image.open(io.BytesIO(result.heatmap_png))
+    assert shown.size == heatmap.size == (384, 192) and shown.mode == "L" and heatmap.mode == "RGB"

@@ -13,16 +13,12 @@ FastAPI, uvicorn and python-multipart are an optional extra: ``pip install 'covi
 # No "from __future__ import annotations": FastAPI reads the route annotations at definition.
 import base64
 import html
-import io
 import ipaddress
 import logging
 import socket
-import threading
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from covidxray.analysis import Analysis, XrayAnalyzer
 from covidxray.errors import CovidXrayError, ImageReadError
 
 log = logging.getLogger(__name__)
@@ -30,7 +26,6 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_MAX_UPLOAD_MB = 32.0  # an uncompressed 16-bit DICOM of 3000 x 3000 pixels is 18 MB
-DISPLAY_SIZE = 384  # side in pixels of the X-ray and heatmap shown on the page
 _FORM_OVERHEAD = 64 * 1024  # multipart headers and boundaries around the file
 ACCEPT = ".png,.jpg,.jpeg,.dcm,.dicom,image/png,image/jpeg,application/dicom"
 
@@ -48,67 +43,6 @@ def resolve_run_dir(run: str | Path | None) -> Path:
     if default is None:
         raise CovidXrayError("no model to serve: pass --run RUN_DIR, a folder written by covidxray train")
     return default
-
-
-@dataclass
-class Analysis:
-    """What the page shows for one upload."""
-
-    label: str
-    probabilities: dict[str, float]
-    image_png: bytes  # the X-ray as the page shows it
-    heatmap_png: bytes  # the Grad-CAM heatmap of the predicted class over it
-
-
-class XrayAnalyzer:
-    """A run's model, loaded once, answering one upload at a time."""
-
-    def __init__(self, run_dir: str | Path):
-        from covidxray.rundir import RunDir
-
-        run = RunDir(run_dir)
-        self.run_dir = run.path
-        self.config = run.load_config()
-        self.model = run.load_model()
-        self.classes = tuple(self.config.classes)
-        self._lock = threading.Lock()  # one prediction at a time: Keras models are not thread-safe
-
-    def analyse(self, filename: str, data: bytes) -> Analysis:
-        """Decode ``data`` (the bytes of file ``filename``), predict, and draw the heatmap."""
-        from covidxray.data.images import read_image, resize_square
-        from covidxray.heatmaps import grad_cam, overlay
-        from covidxray.predict import predict_arrays
-
-        image = read_image(filename, data=data)
-        model_input = resize_square(image, self.config.image_size)[None, ..., None]
-        with self._lock:
-            probabilities = predict_arrays(self.model, model_input)[0]
-            best = int(np.argmax(probabilities))
-            heatmap = grad_cam(self.model, model_input, class_indices=[best])[0]
-        shown = resize_square(image, DISPLAY_SIZE)
-        return Analysis(
-            label=self.classes[best],
-            probabilities={c: float(p) for c, p in zip(self.classes, probabilities)},
-            image_png=_png(shown),
-            heatmap_png=_png(overlay(shown, _resize_heatmap(heatmap, shown.shape))),
-        )
-
-
-def _png(array: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _resize_heatmap(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    if heatmap.shape == shape:
-        return heatmap.astype(np.float32)
-    resized = Image.fromarray(heatmap.astype(np.float32), mode="F").resize(shape[::-1], Image.Resampling.BILINEAR)
-    return np.clip(np.asarray(resized), 0.0, 1.0)
 
 
 def _data_uri(png: bytes) -> str:
