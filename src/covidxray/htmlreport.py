@@ -38,10 +38,7 @@ def render_html(markdown_text: str, base_dir: str | Path) -> str:
     An image that is missing, or referenced by URL or by a path outside ``base_dir``, is left
     out (its alternative text stays), so the page never fetches anything.
     """
-    import markdown
-
-    body = markdown.markdown(markdown_text, extensions=["tables", "sane_lists"], output_format="html")
-    body = _IMG_SRC.sub(lambda m: m.group(1) + _data_uri(m.group(2), Path(base_dir)) + m.group(3), body)
+    body = render_body(markdown_text, base_dir)
     match = _TITLE.search(markdown_text)
     title = html.escape(match.group(1).replace("`", "")) if match else "covidxray report"
     return (
@@ -49,6 +46,14 @@ def render_html(markdown_text: str, base_dir: str | Path) -> str:
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
         f"<title>{title}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
     )
+
+
+def render_body(markdown_text: str, base_dir: str | Path) -> str:
+    """The page's body alone (tables, text, inlined figures): for a notebook's ``display(HTML(...))``."""
+    import markdown
+
+    body = markdown.markdown(markdown_text, extensions=["tables", "sane_lists"], output_format="html")
+    return _IMG_SRC.sub(lambda m: m.group(1) + _data_uri(m.group(2), Path(base_dir)) + m.group(3), body)
 
 
 def write_html(markdown_path: str | Path, markdown_text: str) -> Path:
