@@ -145,3 +145,12 @@ def test_analyzer_reads_files_and_keeps_the_aspect_ratio(run_dir, tmp_path):
     shown = Image.open(io.BytesIO(result.image_png))
     heatmap = Image.open(io.BytesIO(result.heatmap_png))
     assert shown.size == heatmap.size == (384, 192) and shown.mode == "L" and heatmap.mode == "RGB"
+
+
+def test_serve_without_the_extra_names_the_install(run_dir, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
+    assert main(["serve", "--run", str(run_dir)]) == 2
+    assert "needs uvicorn: pip install 'covidxray[serve]'" in capsys.readouterr().err

@@ -205,10 +205,15 @@ def create_app(analyzer: XrayAnalyzer, max_upload_mb: float = DEFAULT_MAX_UPLOAD
 def serve(run: str | Path | None = None, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, quiet: bool = False) -> None:
     """Load the run's model and serve the page until interrupted."""
-    try:
-        import uvicorn
-    except ImportError:
-        raise CovidXrayError("covidxray serve needs FastAPI and uvicorn: pip install 'covidxray[serve]'") from None
+    import importlib.util
+
+    missing = [name for name, modules in (("fastapi", ["fastapi"]), ("uvicorn", ["uvicorn"]),
+                                          ("python-multipart", ["python_multipart", "multipart"]))
+               if not any(importlib.util.find_spec(m) for m in modules)]
+    if missing:
+        raise CovidXrayError(f"covidxray serve needs {', '.join(missing)}: pip install 'covidxray[serve]'")
+    import uvicorn
+
     from covidxray.rundir import MODEL, RunDir
 
     run_dir = resolve_run_dir(run)
