@@ -82,9 +82,22 @@ def test_evaluate_writes_the_test_shape(trained, tmp_path, capsys):
     out = tmp_path / "eval.json"
     assert main(["--quiet", "evaluate", "--run", str(run), "--data", str(data), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["n"] == 60
-    assert {"accuracy", "loss", "per_class", "covid", "confusion_matrix"} <= set(result)
+    split = pd.read_csv(run / "split.csv")
+    # images the run trained or validated on are left out: what remains is its test split
+    assert result["n"] == (split["split"] == "test").sum() == 60 - result["left_out_seen"]
+    assert {"accuracy", "loss", "per_class", "covid", "confusion_matrix", "intervals", "calibration"} <= set(result)
+    low, high = result["intervals"]["accuracy"]
+    assert 0 <= low <= result["accuracy"] <= high <= 1
     assert "accuracy" in capsys.readouterr().out
+    assert main(["--quiet", "evaluate", "--run", str(run), "--data", str(data), "--out", str(out), "--include-seen"]) == 0
+    assert json.loads(out.read_text())["n"] == 60
+
+
+def test_evaluate_per_source_needs_two_sources(trained, capsys):
+    data, run = trained
+    assert main(["--quiet", "evaluate", "--run", str(run), "--data", str(data), "--per-source"]) == 2
+    err = capsys.readouterr().err
+    assert "source column has one value ('synthetic')" in err and "--per-source" in err
 
 
 def test_predict_formats(trained, capsys):
@@ -230,3 +243,34 @@ def test_a_corrupt_model_file_is_a_clear_error(trained, tmp_path, capsys):
     assert main(["--quiet", "predict", "--run", str(broken), str(image)]) == 2
     err = capsys.readouterr().err.strip()
     assert str(broken / "model.keras") in err and "retrain" in err and len(err.splitlines()) == 1
+
+
+def test_combined_data_and_target_sensitivity(tmp_path, capsys):
+    """Two datasets in one run (a shared original counted once); the COVID threshold chosen on validation."""
+    first = make_dataset(tmp_path / "first", per_class=12)
+    second = make_dataset(tmp_path / "second", per_class=8, seed=5)
+    (second / "manifest.csv").write_text((second / "manifest.csv").read_text().replace(",synthetic", ",other"))
+    (second / "covid" / "covid_000.png").write_bytes((first / "covid" / "covid_000.png").read_bytes())
+    run = tmp_path / "run"
+    assert main(["--quiet", "train", "--data", str(first), "--data", str(second), "--out", str(run), "--image-size", "32",
+                 "--epochs", "3", "--target-sensitivity", "1.0"]) == 0
+    split = pd.read_csv(run / "split.csv")
+    assert len(split) == 36 + 24 - 1  # same file name: counted once
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["run"]["sources"] == {"synthetic": 35, "other": 24}
+    assert set(metrics["test"]["per_source"]) == {"synthetic", "other"}
+    calibration = json.loads((run / "calibration.json").read_text())
+    assert calibration["target_sensitivity"] == 1.0 and 0 <= calibration["covid_threshold"] <= 1
+    assert calibration["temperature"] > 0
+    validation = split["split"] == "validation"
+    assert metrics["validation"]["covid"]["sensitivity"] == 1.0  # the target, met where it was chosen
+    assert metrics["calibration"]["validation"]["ece_after"] <= metrics["calibration"]["validation"]["ece_before"] + 1e-9
+    assert validation.any()
+    capsys.readouterr()
+    files = sorted((first / "normal").glob("*.png"))[:6]
+    assert main(["--quiet", "predict", "--run", str(run), *map(str, files), "--format", "json"]) == 0
+    for result in json.loads(capsys.readouterr().out):
+        called_covid = result["probabilities"]["covid"] >= calibration["covid_threshold"]
+        assert (result["label"] == "covid") == called_covid
+    report = (run / "report.md").read_text()
+    assert "## Calibration" in report and "calibration.png" in report and "chosen on the validation split" in report

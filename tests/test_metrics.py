@@ -128,3 +128,71 @@ def test_scores_of_a_class_absent_from_the_data_are_none():
     assert result["per_class"]["normal"] == {"precision": None, "recall": None, "f1": None, "support": 0}
     assert result["per_class"]["covid"]["recall"] == 1.0
     assert "NaN" not in json.dumps(result)
+
+
+# --- intervals and confounding ------------------------------------------------------------------
+
+from covidxray.metrics import bootstrap_intervals, confounded_classes, confounding_warning  # noqa: E402
+
+
+def test_intervals_contain_the_estimate_and_shrink_with_more_patients():
+    rng = np.random.default_rng(0)
+
+    def width(patients):
+        y = rng.integers(0, 3, patients * 2)
+        probabilities = rng.dirichlet(np.ones(3), len(y))
+        probabilities[np.arange(len(y)), y] += rng.random(len(y))  # better than chance
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        groups = np.repeat(np.arange(patients), 2)
+        result = classification_metrics(y, probabilities, CLASSES, groups=groups, bootstrap=400)
+        low, high = result["intervals"]["accuracy"]
+        assert low <= result["accuracy"] <= high
+        for name in ("sensitivity", "specificity", "auc"):
+            assert result["intervals"][name][0] <= result["intervals"][name][1]
+        assert result["intervals"]["unit"] == "patient" and result["intervals"]["patients"] == patients
+        return high - low
+
+    assert width(400) < width(25)
+
+
+def test_resampling_patients_widens_intervals_when_a_patients_images_agree():
+    """Images of one patient are not independent: treating them as such understates the spread."""
+    rng = np.random.default_rng(1)
+    patients = 40
+    patient_correct = rng.random(patients) < 0.7
+    y = np.zeros(patients * 10, dtype=int)
+    correct = np.repeat(patient_correct, 10)
+    y_pred = np.where(correct, 0, 1)
+    probabilities = np.eye(3)[y_pred]
+    by_patient = bootstrap_intervals(y, probabilities, y_pred, np.repeat(np.arange(patients), 10), None, samples=500)
+    by_image = bootstrap_intervals(y, probabilities, y_pred, np.arange(len(y)), None, samples=500)
+    width = lambda r: r["accuracy"][1] - r["accuracy"][0]  # noqa: E731
+    assert width(by_patient) > 2 * width(by_image)
+
+
+def test_bootstrap_is_seeded():
+    a = classification_metrics(Y_TRUE, PROBS, CLASSES, groups=np.arange(8), seed=3)["intervals"]
+    b = classification_metrics(Y_TRUE, PROBS, CLASSES, groups=np.arange(8), seed=3)["intervals"]
+    assert a == b
+
+
+def test_confounding_names_classes_with_a_source_of_their_own():
+    labels = ["covid"] * 3 + ["normal"] * 3 + ["pneumonia"] * 3
+    sources = ["ieee8023"] * 3 + ["nih"] * 6
+    assert confounded_classes(labels, sources) == {"covid": ["ieee8023"]}
+    message = confounding_warning(labels, sources)
+    assert "every covid image comes from ieee8023" in message and "normal" not in message
+    # binary DarkCovidNet: both classes have a source of their own
+    assert set(confounded_classes(labels[:6], sources[:6])) == {"covid", "normal"}
+
+
+def test_no_confounding_with_one_source_or_mixed_sources():
+    assert confounding_warning(["covid", "normal"], ["a", "a"]) is None
+    assert confounding_warning(["covid", "normal", "covid", "normal"], ["a", "a", "b", "b"]) is None
+
+
+def test_predictions_override_argmax():
+    decided = np.array([COVID, COVID, COVID, NORMAL, COVID, PNEUMONIA, PNEUMONIA, COVID])
+    result = classification_metrics(Y_TRUE, PROBS, CLASSES, predictions=decided)
+    assert result["covid"]["sensitivity"] == 1.0 and result["covid"]["fp"] == 2
+    assert result["accuracy"] == pytest.approx(6 / 8)

@@ -328,3 +328,36 @@ def test_real_ieee8023(shared_data):
     assert frame["patient_id"].str.len().gt(len("ieee8023-")).all()
     assert _counts(frame)["covid"] == 415 + 12  # COVID-19 and COVID-19, ARDS
     assert _counts(frame)["normal"] == 19
+
+
+# --- several datasets in one run ----------------------------------------------------------------
+
+from covidxray.data.sources import load_datasets  # noqa: E402
+
+
+def test_combined_datasets_count_a_shared_original_once(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for root in (first, second):
+        (root / "covid").mkdir(parents=True)
+    write_image(first / "covid" / "a.png", gray(0))
+    write_image(first / "covid" / "b.png", gray(1))
+    (first / "manifest.csv").write_text("path,label,patient_id,source,original_name\n"
+                                        "covid/a.png,covid,x-1,ieee8023,Case-One.JPEG\ncovid/b.png,covid,x-2,ieee8023,two.png\n")
+    write_image(second / "covid" / "c.png", gray(2))
+    write_image(second / "covid" / "d.png", gray(3))
+    (second / "manifest.csv").write_text("path,label,patient_id,source,original_name\n"
+                                         "covid/c.png,covid,x-1,ieee8023,case-one.png\ncovid/d.png,covid,x-3,ieee8023,three.png\n")
+    table = load_datasets([first, second])
+    assert sorted(Path(p).name for p in table["path"]) == ["a.png", "b.png", "d.png"]
+    assert set(table["dataset"]) == {str(first), str(second)}
+    with pytest.raises(DatasetError, match="named twice"):
+        load_datasets([first, first])
+
+
+def test_real_datasets_combined_share_120_originals(shared_data):
+    dark = load_dataset(shared_data / "darkcovidnet")
+    ieee = load_dataset(shared_data / "ieee8023")
+    combined = load_datasets([shared_data / "darkcovidnet", shared_data / "ieee8023"])
+    assert len(combined) == len(dark) + len(ieee) - 120
+    covid_patients = combined.loc[combined["label"] == "covid", "patient_id"].nunique()
+    assert covid_patients > dark.loc[dark["label"] == "covid", "patient_id"].nunique()

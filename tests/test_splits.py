@@ -167,3 +167,49 @@ def test_some_missing_patient_ids_are_counted_by_class(caplog):
         split_dataset(_frame(labels, patients))
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(messages) == 1 and "4 images have no patient id (covid 4)" in messages[0]
+
+
+# --- cross-validation folds -----------------------------------------------------------------------
+
+from covidxray.data.splits import assign_folds  # noqa: E402
+
+
+def test_folds_cover_every_image_once_and_keep_patients_together():
+    labels = ["covid"] * 30 + ["normal"] * 60
+    patients = [f"p{i // 3}" for i in range(90)]
+    frame = _frame(labels, patients)
+    folds = assign_folds(frame, 5, seed=0)
+    assert set(folds) == set(range(5))
+    for patient, rows in frame.groupby("patient_id").groups.items():
+        assert len(set(folds[rows])) == 1, patient
+    for k in range(5):  # stratified: every fold holds both classes
+        assert set(frame["label"][folds == k]) == {"covid", "normal"}
+
+
+def test_image_level_folds_split_patients():
+    frame = _frame(["covid"] * 30 + ["normal"] * 30, [f"p{i // 3}" for i in range(60)])
+    folds = assign_folds(frame, 5, group_by="none", seed=0)
+    assert any(len(set(folds[rows])) > 1 for rows in frame.groupby("patient_id").groups.values())
+
+
+def test_more_folds_than_a_class_has_patients_is_a_clear_error():
+    frame = _frame(["covid"] * 6 + ["normal"] * 30, [f"c{i // 2}" for i in range(6)] + [f"n{i}" for i in range(30)])
+    with pytest.raises(DatasetError, match=r"class 'covid' has 3 patients, fewer than --folds 5.*--folds 3 or fewer"):
+        assign_folds(frame, 5)
+
+
+def test_single_class_and_too_few_folds_are_clear_errors():
+    with pytest.raises(DatasetError, match="two or more classes; the data holds only 'covid'"):
+        assign_folds(_frame(["covid"] * 10, [f"p{i}" for i in range(10)]), 5)
+    with pytest.raises(DatasetError, match="--folds must be at least 2"):
+        assign_folds(_frame(["covid", "normal"] * 5, [f"p{i}" for i in range(10)]), 1)
+
+
+def test_split_with_a_given_test_fold_draws_validation_from_the_rest():
+    frame = _frame(["covid"] * 40 + ["normal"] * 40, [f"p{i // 2}" for i in range(80)])
+    folds = assign_folds(frame, 4, seed=1)
+    split = split_dataset(frame, test_mask=folds == 2, seed=1).to_numpy()
+    assert np.array_equal(split == "test", folds == 2)
+    assert (split == "validation").any() and not ((split == "validation") & (folds == 2)).any()
+    validation_patients = set(frame["patient_id"][split == "validation"])
+    assert not validation_patients & set(frame["patient_id"][split == "train"])

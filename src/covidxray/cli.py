@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 import covidxray
 from covidxray.errors import CovidXrayError
 from covidxray.labels import TASKS
@@ -25,6 +27,7 @@ log = logging.getLogger("covidxray")
 def build_parser() -> argparse.ArgumentParser:
     from covidxray.config import TrainConfig
     from covidxray.models import DEFAULT_MODEL, list_models
+    from covidxray.shortcut import DEFAULT_FRACTION
 
     def default(name: str):
         return TrainConfig.__dataclass_fields__[name].default
@@ -38,32 +41,58 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or info messages")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def add_training_options(command, out_help: str):
+        command.add_argument("--data", required=True, action="append",
+                             help="class folders, a CSV manifest (path,label[,patient_id,source]) or an ieee8023 folder; "
+                                  "repeat to combine datasets (an image they share is counted once)")
+        command.add_argument("--task", choices=list(TASKS), default=default("task"))
+        command.add_argument("--out", required=True, help=out_help)
+        command.add_argument("--model", default=DEFAULT_MODEL, choices=list_models())
+        command.add_argument("--epochs", type=int, default=default("epochs"), help="epochs (the learning rate decays to zero at the last; early stopping may end sooner)")
+        command.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the model's own)")
+        command.add_argument("--seed", type=int, default=default("seed"))
+        command.add_argument("--batch-size", type=int, default=default("batch_size"))
+        command.add_argument("--learning-rate", type=float, default=default("learning_rate"), help="peak rate of Adam (warm-up, then cosine decay)")
+        command.add_argument("--patience", type=int, default=default("patience"), help="stop after this many epochs without better validation accuracy, watched from the middle of training on")
+        command.add_argument("--weights", default=default("weights"), help="none, imagenet (keras.applications models) or a weights file")
+        command.add_argument("--val-fraction", type=float, default=default("val_fraction"))
+        command.add_argument("--group-by", choices=("patient", "none"), default=default("group_by"),
+                             help="patient (default): no patient in two splits; none: image-level, as most published results (inflated)")
+        command.add_argument("--target-sensitivity", type=float, default=None,
+                             help="choose the COVID decision threshold on validation data for this sensitivity, e.g. 0.95")
+        command.add_argument("--no-augment", dest="augment", action="store_false", help="train without augmentation")
+        command.add_argument("--flip", action="store_true", help="add horizontal flips to the augmentation")
+        command.add_argument("--no-class-weights", dest="class_weights", action="store_false")
+        command.add_argument("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/covidxray)")
+        command.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+
     train = commands.add_parser("train", help="train a model and write a run directory with its report")
-    train.add_argument("--data", required=True, help="class folders, a CSV manifest (path,label[,patient_id,source]) or an ieee8023 folder")
-    train.add_argument("--task", choices=list(TASKS), default=default("task"))
-    train.add_argument("--out", required=True, help="run directory to write")
-    train.add_argument("--model", default=DEFAULT_MODEL, choices=list_models())
-    train.add_argument("--epochs", type=int, default=default("epochs"), help="epochs (the learning rate decays to zero at the last; early stopping may end sooner)")
-    train.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the model's own)")
-    train.add_argument("--seed", type=int, default=default("seed"))
-    train.add_argument("--batch-size", type=int, default=default("batch_size"))
-    train.add_argument("--learning-rate", type=float, default=default("learning_rate"), help="peak rate of Adam (warm-up, then cosine decay)")
-    train.add_argument("--patience", type=int, default=default("patience"), help="stop after this many epochs without better validation accuracy, watched from the middle of training on")
-    train.add_argument("--weights", default=default("weights"), help="none, imagenet (keras.applications models) or a weights file")
-    train.add_argument("--val-fraction", type=float, default=default("val_fraction"))
+    add_training_options(train, "run directory to write")
     train.add_argument("--test-fraction", type=float, default=default("test_fraction"))
-    train.add_argument("--no-augment", dest="augment", action="store_false", help="train without augmentation")
-    train.add_argument("--flip", action="store_true", help="add horizontal flips to the augmentation")
-    train.add_argument("--no-class-weights", dest="class_weights", action="store_false")
-    train.add_argument("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/covidxray)")
-    train.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    train.add_argument("--blank-lungs", type=float, default=default("blank_lungs"), metavar="FRACTION",
+                       help="blank this central fraction of every image (the shortcut probe; see covidxray probe)")
     train.set_defaults(handler=run_train)
+
+    cv = commands.add_parser("cv", help="k-fold cross-validation: per-fold, mean +- sd and pooled metrics")
+    add_training_options(cv, "folder for cv.json, cv.md and one run directory per fold")
+    cv.add_argument("--folds", type=int, default=5)
+    cv.set_defaults(handler=run_cv)
+
+    probe = commands.add_parser("probe", help="shortcut probe: train on images with the lung field blanked out")
+    add_training_options(probe, "run directory to write")
+    probe.add_argument("--test-fraction", type=float, default=default("test_fraction"))
+    probe.add_argument("--fraction", type=float, default=DEFAULT_FRACTION,
+                       help=f"side of the blanked central square, as a fraction of the image (default {DEFAULT_FRACTION})")
+    probe.set_defaults(handler=run_probe)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a trained run on a labelled dataset")
     evaluate.add_argument("--run", required=True, help="run directory written by covidxray train")
-    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--data", required=True, action="append", help="labelled dataset(s), as for train")
     evaluate.add_argument("--out", default=None, help="write the metrics to this JSON file")
     evaluate.add_argument("--cache-dir", default=None)
+    evaluate.add_argument("--per-source", action="store_true", help="require a breakdown per source (fails on one source)")
+    evaluate.add_argument("--include-seen", action="store_true",
+                          help="keep images the run trained or validated on (left out by default)")
     evaluate.set_defaults(handler=run_evaluate)
 
     predict = commands.add_parser("predict", help="class probabilities for image files or folders")
@@ -91,23 +120,75 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_train(args) -> int:
+def config_from(args, **overrides):
     from covidxray.config import TrainConfig
+
+    return TrainConfig(
+        data=args.data if len(args.data) > 1 else args.data[0], task=args.task, model=args.model,
+        image_size=args.image_size, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, patience=args.patience, class_weights=args.class_weights,
+        augment=args.augment, flip=args.flip, val_fraction=args.val_fraction,
+        test_fraction=getattr(args, "test_fraction", TrainConfig.test_fraction), seed=args.seed,
+        cache_dir=args.cache_dir, group_by=args.group_by, target_sensitivity=args.target_sensitivity, **overrides,
+    )
+
+
+def _verbosity(args) -> int:
+    return 0 if args.quiet else (1 if sys.stdout.isatty() else 2)
+
+
+def run_train(args) -> int:
     from covidxray.train import train
 
-    config = TrainConfig(
-        data=args.data, task=args.task, model=args.model, image_size=args.image_size, weights=args.weights,
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, patience=args.patience,
-        class_weights=args.class_weights, augment=args.augment, flip=args.flip, val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction, seed=args.seed, cache_dir=args.cache_dir,
-    )
-    metrics = train(config, args.out, overwrite=args.overwrite, verbose=0 if args.quiet else (1 if sys.stdout.isatty() else 2),
-                    progress=_progress(args))
+    metrics = train(config_from(args, blank_lungs=args.blank_lungs), args.out, overwrite=args.overwrite,
+                    verbose=_verbosity(args), progress=False if args.quiet else None)
+    print_run_summary(metrics)
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def print_run_summary(metrics: dict) -> None:
     for split in ("train", "validation", "test"):
-        print(f"{split:>10}: accuracy {metrics[split]['accuracy']:.4f}  loss {metrics[split]['loss']:.4f}  ({metrics[split]['n']} images)")
+        part = metrics[split]
+        low, high = part.get("intervals", {}).get("accuracy", (None, None))
+        ci = f" [95% CI {low:.3f}-{high:.3f}]" if low is not None else ""
+        print(f"{split:>10}: accuracy {part['accuracy']:.4f}{ci}  loss {part['loss']:.4f}  ({part['n']} images)")
     covid = metrics["test"].get("covid")
     if covid:
         print(f"{'covid':>10}: sensitivity {_fmt(covid['sensitivity'])}  specificity {_fmt(covid['specificity'])}  AUC {_fmt(covid['auc'])}")
+    if metrics["run"].get("confounding"):
+        print(f"warning: {metrics['run']['confounding']}", file=sys.stderr)
+
+
+def run_cv(args) -> int:
+    from covidxray.cv import CV_REPORT, cross_validate
+
+    result = cross_validate(config_from(args), args.out, args.folds, overwrite=args.overwrite,
+                            verbose=0 if args.quiet else 2,
+                            progress=False if args.quiet else None)
+    for fold in result["per_fold"]:
+        print(f"fold {fold['fold']}: accuracy {fold['accuracy']:.4f}  loss {fold['loss']:.4f}  ({fold['images']} images)")
+    mean, sd, pooled = result["mean"], result["sd"], result["pooled"]
+    low, high = pooled["intervals"]["accuracy"]
+    print(f"mean accuracy {mean['accuracy']:.4f} +- {sd['accuracy']:.4f}; pooled {pooled['accuracy']:.4f} "
+          f"[95% CI {low:.3f}-{high:.3f}] ({result['protocol']['group_by']}-grouped, {result['protocol']['folds']} folds)")
+    print(f"report: {Path(args.out) / CV_REPORT}")
+    return 0
+
+
+def run_probe(args) -> int:
+    from covidxray.shortcut import chance_accuracy
+    from covidxray.train import train
+
+    metrics = train(config_from(args, blank_lungs=args.fraction), args.out, overwrite=args.overwrite,
+                    verbose=_verbosity(args), progress=False if args.quiet else None)
+    test = metrics["test"]
+    chance = chance_accuracy(np.repeat(np.arange(len(test["classes"])), [c["support"] for c in test["per_class"].values()]))
+    print_run_summary(metrics)
+    print(f"shortcut probe: with the central {args.fraction:.0%} of every image blanked, test accuracy is "
+          f"{test['accuracy']:.1%} against {chance:.1%} for always answering the commonest class. "
+          "Well above chance means the model can tell the classes apart without the lungs: the data lets it "
+          "learn the source (markers, borders, exposure) instead of the disease.")
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
 
@@ -116,17 +197,24 @@ def run_evaluate(args) -> int:
     from covidxray.evaluate import evaluate_run
     from covidxray.files import atomic_write_text
 
-    metrics = evaluate_run(args.run, args.data, cache_dir=args.cache_dir, progress=_progress(args))
+    data = args.data if len(args.data) > 1 else args.data[0]
+    metrics = evaluate_run(args.run, data, cache_dir=args.cache_dir, progress=False if args.quiet else None,
+                           per_source=args.per_source, include_seen=args.include_seen)
     text = json.dumps(metrics, indent=2)
     if args.out:
         atomic_write_text(args.out, text + "\n")
     covid = metrics.get("covid") or {}
     print(f"accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}  ({metrics['n']} images)"
           + (f"  covid sensitivity {_fmt(covid['sensitivity'])} specificity {_fmt(covid['specificity'])} AUC {_fmt(covid['auc'])}" if covid else ""))
+    for source, part in metrics.get("per_source", {}).items():
+        print(f"  {source}: accuracy {part['accuracy']:.4f} ({part['n']} images)")
+    if metrics.get("confounding"):
+        print(f"warning: {metrics['confounding']}", file=sys.stderr)
     return 0
 
 
 def run_predict(args) -> int:
+    from covidxray.evaluate import load_calibration
     from covidxray.predict import expand_paths, predict_files
     from covidxray.rundir import RunDir
 
@@ -135,7 +223,7 @@ def run_predict(args) -> int:
     config = run.load_config()
     model = run.load_model()
     results, failures = predict_files(model, paths, config.classes, config.image_size,
-                                      progress=_progress(args))
+                                      progress=False if args.quiet else None, calibration=load_calibration(run))
     print(format_predictions(results, config.classes, args.format), end="")
     for message in failures.values():
         print(f"covidxray: skipped {message}", file=sys.stderr)
@@ -177,14 +265,9 @@ def run_models(args) -> int:
 def run_download(args) -> int:
     from covidxray.data.download import download_dataset
 
-    folder = download_dataset(args.name, args.dest, url=args.url, progress=_progress(args))
+    folder = download_dataset(args.name, args.dest, url=args.url, progress=False if args.quiet else None)
     print(f"{args.name}: ready in {folder}")
     return 0
-
-
-def _progress(args) -> bool | None:
-    """Progress bars: never with --quiet, else on a terminal only (covidxray.progress)."""
-    return False if args.quiet else None
 
 
 def _fmt(value) -> str:

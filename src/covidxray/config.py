@@ -15,7 +15,7 @@ MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
 
 @dataclass
 class TrainConfig:
-    data: str  # a folder of class folders, a CSV manifest, or an ieee8023-style folder
+    data: str | list[str]  # class folders, a CSV manifest or an ieee8023-style folder; a list combines several
     task: str = "three-class"  # "binary" (covid vs normal) or "three-class"
     model: str = DEFAULT_MODEL  # a name from covidxray.models.list_models()
     image_size: int | None = None  # input side in pixels; None: the model's own default
@@ -30,6 +30,9 @@ class TrainConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0  # seeds the split, the weights and the augmentation
+    group_by: str = "patient"  # "patient": no patient in two splits; "none": image-level (inflates accuracy)
+    target_sensitivity: float | None = None  # choose the COVID threshold on validation data for this sensitivity
+    blank_lungs: float = 0.0  # shortcut probe: blank this central fraction of each image (0: off)
     jit_compile: bool | str = "auto"  # XLA compilation (Keras's "auto": where the backend supports it)
     cache_dir: str | None = None  # decoded-image cache; None: ~/.cache/covidxray
     classes: tuple[str, ...] = ()  # filled from the task by resolve()
@@ -45,8 +48,17 @@ class TrainConfig:
             raise CovidXrayError("--epochs and --batch-size must be at least 1")
         if self.image_size is not None and not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
             raise CovidXrayError(f"--image-size must lie between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels")
+        if self.target_sensitivity is not None and not 0.0 < self.target_sensitivity <= 1.0:
+            raise CovidXrayError(f"--target-sensitivity must lie in (0, 1]; got {self.target_sensitivity}")
+        if not 0.0 <= self.blank_lungs < 1.0:
+            raise CovidXrayError(f"--blank-lungs must lie in [0, 1); got {self.blank_lungs}")
+        if self.group_by not in ("patient", "none"):
+            raise CovidXrayError(f"--group-by must be patient or none; got {self.group_by!r}")
         size = spec.image_size if self.image_size is None else self.image_size
-        return TrainConfig(**{**asdict(self), "classes": classes, "image_size": size})
+        data = self.data if isinstance(self.data, str) else [str(d) for d in self.data]
+        if isinstance(data, list) and len(data) == 1:
+            data = data[0]
+        return TrainConfig(**{**asdict(self), "classes": classes, "image_size": size, "data": data})
 
     def save(self, path: Path) -> None:
         from covidxray.files import atomic_write_text

@@ -1,4 +1,5 @@
-"""Metrics from predictions: accuracy, loss, per-class scores, COVID sensitivity/specificity/AUC.
+"""Metrics from predictions: accuracy, loss, per-class scores, COVID sensitivity/specificity/AUC,
+95% intervals by resampling patients, and the breakdown per source.
 
 Classes are looked up by name, never by position.
 """
@@ -11,18 +12,27 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, r
 from covidxray.labels import COVID
 
 EPSILON = 1e-7
+#: Bootstrap resamples for the 95% intervals.
+BOOTSTRAP_SAMPLES = 1000
+INTERVAL_METRICS = ("accuracy", "sensitivity", "specificity", "auc")
 
 
 def cross_entropy(y_true: np.ndarray, probabilities: np.ndarray) -> float:
     """Mean negative log-probability of the true class (what Keras reports as loss)."""
     picked = probabilities[np.arange(len(y_true)), y_true]
-    return float(-np.mean(np.log(np.clip(picked, EPSILON, 1.0))))
+    return float(-np.mean(np.log(np.clip(picked, EPSILON, 1.0)))) + 0.0  # + 0.0: no -0.0
 
 
-def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...]) -> dict:
-    """All metrics of one labelled set; ``y_true`` holds indices into ``classes``."""
+def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...], *,
+                           predictions: np.ndarray | None = None, groups: np.ndarray | None = None,
+                           bootstrap: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict:
+    """All metrics of one labelled set; ``y_true`` holds indices into ``classes``.
+
+    ``predictions``: the decided classes (default: the most probable). ``groups``: one patient
+    id per image; with it, ``intervals`` holds 95% bootstrap intervals that resample patients.
+    """
     y_true = np.asarray(y_true)
-    y_pred = probabilities.argmax(axis=1)
+    y_pred = probabilities.argmax(axis=1) if predictions is None else np.asarray(predictions)
     labels = list(range(len(classes)))
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=np.nan
@@ -39,8 +49,12 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, classe
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "classes": list(classes),
     }
-    if COVID in classes:
-        result["covid"] = covid_metrics(y_true, probabilities, classes.index(COVID))
+    covid = classes.index(COVID) if COVID in classes else None
+    if covid is not None:
+        result["covid"] = covid_metrics(y_true, probabilities, covid, y_pred)
+    if groups is not None and bootstrap and len(y_true):
+        result["intervals"] = bootstrap_intervals(y_true, probabilities, y_pred, groups, covid,
+                                                  samples=bootstrap, seed=seed)
     return result
 
 
@@ -49,10 +63,10 @@ def _number(value) -> float | None:
     return None if np.isnan(value) else float(value)
 
 
-def covid_metrics(y_true: np.ndarray, probabilities: np.ndarray, covid: int) -> dict:
+def covid_metrics(y_true: np.ndarray, probabilities: np.ndarray, covid: int, y_pred: np.ndarray | None = None) -> dict:
     """COVID vs the rest: sensitivity, specificity and ROC AUC (None when a side is empty)."""
     positive = y_true == covid
-    predicted = probabilities.argmax(axis=1) == covid
+    predicted = (probabilities.argmax(axis=1) if y_pred is None else y_pred) == covid
     tp, fn = int(np.sum(predicted & positive)), int(np.sum(~predicted & positive))
     tn, fp = int(np.sum(~predicted & ~positive)), int(np.sum(predicted & ~positive))
     both_sides = positive.any() and (~positive).any()
@@ -62,3 +76,64 @@ def covid_metrics(y_true: np.ndarray, probabilities: np.ndarray, covid: int) -> 
         "auc": float(roc_auc_score(positive, probabilities[:, covid])) if both_sides else None,
         "tp": tp, "fn": fn, "tn": tn, "fp": fp,
     }
+
+
+def bootstrap_intervals(y_true: np.ndarray, probabilities: np.ndarray, y_pred: np.ndarray, groups, covid: int | None,
+                        *, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile bootstrap intervals of accuracy (and COVID sensitivity, specificity, AUC).
+
+    Whole patients are resampled with replacement, so a patient's images stay together: images
+    of one patient are not independent, and resampling images would give intervals too narrow.
+    A resample where a metric is undefined (no COVID image, say) is left out for that metric.
+    """
+    _, group_index = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    members = np.split(np.argsort(group_index, kind="stable"), np.cumsum(np.bincount(group_index))[:-1])
+    rng = np.random.default_rng(seed)
+    correct = y_pred == y_true
+    values: dict[str, list[float]] = {name: [] for name in INTERVAL_METRICS}
+    for _ in range(samples):
+        rows = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        values["accuracy"].append(correct[rows].mean())
+        if covid is None:
+            continue
+        positive, called = y_true[rows] == covid, y_pred[rows] == covid
+        if positive.any():
+            values["sensitivity"].append(called[positive].mean())
+        if (~positive).any():
+            values["specificity"].append((~called[~positive]).mean())
+        if positive.any() and (~positive).any():
+            values["auc"].append(roc_auc_score(positive, probabilities[rows, covid]))
+    tail = 100 * (1 - level) / 2
+    intervals = {name: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))]
+                 for name, v in values.items() if len(v) >= samples // 2}
+    return {**intervals, "level": level, "resamples": samples, "unit": "patient", "patients": len(members)}
+
+
+def confounded_classes(labels, sources) -> dict[str, list[str]]:
+    """Classes whose every image comes from sources that hold no other class: ``{class: [sources]}``.
+
+    For such a class the source alone gives the label away, so a model can score well by
+    recognising the hospital, scanner or annotation style instead of the disease.
+    """
+    labels, sources = np.asarray(labels, dtype=str), np.asarray(sources, dtype=str)
+    if len(np.unique(sources)) < 2:
+        return {}
+    classes_of = {s: set(labels[sources == s]) for s in np.unique(sources)}
+    found = {}
+    for label in np.unique(labels):
+        own = sorted(set(sources[labels == label]))
+        if all(classes_of[s] == {label} for s in own):
+            found[str(label)] = own
+    return found
+
+
+def confounding_warning(labels, sources) -> str | None:
+    """One sentence naming the classes that come from a source of their own, or None."""
+    found = confounded_classes(labels, sources)
+    if not found:
+        return None
+    parts = [f"every {label} image comes from {', '.join(srcs)}, which hold(s) no other class"
+             for label, srcs in found.items()]
+    return ("Labels are confounded with the source: " + "; ".join(parts)
+            + ". A model can score well here by recognising the source instead of the disease; "
+              "check it on other hospitals' images and with `covidxray probe`.")

@@ -84,3 +84,24 @@ def pick_examples(y_true: np.ndarray, probabilities: np.ndarray, count: int = 24
             if by_class[c] and len(chosen) < count:
                 chosen.append(by_class[c].pop())
     return np.array(sorted(chosen), dtype=int)
+
+
+def plot_reliability(summary: dict, title: str = "test reliability") -> Figure:
+    """Accuracy against confidence per bin, before and after temperature scaling (``calibration.png``).
+
+    ``summary`` holds ``bins_before`` / ``bins_after`` (confidence, accuracy, count) and the ECEs.
+    """
+    figure = Figure(figsize=(5, 4.5), layout="constrained")
+    axes = figure.subplots()
+    axes.plot([0, 1], [0, 1], color="gray", linestyle="--", label="perfectly calibrated")
+    for key, label, marker in (("before", "model", "o"), ("after", "temperature-scaled", "s")):
+        bins = summary[f"bins_{key}"]
+        sizes = 10 + 90 * np.asarray(bins["count"]) / max(1, max(bins["count"], default=1))
+        axes.plot(bins["confidence"], bins["accuracy"], marker=marker, linewidth=1,
+                  label=f"{label} (ECE {100 * summary[f'ece_{key}']:.1f}%)")
+        axes.scatter(bins["confidence"], bins["accuracy"], s=sizes, alpha=0.3)
+    axes.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="confidence (top-class probability)", ylabel="accuracy",
+             title=title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left", fontsize=8)
+    return figure

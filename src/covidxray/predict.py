@@ -36,12 +36,17 @@ def expand_paths(paths) -> list[Path]:
     return found
 
 
-def predict_files(model, paths, classes, image_size: int, *, progress: bool | None = None):
+def predict_files(model, paths, classes, image_size: int, *, progress: bool | None = None, calibration=None):
     """Predict every file; returns (results, failures).
 
     ``results`` is a list of ``{"path", "label", "probabilities": {class: p}}``;
-    ``failures`` maps each unreadable file to its error message.
+    ``failures`` maps each unreadable file to its error message. ``calibration`` (a run's
+    :class:`~covidxray.calibration.Calibration`) scales the probabilities and sets the COVID threshold.
     """
+    from covidxray.calibration import Calibration, decide, scale
+    from covidxray.labels import COVID
+
+    calibration = calibration or Calibration()
     def load(path):
         try:
             return resize_square(read_image(path), image_size)
@@ -57,10 +62,12 @@ def predict_files(model, paths, classes, image_size: int, *, progress: bool | No
     if not good:
         return [], failures
     images = np.stack([x for _, x in good])[..., None]
-    probabilities = predict_arrays(model, images)
+    probabilities = scale(predict_arrays(model, images), calibration.temperature)
+    decided = decide(probabilities, list(classes).index(COVID) if COVID in classes else None,
+                     calibration.covid_threshold)
     results = [
-        {"path": path, "label": classes[int(np.argmax(row))],
+        {"path": path, "label": classes[int(label)],
          "probabilities": {c: round(float(p), 6) for c, p in zip(classes, row)}}
-        for (path, _), row in zip(good, probabilities)
+        for (path, _), row, label in zip(good, probabilities, decided)
     ]
     return results, failures

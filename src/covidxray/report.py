@@ -9,7 +9,7 @@ from covidxray import rundir
 from covidxray.files import atomic_save, atomic_write_text
 from covidxray.htmlreport import write_html
 from covidxray.labels import COVID
-from covidxray.plots import pick_examples, plot_confusion, plot_history, plot_predictions
+from covidxray.plots import pick_examples, plot_confusion, plot_history, plot_predictions, plot_reliability
 
 DISCLAIMER = (
     "> **For research and teaching only. Not a medical device; never use it for diagnosis.** "
@@ -31,6 +31,7 @@ def write_figures_and_report(run: rundir.RunDir, config, data, metrics: dict, te
     shown = pick_examples(y_test, test_probabilities, seed=config.seed)
     save_figure(plot_predictions(x_test[shown], y_test[shown], test_probabilities[shown], config.classes),
                 run.file(rundir.PREDICTIONS_FIGURE))
+    save_figure(plot_reliability(metrics["calibration"]["test"]), run.file(rundir.RELIABILITY_FIGURE))
     write_report(run.file(rundir.REPORT), render_report(config, metrics))
 
 
@@ -44,12 +45,65 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
+def _interval(scores: dict, name: str, percent: bool = True) -> str:
+    """`` [low-high]`` from a metrics dict's 95% intervals, or nothing."""
+    bounds = scores.get("intervals", {}).get(name)
+    if bounds is None:
+        return ""
+    low, high = bounds
+    return f" [{100 * low:.1f}-{100 * high:.1f}]" if percent else f" [{low:.3f}-{high:.3f}]"
+
+
+def covid_row(scores: dict) -> str:
+    """Sensitivity, specificity and AUC with counts and 95% intervals, as table cells."""
+    covid = scores["covid"]
+    auc = "n/a" if covid["auc"] is None else f"{covid['auc']:.3f}{_interval(scores, 'auc', False)}"
+    return (f"{_pct(covid['sensitivity'])}{_interval(scores, 'sensitivity')} ({covid['tp']}/{covid['tp'] + covid['fn']}) "
+            f"| {_pct(covid['specificity'])}{_interval(scores, 'specificity')} ({covid['tn']}/{covid['tn'] + covid['fp']}) "
+            f"| {auc}")
+
+
+def source_section(scores: dict, confounding: str | None, heading: str = "### Per source (test)") -> list[str]:
+    """The per-source table and the confounding warning, as Markdown lines."""
+    lines = []
+    if confounding:
+        lines += ["", f"> **Warning.** {confounding}"]
+    if "per_source" in scores:
+        has_covid = "covid" in scores
+        lines += ["", heading, "", "| source | images | accuracy [95% CI] |" + (" COVID sensitivity | specificity | AUC |" if has_covid else ""),
+                  "|---|---:|---:|" + ("---:|---:|---:|" if has_covid else "")]
+        for source, part in scores["per_source"].items():
+            row = f"| {source} | {part['n']} | {_pct(part['accuracy'])}{_interval(part, 'accuracy')} |"
+            lines.append(row + (f" {covid_row(part)} |" if has_covid else ""))
+    return lines
+
+
+def calibration_section(calibration: dict) -> list[str]:
+    lines = ["", "## Calibration", "",
+             f"Temperature scaling fitted on the validation split: T = {calibration['temperature']:.3f} "
+             "(T > 1: the model was over-confident). Expected calibration error (15 bins) and loss:", "",
+             "| split | ECE before | ECE after | loss before | loss after |", "|---|---:|---:|---:|---:|"]
+    for split in ("validation", "test"):
+        part = calibration[split]
+        lines.append(f"| {split} | {_pct(part['ece_before'])} | {_pct(part['ece_after'])} "
+                     f"| {part['loss_before']:.3f} | {part['loss_after']:.3f} |")
+    if calibration.get("covid_threshold") is not None:
+        lines += ["", f"COVID is called when its calibrated probability reaches **{calibration['covid_threshold']:.3f}**, "
+                  f"chosen on the validation split for a sensitivity of {_pct(calibration['target_sensitivity'])}; "
+                  "otherwise the likelier other class. Every table above uses this rule."]
+    lines += ["", f"![reliability diagram]({rundir.RELIABILITY_FIGURE})"]
+    return lines
+
+
 def render_report(config, metrics: dict) -> str:
-    """``report.md``: settings, the results table, per-class scores, COVID scores and figures."""
+    """``report.md``: settings, results with intervals, per-class, COVID and per-source scores,
+    calibration and figures."""
     info = metrics["run"]
     test = metrics["test"]
     missing, total = info["images_without_patient_id"], sum(info["images"].values())
-    if missing == 0:
+    if info.get("group_by") == "none":
+        grouping = "image-level (--group-by none: one patient's images may be in two splits, which inflates accuracy)"
+    elif missing == 0:
         grouping = "patient-grouped (no patient in two splits)"
     elif missing == total:
         grouping = "image-level (no patient ids: one patient's images may be in two splits)"
@@ -63,7 +117,8 @@ def render_report(config, metrics: dict) -> str:
         "",
         "## Setup",
         "",
-        f"- data: `{config.data}`; classes: {', '.join(config.classes)}",
+        f"- data: {', '.join(f'`{d}`' for d in ([config.data] if isinstance(config.data, str) else config.data))}; "
+        f"classes: {', '.join(config.classes)}",
         f"- split: {grouping}, stratified by label; identical images kept in one split; seed {config.seed}",
         "- images: " + ", ".join(f"{k} {v}" for k, v in info["images"].items()),
         f"- model: `{config.model}` at {config.image_size}x{config.image_size}, {info['parameters']:,} parameters, "
@@ -74,19 +129,25 @@ def render_report(config, metrics: dict) -> str:
     if info["skipped"]:
         lines.append(f"- skipped {len(info['skipped'])} unreadable file(s): "
                      + "; ".join(f"`{m}`" for m in list(info["skipped"].values())[:5]))
-    lines += ["", "## Results", "", "| split | images | accuracy | loss |", "|---|---:|---:|---:|"]
+    if info.get("blank_lungs"):
+        lines.append(f"- **shortcut probe**: the central {100 * info['blank_lungs']:.0f}% x {100 * info['blank_lungs']:.0f}% "
+                     "of every image (the lung field) was blanked out in training and testing")
+    lines += ["", "## Results", "",
+              "Accuracy with its 95% interval (bootstrap over patients, 1000 resamples); probabilities are "
+              "temperature-scaled (see Calibration).", "",
+              "| split | images | accuracy [95% CI] | loss |", "|---|---:|---:|---:|"]
     for split in ("train", "validation", "test"):
-        lines.append(f"| {split} | {metrics[split]['n']} | {_pct(metrics[split]['accuracy'])} | {metrics[split]['loss']:.3f} |")
+        part = metrics[split]
+        lines.append(f"| {split} | {part['n']} | {_pct(part['accuracy'])}{_interval(part, 'accuracy')} | {part['loss']:.3f} |")
     lines += ["", "### Per class (test)", "", "| class | precision | recall | F1 | images |", "|---|---:|---:|---:|---:|"]
     for name, scores in test["per_class"].items():
         lines.append(f"| {name} | {_pct(scores['precision'])} | {_pct(scores['recall'])} | {_pct(scores['f1'])} | {scores['support']} |")
     if COVID in test:
-        covid = test[COVID]
-        auc = "n/a" if covid["auc"] is None else f"{covid['auc']:.3f}"
-        lines += ["", "### COVID-19 vs the rest (test)", "",
-                  "| sensitivity | specificity | ROC AUC |", "|---:|---:|---:|",
-                  f"| {_pct(covid['sensitivity'])} ({covid['tp']}/{covid['tp'] + covid['fn']}) "
-                  f"| {_pct(covid['specificity'])} ({covid['tn']}/{covid['tn'] + covid['fp']}) | {auc} |"]
+        lines += ["", "### COVID-19 vs the rest (test, 95% CI)", "",
+                  "| sensitivity | specificity | ROC AUC |", "|---:|---:|---:|", f"| {covid_row(test)} |"]
+    lines += source_section(test, info.get("confounding"))
+    if "calibration" in metrics:
+        lines += calibration_section(metrics["calibration"])
     lines += ["", "## Figures", "",
               "Training and validation accuracy and loss per epoch:", "", f"![accuracy and loss]({rundir.ACC_FIGURE})", "",
               "Test confusion matrix:", "", f"![confusion matrix]({rundir.MATRIX_FIGURE})", "",

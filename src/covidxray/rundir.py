@@ -1,8 +1,8 @@
 """The run directory: where each file of a run lives, and atomic writes into it.
 
 A run directory holds ``model.keras``, ``config.json``, ``split.csv``, ``history.csv``,
-``metrics.json``, the figures (``acc.png``, ``mat.png``, ``pred.png``), ``report.md`` and
-``report.html``.
+``metrics.json``, ``calibration.json``, the figures (``acc.png``, ``mat.png``, ``pred.png``,
+``calibration.png``), ``report.md`` and ``report.html`` (the same, one self-contained page).
 Every file is written to a temporary name and renamed, so an interrupted run never leaves
 a half-written file behind.
 """
@@ -22,8 +22,11 @@ HISTORY = "history.csv"
 METRICS = "metrics.json"
 REPORT = "report.md"
 REPORT_HTML = "report.html"  # report.md as one self-contained page
+CALIBRATION = "calibration.json"
 ACC_FIGURE, MATRIX_FIGURE, PREDICTIONS_FIGURE = "acc.png", "mat.png", "pred.png"
-RUN_FILES = (MODEL, CONFIG, SPLIT, HISTORY, METRICS, REPORT, REPORT_HTML, ACC_FIGURE, MATRIX_FIGURE, PREDICTIONS_FIGURE)
+RELIABILITY_FIGURE = "calibration.png"
+RUN_FILES = (MODEL, CONFIG, SPLIT, HISTORY, METRICS, REPORT, REPORT_HTML, CALIBRATION, ACC_FIGURE, MATRIX_FIGURE,
+             PREDICTIONS_FIGURE, RELIABILITY_FIGURE)
 
 
 class RunDir:

@@ -18,17 +18,18 @@ import pandas as pd
 from sklearn.utils.class_weight import compute_class_weight
 
 from covidxray import rundir
+from covidxray.calibration import Calibration, scale
 from covidxray.config import TrainConfig
-from covidxray.data.cache import ImageCache
-from covidxray.data.sources import load_dataset, select_task
+from covidxray.data.loading import LabelledImages, load_labelled_images
 from covidxray.data.splits import SPLITS, split_dataset, without_patient_id
-from covidxray.errors import DatasetError
+from covidxray.evaluate import calibration_summary, fit_calibration, score
 from covidxray.files import atomic_save
-from covidxray.metrics import classification_metrics, cross_entropy
+from covidxray.metrics import confounding_warning, cross_entropy
 from covidxray.models import create_model
 from covidxray.models.batchnorm import recalibrate_batch_norm
 from covidxray.predict import predict_arrays
 from covidxray.report import write_figures_and_report
+from covidxray.shortcut import blank_lung_field
 
 log = logging.getLogger(__name__)
 
@@ -40,42 +41,41 @@ CALIBRATION_IMAGES = 256
 class PreparedData:
     """A labelled, decoded and split dataset, ready for ``model.fit``."""
 
-    table: pd.DataFrame  # path, label, patient_id, source, original_label, split
+    table: pd.DataFrame  # path, label, patient_id, source, ..., pixels, split
     images: np.ndarray  # (n, size, size, 1) uint8, row i is table row i
     targets: np.ndarray  # (n,) class indices into classes
     classes: tuple[str, ...]
     skipped: dict[str, str]  # path -> why it was left out
 
     def part(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        mask = (self.table["split"] == split).to_numpy()
+        mask = self.mask(split)
         return self.images[mask], self.targets[mask]
 
+    def mask(self, split: str) -> np.ndarray:
+        return (self.table["split"] == split).to_numpy()
 
-def load_labelled_images(data: str, classes: tuple[str, ...], size: int, *, cache_dir=None,
-                         progress: bool | None = None, require_all: bool = True):
-    """Read a dataset's table and decode its images; undecodable files are left out, named."""
-    table = select_task(load_dataset(data), classes, where=str(data), require_all=require_all)
-    decoded = ImageCache(cache_dir).load(list(table["path"]), size, progress=progress)
-    for message in decoded.failed.values():
-        log.warning("skipped %s", message)
-    keep = decoded.ok
-    if not keep.any():
-        raise DatasetError(f"{data}: none of the {len(table)} images could be decoded")
-    digests = [d for d, k in zip(decoded.pixel_digests, keep) if k]
-    table = table[keep].reset_index(drop=True)
-    images = decoded.images[keep][..., None]
-    targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    return table, images, targets, digests, decoded.failed
+
+def load_data(config: TrainConfig, progress: bool | None = None) -> LabelledImages:
+    """Read and decode the data of ``config`` (resolved); with ``blank_lungs``, hide the lung field."""
+    data = load_labelled_images(config.data, config.classes, config.image_size, cache_dir=config.cache_dir,
+                                progress=progress)
+    if config.blank_lungs:
+        data.images = blank_lung_field(data.images, config.blank_lungs)
+    return data
+
+
+def split_data(config: TrainConfig, data: LabelledImages, test_mask: np.ndarray | None = None) -> PreparedData:
+    """Assign train / validation / test (``test_mask``: the test rows are given, as in cross-validation)."""
+    table = data.table.copy()
+    table["split"] = split_dataset(table, pixel_digests=list(table["pixels"]), val_fraction=config.val_fraction,
+                                   test_fraction=config.test_fraction, seed=config.seed, test_mask=test_mask,
+                                   group_by=config.group_by)
+    return PreparedData(table, data.images, data.targets, config.classes, data.skipped)
 
 
 def prepare_data(config: TrainConfig, progress: bool | None = None) -> PreparedData:
     """Read, decode and split the data of ``config`` (resolved)."""
-    table, images, targets, digests, failed = load_labelled_images(
-        config.data, config.classes, config.image_size, cache_dir=config.cache_dir, progress=progress
-    )
-    table["split"] = split_dataset(table, pixel_digests=digests, val_fraction=config.val_fraction,
-                                   test_fraction=config.test_fraction, seed=config.seed)
-    return PreparedData(table, images, targets, config.classes, failed)
+    return split_data(config, load_data(config, progress))
 
 
 class PreciseValidation(keras.callbacks.Callback):
@@ -163,16 +163,24 @@ def learning_rate_schedule(config: TrainConfig, train_size: int):
     )
 
 
-def evaluate_splits(model: keras.Model, data: PreparedData) -> tuple[dict, np.ndarray]:
-    """Metrics of every split, and the test probabilities (for figures)."""
-    metrics, test_probabilities = {}, None
-    for split in SPLITS:
-        x, y = data.part(split)
-        probabilities = predict_arrays(model, x)
-        metrics[split] = classification_metrics(y, probabilities, data.classes)
-        if split == "test":
-            test_probabilities = probabilities
-    return metrics, test_probabilities
+def evaluate_splits(model: keras.Model, data: PreparedData, config: TrainConfig) -> tuple[dict, np.ndarray]:
+    """Calibrate on validation data, then score every split; returns the metrics and the test probabilities.
+
+    Every split is scored with the run's calibration (temperature, and the COVID threshold when
+    a target sensitivity was asked for), as ``predict`` and ``evaluate`` will use it. Intervals
+    resample patients; the test split is broken down by source when it holds several.
+    """
+    raw = {split: predict_arrays(model, data.part(split)[0]) for split in SPLITS}
+    y = {split: data.part(split)[1] for split in SPLITS}
+    calibration = fit_calibration(y["validation"], raw["validation"], data.classes, config.target_sensitivity)
+    metrics = {split: score(y[split], raw[split], data.table[data.mask(split)], data.classes, calibration,
+                            by_source=split == "test", seed=config.seed)
+               for split in SPLITS}
+    metrics["calibration"] = {
+        **calibration.to_dict(),
+        **{split: calibration_summary(y[split], raw[split], calibration) for split in ("validation", "test")},
+    }
+    return metrics, scale(raw["test"], calibration.temperature)
 
 
 def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verbose: int = 1,
@@ -189,7 +197,8 @@ def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verb
     rundir.write_csv(run.file(rundir.SPLIT), data.table)
     training = fit(config, data, run, verbose=verbose)
     model = run.load_model()
-    metrics, test_probabilities = evaluate_splits(model, data)
+    metrics, test_probabilities = evaluate_splits(model, data, config)
+    run.write_json(rundir.CALIBRATION, Calibration.from_dict(metrics["calibration"]).to_dict())
     metrics["run"] = {
         **training,
         "model": config.model, "task": config.task, "image_size": config.image_size,
@@ -197,6 +206,9 @@ def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verb
         "data_seconds": round(decode_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1),
         "images": {split: int((data.table["split"] == split).sum()) for split in SPLITS},
         "images_without_patient_id": int(without_patient_id(data.table).sum()),
+        "group_by": config.group_by, "blank_lungs": config.blank_lungs,
+        "sources": {str(k): int(v) for k, v in data.table["source"].value_counts().items()},
+        "confounding": confounding_warning(data.table["label"], data.table["source"]),
         "skipped": data.skipped,
     }
     run.write_json(rundir.METRICS, metrics)

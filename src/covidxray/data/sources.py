@@ -9,7 +9,11 @@ Three layouts are read, and :func:`load_dataset` tells them apart:
 * class folders, ``ROOT/<class>/<image>``, whatever the folder names the alias table knows.
 
 Every layout gives the same columns: ``path`` (absolute), ``label`` (canonical class),
-``patient_id`` (empty string when unknown), ``source`` and ``original_label``.
+``patient_id`` (empty string when unknown), ``source``, ``original_label``, ``original_name``
+(the file name of the original image, to find the same image in two datasets) and ``dataset``.
+
+:func:`load_datasets` reads several datasets into one table and counts an image that two of
+them share once (same original file name; identical pixels are dropped after decoding).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from covidxray.labels import ALIASES, canonical_label
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["path", "label", "patient_id", "source", "original_label"]
+COLUMNS = ["path", "label", "patient_id", "source", "original_label", "original_name", "dataset"]
 MANIFEST_NAME = "manifest.csv"
 IEEE8023_METADATA = "metadata.csv"
 #: Views of the ieee8023 collection that are frontal chest X-rays.
@@ -49,7 +53,40 @@ def load_dataset(path: str | Path) -> pd.DataFrame:
         frame = read_class_folders(path)
     if frame.empty:
         raise DatasetError(f"{path}: no labelled images found")
-    return frame.reset_index(drop=True)
+    frame["dataset"] = str(path)
+    return frame[COLUMNS].reset_index(drop=True)
+
+
+def as_paths(data: str | Path | list | tuple) -> list[str]:
+    """One dataset path or several, as a list of strings."""
+    return [str(d) for d in data] if isinstance(data, list | tuple) else [str(data)]
+
+
+def load_datasets(data: str | Path | list | tuple) -> pd.DataFrame:
+    """Read one or several datasets into one table; an original image already read is not read again.
+
+    Two rows are the same image when their original file names match (case and extension
+    ignored); the first dataset named keeps it. Patients stay apart by source, since the split
+    groups by (source, patient_id).
+    """
+    paths = as_paths(data)
+    if len(set(paths)) < len(paths):
+        raise DatasetError(f"{', '.join(paths)}: a dataset is named twice; name each --data once")
+    frames, seen = [], set()
+    for path in paths:
+        frame = load_dataset(path)
+        keys = frame["original_name"].map(_name_key)
+        repeated = keys.isin(seen) & (keys != "")
+        if repeated.any():
+            log.info("%s: %d images are also in an earlier dataset (same original file name); counted once",
+                     path, int(repeated.sum()))
+        seen |= set(keys[keys != ""])
+        frames.append(frame[~repeated])
+    return pd.concat(frames, ignore_index=True)
+
+
+def _name_key(name: str) -> str:
+    return Path(str(name)).stem.lower()
 
 
 def read_manifest(csv_path: Path) -> pd.DataFrame:
@@ -71,10 +108,11 @@ def read_manifest(csv_path: Path) -> pd.DataFrame:
             "patient_id": table["patient_id"] if "patient_id" in table else "",
             "source": table["source"] if "source" in table else csv_path.parent.name,
             "original_label": table["label"],
+            "original_name": table["original_name"] if "original_name" in table else [Path(p).name for p in paths],
         }
     )
     _check_files_exist(frame, csv_path)
-    return frame[COLUMNS]
+    return frame
 
 
 def read_ieee8023(root: Path) -> pd.DataFrame:
@@ -103,10 +141,11 @@ def read_ieee8023(root: Path) -> pd.DataFrame:
             "patient_id": "ieee8023-" + table["patientid"].values,
             "source": "ieee8023",
             "original_label": table["finding"].values,
+            "original_name": (table["original_filename"] if "original_filename" in table else table["filename"]).values,
         }
     )
     _check_files_exist(frame, root / IEEE8023_METADATA)
-    return frame[COLUMNS]
+    return frame
 
 
 def read_class_folders(root: Path) -> pd.DataFrame:
@@ -123,8 +162,8 @@ def read_class_folders(root: Path) -> pd.DataFrame:
         images = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_path(p) and not p.name.startswith("."))
         if not images:
             raise DatasetError(f"{folder}: empty class folder; add images to it or remove it")
-        rows += [(str(p.resolve()), label, "", root.name, folder.name) for p in images]
-    return pd.DataFrame(rows, columns=COLUMNS)
+        rows += [(str(p.resolve()), label, "", root.name, folder.name, p.name) for p in images]
+    return pd.DataFrame(rows, columns=COLUMNS[:-1])
 
 
 def select_task(frame: pd.DataFrame, classes: tuple[str, ...], where: str = "dataset",

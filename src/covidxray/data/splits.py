@@ -48,6 +48,9 @@ def split_groups(frame: pd.DataFrame, pixel_digests: list[str | None] | None = N
     return np.array([find(i) for i in range(n)])
 
 
+GROUP_BY = ("patient", "none")
+
+
 def split_dataset(
     frame: pd.DataFrame,
     *,
@@ -55,25 +58,25 @@ def split_dataset(
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     seed: int = 0,
+    test_mask: np.ndarray | None = None,
+    group_by: str = "patient",
 ) -> pd.Series:
-    """Assign each row to train, validation or test; returns a Series aligned with ``frame``."""
-    unknown = without_patient_id(frame)
-    if unknown.all():
-        log.warning("no patient ids in the data: one patient's images may land in two splits, "
-                    "which inflates test accuracy; add a patient_id column to a manifest to group them")
-    elif unknown.any():
-        counts = frame.loc[unknown, "label"].value_counts()
-        log.warning("%d images have no patient id (%s): each is split on its own, so one patient's "
-                    "images may land in two splits", int(unknown.sum()),
-                    ", ".join(f"{label} {n}" for label, n in counts.items()))
-    groups = split_groups(frame, pixel_digests)
+    """Assign each row to train, validation or test; returns a Series aligned with ``frame``.
+
+    ``test_mask``: the test rows are given (a cross-validation fold); validation is then drawn
+    from the other rows. ``group_by="none"``: every image on its own (the image-level protocol
+    of most published results; one patient's images may land in two splits).
+    """
+    groups = _groups(frame, pixel_digests, group_by, warn=test_mask is None)
     labels = frame["label"].to_numpy()
-    _check_enough_groups(labels, groups)
+    if test_mask is None:
+        _check_enough_groups(labels, groups)
     split = np.full(len(frame), "train", dtype=object)
-    test = _first_fold(labels, groups, round(1 / test_fraction), seed)
+    test = _first_fold(labels, groups, round(1 / test_fraction), seed) if test_mask is None else np.asarray(test_mask)
     split[test] = "test"
     rest = np.flatnonzero(~test)
-    val = _first_fold(labels[rest], groups[rest], round((1 - test_fraction) / val_fraction), seed + 1)
+    held_out = test_fraction if test_mask is None else float(np.mean(test))
+    val = _first_fold(labels[rest], groups[rest], max(2, round((1 - held_out) / val_fraction)), seed + 1)
     split[rest[val]] = "validation"
     for name in SPLITS:
         present = set(labels[split == name])
@@ -83,6 +86,56 @@ def split_dataset(
                 "or raise --test-fraction/--val-fraction"
             )
     return pd.Series(split, index=frame.index, name="split")
+
+
+def assign_folds(frame: pd.DataFrame, folds: int, *, pixel_digests: list[str | None] | None = None,
+                 group_by: str = "patient", seed: int = 0) -> np.ndarray:
+    """Fold index (0 .. folds-1) per row: stratified by label, grouped by patient unless ``group_by="none"``."""
+    labels = frame["label"].to_numpy()
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        raise DatasetError(f"cross-validation needs two or more classes; the data holds only {classes[0]!r}")
+    if folds < 2:
+        raise DatasetError(f"--folds must be at least 2; got {folds}")
+    groups = _groups(frame, pixel_digests, group_by)
+    unit = "patients" if group_by == "patient" else "images"
+    for label in classes:
+        count = len(np.unique(groups[labels == label]))
+        if count < folds:
+            raise DatasetError(
+                f"class {label!r} has {count} {unit}, fewer than --folds {folds}: each fold needs one of every "
+                f"class; use --folds {count} or fewer, or add images"
+            )
+    fold_of = np.zeros(len(frame), dtype=int)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for k, (_, held_out) in enumerate(splitter.split(np.zeros(len(frame)), labels, groups)):
+        fold_of[held_out] = k
+    return fold_of
+
+
+def _groups(frame: pd.DataFrame, pixel_digests, group_by: str, warn: bool = True) -> np.ndarray:
+    if group_by not in GROUP_BY:
+        raise DatasetError(f"--group-by must be one of {', '.join(GROUP_BY)}; got {group_by!r}")
+    if group_by == "none":
+        if warn:
+            log.warning("image-level split (--group-by none): one patient's images may land in two splits, "
+                        "which inflates test accuracy")
+        return np.arange(len(frame))
+    if warn:
+        _warn_missing_patients(frame)
+    return split_groups(frame, pixel_digests)
+
+
+def _warn_missing_patients(frame: pd.DataFrame) -> None:
+    unknown = without_patient_id(frame)
+    if unknown.all():
+        log.warning("no patient ids in the data: one patient's images may land in two splits, "
+                    "which inflates test accuracy; add a patient_id column to a manifest to group them")
+    elif unknown.any():
+        counts = frame.loc[unknown, "label"].value_counts()
+        log.warning("%d images have no patient id (%s): each is split on its own, so one patient's "
+                    "images may land in two splits", int(unknown.sum()),
+                    ", ".join(f"{label} {n}" for label, n in counts.items()))
 
 
 def _first_fold(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> np.ndarray:

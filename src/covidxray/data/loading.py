@@ -1,0 +1,60 @@
+"""From dataset paths to labelled, decoded images: the table, the pixel arrays and the targets."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from covidxray.data.cache import ImageCache
+from covidxray.data.sources import as_paths, load_datasets, select_task
+from covidxray.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LabelledImages:
+    """Decoded images aligned row for row with their table."""
+
+    table: pd.DataFrame  # sources.COLUMNS, plus "pixels" (a digest of the decoded pixels)
+    images: np.ndarray  # (n, size, size, 1) uint8
+    targets: np.ndarray  # (n,) class indices into classes
+    classes: tuple[str, ...]
+    skipped: dict[str, str] = field(default_factory=dict)  # path -> why it was left out
+
+    def subset(self, mask: np.ndarray) -> LabelledImages:
+        return LabelledImages(self.table[mask].reset_index(drop=True), self.images[mask], self.targets[mask],
+                              self.classes, self.skipped)
+
+
+def load_labelled_images(data, classes: tuple[str, ...], size: int, *, cache_dir=None,
+                         progress: bool | None = None, require_all: bool = True) -> LabelledImages:
+    """Read one or several datasets and decode their images; undecodable files are left out, named.
+
+    An image with the same pixels as one of an earlier dataset is counted once.
+    """
+    where = ", ".join(as_paths(data))
+    table = select_task(load_datasets(data), classes, where=where, require_all=require_all)
+    decoded = ImageCache(cache_dir).load(list(table["path"]), size, progress=progress)
+    for message in decoded.failed.values():
+        log.warning("skipped %s", message)
+    keep = decoded.ok
+    if not keep.any():
+        raise DatasetError(f"{where}: none of the {len(table)} images could be decoded")
+    table = table.assign(pixels=[d or "" for d in decoded.pixel_digests])
+    keep &= ~_repeated_across_datasets(table)
+    table = table[keep].reset_index(drop=True)
+    targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    return LabelledImages(table, decoded.images[keep][..., None], targets, tuple(classes), decoded.failed)
+
+
+def _repeated_across_datasets(table: pd.DataFrame) -> np.ndarray:
+    """True for an image whose pixels already appeared in an earlier dataset of the table."""
+    first_dataset = table.groupby("pixels")["dataset"].transform("first")
+    repeated = ((table["dataset"] != first_dataset) & (table["pixels"] != "")).to_numpy()
+    if repeated.any():
+        log.info("%d images have the same pixels as an image of an earlier dataset; counted once", int(repeated.sum()))
+    return repeated
