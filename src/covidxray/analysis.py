@@ -33,12 +33,14 @@ class XrayAnalyzer:
     """A run's model, loaded once, answering one X-ray at a time (safe to share between threads)."""
 
     def __init__(self, run_dir: str | Path):
+        from covidxray.evaluate import load_calibration
         from covidxray.rundir import RunDir
 
         run = RunDir(run_dir)
         self.run_dir = run.path
         self.config = run.load_config()
         self.model = run.load_model()
+        self.calibration = load_calibration(run)  # temperature and COVID threshold, as predict applies them
         self.classes = tuple(self.config.classes)
         self._lock = threading.Lock()  # one prediction at a time: Keras models are not thread-safe
 
@@ -55,15 +57,19 @@ class XrayAnalyzer:
         return self._analyse(read_image(filename, data=data))
 
     def _analyse(self, image: np.ndarray) -> Analysis:
+        from covidxray.calibration import decide, scale
         from covidxray.data.images import resize_square
         from covidxray.heatmaps import grad_cam, overlay
+        from covidxray.labels import COVID
         from covidxray.predict import predict_arrays
 
         model_input = resize_square(image, self.config.image_size)[None, ..., None]
+        covid = self.classes.index(COVID) if COVID in self.classes else None
         with self._lock:
-            probabilities = predict_arrays(self.model, model_input)[0]
-            best = int(np.argmax(probabilities))
+            probabilities = scale(predict_arrays(self.model, model_input), self.calibration.temperature)
+            best = int(decide(probabilities, covid, self.calibration.covid_threshold)[0])
             heatmap = grad_cam(self.model, model_input, class_indices=[best])[0]
+        probabilities = probabilities[0]
         shown = _fit(image, DISPLAY_SIZE)
         return Analysis(
             label=self.classes[best],

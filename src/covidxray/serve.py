@@ -30,19 +30,13 @@ _FORM_OVERHEAD = 64 * 1024  # multipart headers and boundaries around the file
 ACCEPT = ".png,.jpg,.jpeg,.dcm,.dicom,image/png,image/jpeg,application/dicom"
 
 
-def default_run_dir() -> Path | None:
-    """The run served without ``--run``: none yet (a default model will ship with covidxray)."""
-    return None
-
-
 def resolve_run_dir(run: str | Path | None) -> Path:
-    """``run``, else :func:`default_run_dir`, else a clear error."""
+    """``run``, else the model that ships with covidxray (a clear error if it is absent)."""
     if run is not None:
         return Path(run)
-    default = default_run_dir()
-    if default is None:
-        raise CovidXrayError("no model to serve: pass --run RUN_DIR, a folder written by covidxray train")
-    return default
+    from covidxray.pretrained import default_run_dir
+
+    return default_run_dir()
 
 
 def _data_uri(png: bytes) -> str:
