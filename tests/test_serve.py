@@ -154,3 +154,21 @@ def test_serve_without_the_extra_names_the_install(run_dir, monkeypatch, capsys)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
     assert main(["serve", "--run", str(run_dir)]) == 2
     assert "needs uvicorn: pip install 'covidxray[serve]'" in capsys.readouterr().err
+
+
+def test_page_applies_and_states_the_runs_calibration(run_dir, tmp_path):
+    import json
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    calibrated = shutil.copytree(run_dir, tmp_path / "calibrated")
+    (calibrated / "calibration.json").write_text(json.dumps(
+        {"temperature": 2.0, "covid_threshold": 0.0, "target_sensitivity": 0.95}))  # COVID always wins
+    client = TestClient(create_app(XrayAnalyzer(calibrated)))
+    page = _upload(client, "x.png", _png_bytes(gray(4, (40, 40)))).text
+    assert re.search(r'<span id="label">(\w+)</span>', page).group(1) == "covid"
+    assert "temperature-scaled (T = 2.00)" in page and "reaches 0.000" in page and "95% sensitivity" in page
+    plain = XrayAnalyzer(run_dir).analyse("x.png", _png_bytes(gray(4, (40, 40))))
+    scaled = XrayAnalyzer(calibrated).analyse("x.png", _png_bytes(gray(4, (40, 40))))
+    assert max(scaled.probabilities.values()) < max(plain.probabilities.values())  # T > 1 softens

@@ -78,8 +78,15 @@ def _disclaimer_html() -> str:
 def render_page(analyzer: XrayAnalyzer, max_bytes: int, *, analysis: Analysis | None = None,
                 error: str | None = None, filename: str = "") -> str:
     """The whole page: form, warning, and the result of the last upload or its error."""
-    config = analyzer.config
+    config, calibration = analyzer.config, analyzer.calibration
     parts = []
+    decision = ""
+    if calibration.temperature != 1.0:
+        decision += f" Probabilities are temperature-scaled (T = {calibration.temperature:.2f}), as in covidxray predict."
+    if calibration.covid_threshold is not None:
+        decision += (f" COVID-19 is predicted when its probability reaches {calibration.covid_threshold:.3f}"
+                     + (f" (chosen for {100 * calibration.target_sensitivity:.0f}% sensitivity on validation)"
+                        if calibration.target_sensitivity else "") + ".")
     if error:
         parts.append(f'<p class="error" id="error" role="alert">{html.escape(error)}</p>')
     if analysis:
@@ -113,7 +120,7 @@ def render_page(analyzer: XrayAnalyzer, max_bytes: int, *, analysis: Analysis | 
 {"".join(parts)}
 <p><small>Model: <code>{html.escape(config.model)}</code>, task {html.escape(config.task)}, classes
 {html.escape(", ".join(analyzer.classes))}, {config.image_size}&times;{config.image_size} px, run
-<code>{html.escape(analyzer.run_dir.name)}</code>. Nothing you upload is stored.</small></p>
+<code>{html.escape(analyzer.run_dir.name)}</code>.{html.escape(decision)} Nothing you upload is stored.</small></p>
 </body></html>
 """
 
