@@ -129,6 +129,39 @@ def test_predict_skips_a_bad_file_and_names_it(trained, tmp_path, capsys):
     assert str(fake) in captured.err and "Traceback" not in captured.err
 
 
+def test_predict_writes_heatmaps(trained, tmp_path, capsys):
+    data, run = trained
+    files = sorted((data / "covid").glob("*.png"))[:2]
+    twin = tmp_path / "other" / files[0].name  # same file name in another folder
+    twin.parent.mkdir()
+    twin.write_bytes(files[0].read_bytes())
+    out = tmp_path / "maps" / "nested"
+    assert main(["--quiet", "predict", "--run", str(run), *map(str, files), str(twin), "--format", "json",
+                 "--heatmaps", str(out)]) == 0
+    results = json.loads(capsys.readouterr().out)
+    written = [Path(r["heatmap"]) for r in results]
+    assert len(set(written)) == 3 and {p.parent for p in written} == {out}
+    assert written[0].name == f"{files[0].stem}_gradcam.png" and written[2].name == f"{files[0].stem}_gradcam_2.png"
+    for path in written:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.mode == "RGB" and image.size == (32, 32)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)  # no temporary files left
+    assert main(["--quiet", "predict", "--run", str(run), str(files[0]), "--format", "csv", "--heatmaps", str(out)]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0]["heatmap"] == str(written[0])
+
+
+def test_predict_heatmaps_into_a_file_is_refused(trained, tmp_path, capsys):
+    data, run = trained
+    target = tmp_path / "maps.png"
+    target.write_text("keep me")
+    image = sorted((data / "covid").glob("*.png"))[0]
+    assert main(["--quiet", "predict", "--run", str(run), str(image), "--heatmaps", str(target)]) == 2
+    error = capsys.readouterr().err
+    assert str(target) in error and "not a folder" in error and "Traceback" not in error
+    assert target.read_text() == "keep me"
+
+
 def test_a_finished_run_is_not_overwritten(trained, capsys):
     data, run = trained
     before = (run / "model.keras").stat().st_mtime_ns

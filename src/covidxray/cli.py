@@ -25,7 +25,7 @@ log = logging.getLogger("covidxray")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from covidxray.config import TrainConfig
+    from covidxray.config import MIXED_PRECISION_POLICIES, TrainConfig
     from covidxray.models import DEFAULT_MODEL, list_models
     from covidxray.shortcut import DEFAULT_FRACTION
 
@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--no-augment", dest="augment", action="store_false", help="train without augmentation")
         command.add_argument("--flip", action="store_true", help="add horizontal flips to the augmentation")
         command.add_argument("--no-class-weights", dest="class_weights", action="store_false")
+        command.add_argument("--mixed-precision", choices=MIXED_PRECISION_POLICIES, default=None,
+                             help="compute in 16-bit floats, keep weights in float32 (faster on GPUs, slower on most CPUs)")
+        command.add_argument("--steps-per-execution", type=int, default=default("steps_per_execution"),
+                             help="training steps per compiled call (more: less Python overhead per step, for fast GPUs)")
         command.add_argument("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/covidxray)")
         command.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
 
@@ -99,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--run", required=True, help="run directory written by covidxray train")
     predict.add_argument("paths", nargs="+", metavar="PATH", help="PNG, JPEG or DICOM files, or folders of them")
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    predict.add_argument("--heatmaps", metavar="DIR", default=None,
+                         help="write a Grad-CAM overlay PNG per image into this folder (a heatmap is not proof of what the model uses)")
     predict.set_defaults(handler=run_predict)
 
     serve = commands.add_parser("serve", help="a local web page: upload an X-ray, see probabilities and a heatmap")
@@ -129,7 +135,8 @@ def config_from(args, **overrides):
         learning_rate=args.learning_rate, patience=args.patience, class_weights=args.class_weights,
         augment=args.augment, flip=args.flip, val_fraction=args.val_fraction,
         test_fraction=getattr(args, "test_fraction", TrainConfig.test_fraction), seed=args.seed,
-        cache_dir=args.cache_dir, group_by=args.group_by, target_sensitivity=args.target_sensitivity, **overrides,
+        cache_dir=args.cache_dir, group_by=args.group_by, target_sensitivity=args.target_sensitivity,
+        mixed_precision=args.mixed_precision, steps_per_execution=args.steps_per_execution, **overrides,
     )
 
 
@@ -215,15 +222,18 @@ def run_evaluate(args) -> int:
 
 def run_predict(args) -> int:
     from covidxray.evaluate import load_calibration
-    from covidxray.predict import expand_paths, predict_files
+    from covidxray.predict import expand_paths, heatmap_folder, predict_files
     from covidxray.rundir import RunDir
 
     paths = expand_paths(args.paths)
+    if args.heatmaps:
+        heatmap_folder(args.heatmaps)
     run = RunDir(args.run)
     config = run.load_config()
     model = run.load_model()
     results, failures = predict_files(model, paths, config.classes, config.image_size,
-                                      progress=False if args.quiet else None, calibration=load_calibration(run))
+                                      progress=False if args.quiet else None, calibration=load_calibration(run),
+                                      heatmaps=args.heatmaps)
     print(format_predictions(results, config.classes, args.format), end="")
     for message in failures.values():
         print(f"covidxray: skipped {message}", file=sys.stderr)
@@ -236,6 +246,9 @@ def format_predictions(results: list[dict], classes, fmt: str) -> str:
         return json.dumps(results, indent=2) + "\n"
     rows = [[r["path"], r["label"], *(f"{r['probabilities'][c]:.4f}" for c in classes)] for r in results]
     header = ["path", "label", *(f"p_{c}" for c in classes)]
+    if any("heatmap" in r for r in results):
+        header.append("heatmap")
+        rows = [[*row, r.get("heatmap", "")] for row, r in zip(rows, results)]
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")

@@ -11,6 +11,7 @@ from covidxray.labels import task_classes
 from covidxray.models import DEFAULT_MODEL, get_spec
 
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
+MIXED_PRECISION_POLICIES = ("mixed_float16", "mixed_bfloat16")
 
 
 @dataclass
@@ -34,6 +35,8 @@ class TrainConfig:
     target_sensitivity: float | None = None  # choose the COVID threshold on validation data for this sensitivity
     blank_lungs: float = 0.0  # shortcut probe: blank this central fraction of each image (0: off)
     jit_compile: bool | str = "auto"  # XLA compilation (Keras's "auto": where the backend supports it)
+    mixed_precision: str | None = None  # None, "mixed_float16" or "mixed_bfloat16" (faster on GPUs)
+    steps_per_execution: int = 1  # training steps per compiled call (more: less Python per step)
     cache_dir: str | None = None  # decoded-image cache; None: ~/.cache/covidxray
     classes: tuple[str, ...] = ()  # filled from the task by resolve()
 
@@ -46,6 +49,11 @@ class TrainConfig:
                 raise CovidXrayError(f"--{name.replace('_', '-')} must lie between 0.02 and 0.5")
         if self.epochs < 1 or self.batch_size < 1:
             raise CovidXrayError("--epochs and --batch-size must be at least 1")
+        if self.mixed_precision not in (None, *MIXED_PRECISION_POLICIES):
+            raise CovidXrayError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION_POLICIES)}, "
+                                 f"not {self.mixed_precision!r}")
+        if self.steps_per_execution < 1:
+            raise CovidXrayError("--steps-per-execution must be at least 1")
         if self.image_size is not None and not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
             raise CovidXrayError(f"--image-size must lie between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels")
         if self.target_sensitivity is not None and not 0.0 < self.target_sensitivity <= 1.0:

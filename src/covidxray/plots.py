@@ -46,7 +46,10 @@ def plot_confusion(matrix, classes, title: str = "test confusion matrix") -> Fig
 
 def plot_predictions(images: np.ndarray, y_true: np.ndarray, probabilities: np.ndarray, classes,
                      columns: int = 6) -> Figure:
-    """A grid of images titled true / predicted (probability); mistakes in red (``pred.png``)."""
+    """A grid of images titled true / predicted (probability); mistakes in red (``pred.png``).
+
+    ``images``: grayscale ``(n, H, W[, 1])`` in [0, 255], or RGB ``(n, H, W, 3)`` uint8 (heatmap overlays).
+    """
     count = len(images)
     rows = max(1, int(np.ceil(count / columns)))
     figure = Figure(figsize=(2.3 * columns, 2.6 * rows), layout="constrained")
@@ -57,7 +60,11 @@ def plot_predictions(images: np.ndarray, y_true: np.ndarray, probabilities: np.n
             continue
         predicted = int(np.argmax(probabilities[index]))
         wrong = predicted != int(y_true[index])
-        axes.imshow(np.squeeze(images[index]), cmap="gray", vmin=0, vmax=255)
+        image = images[index]
+        if image.ndim == 3 and image.shape[-1] == 3:
+            axes.imshow(image)
+        else:
+            axes.imshow(np.squeeze(image), cmap="gray", vmin=0, vmax=255)
         axes.set_title(
             f"true: {classes[int(y_true[index])]}\npred: {classes[predicted]} ({probabilities[index, predicted]:.2f})",
             fontsize=9, color=MISTAKE_COLOR if wrong else CORRECT_COLOR,

@@ -12,6 +12,8 @@ from covidxray.errors import CovidXrayError, ImageReadError
 from covidxray.progress import progress_bar
 
 PREDICT_BATCH = 64
+#: Images whose Grad-CAM maps are held in memory at once.
+HEATMAP_CHUNK = 256
 
 
 def predict_arrays(model, images: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
@@ -36,10 +38,55 @@ def expand_paths(paths) -> list[Path]:
     return found
 
 
-def predict_files(model, paths, classes, image_size: int, *, progress: bool | None = None, calibration=None):
+def heatmap_folder(folder) -> Path:
+    """Check (and create) the folder for ``--heatmaps`` before any work is done."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CovidXrayError(f"{folder}: is a file, not a folder; give --heatmaps a folder (it is created if missing)")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def heatmap_names(paths) -> list[str]:
+    """One PNG name per input file, from its name (``a.png`` -> ``a_gradcam.png``); repeats get ``_2``, ``_3``."""
+    names, taken = [], set()
+    for path in paths:
+        stem, number = f"{Path(path).stem}_gradcam", 1
+        name = f"{stem}.png"
+        while name.lower() in taken:  # lower: a case-insensitive file system sees A.png as a.png
+            number += 1
+            name = f"{stem}_{number}.png"
+        taken.add(name.lower())
+        names.append(name)
+    return names
+
+
+def write_heatmaps(model, images: np.ndarray, paths, class_indices, folder, *, progress: bool | None = None) -> list[str]:
+    """Grad-CAM overlays (one PNG per image, named after its file) in ``folder``; returns their paths."""
+    from PIL import Image
+
+    from covidxray.files import atomic_save
+    from covidxray.heatmaps import grad_cam, overlay
+
+    folder = heatmap_folder(folder)
+    targets = [folder / name for name in heatmap_names(paths)]
+    with progress_bar(total=len(images), desc="heatmaps", unit="img", progress=progress) as bar:
+        for start in range(0, len(images), HEATMAP_CHUNK):  # in chunks: n maps at full size can be large
+            chunk = slice(start, start + HEATMAP_CHUNK)
+            for image, heatmap, target in zip(images[chunk], grad_cam(model, images[chunk], class_indices[chunk]),
+                                              targets[chunk]):
+                picture = Image.fromarray(overlay(image, heatmap))
+                atomic_save(target, lambda tmp, picture=picture: picture.save(tmp, format="PNG"))
+                bar.update()
+    return [str(target) for target in targets]
+
+
+def predict_files(model, paths, classes, image_size: int, *, progress: bool | None = None, calibration=None,
+                  heatmaps=None):
     """Predict every file; returns (results, failures).
 
-    ``results`` is a list of ``{"path", "label", "probabilities": {class: p}}``;
+    ``results`` is a list of ``{"path", "label", "probabilities": {class: p}}``, plus
+    ``"heatmap"`` (the path of its Grad-CAM overlay) when ``heatmaps`` names a folder;
     ``failures`` maps each unreadable file to its error message. ``calibration`` (a run's
     :class:`~covidxray.calibration.Calibration`) scales the probabilities and sets the COVID threshold.
     """
@@ -47,6 +94,7 @@ def predict_files(model, paths, classes, image_size: int, *, progress: bool | No
     from covidxray.labels import COVID
 
     calibration = calibration or Calibration()
+
     def load(path):
         try:
             return resize_square(read_image(path), image_size)
@@ -70,4 +118,9 @@ def predict_files(model, paths, classes, image_size: int, *, progress: bool | No
          "probabilities": {c: round(float(p), 6) for c, p in zip(classes, row)}}
         for (path, _), row, label in zip(good, probabilities, decided)
     ]
+    if heatmaps is not None:
+        written = write_heatmaps(model, images, [p for p, _ in good], decided, heatmaps,
+                                 progress=progress)
+        for result, heatmap in zip(results, written):
+            result["heatmap"] = heatmap
     return results, failures

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import logging
+
+import numpy as np
 import pandas as pd
 
 from covidxray import rundir
+from covidxray.errors import CovidXrayError
 from covidxray.files import atomic_save, atomic_write_text
 from covidxray.htmlreport import write_html
 from covidxray.labels import COVID
@@ -17,19 +21,37 @@ DISCLAIMER = (
     "its own source (as in the DarkCovidNet data) a model can learn the source instead of the disease."
 )
 
+log = logging.getLogger(__name__)
+
 
 def save_figure(figure, path) -> None:
     atomic_save(path, lambda tmp: figure.savefig(tmp, dpi=110))
 
 
-def write_figures_and_report(run: rundir.RunDir, config, data, metrics: dict, test_probabilities) -> None:
-    """Draw ``acc.png``, ``mat.png`` and ``pred.png`` and write ``report.md`` and ``report.html``."""
+def with_heatmaps(model, images: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """The images as RGB Grad-CAM overlays for their predicted class; the images unchanged if
+    the model has no convolutional layer."""
+    from covidxray.heatmaps import grad_cam, overlay
+
+    try:
+        maps = grad_cam(model, images, probabilities.argmax(axis=1))
+    except CovidXrayError as error:
+        log.warning("pred.png without heatmaps: %s", error)
+        return images
+    return np.stack([overlay(image, heatmap) for image, heatmap in zip(images, maps)]) if len(images) else images
+
+
+def write_figures_and_report(run: rundir.RunDir, config, data, metrics: dict, test_probabilities, model=None) -> None:
+    """Draw ``acc.png``, ``mat.png`` and ``pred.png`` and write ``report.md`` and ``report.html``.
+
+    With ``model``, ``pred.png`` shows Grad-CAM overlays of the example images."""
     history = pd.read_csv(run.file(rundir.HISTORY))
     save_figure(plot_history(history), run.file(rundir.ACC_FIGURE))
     save_figure(plot_confusion(metrics["test"]["confusion_matrix"], config.classes), run.file(rundir.MATRIX_FIGURE))
     x_test, y_test = data.part("test")
     shown = pick_examples(y_test, test_probabilities, seed=config.seed)
-    save_figure(plot_predictions(x_test[shown], y_test[shown], test_probabilities[shown], config.classes),
+    examples = x_test[shown] if model is None else with_heatmaps(model, x_test[shown], test_probabilities[shown])
+    save_figure(plot_predictions(examples, y_test[shown], test_probabilities[shown], config.classes),
                 run.file(rundir.PREDICTIONS_FIGURE))
     save_figure(plot_reliability(metrics["calibration"]["test"]), run.file(rundir.RELIABILITY_FIGURE))
     write_report(run.file(rundir.REPORT), render_report(config, metrics))
@@ -151,5 +173,7 @@ def render_report(config, metrics: dict) -> str:
     lines += ["", "## Figures", "",
               "Training and validation accuracy and loss per epoch:", "", f"![accuracy and loss]({rundir.ACC_FIGURE})", "",
               "Test confusion matrix:", "", f"![confusion matrix]({rundir.MATRIX_FIGURE})", "",
-              "Test predictions (mistakes in red):", "", f"![predictions]({rundir.PREDICTIONS_FIGURE})", ""]
+              "Test predictions (mistakes in red), coloured by Grad-CAM where the predicted class's score is most "
+              "sensitive to the last convolutional features (a hint for inspection, not proof of what the model uses):",
+              "", f"![predictions]({rundir.PREDICTIONS_FIGURE})", ""]
     return "\n".join(lines)

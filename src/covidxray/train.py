@@ -22,6 +22,7 @@ from covidxray.calibration import Calibration, scale
 from covidxray.config import TrainConfig
 from covidxray.data.loading import LabelledImages, load_labelled_images
 from covidxray.data.splits import SPLITS, split_dataset, without_patient_id
+from covidxray.errors import CovidXrayError
 from covidxray.evaluate import calibration_summary, fit_calibration, score
 from covidxray.files import atomic_save
 from covidxray.metrics import confounding_warning, cross_entropy
@@ -120,14 +121,24 @@ class BestCheckpoint(keras.callbacks.Callback):
             atomic_save(self.path, self.model.save)
 
 
-def fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: int = 1) -> dict:
-    """Build, compile and fit the model; the epoch with the best validation accuracy is saved."""
+def build_model(config: TrainConfig, train_size: int) -> keras.Model:
+    """Create and compile the model of ``config`` (resolved) for ``train_size`` training images."""
+    if config.steps_per_execution > 1 and keras.backend.backend() == "torch":
+        raise CovidXrayError("--steps-per-execution must be 1 with the PyTorch backend (Keras runs it eagerly)")
     keras.utils.set_random_seed(config.seed)
     model = create_model(config.model, num_classes=len(config.classes), image_size=config.image_size,
-                         weights=config.weights, augment=config.augment, flip=config.flip, seed=config.seed)
+                         weights=config.weights, augment=config.augment, flip=config.flip, seed=config.seed,
+                         dtype_policy=config.mixed_precision)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(config, train_size)),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=config.jit_compile,
+                  steps_per_execution=config.steps_per_execution)
+    return model
+
+
+def fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: int = 1) -> dict:
+    """Build, compile and fit the model; the epoch with the best validation accuracy is saved."""
     x_train, y_train = data.part("train")
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(config, len(x_train))),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=config.jit_compile)
+    model = build_model(config, len(x_train))
     checkpoint = BestCheckpoint(run.file(rundir.MODEL))
     rng = np.random.default_rng(config.seed)
     calibration = x_train[np.sort(rng.permutation(len(x_train))[:CALIBRATION_IMAGES])]
@@ -142,14 +153,22 @@ def fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: in
                                       start_from_epoch=config.epochs // 2),
         keras.callbacks.CSVLogger(str(run.file(rundir.HISTORY))),
     ]
-    class_weight = _class_weights(y_train, len(config.classes)) if config.class_weights else None
+    class_weight = balanced_class_weights(y_train, len(config.classes)) if config.class_weights else None
     started = time.perf_counter()
-    history = model.fit(x_train, y_train, epochs=config.epochs, batch_size=config.batch_size,
-                        class_weight=class_weight, callbacks=callbacks, verbose=verbose, shuffle=True)
+    history = fit_arrays(model, x_train, y_train, epochs=config.epochs, batch_size=config.batch_size,
+                         class_weight=class_weight, callbacks=callbacks, verbose=verbose)
     seconds = time.perf_counter() - started
     epochs_run = len(history.history["loss"])
     return {"best_epoch": checkpoint.best_epoch, "fit_seconds": round(seconds, 1), "epochs_run": epochs_run,
             "train_images_per_second": round(len(x_train) * epochs_run / seconds, 1)}
+
+
+def fit_arrays(model: keras.Model, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
+               class_weight: dict | None = None, callbacks=(), verbose: int = 0) -> keras.callbacks.History:
+    """Train ``model`` on in-memory images ``x`` (uint8, [0, 255]) and labels ``y``, reshuffled each
+    epoch: the input pipeline of :func:`fit` (and of ``benchmarks/train_speed.py``)."""
+    return model.fit(x, y, epochs=epochs, batch_size=batch_size, class_weight=class_weight,
+                     callbacks=list(callbacks), verbose=verbose, shuffle=True)
 
 
 def learning_rate_schedule(config: TrainConfig, train_size: int):
@@ -212,11 +231,12 @@ def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verb
         "skipped": data.skipped,
     }
     run.write_json(rundir.METRICS, metrics)
-    write_figures_and_report(run, config, data, metrics, test_probabilities)
+    write_figures_and_report(run, config, data, metrics, test_probabilities, model=model)
     return metrics
 
 
-def _class_weights(y: np.ndarray, num_classes: int) -> dict[int, float]:
+def balanced_class_weights(y: np.ndarray, num_classes: int) -> dict[int, float]:
+    """Loss weights inversely proportional to class frequency (1.0 for classes absent from ``y``)."""
     present = np.unique(y)
     weights = compute_class_weight("balanced", classes=present, y=y)
     return {int(c): float(w) for c, w in zip(present, weights)} | {c: 1.0 for c in range(num_classes) if c not in present}

@@ -69,13 +69,29 @@ def create_model(
     augment: bool = True,
     flip: bool = False,
     seed: int | None = None,
+    dtype_policy: str | None = None,
 ) -> keras.Model:
     """Build model ``name`` for ``num_classes`` classes on ``image_size`` px grayscale input.
 
     ``weights``: None or ``"none"`` (random), ``"imagenet"`` (backbones only), or the path
     of a ``.keras`` / ``.weights.h5`` file with weights for this architecture (for the
     ``keras.applications`` backbones: a weights file of the backbone without its top).
+    ``dtype_policy``: None (Keras's global policy, float32 unless changed) or a Keras dtype policy
+    such as ``"mixed_bfloat16"`` for the layers of this model; the probabilities stay float32.
     """
+    if dtype_policy is None:
+        return _create_model(name, num_classes=num_classes, image_size=image_size, weights=weights,
+                             augment=augment, flip=flip, seed=seed)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(dtype_policy)
+    try:
+        return _create_model(name, num_classes=num_classes, image_size=image_size, weights=weights,
+                             augment=augment, flip=flip, seed=seed)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _create_model(name, *, num_classes, image_size, weights, augment, flip, seed) -> keras.Model:
     spec = get_spec(name)
     size = image_size or spec.image_size
     weights = None if weights in (None, "none", "None") else weights
@@ -99,6 +115,8 @@ def create_model(
             ) from None
     else:
         outputs = spec.body(x, num_classes)
+    if keras.config.dtype_policy().compute_dtype != "float32":  # probabilities and the loss in float32
+        outputs = keras.layers.Activation("linear", dtype="float32", name="probabilities")(outputs)
     model = keras.Model(inputs, outputs, name=name)
     if weights is not None and not spec.pretrained:
         try:

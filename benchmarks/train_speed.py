@@ -1,0 +1,402 @@
+"""Training and prediction speed of covidxray's models per Keras backend, as ratios to a plain
+PyTorch reference timed in the same run.
+
+    python benchmarks/train_speed.py                      # every installed backend, both models
+    python benchmarks/train_speed.py --backends tensorflow --models darkcovidnet:256 --repeats 5
+    python benchmarks/train_speed.py --quick              # a smoke test: tiny images, few steps
+
+For each backend (tensorflow, torch, jax) and model (``name:size``; default the default model
+``compactnet:160`` and ``darkcovidnet:256``) it measures, on synthetic images:
+
+- training images/s, end to end through covidxray's own input pipeline and model
+  (``covidxray.train.build_model`` + ``fit_arrays``: uint8 arrays in memory, augmentation in
+  the model, class weights), after a warm-up epoch that holds the compilation;
+- seconds per epoch of ``--epoch-images`` images (802: the three-class training split of
+  DarkCovidNet data), from that rate;
+- prediction images/s (``predict_arrays``, batches of 64) and single-image latency (median);
+- peak memory (resident set size of the process).
+
+The reference is ``benchmarks/reference_darkcovidnet_torch.py``: DarkCovidNet at 256 x 256 in
+plain PyTorch (eager, channels_last, Adam, no augmentation). Each measurement runs in a process
+of its own (Keras fixes its backend at import; peak memory is per process). Every repeat times
+the reference first and then each covidxray configuration, so that each figure is also a
+ratio to the reference measured minutes apart on the same machine: on a shared machine, the
+ratios are steadier than the raw numbers. Medians over ``--repeats`` are reported.
+
+Writes ``--out`` (JSON: every measurement, the medians, the machine) and ``--markdown`` (the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import itertools
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BACKENDS = ("tensorflow", "torch", "jax")
+DEFAULT_MODELS = ("compactnet:160", "darkcovidnet:256")
+#: Figures compared with the reference, and whether larger is better.
+FIGURES = {"train_images_per_second": True, "train_images_per_cpu_second": True, "predict_images_per_second": True,
+           "latency_ms": False, "peak_rss_mib": False}
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers: one measurement (or a list of them), run inside a subprocess.
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+
+@functools.lru_cache(maxsize=1)
+def synthetic_images(n: int, size: int, num_classes: int):
+    """``n`` random uint8 images and labels (kept for the next job of the same shape)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (n, size, size, 1), dtype=np.uint8), rng.integers(0, num_classes, n)
+
+
+def measure_keras(job: dict) -> dict:
+    """Train, predict and time one covidxray configuration; ``job`` as made by :func:`plan`."""
+    import keras
+
+    import covidxray  # noqa: F401  (KERAS_BACKEND is set by the parent)
+    from covidxray.config import TrainConfig
+    from covidxray.predict import predict_arrays
+    from covidxray.train import balanced_class_weights, build_model, fit_arrays
+
+    config = TrainConfig(data="synthetic", model=job["model"], image_size=job["image_size"],
+                         batch_size=job["batch_size"], epochs=1 + job["epochs"], augment=job["augment"],
+                         jit_compile=job["jit_compile"], mixed_precision=job["mixed_precision"],
+                         steps_per_execution=job["steps_per_execution"]).resolve()
+    n = job["steps"] * job["batch_size"]
+    x, y = synthetic_images(n, config.image_size, len(config.classes))
+    started = time.perf_counter()
+    model = build_model(config, n)
+    build_seconds = time.perf_counter() - started
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds = []
+
+            self.cpu_seconds = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started, self.cpu_started = time.perf_counter(), time.process_time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self.started)
+            self.cpu_seconds.append(time.process_time() - self.cpu_started)
+
+    timer = EpochTimer()
+    fit_arrays(model, x, y, epochs=config.epochs, batch_size=config.batch_size,
+               class_weight=balanced_class_weights(y, len(config.classes)), callbacks=[timer])
+    epoch_seconds = statistics.median(timer.seconds[1:])
+    cpu_seconds = statistics.median(timer.cpu_seconds[1:])
+    result = {
+        "backend": keras.backend.backend(), "keras": keras.__version__, "parameters": int(model.count_params()),
+        "build_seconds": build_seconds, "first_epoch_seconds": timer.seconds[0], "epoch_seconds_measured": timer.seconds[1:],
+        "train_images": n, "train_images_per_second": n / epoch_seconds,
+        # CPU time of all the process's threads: on a shared machine, less noisy than wall time
+        "train_images_per_cpu_second": n / cpu_seconds,
+    }
+    if job["predict"]:
+        images = x[: min(n, 4 * 64)]
+        predict_arrays(model, images)
+        started = time.perf_counter()
+        predict_arrays(model, images)
+        result["predict_images_per_second"] = len(images) / (time.perf_counter() - started)
+        one = x[:1]
+        timings = []
+        for i in range(2 + job["latency_calls"]):
+            started = time.perf_counter()
+            predict_arrays(model, one)
+            if i >= 2:
+                timings.append(time.perf_counter() - started)
+        result["latency_ms"] = 1000 * statistics.median(timings)
+    return result
+
+
+def measure_reference(job: dict) -> dict:
+    sys.path.insert(0, str(HERE))
+    from reference_darkcovidnet_torch import measure
+
+    result = measure(batch_size=job["batch_size"], steps=job["steps"], warmup=job["warmup"],
+                     image_size=job["image_size"], device=job["device"], predict=job["predict"],
+                     latency_calls=job["latency_calls"])
+    return result
+
+
+def run_worker(jobs: list[dict]) -> list[dict]:
+    """Run jobs one after the other in this process; a failing job is recorded, not fatal."""
+    results = []
+    for job in jobs:
+        started = time.perf_counter()
+        if job.get("deadline") and time.time() > job["deadline"]:
+            result = {"ok": False, "error": "skipped: time budget spent", "job": job}
+            results.append(result)
+            print("RESULT " + json.dumps(result), flush=True)
+            print(f"  {label(job)}: skipped, time budget spent", file=sys.stderr, flush=True)
+            continue
+        try:
+            result = measure_reference(job) if job["kind"] == "reference" else measure_keras(job)
+            result["ok"] = True
+        except Exception as error:  # noqa: BLE001 - one failing configuration must not end the run
+            traceback.print_exc()
+            result = {"ok": False, "error": f"{type(error).__name__}: {error}"}
+        result["seconds"] = time.perf_counter() - started
+        result["peak_rss_mib"] = peak_rss_mib()
+        result["job"] = job
+        results.append(result)
+        print("RESULT " + json.dumps(result), flush=True)  # the parent reads these lines
+        print(f"  {label(job)}: " + (f"{result['train_images_per_second']:.1f} img/s training" if result["ok"]
+                                      else result["error"]), file=sys.stderr, flush=True)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# The parent: plan the jobs, run them in subprocesses, summarise.
+
+
+def label(job: dict) -> str:
+    if job["kind"] == "reference":
+        return f"reference torch darkcovidnet:{job['image_size']} b{job['batch_size']} ({job['device']})"
+    extra = "" if job["augment"] else " no-augment"
+    extra += f" {job['mixed_precision']}" if job["mixed_precision"] else ""
+    extra += f" spe{job['steps_per_execution']}" if job["steps_per_execution"] > 1 else ""
+    extra += f" jit={job['jit_compile']}" if job["jit_compile"] != "auto" else ""
+    return f"{job['backend']} {job['model']}:{job['image_size']} b{job['batch_size']}{extra}"
+
+
+def installed_backends() -> list[str]:
+    return [b for b in BACKENDS if importlib.util.find_spec(b) is not None]
+
+
+def plan(args) -> tuple[list[dict], list[dict]]:
+    """The reference jobs (one per batch size) and the covidxray jobs, in the order they run."""
+    def steps(batch_size: int) -> int:
+        return max(1, args.images_per_step_epoch // batch_size) if args.images_per_step_epoch else args.steps
+
+    common = {"predict": not args.no_predict, "latency_calls": args.latency_calls}
+    references = [{"kind": "reference", "image_size": args.reference_size, "batch_size": b, "warmup": args.warmup_steps,
+                   "device": args.reference_device, "steps": steps(b), **common} for b in args.batch_size]
+    jobs = []
+    for backend in args.backends:
+        for config in args.configs or []:
+            spec, batch_size, policy, spe = config.split("/")
+            name, _, size = spec.partition(":")
+            jobs.append({"kind": "keras", "backend": backend, "model": name, "image_size": int(size) if size else None,
+                         "batch_size": int(batch_size), "steps": steps(int(batch_size)), "epochs": args.epochs,
+                         "augment": args.augment != "off", "jit_compile": args.jit_compile,
+                         "mixed_precision": None if policy == "none" else policy, "steps_per_execution": int(spe),
+                         **common})
+        for spec in [] if args.configs else args.models:
+            name, _, size = spec.partition(":")
+            for batch_size in args.batch_size:
+                for policy, spe, augment in itertools.product(
+                        args.mixed_precision, args.steps_per_execution,
+                        [True, False] if args.augment == "both" else [args.augment == "on"]):
+                    jobs.append({"kind": "keras", "backend": backend, "model": name,
+                                 "image_size": int(size) if size else None, "batch_size": batch_size,
+                                 "steps": steps(batch_size), "epochs": args.epochs, "augment": augment,
+                                 "jit_compile": args.jit_compile, "mixed_precision": None if policy == "none" else policy,
+                                 "steps_per_execution": spe, **common})
+    return references, jobs
+
+
+def run_subprocess(jobs: list[dict], backend: str | None, timeout: float) -> list[dict]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if backend:
+        env["KERAS_BACKEND"] = backend
+    src = str(HERE.parent / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else src
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(jobs)]
+    try:
+        done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, timeout=max(1.0, timeout))
+        stdout, error = done.stdout, f"worker exited with status {done.returncode} before this job's result"
+    except subprocess.TimeoutExpired as stopped:
+        stdout = stopped.stdout.decode() if isinstance(stopped.stdout, bytes) else (stopped.stdout or "")
+        error = f"worker ran past {timeout:.0f} s and was stopped"
+    results = [json.loads(line[len("RESULT "):]) for line in stdout.splitlines() if line.startswith("RESULT ")]
+    for job in jobs[len(results):]:
+        print(f"  {label(job)}: {error}", file=sys.stderr, flush=True)
+        results.append({"ok": False, "error": error, "job": job})
+    return results
+
+
+def summarise(measurements: list[dict], epoch_images: int) -> list[dict]:
+    """Medians per configuration, and medians of the per-repeat ratios to the reference."""
+    rows = []
+    for key in dict.fromkeys(label(m["job"]) for m in measurements):
+        mine = [m for m in measurements if label(m["job"]) == key]
+        good = [m for m in mine if m.get("ok")]
+        row = {"configuration": key, "job": mine[0]["job"], "ok": len(good), "failed": len(mine) - len(good),
+               "errors": sorted({m["error"] for m in mine if not m.get("ok")})}
+        for figure in FIGURES:
+            values = [m[figure] for m in good if figure in m]
+            if values:
+                row[figure] = statistics.median(values)
+            ratios = [m[figure] / m["reference"][figure] for m in good
+                      if figure in m and m.get("reference") and m["reference"].get(figure)]
+            if ratios:
+                row[f"{figure}_ratio"] = statistics.median(ratios)
+        if "train_images_per_second" in row:
+            row["epoch_seconds"] = epoch_images / row["train_images_per_second"]
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict], epoch_images: int) -> str:
+    def fmt(row, figure, digits=1):
+        if figure not in row:
+            return "failed" if not row["ok"] else "-"
+        text = f"{row[figure]:,.{digits}f}"
+        ratio = row.get(f"{figure}_ratio")
+        return text + (f" ({ratio:.2f}x)" if ratio is not None else "")
+
+    lines = [f"| configuration | train img/s (x ref) | train img per CPU-s (x ref) | s/epoch ({epoch_images} img) "
+             "| predict img/s (x ref) | latency ms (x ref) | peak RSS MiB (x ref) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        epoch = f"{row['epoch_seconds']:.1f}" if "epoch_seconds" in row else "-"
+        lines.append(f"| {row['configuration']} | {fmt(row, 'train_images_per_second')} "
+                     f"| {fmt(row, 'train_images_per_cpu_second')} | {epoch} "
+                     f"| {fmt(row, 'predict_images_per_second')} | {fmt(row, 'latency_ms')} "
+                     f"| {fmt(row, 'peak_rss_mib', 0)} |")
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine()}
+    try:
+        info["load_average"] = os.getloadavg()
+    except OSError:
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", nargs="+", default=None, choices=BACKENDS, help="default: those installed")
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="name:size (size optional)")
+    parser.add_argument("--batch-size", nargs="+", type=int, default=[32])
+    parser.add_argument("--configs", nargs="+", default=None, metavar="MODEL:SIZE/BATCH/POLICY/SPE",
+                        help="instead of the grid of --models, --batch-size, --mixed-precision and "
+                        "--steps-per-execution: these configurations, in this order (POLICY: none or a mixed one)")
+    parser.add_argument("--steps", type=int, default=12, help="training steps per measured epoch")
+    parser.add_argument("--images-per-step-epoch", type=int, default=None,
+                        help="instead of --steps: this many images per measured epoch, whatever the batch size")
+    parser.add_argument("--epochs", type=int, default=2, help="measured epochs after the warm-up epoch")
+    parser.add_argument("--warmup-steps", type=int, default=3, help="reference steps before timing")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epoch-images", type=int, default=802, help="images per epoch for the s/epoch column")
+    parser.add_argument("--mixed-precision", nargs="+", default=["none"],
+                        choices=["none", "mixed_float16", "mixed_bfloat16"])
+    parser.add_argument("--augment", choices=["on", "off", "both"], default="on")
+    parser.add_argument("--jit-compile", default="auto", type=lambda s: {"true": True, "false": False}.get(s.lower(), s))
+    parser.add_argument("--steps-per-execution", nargs="+", type=int, default=[1])
+    parser.add_argument("--no-predict", action="store_true", help="time training only")
+    parser.add_argument("--latency-calls", type=int, default=10)
+    parser.add_argument("--reference-size", type=int, default=256)
+    parser.add_argument("--reference-device", default="cpu")
+    parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--one-process", action="store_true",
+                        help="run all jobs of a backend in one process (saves start-up; peak memory is then cumulative)")
+    parser.add_argument("--job-timeout", type=float, default=900)
+    parser.add_argument("--time-budget", type=float, default=None, help="start no new job after this many seconds")
+    parser.add_argument("--hard-limit", type=float, default=None,
+                        help="stop any worker still running after this many seconds (its finished jobs are kept)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 64 px images, 2 steps, 1 repeat")
+    parser.add_argument("--out", default="train_speed.json")
+    parser.add_argument("--markdown", default="train_speed.md")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.models = [f"{m.partition(':')[0]}:64" for m in args.models]
+        args.reference_size, args.steps, args.epochs, args.repeats, args.latency_calls = 64, 2, 1, 1, 2
+        args.warmup_steps = 1
+    args.backends = args.backends or installed_backends()
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        run_worker(json.loads(args.worker))
+        return
+    started = time.perf_counter()
+    references, jobs = plan(args)
+    if args.time_budget:  # a worker running several jobs skips those it cannot start in time
+        jobs = [{**job, "deadline": time.time() + args.time_budget} for job in jobs]
+    info = machine()
+    print(f"machine: {info}", flush=True)
+    measurements = []
+    for repeat in range(args.repeats):
+        if args.time_budget and time.perf_counter() - started > args.time_budget:
+            print(f"time budget of {args.time_budget:.0f} s spent: no repeat {repeat + 1}", flush=True)
+            break
+        print(f"repeat {repeat + 1} of {args.repeats}", flush=True)
+        reference = {} if args.no_reference else {
+            r["job"]["batch_size"]: r for r in run_subprocess(references, None, args.job_timeout)}
+        for ref in reference.values():
+            ref["repeat"] = repeat
+        if args.one_process:
+            groups = [[j for j in jobs if j["backend"] == b] for b in args.backends]
+        else:
+            groups = [[j] for j in jobs]
+        for group in groups:
+            if args.time_budget and time.perf_counter() - started > args.time_budget:
+                print(f"time budget spent: skipped {', '.join(label(j) for j in group)}", flush=True)
+                continue
+            timeout = args.job_timeout
+            if args.hard_limit:
+                timeout = min(timeout, args.hard_limit - (time.perf_counter() - started))
+            for result in run_subprocess(group, group[0]["backend"], timeout):
+                ref = reference.get(result["job"]["batch_size"])
+                result["reference"] = ref if ref and ref.get("ok") else None
+                result["repeat"] = repeat
+                measurements.append(result)
+        measurements += reference.values()
+        if args.out:  # keep what is measured so far
+            write(args, info, measurements, started)
+    rows = write(args, info, measurements, started)
+    print(markdown_table(rows, args.epoch_images), flush=True)
+
+
+def write(args, info: dict, measurements: list[dict], started: float) -> list[dict]:
+    ordered = sorted(measurements, key=lambda m: m["job"]["kind"] != "reference")
+    rows = summarise(ordered, args.epoch_images)
+    info = {**info, "load_average_end": os.getloadavg(), "seconds": time.perf_counter() - started}
+    if args.out:
+        Path(args.out).write_text(json.dumps({"machine": info, "arguments": {k: v for k, v in vars(args).items()
+                                                                              if k != "worker"},
+                                              "summary": rows, "measurements": measurements}, indent=1) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown_table(rows, args.epoch_images))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
