@@ -75,7 +75,7 @@ class XrayAnalyzer:
             label=self.classes[best],
             probabilities={c: float(p) for c, p in zip(self.classes, probabilities)},
             image_png=_png(shown),
-            heatmap_png=_png(overlay(shown, _resize_heatmap(heatmap, shown.shape))),
+            heatmap_png=_png(overlay(shown, heatmap)),  # overlay resizes the map to the image
         )
 
 
@@ -94,12 +94,3 @@ def _png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _resize_heatmap(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    if heatmap.shape == shape:
-        return heatmap.astype(np.float32)
-    resized = Image.fromarray(heatmap.astype(np.float32), mode="F").resize(shape[::-1], Image.Resampling.BILINEAR)
-    return np.clip(np.asarray(resized), 0.0, 1.0)
