@@ -8,6 +8,7 @@ is skipped when it is missing; on CI (``CI`` set) it fails instead.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -159,7 +160,9 @@ def test_report_html_opens_offline_with_its_figures(trained_run, browser, tmp_pa
     page.wait_for_load_state("load")
     figures = page.eval_on_selector_all(
         "img", "imgs => imgs.map(i => ({ok: i.complete && i.naturalWidth > 0, data: i.src.startsWith('data:image/png;base64,')}))")
-    assert len(figures) == 3 and all(f["ok"] and f["data"] for f in figures), figures
+    referenced = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (trained_run / "report.md").read_text())
+    assert len(referenced) >= 3 and all((trained_run / name).is_file() for name in referenced)
+    assert len(figures) == len(referenced) and all(f["ok"] and f["data"] for f in figures), figures
     assert page.locator("table").count() >= 2 and "never use it for diagnosis" in page.inner_text("body")
     assert fetched == []  # nothing but the file itself
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,9 @@ def test_notebook_runs_with_small_settings(tmp_path, monkeypatch):
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
-    assert "<table>" in html and html.count('src="data:image/png;base64,') == 3  # results and the figures
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (run_dir / "report.md").read_text())
+    assert "<table>" in html
+    assert len(figures) >= 3 and html.count('src="data:image/png;base64,') == len(figures)  # every figure, inline
     assert "never use it for diagnosis" in html
     last = notebook.cells[-2]  # the one-image cell
     assert sum("image/png" in o.get("data", {}) for o in last.outputs) == 2  # the X-ray and its heatmap
