@@ -359,7 +359,7 @@ def main(argv=None) -> None:
             break
         print(f"repeat {repeat + 1} of {args.repeats}", flush=True)
         reference = {} if args.no_reference else {
-            r["job"]["batch_size"]: r for r in run_subprocess(references, None, args.job_timeout)}
+            r["job"]["batch_size"]: r for r in run_subprocess(references, None, remaining(args, started))}
         for ref in reference.values():
             ref["repeat"] = repeat
         if args.one_process:
@@ -370,10 +370,7 @@ def main(argv=None) -> None:
             if args.time_budget and time.perf_counter() - started > args.time_budget:
                 print(f"time budget spent: skipped {', '.join(label(j) for j in group)}", flush=True)
                 continue
-            timeout = args.job_timeout
-            if args.hard_limit:
-                timeout = min(timeout, args.hard_limit - (time.perf_counter() - started))
-            for result in run_subprocess(group, group[0]["backend"], timeout):
+            for result in run_subprocess(group, group[0]["backend"], remaining(args, started)):
                 ref = reference.get(result["job"]["batch_size"])
                 result["reference"] = ref if ref and ref.get("ok") else None
                 result["repeat"] = repeat
@@ -383,6 +380,13 @@ def main(argv=None) -> None:
             write(args, info, measurements, started)
     rows = write(args, info, measurements, started)
     print(markdown_table(rows, args.epoch_images), flush=True)
+
+
+def remaining(args, started: float) -> float:
+    """Seconds a worker may run: ``--job-timeout``, cut to what is left of ``--hard-limit``."""
+    if args.hard_limit:
+        return min(args.job_timeout, args.hard_limit - (time.perf_counter() - started))
+    return args.job_timeout
 
 
 def write(args, info: dict, measurements: list[dict], started: float) -> list[dict]:

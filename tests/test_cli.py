@@ -282,15 +282,22 @@ def test_combined_data_and_target_sensitivity(tmp_path, capsys):
     """Two datasets in one run (a shared original counted once); the COVID threshold chosen on validation."""
     first = make_dataset(tmp_path / "first", per_class=12)
     second = make_dataset(tmp_path / "second", per_class=8, seed=5)
-    (second / "manifest.csv").write_text((second / "manifest.csv").read_text().replace(",synthetic", ",other"))
-    (second / "covid" / "covid_000.png").write_bytes((first / "covid" / "covid_000.png").read_bytes())
+    for root, suffix, source in ((first, "a", "synthetic"), (second, "b", "other")):
+        table = pd.read_csv(root / "manifest.csv")
+        table["source"] = source
+        table["original_name"] = [Path(p).stem + f"-{suffix}.jpg" for p in table["path"]]
+        if root == second:  # the same original as first's covid_000, under another file name and pixels
+            table.loc[table["path"] == "covid/covid_000.png", "original_name"] = "COVID_000-a.png"
+        table.to_csv(root / "manifest.csv", index=False)
+    # the same pixels as first's covid_001, under another original name
+    (second / "covid" / "covid_001.png").write_bytes((first / "covid" / "covid_001.png").read_bytes())
     run = tmp_path / "run"
     assert main(["--quiet", "train", "--data", str(first), "--data", str(second), "--out", str(run), "--image-size", "32",
                  "--epochs", "3", "--target-sensitivity", "1.0"]) == 0
     split = pd.read_csv(run / "split.csv")
-    assert len(split) == 36 + 24 - 1  # same file name: counted once
+    assert len(split) == 36 + 24 - 2  # one shared original name, one shared picture: each counted once
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["run"]["sources"] == {"synthetic": 35, "other": 24}
+    assert metrics["run"]["sources"] == {"synthetic": 36, "other": 22}
     assert set(metrics["test"]["per_source"]) == {"synthetic", "other"}
     calibration = json.loads((run / "calibration.json").read_text())
     assert calibration["target_sensitivity"] == 1.0 and 0 <= calibration["covid_threshold"] <= 1

@@ -5,7 +5,7 @@ import pytest
 
 from covidxray.errors import CovidXrayError
 from covidxray.files import atomic_save, atomic_write_text
-from covidxray.rundir import METRICS, MODEL, RUN_FILES, RunDir
+from covidxray.rundir import METRICS, MODEL, RUN_FILES, RUN_FOLDERS, RunDir
 
 
 def test_atomic_writes_get_normal_permissions_and_leave_no_temporary(tmp_path):
@@ -39,6 +39,10 @@ def test_overwrite_removes_every_file_of_the_old_run(tmp_path):
     run.path.mkdir()
     for name in RUN_FILES:
         run.file(name).write_text("old")
+    for name in RUN_FOLDERS:  # backup/, saved_model/
+        run.file(name).mkdir()
+        (run.file(name) / "x").write_text("old")
+    (run.path / ".model.0123456789ab.tmp.keras").write_text("left by a killed process")
     (run.path / "notes.txt").write_text("mine")
     with pytest.raises(CovidXrayError, match="--overwrite"):
         run.refuse_to_replace(overwrite=False)

@@ -41,12 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or info messages")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add_training_options(command, out_help: str):
-        command.add_argument("--data", required=True, action="append",
+    def add_training_options(command, out_help: str, required: bool = True):
+        command.add_argument("--data", required=required, action="append",
                              help="class folders, a CSV manifest (path,label[,patient_id,source]) or an ieee8023 folder; "
-                                  "repeat to combine datasets (an image they share is counted once)")
+                                  "repeat to combine datasets (an image they share is counted once); "
+                                  "or one shard folder written by covidxray data shard (streamed from disk)")
         command.add_argument("--task", choices=list(TASKS), default=default("task"))
-        command.add_argument("--out", required=True, help=out_help)
+        command.add_argument("--out", required=required, help=out_help)
         command.add_argument("--model", default=DEFAULT_MODEL, choices=list_models())
         command.add_argument("--epochs", type=int, default=default("epochs"), help="epochs (the learning rate decays to zero at the last; early stopping may end sooner)")
         command.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the model's own)")
@@ -71,11 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
 
     train = commands.add_parser("train", help="train a model and write a run directory with its report")
-    add_training_options(train, "run directory to write")
+    add_training_options(train, "run directory to write", required=False)
     train.add_argument("--test-fraction", type=float, default=default("test_fraction"))
     train.add_argument("--blank-lungs", type=float, default=default("blank_lungs"), metavar="FRACTION",
                        help="blank this central fraction of every image (the shortcut probe; see covidxray probe)")
-    train.set_defaults(handler=run_train)
+    train.add_argument("--distribute", choices=("none", "data-parallel"), default=default("distribute"),
+                       help="data-parallel: split each batch over several devices (JAX backend: KERAS_BACKEND=jax)")
+    train.add_argument("--devices", type=int, default=None, help="devices for --distribute data-parallel (default: all visible)")
+    train.add_argument("--resume", metavar="RUN_DIR", default=None,
+                       help="continue an interrupted run from its last finished epoch, with its own settings (config.json)")
+    train.set_defaults(handler=run_train, parser=train)
 
     cv = commands.add_parser("cv", help="k-fold cross-validation: per-fold, mean +- sd and pooled metrics")
     add_training_options(cv, "folder for cv.json, cv.md and one run directory per fold")
@@ -100,11 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=run_evaluate)
 
     predict = commands.add_parser("predict", help="class probabilities for image files or folders")
-    predict.add_argument("--run", required=True, help="run directory written by covidxray train")
+    predict.add_argument("--run", default=None,
+                         help="run directory written by covidxray train (default: the model shipped with covidxray; "
+                              "see its MODEL_CARD.md)")
     predict.add_argument("paths", nargs="+", metavar="PATH", help="PNG, JPEG or DICOM files, or folders of them")
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
     predict.add_argument("--heatmaps", metavar="DIR", default=None,
                          help="write a Grad-CAM overlay PNG per image into this folder (a heatmap is not proof of what the model uses)")
+    predict.add_argument("--engine", choices=("keras", "onnxruntime"), default="keras",
+                         help="run model.keras with Keras, or the run's ONNX export (covidxray export) with ONNX Runtime")
     predict.set_defaults(handler=run_predict)
 
     serve = commands.add_parser("serve", help="a local web page: upload an X-ray, see probabilities and a heatmap")
@@ -113,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--max-upload-mb", type=float, default=32.0, help="largest upload accepted (default 32)")
     serve.set_defaults(handler=run_serve)
+
+    export = commands.add_parser("export", help="export a trained run's inference model (ONNX or TensorFlow SavedModel)")
+    export.add_argument("--run", required=True, help="run directory written by covidxray train")
+    export.add_argument("--format", choices=("onnx", "savedmodel"), default="onnx",
+                        help="onnx (any backend with its converter: pip install 'covidxray[onnx]') or savedmodel (TensorFlow backend)")
+    export.add_argument("--out", default=None, help="where to write it (default: RUN/model.onnx or RUN/saved_model)")
+    export.set_defaults(handler=run_export)
 
     models = commands.add_parser("models", help="list the models create_model knows")
     models.set_defaults(handler=run_models)
@@ -123,7 +140,21 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--dest", default="data", help="folder to put it in (default ./data)")
     download.add_argument("--url", default=None, help="download from this address instead (a mirror)")
     download.set_defaults(handler=run_download)
+    shard = data.add_parser("shard", help="decode a dataset once into shard files, for datasets larger than memory")
+    shard.add_argument("--data", required=True, action="append",
+                       help="class folders, a CSV manifest or an ieee8023 folder; repeat to combine datasets")
+    shard.add_argument("--out", required=True, help="shard folder to write (then: covidxray train --data SHARD_DIR)")
+    shard.add_argument("--image-size", type=int, required=True, help="side in pixels the images are resized to")
+    shard.add_argument("--shard-size", type=int, default=None, help="images per shard file (default 2048)")
+    shard.add_argument("--overwrite", action="store_true", help="replace an earlier shard folder in --out")
+    shard.set_defaults(handler=run_shard)
     return parser
+
+
+#: ``train`` options that set a TrainConfig field of the same name (``--resume`` checks them against the run's).
+CONFIG_OPTIONS = ("data", "task", "model", "image_size", "weights", "epochs", "batch_size", "learning_rate", "patience",
+                  "class_weights", "augment", "flip", "val_fraction", "test_fraction", "seed", "cache_dir", "group_by",
+                  "target_sensitivity", "mixed_precision", "steps_per_execution", "blank_lungs", "distribute", "devices")
 
 
 def config_from(args, **overrides):
@@ -147,8 +178,15 @@ def _verbosity(args) -> int:
 def run_train(args) -> int:
     from covidxray.train import train
 
-    metrics = train(config_from(args, blank_lungs=args.blank_lungs), args.out, overwrite=args.overwrite,
-                    verbose=_verbosity(args), progress=False if args.quiet else None)
+    if args.resume:
+        config, args.out = _resumed_config(args), args.resume
+    else:
+        missing = [f"--{name}" for name in ("data", "out") if getattr(args, name) is None]
+        if missing:
+            args.parser.error(f"the following arguments are required: {', '.join(missing)} (or --resume RUN_DIR)")
+        config = config_from(args, blank_lungs=args.blank_lungs, distribute=args.distribute, devices=args.devices)
+    metrics = train(config, args.out, overwrite=args.overwrite, resume=bool(args.resume), verbose=_verbosity(args),
+                    progress=False if args.quiet else None)
     print_run_summary(metrics)
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
@@ -200,6 +238,35 @@ def run_probe(args) -> int:
     return 0
 
 
+def _resumed_config(args):
+    """The run's own settings; any option given that contradicts them is an error (--cache-dir may change)."""
+    from dataclasses import replace
+
+    from covidxray.backup import check_resumable
+    from covidxray.rundir import RunDir
+
+    run = RunDir(args.resume)
+    if args.overwrite or (args.out is not None and Path(args.out).resolve() != run.path.resolve()):
+        raise CovidXrayError(f"--resume {run.path} continues that run in place; drop --out and --overwrite")
+    check_resumable(run)
+    saved = run.load_config()
+    given = {name: getattr(args, name) for name in CONFIG_OPTIONS
+             if getattr(args, name) != args.parser.get_default(name) and name != "cache_dir"}
+    if given.get("data") is not None:
+        data = [str(Path(d).resolve()) for d in given["data"]]
+        saved_data = [saved.data] if isinstance(saved.data, str) else saved.data
+        if data == [str(Path(d).resolve()) for d in saved_data]:
+            given.pop("data")
+        else:
+            given["data"] = data[0] if len(data) == 1 else data
+    conflicts = [f"--{name.replace('_', '-')} {value} (the run has {getattr(saved, name)})"
+                 for name, value in given.items() if value != getattr(saved, name)]
+    if conflicts:
+        raise CovidXrayError(f"{run.file('config.json')}: --resume takes the run's own settings, but "
+                             f"{'; '.join(conflicts)}; drop these options or start a new run")
+    return replace(saved, cache_dir=args.cache_dir) if args.cache_dir else saved
+
+
 def run_evaluate(args) -> int:
     from covidxray.evaluate import evaluate_run
     from covidxray.files import atomic_write_text
@@ -223,18 +290,27 @@ def run_evaluate(args) -> int:
 def run_predict(args) -> int:
     from covidxray.evaluate import load_calibration
     from covidxray.predict import expand_paths, heatmap_folder, predict_files
+    from covidxray.pretrained import default_run_dir
     from covidxray.rundir import RunDir
 
     paths = expand_paths(args.paths)
     if args.heatmaps:
+        if args.engine != "keras":
+            raise CovidXrayError("--heatmaps needs the Keras model (Grad-CAM takes gradients); drop --engine onnxruntime")
         heatmap_folder(args.heatmaps)
-    run = RunDir(args.run)
-    config = run.load_config()
-    model = run.load_model()
-    results, failures = predict_files(model, paths, config.classes, config.image_size,
-                                      progress=False if args.quiet else None, calibration=load_calibration(run),
-                                      heatmaps=args.heatmaps)
-    print(format_predictions(results, config.classes, args.format), end="")
+    run = RunDir(args.run if args.run else default_run_dir())
+    if args.engine == "onnxruntime":
+        from covidxray.export import load_onnx
+
+        model = load_onnx(run.path)  # carries its class names and input size
+        classes, image_size = model.classes, model.image_size
+    else:
+        config = run.load_config()
+        model = run.load_model()
+        classes, image_size = config.classes, config.image_size
+    results, failures = predict_files(model, paths, classes, image_size, progress=False if args.quiet else None,
+                                      calibration=load_calibration(run), heatmaps=args.heatmaps)
+    print(format_predictions(results, classes, args.format), end="")
     for message in failures.values():
         print(f"covidxray: skipped {message}", file=sys.stderr)
     return 1 if failures else 0
@@ -265,6 +341,13 @@ def run_serve(args) -> int:
     return 0
 
 
+def run_export(args) -> int:
+    from covidxray.export import export_run
+
+    print(f"exported: {export_run(args.run, args.format, args.out)}")
+    return 0
+
+
 def run_models(args) -> int:
     from covidxray.models import DEFAULT_MODEL, MODELS
 
@@ -280,6 +363,19 @@ def run_download(args) -> int:
 
     folder = download_dataset(args.name, args.dest, url=args.url, progress=False if args.quiet else None)
     print(f"{args.name}: ready in {folder}")
+    return 0
+
+
+def run_shard(args) -> int:
+    from covidxray.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+    from covidxray.data.shards import DEFAULT_SHARD_SIZE, write_shards
+
+    if not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
+        raise CovidXrayError(f"--image-size must lie between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels")
+    meta = write_shards(args.data, args.out, args.image_size, shard_size=args.shard_size or DEFAULT_SHARD_SIZE,
+                        overwrite=args.overwrite, progress=False if args.quiet else None)
+    print(f"{meta['images']} images at {meta['image_size']}px in {len(meta['shards'])} shard(s): {args.out}"
+          + (f" ({len(meta['skipped'])} unreadable file(s) skipped)" if meta["skipped"] else ""))
     return 0
 
 

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from covidxray.data.shards import shard_image_size
+from covidxray.distribute import check_settings
 from covidxray.errors import CovidXrayError
 from covidxray.labels import task_classes
 from covidxray.models import DEFAULT_MODEL, get_spec
@@ -38,6 +40,8 @@ class TrainConfig:
     mixed_precision: str | None = None  # None, "mixed_float16" or "mixed_bfloat16" (faster on GPUs)
     steps_per_execution: int = 1  # training steps per compiled call (more: less Python per step)
     cache_dir: str | None = None  # decoded-image cache; None: ~/.cache/covidxray
+    distribute: str = "none"  # "data-parallel": split each batch over several devices (JAX backend only)
+    devices: int | None = None  # devices for data-parallel training; None: every visible device
     classes: tuple[str, ...] = ()  # filled from the task by resolve()
 
     def resolve(self) -> TrainConfig:
@@ -62,7 +66,12 @@ class TrainConfig:
             raise CovidXrayError(f"--blank-lungs must lie in [0, 1); got {self.blank_lungs}")
         if self.group_by not in ("patient", "none"):
             raise CovidXrayError(f"--group-by must be patient or none; got {self.group_by!r}")
-        size = spec.image_size if self.image_size is None else self.image_size
+        check_settings(self.distribute, self.devices)
+        stored = shard_image_size(self.data)  # a shard folder holds one image size
+        if stored is not None and self.image_size not in (None, stored):
+            raise CovidXrayError(f"{self.data}: the shards hold {stored}px images; train with --image-size {stored} "
+                                 f"or shard again with --image-size {self.image_size}")
+        size = stored or (spec.image_size if self.image_size is None else self.image_size)
         data = self.data if isinstance(self.data, str) else [str(d) for d in self.data]
         if isinstance(data, list) and len(data) == 1:
             data = data[0]

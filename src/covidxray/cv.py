@@ -10,6 +10,7 @@ metrics with 95% intervals over patients. Each fold is a run directory of its ow
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -100,7 +101,10 @@ def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, over
 
 
 def _run_fold(config: TrainConfig, data, test_mask: np.ndarray, run: rundir.RunDir, verbose: int):
+    """Train and score one fold; a fold interrupted with the same settings continues from its backup."""
     prepared = split_data(config, data, test_mask=test_mask)
+    if not _same_config(run, config):
+        shutil.rmtree(run.file(rundir.BACKUP), ignore_errors=True)
     run.create()
     config.save(run.file(rundir.CONFIG))
     rundir.write_csv(run.file(rundir.SPLIT), prepared.table)
@@ -113,7 +117,15 @@ def _run_fold(config: TrainConfig, data, test_mask: np.ndarray, run: rundir.RunD
     run.write_json(rundir.CALIBRATION, {k: metrics["calibration"][k]
                                         for k in ("temperature", "covid_threshold", "target_sensitivity")})
     run.write_json(rundir.METRICS, metrics)  # last: its presence marks the fold finished
+    shutil.rmtree(run.file(rundir.BACKUP), ignore_errors=True)
     return metrics, test_probabilities
+
+
+def _same_config(run: rundir.RunDir, config: TrainConfig) -> bool:
+    try:
+        return TrainConfig.load(run.file(rundir.CONFIG)) == config
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _finished_fold(run: rundir.RunDir, config: TrainConfig, test_images: int):
@@ -122,11 +134,10 @@ def _finished_fold(run: rundir.RunDir, config: TrainConfig, test_images: int):
 
     try:
         metrics = json.loads(run.file(rundir.METRICS).read_text())
-        same = TrainConfig.load(run.file(rundir.CONFIG)) == config
         frame = pd.read_csv(run.file(FOLD_PREDICTIONS))
     except (OSError, ValueError, TypeError):
         return None
-    if not same or len(frame) != test_images:
+    if not _same_config(run, config) or len(frame) != test_images:
         return None
     return metrics, frame[[f"p_{c}" for c in config.classes]].to_numpy()
 

@@ -132,7 +132,7 @@ def confounding_warning(labels, sources) -> str | None:
     found = confounded_classes(labels, sources)
     if not found:
         return None
-    parts = [f"every {label} image comes from {', '.join(srcs)}, which hold(s) no other class"
+    parts = [f"every {label} image comes from {', '.join(srcs)}, which {'holds' if len(srcs) == 1 else 'hold'} no other class"
              for label, srcs in found.items()]
     return ("Labels are confounded with the source: " + "; ".join(parts)
             + ". A model can score well here by recognising the source instead of the disease; "

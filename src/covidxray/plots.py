@@ -45,11 +45,14 @@ def plot_confusion(matrix, classes, title: str = "test confusion matrix") -> Fig
 
 
 def plot_predictions(images: np.ndarray, y_true: np.ndarray, probabilities: np.ndarray, classes,
-                     columns: int = 6) -> Figure:
+                     columns: int = 6, predicted: np.ndarray | None = None) -> Figure:
     """A grid of images titled true / predicted (probability); mistakes in red (``pred.png``).
 
     ``images``: grayscale ``(n, H, W[, 1])`` in [0, 255], or RGB ``(n, H, W, 3)`` uint8 (heatmap overlays).
+    ``predicted``: the decided classes (default: the most probable), e.g. under a COVID threshold.
     """
+    if predicted is None:
+        predicted = probabilities.argmax(axis=1)
     count = len(images)
     rows = max(1, int(np.ceil(count / columns)))
     figure = Figure(figsize=(2.3 * columns, 2.6 * rows), layout="constrained")
@@ -58,15 +61,15 @@ def plot_predictions(images: np.ndarray, y_true: np.ndarray, probabilities: np.n
         axes.axis("off")
         if index >= count:
             continue
-        predicted = int(np.argmax(probabilities[index]))
-        wrong = predicted != int(y_true[index])
+        label = int(predicted[index])
+        wrong = label != int(y_true[index])
         image = images[index]
         if image.ndim == 3 and image.shape[-1] == 3:
             axes.imshow(image)
         else:
             axes.imshow(np.squeeze(image), cmap="gray", vmin=0, vmax=255)
         axes.set_title(
-            f"true: {classes[int(y_true[index])]}\npred: {classes[predicted]} ({probabilities[index, predicted]:.2f})",
+            f"true: {classes[int(y_true[index])]}\npred: {classes[label]} ({probabilities[index, label]:.2f})",
             fontsize=9, color=MISTAKE_COLOR if wrong else CORRECT_COLOR,
         )
         if wrong:
@@ -78,10 +81,10 @@ def plot_predictions(images: np.ndarray, y_true: np.ndarray, probabilities: np.n
     return figure
 
 
-def pick_examples(y_true: np.ndarray, probabilities: np.ndarray, count: int = 24, seed: int = 0) -> np.ndarray:
+def pick_examples(y_true: np.ndarray, predicted: np.ndarray, count: int = 24, seed: int = 0) -> np.ndarray:
     """Indices to show: every mistake first (up to half the grid), then a sample per class."""
     rng = np.random.default_rng(seed)
-    wrong = np.flatnonzero(probabilities.argmax(axis=1) != y_true)
+    wrong = np.flatnonzero(predicted != y_true)
     chosen = list(rng.permutation(wrong)[: count // 2])
     taken = set(chosen)
     remaining = [i for i in rng.permutation(len(y_true)) if i not in taken]

@@ -8,19 +8,38 @@ from pathlib import Path
 import numpy as np
 
 from covidxray.data.images import is_image_path, read_image, resize_square
+from covidxray.distribute import device_count
 from covidxray.errors import CovidXrayError, ImageReadError
 from covidxray.progress import progress_bar
 
 PREDICT_BATCH = 64
+#: Images converted to float32 at a time: bounds memory for large (or shard-backed) arrays.
+PREDICT_CHUNK = 4096
 #: Images whose Grad-CAM maps are held in memory at once.
 HEATMAP_CHUNK = 256
 
 
 def predict_arrays(model, images: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
-    """Class probabilities ``(n, classes)`` for ``(n, size, size, 1)`` images in [0, 255]."""
+    """Class probabilities ``(n, classes)`` for ``(n, size, size, 1)`` images in [0, 255].
+
+    ``images`` may be any array-like with slicing and ``astype`` (a shard array is read
+    chunk by chunk). Under a data-parallel distribution every batch is padded to split evenly
+    over the devices; the padding's outputs are dropped.
+    """
     if len(images) == 0:
         return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
-    return np.asarray(model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0))
+    import keras
+
+    devices = device_count(keras.distribution.distribution())
+    batch_size = -(-batch_size // devices) * devices
+    parts = []
+    for start in range(0, len(images), PREDICT_CHUNK):
+        chunk = images[start:start + PREDICT_CHUNK].astype(np.float32)
+        count, pad = len(chunk), -len(chunk) % devices
+        if pad:
+            chunk = np.pad(chunk, [(0, pad)] + [(0, 0)] * (chunk.ndim - 1))
+        parts.append(np.asarray(model.predict(chunk, batch_size=batch_size, verbose=0))[:count])
+    return np.concatenate(parts)
 
 
 def expand_paths(paths) -> list[Path]:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from covidxray import rundir
+from covidxray.calibration import decide
 from covidxray.errors import CovidXrayError
 from covidxray.files import atomic_save, atomic_write_text
 from covidxray.htmlreport import write_html
@@ -28,13 +29,13 @@ def save_figure(figure, path) -> None:
     atomic_save(path, lambda tmp: figure.savefig(tmp, dpi=110))
 
 
-def with_heatmaps(model, images: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+def with_heatmaps(model, images: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     """The images as RGB Grad-CAM overlays for their predicted class; the images unchanged if
     the model has no convolutional layer."""
     from covidxray.heatmaps import grad_cam, overlay
 
     try:
-        maps = grad_cam(model, images, probabilities.argmax(axis=1))
+        maps = grad_cam(model, images, predicted)
     except CovidXrayError as error:
         log.warning("pred.png without heatmaps: %s", error)
         return images
@@ -49,9 +50,12 @@ def write_figures_and_report(run: rundir.RunDir, config, data, metrics: dict, te
     save_figure(plot_history(history), run.file(rundir.ACC_FIGURE))
     save_figure(plot_confusion(metrics["test"]["confusion_matrix"], config.classes), run.file(rundir.MATRIX_FIGURE))
     x_test, y_test = data.part("test")
-    shown = pick_examples(y_test, test_probabilities, seed=config.seed)
-    examples = x_test[shown] if model is None else with_heatmaps(model, x_test[shown], test_probabilities[shown])
-    save_figure(plot_predictions(examples, y_test[shown], test_probabilities[shown], config.classes),
+    covid = config.classes.index(COVID) if COVID in config.classes else None
+    predicted = decide(test_probabilities, covid, metrics["calibration"].get("covid_threshold"))
+    shown = pick_examples(y_test, predicted, seed=config.seed)
+    examples = x_test[shown] if model is None else with_heatmaps(model, x_test[shown], predicted[shown])
+    save_figure(plot_predictions(examples, y_test[shown], test_probabilities[shown], config.classes,
+                                 predicted=predicted[shown]),
                 run.file(rundir.PREDICTIONS_FIGURE))
     save_figure(plot_reliability(metrics["calibration"]["test"]), run.file(rundir.RELIABILITY_FIGURE))
     write_report(run.file(rundir.REPORT), render_report(config, metrics))

@@ -2,14 +2,16 @@
 
 A run directory holds ``model.keras``, ``config.json``, ``split.csv``, ``history.csv``,
 ``metrics.json``, ``calibration.json``, the figures (``acc.png``, ``mat.png``, ``pred.png``,
-``calibration.png``), ``report.md`` and ``report.html`` (the same, one self-contained page).
-Every file is written to a temporary name and renamed, so an interrupted run never leaves
-a half-written file behind.
+``calibration.png``), ``report.md`` and ``report.html`` (the same, one self-contained page); while
+it trains, ``backup/`` (what ``train --resume`` continues from), and once exported, ``model.onnx`` or
+``saved_model/``. Every file is written to a temporary name and renamed (a folder: built beside and
+swapped in), so an interrupted run never leaves a half-written file behind.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from covidxray.errors import CovidXrayError
@@ -25,8 +27,11 @@ REPORT_HTML = "report.html"  # report.md as one self-contained page
 CALIBRATION = "calibration.json"
 ACC_FIGURE, MATRIX_FIGURE, PREDICTIONS_FIGURE = "acc.png", "mat.png", "pred.png"
 RELIABILITY_FIGURE = "calibration.png"
+ONNX_MODEL, SAVED_MODEL = "model.onnx", "saved_model"
+BACKUP = "backup"  # folder: Keras's BackupAndRestore state and covidxray's callback states
 RUN_FILES = (MODEL, CONFIG, SPLIT, HISTORY, METRICS, REPORT, REPORT_HTML, CALIBRATION, ACC_FIGURE, MATRIX_FIGURE,
-             PREDICTIONS_FIGURE, RELIABILITY_FIGURE)
+             PREDICTIONS_FIGURE, RELIABILITY_FIGURE, ONNX_MODEL)
+RUN_FOLDERS = (BACKUP, SAVED_MODEL)
 
 
 class RunDir:
@@ -42,7 +47,14 @@ class RunDir:
         """Raise if the folder holds a trained model, unless ``overwrite``."""
         if self.path.exists() and not self.path.is_dir():
             raise CovidXrayError(f"{self.path}: is a file, not a folder; choose another --out")
-        if self.file(MODEL).exists() and not overwrite:
+        if overwrite:
+            return
+        if self.file(BACKUP).exists() and not self.file(METRICS).exists():
+            raise CovidXrayError(
+                f"{self.path}: holds an interrupted run; continue it with covidxray train --resume {self.path}, "
+                "or pass --overwrite to start again"
+            )
+        if self.file(MODEL).exists():
             raise CovidXrayError(
                 f"{self.path}: already holds a trained run; choose another --out or pass --overwrite"
             )
@@ -54,8 +66,23 @@ class RunDir:
         beside a new configuration.
         """
         self.path.mkdir(parents=True, exist_ok=True)
+        self.remove_temporaries()
         for stale in RUN_FILES:
             self.file(stale).unlink(missing_ok=True)
+        for stale in RUN_FOLDERS:
+            shutil.rmtree(self.file(stale), ignore_errors=True)
+
+    def remove_temporaries(self) -> None:
+        """Remove what a killed process left under temporary names (``.NAME.*.tmp*``, ``.NAME.old``)."""
+        from covidxray.files import recover_dir
+
+        for name in RUN_FOLDERS:
+            recover_dir(self.file(name))
+        for stale in self.path.glob(".*.tmp*"):
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink(missing_ok=True)
 
     def require(self, name: str) -> Path:
         """The path of a file the run must have, or a clear error."""

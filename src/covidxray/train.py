@@ -7,9 +7,11 @@ of its own so that notebooks and other commands can reuse it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -18,11 +20,14 @@ import pandas as pd
 from sklearn.utils.class_weight import compute_class_weight
 
 from covidxray import rundir
+from covidxray.backup import EarlyStopping, RunBackup, check_resumable, read_state
 from covidxray.calibration import Calibration, scale
 from covidxray.config import TrainConfig
+from covidxray.data.batches import ShuffledBatches
 from covidxray.data.loading import LabelledImages, load_labelled_images
 from covidxray.data.splits import SPLITS, split_dataset, without_patient_id
-from covidxray.errors import CovidXrayError
+from covidxray.distribute import data_parallel, device_count, process_slice
+from covidxray.errors import CovidXrayError, DatasetError
 from covidxray.evaluate import calibration_summary, fit_calibration, score
 from covidxray.files import atomic_save
 from covidxray.metrics import confounding_warning, cross_entropy
@@ -43,7 +48,7 @@ class PreparedData:
     """A labelled, decoded and split dataset, ready for ``model.fit``."""
 
     table: pd.DataFrame  # path, label, patient_id, source, ..., pixels, split
-    images: np.ndarray  # (n, size, size, 1) uint8, row i is table row i
+    images: np.ndarray  # (n, size, size, 1) uint8, row i is table row i (a lazy ShardArray for shards)
     targets: np.ndarray  # (n,) class indices into classes
     classes: tuple[str, ...]
     skipped: dict[str, str]  # path -> why it was left out
@@ -61,6 +66,8 @@ def load_data(config: TrainConfig, progress: bool | None = None) -> LabelledImag
     data = load_labelled_images(config.data, config.classes, config.image_size, cache_dir=config.cache_dir,
                                 progress=progress)
     if config.blank_lungs:
+        if not isinstance(data.images, np.ndarray):
+            raise CovidXrayError("--blank-lungs needs the images in memory; train on the image files, not a shard folder")
         data.images = blank_lung_field(data.images, config.blank_lungs)
     return data
 
@@ -120,6 +127,12 @@ class BestCheckpoint(keras.callbacks.Callback):
             self.best, self.best_epoch = score, epoch + 1
             atomic_save(self.path, self.model.save)
 
+    def state(self) -> dict:  # for resuming (covidxray.backup)
+        return {"best": [float(v) for v in self.best], "best_epoch": self.best_epoch}
+
+    def restore(self, state: dict) -> None:
+        self.best, self.best_epoch = tuple(state["best"]), state["best_epoch"]
+
 
 def build_model(config: TrainConfig, train_size: int) -> keras.Model:
     """Create and compile the model of ``config`` (resolved) for ``train_size`` training images."""
@@ -136,31 +149,62 @@ def build_model(config: TrainConfig, train_size: int) -> keras.Model:
 
 
 def fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: int = 1) -> dict:
-    """Build, compile and fit the model; the epoch with the best validation accuracy is saved."""
+    """Build, compile and fit the model; the epoch with the best validation accuracy is saved.
+
+    Where ``run`` holds the backup of an interrupted fit, it continues from its last finished epoch.
+    With ``config.distribute == "data-parallel"`` the model is built and trained under a
+    ``keras.distribution.DataParallel`` over ``config.devices`` devices (JAX backend).
+    """
+    distribution = data_parallel(config.batch_size, config.devices) if config.distribute == "data-parallel" else None
+    with distribution.scope() if distribution else contextlib.nullcontext():
+        return {**_fit(config, data, run, verbose, distributed=distribution is not None),
+                "devices": device_count(distribution)}
+
+
+def training_batches(config: TrainConfig, x, y, class_weight, distributed: bool) -> ShuffledBatches | None:
+    """Batches from a PyDataset where the arrays cannot go to ``model.fit`` as they are: images
+    streamed from shards, or whole batches only, as data-parallel training needs. None otherwise."""
+    if isinstance(x, np.ndarray) and not distributed:
+        return None
+    index, count = process_slice() if distributed else (0, 1)
+    return ShuffledBatches(x, y, config.batch_size, seed=config.seed, class_weight=class_weight,
+                           drop_remainder=distributed, process_index=index, process_count=count)
+
+
+def _fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: int, distributed: bool) -> dict:
     x_train, y_train = data.part("train")
-    model = build_model(config, len(x_train))
+    class_weight = balanced_class_weights(y_train, len(config.classes)) if config.class_weights else None
+    batches = training_batches(config, x_train, y_train, class_weight, distributed)
+    model = build_model(config, len(x_train) if batches is None else len(batches) * config.batch_size)
     checkpoint = BestCheckpoint(run.file(rundir.MODEL))
     rng = np.random.default_rng(config.seed)
     calibration = x_train[np.sort(rng.permutation(len(x_train))[:CALIBRATION_IMAGES])]
+    # Watch from the middle on: the first half of the cosine schedule explores at a high
+    # learning rate and validation accuracy is noisy there. Measured on DarkCovidNet: a run
+    # stopped at epoch 17 of 30 on its epoch-7 best (73% validation accuracy); runs that
+    # went the full 30 epochs peaked at epochs 20-28 with 79-82%.
+    stopping = EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience,
+                             start_from_epoch=config.epochs // 2)
+    backup = RunBackup(run, {"checkpoint": checkpoint, "early_stopping": stopping})
     callbacks = [
-        PreciseValidation(calibration, *data.part("validation")),
+        PreciseValidation(calibration, *data.part("validation")),  # first: the others see its scores
         checkpoint,
-        # Watch from the middle on: the first half of the cosine schedule explores at a high
-        # learning rate and validation accuracy is noisy there. Measured on DarkCovidNet: a run
-        # stopped at epoch 17 of 30 on its epoch-7 best (73% validation accuracy); runs that
-        # went the full 30 epochs peaked at epochs 20-28 with 79-82%.
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience,
-                                      start_from_epoch=config.epochs // 2),
-        keras.callbacks.CSVLogger(str(run.file(rundir.HISTORY))),
+        stopping,
+        backup,  # last: saves the states the others reach at each epoch's end, and writes history.csv
     ]
-    class_weight = balanced_class_weights(y_train, len(config.classes)) if config.class_weights else None
-    started = time.perf_counter()
-    history = fit_arrays(model, x_train, y_train, epochs=config.epochs, batch_size=config.batch_size,
-                         class_weight=class_weight, callbacks=callbacks, verbose=verbose)
-    seconds = time.perf_counter() - started
-    epochs_run = len(history.history["loss"])
-    return {"best_epoch": checkpoint.best_epoch, "fit_seconds": round(seconds, 1), "epochs_run": epochs_run,
-            "train_images_per_second": round(len(x_train) * epochs_run / seconds, 1)}
+    state = read_state(run)
+    if state is not None and (state["stopped"] or state["epoch"] >= config.epochs):
+        history, seconds, best_epoch = state["history"], state["fit_seconds"], state["parts"]["checkpoint"]["best_epoch"]
+    else:
+        if batches is None:
+            fit_arrays(model, x_train, y_train, epochs=config.epochs, batch_size=config.batch_size,
+                       class_weight=class_weight, callbacks=callbacks, verbose=verbose)
+        else:  # the PyDataset shuffles, from the seed
+            model.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+        history, seconds, best_epoch = backup.history, backup.fit_seconds, checkpoint.best_epoch
+    epochs_run = len(history)
+    return {"best_epoch": best_epoch, "fit_seconds": round(seconds, 1), "epochs_run": epochs_run,
+            "train_images_per_second": round(len(x_train) * epochs_run / max(seconds, 1e-9), 1)}
 
 
 def fit_arrays(model: keras.Model, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
@@ -202,18 +246,34 @@ def evaluate_splits(model: keras.Model, data: PreparedData, config: TrainConfig)
     return metrics, scale(raw["test"], calibration.temperature)
 
 
-def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verbose: int = 1,
-          progress: bool | None = None) -> dict:
-    """The whole pipeline: returns ``metrics.json``'s content and writes the run directory."""
+def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False,
+          verbose: int = 1, progress: bool | None = None) -> dict:
+    """The whole pipeline: returns ``metrics.json``'s content and writes the run directory.
+
+    ``resume``: continue the interrupted run in ``out`` from its last finished epoch; ``config``
+    must then be the run's own (``config.json``; only ``cache_dir`` may differ).
+    """
     config = config.resolve()
     run = rundir.RunDir(out)
-    run.refuse_to_replace(overwrite)
+    if resume:
+        check_resumable(run)
+        saved = run.load_config()
+        if replace(saved, cache_dir=config.cache_dir) != config:
+            raise CovidXrayError(f"{run.file(rundir.CONFIG)}: the settings differ from the run's own; resume takes them from there")
+        run.remove_temporaries()
+    else:
+        run.refuse_to_replace(overwrite)
+    if config.distribute == "data-parallel":
+        data_parallel(config.batch_size, config.devices)  # a backend or device problem fails before any file is written
     started = time.perf_counter()
     data = prepare_data(config, progress=progress)
     decode_seconds = time.perf_counter() - started
-    run.create()
-    config.save(run.file(rundir.CONFIG))
-    rundir.write_csv(run.file(rundir.SPLIT), data.table)
+    if resume:
+        _check_same_split(run, data, config.data)
+    else:
+        run.create()
+        config.save(run.file(rundir.CONFIG))
+        rundir.write_csv(run.file(rundir.SPLIT), data.table)
     training = fit(config, data, run, verbose=verbose)
     model = run.load_model()
     metrics, test_probabilities = evaluate_splits(model, data, config)
@@ -229,10 +289,19 @@ def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verb
         "sources": {str(k): int(v) for k, v in data.table["source"].value_counts().items()},
         "confounding": confounding_warning(data.table["label"], data.table["source"]),
         "skipped": data.skipped,
+        "resumed": resume,
     }
-    run.write_json(rundir.METRICS, metrics)
     write_figures_and_report(run, config, data, metrics, test_probabilities, model=model)
+    run.write_json(rundir.METRICS, metrics)  # last: metrics.json marks a complete run
+    shutil.rmtree(run.file(rundir.BACKUP))  # nothing left to resume
     return metrics
+
+
+def _check_same_split(run: rundir.RunDir, data: PreparedData, where) -> None:
+    saved = pd.read_csv(run.require(rundir.SPLIT))
+    if list(saved["path"]) != list(data.table["path"]) or list(saved["split"]) != list(data.table["split"]):
+        raise DatasetError(f"{where}: the images differ from those in {run.file(rundir.SPLIT)}; "
+                           "resume needs the same dataset (or start a new run)")
 
 
 def balanced_class_weights(y: np.ndarray, num_classes: int) -> dict[int, float]:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from covidxray.data.cache import ImageCache
+from covidxray.data.shards import load_shards, shard_image_size
 from covidxray.data.sources import as_paths, load_datasets, select_task
 from covidxray.errors import DatasetError
 
@@ -20,7 +21,7 @@ class LabelledImages:
     """Decoded images aligned row for row with their table."""
 
     table: pd.DataFrame  # sources.COLUMNS, plus "pixels" (a digest of the decoded pixels)
-    images: np.ndarray  # (n, size, size, 1) uint8
+    images: np.ndarray  # (n, size, size, 1) uint8 (a lazy ShardArray for a shard folder)
     targets: np.ndarray  # (n,) class indices into classes
     classes: tuple[str, ...]
     skipped: dict[str, str] = field(default_factory=dict)  # path -> why it was left out
@@ -34,8 +35,11 @@ def load_labelled_images(data, classes: tuple[str, ...], size: int, *, cache_dir
                          progress: bool | None = None, require_all: bool = True) -> LabelledImages:
     """Read one or several datasets and decode their images; undecodable files are left out, named.
 
-    An image with the same pixels as one of an earlier dataset is counted once.
+    An image with the same pixels as one of an earlier dataset is counted once. A shard folder
+    (``covidxray data shard``) is read lazily: ``images`` is then a :class:`ShardArray`.
     """
+    if shard_image_size(data) is not None:
+        return load_labelled_shards(as_paths(data)[0], classes, size, require_all=require_all)
     where = ", ".join(as_paths(data))
     table = select_task(load_datasets(data), classes, where=where, require_all=require_all)
     decoded = ImageCache(cache_dir).load(list(table["path"]), size, progress=progress)
@@ -49,6 +53,18 @@ def load_labelled_images(data, classes: tuple[str, ...], size: int, *, cache_dir
     table = table[keep].reset_index(drop=True)
     targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     return LabelledImages(table, decoded.images[keep][..., None], targets, tuple(classes), decoded.failed)
+
+
+def load_labelled_shards(root: str, classes: tuple[str, ...], size: int, *, require_all: bool = True) -> LabelledImages:
+    """:func:`load_labelled_images` for a shard folder, without reading any pixels."""
+    table, images, skipped = load_shards(root)
+    if images.shape[1] != size:
+        raise DatasetError(f"{root}: the shards hold {images.shape[1]}px images, the model takes {size}px; "
+                           f"shard the data again with --image-size {size}")
+    table = select_task(table.assign(row=np.arange(len(table))), classes, where=root, require_all=require_all)
+    images = images[table["row"].to_numpy()]
+    targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    return LabelledImages(table.drop(columns=["row", "shard", "offset"]), images, targets, tuple(classes), skipped)
 
 
 def _repeated_across_datasets(table: pd.DataFrame) -> np.ndarray:

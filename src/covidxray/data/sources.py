@@ -66,7 +66,9 @@ def load_datasets(data: str | Path | list | tuple) -> pd.DataFrame:
     """Read one or several datasets into one table; an original image already read is not read again.
 
     Two rows are the same image when their original file names match (case and extension
-    ignored); the first dataset named keeps it. Patients stay apart by source, since the split
+    ignored; only names a manifest's ``original_name`` column or ieee8023's metadata gives, since
+    generic file names recur across datasets); the first dataset named keeps it. Identical
+    pixels are found after decoding (:mod:`covidxray.data.loading`). Patients stay apart by source, since the split
     groups by (source, patient_id).
     """
     paths = as_paths(data)
@@ -108,7 +110,8 @@ def read_manifest(csv_path: Path) -> pd.DataFrame:
             "patient_id": table["patient_id"] if "patient_id" in table else "",
             "source": table["source"] if "source" in table else csv_path.parent.name,
             "original_label": table["label"],
-            "original_name": table["original_name"] if "original_name" in table else [Path(p).name for p in paths],
+            # Only a name the manifest gives as the original's: generic names (0001.png) recur across datasets.
+            "original_name": table["original_name"] if "original_name" in table else "",
         }
     )
     _check_files_exist(frame, csv_path)
@@ -162,7 +165,7 @@ def read_class_folders(root: Path) -> pd.DataFrame:
         images = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_path(p) and not p.name.startswith("."))
         if not images:
             raise DatasetError(f"{folder}: empty class folder; add images to it or remove it")
-        rows += [(str(p.resolve()), label, "", root.name, folder.name, p.name) for p in images]
+        rows += [(str(p.resolve()), label, "", root.name, folder.name, "") for p in images]
     return pd.DataFrame(rows, columns=COLUMNS[:-1])
 
 

@@ -1,0 +1,130 @@
+"""Resumable training: Keras's BackupAndRestore, written atomically, plus covidxray's callback states.
+
+After every epoch the run's ``backup/`` folder is rebuilt beside itself and swapped in whole:
+
+- ``latest.weights.h5`` and ``training_metadata.json``: Keras's own BackupAndRestore files
+  (weights, optimizer state with its step count, hence the learning-rate schedule, and the
+  epoch), read back by Keras's ``BackupAndRestore.on_train_begin``;
+- ``best.keras``: a hard link to (or copy of) the best checkpoint ``model.keras`` as it was
+  at that epoch;
+- ``state.json``: the history rows, the early stopping and best-checkpoint states, and the
+  seconds spent fitting.
+
+Then ``history.csv`` is rewritten from the rows (one line per finished epoch, never a partial
+line). A run killed at any point thus resumes from one consistent epoch: on resume the
+checkpoint and ``history.csv`` are put back to that epoch's, so an epoch that was cut short
+leaves no trace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import pandas as pd
+
+from covidxray import rundir
+from covidxray.errors import CovidXrayError
+from covidxray.files import atomic_save, atomic_write_dir, atomic_write_text, recover_dir
+
+# File names Keras's BackupAndRestore reads in the backup folder.
+KERAS_WEIGHTS, KERAS_METADATA = "latest.weights.h5", "training_metadata.json"
+STATE, BEST = "state.json", "best.keras"
+
+
+class EarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras's early stopping whose counters can be saved and restored."""
+
+    def state(self) -> dict:
+        return {"wait": self.wait, "best": None if self.best is None else float(self.best),
+                "best_epoch": self.best_epoch}
+
+    def restore(self, state: dict) -> None:
+        self.wait, self.best, self.best_epoch = state["wait"], state["best"], state["best_epoch"]
+
+
+class RunBackup(keras.callbacks.BackupAndRestore):
+    """Back up the training state of a run after every epoch, and restore it when fit starts.
+
+    ``parts`` are covidxray's stateful callbacks (``state()`` / ``restore(state)``); keep this
+    callback after them, so that it saves the state they reach at the end of each epoch and
+    restores theirs after their own ``on_train_begin`` reset it.
+    """
+
+    def __init__(self, run: rundir.RunDir, parts: dict):
+        super().__init__(str(run.file(rundir.BACKUP)), save_freq="epoch", delete_checkpoint=False)
+        self.run, self.parts = run, parts
+        self.folder = run.file(rundir.BACKUP)
+        self.history: list[dict] = []
+        self.fit_seconds, self.stopped = 0.0, False
+        self._started = None
+
+    def on_train_begin(self, logs=None):
+        recover_dir(self.folder)
+        super().on_train_begin(logs)  # Keras: weights, optimizer state, epoch to start from
+        state = read_state(self.run)
+        if state is not None:
+            self.history, self.fit_seconds = state["history"], state["fit_seconds"]
+            for name, part in self.parts.items():
+                part.restore(state["parts"][name])
+            if (self.folder / BEST).is_file():  # the checkpoint of this epoch, not of a later cut-short one
+                atomic_save(self.run.file(rundir.MODEL), lambda tmp: shutil.copyfile(self.folder / BEST, tmp))
+            self._write_history()
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.history.append({"epoch": epoch, **{k: float(v) for k, v in sorted((logs or {}).items())}})
+        self.stopped = bool(self.model.stop_training)
+        now = time.perf_counter()
+        self.fit_seconds += now - self._started
+        self._started = now
+        state = {"epoch": epoch + 1, "stopped": self.stopped, "fit_seconds": self.fit_seconds,
+                 "history": self.history, "parts": {name: part.state() for name, part in self.parts.items()}}
+        atomic_write_dir(self.folder, lambda folder: self._write_backup(folder, epoch, state))
+        self._write_history()
+
+    def _write_backup(self, folder: Path, epoch: int, state: dict) -> None:
+        self.model.save_weights(str(folder / KERAS_WEIGHTS))
+        (folder / KERAS_METADATA).write_text(json.dumps({"epoch": epoch + 1, "batch": 0}))
+        best = self.run.file(rundir.MODEL)
+        if best.is_file():
+            try:
+                os.link(best, folder / BEST)  # model.keras is replaced by rename, so the link keeps this version
+            except OSError:
+                shutil.copyfile(best, folder / BEST)
+        (folder / STATE).write_text(json.dumps(state, indent=1) + "\n")
+
+    def _write_history(self) -> None:
+        atomic_write_text(self.run.file(rundir.HISTORY), pd.DataFrame(self.history).to_csv(index=False))
+
+
+def read_state(run: rundir.RunDir) -> dict | None:
+    """The saved state of an interrupted run, or None where it has no backup."""
+    recover_dir(run.file(rundir.BACKUP))
+    path = run.file(rundir.BACKUP) / STATE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise CovidXrayError(f"{path}: unreadable ({error}); start the run again with --overwrite") from None
+
+
+def check_resumable(run: rundir.RunDir) -> dict:
+    """The state to resume ``run`` from, or a clear error saying why it cannot be resumed."""
+    if not run.path.is_dir():
+        raise CovidXrayError(f"{run.path}: no such run directory to resume")
+    if run.file(rundir.METRICS).is_file():
+        raise CovidXrayError(f"{run.path}: the run is complete (metrics.json is written); nothing to resume")
+    run.require(rundir.CONFIG)
+    state = read_state(run)
+    if state is None:
+        raise CovidXrayError(
+            f"{run.path}: no backup to resume from (it stopped before finishing its first epoch); "
+            f"start it again with covidxray train --out {run.path} --overwrite"
+        )
+    return state

@@ -1,0 +1,71 @@
+"""Shuffled training batches from an in-memory array or a lazy shard array.
+
+:class:`ShuffledBatches` is a ``keras.utils.PyDataset``: Keras fetches its batches in worker
+threads (``workers``) and keeps ``max_queue_size`` of them ready, so reading shards from disk
+overlaps with training. The order is a fresh permutation every epoch, drawn from
+``(seed, epoch)``: the same seed gives the same batches on every run and every backend.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+
+class ShuffledBatches(keras.utils.PyDataset):
+    """``(images, labels[, sample weights])`` batches in a new random order each epoch.
+
+    ``images``: ``(n, size, size, 1)`` uint8, an ndarray or a :class:`~covidxray.data.shards.ShardArray`.
+    ``drop_remainder``: leave out the last, short batch (data-parallel training needs every batch
+    to split evenly over the devices); the images left out change from epoch to epoch.
+    ``class_weight``: class index -> weight, returned as per-image sample weights.
+    ``process_index``, ``process_count``: with several processes (hosts), every process walks
+    the same permutation and returns its own equal slice of each global batch of ``batch_size``.
+    """
+
+    def __init__(self, images, labels: np.ndarray, batch_size: int, *, seed: int = 0, drop_remainder: bool = False,
+                 class_weight: dict[int, float] | None = None, process_index: int = 0, process_count: int = 1,
+                 workers: int = 2, max_queue_size: int = 4):
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max_queue_size)
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels = images, np.asarray(labels)
+        self.batch_size, self.seed, self.drop_remainder = int(batch_size), int(seed), drop_remainder
+        if process_count > 1 and (batch_size % process_count or not drop_remainder):
+            raise ValueError("with several processes the batch size must split evenly and drop_remainder be set")
+        self.process_index, self.process_count = process_index, process_count
+        self.weights = None
+        if class_weight is not None:
+            table = np.array([class_weight.get(c, 1.0) for c in range(int(self.labels.max()) + 1)], dtype=np.float32)
+            self.weights = table[self.labels]
+        self.epoch = 0
+        self.order = self.epoch_order(0)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The permutation of image indices used in ``epoch`` (counted from 0)."""
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.labels))
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_remainder else -(-n // self.batch_size)
+
+    def batch_indices(self, index: int) -> np.ndarray:
+        """The image indices of batch ``index`` (this process's slice of it)."""
+        local = self.batch_size // self.process_count
+        start = index * self.batch_size + self.process_index * local
+        return self.order[start:min(start + local, (index + 1) * self.batch_size)]
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
+        picked = self.batch_indices(index)
+        ascending = np.argsort(picked)  # read shards front to back, then restore the batch's order
+        images = np.empty((len(picked), *self.images.shape[1:]), dtype=np.float32)
+        images[ascending] = np.asarray(self.images[picked[ascending]], dtype=np.float32)
+        if self.weights is None:
+            return images, self.labels[picked]
+        return images, self.labels[picked], self.weights[picked]
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self.order = self.epoch_order(self.epoch)

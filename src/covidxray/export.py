@@ -1,0 +1,118 @@
+"""Export a trained run for inference (ONNX, TensorFlow SavedModel) and predict with ONNX Runtime.
+
+The exported graph is the inference model: the augmentation layer is cut off, so no random op
+reaches it. The class names and the input size travel with it (ONNX metadata, or a
+``covidxray.json`` inside the SavedModel folder), so predicting needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from covidxray import rundir
+from covidxray.errors import CovidXrayError
+from covidxray.files import atomic_save, atomic_write_dir
+
+FORMATS = ("onnx", "savedmodel")
+#: Key of the ONNX metadata entry (and name of the JSON file in a SavedModel) holding classes and size.
+METADATA_KEY = "covidxray"
+ONNX_EXTRA = "pip install 'covidxray[onnx]'"
+
+
+def default_path(run: rundir.RunDir, fmt: str) -> Path:
+    return run.file(rundir.ONNX_MODEL if fmt == "onnx" else rundir.SAVED_MODEL)
+
+
+def export_run(run_path: str | Path, fmt: str = "onnx", out: str | Path | None = None) -> Path:
+    """Export ``run_path``'s model (``model.keras``) as ``fmt``; returns where it was written."""
+    run = rundir.RunDir(run_path)
+    config = run.load_config()
+    target = Path(out) if out else default_path(run, fmt)
+    export_model(run.load_model(), fmt, target, config.classes, config.image_size)
+    return target
+
+
+def export_model(model, fmt: str, target: str | Path, classes, image_size: int) -> None:
+    """Write ``model``'s inference part (augmentation cut off) to ``target``, atomically."""
+    import keras
+
+    from covidxray.models.batchnorm import without_augmentation
+
+    if fmt not in FORMATS:
+        raise CovidXrayError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    inference = without_augmentation(model)
+    metadata = {"classes": list(classes), "image_size": image_size, "model": model.name,
+                "input": "grayscale (n, size, size, 1) float32 in [0, 255]"}
+    signature = [keras.InputSpec(shape=(None, image_size, image_size, 1), dtype="float32", name="image")]
+    backend = keras.backend.backend()
+    if fmt == "savedmodel":
+        if backend != "tensorflow":
+            raise CovidXrayError(f"SavedModel export needs the TensorFlow backend (this is {backend}); "
+                                 "rerun with KERAS_BACKEND=tensorflow, or use --format onnx")
+
+        def write_saved_model(folder: Path) -> None:
+            inference.export(str(folder), format="tf_saved_model", verbose=False, input_signature=signature)
+            (folder / f"{METADATA_KEY}.json").write_text(json.dumps(metadata, indent=2) + "\n")
+
+        atomic_write_dir(target, write_saved_model)
+        return
+
+    def write_onnx(path: Path) -> None:
+        try:
+            with warnings.catch_warnings():  # Keras's tf2onnx patch probes np.object, which warns
+                warnings.filterwarnings("ignore", category=FutureWarning, module="keras.src.export.tf2onnx_lib")
+                inference.export(str(path), format="onnx", verbose=False, input_signature=signature)
+            import onnx
+        except ImportError as error:  # the converter each backend needs: tf2onnx, onnxscript, jax2onnx
+            fix = "pip install jax2onnx" if backend == "jax" else ONNX_EXTRA
+            raise CovidXrayError(f"ONNX export on the {backend} backend needs a package that is missing ({error}); "
+                                 f"{fix}") from None
+        graph = onnx.load(str(path))
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+        onnx.save(graph, str(path))
+
+    atomic_save(target, write_onnx)
+
+
+class OnnxModel:
+    """An exported ONNX model run by ONNX Runtime, with the class names and input size it carries.
+
+    ``predict`` has the shape of ``keras.Model.predict``, so covidxray.predict can use either.
+    """
+
+    def __init__(self, path: str | Path):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise CovidXrayError(f"predicting with onnxruntime needs it installed: {ONNX_EXTRA}") from None
+        self.path = Path(path)
+        try:
+            self.session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+            metadata = json.loads(self.session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+        except Exception as error:  # onnxruntime raises its own exception types for a bad file
+            raise CovidXrayError(f"{self.path}: not an ONNX model exported by covidxray ({error}); "
+                                 "export it again with covidxray export") from None
+        self.classes = tuple(metadata["classes"])
+        self.image_size = int(metadata["image_size"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_shape = (None, len(self.classes))
+
+    def predict(self, images, batch_size: int = 64, verbose: int = 0) -> np.ndarray:
+        images = np.asarray(images, dtype=np.float32)
+        parts = [self.session.run(None, {self.input_name: images[i:i + batch_size]})[0]
+                 for i in range(0, len(images), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32)
+
+
+def load_onnx(run_path: str | Path) -> OnnxModel:
+    """The ONNX export of a run, or a clear error naming the command that makes it."""
+    run = rundir.RunDir(run_path)
+    path = default_path(run, "onnx")
+    if not path.is_file():
+        raise CovidXrayError(f"{path}: missing; export the run first with covidxray export --run {run.path} --format onnx")
+    return OnnxModel(path)
