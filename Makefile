@@ -18,7 +18,7 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[tensorflow]"
 
 install-all: $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[tensorflow,jax,onnx,test]" "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[tensorflow,jax,onnx,serve,test]" "torch==2.13.0"
 
 data/darkcovidnet: | install
 	$(BIN)/covidxray data download darkcovidnet --dest data

@@ -49,3 +49,52 @@ def write_class_folders(root: Path, counts: dict[str, int], suffix: str = ".png"
             seed += 1
             written[folder].append(write_image(root / folder / f"img{i}{suffix}", gray(seed)))
     return written
+
+
+def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int = 12,
+                signed: bool = False, **attributes) -> Path:
+    """A minimal single-frame DICOM file (explicit VR little endian, 16 bits allocated).
+
+    ``attributes`` are set on the dataset as they are (``WindowCenter=...``, ``RescaleSlope=...``).
+    """
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
+    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    dataset.Modality = "DX"
+    dataset.Rows, dataset.Columns = pixels.shape
+    dataset.SamplesPerPixel = 1
+    dataset.PhotometricInterpretation = photometric
+    dataset.BitsAllocated = 16
+    dataset.BitsStored = bits_stored
+    dataset.HighBit = bits_stored - 1
+    dataset.PixelRepresentation = 1 if signed else 0
+    dataset.PixelData = pixels.astype("<i2" if signed else "<u2").tobytes()
+    for name, value in attributes.items():
+        setattr(dataset, name, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def build_run(run_dir: Path, image_size: int = 32, task: str = "three-class", seed: int = 0) -> Path:
+    """A run folder with an untrained ``compactnet`` (random weights) and its config: enough
+    for predict, serve and heatmaps, in a second instead of a training run."""
+    import keras
+
+    from covidxray.config import TrainConfig
+    from covidxray.models import create_model
+
+    config = TrainConfig(data="synthetic", task=task, image_size=image_size, seed=seed).resolve()
+    keras.utils.set_random_seed(seed)
+    model = create_model(config.model, num_classes=len(config.classes), image_size=image_size, seed=seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.save(run_dir / "config.json")
+    model.save(run_dir / "model.keras")
+    return run_dir

@@ -47,6 +47,8 @@ def test_cv_tests_every_image_once_by_a_model_that_never_saw_its_patient(cv_run)
     report = (out / "cv.md").read_text()
     assert "mean ± sd" in report and "patient-grouped" in report and "cv_mat.png" in report
     assert (out / "cv_mat.png").stat().st_size > 0
+    page = (out / "cv.html").read_text()  # the same report, one self-contained page
+    assert "mean ± sd" in page and '<img alt="pooled confusion matrix" src="data:image/png;base64,' in page
 
 
 def test_cv_reuses_finished_folds_and_refuses_to_overwrite(cv_run, capsys):

@@ -8,7 +8,7 @@ from PIL import Image
 
 from covidxray.data.images import is_image_path, pixel_digest, read_image, resize_square
 from covidxray.errors import CovidXrayError, ImageReadError
-from helpers import gray, write_image
+from helpers import gray, write_dicom, write_image
 
 
 def _check_gray8(image: np.ndarray, shape: tuple[int, int]) -> None:
@@ -152,31 +152,6 @@ def test_folder_is_not_an_image(tmp_path):
 
 
 # --- DICOM ---------------------------------------------------------------------------------
-
-
-def write_dicom(path, pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int = 12):
-    """A minimal single-frame DICOM file with explicit VR little endian, 16 bits allocated."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.Modality = "DX"
-    dataset.Rows, dataset.Columns = pixels.shape
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = photometric
-    dataset.BitsAllocated = 16
-    dataset.BitsStored = bits_stored
-    dataset.HighBit = bits_stored - 1
-    dataset.PixelRepresentation = 0
-    dataset.PixelData = pixels.astype("<u2").tobytes()
-    dataset.save_as(path, enforce_file_format=True)
-    return path
 
 
 DICOM_PIXELS = np.array([[0, 1024, 2048], [3072, 4095, 4095]], dtype=np.uint16)  # 12-bit

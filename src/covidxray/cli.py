@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="run model.keras with Keras, or the run's ONNX export (covidxray export) with ONNX Runtime")
     predict.set_defaults(handler=run_predict)
 
+    serve = commands.add_parser("serve", help="a local web page: upload an X-ray, see probabilities and a heatmap")
+    serve.add_argument("--run", default=None, help="run directory written by covidxray train")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-upload-mb", type=float, default=32.0, help="largest upload accepted (default 32)")
+    serve.set_defaults(handler=run_serve)
+
     export = commands.add_parser("export", help="export a trained run's inference model (ONNX or TensorFlow SavedModel)")
     export.add_argument("--run", required=True, help="run directory written by covidxray train")
     export.add_argument("--format", choices=("onnx", "savedmodel"), default="onnx",
@@ -327,6 +334,13 @@ def format_predictions(results: list[dict], classes, fmt: str) -> str:
     return "".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() + "\n" for row in [header, *rows])
 
 
+def run_serve(args) -> int:
+    from covidxray.serve import serve
+
+    serve(args.run, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, quiet=args.quiet)
+    return 0
+
+
 def run_export(args) -> int:
     from covidxray.export import export_run
 
@@ -347,7 +361,7 @@ def run_models(args) -> int:
 def run_download(args) -> int:
     from covidxray.data.download import download_dataset
 
-    folder = download_dataset(args.name, args.dest, url=args.url, progress=not args.quiet)
+    folder = download_dataset(args.name, args.dest, url=args.url, progress=False if args.quiet else None)
     print(f"{args.name}: ready in {folder}")
     return 0
 

@@ -27,7 +27,8 @@ from covidxray.files import atomic_save
 from covidxray.labels import COVID
 from covidxray.metrics import classification_metrics, confounding_warning
 from covidxray.plots import plot_confusion
-from covidxray.report import DISCLAIMER, _interval, _pct, covid_row, save_figure, source_section
+from covidxray.progress import progress_bar
+from covidxray.report import DISCLAIMER, _interval, _pct, covid_row, save_figure, source_section, write_report
 from covidxray.train import evaluate_splits, fit, load_data, split_data
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, over
     probabilities = np.zeros((len(data.targets), len(config.classes)))
     predictions = np.zeros(len(data.targets), dtype=int)
     per_fold = []
-    for k in range(folds):
+    for k in progress_bar(range(folds), desc="cross-validation", unit="fold", progress=progress):
         test_mask = fold_of == k
         run = rundir.RunDir(out / f"fold-{k + 1}")
         finished = None if overwrite else _finished_fold(run, config, int(test_mask.sum()))
@@ -95,9 +96,7 @@ def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, over
     save_figure(plot_confusion(pooled["confusion_matrix"], config.classes, title="pooled out-of-fold confusion matrix"),
                 out / CV_MATRIX)
     rundir.RunDir(out).write_json(CV_JSON, result)
-    from covidxray.files import atomic_write_text
-
-    atomic_write_text(out / CV_REPORT, render_cv_report(result))
+    write_report(out / CV_REPORT, render_cv_report(result))  # cv.md and cv.html
     return result
 
 

@@ -6,11 +6,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from covidxray.data.images import is_image_path, read_image, resize_square
 from covidxray.distribute import device_count
 from covidxray.errors import CovidXrayError, ImageReadError
+from covidxray.progress import progress_bar
 
 PREDICT_BATCH = 64
 #: Images converted to float32 at a time: bounds memory for large (or shard-backed) arrays.
@@ -89,7 +89,7 @@ def write_heatmaps(model, images: np.ndarray, paths, class_indices, folder, *, p
 
     folder = heatmap_folder(folder)
     targets = [folder / name for name in heatmap_names(paths)]
-    with tqdm(total=len(images), desc="heatmaps", unit="img", disable=None if progress is None else not progress) as bar:
+    with progress_bar(total=len(images), desc="heatmaps", unit="img", progress=progress) as bar:
         for start in range(0, len(images), HEATMAP_CHUNK):  # in chunks: n maps at full size can be large
             chunk = slice(start, start + HEATMAP_CHUNK)
             for image, heatmap, target in zip(images[chunk], grad_cam(model, images[chunk], class_indices[chunk]),
@@ -122,8 +122,8 @@ def predict_files(model, paths, classes, image_size: int, *, progress: bool | No
 
     paths = [str(p) for p in paths]
     with ThreadPoolExecutor(4) as pool:
-        loaded = list(tqdm(pool.map(load, paths), total=len(paths), desc="reading", unit="img",
-                           disable=None if progress is None else not progress))
+        loaded = list(progress_bar(pool.map(load, paths), total=len(paths), desc="reading", unit="img",
+                                   progress=progress))
     failures = {p: str(x) for p, x in zip(paths, loaded) if isinstance(x, ImageReadError)}
     good = [(p, x) for p, x in zip(paths, loaded) if not isinstance(x, ImageReadError)]
     if not good:

@@ -1,4 +1,5 @@
-"""The run's report: figures saved beside ``report.md``, which shows every table and figure."""
+"""The run's report: figures saved beside ``report.md``, which shows every table and figure, and
+``report.html``, the same as one self-contained page."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from covidxray import rundir
 from covidxray.calibration import decide
 from covidxray.errors import CovidXrayError
 from covidxray.files import atomic_save, atomic_write_text
+from covidxray.htmlreport import write_html
 from covidxray.labels import COVID
 from covidxray.plots import pick_examples, plot_confusion, plot_history, plot_predictions, plot_reliability
 
@@ -41,7 +43,7 @@ def with_heatmaps(model, images: np.ndarray, predicted: np.ndarray) -> np.ndarra
 
 
 def write_figures_and_report(run: rundir.RunDir, config, data, metrics: dict, test_probabilities, model=None) -> None:
-    """Draw ``acc.png``, ``mat.png`` and ``pred.png`` and write ``report.md``.
+    """Draw ``acc.png``, ``mat.png`` and ``pred.png`` and write ``report.md`` and ``report.html``.
 
     With ``model``, ``pred.png`` shows Grad-CAM overlays of the example images."""
     history = pd.read_csv(run.file(rundir.HISTORY))
@@ -56,7 +58,13 @@ def write_figures_and_report(run: rundir.RunDir, config, data, metrics: dict, te
                                  predicted=predicted[shown]),
                 run.file(rundir.PREDICTIONS_FIGURE))
     save_figure(plot_reliability(metrics["calibration"]["test"]), run.file(rundir.RELIABILITY_FIGURE))
-    atomic_write_text(run.file(rundir.REPORT), render_report(config, metrics))
+    write_report(run.file(rundir.REPORT), render_report(config, metrics))
+
+
+def write_report(path, text: str) -> None:
+    """Write ``report.md`` and, beside it, ``report.html`` with every figure inlined."""
+    atomic_write_text(path, text)
+    write_html(path, text)
 
 
 def _pct(value) -> str:

@@ -2,10 +2,10 @@
 
 A run directory holds ``model.keras``, ``config.json``, ``split.csv``, ``history.csv``,
 ``metrics.json``, ``calibration.json``, the figures (``acc.png``, ``mat.png``, ``pred.png``,
-``calibration.png``) and ``report.md``; while it trains, ``backup/`` (what ``train --resume``
-continues from), and once exported, ``model.onnx`` or ``saved_model/``. Every file is written to a
-temporary name and renamed (a folder: built beside and swapped in), so an interrupted run never
-leaves a half-written file behind.
+``calibration.png``), ``report.md`` and ``report.html`` (the same, one self-contained page); while
+it trains, ``backup/`` (what ``train --resume`` continues from), and once exported, ``model.onnx`` or
+``saved_model/``. Every file is written to a temporary name and renamed (a folder: built beside and
+swapped in), so an interrupted run never leaves a half-written file behind.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ SPLIT = "split.csv"
 HISTORY = "history.csv"
 METRICS = "metrics.json"
 REPORT = "report.md"
+REPORT_HTML = "report.html"  # report.md as one self-contained page
 CALIBRATION = "calibration.json"
 ACC_FIGURE, MATRIX_FIGURE, PREDICTIONS_FIGURE = "acc.png", "mat.png", "pred.png"
 RELIABILITY_FIGURE = "calibration.png"
 ONNX_MODEL, SAVED_MODEL = "model.onnx", "saved_model"
 BACKUP = "backup"  # folder: Keras's BackupAndRestore state and covidxray's callback states
-RUN_FILES = (MODEL, CONFIG, SPLIT, HISTORY, METRICS, REPORT, CALIBRATION, ACC_FIGURE, MATRIX_FIGURE,
+RUN_FILES = (MODEL, CONFIG, SPLIT, HISTORY, METRICS, REPORT, REPORT_HTML, CALIBRATION, ACC_FIGURE, MATRIX_FIGURE,
              PREDICTIONS_FIGURE, RELIABILITY_FIGURE, ONNX_MODEL)
 RUN_FOLDERS = (BACKUP, SAVED_MODEL)
 

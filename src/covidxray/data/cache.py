@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from covidxray.data.images import pixel_digest, read_image, resize_square
 from covidxray.errors import ImageReadError
 from covidxray.files import atomic_save, atomic_write_bytes
+from covidxray.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,8 @@ class ImageCache:
         if todo:
             with ThreadPoolExecutor(self.workers) as pool:
                 results = pool.map(lambda i: self._decode(paths[i], size), todo)
-                bar = tqdm(zip(todo, results), total=len(todo), desc=f"decoding at {size}px",
-                           unit="img", disable=_bar_disabled(progress))
+                bar = progress_bar(zip(todo, results), total=len(todo), desc=f"decoding at {size}px",
+                                   unit="img", progress=progress)
                 for i, result in bar:
                     if isinstance(result, ImageReadError):
                         failed[paths[i]] = str(result)
@@ -126,7 +126,3 @@ class ImageCache:
 def _file_key(path: str) -> str:
     stat = os.stat(path)
     return f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
-
-
-def _bar_disabled(progress: bool | None) -> bool | None:
-    return None if progress is None else not progress  # None: only on a terminal

@@ -27,11 +27,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
-
 from covidxray.data.images import is_image_path
 from covidxray.errors import DatasetError
 from covidxray.labels import canonical_label
+from covidxray.progress import progress_bar
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("path", "label", "patient_id", "source")
@@ -117,7 +116,7 @@ def download_dataset(
     dest: str | Path,
     *,
     url: str | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     min_fraction: float = 0.98,
     spec: DatasetSpec | None = None,
     timeout: float = 60.0,
@@ -133,8 +132,8 @@ def download_dataset(
         ``dest/.downloads/``.
     url : str, optional
         Download from here instead of the spec's URL (a mirror).
-    progress : bool
-        Show a progress bar (on a terminal).
+    progress : bool or None
+        Progress bar: None shows it on a terminal only, False never (see covidxray.progress).
     min_fraction : float
         Each class must hold at least this fraction of its expected image count.
     spec : DatasetSpec, optional
@@ -159,7 +158,7 @@ def download_dataset(
 # --------------------------------------------------------------------------------------- download
 
 
-def fetch(url: str, archive: Path, *, progress: bool = True, timeout: float = 60.0) -> Path:
+def fetch(url: str, archive: Path, *, progress: bool | None = None, timeout: float = 60.0) -> Path:
     """Download ``url`` to ``archive`` through ``archive.part``, resuming a partial file."""
     if archive.is_file():
         return archive
@@ -217,10 +216,10 @@ def _total_size(response, offset: int) -> int | None:
 
 
 def _copy(
-    response, part: Path, offset: int, total: int | None, *, progress: bool, label: str
+    response, part: Path, offset: int, total: int | None, *, progress: bool | None, label: str
 ) -> None:
-    bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-               desc=label, disable=None if progress else True)
+    bar = progress_bar(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+                       desc=label, progress=progress)
     with bar, open(part, "ab" if offset else "wb") as out:
         while chunk := response.read(_CHUNK_SIZE):
             out.write(chunk)

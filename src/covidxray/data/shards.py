@@ -35,12 +35,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from covidxray.data.images import pixel_digest, read_image, resize_square
 from covidxray.data.sources import COLUMNS, as_paths, load_datasets
 from covidxray.errors import DatasetError, ImageReadError
 from covidxray.files import atomic_save, atomic_write_text
+from covidxray.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,7 @@ def write_shards(data, out, image_size: int, *, shard_size: int = DEFAULT_SHARD_
 
     skipped: dict[str, str] = {}
     first_dataset: dict[str, str] = {}  # pixel digest -> the dataset it was first seen in
-    bar = tqdm(total=len(table), desc=f"sharding at {image_size}px", unit="img",
-               disable=None if progress is None else not progress)
+    bar = progress_bar(total=len(table), desc=f"sharding at {image_size}px", unit="img", progress=progress)
     writer = ShardWriter(out, image_size, shard_size, overwrite=overwrite)
     with ThreadPoolExecutor(workers) as pool:
         for start in range(0, len(table), shard_size):

@@ -1,0 +1,248 @@
+"""``covidxray serve``: a small local web page to try a trained model on one X-ray at a time.
+
+Upload a PNG, JPEG or DICOM file; the page shows the class probabilities, a Grad-CAM heatmap
+over the image and the not-for-diagnosis warning. The model is loaded once, at start-up.
+Uploads are decoded from memory and answered with inline (``data:``) images: covidxray writes
+no file (the upload parser may spool a large upload to the system's temporary folder). Files
+over the size limit, non-images and corrupt files get a one-line message on the page, never a
+stack trace. It listens on 127.0.0.1 unless told otherwise.
+
+FastAPI, uvicorn and python-multipart are an optional extra: ``pip install 'covidxray[serve]'``.
+"""
+
+# No "from __future__ import annotations": FastAPI reads the route annotations at definition.
+import base64
+import html
+import ipaddress
+import logging
+import socket
+from pathlib import Path
+
+from covidxray.analysis import Analysis, XrayAnalyzer
+from covidxray.errors import CovidXrayError, ImageReadError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_MAX_UPLOAD_MB = 32.0  # an uncompressed 16-bit DICOM of 3000 x 3000 pixels is 18 MB
+_FORM_OVERHEAD = 64 * 1024  # multipart headers and boundaries around the file
+ACCEPT = ".png,.jpg,.jpeg,.dcm,.dicom,image/png,image/jpeg,application/dicom"
+
+
+def resolve_run_dir(run: str | Path | None) -> Path:
+    """``run``, else the model that ships with covidxray (a clear error if it is absent)."""
+    if run is not None:
+        return Path(run)
+    from covidxray.pretrained import default_run_dir
+
+    return default_run_dir()
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+# ------------------------------------------------------------------------------------------ page
+
+_STYLE = """
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 62rem; margin: 1.5rem auto;
+       padding: 0 1rem; color: #1d232a; }
+h1 { font-size: 1.5rem; margin-bottom: .3rem; }
+.warning { padding: .7rem 1rem; background: #fff4e5; border-left: 5px solid #e08a00; margin: 1rem 0; }
+.warning p { margin: 0; }
+form { margin: 1rem 0; padding: 1rem; border: 1px dashed #8899aa; border-radius: 6px; }
+button { font: inherit; padding: .3rem 1.2rem; }
+.error { padding: .7rem 1rem; background: #fdecea; border-left: 5px solid #c62828; }
+.images { display: flex; gap: 1rem; flex-wrap: wrap; }
+figure { margin: 0; max-width: 384px; }
+figure img { width: 384px; max-width: 100%; border-radius: 4px; background: #000; }
+table { border-collapse: collapse; margin: .5rem 0 1rem; }
+td, th { padding: .25rem .6rem; text-align: left; }
+td.p { font-variant-numeric: tabular-nums; text-align: right; }
+.bar { background: #d0d7de; width: 14rem; height: .8rem; border-radius: 3px; }
+.bar span { display: block; height: 100%; background: #3367d6; border-radius: 3px; }
+tr.best td { font-weight: 600; }
+small { color: #57606a; }
+"""
+
+
+def _disclaimer_html() -> str:
+    import markdown
+
+    from covidxray.report import DISCLAIMER
+
+    return markdown.markdown(DISCLAIMER.lstrip("> ").strip())
+
+
+def render_page(analyzer: XrayAnalyzer, max_bytes: int, *, analysis: Analysis | None = None,
+                error: str | None = None, filename: str = "") -> str:
+    """The whole page: form, warning, and the result of the last upload or its error."""
+    config, calibration = analyzer.config, analyzer.calibration
+    parts = []
+    decision = ""
+    if calibration.temperature != 1.0:
+        decision += f" Probabilities are temperature-scaled (T = {calibration.temperature:.2f}), as in covidxray predict."
+    if calibration.covid_threshold is not None:
+        decision += (f" COVID-19 is predicted when its probability reaches {calibration.covid_threshold:.3f}"
+                     + (f" (chosen for {100 * calibration.target_sensitivity:.0f}% sensitivity on validation)"
+                        if calibration.target_sensitivity else "") + ".")
+    if error:
+        parts.append(f'<p class="error" id="error" role="alert">{html.escape(error)}</p>')
+    if analysis:
+        rows = "".join(
+            f'<tr data-class="{html.escape(c)}" class="{"best" if c == analysis.label else "other"}">'
+            f'<td>{html.escape(c)}</td><td class="p">{100 * p:.1f}%</td>'
+            f'<td><div class="bar"><span style="width:{100 * p:.1f}%"></span></div></td></tr>'
+            for c, p in analysis.probabilities.items()
+        )
+        parts.append(
+            f'<section id="result"><h2>{html.escape(filename)}: <span id="label">{html.escape(analysis.label)}</span></h2>'
+            f'<table id="probabilities"><tr><th>class</th><th>probability</th><th></th></tr>{rows}</table>'
+            '<div class="images">'
+            f'<figure><img id="xray" alt="the uploaded X-ray" src="{_data_uri(analysis.image_png)}">'
+            '<figcaption>the X-ray, as read</figcaption></figure>'
+            f'<figure><img id="heatmap" alt="Grad-CAM heatmap over the X-ray" src="{_data_uri(analysis.heatmap_png)}">'
+            f'<figcaption>Grad-CAM heatmap for "{html.escape(analysis.label)}": where the model looked, '
+            'not where the disease is</figcaption></figure></div></section>'
+        )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>covidxray: try a model</title><style>{_STYLE}</style></head>
+<body>
+<h1>covidxray: try a chest X-ray model</h1>
+<div class="warning" id="disclaimer">{_disclaimer_html()}</div>
+<form method="post" action="/" enctype="multipart/form-data">
+<label>X-ray (PNG, JPEG or DICOM, at most {max_bytes / 2**20:.0f} MB):
+<input type="file" name="file" id="file" accept="{ACCEPT}" required></label>
+<button type="submit" id="submit">Analyse</button>
+</form>
+{"".join(parts)}
+<p><small>Model: <code>{html.escape(config.model)}</code>, task {html.escape(config.task)}, classes
+{html.escape(", ".join(analyzer.classes))}, {config.image_size}&times;{config.image_size} px, run
+<code>{html.escape(analyzer.run_dir.name)}</code>.{html.escape(decision)} Nothing you upload is stored.</small></p>
+</body></html>
+"""
+
+
+# ------------------------------------------------------------------------------------------- app
+
+
+class UploadError(Exception):
+    """An upload the page answers with a message (and an HTTP status)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def create_app(analyzer: XrayAnalyzer, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB):
+    """The FastAPI app: ``GET /`` the page, ``POST /`` an upload from the page,
+    ``POST /api/predict`` the same as JSON, ``GET /healthz`` for scripts."""
+    from fastapi import FastAPI, Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+
+    max_bytes = int(max_upload_mb * 2**20)
+    app = FastAPI(title="covidxray", docs_url=None, redoc_url=None, openapi_url=None)
+
+    async def analyse_upload(request: Request) -> tuple[str, Analysis]:
+        length = request.headers.get("content-length")
+        if length is None or not length.isdigit():
+            raise UploadError("upload refused: the request gives no Content-Length", 411)
+        if int(length) > max_bytes + _FORM_OVERHEAD:
+            raise UploadError(f"file too large ({int(length) / 2**20:.1f} MB); the limit is {max_upload_mb:g} MB", 413)
+        try:
+            form = await request.form(max_files=1, max_fields=4)
+        except Exception as error:  # a malformed multipart body
+            raise UploadError(f"the upload could not be read ({error})") from None
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str) or not upload.filename:
+            raise UploadError("no file chosen: choose an X-ray image, then press Analyse")
+        filename = Path(upload.filename.replace("\\", "/")).name or "upload"
+        data = await upload.read(max_bytes + 1)
+        await form.close()
+        if len(data) > max_bytes:
+            raise UploadError(f"{filename}: file too large; the limit is {max_upload_mb:g} MB", 413)
+        if not data:
+            raise UploadError(f"{filename}: the file is empty")
+        try:
+            return filename, await run_in_threadpool(analyzer.analyse, filename, data)
+        except ImageReadError as error:
+            raise UploadError(f"{filename}: cannot read it as an X-ray: {error.reason}. "
+                              "Upload a PNG, JPEG or DICOM image.") from None
+        except Exception:
+            log.exception("analysing %s failed", filename)
+            raise UploadError(f"{filename}: the analysis failed (an internal error, logged by the server)", 500) from None
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(render_page(analyzer, max_bytes))
+
+    @app.post("/", response_class=HTMLResponse)
+    async def upload_page(request: Request) -> HTMLResponse:
+        try:
+            filename, analysis = await analyse_upload(request)
+        except UploadError as error:
+            return HTMLResponse(render_page(analyzer, max_bytes, error=str(error)), status_code=error.status)
+        return HTMLResponse(render_page(analyzer, max_bytes, analysis=analysis, filename=filename))
+
+    @app.post("/api/predict")
+    async def predict(request: Request) -> JSONResponse:
+        try:
+            filename, analysis = await analyse_upload(request)
+        except UploadError as error:
+            return JSONResponse({"error": str(error)}, status_code=error.status)
+        return JSONResponse({"file": filename, "label": analysis.label, "probabilities": analysis.probabilities,
+                             "heatmap_png": base64.b64encode(analysis.heatmap_png).decode("ascii")})
+
+    @app.get("/healthz", response_class=PlainTextResponse)
+    async def healthz() -> str:
+        return "ok"
+
+    return app
+
+
+def serve(run: str | Path | None = None, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, quiet: bool = False) -> None:
+    """Load the run's model and serve the page until interrupted."""
+    import importlib.util
+
+    missing = [name for name, modules in (("fastapi", ["fastapi"]), ("uvicorn", ["uvicorn"]),
+                                          ("python-multipart", ["python_multipart", "multipart"]))
+               if not any(importlib.util.find_spec(m) for m in modules)]
+    if missing:
+        raise CovidXrayError(f"covidxray serve needs {', '.join(missing)}: pip install 'covidxray[serve]'")
+    import uvicorn
+
+    from covidxray.rundir import MODEL, RunDir
+
+    run_dir = resolve_run_dir(run)
+    RunDir(run_dir).require(MODEL)  # quick checks first: the model takes seconds to load
+    _check_port(host, port)
+    analyzer = XrayAnalyzer(run_dir)
+    app = create_app(analyzer, max_upload_mb)
+    if not _is_loopback(host):
+        log.warning("listening on %s: anyone who can reach this machine can use the page", host)
+    log.info("serving %s on http://%s:%d (Ctrl+C stops it)", run_dir, host, port)
+    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _check_port(host: str, port: int) -> None:
+    """A clear error now, before the model loads, if the address cannot be used."""
+    if not 0 < port < 65536:
+        raise CovidXrayError(f"--port {port}: choose a port between 1 and 65535")
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as error:
+        raise CovidXrayError(f"cannot listen on {host}:{port} ({error.strerror}); choose another --port or --host") from None

@@ -1,0 +1,170 @@
+"""End to end in headless Chromium (Debian's chromium, driven by Playwright): the web page of
+``covidxray serve`` with a real X-ray, bad uploads, and the run's report.html opened offline.
+
+Needs /usr/bin/chromium (``apt-get install chromium``; .ci/run installs it). Outside CI the test
+is skipped when it is missing; on CI (``CI`` set) it fails instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import make_dataset
+from covidxray.cli import main
+from helpers import shared_data_dir
+
+pytestmark = pytest.mark.slow  # trains a small model and starts a server and a browser (~30 s)
+
+CHROMIUM = os.environ.get("COVIDXRAY_CHROMIUM", "/usr/bin/chromium")
+
+
+def _chromium() -> str:
+    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
+        message = f"{CHROMIUM} is absent (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI is set, so the browser test must run")
+        pytest.skip(message)
+    pytest.importorskip("playwright", reason="pip install playwright")
+    return CHROMIUM
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("browser")
+    data = make_dataset(root / "data", per_class=10)
+    run = root / "run"
+    assert main(["--quiet", "train", "--data", str(data), "--out", str(run), "--image-size", "32",
+                 "--epochs", "2", "--cache-dir", str(root / "cache")]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def server(trained_run, tmp_path_factory):
+    """``covidxray serve`` in a subprocess on a free port of 127.0.0.1 (the default host)."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("server") / "serve.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "covidxray", "serve", "--run", str(trained_run),
+                                    "--port", str(port), "--max-upload-mb", "4"], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"covidxray serve exited with {process.returncode}:\n{log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(url + "/healthz", timeout=2) as response:
+                    if response.read() == b"ok":
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"covidxray serve did not answer within 180 s:\n{log_path.read_text()}")
+            time.sleep(0.5)
+        yield url, log_path
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True)
+        yield browser
+        browser.close()
+
+
+def _upload(page, url: str, path: Path) -> None:
+    page.goto(url)
+    page.set_input_files("#file", str(path))
+    page.click("#submit")
+    page.wait_for_load_state()
+
+
+def test_upload_a_real_xray(server, browser, tmp_path):
+    url, log_path = server
+    xray = sorted((shared_data_dir() / "darkcovidnet" / "covid").glob("*.png"))[0]
+    page = browser.new_page(viewport={"width": 1100, "height": 1000})
+    page.goto(url)
+    assert "never use it for diagnosis" in page.inner_text("#disclaimer")
+    _upload(page, url, xray)
+    page.wait_for_selector("#result")
+    rows = page.locator("#probabilities tr[data-class]")
+    probabilities = {rows.nth(i).get_attribute("data-class"): float(rows.nth(i).locator("td.p").inner_text().rstrip("%")) / 100
+                     for i in range(rows.count())}
+    assert set(probabilities) == {"covid", "normal", "pneumonia"}
+    assert abs(sum(probabilities.values()) - 1) < 0.01
+    label = page.inner_text("#label")
+    assert probabilities[label] == max(probabilities.values())
+    for image in ("#xray", "#heatmap"):  # both decoded and shown by the browser
+        assert page.eval_on_selector(image, "img => img.complete && img.naturalWidth") > 100
+        assert page.is_visible(image)
+    assert "never use it for diagnosis" in page.inner_text("#disclaimer")
+    screenshot = tmp_path / "serve.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 10_000
+    assert "127.0.0.1" in log_path.read_text()  # uvicorn says where it listens: this machine only
+
+
+@pytest.mark.parametrize("name, content", [
+    ("truncated.png", None),  # the first bytes of a real X-ray
+    ("notes.txt", b"this is not an image\n" * 10),
+])
+def test_bad_uploads_show_a_message(server, browser, tmp_path, name, content):
+    url, _ = server
+    path = tmp_path / name
+    if content is None:
+        content = sorted((shared_data_dir() / "darkcovidnet" / "normal").glob("*.png"))[0].read_bytes()[:300]
+    path.write_bytes(content)
+    page = browser.new_page()
+    _upload(page, url, path)
+    message = page.inner_text("#error")
+    assert message.startswith(name) and "cannot read it as an X-ray" in message and "PNG, JPEG or DICOM" in message
+    assert page.locator("#result").count() == 0
+    assert "Traceback" not in page.content()
+    assert page.is_visible("#file")  # the form is still there for the next try
+
+
+def test_report_html_opens_offline_with_its_figures(trained_run, browser, tmp_path):
+    report = trained_run / "report.html"
+    assert report.is_file()
+    context = browser.new_context(offline=True)
+    fetched = []
+    context.route("**/*", lambda route: (fetched.append(route.request.url), route.abort())
+                  if not route.request.url.startswith(("file:", "data:")) else route.continue_())
+    page = context.new_page()
+    page.goto(report.as_uri())
+    page.wait_for_load_state("load")
+    figures = page.eval_on_selector_all(
+        "img", "imgs => imgs.map(i => ({ok: i.complete && i.naturalWidth > 0, data: i.src.startsWith('data:image/png;base64,')}))")
+    referenced = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (trained_run / "report.md").read_text())
+    assert len(referenced) >= 3 and all((trained_run / name).is_file() for name in referenced)
+    assert len(figures) == len(referenced) and all(f["ok"] and f["data"] for f in figures), figures
+    assert page.locator("table").count() >= 2 and "never use it for diagnosis" in page.inner_text("body")
+    assert fetched == []  # nothing but the file itself
+    page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+    context.close()

@@ -1,0 +1,44 @@
+"""report.html: report.md as one self-contained page (figures inline, nothing fetched)."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+from covidxray.htmlreport import render_html
+from covidxray.report import write_report
+from helpers import gray, write_png
+
+REPORT = """# covidxray run: `compactnet` on binary
+
+> **For research and teaching only.** Not for diagnosis.
+
+| split | accuracy |
+|---|---:|
+| test | 91.0% |
+
+![accuracy and loss](acc.png)
+
+![missing figure](gone.png) ![remote](https://example.org/x.png) ![outside](../secret.png)
+"""
+
+
+def test_write_report_writes_md_and_self_contained_html(tmp_path):
+    figure = write_png(tmp_path / "run" / "acc.png", gray(1, (6, 6)))
+    write_png(tmp_path / "secret.png", gray(2))
+    write_report(tmp_path / "run" / "report.md", REPORT)
+    assert (tmp_path / "run" / "report.md").read_text() == REPORT
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<title>covidxray run: compactnet on binary</title>" in page
+    assert "<table>" in page and "<td" in page and "91.0%" in page  # the table is rendered
+    assert "<blockquote>" in page and "For research and teaching only." in page
+    sources = re.findall(r'<img[^>]*src="([^"]*)"', page)
+    assert len(sources) == 4
+    assert sources[0] == "data:image/png;base64," + base64.b64encode(figure.read_bytes()).decode()
+    assert sources[1:] == ["", "", ""]  # missing, remote and outside images are left out, never fetched
+    assert "example.org" not in page and "http://" not in page and "https://" not in page
+    assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # no temporary files
+
+
+def test_title_without_heading():
+    assert "<title>covidxray report</title>" in render_html("no heading here", ".")

@@ -1,0 +1,174 @@
+"""covidxray serve, without a browser: the page, uploads of every kind, limits and errors.
+
+(tests/test_browser.py drives the same page in headless Chromium.)
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import socket
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covidxray.cli import main
+from covidxray.serve import XrayAnalyzer, create_app
+from helpers import build_run, gray, write_dicom
+
+pytest.importorskip("fastapi", reason="covidxray[serve] is not installed")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return build_run(tmp_path_factory.mktemp("serve") / "run")
+
+
+@pytest.fixture(scope="module")
+def client(run_dir):
+    from fastapi.testclient import TestClient
+
+    return TestClient(create_app(XrayAnalyzer(run_dir), max_upload_mb=0.5))
+
+
+def _png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _upload(client, name: str, data: bytes, url: str = "/"):
+    return client.post(url, files={"file": (name, data, "application/octet-stream")})
+
+
+def _probabilities(page: str) -> dict[str, float]:
+    rows = re.findall(r'<tr data-class="(\w+)"[^>]*><td>\w+</td><td class="p">([\d.]+)%</td>', page)
+    return {name: float(p) / 100 for name, p in rows}
+
+
+def test_page_has_the_form_and_the_warning(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'type="file"' in page.text and 'enctype="multipart/form-data"' in page.text
+    assert "never use it for diagnosis" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # nothing loaded from elsewhere
+
+
+@pytest.mark.parametrize("name, fmt", [("xray.png", "PNG"), ("xray.jpg", "JPEG")])
+def test_png_and_jpeg_give_probabilities_and_a_heatmap(client, name, fmt):
+    response = _upload(client, name, _png_bytes(gray(1, (64, 80)), fmt))
+    assert response.status_code == 200
+    probabilities = _probabilities(response.text)
+    assert set(probabilities) == {"covid", "normal", "pneumonia"}
+    assert abs(sum(probabilities.values()) - 1) < 0.01
+    label = re.search(r'<span id="label">(\w+)</span>', response.text).group(1)
+    assert probabilities[label] == max(probabilities.values())
+    heatmap = re.search(r'<img id="heatmap"[^>]*src="data:image/png;base64,([^"]+)"', response.text).group(1)
+    overlay = np.asarray(Image.open(io.BytesIO(base64.b64decode(heatmap))))
+    assert overlay.ndim == 3 and overlay.shape[2] == 3 and overlay.shape[0] > 64
+    assert "never use it for diagnosis" in response.text and 'id="error"' not in response.text
+
+
+def test_api_predicts_dicom(client, tmp_path):
+    pixels = np.arange(48 * 48, dtype=np.uint16).reshape(48, 48)
+    dicom = write_dicom(tmp_path / "scan.dcm", pixels, "MONOCHROME1").read_bytes()
+    for name in ("scan.dcm", "IM0001"):  # by suffix, and by the DICM marker
+        response = _upload(client, name, dicom, "/api/predict")
+        assert response.status_code == 200, response.text
+        result = response.json()
+        assert result["file"] == name and result["label"] in result["probabilities"]
+        assert abs(sum(result["probabilities"].values()) - 1) < 1e-4
+        assert base64.b64decode(result["heatmap_png"])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("name, data, expected", [
+    ("notes.txt", b"these are not pixels\n" * 20, "cannot read it as an X-ray"),
+    ("broken.png", _png_bytes(gray(2, (64, 64)))[:200], "cannot read it as an X-ray"),
+    ("broken.dcm", b"\0" * 128 + b"DICM" + b"garbage" * 30, "cannot read it as an X-ray"),
+    ("empty.png", b"", "the file is empty"),
+])
+def test_bad_files_get_a_message_not_a_traceback(client, name, data, expected):
+    response = _upload(client, name, data)
+    assert response.status_code == 400
+    error = re.search(r'<p class="error" id="error" role="alert">([^<]+)</p>', response.text).group(1)
+    assert error.startswith(name) and expected in error
+    assert "Traceback" not in response.text and 'id="result"' not in response.text
+    assert "never use it for diagnosis" in response.text  # the page, with its form, is still there
+
+
+def test_too_large_upload_is_refused(client):
+    response = _upload(client, "big.png", b"\0" * (2 * 2**20))
+    assert response.status_code == 413 and "too large" in response.text and "0.5 MB" in response.text
+    api = _upload(client, "big.png", b"\0" * (2 * 2**20), "/api/predict")
+    assert api.status_code == 413 and "too large" in api.json()["error"]
+
+
+def test_no_file_chosen(client):
+    response = client.post("/", data={"other": "x"}, files={"file": ("", b"", "application/octet-stream")})
+    assert response.status_code == 400 and "no file chosen" in response.text
+
+
+def test_upload_names_cannot_reach_the_disk(client, run_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in run_dir.iterdir())
+    response = _upload(client, "../../../../tmp/evil.png", _png_bytes(gray(3, (40, 40))))
+    assert response.status_code == 200 and "evil.png" in response.text and "../" not in response.text
+    assert sorted(p.name for p in run_dir.iterdir()) == before and list(tmp_path.iterdir()) == []
+
+
+def test_serve_without_a_run_is_a_clear_error(capsys):
+    assert main(["serve"]) == 2
+    assert "pass --run RUN_DIR" in capsys.readouterr().err
+
+
+def test_serve_on_a_busy_port_is_a_clear_error(run_dir, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--run", str(run_dir), "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_serve_on_a_folder_without_a_run(tmp_path, capsys):
+    assert main(["serve", "--run", str(tmp_path)]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
+def test_analyzer_reads_files_and_keeps_the_aspect_ratio(run_dir, tmp_path):
+    analyzer = XrayAnalyzer(run_dir)
+    path = write_dicom(tmp_path / "wide.dcm", np.arange(48 * 96, dtype=np.uint16).reshape(48, 96))
+    result = analyzer.analyse_file(path)
+    assert result.label in analyzer.classes and abs(sum(result.probabilities.values()) - 1) < 1e-4
+    shown = Image.open(io.BytesIO(result.image_png))
+    heatmap = Image.open(io.BytesIO(result.heatmap_png))
+    assert shown.size == heatmap.size == (384, 192) and shown.mode == "L" and heatmap.mode == "RGB"
+
+
+def test_serve_without_the_extra_names_the_install(run_dir, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
+    assert main(["serve", "--run", str(run_dir)]) == 2
+    assert "needs uvicorn: pip install 'covidxray[serve]'" in capsys.readouterr().err
+
+
+def test_page_applies_and_states_the_runs_calibration(run_dir, tmp_path):
+    import json
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    calibrated = shutil.copytree(run_dir, tmp_path / "calibrated")
+    (calibrated / "calibration.json").write_text(json.dumps(
+        {"temperature": 2.0, "covid_threshold": 0.0, "target_sensitivity": 0.95}))  # COVID always wins
+    client = TestClient(create_app(XrayAnalyzer(calibrated)))
+    page = _upload(client, "x.png", _png_bytes(gray(4, (40, 40)))).text
+    assert re.search(r'<span id="label">(\w+)</span>', page).group(1) == "covid"
+    assert "temperature-scaled (T = 2.00)" in page and "reaches 0.000" in page and "95% sensitivity" in page
+    plain = XrayAnalyzer(run_dir).analyse("x.png", _png_bytes(gray(4, (40, 40))))
+    scaled = XrayAnalyzer(calibrated).analyse("x.png", _png_bytes(gray(4, (40, 40))))
+    assert max(scaled.probabilities.values()) < max(plain.probabilities.values())  # T > 1 softens
