@@ -28,7 +28,7 @@ from covidxray.labels import COVID
 from covidxray.metrics import classification_metrics, confounding_warning
 from covidxray.plots import plot_confusion
 from covidxray.progress import progress_bar
-from covidxray.report import DISCLAIMER, _interval, _pct, covid_row, save_figure, source_section, write_report
+from covidxray.report import DISCLAIMER, covid_row, interval_text, percent, save_figure, source_section, write_report
 from covidxray.train import evaluate_splits, fit, load_data, split_data
 
 log = logging.getLogger(__name__)
@@ -168,13 +168,13 @@ def render_cv_report(result: dict) -> str:
              f"- protocol: {protocol['folds']}-fold, {level}, stratified by label; seed {protocol['seed']}",
              f"- data: `{data}`: {protocol['images']} images of {protocol['patients']} patients",
              f"- model: `{config['model']}` at {config['image_size']} px, up to {config['epochs']} epochs; each fold draws "
-             f"a validation split ({_pct(config['val_fraction'])}) from its training folds", "",
+             f"a validation split ({percent(config['val_fraction'])}) from its training folds", "",
              "| fold | test images | accuracy | loss | COVID sensitivity | specificity | AUC | best epoch |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for f in result["per_fold"]:
         auc = "n/a" if f["auc"] is None else f"{f['auc']:.3f}"
-        lines.append(f"| {f['fold']} | {f['images']} | {_pct(f['accuracy'])} | {f['loss']:.3f} | {_pct(f['sensitivity'])} "
-                     f"| {_pct(f['specificity'])} | {auc} | {f['best_epoch']} |")
+        lines.append(f"| {f['fold']} | {f['images']} | {percent(f['accuracy'])} | {f['loss']:.3f} | {percent(f['sensitivity'])} "
+                     f"| {percent(f['specificity'])} | {auc} | {f['best_epoch']} |")
     mean, sd = result["mean"], result["sd"]
 
     def pm(metric: str, percent: bool = True) -> str:
@@ -185,7 +185,7 @@ def render_cv_report(result: dict) -> str:
     lines.append(f"| **mean ± sd** | | **{pm('accuracy')}** | {pm('loss', False)} | {pm('sensitivity')} "
                  f"| {pm('specificity')} | {pm('auc', False)} | |")
     lines += ["", "## Pooled out-of-fold (every image tested once; 95% CI by bootstrap over patients)", "",
-              f"- accuracy: **{_pct(pooled['accuracy'])}**{_interval(pooled, 'accuracy')} ({pooled['n']} images)"]
+              f"- accuracy: **{percent(pooled['accuracy'])}**{interval_text(pooled, 'accuracy')} ({pooled['n']} images)"]
     if "covid" in pooled:
         lines += ["", "| COVID sensitivity | specificity | ROC AUC |", "|---:|---:|---:|", f"| {covid_row(pooled)} |"]
     lines += source_section(pooled, result.get("confounding"), heading="### Per source (pooled out-of-fold)")

@@ -67,11 +67,11 @@ def write_report(path, text: str) -> None:
     write_html(path, text)
 
 
-def _pct(value) -> str:
+def percent(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
-def _interval(scores: dict, name: str, percent: bool = True) -> str:
+def interval_text(scores: dict, name: str, percent: bool = True) -> str:
     """`` [low-high]`` from a metrics dict's 95% intervals, or nothing."""
     bounds = scores.get("intervals", {}).get(name)
     if bounds is None:
@@ -83,9 +83,9 @@ def _interval(scores: dict, name: str, percent: bool = True) -> str:
 def covid_row(scores: dict) -> str:
     """Sensitivity, specificity and AUC with counts and 95% intervals, as table cells."""
     covid = scores["covid"]
-    auc = "n/a" if covid["auc"] is None else f"{covid['auc']:.3f}{_interval(scores, 'auc', False)}"
-    return (f"{_pct(covid['sensitivity'])}{_interval(scores, 'sensitivity')} ({covid['tp']}/{covid['tp'] + covid['fn']}) "
-            f"| {_pct(covid['specificity'])}{_interval(scores, 'specificity')} ({covid['tn']}/{covid['tn'] + covid['fp']}) "
+    auc = "n/a" if covid["auc"] is None else f"{covid['auc']:.3f}{interval_text(scores, 'auc', False)}"
+    return (f"{percent(covid['sensitivity'])}{interval_text(scores, 'sensitivity')} ({covid['tp']}/{covid['tp'] + covid['fn']}) "
+            f"| {percent(covid['specificity'])}{interval_text(scores, 'specificity')} ({covid['tn']}/{covid['tn'] + covid['fp']}) "
             f"| {auc}")
 
 
@@ -99,7 +99,7 @@ def source_section(scores: dict, confounding: str | None, heading: str = "### Pe
         lines += ["", heading, "", "| source | images | accuracy [95% CI] |" + (" COVID sensitivity | specificity | AUC |" if has_covid else ""),
                   "|---|---:|---:|" + ("---:|---:|---:|" if has_covid else "")]
         for source, part in scores["per_source"].items():
-            row = f"| {source} | {part['n']} | {_pct(part['accuracy'])}{_interval(part, 'accuracy')} |"
+            row = f"| {source} | {part['n']} | {percent(part['accuracy'])}{interval_text(part, 'accuracy')} |"
             lines.append(row + (f" {covid_row(part)} |" if has_covid else ""))
     return lines
 
@@ -111,11 +111,11 @@ def calibration_section(calibration: dict) -> list[str]:
              "| split | ECE before | ECE after | loss before | loss after |", "|---|---:|---:|---:|---:|"]
     for split in ("validation", "test"):
         part = calibration[split]
-        lines.append(f"| {split} | {_pct(part['ece_before'])} | {_pct(part['ece_after'])} "
+        lines.append(f"| {split} | {percent(part['ece_before'])} | {percent(part['ece_after'])} "
                      f"| {part['loss_before']:.3f} | {part['loss_after']:.3f} |")
     if calibration.get("covid_threshold") is not None:
         lines += ["", f"COVID is called when its calibrated probability reaches **{calibration['covid_threshold']:.3f}**, "
-                  f"chosen on the validation split for a sensitivity of {_pct(calibration['target_sensitivity'])}; "
+                  f"chosen on the validation split for a sensitivity of {percent(calibration['target_sensitivity'])}; "
                   "otherwise the likelier other class. Every table above uses this rule."]
     lines += ["", f"![reliability diagram]({rundir.RELIABILITY_FIGURE})"]
     return lines
@@ -164,10 +164,10 @@ def render_report(config, metrics: dict) -> str:
               "| split | images | accuracy [95% CI] | loss |", "|---|---:|---:|---:|"]
     for split in ("train", "validation", "test"):
         part = metrics[split]
-        lines.append(f"| {split} | {part['n']} | {_pct(part['accuracy'])}{_interval(part, 'accuracy')} | {part['loss']:.3f} |")
+        lines.append(f"| {split} | {part['n']} | {percent(part['accuracy'])}{interval_text(part, 'accuracy')} | {part['loss']:.3f} |")
     lines += ["", "### Per class (test)", "", "| class | precision | recall | F1 | images |", "|---|---:|---:|---:|---:|"]
     for name, scores in test["per_class"].items():
-        lines.append(f"| {name} | {_pct(scores['precision'])} | {_pct(scores['recall'])} | {_pct(scores['f1'])} | {scores['support']} |")
+        lines.append(f"| {name} | {percent(scores['precision'])} | {percent(scores['recall'])} | {percent(scores['f1'])} | {scores['support']} |")
     if COVID in test:
         lines += ["", "### COVID-19 vs the rest (test, 95% CI)", "",
                   "| sensitivity | specificity | ROC AUC |", "|---:|---:|---:|", f"| {covid_row(test)} |"]
