@@ -118,7 +118,18 @@ def test_upload_names_cannot_reach_the_disk(client, run_dir, tmp_path, monkeypat
     assert sorted(p.name for p in run_dir.iterdir()) == before and list(tmp_path.iterdir()) == []
 
 
-def test_serve_without_a_run_is_a_clear_error(capsys):
+def test_serve_without_a_run_uses_the_shipped_model():
+    from covidxray.pretrained import default_run_dir
+    from covidxray.serve import resolve_run_dir
+
+    assert resolve_run_dir(None) == default_run_dir()
+    assert (resolve_run_dir(None) / "model.keras").is_file()
+
+
+def test_serve_without_a_run_or_a_shipped_model_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    import covidxray.pretrained as pretrained
+
+    monkeypatch.setattr(pretrained, "files", lambda package: tmp_path)  # an installation without the model
     assert main(["serve"]) == 2
     assert "pass --run RUN_DIR" in capsys.readouterr().err
 
