@@ -216,7 +216,8 @@ def run_cv(args) -> int:
     mean, sd, pooled = result["mean"], result["sd"], result["pooled"]
     low, high = pooled["intervals"]["accuracy"]
     print(f"mean accuracy {mean['accuracy']:.4f} +- {sd['accuracy']:.4f}; pooled {pooled['accuracy']:.4f} "
-          f"[95% CI {low:.3f}-{high:.3f}] ({result['protocol']['group_by']}-grouped, {result['protocol']['folds']} folds)")
+          f"[95% CI {low:.3f}-{high:.3f}] ({'patient-grouped' if result['protocol']['group_by'] == 'patient' else 'image-level'}, "
+          f"{result['protocol']['folds']} folds)")
     print(f"report: {Path(args.out) / CV_REPORT}")
     return 0
 
