@@ -66,15 +66,9 @@ def fit_temperature(y_true: np.ndarray, probabilities: np.ndarray) -> float:
 
 def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> float:
     """ECE of the top-class confidence, ``bins`` equal-width bins."""
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == y_true
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        inside = which == b
-        if inside.any():
-            total += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
-    return float(total)
+    table = reliability_bins(y_true, probabilities, bins)
+    return float(sum(count * abs(accuracy - confidence) for confidence, accuracy, count
+                     in zip(table["confidence"], table["accuracy"], table["count"])) / len(y_true))
 
 
 def reliability_bins(y_true: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> dict:

@@ -21,11 +21,12 @@ import pandas as pd
 from covidxray import rundir
 from covidxray.calibration import decide
 from covidxray.config import TrainConfig
-from covidxray.data.splits import assign_folds, split_groups
+from covidxray.data.splits import assign_folds
 from covidxray.errors import CovidXrayError
+from covidxray.evaluate import decided_metrics
 from covidxray.files import atomic_save
 from covidxray.labels import COVID
-from covidxray.metrics import classification_metrics, confounding_warning
+from covidxray.metrics import confounding_warning
 from covidxray.plots import plot_confusion
 from covidxray.progress import progress_bar
 from covidxray.report import DISCLAIMER, covid_row, interval_text, percent, save_figure, source_section, write_report
@@ -70,20 +71,11 @@ def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, over
         covid = config.classes.index(COVID) if COVID in config.classes else None
         predictions[test_mask] = decide(fold_probabilities, covid, metrics["calibration"].get("covid_threshold"))
         per_fold.append(_fold_summary(k + 1, metrics))
-    groups = split_groups(data.table)  # intervals resample patients, whatever the folds were grouped by
-    pooled = classification_metrics(data.targets, probabilities, config.classes, predictions=predictions,
-                                    groups=groups, seed=config.seed)
-    if data.table["source"].nunique() > 1:
-        sources = data.table["source"].astype(str).to_numpy()
-        pooled["per_source"] = {
-            str(s): classification_metrics(data.targets[sources == s], probabilities[sources == s], config.classes,
-                                           predictions=predictions[sources == s], groups=groups[sources == s],
-                                           seed=config.seed)
-            for s in np.unique(sources)
-        }
+    # intervals resample patients, whatever the folds were grouped by
+    pooled = decided_metrics(data.targets, probabilities, predictions, data.table, config.classes, seed=config.seed)
     result = {
         "protocol": {"folds": folds, "group_by": config.group_by, "seed": config.seed,
-                     "images": len(data.targets), "patients": int(len(np.unique(groups)))},
+                     "images": len(data.targets), "patients": pooled["intervals"]["patients"]},
         "config": asdict(config),
         "per_fold": per_fold,
         "mean": {m: _mean_sd(per_fold, m)[0] for m in SUMMARY_METRICS},

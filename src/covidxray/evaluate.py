@@ -58,6 +58,13 @@ def score(y: np.ndarray, raw: np.ndarray, table: pd.DataFrame, classes, calibrat
     covid = classes.index(COVID) if COVID in classes else None
     probabilities = scale(raw, calibration.temperature)
     predictions = decide(probabilities, covid, calibration.covid_threshold)
+    return decided_metrics(y, probabilities, predictions, table, classes, by_source=by_source, seed=seed)
+
+
+def decided_metrics(y: np.ndarray, probabilities: np.ndarray, predictions: np.ndarray, table: pd.DataFrame, classes,
+                    *, by_source: bool = True, seed: int = 0) -> dict:
+    """Metrics of decided predictions: 95% intervals over the patients of ``table`` and, with
+    ``by_source`` and two or more sources, a breakdown per source (also used for pooled CV folds)."""
     groups = split_groups(table.reset_index(drop=True))
     metrics = classification_metrics(y, probabilities, classes, predictions=predictions, groups=groups, seed=seed)
     sources = table["source"].fillna("").astype(str).to_numpy()
