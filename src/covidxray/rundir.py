@@ -103,6 +103,8 @@ class RunDir:
     def load_model(self):
         import keras
 
+        import covidxray.models.augment  # noqa: F401  (registers the custom layers the archive names)
+
         path = self.require(MODEL)
         try:
             return keras.saving.load_model(path, compile=False)

@@ -1,8 +1,70 @@
-"""Training-time augmentation as Keras preprocessing layers (inactive at inference)."""
+"""Training-time augmentation as Keras layers inside the model (inactive at inference)."""
 
 from __future__ import annotations
 
+import math
+
 import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="covidxray")
+class RandomAffine(keras.layers.Layer):
+    """Random rotation, zoom and shift composed into one affine map and resampled once.
+
+    Keras's ``RandomRotation``, ``RandomZoom`` and ``RandomTranslation`` each resample the image,
+    so stacking them interpolates (and blurs) three times, and on JAX each one is a
+    ``map_coordinates`` gather that costs as much as the model's own training step
+    (benchmarks/augmentation_speed.py). This layer draws the three per image, multiplies them into
+    one matrix and calls ``keras.ops.image.affine_transform`` once: bilinear, zero fill.
+
+    ``rotation``: largest angle in degrees; ``zoom``: largest relative zoom in or out;
+    ``shift``: largest shift as a fraction of the height and of the width (drawn separately).
+    Only active with ``training=True``.
+    """
+
+    def __init__(self, rotation: float = 5.0, zoom: float = 0.1, shift: float = 0.05,
+                 seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        for name, value, limit in (("rotation", rotation, 180.0), ("zoom", zoom, 1.0), ("shift", shift, 1.0)):
+            if not 0 <= value < limit:
+                raise ValueError(f"RandomAffine: {name}={value} must be in [0, {limit:g})")
+        self.rotation, self.zoom, self.shift, self.seed = rotation, zoom, shift, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=False):
+        if not training:
+            return images
+        x = ops.cast(images, "float32")  # coordinates need float32 even under mixed precision
+        transform = self.transforms(ops.shape(x)[0], height=x.shape[1], width=x.shape[2])
+        out = ops.image.affine_transform(x, transform, interpolation="bilinear", fill_mode="constant")
+        return ops.cast(out, images.dtype)
+
+    def transforms(self, batch, *, height: int, width: int):
+        """``batch`` random maps as ``affine_transform`` rows ``[a0, a1, a2, b0, b1, b2, 0, 0]``.
+
+        Output pixel ``(x, y)`` reads input ``(a0 x + a1 y + a2, b0 x + b1 y + b2)``: a rotation by
+        the angle and a scaling by the zoom about the image centre, then the shift.
+        """
+        def draw(limit):
+            return keras.random.uniform((batch,), -limit, limit, seed=self.seed_generator)
+
+        angle = draw(math.radians(self.rotation))
+        scale = 1.0 + draw(self.zoom)  # > 1 reads a larger area: zooms out
+        shift_x, shift_y = draw(self.shift) * width, draw(self.shift) * height
+        cos, sin = ops.cos(angle) * scale, ops.sin(angle) * scale
+        cx, cy = (width - 1) / 2, (height - 1) / 2
+        a2 = cx - cos * cx + sin * cy + shift_x
+        b2 = cy - sin * cx - cos * cy + shift_y
+        zero = ops.zeros_like(angle)
+        return ops.stack([cos, -sin, a2, sin, cos, b2, zero, zero], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rotation": self.rotation, "zoom": self.zoom, "shift": self.shift,
+                "seed": self.seed}
 
 
 def augmentation(seed: int | None = None, *, flip: bool = False) -> keras.Sequential:
@@ -15,9 +77,7 @@ def augmentation(seed: int | None = None, *, flip: bool = False) -> keras.Sequen
         return None if seed is None else seed + i
 
     layers = [
-        keras.layers.RandomRotation(5 / 360, fill_mode="constant", seed=seed_of(0)),
-        keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed_of(1)),
-        keras.layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=seed_of(2)),
+        RandomAffine(rotation=5.0, zoom=0.1, shift=0.05, seed=seed_of(0)),
         keras.layers.RandomContrast(0.1, value_range=(0, 255), seed=seed_of(3)),
     ]
     if flip:
