@@ -79,3 +79,34 @@ def test_the_default_backend_is_the_one_keras_uses(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "tensorflow"
+
+
+COMPILED = r"""
+import json
+import numpy as np
+import covidxray, keras
+from covidxray.config import TrainConfig
+from covidxray.train import build_model, fit_arrays
+config = TrainConfig(data="x", image_size=32, batch_size=4, epochs=1).resolve()
+model = build_model(config, 8)
+auto = bool(model.jit_compile)
+model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=True)  # what a GPU gets
+x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 1)).astype("uint8")
+fit_arrays(model, x, np.arange(8) % 3, epochs=1, batch_size=4)
+print(json.dumps({"auto": auto, "forced": bool(model.jit_compile)}))
+"""
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_training_is_compiled_where_the_backend_can(backend):
+    """JAX compiles the training step with the augmentation in it (Keras's RandomZoom & co. turned
+    compilation off for the whole model); TensorFlow, whose transform op XLA cannot compile, falls
+    back to a graph instead of failing when XLA is asked for (as on a GPU)."""
+    env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", COMPILED], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if backend == "jax":
+        assert result == {"auto": True, "forced": True}
+    else:
+        assert result == {"auto": False, "forced": False}

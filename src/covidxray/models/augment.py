@@ -13,10 +13,12 @@ class RandomAffine(keras.layers.Layer):
     """Random rotation, zoom and shift composed into one affine map and resampled once.
 
     Keras's ``RandomRotation``, ``RandomZoom`` and ``RandomTranslation`` each resample the image,
-    so stacking them interpolates (and blurs) three times, and on JAX each one is a
-    ``map_coordinates`` gather that costs as much as the model's own training step
-    (benchmarks/augmentation_speed.py). This layer draws the three per image, multiplies them into
-    one matrix and calls ``keras.ops.image.affine_transform`` once: bilinear, zero fill.
+    so stacking them interpolates (and blurs) three times; and they declare ``supports_jit =
+    False`` (TensorFlow's transform op has no XLA kernel), which makes Keras train the *whole
+    model* without compilation on every backend: on JAX, op by op (benchmarks/augmentation_speed.py).
+    This layer draws the three per image, multiplies them into one matrix and calls
+    ``keras.ops.image.affine_transform`` once (bilinear, zero fill); it declares itself
+    compilable except on TensorFlow.
 
     ``rotation``: largest angle in degrees; ``zoom``: largest relative zoom in or out;
     ``shift``: largest shift as a fraction of the height and of the width (drawn separately).
@@ -31,6 +33,9 @@ class RandomAffine(keras.layers.Layer):
                 raise ValueError(f"RandomAffine: {name}={value} must be in [0, {limit:g})")
         self.rotation, self.zoom, self.shift, self.seed = rotation, zoom, shift, seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # TensorFlow's ImageProjectiveTransformV3 has no XLA kernel: there, jit_compile=True (Keras's
+        # "auto" on a GPU) must fall back to a graph. JAX and torch compile the op fine.
+        self.supports_jit = keras.backend.backend() != "tensorflow"
 
     def call(self, images, training=False):
         if not training:
