@@ -23,7 +23,7 @@ from covidxray import rundir
 from covidxray.backup import EarlyStopping, RunBackup, check_resumable, read_state
 from covidxray.calibration import Calibration, scale
 from covidxray.config import TrainConfig
-from covidxray.data.batches import ShuffledBatches
+from covidxray.data.batches import ShuffledBatches, repeated_tf_dataset
 from covidxray.data.loading import LabelledImages, load_labelled_images
 from covidxray.data.splits import SPLITS, split_dataset, without_patient_id
 from covidxray.distribute import data_parallel, device_count, process_slice
@@ -198,7 +198,7 @@ def _fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: i
     else:
         if batches is None:
             fit_arrays(model, x_train, y_train, epochs=config.epochs, batch_size=config.batch_size,
-                       class_weight=class_weight, callbacks=callbacks, verbose=verbose)
+                       class_weight=class_weight, callbacks=callbacks, verbose=verbose, seed=config.seed)
         else:  # the PyDataset shuffles, from the seed
             model.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
         history, seconds, best_epoch = backup.history, backup.fit_seconds, checkpoint.best_epoch
@@ -208,9 +208,18 @@ def _fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: i
 
 
 def fit_arrays(model: keras.Model, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
-               class_weight: dict | None = None, callbacks=(), verbose: int = 0) -> keras.callbacks.History:
+               class_weight: dict | None = None, callbacks=(), verbose: int = 0, seed: int = 0) -> keras.callbacks.History:
     """Train ``model`` on in-memory images ``x`` (uint8, [0, 255]) and labels ``y``, reshuffled each
-    epoch: the input pipeline of :func:`fit` (and of ``benchmarks/train_speed.py``)."""
+    epoch: the input pipeline of :func:`fit` (and of ``benchmarks/train_speed.py``).
+
+    On TensorFlow the arrays go through one repeated ``tf.data`` pipeline for the whole fit
+    (:func:`~covidxray.data.batches.repeated_tf_dataset`: no pipeline restart, and no idle
+    cores, at each epoch); on JAX and torch, to ``model.fit`` as they are.
+    """
+    if keras.backend.backend() == "tensorflow":
+        dataset = repeated_tf_dataset(x, y, batch_size, seed=seed, class_weight=class_weight)
+        return model.fit(dataset, epochs=epochs, steps_per_epoch=-(-len(y) // batch_size),
+                         callbacks=list(callbacks), verbose=verbose, shuffle=False)  # the dataset shuffles
     return model.fit(x, y, epochs=epochs, batch_size=batch_size, class_weight=class_weight,
                      callbacks=list(callbacks), verbose=verbose, shuffle=True)
 
