@@ -108,6 +108,7 @@ def measure_keras(job: dict) -> dict:
     cpu_seconds = statistics.median(timer.cpu_seconds[1:])
     result = {
         "backend": keras.backend.backend(), "keras": keras.__version__, "parameters": int(model.count_params()),
+        "jit_compile": bool(model.jit_compile),  # False: Keras runs the step uncompiled (op by op on JAX)
         "build_seconds": build_seconds, "first_epoch_seconds": timer.seconds[0], "epoch_seconds_measured": timer.seconds[1:],
         "train_images": n, "train_images_per_second": n / epoch_seconds,
         # CPU time of all the process's threads: on a shared machine, less noisy than wall time

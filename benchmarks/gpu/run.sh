@@ -12,6 +12,8 @@
 #     device tool: run(command="bash benchmarks/gpu/run.sh", carry=[".whl"], timeout_s=300)
 # It ends within about 240 s, writes $OUT/train_speed.json, $OUT/train_speed.md and $OUT/log.txt,
 # and prints the table last. A configuration that fails is recorded and the others go on.
+# Each measurement records "jit_compile": it must be true on JAX (an uncompiled step runs op by
+# op; that is what Keras's own random resampling layers caused before RandomAffine replaced them).
 #
 # Check it on a CPU first (tiny images, a minute or two):  QUICK=1 bash benchmarks/gpu/run.sh
 set -uo pipefail
