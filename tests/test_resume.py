@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 import covidxray
+import covidxray.models  # noqa: F401  (registers RandomAffine, which the saved models hold)
 from conftest import make_dataset
 from covidxray.cli import main
 from covidxray.files import atomic_write_dir, recover_dir
@@ -91,6 +92,14 @@ def test_a_killed_run_resumes_from_its_last_epoch(tmp_path, capsys):
 
     assert main(["--quiet", "train", "--resume", str(run)]) == 2
     assert "complete" in capsys.readouterr().err
+
+    # The resumed run is the uninterrupted one: same weights, optimizer state, augmentation seeds
+    # and training order (TensorFlow) from the cut on, hence the same losses epoch by epoch.
+    whole = tmp_path / "whole"
+    assert main(["--quiet", *[str(whole) if a == str(run) else a for a in args]]) == 0
+    uninterrupted = pd.read_csv(whole / "history.csv")
+    for column in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert history[column].to_numpy() == pytest.approx(uninterrupted[column].to_numpy(), rel=1e-4, abs=1e-5), column
 
 
 def test_resume_refuses_a_run_without_backup(tmp_path, capsys):

@@ -47,6 +47,30 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
         self.wait, self.best, self.best_epoch = state["wait"], state["best"], state["best_epoch"]
 
 
+class SeedStates:
+    """The states of a model's random-seed generators (augmentation, dropout): Keras's weight
+    files leave them out, so without them a resumed run would draw the first epochs' augmentations
+    again."""
+
+    def __init__(self, model: keras.Model):
+        self.model = model
+
+    def variables(self) -> list:
+        weights = {id(v) for v in self.model.weights}
+        return [v for v in self.model.variables if id(v) not in weights]
+
+    def state(self) -> list:
+        return [keras.ops.convert_to_numpy(v).tolist() for v in self.variables()]
+
+    def restore(self, state: list) -> None:
+        variables = self.variables()
+        if len(state) != len(variables):
+            raise CovidXrayError(f"the backup holds {len(state)} seed states, the model {len(variables)}; "
+                                 "start the run again with --overwrite")
+        for variable, value in zip(variables, state):
+            variable.assign(keras.ops.convert_to_tensor(value, dtype=variable.dtype))
+
+
 class RunBackup(keras.callbacks.BackupAndRestore):
     """Back up the training state of a run after every epoch, and restore it when fit starts.
 
@@ -70,7 +94,8 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         if state is not None:
             self.history, self.fit_seconds = state["history"], state["fit_seconds"]
             for name, part in self.parts.items():
-                part.restore(state["parts"][name])
+                if name in state["parts"]:  # a backup written before a part existed restores without it
+                    part.restore(state["parts"][name])
             if (self.folder / BEST).is_file():  # the checkpoint of this epoch, not of a later cut-short one
                 atomic_save(self.run.file(rundir.MODEL), lambda tmp: shutil.copyfile(self.folder / BEST, tmp))
             self._write_history()

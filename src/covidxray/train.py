@@ -20,7 +20,7 @@ import pandas as pd
 from sklearn.utils.class_weight import compute_class_weight
 
 from covidxray import rundir
-from covidxray.backup import EarlyStopping, RunBackup, check_resumable, read_state
+from covidxray.backup import EarlyStopping, RunBackup, SeedStates, check_resumable, read_state
 from covidxray.calibration import Calibration, scale
 from covidxray.config import TrainConfig
 from covidxray.data.batches import ShuffledBatches, repeated_tf_dataset
@@ -185,7 +185,7 @@ def _fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: i
     # went the full 30 epochs peaked at epochs 20-28 with 79-82%.
     stopping = EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience,
                              start_from_epoch=config.epochs // 2)
-    backup = RunBackup(run, {"checkpoint": checkpoint, "early_stopping": stopping})
+    backup = RunBackup(run, {"checkpoint": checkpoint, "early_stopping": stopping, "seeds": SeedStates(model)})
     callbacks = [
         PreciseValidation(calibration, *data.part("validation")),  # first: the others see its scores
         checkpoint,
@@ -196,10 +196,13 @@ def _fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: i
     if state is not None and (state["stopped"] or state["epoch"] >= config.epochs):
         history, seconds, best_epoch = state["history"], state["fit_seconds"], state["parts"]["checkpoint"]["best_epoch"]
     else:
+        done = 0 if state is None else state["epoch"]  # a resumed run draws the order of the epochs it has left
         if batches is None:
             fit_arrays(model, x_train, y_train, epochs=config.epochs, batch_size=config.batch_size,
-                       class_weight=class_weight, callbacks=callbacks, verbose=verbose, seed=config.seed)
+                       class_weight=class_weight, callbacks=callbacks, verbose=verbose, seed=config.seed,
+                       skip_epochs=done)
         else:  # the PyDataset shuffles, from the seed
+            batches.start_at(done)
             model.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
         history, seconds, best_epoch = backup.history, backup.fit_seconds, checkpoint.best_epoch
     epochs_run = len(history)
@@ -208,16 +211,18 @@ def _fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: i
 
 
 def fit_arrays(model: keras.Model, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
-               class_weight: dict | None = None, callbacks=(), verbose: int = 0, seed: int = 0) -> keras.callbacks.History:
+               class_weight: dict | None = None, callbacks=(), verbose: int = 0, seed: int = 0,
+               skip_epochs: int = 0) -> keras.callbacks.History:
     """Train ``model`` on in-memory images ``x`` (uint8, [0, 255]) and labels ``y``, reshuffled each
     epoch: the input pipeline of :func:`fit` (and of ``benchmarks/train_speed.py``).
 
     On TensorFlow the arrays go through one repeated ``tf.data`` pipeline for the whole fit
     (:func:`~covidxray.data.batches.repeated_tf_dataset`: no pipeline restart, and no idle
-    cores, at each epoch); on JAX and torch, to ``model.fit`` as they are.
+    cores, at each epoch); on JAX and torch, to ``model.fit`` as they are. ``skip_epochs``: on
+    TensorFlow, start from the order of that epoch (a resumed run continues the same sequence).
     """
     if keras.backend.backend() == "tensorflow":
-        dataset = repeated_tf_dataset(x, y, batch_size, seed=seed, class_weight=class_weight)
+        dataset = repeated_tf_dataset(x, y, batch_size, seed=seed, class_weight=class_weight, skip_epochs=skip_epochs)
         return model.fit(dataset, epochs=epochs, steps_per_epoch=-(-len(y) // batch_size),
                          callbacks=list(callbacks), verbose=verbose, shuffle=False)  # the dataset shuffles
     return model.fit(x, y, epochs=epochs, batch_size=batch_size, class_weight=class_weight,

@@ -66,13 +66,18 @@ class ShuffledBatches(keras.utils.PyDataset):
             return images, self.labels[picked]
         return images, self.labels[picked], self.weights[picked]
 
+    def start_at(self, epoch: int) -> None:
+        """Continue with the order of ``epoch`` (counted from 0), as a resumed run does."""
+        self.epoch = epoch
+        self.order = self.epoch_order(epoch)
+
     def on_epoch_end(self) -> None:
         self.epoch += 1
         self.order = self.epoch_order(self.epoch)
 
 
 def repeated_tf_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: int = 0,
-                        class_weight: dict[int, float] | None = None):
+                        class_weight: dict[int, float] | None = None, skip_epochs: int = 0):
     """In-memory arrays as one ``tf.data`` pipeline for a whole fit (TensorFlow backend only).
 
     A fresh permutation each epoch (from ``seed``), the last batch short, as ``model.fit(x, y,
@@ -81,7 +86,8 @@ def repeated_tf_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int,
     project's 2-core machine that start sometimes left both cores idle for 1 s (compactnet,
     384 images at 160 px) to 4.6 s (darkcovidnet at 256 px) before the epoch's first batch.
     Batches are gathered from the arrays and cast to float32 in tf.data's threads, while the
-    model trains on the previous one.
+    model trains on the previous one. ``skip_epochs``: start with the order of that epoch (only
+    indices are drawn for the skipped ones).
     """
     import tensorflow as tf
 
@@ -98,5 +104,5 @@ def repeated_tf_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int,
         return (tf.cast(picked[0], tf.float32), *picked[1:])
 
     order = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    return (order.batch(batch_size).repeat().map(gather, num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE))
+    batches = order.batch(batch_size).repeat().skip(skip_epochs * -(-n // batch_size))
+    return batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
