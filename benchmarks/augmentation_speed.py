@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from train_speed import installed_backends  # the sibling benchmark (this folder is on sys.path)
+
 BACKENDS = ("tensorflow", "jax", "torch")
 AUGMENTATIONS = ("keras-layers", "random-affine", "none")
 
@@ -133,13 +135,6 @@ def markdown(results: list[dict], args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def installed_backends() -> list[str]:
-    import importlib.util
-
-    modules = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
-    return [b for b in BACKENDS if importlib.util.find_spec(modules[b]) is not None]
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=None, help="default: those installed")
@@ -154,7 +149,7 @@ def main(argv=None) -> int:
         worker(args)
         return 0
     results = []
-    for backend in args.backends or installed_backends():
+    for backend in args.backends or [b for b in BACKENDS if b in installed_backends()]:
         command = [sys.executable, __file__, "--worker", "--model", args.model,
                    "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
         done = subprocess.run(command, env={**os.environ, "KERAS_BACKEND": backend}, capture_output=True, text=True)

@@ -12,6 +12,13 @@ import keras
 import numpy as np
 
 
+def sample_weights(labels: np.ndarray, class_weight: dict[int, float]) -> np.ndarray:
+    """Each image's weight, float32: its class's entry of ``class_weight`` (1.0 where it has none)."""
+    labels = np.asarray(labels)
+    table = np.array([class_weight.get(c, 1.0) for c in range(int(labels.max()) + 1)], dtype=np.float32)
+    return table[labels]
+
+
 class ShuffledBatches(keras.utils.PyDataset):
     """``(images, labels[, sample weights])`` batches in a new random order each epoch.
 
@@ -34,10 +41,7 @@ class ShuffledBatches(keras.utils.PyDataset):
         if process_count > 1 and (batch_size % process_count or not drop_remainder):
             raise ValueError("with several processes the batch size must split evenly and drop_remainder be set")
         self.process_index, self.process_count = process_index, process_count
-        self.weights = None
-        if class_weight is not None:
-            table = np.array([class_weight.get(c, 1.0) for c in range(int(self.labels.max()) + 1)], dtype=np.float32)
-            self.weights = table[self.labels]
+        self.weights = None if class_weight is None else sample_weights(self.labels, class_weight)
         self.epoch = 0
         self.order = self.epoch_order(0)
 
@@ -96,8 +100,7 @@ def repeated_tf_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int,
         raise ValueError(f"{len(images)} images but {n} labels")
     tensors = [tf.convert_to_tensor(images), tf.convert_to_tensor(np.asarray(labels))]
     if class_weight is not None:
-        table = np.array([class_weight.get(c, 1.0) for c in range(int(np.max(labels)) + 1)], dtype=np.float32)
-        tensors.append(tf.convert_to_tensor(table[np.asarray(labels)]))
+        tensors.append(tf.convert_to_tensor(sample_weights(labels, class_weight)))
 
     def gather(indices):
         picked = [tf.gather(t, indices) for t in tensors]
