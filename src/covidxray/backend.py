@@ -3,8 +3,8 @@
 Keras 3 reads ``KERAS_BACKEND`` once, at import. When it is unset, covidxray keeps the backend
 named in ``~/.keras/keras.json`` if that backend is installed (Keras writes that file with
 ``tensorflow`` on first import, installed or not), and otherwise picks the first installed of
-TensorFlow, PyTorch and JAX: the order of their measured training speed on a laptop CPU (49, 35
-and 26 images/s for DarkCovidNet at 256x256 on a 2-core machine). Set ``KERAS_BACKEND=jax``
+TensorFlow, PyTorch and JAX: the order of their measured training speed on a laptop CPU (63.9,
+32.8 and 29.0 images/s for DarkCovidNet at 256x256 on a 2-core machine; README, Speed). Set ``KERAS_BACKEND=jax``
 (or ``torch``, ``tensorflow``) to choose.
 """
 
