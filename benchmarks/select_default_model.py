@@ -21,7 +21,7 @@ from covidxray.rundir import RunDir
 from covidxray.train import evaluate_splits, fit, prepare_data
 
 
-def main() -> None:
+def main(argv=None) -> None:
     import keras
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", default="model_selection.jsonl")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for candidate in args.candidates:
         name, size = candidate.split(":")
         config = TrainConfig(data=args.data, task=args.task, model=name, image_size=int(size),
@@ -46,7 +46,7 @@ def main() -> None:
             started = time.perf_counter()
             training = fit(config, data, run, verbose=2)
             minutes = (time.perf_counter() - started) / 60
-            metrics, _ = evaluate_splits(run.load_model(), data)
+            metrics, _ = evaluate_splits(run.load_model(), data, config)
         row = {"model": name, "image_size": int(size), "seed": args.seed, "epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size, "minutes": round(minutes, 2),
                **training, "val_accuracy": metrics["validation"]["accuracy"],
                "test_accuracy": metrics["test"]["accuracy"], "backend": keras.backend.backend(),
