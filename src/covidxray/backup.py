@@ -76,12 +76,13 @@ class RunBackup(keras.callbacks.BackupAndRestore):
 
     ``parts`` are covidxray's stateful callbacks (``state()`` / ``restore(state)``); keep this
     callback after them, so that it saves the state they reach at the end of each epoch and
-    restores theirs after their own ``on_train_begin`` reset it.
+    restores theirs after their own ``on_train_begin`` reset it. ``state``: what
+    :func:`read_state` gave for ``run`` before fit (None: a new run), restored when fit starts.
     """
 
-    def __init__(self, run: rundir.RunDir, parts: dict):
+    def __init__(self, run: rundir.RunDir, parts: dict, state: dict | None):
         super().__init__(str(run.file(rundir.BACKUP)), save_freq="epoch", delete_checkpoint=False)
-        self.run, self.parts = run, parts
+        self.run, self.parts, self.saved = run, parts, state
         self.folder = run.file(rundir.BACKUP)
         self.history: list[dict] = []
         self.fit_seconds, self.stopped = 0.0, False
@@ -90,7 +91,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
     def on_train_begin(self, logs=None):
         recover_dir(self.folder)
         super().on_train_begin(logs)  # Keras: weights, optimizer state, epoch to start from
-        state = read_state(self.run)
+        state = self.saved
         if state is not None:
             self.history, self.fit_seconds = state["history"], state["fit_seconds"]
             for name, part in self.parts.items():

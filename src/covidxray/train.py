@@ -185,14 +185,14 @@ def _fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: i
     # went the full 30 epochs peaked at epochs 20-28 with 79-82%.
     stopping = EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience,
                              start_from_epoch=config.epochs // 2)
-    backup = RunBackup(run, {"checkpoint": checkpoint, "early_stopping": stopping, "seeds": SeedStates(model)})
+    state = read_state(run)
+    backup = RunBackup(run, {"checkpoint": checkpoint, "early_stopping": stopping, "seeds": SeedStates(model)}, state)
     callbacks = [
         PreciseValidation(calibration, *data.part("validation")),  # first: the others see its scores
         checkpoint,
         stopping,
         backup,  # last: saves the states the others reach at each epoch's end, and writes history.csv
     ]
-    state = read_state(run)
     if state is not None and (state["stopped"] or state["epoch"] >= config.epochs):
         history, seconds, best_epoch = state["history"], state["fit_seconds"], state["parts"]["checkpoint"]["best_epoch"]
     else:
