@@ -10,7 +10,8 @@
 # On the lent machine (one H100 or H200, Python 3.12 with JAX and PyTorch, no Keras, no
 # internet), from the repository root, after `bash benchmarks/gpu/fetch_wheels.sh` here:
 #     device tool: run(command="bash benchmarks/gpu/run.sh", carry=[".whl"], timeout_s=300)
-# It ends within about 240 s, writes $OUT/train_speed.json, $OUT/train_speed.md and $OUT/log.txt,
+# It ends within about 240 s, writes $OUT/input_pipeline.{json,md} (the input pipeline's ceiling:
+# benchmarks/input_pipeline.py), $OUT/train_speed.json, $OUT/train_speed.md and $OUT/log.txt,
 # and prints the table last. A configuration that fails is recorded and the others go on.
 # Each measurement records "jit_compile": it must be true on JAX (an uncompiled step runs op by
 # op; that is what Keras's own random resampling layers caused before RandomAffine replaced them).
@@ -53,11 +54,13 @@ PY
 
 if [ "$QUICK" = 1 ]; then
     S1=64; S2=64; IMAGES=32; REF_DEVICE=cpu; BUDGET=100; LIMIT=200
+    PIPELINE=(--sizes 64 --batch-sizes 8 --steps-per-execution 1 --steps 10 --epochs 1)
     CONFIGS=(darkcovidnet:$S1/8/mixed_bfloat16/1 darkcovidnet:$S1/8/none/1 darkcovidnet:$S1/8/mixed_bfloat16/4
              compactnet:$S2/16/none/1)
     BATCHES=(8 16)
 else
-    S1=256; S2=160; IMAGES=6400; REF_DEVICE=cuda; BUDGET=160; LIMIT=205
+    S1=256; S2=160; IMAGES=6400; REF_DEVICE=cuda; BUDGET=145; LIMIT=190
+    PIPELINE=(--sizes 256 160 --batch-sizes 32 128 --steps-per-execution 1 8 --steps 100 --epochs 3)
     # Most wanted first: a configuration that cannot start within the budget is skipped.
     CONFIGS=(darkcovidnet:$S1/32/mixed_bfloat16/1 darkcovidnet:$S1/32/none/1 darkcovidnet:$S1/32/mixed_bfloat16/8
              darkcovidnet:$S1/128/mixed_bfloat16/1 darkcovidnet:$S1/128/none/1
@@ -65,6 +68,12 @@ else
              compactnet:$S2/128/mixed_bfloat16/1 compactnet:$S2/128/none/1)
     BATCHES=(32 128)
 fi
+
+# First the input pipeline alone (a model that does almost no work): the most images/s it can feed
+# on this host, to read the training figures against. At most 45 s.
+timeout 45 "$PYTHON" benchmarks/input_pipeline.py --backends jax "${PIPELINE[@]}" \
+    --out "$OUT/input_pipeline.json" --markdown "$OUT/input_pipeline.md" \
+    || echo "input pipeline benchmark: failed or stopped at 45 s (status $?); going on"
 
 "$PYTHON" benchmarks/train_speed.py --backends jax --configs "${CONFIGS[@]}" --batch-size "${BATCHES[@]}" \
     --images-per-step-epoch "$IMAGES" --epochs 2 --warmup-steps 10 --repeats 1 --no-predict --one-process \
