@@ -60,7 +60,7 @@ if [ "$QUICK" = 1 ]; then
     BATCHES=(8 16)
 else
     S1=256; S2=160; IMAGES=6400; REF_DEVICE=cuda; BUDGET=145; LIMIT=190
-    PIPELINE=(--sizes 256 160 --batch-sizes 32 128 --steps-per-execution 1 8 --steps 100 --epochs 3)
+    PIPELINE=(--sizes 256 --batch-sizes 32 128 --steps-per-execution 1 8 --steps 100 --epochs 3)
     # Most wanted first: a configuration that cannot start within the budget is skipped.
     CONFIGS=(darkcovidnet:$S1/32/mixed_bfloat16/1 darkcovidnet:$S1/32/none/1 darkcovidnet:$S1/32/mixed_bfloat16/8
              darkcovidnet:$S1/128/mixed_bfloat16/1 darkcovidnet:$S1/128/none/1
