@@ -24,12 +24,10 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from train_speed import installed_backends  # the sibling benchmark (this folder is on sys.path)
+from train_speed import installed_backends, run_backend_worker  # the sibling benchmark (this folder is on sys.path)
 
 BACKENDS = ("tensorflow", "jax", "torch")
 AUGMENTATIONS = ("keras-layers", "random-affine", "none")
@@ -150,14 +148,11 @@ def main(argv=None) -> int:
         return 0
     results = []
     for backend in args.backends or [b for b in BACKENDS if b in installed_backends()]:
-        command = [sys.executable, __file__, "--worker", "--model", args.model,
-                   "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
-        done = subprocess.run(command, env={**os.environ, "KERAS_BACKEND": backend}, capture_output=True, text=True)
-        if done.returncode != 0:
-            print(f"{backend}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
-            continue
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(markdown(results[-1:], args), flush=True)
+        result = run_backend_worker(__file__, backend, ["--model", args.model, "--batch-size", str(args.batch_size),
+                                                        "--steps", str(args.steps)])
+        if result is not None:
+            results.append(result)
+            print(markdown(results[-1:], args), flush=True)
     Path(args.out).write_text(json.dumps({"model": args.model, "batch_size": args.batch_size, "steps": args.steps,
                                           "machine": platform.platform(), "results": results}, indent=2) + "\n")
     Path(args.markdown).write_text(markdown(results, args))

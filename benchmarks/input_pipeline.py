@@ -24,12 +24,10 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from train_speed import installed_backends  # the sibling benchmark (this folder is on sys.path)
+from train_speed import installed_backends, run_backend_worker  # the sibling benchmark (this folder is on sys.path)
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
@@ -126,21 +124,15 @@ def main(argv=None) -> int:
     if args.worker:
         worker(args)
         return 0
-    src = str(Path(__file__).resolve().parent.parent / "src")
-    pythonpath = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
     results = []
     for backend in args.backends or [b for b in BACKENDS if b in installed_backends()]:
         spe = args.steps_per_execution if backend != "torch" else [1]
-        command = [sys.executable, __file__, "--worker", "--sizes", *map(str, args.sizes),
-                   "--batch-sizes", *map(str, args.batch_sizes), "--steps-per-execution", *map(str, spe),
-                   "--steps", str(args.steps), "--epochs", str(args.epochs)]
-        done = subprocess.run(command, env={**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": pythonpath},
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            print(f"{backend}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
-            continue
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(markdown(results[-1:], args), flush=True)
+        result = run_backend_worker(__file__, backend, [
+            "--sizes", *map(str, args.sizes), "--batch-sizes", *map(str, args.batch_sizes),
+            "--steps-per-execution", *map(str, spe), "--steps", str(args.steps), "--epochs", str(args.epochs)])
+        if result is not None:
+            results.append(result)
+            print(markdown(results[-1:], args), flush=True)
     Path(args.out).write_text(json.dumps({"steps": args.steps, "epochs": args.epochs, "machine": platform.platform(),
                                           "cpus": os.cpu_count(), "results": results}, indent=2) + "\n")
     Path(args.markdown).write_text(markdown(results, args))

@@ -218,15 +218,33 @@ def plan(args) -> tuple[list[dict], list[dict]]:
     return references, jobs
 
 
-def run_subprocess(jobs: list[dict], backend: str | None, timeout: float) -> list[dict]:
+def worker_env(backend: str | None) -> dict:
+    """The environment of a benchmark worker: ``backend`` for Keras, and this checkout's ``src`` first."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if backend:
         env["KERAS_BACKEND"] = backend
     src = str(HERE.parent / "src")
     env["PYTHONPATH"] = src + os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else src
+    return env
+
+
+def run_backend_worker(script: str, backend: str, arguments: list[str]) -> dict | None:
+    """Run ``script --worker *arguments`` with ``backend`` and return the JSON object on its last
+    line of output; None (its error printed) where it fails. For the benchmarks whose worker
+    measures one backend and prints one result."""
+    done = subprocess.run([sys.executable, script, "--worker", *arguments], env=worker_env(backend),
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"{backend}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_subprocess(jobs: list[dict], backend: str | None, timeout: float) -> list[dict]:
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(jobs)]
     try:
-        done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, timeout=max(1.0, timeout))
+        done = subprocess.run(command, env=worker_env(backend), stdout=subprocess.PIPE, text=True,
+                              timeout=max(1.0, timeout))
         stdout, error = done.stdout, f"worker exited with status {done.returncode} before this job's result"
     except subprocess.TimeoutExpired as stopped:
         stdout = stopped.stdout.decode() if isinstance(stopped.stdout, bytes) else (stopped.stdout or "")
