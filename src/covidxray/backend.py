@@ -4,8 +4,9 @@ Keras 3 reads ``KERAS_BACKEND`` once, at import. When it is unset, covidxray kee
 named in ``~/.keras/keras.json`` if that backend is installed (Keras writes that file with
 ``tensorflow`` on first import, installed or not), and otherwise picks the first installed of
 TensorFlow, PyTorch and JAX: the order of their measured training speed on a laptop CPU (63.9,
-32.8 and 29.0 images/s for DarkCovidNet at 256x256 on a 2-core machine; README, Speed). Set ``KERAS_BACKEND=jax``
-(or ``torch``, ``tensorflow``) to choose.
+32.8 and 29.0 images/s for DarkCovidNet at 256x256 on a 2-core machine; docs/speed.md). Set
+``KERAS_BACKEND=jax`` (or ``torch``, ``tensorflow``) to choose. Where none is installed nothing
+fails at import: the first command that needs Keras ends with :data:`NO_BACKEND`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 
 #: Keras backends in the order covidxray prefers them; each is also the name of its Python module.
 PREFERENCE = ("tensorflow", "torch", "jax")
+NO_BACKEND = ("covidxray needs a Keras backend and none is installed: pip install 'covidxray[tensorflow]' "
+              "(or 'covidxray[jax]', 'covidxray[torch]')")
 
 
 def _installed(backend: str) -> bool:
@@ -34,8 +37,8 @@ def _keras_json_backend() -> str | None:
         return None
 
 
-def choose_backend() -> str:
-    """Set ``KERAS_BACKEND`` when nothing chose one, and return the backend in force."""
+def choose_backend() -> str | None:
+    """Set ``KERAS_BACKEND`` when nothing chose one, and return the backend in force (None: none installed)."""
     if os.environ.get("KERAS_BACKEND"):
         return os.environ["KERAS_BACKEND"]
     configured = _keras_json_backend()
@@ -45,7 +48,41 @@ def choose_backend() -> str:
         if _installed(backend):
             os.environ["KERAS_BACKEND"] = backend
             return backend
-    raise ImportError(
-        "covidxray needs a Keras backend: pip install 'covidxray[tensorflow]' "
-        "(or [jax], [torch])"
-    )
+    return None
+
+
+def is_missing_backend(error: ImportError) -> bool:
+    """True when ``error`` is Keras failing to import its backend's module (none installed)."""
+    return isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] in PREFERENCE
+
+
+def import_keras_quietly() -> None:
+    """Import Keras (and so its backend) with the process's stderr closed for the duration.
+
+    TensorFlow 2.21 writes its oneDNN and absl start-up lines from C++ at import, whatever
+    ``TF_CPP_MIN_LOG_LEVEL`` says; a command imports Keras through here so that they do not reach
+    the terminal. Python errors are still raised; ``TF_CPP_MIN_LOG_LEVEL=0`` imports as usual.
+    """
+    import sys
+
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0" or "keras" in sys.modules:
+        import keras  # noqa: F401
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import keras  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def quiet_backend_logs() -> None:
+    """Keep TensorFlow's C++ start-up lines (oneDNN, CPU features) and absl's off the terminal.
+
+    Set ``TF_CPP_MIN_LOG_LEVEL=0`` to see them again. Must run before TensorFlow loads.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")

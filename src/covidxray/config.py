@@ -1,91 +1,221 @@
-"""Training settings: one dataclass, written beside every run so the run can be repeated."""
+"""Training settings, each declared once: a dataclass field with its help, choices and bounds.
+
+The command line's options are generated from these fields (:mod:`covidxray.cli.options`),
+:meth:`TrainConfig.check` enforces their choices and bounds, and every run writes the resolved
+settings to ``config.json`` so that it can be repeated. Importing this module does not import
+Keras.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from covidxray.data.shards import shard_image_size
-from covidxray.distribute import check_settings
+from covidxray.data.blanking import DEFAULT_FRACTION
 from covidxray.errors import CovidXrayError
-from covidxray.labels import task_classes
-from covidxray.models import DEFAULT_MODEL, get_spec
+from covidxray.labels import TASKS, task_classes
+from covidxray.models.registry import DEFAULT_MODEL, list_models, model_spec
 
+#: The commands that train a model, and so take training settings.
+TRAIN, CV, PROBE = "train", "cv", "probe"
+TRAINING_COMMANDS = (TRAIN, CV, PROBE)
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
 MIXED_PRECISION_POLICIES = ("mixed_float16", "mixed_bfloat16")
+DISTRIBUTE_CHOICES = ("none", "data-parallel")
+GROUP_BY_CHOICES = ("patient", "none")
+#: Settings a resumed run may change: they do not change what it computes.
+MAY_CHANGE_ON_RESUME = ("cache_dir",)
+#: Names an older config.json used for a setting, and the name it has now.
+RENAMED = {"blank_lungs": "blank_fraction"}
+
+
+def setting(default, help: str, *, kind: type | None = None, choices=None, low=None, high=None,
+            low_open: bool = False, high_open: bool = False, commands=TRAINING_COMMANDS, flag: str | None = None,
+            aliases: tuple[str, ...] = (), command_defaults: dict | None = None, metavar: str | None = None):
+    """A dataclass field that carries everything the command line and the checks need.
+
+    ``kind``: the value's type on the command line (default: the default's type); ``choices``: a
+    sequence or a function returning one; ``low``/``high``: bounds (``*_open``: excluded);
+    ``commands``: which commands offer it (empty: library only); ``flag``: the option for a
+    boolean (``--no-augment`` turns ``augment`` off); ``aliases``: older option names still
+    accepted; ``command_defaults``: a default of its own per command (``probe`` blanks by default).
+    """
+    metadata = {"help": help, "kind": kind or type(default), "choices": choices, "low": low, "high": high,
+                "low_open": low_open, "high_open": high_open, "commands": tuple(commands), "flag": flag,
+                "aliases": tuple(aliases), "command_defaults": command_defaults or {}, "metavar": metavar}
+    if isinstance(default, list | tuple | dict):
+        return field(default_factory=lambda: default, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class TrainConfig:
-    data: str | list[str]  # class folders, a CSV manifest or an ieee8023-style folder; a list combines several
-    task: str = "three-class"  # "binary" (covid vs normal) or "three-class"
-    model: str = DEFAULT_MODEL  # a name from covidxray.models.list_models()
-    image_size: int | None = None  # input side in pixels; None: the model's own default
-    weights: str = "none"  # none, imagenet (backbones) or a weights file
-    epochs: int = 30  # the learning rate decays to zero at the last epoch
-    batch_size: int = 32
-    learning_rate: float = 1e-3  # Adam's peak rate: one epoch of warm-up, then cosine decay to 0
-    patience: int = 10  # stop after this many epochs without better validation accuracy (watched from mid-training)
-    class_weights: bool = True  # weight the loss by inverse class frequency
-    augment: bool = True  # rotation, zoom, shift, contrast inside the model
-    flip: bool = False  # add horizontal flips to the augmentation
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    seed: int = 0  # seeds the split, the weights and the augmentation
-    group_by: str = "patient"  # "patient": no patient in two splits; "none": image-level (inflates accuracy)
-    target_sensitivity: float | None = None  # choose the COVID threshold on validation data for this sensitivity
-    blank_lungs: float = 0.0  # shortcut probe: blank this central fraction of each image (0: off)
-    jit_compile: bool | str = "auto"  # XLA compilation (Keras's "auto": where the backend supports it)
-    mixed_precision: str | None = None  # None, "mixed_float16" or "mixed_bfloat16" (faster on GPUs)
-    steps_per_execution: int = 1  # training steps per compiled call (more: less Python per step)
-    cache_dir: str | None = None  # decoded-image cache; None: ~/.cache/covidxray
-    distribute: str = "none"  # "data-parallel": split each batch over several devices (JAX backend only)
-    devices: int | None = None  # devices for data-parallel training; None: every visible device
-    classes: tuple[str, ...] = ()  # filled from the task by resolve()
+    """Everything that decides what a training run computes."""
+
+    data: str | list[str] = setting(
+        "", "class folders, a CSV manifest (path,label[,patient_id,source]) or an ieee8023 folder; repeat to "
+        "combine datasets (an image they share is counted once); or one shard folder written by covidxray data "
+        "shard (streamed from disk)", kind=str, metavar="PATH")
+    task: str = setting("three-class", "binary (covid vs normal) or three-class", choices=tuple(TASKS))
+    model: str = setting(DEFAULT_MODEL, "a model of `covidxray models`", choices=list_models)
+    image_size: int | None = setting(None, "input side in pixels (default: the model's own)", kind=int,
+                                     low=MIN_IMAGE_SIZE, high=MAX_IMAGE_SIZE)
+    weights: str = setting("none", "none, imagenet (keras.applications models) or a weights file")
+    epochs: int = setting(30, "epochs (the learning rate decays to zero at the last; early stopping may end sooner)",
+                          low=1)
+    batch_size: int = setting(32, "images per training step", low=1)
+    learning_rate: float = setting(1e-3, "peak rate of Adam (one epoch of warm-up, then cosine decay to 0)",
+                                   low=0.0, low_open=True)
+    patience: int = setting(10, "stop after this many epochs without better validation accuracy, watched from the "
+                            "middle of training on", low=0)
+    class_weights: bool = setting(True, "weight the loss by inverse class frequency", flag="--no-class-weights")
+    augment: bool = setting(True, "rotation, zoom, shift and contrast inside the model", flag="--no-augment")
+    flip: bool = setting(False, "add horizontal flips to the augmentation", flag="--flip")
+    val_fraction: float = setting(0.15, "share of the training data (patients) held out for validation",
+                                  low=0.02, high=0.5)
+    test_fraction: float = setting(0.15, "share of the data (patients) held out for testing", low=0.02, high=0.5,
+                                   commands=(TRAIN, PROBE))
+    seed: int = setting(0, "seeds the split, the weights and the augmentation")
+    group_by: str = setting("patient", "patient: no patient in two splits; none: image-level, as most published "
+                            "results (inflated)", choices=GROUP_BY_CHOICES)
+    target_sensitivity: float | None = setting(
+        None, "choose the COVID decision threshold on validation data for this sensitivity, e.g. 0.95", kind=float,
+        low=0.0, high=1.0, low_open=True)
+    blank_fraction: float = setting(
+        0.0, "shortcut probe: blank this central fraction of every image's side, in training and testing "
+        "(0: off; see covidxray probe)", low=0.0, high=1.0, high_open=True, commands=(TRAIN, PROBE),
+        aliases=("--blank-lungs", "--fraction"), command_defaults={PROBE: DEFAULT_FRACTION}, metavar="FRACTION")
+    jit_compile: bool | str = setting("auto", "XLA compilation (Keras's auto: where the backend supports it)",
+                                      commands=())
+    mixed_precision: str | None = setting(
+        None, "compute in 16-bit floats, keep weights in float32 (faster on GPUs, slower on most CPUs)", kind=str,
+        choices=MIXED_PRECISION_POLICIES)
+    steps_per_execution: int = setting(1, "training steps per compiled call (more: less Python overhead per step, "
+                                       "for fast GPUs)", low=1)
+    cache_dir: str | None = setting(None, "decoded-image cache (default ~/.cache/covidxray)", kind=str)
+    distribute: str = setting("none", "data-parallel: split each batch over several devices (JAX backend: "
+                              "KERAS_BACKEND=jax)", choices=DISTRIBUTE_CHOICES, commands=(TRAIN,))
+    devices: int | None = setting(None, "devices for --distribute data-parallel (default: all visible)", kind=int,
+                                  low=1, commands=(TRAIN,))
+    classes: tuple[str, ...] = setting((), "the task's classes in output order (filled by resolve)", commands=())
+
+    @classmethod
+    def for_command(cls, command: str, **values) -> TrainConfig:
+        """The settings of ``command`` (its own defaults) with ``values`` given."""
+        defaults = {f.name: f.metadata["command_defaults"][command] for f in fields(cls)
+                    if command in f.metadata["command_defaults"]}
+        return cls(**{**defaults, **values})
+
+    def check(self) -> None:
+        """Raise a :class:`CovidXrayError` naming the option for a value outside its choices or bounds."""
+        for f in fields(self):
+            _check_value(f, getattr(self, f.name))
+        if self.devices is not None and self.distribute == "none":
+            raise CovidXrayError("--devices needs --distribute data-parallel")
+        if not self.data:
+            raise CovidXrayError("--data is required: a dataset folder or manifest")
 
     def resolve(self) -> TrainConfig:
-        """Fill the derived fields (classes, image size) and check the settings."""
-        spec = get_spec(self.model)
-        classes = task_classes(self.task)
-        for name in ("val_fraction", "test_fraction"):
-            if not 0.02 <= getattr(self, name) <= 0.5:
-                raise CovidXrayError(f"--{name.replace('_', '-')} must lie between 0.02 and 0.5")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise CovidXrayError("--epochs and --batch-size must be at least 1")
-        if self.mixed_precision not in (None, *MIXED_PRECISION_POLICIES):
-            raise CovidXrayError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION_POLICIES)}, "
-                                 f"not {self.mixed_precision!r}")
-        if self.steps_per_execution < 1:
-            raise CovidXrayError("--steps-per-execution must be at least 1")
-        if self.image_size is not None and not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
-            raise CovidXrayError(f"--image-size must lie between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels")
-        if self.target_sensitivity is not None and not 0.0 < self.target_sensitivity <= 1.0:
-            raise CovidXrayError(f"--target-sensitivity must lie in (0, 1]; got {self.target_sensitivity}")
-        if not 0.0 <= self.blank_lungs < 1.0:
-            raise CovidXrayError(f"--blank-lungs must lie in [0, 1); got {self.blank_lungs}")
-        if self.group_by not in ("patient", "none"):
-            raise CovidXrayError(f"--group-by must be patient or none; got {self.group_by!r}")
-        check_settings(self.distribute, self.devices)
+        """Check the settings and fill the derived ones (classes, image size, the data as a path or list)."""
+        from covidxray.data.shards import shard_image_size
+
+        self.check()
+        spec = model_spec(self.model)
         stored = shard_image_size(self.data)  # a shard folder holds one image size
         if stored is not None and self.image_size not in (None, stored):
             raise CovidXrayError(f"{self.data}: the shards hold {stored}px images; train with --image-size {stored} "
                                  f"or shard again with --image-size {self.image_size}")
         size = stored or (spec.image_size if self.image_size is None else self.image_size)
-        data = self.data if isinstance(self.data, str) else [str(d) for d in self.data]
-        if isinstance(data, list) and len(data) == 1:
-            data = data[0]
-        return TrainConfig(**{**asdict(self), "classes": classes, "image_size": size, "data": data})
+        return replace(self, classes=task_classes(self.task), image_size=size, data=_one_or_list(self.data))
+
+    def conflicts(self, values: dict) -> list[str]:
+        """The settings in ``values`` that differ from this run's, as ``--option value (the run has ...)``.
+
+        The one rule for resuming (library and command line alike): a resumed run keeps its own
+        settings; only :data:`MAY_CHANGE_ON_RESUME` may differ. Dataset paths are compared resolved.
+        """
+        found = []
+        for name, value in values.items():
+            if name in MAY_CHANGE_ON_RESUME or name == "classes":
+                continue
+            mine = getattr(self, name)
+            if name == "data":
+                value, mine = _resolved_paths(value), _resolved_paths(mine)
+            if value != mine:
+                found.append(f"{option_name(name)} {value} (the run has {getattr(self, name)})")
+        return found
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
     def save(self, path: Path) -> None:
         from covidxray.files import atomic_write_text
 
-        atomic_write_text(path, json.dumps(asdict(self), indent=2) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> TrainConfig:
-        values = json.loads(Path(path).read_text())
+    def from_dict(cls, values: dict, where: str = "config") -> TrainConfig:
+        """Settings read back from ``config.json``; unknown keys are ignored, renamed ones mapped."""
+        if not isinstance(values, dict):
+            raise CovidXrayError(f"{where}: not a covidxray run configuration (a JSON object is expected); retrain the run")
+        values = {RENAMED.get(k, k): v for k, v in values.items()}
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in values.items() if k in known}
         values["classes"] = tuple(values.get("classes", ()))
         return cls(**values)
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()), str(path))
+
+
+def check_setting(name: str, value) -> None:
+    """Check one setting's value against its declared choices and bounds (for options outside a config)."""
+    _check_value(next(f for f in fields(TrainConfig) if f.name == name), value)
+
+
+def option_name(name: str) -> str:
+    """The command-line option of a setting: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def choices_of(f) -> tuple | None:
+    choices = f.metadata["choices"]
+    return tuple(choices()) if callable(choices) else choices
+
+
+def _check_value(f, value) -> None:
+    meta, option = f.metadata, option_name(f.name)
+    if value is None:
+        return
+    choices = choices_of(f)
+    if choices is not None and value not in choices:
+        raise CovidXrayError(f"{option} must be one of {', '.join(map(str, choices))}; got {value!r}")
+    low, high = meta["low"], meta["high"]
+    if low is None and high is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CovidXrayError(f"{option} must be a number; got {value!r}")
+    too_low = low is not None and (value <= low if meta["low_open"] else value < low)
+    too_high = high is not None and (value >= high if meta["high_open"] else value > high)
+    if too_low or too_high:
+        raise CovidXrayError(f"{option} must be {_range_text(meta)}; got {value}")
+
+
+def _range_text(meta) -> str:
+    """``at least 1``, ``more than 0``, ``in [0.02, 0.5]``, ``in (0, 1]``."""
+    low, high = meta["low"], meta["high"]
+    if high is None:
+        return f"{'more than' if meta['low_open'] else 'at least'} {low:g}"
+    return f"in {'(' if meta['low_open'] else '['}{low:g}, {high:g}{')' if meta['high_open'] else ']'}"
+
+
+def _one_or_list(data):
+    data = data if isinstance(data, str) else [str(d) for d in data]
+    return data[0] if isinstance(data, list) and len(data) == 1 else data
+
+
+def _resolved_paths(data) -> list[str]:
+    return [str(Path(d).resolve()) for d in ([data] if isinstance(data, str) else data)]

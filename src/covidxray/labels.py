@@ -92,3 +92,9 @@ def task_classes(task: str) -> tuple[str, ...]:
         return TASKS[task]
     except KeyError:
         raise CovidXrayError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}") from None
+
+
+def covid_index(classes) -> int | None:
+    """The output index of the ``covid`` class, or None when the task has none."""
+    classes = tuple(classes)
+    return classes.index(COVID) if COVID in classes else None

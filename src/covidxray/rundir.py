@@ -97,19 +97,8 @@ class RunDir:
         path = self.require(CONFIG)
         try:
             return TrainConfig.load(path)
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError, AttributeError) as error:
             raise CovidXrayError(f"{path}: not a covidxray run configuration ({error}); retrain the run") from None
-
-    def load_model(self):
-        import keras
-
-        import covidxray.models.augment  # noqa: F401  (registers the custom layers the archive names)
-
-        path = self.require(MODEL)
-        try:
-            return keras.saving.load_model(path, compile=False)
-        except Exception as error:  # Keras raises many types for a bad archive
-            raise CovidXrayError(f"{path}: cannot load the model ({error}); retrain the run") from None
 
     def write_json(self, name: str, data) -> Path:
         target = self.file(name)

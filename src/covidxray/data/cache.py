@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covidxray.data.images import pixel_digest, read_image, resize_square
+from covidxray.data.images import decode_resized
 from covidxray.errors import ImageReadError
 from covidxray.files import atomic_save, atomic_write_bytes
 from covidxray.progress import progress_bar
@@ -101,12 +101,11 @@ class ImageCache:
             return ImageReadError(path, f"cannot read ({error.strerror})", "check the file's permissions")
         sha = hashlib.sha256(data).hexdigest()
         try:
-            full = read_image(path, data)
+            array, digest = decode_resized(path, size, data)
         except ImageReadError as error:
             return error
-        array = resize_square(full, size)
         atomic_save(self._array_path(sha, size), lambda tmp: np.save(tmp, array))
-        return key, {"sha256": sha, "pixels": pixel_digest(full)}, array
+        return key, {"sha256": sha, "pixels": digest}, array
 
     def _array_path(self, sha: str, size: int) -> Path:
         return self.root / FORMAT_VERSION / str(size) / f"{sha}.npy"

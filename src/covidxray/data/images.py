@@ -11,6 +11,7 @@ naming the file.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -160,8 +161,13 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
 
 
+def decode_resized(path: str | Path, size: int, data: bytes | None = None) -> tuple[np.ndarray, str]:
+    """The one decode step every reader uses (cache, shards, predict): the file decoded
+    (:func:`read_image`), resized to ``size`` x ``size`` and the digest of its full-size pixels."""
+    full = read_image(path, data)
+    return resize_square(full, size), pixel_digest(full)
+
+
 def pixel_digest(image: np.ndarray) -> str:
     """A digest of the decoded pixels: equal for the same picture saved in two files."""
-    import hashlib
-
     return hashlib.sha1(np.ascontiguousarray(image).tobytes() + str(image.shape).encode()).hexdigest()

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from covidxray.data.images import pixel_digest, read_image, resize_square
+from covidxray.data.images import decode_resized
 from covidxray.data.sources import COLUMNS, as_paths, load_datasets
 from covidxray.errors import DatasetError, ImageReadError
 from covidxray.files import atomic_save, atomic_write_text
@@ -122,10 +122,9 @@ def write_shards(data, out, image_size: int, *, shard_size: int = DEFAULT_SHARD_
 
     def decode(path):
         try:
-            full = read_image(path)
+            return decode_resized(path, image_size)
         except ImageReadError as error:
             return error
-        return resize_square(full, image_size), pixel_digest(full)
 
     skipped: dict[str, str] = {}
     first_dataset: dict[str, str] = {}  # pixel digest -> the dataset it was first seen in

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import keras
 
-DEFAULT_IMAGE_SIZE = 224
+from covidxray.models.registry import BACKBONES
 
-#: name -> (keras.applications constructor, how it wants its 0..255 RGB input scaled)
-BACKBONES = {
-    "mobilenet_v3_small": ("MobileNetV3Small", "raw"),  # rescales inside (include_preprocessing)
-    "efficientnet_b0": ("EfficientNetB0", "raw"),  # rescales and normalises inside
-    "densenet121": ("DenseNet121", "torch"),
+#: name -> how the backbone wants its 0..255 RGB input scaled (constructors: registry.BACKBONES)
+SCALING = {
+    "mobilenet_v3_small": "raw",  # rescales inside (include_preprocessing)
+    "efficientnet_b0": "raw",  # rescales and normalises inside
+    "densenet121": "torch",
 }
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -24,7 +24,7 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def backbone(x, num_classes: int, *, name: str, weights: str | None, dropout: float = 0.2):
     """A ``keras.applications`` body on a grayscale [0, 255] tensor; returns probabilities."""
-    constructor, scaling = BACKBONES[name]
+    constructor, scaling = BACKBONES[name], SCALING[name]
     x = keras.layers.Concatenate(name="to_rgb")([x, x, x])
     if scaling == "torch":
         x = keras.layers.Rescaling(1 / 255, name="scale")(x)

@@ -13,7 +13,6 @@ import keras
 # datasets, and the model then predicts one class at inference (measured: 44% vs 61%).
 BN_MOMENTUM = 0.9
 
-DEFAULT_IMAGE_SIZE = 160
 WIDTHS = (16, 32, 64, 128)
 
 

@@ -14,7 +14,6 @@ import keras
 # datasets, and the model then predicts one class at inference (measured: 44% vs 61%).
 BN_MOMENTUM = 0.9
 
-DEFAULT_IMAGE_SIZE = 256
 
 
 def conv_block(x, filters: int, kernel_size: int = 3, name: str = "conv"):

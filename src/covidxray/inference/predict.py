@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covidxray.data.images import is_image_path, read_image, resize_square
-from covidxray.distribute import device_count
+from covidxray.data.images import decode_resized, is_image_path
 from covidxray.errors import CovidXrayError, ImageReadError
 from covidxray.progress import progress_bar
 
@@ -40,6 +39,11 @@ def predict_arrays(model, images: np.ndarray, batch_size: int = PREDICT_BATCH) -
             chunk = np.pad(chunk, [(0, pad)] + [(0, 0)] * (chunk.ndim - 1))
         parts.append(np.asarray(model.predict(chunk, batch_size=batch_size, verbose=0))[:count])
     return np.concatenate(parts)
+
+
+def device_count(distribution) -> int:
+    """The number of devices a ``keras.distribution`` spreads over (1 for None)."""
+    return 1 if distribution is None else int(distribution.device_mesh.devices.size)
 
 
 def expand_paths(paths) -> list[Path]:
@@ -85,7 +89,7 @@ def write_heatmaps(model, images: np.ndarray, paths, class_indices, folder, *, p
     from PIL import Image
 
     from covidxray.files import atomic_save
-    from covidxray.heatmaps import grad_cam, overlay
+    from covidxray.inference.heatmaps import grad_cam, overlay
 
     folder = heatmap_folder(folder)
     targets = [folder / name for name in heatmap_names(paths)]
@@ -100,23 +104,19 @@ def write_heatmaps(model, images: np.ndarray, paths, class_indices, folder, *, p
     return [str(target) for target in targets]
 
 
-def predict_files(model, paths, classes, image_size: int, *, progress: bool | None = None, calibration=None,
-                  heatmaps=None):
-    """Predict every file; returns (results, failures).
+def predict_files(predictor, paths, *, progress: bool | None = None, heatmaps=None):
+    """Predict every file with ``predictor`` (:class:`~covidxray.inference.predictor.Predictor`);
+    returns (results, failures).
 
-    ``results`` is a list of ``{"path", "label", "probabilities": {class: p}}``, plus
-    ``"heatmap"`` (the path of its Grad-CAM overlay) when ``heatmaps`` names a folder;
-    ``failures`` maps each unreadable file to its error message. ``calibration`` (a run's
-    :class:`~covidxray.calibration.Calibration`) scales the probabilities and sets the COVID threshold.
+    ``results`` is a list of ``{"path", "label", "probabilities": {class: p}}`` (probabilities
+    calibrated, the label decided by the run's rule), plus ``"heatmap"`` (the path of its Grad-CAM
+    overlay) when ``heatmaps`` names a folder; ``failures`` maps each unreadable file to its error.
     """
-    from covidxray.calibration import Calibration, decide, scale
-    from covidxray.labels import COVID
-
-    calibration = calibration or Calibration()
+    classes = predictor.classes
 
     def load(path):
         try:
-            return resize_square(read_image(path), image_size)
+            return decode_resized(path, predictor.image_size)[0]
         except ImageReadError as error:
             return error
 
@@ -129,16 +129,16 @@ def predict_files(model, paths, classes, image_size: int, *, progress: bool | No
     if not good:
         return [], failures
     images = np.stack([x for _, x in good])[..., None]
-    probabilities = scale(predict_arrays(model, images), calibration.temperature)
-    decided = decide(probabilities, list(classes).index(COVID) if COVID in classes else None,
-                     calibration.covid_threshold)
+    probabilities, decided = predictor.predict(images)
     results = [
         {"path": path, "label": classes[int(label)],
          "probabilities": {c: round(float(p), 6) for c, p in zip(classes, row)}}
         for (path, _), row, label in zip(good, probabilities, decided)
     ]
     if heatmaps is not None:
-        written = write_heatmaps(model, images, [p for p, _ in good], decided, heatmaps,
+        if predictor.engine != "keras":
+            raise CovidXrayError("heatmaps need the Keras model (Grad-CAM takes gradients); drop --engine onnxruntime")
+        written = write_heatmaps(predictor.model, images, [p for p, _ in good], decided, heatmaps,
                                  progress=progress)
         for result, heatmap in zip(results, written):
             result["heatmap"] = heatmap

@@ -1,53 +1,25 @@
-"""Calibration and decision threshold, both fitted on validation data.
+"""Fitting a run's decision rule on validation data, and measuring calibration.
 
-* Temperature scaling (Guo et al., 2017): one number T divides the model's log-probabilities
-  before the softmax. T > 1 softens over-confident predictions; the predicted class never
-  changes. T is fitted by minimising the validation cross-entropy.
+* The temperature T (:class:`~covidxray.inference.decision.Calibration`) minimises the
+  validation cross-entropy.
+* A COVID decision threshold chosen for a target sensitivity: the highest threshold that
+  still catches that share of the validation COVID images.
 * Expected calibration error (ECE): the gap between confidence and accuracy, averaged over
   equal-width confidence bins and weighted by the images in each bin.
-* A COVID decision threshold chosen for a target sensitivity: an image is called COVID when
-  its (calibrated) COVID probability reaches the threshold, else the likeliest other class.
-
-A run stores these in ``calibration.json``; ``evaluate`` and ``predict`` apply them.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, softmax
+from scipy.special import log_softmax
 
-from covidxray.errors import CovidXrayError
+from covidxray.errors import CovidXrayError, DatasetError
+from covidxray.evaluation.metrics import cross_entropy
+from covidxray.inference.decision import EPSILON, Calibration, scale
+from covidxray.labels import covid_index
 
 ECE_BINS = 15
-EPSILON = 1e-7
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """What a run applies to its model's probabilities before deciding."""
-
-    temperature: float = 1.0
-    covid_threshold: float | None = None  # None: the class with the highest probability wins
-    target_sensitivity: float | None = None  # what the threshold was chosen for
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> Calibration:
-        return cls(**{k: values.get(k) for k in ("covid_threshold", "target_sensitivity")},
-                   temperature=float(values.get("temperature", 1.0)))
-
-
-def scale(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """Probabilities with their logits divided by ``temperature``."""
-    if temperature == 1.0:
-        return np.asarray(probabilities, dtype=np.float64)
-    logits = np.log(np.clip(probabilities, EPSILON, 1.0))
-    return softmax(logits / temperature, axis=1)
 
 
 def fit_temperature(y_true: np.ndarray, probabilities: np.ndarray) -> float:
@@ -96,10 +68,21 @@ def choose_threshold(y_true: np.ndarray, covid_probability: np.ndarray, covid: i
     return float(positives[max(needed, 1) - 1])
 
 
-def decide(probabilities: np.ndarray, covid: int | None, threshold: float | None) -> np.ndarray:
-    """Predicted class per row: COVID when its probability reaches ``threshold``, else the likeliest other class."""
-    if threshold is None or covid is None:
-        return probabilities.argmax(axis=1)
-    others = probabilities.copy()
-    others[:, covid] = -np.inf
-    return np.where(probabilities[:, covid] >= threshold, covid, others.argmax(axis=1))
+def fit_calibration(y_val: np.ndarray, raw_val: np.ndarray, classes, target_sensitivity: float | None) -> Calibration:
+    """Temperature (and, for a target sensitivity, the COVID threshold) fitted on validation data."""
+    temperature = fit_temperature(y_val, raw_val)
+    threshold = None
+    if target_sensitivity is not None:
+        covid = covid_index(classes)
+        if covid is None:
+            raise DatasetError("--target-sensitivity sets the COVID threshold; this task has no covid class")
+        threshold = choose_threshold(y_val, scale(raw_val, temperature)[:, covid], covid, target_sensitivity)
+    return Calibration(temperature, threshold, target_sensitivity)
+
+
+def calibration_summary(y: np.ndarray, raw: np.ndarray, calibration: Calibration) -> dict:
+    """Expected calibration error and loss before and after temperature scaling."""
+    calibrated = calibration.apply(raw)
+    return {"ece_before": expected_calibration_error(y, raw), "ece_after": expected_calibration_error(y, calibrated),
+            "loss_before": cross_entropy(y, raw), "loss_after": cross_entropy(y, calibrated),
+            "bins_before": reliability_bins(y, raw), "bins_after": reliability_bins(y, calibrated)}

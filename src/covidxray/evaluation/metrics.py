@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
-from covidxray.labels import COVID
+from covidxray.labels import covid_index
 
 EPSILON = 1e-7
 #: Bootstrap resamples for the 95% intervals.
@@ -49,7 +49,7 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, classe
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "classes": list(classes),
     }
-    covid = classes.index(COVID) if COVID in classes else None
+    covid = covid_index(classes)
     if covid is not None:
         result["covid"] = covid_metrics(y_true, probabilities, covid, y_pred)
     if groups is not None and bootstrap and len(y_true):
@@ -137,3 +137,9 @@ def confounding_warning(labels, sources) -> str | None:
     return ("Labels are confounded with the source: " + "; ".join(parts)
             + ". A model can score well here by recognising the source instead of the disease; "
               "check it on other hospitals' images and with `covidxray probe`.")
+
+
+def chance_accuracy(targets: np.ndarray) -> float:
+    """Accuracy of always answering the most frequent class (what a model that learned nothing scores)."""
+    targets = np.asarray(targets)
+    return float(np.bincount(targets).max() / len(targets)) if len(targets) else float("nan")

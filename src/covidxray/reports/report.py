@@ -9,30 +9,27 @@ import numpy as np
 import pandas as pd
 
 from covidxray import rundir
-from covidxray.calibration import decide
 from covidxray.errors import CovidXrayError
-from covidxray.files import atomic_save, atomic_write_text
-from covidxray.htmlreport import write_html
+from covidxray.evaluation.scoring import ScoredPredictions
 from covidxray.labels import COVID
-from covidxray.plots import pick_examples, plot_confusion, plot_history, plot_predictions, plot_reliability
-
-DISCLAIMER = (
-    "> **For research and teaching only. Not a medical device; never use it for diagnosis.** "
-    "Accuracy on one dataset says little about other hospitals, and where each class comes from "
-    "its own source (as in the DarkCovidNet data) a model can learn the source instead of the disease."
+from covidxray.reports.markdown import (
+    DISCLAIMER,
+    covid_row,
+    interval_text,
+    percent,
+    save_figure,
+    source_section,
+    write_report,
 )
+from covidxray.reports.plots import pick_examples, plot_confusion, plot_history, plot_predictions, plot_reliability
 
 log = logging.getLogger(__name__)
-
-
-def save_figure(figure, path) -> None:
-    atomic_save(path, lambda tmp: figure.savefig(tmp, dpi=110))
 
 
 def with_heatmaps(model, images: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     """The images as RGB Grad-CAM overlays for their predicted class; the images unchanged if
     the model has no convolutional layer."""
-    from covidxray.heatmaps import grad_cam, overlay
+    from covidxray.inference.heatmaps import grad_cam, overlay
 
     try:
         maps = grad_cam(model, images, predicted)
@@ -42,66 +39,22 @@ def with_heatmaps(model, images: np.ndarray, predicted: np.ndarray) -> np.ndarra
     return np.stack([overlay(image, heatmap) for image, heatmap in zip(images, maps)]) if len(images) else images
 
 
-def write_figures_and_report(run: rundir.RunDir, config, data, metrics: dict, test_probabilities, model=None) -> None:
-    """Draw ``acc.png``, ``mat.png`` and ``pred.png`` and write ``report.md`` and ``report.html``.
+def write_figures_and_report(run: rundir.RunDir, config, x_test, test: ScoredPredictions, metrics: dict,
+                             model=None) -> None:
+    """Draw ``acc.png``, ``mat.png``, ``pred.png`` and ``calibration.png`` and write ``report.md`` and
+    ``report.html``. ``x_test``: the test images, row for row with ``test``'s predictions.
 
     With ``model``, ``pred.png`` shows Grad-CAM overlays of the example images."""
     history = pd.read_csv(run.file(rundir.HISTORY))
     save_figure(plot_history(history), run.file(rundir.ACC_FIGURE))
     save_figure(plot_confusion(metrics["test"]["confusion_matrix"], config.classes), run.file(rundir.MATRIX_FIGURE))
-    x_test, y_test = data.part("test")
-    covid = config.classes.index(COVID) if COVID in config.classes else None
-    predicted = decide(test_probabilities, covid, metrics["calibration"].get("covid_threshold"))
-    shown = pick_examples(y_test, predicted, seed=config.seed)
-    examples = x_test[shown] if model is None else with_heatmaps(model, x_test[shown], predicted[shown])
-    save_figure(plot_predictions(examples, y_test[shown], test_probabilities[shown], config.classes,
-                                 predicted=predicted[shown]),
+    shown = pick_examples(test.targets, test.predicted, seed=config.seed)
+    examples = x_test[shown] if model is None else with_heatmaps(model, x_test[shown], test.predicted[shown])
+    save_figure(plot_predictions(examples, test.targets[shown], test.probabilities[shown], config.classes,
+                                 predicted=test.predicted[shown]),
                 run.file(rundir.PREDICTIONS_FIGURE))
     save_figure(plot_reliability(metrics["calibration"]["test"]), run.file(rundir.RELIABILITY_FIGURE))
     write_report(run.file(rundir.REPORT), render_report(config, metrics))
-
-
-def write_report(path, text: str) -> None:
-    """Write ``report.md`` and, beside it, ``report.html`` with every figure inlined."""
-    atomic_write_text(path, text)
-    write_html(path, text)
-
-
-def percent(value) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
-
-
-def interval_text(scores: dict, name: str, percent: bool = True) -> str:
-    """`` [low-high]`` from a metrics dict's 95% intervals, or nothing."""
-    bounds = scores.get("intervals", {}).get(name)
-    if bounds is None:
-        return ""
-    low, high = bounds
-    return f" [{100 * low:.1f}-{100 * high:.1f}]" if percent else f" [{low:.3f}-{high:.3f}]"
-
-
-def covid_row(scores: dict) -> str:
-    """Sensitivity, specificity and AUC with counts and 95% intervals, as table cells."""
-    covid = scores["covid"]
-    auc = "n/a" if covid["auc"] is None else f"{covid['auc']:.3f}{interval_text(scores, 'auc', False)}"
-    return (f"{percent(covid['sensitivity'])}{interval_text(scores, 'sensitivity')} ({covid['tp']}/{covid['tp'] + covid['fn']}) "
-            f"| {percent(covid['specificity'])}{interval_text(scores, 'specificity')} ({covid['tn']}/{covid['tn'] + covid['fp']}) "
-            f"| {auc}")
-
-
-def source_section(scores: dict, confounding: str | None, heading: str = "### Per source (test)") -> list[str]:
-    """The per-source table and the confounding warning, as Markdown lines."""
-    lines = []
-    if confounding:
-        lines += ["", f"> **Warning.** {confounding}"]
-    if "per_source" in scores:
-        has_covid = "covid" in scores
-        lines += ["", heading, "", "| source | images | accuracy [95% CI] |" + (" COVID sensitivity | specificity | AUC |" if has_covid else ""),
-                  "|---|---:|---:|" + ("---:|---:|---:|" if has_covid else "")]
-        for source, part in scores["per_source"].items():
-            row = f"| {source} | {part['n']} | {percent(part['accuracy'])}{interval_text(part, 'accuracy')} |"
-            lines.append(row + (f" {covid_row(part)} |" if has_covid else ""))
-    return lines
 
 
 def calibration_section(calibration: dict) -> list[str]:
@@ -155,8 +108,8 @@ def render_report(config, metrics: dict) -> str:
     if info["skipped"]:
         lines.append(f"- skipped {len(info['skipped'])} unreadable file(s): "
                      + "; ".join(f"`{m}`" for m in list(info["skipped"].values())[:5]))
-    if info.get("blank_lungs"):
-        lines.append(f"- **shortcut probe**: the central {100 * info['blank_lungs']:.0f}% x {100 * info['blank_lungs']:.0f}% "
+    if info.get("blank_fraction"):
+        lines.append(f"- **shortcut probe**: the central {100 * info['blank_fraction']:.0f}% x {100 * info['blank_fraction']:.0f}% "
                      "of every image (the lung field) was blanked out in training and testing")
     lines += ["", "## Results", "",
               "Accuracy with its 95% interval (bootstrap over patients, 1000 resamples); probabilities are "

@@ -18,8 +18,8 @@ import logging
 import socket
 from pathlib import Path
 
-from covidxray.analysis import Analysis, XrayAnalyzer
 from covidxray.errors import CovidXrayError, ImageReadError
+from covidxray.inference.analysis import Analysis, XrayAnalyzer
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +28,6 @@ DEFAULT_PORT = 8000
 DEFAULT_MAX_UPLOAD_MB = 32.0  # an uncompressed 16-bit DICOM of 3000 x 3000 pixels is 18 MB
 _FORM_OVERHEAD = 64 * 1024  # multipart headers and boundaries around the file
 ACCEPT = ".png,.jpg,.jpeg,.dcm,.dicom,image/png,image/jpeg,application/dicom"
-
-
-def resolve_run_dir(run: str | Path | None) -> Path:
-    """``run``, else the model that ships with covidxray (a clear error if it is absent)."""
-    if run is not None:
-        return Path(run)
-    from covidxray.pretrained import default_run_dir
-
-    return default_run_dir()
 
 
 def _data_uri(png: bytes) -> str:
@@ -70,7 +61,7 @@ small { color: #57606a; }
 def _disclaimer_html() -> str:
     import markdown
 
-    from covidxray.report import DISCLAIMER
+    from covidxray.reports.markdown import DISCLAIMER
 
     return markdown.markdown(DISCLAIMER.lstrip("> ").strip())
 
@@ -205,7 +196,8 @@ def create_app(analyzer: XrayAnalyzer, max_upload_mb: float = DEFAULT_MAX_UPLOAD
 
 def serve(run: str | Path | None = None, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, quiet: bool = False) -> None:
-    """Load the run's model and serve the page until interrupted."""
+    """Load the model of ``run`` (a run folder, ``preset:NAME``, or None: the default preset) and
+    serve the page until interrupted."""
     import importlib.util
 
     missing = [name for name, modules in (("fastapi", ["fastapi"]), ("uvicorn", ["uvicorn"]),
@@ -215,9 +207,10 @@ def serve(run: str | Path | None = None, *, host: str = DEFAULT_HOST, port: int 
         raise CovidXrayError(f"covidxray serve needs {', '.join(missing)}: pip install 'covidxray[serve]'")
     import uvicorn
 
+    from covidxray.presets import resolve_run
     from covidxray.rundir import MODEL, RunDir
 
-    run_dir = resolve_run_dir(run)
+    run_dir = resolve_run(run)
     RunDir(run_dir).require(MODEL)  # quick checks first: the model takes seconds to load
     _check_port(host, port)
     analyzer = XrayAnalyzer(run_dir)

@@ -19,22 +19,25 @@ import numpy as np
 import pandas as pd
 
 from covidxray import rundir
-from covidxray.calibration import decide
 from covidxray.config import TrainConfig
 from covidxray.data.splits import assign_folds
 from covidxray.errors import CovidXrayError
-from covidxray.evaluate import decided_metrics
+from covidxray.evaluation.metrics import confounding_warning
+from covidxray.evaluation.scoring import ScoredPredictions
 from covidxray.files import atomic_save
-from covidxray.labels import COVID
-from covidxray.metrics import confounding_warning
-from covidxray.plots import plot_confusion
+from covidxray.inference.decision import Calibration
+from covidxray.models import load_model
 from covidxray.progress import progress_bar
-from covidxray.report import DISCLAIMER, covid_row, interval_text, percent, save_figure, source_section, write_report
-from covidxray.train import evaluate_splits, fit, load_data, split_data
+from covidxray.reports.cv_report import CV_MATRIX, render_cv_report
+from covidxray.reports.markdown import save_figure, write_report
+from covidxray.reports.plots import plot_confusion
+from covidxray.training.data import load_data, split_data
+from covidxray.training.fit import fit
+from covidxray.training.train import evaluate_splits
 
 log = logging.getLogger(__name__)
 
-CV_JSON, CV_REPORT, CV_MATRIX = "cv.json", "cv.md", "cv_mat.png"
+CV_JSON, CV_REPORT = "cv.json", "cv.md"
 FOLD_PREDICTIONS = "test_predictions.csv"
 SUMMARY_METRICS = ("accuracy", "loss", "sensitivity", "specificity", "auc")
 
@@ -68,11 +71,12 @@ def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, over
             log.info("fold %d of %d: reusing the finished run in %s", k + 1, folds, run.path)
         metrics, fold_probabilities = finished
         probabilities[test_mask] = fold_probabilities
-        covid = config.classes.index(COVID) if COVID in config.classes else None
-        predictions[test_mask] = decide(fold_probabilities, covid, metrics["calibration"].get("covid_threshold"))
+        calibration = Calibration.from_dict(metrics["calibration"], str(run.file(rundir.METRICS)))
+        predictions[test_mask] = calibration.decide(fold_probabilities, config.classes)
         per_fold.append(_fold_summary(k + 1, metrics))
     # intervals resample patients, whatever the folds were grouped by
-    pooled = decided_metrics(data.targets, probabilities, predictions, data.table, config.classes, seed=config.seed)
+    pooled = ScoredPredictions(data.targets, probabilities, predictions, data.table, config.classes).metrics(
+        seed=config.seed)
     result = {
         "protocol": {"folds": folds, "group_by": config.group_by, "seed": config.seed,
                      "images": len(data.targets), "patients": pooled["intervals"]["patients"]},
@@ -101,16 +105,15 @@ def _run_fold(config: TrainConfig, data, test_mask: np.ndarray, run: rundir.RunD
     config.save(run.file(rundir.CONFIG))
     rundir.write_csv(run.file(rundir.SPLIT), prepared.table)
     training = fit(config, prepared, run, verbose=verbose)
-    metrics, test_probabilities = evaluate_splits(run.load_model(), prepared, config)
+    metrics, calibration, test = evaluate_splits(load_model(run.require(rundir.MODEL)), prepared, config)
     metrics["run"] = training
-    frame = pd.DataFrame(test_probabilities, columns=[f"p_{c}" for c in config.classes])
+    frame = pd.DataFrame(test.probabilities, columns=[f"p_{c}" for c in config.classes])
     frame.insert(0, "path", prepared.table.loc[prepared.mask("test"), "path"].to_numpy())
     atomic_save(run.file(FOLD_PREDICTIONS), lambda tmp: frame.to_csv(tmp, index=False))
-    run.write_json(rundir.CALIBRATION, {k: metrics["calibration"][k]
-                                        for k in ("temperature", "covid_threshold", "target_sensitivity")})
+    calibration.save(run.path)
     run.write_json(rundir.METRICS, metrics)  # last: its presence marks the fold finished
     shutil.rmtree(run.file(rundir.BACKUP), ignore_errors=True)
-    return metrics, test_probabilities
+    return metrics, test.probabilities
 
 
 def _same_config(run: rundir.RunDir, config: TrainConfig) -> bool:
@@ -148,38 +151,3 @@ def _mean_sd(per_fold: list[dict], metric: str) -> tuple[float | None, float | N
     if not values:
         return None, None
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
-def render_cv_report(result: dict) -> str:
-    """``cv.md``: the protocol, per-fold table, mean +- sd and pooled metrics with intervals."""
-    protocol, config, pooled = result["protocol"], result["config"], result["pooled"]
-    level = ("patient-grouped (no patient in two folds)" if protocol["group_by"] == "patient"
-             else "image-level (--group-by none: one patient's images may be in two folds, which inflates accuracy)")
-    data = config["data"] if isinstance(config["data"], str) else ", ".join(config["data"])
-    lines = [f"# covidxray cross-validation: {config['model']} on {config['task']}", "", DISCLAIMER, "",
-             f"- protocol: {protocol['folds']}-fold, {level}, stratified by label; seed {protocol['seed']}",
-             f"- data: `{data}`: {protocol['images']} images of {protocol['patients']} patients",
-             f"- model: `{config['model']}` at {config['image_size']} px, up to {config['epochs']} epochs; each fold draws "
-             f"a validation split ({percent(config['val_fraction'])}) from its training folds", "",
-             "| fold | test images | accuracy | loss | COVID sensitivity | specificity | AUC | best epoch |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for f in result["per_fold"]:
-        auc = "n/a" if f["auc"] is None else f"{f['auc']:.3f}"
-        lines.append(f"| {f['fold']} | {f['images']} | {percent(f['accuracy'])} | {f['loss']:.3f} | {percent(f['sensitivity'])} "
-                     f"| {percent(f['specificity'])} | {auc} | {f['best_epoch']} |")
-    mean, sd = result["mean"], result["sd"]
-
-    def pm(metric: str, percent: bool = True) -> str:
-        if mean[metric] is None:
-            return "n/a"
-        return f"{100 * mean[metric]:.1f} ± {100 * sd[metric]:.1f}%" if percent else f"{mean[metric]:.3f} ± {sd[metric]:.3f}"
-
-    lines.append(f"| **mean ± sd** | | **{pm('accuracy')}** | {pm('loss', False)} | {pm('sensitivity')} "
-                 f"| {pm('specificity')} | {pm('auc', False)} | |")
-    lines += ["", "## Pooled out-of-fold (every image tested once; 95% CI by bootstrap over patients)", "",
-              f"- accuracy: **{percent(pooled['accuracy'])}**{interval_text(pooled, 'accuracy')} ({pooled['n']} images)"]
-    if "covid" in pooled:
-        lines += ["", "| COVID sensitivity | specificity | ROC AUC |", "|---:|---:|---:|", f"| {covid_row(pooled)} |"]
-    lines += source_section(pooled, result.get("confounding"), heading="### Per source (pooled out-of-fold)")
-    lines += ["", f"![pooled confusion matrix]({CV_MATRIX})", ""]
-    return "\n".join(lines)

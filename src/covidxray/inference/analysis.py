@@ -16,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from covidxray.data.images import read_image, resize_square
+from covidxray.inference.predictor import Predictor, load_predictor
+
 DISPLAY_SIZE = 384  # side in pixels of the X-ray and heatmap images returned
 
 
@@ -30,45 +33,36 @@ class Analysis:
 
 
 class XrayAnalyzer:
-    """A run's model, loaded once, answering one X-ray at a time (safe to share between threads)."""
+    """A run's model, loaded once, answering one X-ray at a time (safe to share between threads).
 
-    def __init__(self, run_dir: str | Path):
-        from covidxray.evaluate import load_calibration
-        from covidxray.rundir import RunDir
+    ``run``: a run folder, ``preset:NAME``, None (the default preset) or a loaded
+    :class:`~covidxray.inference.predictor.Predictor` (Keras engine: the heatmap takes gradients).
+    """
 
-        run = RunDir(run_dir)
-        self.run_dir = run.path
-        self.config = run.load_config()
-        self.model = run.load_model()
-        self.calibration = load_calibration(run)  # temperature and COVID threshold, as predict applies them
-        self.classes = tuple(self.config.classes)
+    def __init__(self, run: str | Path | Predictor | None = None):
+        self.predictor = run if isinstance(run, Predictor) else load_predictor(run)
+        self.run_dir = self.predictor.path
+        self.config = self.predictor.config
+        self.calibration = self.predictor.calibration  # temperature and COVID threshold, as predict applies them
+        self.classes = self.predictor.classes
         self._lock = threading.Lock()  # one prediction at a time: Keras models are not thread-safe
 
     def analyse_file(self, path: str | Path) -> Analysis:
         """:meth:`analyse` for a file on disk."""
-        from covidxray.data.images import read_image
-
         return self._analyse(read_image(path))
 
     def analyse(self, filename: str, data: bytes) -> Analysis:
         """Decode ``data`` (the bytes of file ``filename``), predict, and draw the heatmap."""
-        from covidxray.data.images import read_image
-
         return self._analyse(read_image(filename, data=data))
 
     def _analyse(self, image: np.ndarray) -> Analysis:
-        from covidxray.calibration import decide, scale
-        from covidxray.data.images import resize_square
-        from covidxray.heatmaps import grad_cam, overlay
-        from covidxray.labels import COVID
-        from covidxray.predict import predict_arrays
+        from covidxray.inference.heatmaps import grad_cam, overlay
 
         model_input = resize_square(image, self.config.image_size)[None, ..., None]
-        covid = self.classes.index(COVID) if COVID in self.classes else None
         with self._lock:
-            probabilities = scale(predict_arrays(self.model, model_input), self.calibration.temperature)
-            best = int(decide(probabilities, covid, self.calibration.covid_threshold)[0])
-            heatmap = grad_cam(self.model, model_input, class_indices=[best])[0]
+            probabilities, decided = self.predictor.predict(model_input)
+            best = int(decided[0])
+            heatmap = grad_cam(self.predictor.model, model_input, class_indices=[best])[0]
         probabilities = probabilities[0]
         shown = _fit(image, DISPLAY_SIZE)
         return Analysis(

@@ -3,8 +3,9 @@
 DeGrave, Janizek and Lee (Nature Machine Intelligence, 2021) showed that COVID-19 classifiers
 trained on data where each class comes from its own hospital keep much of their accuracy when
 the lungs are hidden: they read the source (markers, text, borders, exposure), not the disease.
-The probe trains the same model on the same split with the central lung field blanked out;
-its test scores measure how much the data lets a model cheat.
+The probe (:mod:`covidxray.training.probe`) trains the same model on the same split with the
+central lung field blanked out by :func:`blank_center`; its test scores measure how much the
+data lets a model cheat.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 DEFAULT_FRACTION = 0.75
 
 
-def blank_lung_field(images: np.ndarray, fraction: float = DEFAULT_FRACTION) -> np.ndarray:
+def blank_center(images: np.ndarray, fraction: float = DEFAULT_FRACTION) -> np.ndarray:
     """A copy of ``images`` ``(n, h, w[, c])`` with the central ``fraction`` x ``fraction`` box set to 0."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction must lie in (0, 1); got {fraction}")
@@ -25,8 +26,3 @@ def blank_lung_field(images: np.ndarray, fraction: float = DEFAULT_FRACTION) -> 
     top, left = round(height * (1 - fraction) / 2), round(width * (1 - fraction) / 2)
     blanked[:, top:height - top, left:width - left] = 0
     return blanked
-
-
-def chance_accuracy(targets: np.ndarray) -> float:
-    """Accuracy of always answering the most frequent class."""
-    return float(np.bincount(targets).max() / len(targets)) if len(targets) else float("nan")

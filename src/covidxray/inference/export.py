@@ -28,11 +28,15 @@ def default_path(run: rundir.RunDir, fmt: str) -> Path:
 
 
 def export_run(run_path: str | Path, fmt: str = "onnx", out: str | Path | None = None) -> Path:
-    """Export ``run_path``'s model (``model.keras``) as ``fmt``; returns where it was written."""
-    run = rundir.RunDir(run_path)
-    config = run.load_config()
-    target = Path(out) if out else default_path(run, fmt)
-    export_model(run.load_model(), fmt, target, config.classes, config.image_size)
+    """Export the model of ``run_path`` (a run folder or ``preset:NAME``) as ``fmt``; returns where it
+    was written (default: inside the run folder)."""
+    from covidxray.inference.predictor import load_predictor
+
+    if fmt not in FORMATS:
+        raise CovidXrayError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    predictor = load_predictor(run_path)
+    target = Path(out) if out else default_path(rundir.RunDir(predictor.path), fmt)
+    export_model(predictor.model, fmt, target, predictor.classes, predictor.image_size)
     return target
 
 
@@ -82,7 +86,7 @@ def export_model(model, fmt: str, target: str | Path, classes, image_size: int) 
 class OnnxModel:
     """An exported ONNX model run by ONNX Runtime, with the class names and input size it carries.
 
-    ``predict`` has the shape of ``keras.Model.predict``, so covidxray.predict can use either.
+    ``predict`` has the shape of ``keras.Model.predict``, so covidxray.inference.predict can use either.
     """
 
     def __init__(self, path: str | Path):

@@ -16,19 +16,8 @@ import os
 
 from covidxray.errors import CovidXrayError
 
-DISTRIBUTE_CHOICES = ("none", "data-parallel")
 MULTI_HOST_VARIABLES = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
                         "KERAS_DISTRIBUTION_PROCESS_ID")
-
-
-def check_settings(distribute: str, devices: int | None) -> None:
-    """Checks that need no backend (run when the configuration is resolved)."""
-    if distribute not in DISTRIBUTE_CHOICES:
-        raise CovidXrayError(f"--distribute must be one of {', '.join(DISTRIBUTE_CHOICES)}, not {distribute!r}")
-    if devices is not None and devices < 1:
-        raise CovidXrayError("--devices must be at least 1")
-    if devices is not None and distribute == "none":
-        raise CovidXrayError("--devices needs --distribute data-parallel")
 
 
 def data_parallel(batch_size: int, devices: int | None = None):
@@ -54,11 +43,6 @@ def data_parallel(batch_size: int, devices: int | None = None):
         raise CovidXrayError(f"--batch-size {batch_size} does not split evenly over {len(chosen)} devices; "
                              f"use a multiple of {len(chosen)}")
     return keras.distribution.DataParallel(devices=chosen)
-
-
-def device_count(distribution) -> int:
-    """The number of devices a distribution spreads over (1 for None)."""
-    return 1 if distribution is None else int(distribution.device_mesh.devices.size)
 
 
 def _initialized() -> bool:

@@ -1,0 +1,275 @@
+"""The ``covidxray`` command: parses arguments, then calls the library.
+
+Every handler is a few lines over a library function (:mod:`covidxray`'s API); what it prints
+lives in :mod:`covidxray.cli.output`. User mistakes (a bad path, an unreadable image, an unknown
+label) end with one line on stderr and exit status 2; nothing already written is removed.
+Building the parser imports no Keras backend, so ``covidxray --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from covidxray.backend import NO_BACKEND, import_keras_quietly, is_missing_backend, quiet_backend_logs
+from covidxray.cli.options import add_config_options, given_settings
+from covidxray.cli.output import format_predictions, print_cv_summary, print_evaluation, print_run_summary
+from covidxray.config import CV, PROBE, TRAIN, TrainConfig, check_setting
+from covidxray.errors import CovidXrayError
+from covidxray.version import __version__
+
+log = logging.getLogger("covidxray")
+
+DESCRIPTION = ("Train, evaluate and run chest X-ray classifiers (COVID-19, pneumonia). "
+               "For research and teaching only; never for diagnosis.")
+RUN_HELP = ("run directory written by covidxray train, or preset:NAME (default: the preset shipped with covidxray; "
+            "see its MODEL_CARD.md)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="covidxray", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"covidxray {__version__}")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or info messages")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(TRAIN, help="train a model and write a run directory with its report")
+    add_config_options(train, TRAIN, data_required=False)
+    train.add_argument("--out", help="run directory to write")
+    train.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    train.add_argument("--resume", metavar="RUN_DIR", default=None,
+                       help="continue an interrupted run from its last finished epoch, with its own settings (config.json)")
+    train.set_defaults(handler=run_train, parser=train)
+
+    cv = commands.add_parser(CV, help="k-fold cross-validation: per-fold, mean +- sd and pooled metrics")
+    add_config_options(cv, CV)
+    cv.add_argument("--out", required=True, help="folder for cv.json, cv.md and one run directory per fold")
+    cv.add_argument("--overwrite", action="store_true", help="replace a finished cross-validation in --out")
+    cv.add_argument("--folds", type=int, default=5, help="number of folds (default: 5)")
+    cv.set_defaults(handler=run_cv)
+
+    probe = commands.add_parser(PROBE, help="shortcut probe: train on images with the lung field blanked out")
+    add_config_options(probe, PROBE)
+    probe.add_argument("--out", required=True, help="run directory to write")
+    probe.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    probe.set_defaults(handler=run_probe)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a trained run on a labelled dataset")
+    add_run_options(evaluate)
+    evaluate.add_argument("--data", required=True, action="append", help="labelled dataset(s), as for train")
+    evaluate.add_argument("--out", default=None, help="write the metrics to this JSON file")
+    evaluate.add_argument("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/covidxray)")
+    evaluate.add_argument("--per-source", action="store_true", help="require a breakdown per source (fails on one source)")
+    evaluate.add_argument("--include-seen", action="store_true",
+                          help="keep images the run trained or validated on (left out by default)")
+    evaluate.set_defaults(handler=run_evaluate)
+
+    predict = commands.add_parser("predict", help="class probabilities for image files or folders")
+    add_run_options(predict)
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="PNG, JPEG or DICOM files, or folders of them")
+    predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    predict.add_argument("--heatmaps", metavar="DIR", default=None,
+                         help="write a Grad-CAM overlay PNG per image into this folder (a heatmap is not proof of what the model uses)")
+    predict.add_argument("--engine", choices=("keras", "onnxruntime"), default="keras",
+                         help="run model.keras with Keras, or the run's ONNX export (covidxray export) with ONNX Runtime")
+    predict.set_defaults(handler=run_predict)
+
+    serve = commands.add_parser("serve", help="a local web page: upload an X-ray, see probabilities and a heatmap")
+    add_run_options(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-upload-mb", type=float, default=32.0, help="largest upload accepted (default 32)")
+    serve.set_defaults(handler=run_serve)
+
+    export = commands.add_parser("export", help="export a trained run's inference model (ONNX or TensorFlow SavedModel)")
+    export.add_argument("--run", required=True, help="run directory written by covidxray train, or preset:NAME")
+    export.add_argument("--format", choices=("onnx", "savedmodel"), default="onnx",
+                        help="onnx (any backend with its converter: pip install 'covidxray[onnx]') or savedmodel (TensorFlow backend)")
+    export.add_argument("--out", default=None, help="where to write it (default: RUN/model.onnx or RUN/saved_model)")
+    export.set_defaults(handler=run_export)
+
+    models = commands.add_parser("models", help="list the models create_model knows, and the presets")
+    models.set_defaults(handler=run_models)
+
+    data = commands.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    download = data.add_parser("download", help="download a public dataset and lay it out for training")
+    download.add_argument("name", help="dataset name, e.g. darkcovidnet")
+    download.add_argument("--dest", default="data", help="folder to put it in (default ./data)")
+    download.add_argument("--url", default=None, help="download from this address instead (a mirror)")
+    download.set_defaults(handler=run_download)
+    shard = data.add_parser("shard", help="decode a dataset once into shard files, for datasets larger than memory")
+    shard.add_argument("--data", required=True, action="append",
+                       help="class folders, a CSV manifest or an ieee8023 folder; repeat to combine datasets")
+    shard.add_argument("--out", required=True, help="shard folder to write (then: covidxray train --data SHARD_DIR)")
+    shard.add_argument("--image-size", type=int, required=True, help="side in pixels the images are resized to")
+    shard.add_argument("--shard-size", type=int, default=None, help="images per shard file (default 2048)")
+    shard.add_argument("--overwrite", action="store_true", help="replace an earlier shard folder in --out")
+    shard.set_defaults(handler=run_shard)
+    return parser
+
+
+def add_run_options(command) -> None:
+    command.add_argument("--run", default=None, help=RUN_HELP)
+    command.add_argument("--preset", default=None, metavar="NAME", help="a preset by name (covidxray models lists them)")
+
+
+def _verbosity(args) -> int:
+    return 0 if args.quiet else (1 if sys.stdout.isatty() else 2)
+
+
+def _progress(args) -> bool | None:
+    return False if args.quiet else None
+
+
+def run_train(args) -> int:
+    from covidxray.training.train import resume, train
+
+    given = given_settings(args)
+    if args.resume:
+        if args.overwrite or (args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve()):
+            raise CovidXrayError(f"--resume {args.resume} continues that run in place; drop --out and --overwrite")
+        args.out = args.resume
+        metrics = resume(args.resume, cache_dir=given.pop("cache_dir", None), verbose=_verbosity(args),
+                         progress=_progress(args), **given)
+    else:
+        missing = [f"--{name}" for name in ("data", "out") if getattr(args, name, None) is None]
+        if missing:
+            args.parser.error(f"the following arguments are required: {', '.join(missing)} (or --resume RUN_DIR)")
+        metrics = train(TrainConfig.for_command(TRAIN, **given), args.out, overwrite=args.overwrite,
+                        verbose=_verbosity(args), progress=_progress(args))
+    print_run_summary(metrics)
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def run_cv(args) -> int:
+    from covidxray.training.cv import CV_REPORT, cross_validate
+
+    result = cross_validate(TrainConfig.for_command(CV, **given_settings(args)), args.out, args.folds,
+                            overwrite=args.overwrite, verbose=0 if args.quiet else 2, progress=_progress(args))
+    print_cv_summary(result)
+    print(f"report: {Path(args.out) / CV_REPORT}")
+    return 0
+
+
+def run_probe(args) -> int:
+    from covidxray.training.probe import probe, probe_summary
+
+    metrics = probe(TrainConfig.for_command(PROBE, **given_settings(args)), args.out, overwrite=args.overwrite,
+                    verbose=_verbosity(args), progress=_progress(args))
+    print_run_summary(metrics)
+    print(probe_summary(metrics))
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def run_evaluate(args) -> int:
+    from covidxray.evaluation.evaluate import evaluate
+    from covidxray.files import atomic_write_text
+    from covidxray.inference.predictor import load_predictor
+
+    if args.out is not None and Path(args.out).is_dir():
+        raise CovidXrayError(f"--out {args.out}: is a folder; give the JSON file to write")
+    data = args.data if len(args.data) > 1 else args.data[0]
+    metrics = evaluate(load_predictor(args.run, preset=args.preset), data, cache_dir=args.cache_dir,
+                       progress=_progress(args), per_source=args.per_source, include_seen=args.include_seen)
+    if args.out:
+        atomic_write_text(args.out, json.dumps(metrics, indent=2) + "\n")
+    print_evaluation(metrics)
+    return 0
+
+
+def run_predict(args) -> int:
+    from covidxray.inference.predict import expand_paths, heatmap_folder
+    from covidxray.inference.predictor import load_predictor
+
+    paths = expand_paths(args.paths)
+    if args.heatmaps:
+        if args.engine != "keras":
+            raise CovidXrayError("--heatmaps needs the Keras model (Grad-CAM takes gradients); drop --engine onnxruntime")
+        heatmap_folder(args.heatmaps)
+    predictor = load_predictor(args.run, preset=args.preset, engine=args.engine)
+    results, failures = predictor.predict_files(paths, heatmaps=args.heatmaps, progress=_progress(args))
+    print(format_predictions(results, predictor.classes, args.format), end="")
+    for message in failures.values():
+        print(f"covidxray: skipped {message}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def run_serve(args) -> int:
+    from covidxray.presets import resolve_run
+    from covidxray.web.app import serve
+
+    serve(resolve_run(args.run, args.preset), host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
+          quiet=args.quiet)
+    return 0
+
+
+def run_export(args) -> int:
+    from covidxray.inference.export import export_run
+
+    print(f"exported: {export_run(args.run, args.format, args.out)}")
+    return 0
+
+
+def run_models(args) -> int:
+    from covidxray.models import DEFAULT_MODEL, MODELS
+    from covidxray.presets import DEFAULT_PRESET, list_presets
+
+    for name in sorted(MODELS):
+        spec = MODELS[name]
+        mark = " (default)" if name == DEFAULT_MODEL else ""
+        print(f"{name:<20} {spec.image_size:>4}px  {spec.description}{mark}")
+    for name in list_presets():
+        print(f"preset:{name}" + (" (default for predict, evaluate and serve)" if name == DEFAULT_PRESET else ""))
+    return 0
+
+
+def run_download(args) -> int:
+    from covidxray.data.download import download_dataset
+
+    folder = download_dataset(args.name, args.dest, url=args.url, progress=_progress(args))
+    print(f"{args.name}: ready in {folder}")
+    return 0
+
+
+def run_shard(args) -> int:
+    from covidxray.data.shards import DEFAULT_SHARD_SIZE, write_shards
+
+    check_setting("image_size", args.image_size)
+    meta = write_shards(args.data, args.out, args.image_size, shard_size=args.shard_size or DEFAULT_SHARD_SIZE,
+                        overwrite=args.overwrite, progress=_progress(args))
+    print(f"{meta['images']} images at {meta['image_size']}px in {len(meta['shards'])} shard(s): {args.out}"
+          + (f" ({len(meta['skipped'])} unreadable file(s) skipped)" if meta["skipped"] else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_backend_logs()  # before any backend loads
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="covidxray: %(message)s")
+    try:
+        if args.command not in ("models", "data"):  # every other command runs a model
+            import_keras_quietly()
+        return args.handler(args)
+    except CovidXrayError as error:
+        print(f"covidxray: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a folder that is a file, no permission, a full disk, ...
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"covidxray: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
+    except ImportError as error:
+        if not is_missing_backend(error):
+            raise
+        print(f"covidxray: error: {NO_BACKEND}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("covidxray: interrupted; files already written are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

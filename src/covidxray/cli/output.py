@@ -1,0 +1,65 @@
+"""What the commands print: run and cross-validation summaries, evaluation lines, prediction tables."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+
+
+def print_run_summary(metrics: dict) -> None:
+    for split in ("train", "validation", "test"):
+        part = metrics[split]
+        low, high = part.get("intervals", {}).get("accuracy", (None, None))
+        ci = f" [95% CI {low:.3f}-{high:.3f}]" if low is not None else ""
+        print(f"{split:>10}: accuracy {part['accuracy']:.4f}{ci}  loss {part['loss']:.4f}  ({part['n']} images)")
+    covid = metrics["test"].get("covid")
+    if covid:
+        print(f"{'covid':>10}: sensitivity {_fmt(covid['sensitivity'])}  specificity {_fmt(covid['specificity'])}  AUC {_fmt(covid['auc'])}")
+    if metrics["run"].get("confounding"):
+        print(f"warning: {metrics['run']['confounding']}", file=sys.stderr)
+
+
+def print_cv_summary(result: dict) -> None:
+    from covidxray.reports.cv_report import protocol_name
+
+    for fold in result["per_fold"]:
+        print(f"fold {fold['fold']}: accuracy {fold['accuracy']:.4f}  loss {fold['loss']:.4f}  ({fold['images']} images)")
+    mean, sd, pooled = result["mean"], result["sd"], result["pooled"]
+    low, high = pooled["intervals"]["accuracy"]
+    print(f"mean accuracy {mean['accuracy']:.4f} +- {sd['accuracy']:.4f}; pooled {pooled['accuracy']:.4f} "
+          f"[95% CI {low:.3f}-{high:.3f}] ({protocol_name(result['protocol']['group_by'])}, "
+          f"{result['protocol']['folds']} folds)")
+
+
+def print_evaluation(metrics: dict) -> None:
+    covid = metrics.get("covid") or {}
+    print(f"accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}  ({metrics['n']} images)"
+          + (f"  covid sensitivity {_fmt(covid['sensitivity'])} specificity {_fmt(covid['specificity'])} AUC {_fmt(covid['auc'])}" if covid else ""))
+    for source, part in metrics.get("per_source", {}).items():
+        print(f"  {source}: accuracy {part['accuracy']:.4f} ({part['n']} images)")
+    if metrics.get("confounding"):
+        print(f"warning: {metrics['confounding']}", file=sys.stderr)
+
+
+def format_predictions(results: list[dict], classes, fmt: str) -> str:
+    """Predictions as an aligned table, JSON list or CSV."""
+    if fmt == "json":
+        return json.dumps(results, indent=2) + "\n"
+    rows = [[r["path"], r["label"], *(f"{r['probabilities'][c]:.4f}" for c in classes)] for r in results]
+    header = ["path", "label", *(f"p_{c}" for c in classes)]
+    if any("heatmap" in r for r in results):
+        header.append("heatmap")
+        rows = [[*row, r.get("heatmap", "")] for row, r in zip(rows, results)]
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerows([header, *rows])
+        return buffer.getvalue()
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    return "".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() + "\n" for row in [header, *rows])
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

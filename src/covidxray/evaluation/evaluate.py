@@ -1,0 +1,67 @@
+"""Evaluate a trained run (or a preset) on any labelled dataset, leaving out the images it has seen."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from covidxray import rundir
+from covidxray.data.loading import load_labelled_images
+from covidxray.errors import DatasetError
+from covidxray.evaluation.calibration import calibration_summary
+from covidxray.evaluation.metrics import confounding_warning
+from covidxray.evaluation.scoring import ScoredPredictions, per_source_required
+from covidxray.inference.predictor import Predictor, load_predictor
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None, progress: bool | None = None,
+             per_source: bool = False, include_seen: bool = False) -> dict:
+    """Metrics of a run's model on ``data`` (the shape of ``metrics.json``'s ``"test"``).
+
+    ``run``: a run folder, ``preset:NAME``, a loaded :class:`Predictor`, or None (the default
+    preset). Images of classes the model does not know are left out; a dataset may lack some of
+    the model's classes (an all-COVID external set, say): metrics that need them read None.
+    Images the run trained or selected its model on (same original file name or same pixels as a
+    training or validation image in ``split.csv``) are left out unless ``include_seen``.
+    """
+    predictor = run if isinstance(run, Predictor) else load_predictor(run)
+    config = predictor.config
+    loaded = load_labelled_images(data, config.classes, config.image_size, cache_dir=cache_dir,
+                                  progress=progress, require_all=False)
+    seen = np.zeros(len(loaded.table), dtype=bool) if include_seen else seen_by_run(predictor.path, loaded.table)
+    if seen.any():
+        log.info("left out %d images that the run trained or validated on (pass --include-seen to keep them)",
+                 int(seen.sum()))
+        if seen.all():
+            raise DatasetError(f"{data}: every image was used to train {predictor.path}; evaluate on other images")
+        loaded = loaded.subset(~seen)
+    if per_source:
+        per_source_required(loaded.table, str(data))
+    raw = predictor.predict_raw(loaded.images)
+    scored = ScoredPredictions.from_raw(loaded.targets, raw, loaded.table, config.classes, predictor.calibration)
+    metrics = scored.metrics(seed=config.seed)
+    metrics["data"] = data if isinstance(data, str) else [str(d) for d in data]
+    metrics["left_out_seen"] = int(seen.sum())
+    metrics["confounding"] = confounding_warning(loaded.table["label"], loaded.table["source"])
+    metrics["calibration"] = {**predictor.calibration.to_dict(),
+                              **calibration_summary(loaded.targets, raw, predictor.calibration)}
+    metrics["skipped"] = loaded.skipped
+    return metrics
+
+
+def seen_by_run(run_dir: str | Path, table: pd.DataFrame) -> np.ndarray:
+    """True for rows that are the same image as a training or validation image of the run."""
+    path = rundir.RunDir(run_dir).file(rundir.SPLIT)
+    if not path.is_file():
+        return np.zeros(len(table), dtype=bool)
+    split = pd.read_csv(path, dtype=str, keep_default_na=False)
+    used = split[split["split"].isin(("train", "validation"))]
+    names = {Path(n).stem.lower() for n in used.get("original_name", [])} - {""}
+    pixels = set(used.get("pixels", [])) - {""}
+    by_name = table["original_name"].map(lambda n: Path(str(n)).stem.lower()).isin(names)
+    return (by_name | table["pixels"].isin(pixels)).to_numpy()

@@ -1,0 +1,90 @@
+"""A trained model ready to answer: :func:`load_predictor` reads a run or a preset once.
+
+The :class:`Predictor` holds the model (Keras, or its ONNX export run by ONNX Runtime), the
+class names and input size it was trained with, and its decision rule, so every caller
+(predict, evaluate, serve, the notebook) decides the same way::
+
+    predictor = load_predictor("runs/darkcovidnet-three-class")   # or "preset:NAME", or None
+    results, failures = predictor.predict_files(["xray.png"])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from covidxray import rundir
+from covidxray.config import TrainConfig
+from covidxray.errors import CovidXrayError
+from covidxray.inference.decision import Calibration
+
+ENGINES = ("keras", "onnxruntime")
+
+
+@dataclass
+class Predictor:
+    """A loaded model with its classes, input size and decision rule."""
+
+    model: object  # a keras.Model, or an OnnxModel (same ``predict``)
+    config: TrainConfig
+    calibration: Calibration
+    path: Path  # the run (or preset) folder it was loaded from
+    engine: str = "keras"
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.config.classes)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config.image_size)
+
+    def predict_raw(self, images) -> np.ndarray:
+        """The model's own probabilities ``(n, classes)`` for ``(n, size, size, 1)`` images in [0, 255]."""
+        from covidxray.inference.predict import predict_arrays
+
+        return predict_arrays(self.model, images)
+
+    def predict(self, images) -> tuple[np.ndarray, np.ndarray]:
+        """``(calibrated probabilities, decided class indices)`` for images at the model's size."""
+        return self.calibration.predict(self.predict_raw(images), self.classes)
+
+    def predict_files(self, paths, *, heatmaps=None, progress: bool | None = None):
+        """Predict image files: see :func:`covidxray.inference.predict.predict_files`."""
+        from covidxray.inference.predict import predict_files
+
+        return predict_files(self, paths, heatmaps=heatmaps, progress=progress)
+
+
+def load_predictor(run: str | Path | None = None, *, preset: str | None = None, engine: str = "keras") -> Predictor:
+    """The model of a run folder, of ``preset:NAME`` (or ``preset=NAME``), or of the default preset.
+
+    ``engine``: ``"keras"`` loads ``model.keras``; ``"onnxruntime"`` the run's ONNX export
+    (``covidxray export``). Class names, input size and decision rule come from the run's files,
+    which are checked against the model.
+    """
+    from covidxray.presets import resolve_run
+
+    if engine not in ENGINES:
+        raise CovidXrayError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    run = rundir.RunDir(resolve_run(run, preset))
+    config = run.load_config()
+    calibration = Calibration.load(run.path)
+    if engine == "onnxruntime":
+        from covidxray.inference.export import load_onnx
+
+        model = load_onnx(run.path)
+        if tuple(model.classes) != tuple(config.classes) or model.image_size != config.image_size:
+            raise CovidXrayError(f"{model.path}: exported for classes {model.classes} at {model.image_size}px, but "
+                                 f"{run.file(rundir.CONFIG)} says {config.classes} at {config.image_size}px; export again")
+    else:
+        from covidxray.models import load_model
+
+        model = load_model(run.require(rundir.MODEL))
+        outputs = model.output_shape[-1]
+        if outputs != len(config.classes):
+            raise CovidXrayError(f"{run.file(rundir.MODEL)}: the model has {outputs} outputs but "
+                                 f"{run.file(rundir.CONFIG)} names {len(config.classes)} classes; retrain the run")
+    return Predictor(model, config, calibration, run.path, engine)

@@ -1,0 +1,90 @@
+"""Building and loading models: :func:`create_model` over the registry, :func:`load_model` for saved ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+
+from covidxray.errors import CovidXrayError
+from covidxray.models.augment import augmentation
+from covidxray.models.registry import DEFAULT_MODEL, model_spec
+
+
+def create_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    num_classes: int,
+    image_size: int | None = None,
+    weights: str | None = None,
+    augment: bool = True,
+    flip: bool = False,
+    seed: int | None = None,
+    dtype_policy: str | None = None,
+) -> keras.Model:
+    """Build model ``name`` for ``num_classes`` classes on ``image_size`` px grayscale input.
+
+    ``weights``: None or ``"none"`` (random), ``"imagenet"`` (backbones only), or the path
+    of a ``.keras`` / ``.weights.h5`` file with weights for this architecture (for the
+    ``keras.applications`` backbones: a weights file of the backbone without its top).
+    ``dtype_policy``: None (Keras's global policy, float32 unless changed) or a Keras dtype policy
+    such as ``"mixed_bfloat16"`` for the layers of this model; the probabilities stay float32.
+    """
+    if dtype_policy is None:
+        return _create_model(name, num_classes=num_classes, image_size=image_size, weights=weights,
+                             augment=augment, flip=flip, seed=seed)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(dtype_policy)
+    try:
+        return _create_model(name, num_classes=num_classes, image_size=image_size, weights=weights,
+                             augment=augment, flip=flip, seed=seed)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _create_model(name, *, num_classes, image_size, weights, augment, flip, seed) -> keras.Model:
+    spec = model_spec(name)
+    size = image_size or spec.image_size
+    weights = None if weights in (None, "none", "None") else weights
+    if weights is not None and weights != "imagenet" and not Path(weights).is_file():
+        raise CovidXrayError(f"{weights}: no such weights file; use --weights none, imagenet or a file path")
+    if weights == "imagenet" and not spec.imagenet_weights:
+        raise CovidXrayError(f"model {name!r} has no ImageNet weights; use --weights none or a file path")
+    inputs = keras.Input((size, size, 1), name="image")
+    x = augmentation(seed, flip=flip)(inputs) if augment else inputs
+    if spec.scaled_input:
+        x = keras.layers.Rescaling(1 / 255, name="scale")(x)
+    if spec.imagenet_weights:  # keras.applications loads (or downloads) the backbone weights itself
+        try:
+            outputs = spec.build_body()(x, num_classes, weights=weights)
+        except Exception as error:  # keras.utils.get_file raises plain Exception when offline
+            if weights is None:
+                raise
+            raise CovidXrayError(
+                f"cannot load {weights} weights for {name!r} ({error}); check the internet connection "
+                "(ImageNet weights are downloaded on first use) or pass --weights with a file"
+            ) from None
+    else:
+        outputs = spec.build_body()(x, num_classes)
+    if keras.config.dtype_policy().compute_dtype != "float32":  # probabilities and the loss in float32
+        outputs = keras.layers.Activation("linear", dtype="float32", name="probabilities")(outputs)
+    model = keras.Model(inputs, outputs, name=name)
+    if weights is not None and not spec.imagenet_weights:
+        try:
+            model.load_weights(weights)
+        except (ValueError, KeyError, OSError) as error:
+            raise CovidXrayError(f"{weights}: weights do not fit model {name!r} ({error})") from None
+    return model
+
+
+def load_model(path) -> keras.Model:
+    """A saved ``.keras`` model, without its optimizer; a clear error naming the file if it cannot be read."""
+    import covidxray.models.augment  # noqa: F401  (registers the custom layers the archive names)
+
+    path = Path(path)
+    if not path.is_file():
+        raise CovidXrayError(f"{path}: missing; is {path.parent} a finished covidxray run? (train one with covidxray train)")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a bad archive
+        raise CovidXrayError(f"{path}: cannot load the model ({error}); retrain the run") from None

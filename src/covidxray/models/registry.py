@@ -1,0 +1,79 @@
+"""The models covidxray knows, by name: what each one is, without building it (no Keras import).
+
+:func:`covidxray.models.create_model` builds them; the command line lists their names and
+``covidxray models`` prints this table.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from covidxray.errors import CovidXrayError
+
+DEFAULT_MODEL = "compactnet"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build one registered model.
+
+    ``body``: ``(tensor, num_classes, **kwargs) -> probabilities``, or ``"module:function"``
+    naming it (imported when the model is built, so the registry itself needs no Keras).
+    """
+
+    body: Callable | str
+    image_size: int
+    scaled_input: bool  # True: the body wants [0, 1]; False: it scales [0, 255] itself
+    imagenet_weights: bool = False  # accepts --weights imagenet (the keras.applications backbones)
+    description: str = ""
+    options: tuple[tuple[str, str], ...] = ()  # keyword arguments bound into the body
+
+    def build_body(self) -> Callable:
+        """The body as a callable (imported now if it was named by path)."""
+        if callable(self.body):
+            body = self.body
+        else:
+            module, function = self.body.split(":")
+            body = getattr(importlib.import_module(module), function)
+        options = dict(self.options)
+        return (lambda x, n, **kw: body(x, n, **options, **kw)) if options else body
+
+
+#: keras.applications backbones: name -> constructor (see covidxray.models.applications)
+BACKBONES = {
+    "mobilenet_v3_small": "MobileNetV3Small",
+    "efficientnet_b0": "EfficientNetB0",
+    "densenet121": "DenseNet121",
+}
+
+MODELS: dict[str, ModelSpec] = {
+    "compactnet": ModelSpec("covidxray.models.compact:compactnet", 160, True,
+                            description="small residual CNN, chosen by test accuracy per CPU-minute"),
+    "darkcovidnet": ModelSpec("covidxray.models.darkcovidnet:darkcovidnet", 256, True,
+                              description="Ozturk et al. 2020: 17 conv layers, LeakyReLU, ~1.17 M parameters"),
+    **{
+        name: ModelSpec("covidxray.models.applications:backbone", 224, False, imagenet_weights=True,
+                        description=f"keras.applications.{constructor}", options=(("name", name),))
+        for name, constructor in BACKBONES.items()
+    },
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`covidxray.models.create_model`."""
+    return sorted(MODELS)
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The registry entry for ``name``; an unknown name fails with the known ones."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise CovidXrayError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}") from None
+
+
+def register_model(name: str, spec: ModelSpec) -> None:
+    """Add a model to the registry (a new architecture, or a tiny one for tests)."""
+    MODELS[name] = spec

@@ -1,0 +1,73 @@
+"""Presets: trained models that ship with covidxray, loadable by name (keras-hub's word).
+
+A preset is a run folder inside the package (``covidxray/presets/NAME/``): ``model.keras``
+(weights only, no optimizer state), ``config.json``, ``calibration.json``, ``metrics.json`` and
+``MODEL_CARD.md``, which says what it was trained on, how it scores, where it fails and what it
+must not be used for. Commands take one with ``--run preset:NAME`` (or ``--preset NAME``);
+``predict``, ``evaluate`` and ``serve`` use :data:`DEFAULT_PRESET` when given no run.
+:func:`package_run` makes a preset folder from a finished run.
+"""
+
+from __future__ import annotations
+
+import shutil
+from importlib.resources import files
+from pathlib import Path
+
+from covidxray import rundir
+from covidxray.errors import CovidXrayError
+
+DEFAULT_PRESET = "compactnet_darkcovidnet_ieee8023"
+PREFIX = "preset:"
+PACKAGED_FILES = (rundir.CONFIG, rundir.CALIBRATION, rundir.METRICS)
+MODEL_CARD = "MODEL_CARD.md"
+
+
+def presets_root() -> Path:
+    return Path(str(files("covidxray") / "presets"))
+
+
+def list_presets() -> list[str]:
+    """Names of the presets this installation has."""
+    root = presets_root()
+    return sorted(p.name for p in root.iterdir() if (p / rundir.MODEL).is_file()) if root.is_dir() else []
+
+
+def preset_dir(name: str = DEFAULT_PRESET) -> Path:
+    """The folder of preset ``name``; a clear error naming the known ones if there is none."""
+    folder = presets_root() / name
+    if not (folder / rundir.MODEL).is_file():
+        known = list_presets()
+        raise CovidXrayError(f"no preset {name!r} in this installation ({folder}); "
+                             + (f"known presets: {', '.join(known)}" if known else
+                                "it has none: pass --run RUN_DIR (a folder written by covidxray train)"))
+    return folder
+
+
+def resolve_run(run: str | Path | None = None, preset: str | None = None) -> Path:
+    """The folder of a run: ``run`` itself, ``preset:NAME`` or ``preset`` by name, else the default preset."""
+    if run is not None and preset is not None:
+        raise CovidXrayError("give either --run or --preset, not both")
+    if preset is not None:
+        return preset_dir(preset)
+    if run is None:
+        return preset_dir(DEFAULT_PRESET)
+    if str(run).startswith(PREFIX):
+        return preset_dir(str(run)[len(PREFIX):])
+    return Path(run)
+
+
+def package_run(run_dir: str | Path, dest: str | Path) -> Path:
+    """Copy a finished run into ``dest`` for shipping: the model without optimizer state, its settings
+    and metrics. ``dest``'s model card is left as it is."""
+    from covidxray.files import atomic_save
+    from covidxray.models import load_model
+
+    run = rundir.RunDir(run_dir)
+    model = load_model(run.require(rundir.MODEL))  # loaded without compiling: saving it stores no optimizer state
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    atomic_save(dest / rundir.MODEL, model.save)
+    for name in PACKAGED_FILES:
+        shutil.copyfile(run.require(name), dest / name)
+    return dest

@@ -1,0 +1,60 @@
+"""Markdown pieces every report shares: the disclaimer, numbers with their intervals, the
+COVID and per-source tables, and writing a report with its HTML twin and its figures."""
+
+from __future__ import annotations
+
+from covidxray.files import atomic_save, atomic_write_text
+from covidxray.reports.html import write_html
+
+DISCLAIMER = (
+    "> **For research and teaching only. Not a medical device; never use it for diagnosis.** "
+    "Accuracy on one dataset says little about other hospitals, and where each class comes from "
+    "its own source (as in the DarkCovidNet data) a model can learn the source instead of the disease."
+)
+
+
+def save_figure(figure, path) -> None:
+    atomic_save(path, lambda tmp: figure.savefig(tmp, dpi=110))
+
+
+def write_report(path, text: str) -> None:
+    """Write ``report.md`` and, beside it, ``report.html`` with every figure inlined."""
+    atomic_write_text(path, text)
+    write_html(path, text)
+
+
+def percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def interval_text(scores: dict, name: str, percent: bool = True) -> str:
+    """`` [low-high]`` from a metrics dict's 95% intervals, or nothing."""
+    bounds = scores.get("intervals", {}).get(name)
+    if bounds is None:
+        return ""
+    low, high = bounds
+    return f" [{100 * low:.1f}-{100 * high:.1f}]" if percent else f" [{low:.3f}-{high:.3f}]"
+
+
+def covid_row(scores: dict) -> str:
+    """Sensitivity, specificity and AUC with counts and 95% intervals, as table cells."""
+    covid = scores["covid"]
+    auc = "n/a" if covid["auc"] is None else f"{covid['auc']:.3f}{interval_text(scores, 'auc', False)}"
+    return (f"{percent(covid['sensitivity'])}{interval_text(scores, 'sensitivity')} ({covid['tp']}/{covid['tp'] + covid['fn']}) "
+            f"| {percent(covid['specificity'])}{interval_text(scores, 'specificity')} ({covid['tn']}/{covid['tn'] + covid['fp']}) "
+            f"| {auc}")
+
+
+def source_section(scores: dict, confounding: str | None, heading: str = "### Per source (test)") -> list[str]:
+    """The per-source table and the confounding warning, as Markdown lines."""
+    lines = []
+    if confounding:
+        lines += ["", f"> **Warning.** {confounding}"]
+    if "per_source" in scores:
+        has_covid = "covid" in scores
+        lines += ["", heading, "", "| source | images | accuracy [95% CI] |" + (" COVID sensitivity | specificity | AUC |" if has_covid else ""),
+                  "|---|---:|---:|" + ("---:|---:|---:|" if has_covid else "")]
+        for source, part in scores["per_source"].items():
+            row = f"| {source} | {part['n']} | {percent(part['accuracy'])}{interval_text(part, 'accuracy')} |"
+            lines.append(row + (f" {covid_row(part)} |" if has_covid else ""))
+    return lines

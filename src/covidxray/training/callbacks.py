@@ -1,0 +1,61 @@
+"""Callbacks of a training run: precise validation after each epoch, and the best checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from covidxray.evaluation.metrics import cross_entropy
+from covidxray.files import atomic_save
+from covidxray.inference.predict import predict_arrays
+from covidxray.models.batchnorm import recalibrate_batch_norm
+
+
+class PreciseValidation(keras.callbacks.Callback):
+    """After each epoch: recompute batch-norm statistics on training images, then score the
+    validation set; adds ``val_loss`` and ``val_accuracy`` to the epoch's logs.
+
+    Keep it first among the callbacks, so that the checkpoint and early stopping see the
+    validation scores of exactly the model they save.
+    """
+
+    def __init__(self, calibration_images: np.ndarray, x_val: np.ndarray, y_val: np.ndarray):
+        super().__init__()
+        self.calibration_images, self.x_val, self.y_val = calibration_images, x_val, y_val
+
+    def on_epoch_end(self, epoch, logs=None):
+        recalibrate_batch_norm(self.model, self.calibration_images)
+        probabilities = predict_arrays(self.model, self.x_val)
+        if logs is not None:
+            logs["val_loss"] = cross_entropy(self.y_val, probabilities)
+            logs["val_accuracy"] = float(np.mean(probabilities.argmax(axis=1) == self.y_val))
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Save the model, atomically, whenever validation accuracy improves (or ties at a lower loss).
+
+    Accuracy rather than loss: late epochs grow more confident, which raises the validation
+    loss while accuracy still improves (measured on DarkCovidNet: loss picked epoch 13 of 30 at
+    70.8% validation accuracy, the last epochs reached 75.8%).
+    """
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path, self.best, self.best_epoch = Path(path), (-np.inf, -np.inf), None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if "val_accuracy" not in logs:
+            return
+        score = (round(float(logs["val_accuracy"]), 6), -float(logs["val_loss"]))
+        if score > self.best:
+            self.best, self.best_epoch = score, epoch + 1
+            atomic_save(self.path, self.model.save)
+
+    def state(self) -> dict:  # for resuming (covidxray.training.backup)
+        return {"best": [float(v) for v in self.best], "best_epoch": self.best_epoch}
+
+    def restore(self, state: dict) -> None:
+        self.best, self.best_epoch = tuple(state["best"]), state["best_epoch"]

@@ -1,0 +1,133 @@
+"""Train a model and write its run directory; resume an interrupted one.
+
+Data flows one way: files -> table -> decoded arrays -> split (:mod:`.data`) -> model and fit
+(:mod:`.fit`) -> predictions -> calibration and metrics (:mod:`covidxray.evaluation`) -> figures
+and report (:mod:`covidxray.reports`). :func:`train` is the whole pipeline; each step is a
+function of its own so that notebooks and other commands can reuse it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import keras
+import pandas as pd
+
+from covidxray import rundir
+from covidxray.config import TrainConfig
+from covidxray.data.splits import SPLITS, without_patient_id
+from covidxray.errors import CovidXrayError, DatasetError
+from covidxray.evaluation.calibration import calibration_summary, fit_calibration
+from covidxray.evaluation.metrics import confounding_warning
+from covidxray.evaluation.scoring import ScoredPredictions
+from covidxray.inference.decision import Calibration
+from covidxray.inference.predict import predict_arrays
+from covidxray.models import load_model
+from covidxray.reports.report import write_figures_and_report
+from covidxray.training.backup import check_resumable
+from covidxray.training.data import PreparedData, prepare_data
+from covidxray.training.distribute import data_parallel
+from covidxray.training.fit import fit
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_splits(model: keras.Model, data: PreparedData, config: TrainConfig
+                    ) -> tuple[dict, Calibration, ScoredPredictions]:
+    """Calibrate on validation data, then score every split.
+
+    Returns the metrics, the fitted decision rule and the scored test predictions. Every split is
+    scored with the run's calibration (temperature, and the COVID threshold when a target
+    sensitivity was asked for), as ``predict`` and ``evaluate`` will use it. Intervals resample
+    patients; the test split is broken down by source when it holds several.
+    """
+    raw = {split: predict_arrays(model, data.part(split)[0]) for split in SPLITS}
+    y = {split: data.part(split)[1] for split in SPLITS}
+    calibration = fit_calibration(y["validation"], raw["validation"], data.classes, config.target_sensitivity)
+    scored = {split: ScoredPredictions.from_raw(y[split], raw[split], data.table[data.mask(split)], data.classes,
+                                                calibration)
+              for split in SPLITS}
+    metrics = {split: scored[split].metrics(by_source=split == "test", seed=config.seed) for split in SPLITS}
+    metrics["calibration"] = {
+        **calibration.to_dict(),
+        **{split: calibration_summary(y[split], raw[split], calibration) for split in ("validation", "test")},
+    }
+    return metrics, calibration, scored["test"]
+
+
+def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verbose: int = 1,
+          progress: bool | None = None) -> dict:
+    """The whole pipeline: returns ``metrics.json``'s content and writes the run directory ``out``.
+
+    A folder holding a finished or interrupted run is refused unless ``overwrite``.
+    """
+    config = config.resolve()
+    run = rundir.RunDir(out)
+    run.refuse_to_replace(overwrite)
+    return _run(config, run, resumed=False, verbose=verbose, progress=progress)
+
+
+def resume(run_dir: str | Path, *, cache_dir: str | None = None, verbose: int = 1, progress: bool | None = None,
+           **settings) -> dict:
+    """Continue the interrupted run in ``run_dir`` from its last finished epoch, with its own settings.
+
+    ``settings`` (optional) are checked against the run's ``config.json`` by
+    :meth:`TrainConfig.conflicts`: a resumed run keeps its settings, so any that differ is an
+    error. ``cache_dir`` may change.
+    """
+    run = rundir.RunDir(run_dir)
+    check_resumable(run)
+    saved = run.load_config()
+    conflicts = saved.conflicts(settings)
+    if conflicts:
+        raise CovidXrayError(f"{run.file(rundir.CONFIG)}: a resumed run keeps its own settings, but "
+                             f"{'; '.join(conflicts)}; drop these or start a new run")
+    config = (replace(saved, cache_dir=cache_dir) if cache_dir else saved).resolve()
+    run.remove_temporaries()
+    return _run(config, run, resumed=True, verbose=verbose, progress=progress)
+
+
+def _run(config: TrainConfig, run: rundir.RunDir, *, resumed: bool, verbose: int, progress: bool | None) -> dict:
+    if config.distribute == "data-parallel":
+        data_parallel(config.batch_size, config.devices)  # a backend or device problem fails before any file is written
+    started = time.perf_counter()
+    data = prepare_data(config, progress=progress)
+    decode_seconds = time.perf_counter() - started
+    if resumed:
+        _check_same_split(run, data, config.data)
+    else:
+        run.create()
+        config.save(run.file(rundir.CONFIG))
+        rundir.write_csv(run.file(rundir.SPLIT), data.table)
+    training = fit(config, data, run, verbose=verbose)
+    model = load_model(run.require(rundir.MODEL))
+    metrics, calibration, test = evaluate_splits(model, data, config)
+    calibration.save(run.path)
+    metrics["run"] = {
+        **training,
+        "model": config.model, "task": config.task, "image_size": config.image_size,
+        "parameters": int(model.count_params()), "backend": keras.backend.backend(),
+        "data_seconds": round(decode_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1),
+        "images": {split: int((data.table["split"] == split).sum()) for split in SPLITS},
+        "images_without_patient_id": int(without_patient_id(data.table).sum()),
+        "group_by": config.group_by, "blank_fraction": config.blank_fraction,
+        "sources": {str(k): int(v) for k, v in data.table["source"].value_counts().items()},
+        "confounding": confounding_warning(data.table["label"], data.table["source"]),
+        "skipped": data.skipped,
+        "resumed": resumed,
+    }
+    write_figures_and_report(run, config, data.part("test")[0], test, metrics, model=model)
+    run.write_json(rundir.METRICS, metrics)  # last: metrics.json marks a complete run
+    shutil.rmtree(run.file(rundir.BACKUP))  # nothing left to resume
+    return metrics
+
+
+def _check_same_split(run: rundir.RunDir, data: PreparedData, where) -> None:
+    saved = pd.read_csv(run.require(rundir.SPLIT))
+    if list(saved["path"]) != list(data.table["path"]) or list(saved["split"]) != list(data.table["split"]):
+        raise DatasetError(f"{where}: the images differ from those in {run.file(rundir.SPLIT)}; "
+                           "resume needs the same dataset (or start a new run)")
