@@ -19,7 +19,7 @@ TASKS: dict[str, tuple[str, ...]] = {
     "three-class": (COVID, NORMAL, PNEUMONIA),
 }
 
-#: Lower-cased, punctuation-folded label -> canonical class. Documented in the README.
+#: Lower-cased, punctuation-folded label -> canonical class. Documented in docs/data.md.
 ALIASES: dict[str, str] = {
     # COVID-19: DarkCovidNet "Covid-19", PyImageSearch "covid", ieee8023 "COVID-19" and
     # "COVID-19, ARDS" / "Pneumonia/Viral/COVID-19" (hierarchical findings).
