@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from covidxray.data.blanking import DEFAULT_FRACTION
+from covidxray.data.splits import GROUP_BY
 from covidxray.errors import CovidXrayError
 from covidxray.labels import TASKS, task_classes
 from covidxray.models.registry import DEFAULT_MODEL, list_models, model_spec
@@ -24,7 +25,6 @@ TRAINING_COMMANDS = (TRAIN, CV, PROBE)
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
 MIXED_PRECISION_POLICIES = ("mixed_float16", "mixed_bfloat16")
 DISTRIBUTE_CHOICES = ("none", "data-parallel")
-GROUP_BY_CHOICES = ("patient", "none")
 #: Settings a resumed run may change: they do not change what it computes.
 MAY_CHANGE_ON_RESUME = ("cache_dir",)
 #: Names an older config.json used for a setting, and the name it has now.
@@ -79,7 +79,7 @@ class TrainConfig:
                                    commands=(TRAIN, PROBE))
     seed: int = setting(0, "seeds the split, the weights and the augmentation")
     group_by: str = setting("patient", "patient: no patient in two splits; none: image-level, as most published "
-                            "results (inflated)", choices=GROUP_BY_CHOICES)
+                            "results (inflated)", choices=GROUP_BY)
     target_sensitivity: float | None = setting(
         None, "choose the COVID decision threshold on validation data for this sensitivity, e.g. 0.95", kind=float,
         low=0.0, high=1.0, low_open=True)

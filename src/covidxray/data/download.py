@@ -101,7 +101,7 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
-def get_spec(name: str) -> DatasetSpec:
+def dataset_spec(name: str) -> DatasetSpec:
     """The :class:`DatasetSpec` called ``name``; a :class:`DatasetError` naming the known ones."""
     try:
         return DATASETS[name]
@@ -141,7 +141,7 @@ def download_dataset(
     timeout : float
         Seconds to wait for the server before giving up (the download can be resumed).
     """
-    spec = spec if spec is not None else get_spec(name)
+    spec = spec if spec is not None else dataset_spec(name)
     if urllib.parse.urlsplit(url or spec.url).scheme not in ("http", "https", "file"):
         raise DatasetError(f"cannot download {url or spec.url!r}: give a full http(s):// address")
     dest = Path(dest)

@@ -8,12 +8,17 @@ splits; :func:`split_dataset` logs a warning saying so.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from covidxray.errors import DatasetError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas and scikit-learn load when a split is made, not when this module is imported:
+# covidxray.config reads GROUP_BY from here, and `covidxray --help` must stay fast.
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +90,8 @@ def split_dataset(
                 f"class {label!r} has too few patients for a {name} split; add images of it "
                 "or raise --test-fraction/--val-fraction"
             )
+    import pandas as pd
+
     return pd.Series(split, index=frame.index, name="split")
 
 
@@ -106,6 +113,8 @@ def assign_folds(frame: pd.DataFrame, folds: int, *, pixel_digests: list[str | N
                 f"class {label!r} has {count} {unit}, fewer than --folds {folds}: each fold needs one of every "
                 f"class; use --folds {count} or fewer, or add images"
             )
+    from sklearn.model_selection import StratifiedGroupKFold
+
     fold_of = np.zeros(len(frame), dtype=int)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     for k, (_, held_out) in enumerate(splitter.split(np.zeros(len(frame)), labels, groups)):
@@ -145,6 +154,8 @@ def _first_fold(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int
         log.info("a class has only %d patients: holding out 1/%d instead of 1/%d", smallest,
                  max(2, smallest), n_splits)
     n_splits = max(2, min(n_splits, smallest))
+    from sklearn.model_selection import StratifiedGroupKFold
+
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     _, held_out = next(folds.split(np.zeros(len(labels)), labels, groups))
     mask = np.zeros(len(labels), dtype=bool)
