@@ -1,13 +1,19 @@
-"""Helpers shared by the data-layer tests: the shared data folder and tiny synthetic images."""
+"""Helpers shared by the tests (imported as ``from helpers import ...``; conftest.py holds fixtures only):
+synthetic X-ray datasets, tiny images and DICOM files, the shared data folder, a run folder in a
+second, and a fake terminal for the progress bars."""
 
 from __future__ import annotations
 
+import io
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+CLASSES = ("covid", "normal", "pneumonia")
 
 #: ``../shared/data`` beside the checkout (the real DarkCovidNet and ieee8023 data).
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -21,6 +27,32 @@ def shared_data_dir() -> Path:
             pytest.fail(f"{message} (CI is set, so real-data tests must run)")
         pytest.skip(message)
     return SHARED_DATA
+
+
+def synthetic_xray(label: str, rng: np.random.Generator, size: int = 48) -> np.ndarray:
+    """A grayscale image whose class is easy to see: a bright disc, flat noise, or stripes."""
+    image = rng.normal(90, 12, (size, size))
+    yy, xx = np.mgrid[:size, :size]
+    if label == "covid":
+        image[(yy - size / 3) ** 2 + (xx - size / 3) ** 2 < (size / 5) ** 2] = 230
+    elif label == "pneumonia":
+        image[(yy // 4) % 2 == 0] += 110
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def make_dataset(root: Path, per_class: int = 12, classes=CLASSES, seed: int = 0, manifest: bool = True) -> Path:
+    """Class folders of synthetic images, two images per patient, plus a manifest.csv."""
+    rng = np.random.default_rng(seed)
+    rows = ["path,label,patient_id,source"]
+    for label in classes:
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            name = f"{label}/{label}_{i:03d}.png"
+            Image.fromarray(synthetic_xray(label, rng)).save(root / name)
+            rows.append(f"{name},{label},{label}-p{i // 2},synthetic")
+    if manifest:
+        (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root
 
 
 def gray(seed: int, shape: tuple[int, int] = (8, 8)) -> np.ndarray:
@@ -98,3 +130,24 @@ def build_run(run_dir: Path, image_size: int = 32, task: str = "three-class", se
     config.save(run_dir / "config.json")
     model.save(run_dir / "model.keras")
     return run_dir
+
+
+class FakeTerminal(io.StringIO):
+    """A stderr that says it is a terminal and keeps what was written to it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def use_terminal(monkeypatch) -> FakeTerminal:
+    """Replace sys.stderr by a terminal inside the test body (pytest's capture resets it between phases)."""
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    return terminal
+
+
+def use_log_file(monkeypatch) -> io.StringIO:
+    """Replace sys.stderr by a stream that is not a terminal (stderr redirected to a log file)."""
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    return log

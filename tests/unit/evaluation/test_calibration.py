@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.special import softmax
-
 from covidxray.calibration import (
     Calibration,
     choose_threshold,
@@ -15,6 +13,8 @@ from covidxray.calibration import (
     reliability_bins,
     scale,
 )
+from scipy.special import softmax
+
 from covidxray.errors import CovidXrayError
 
 

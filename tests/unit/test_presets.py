@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from covidxray.pretrained import MODEL_CARD, default_run_dir, package_run
 from PIL import Image
 
 from covidxray import rundir
 from covidxray.cli import main
 from covidxray.errors import CovidXrayError
-from covidxray.pretrained import MODEL_CARD, default_run_dir, package_run
 
 
 def test_the_shipped_model_is_small_documented_and_complete():

@@ -15,9 +15,9 @@ import pytest
 
 import covidxray
 import covidxray.models  # noqa: F401  (registers RandomAffine, which the saved models hold)
-from conftest import make_dataset
 from covidxray.cli import main
 from covidxray.files import atomic_write_dir, recover_dir
+from helpers import make_dataset
 
 EPOCHS = 8
 

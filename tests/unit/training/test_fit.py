@@ -6,11 +6,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from covidxray.train import build_model, fit_arrays
 
 from covidxray.config import TrainConfig
 from covidxray.errors import CovidXrayError
 from covidxray.models import create_model
-from covidxray.train import build_model, fit_arrays
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "train_speed.py"
 

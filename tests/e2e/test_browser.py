@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_dataset
 from covidxray.cli import main
-from helpers import shared_data_dir
+from helpers import make_dataset, shared_data_dir
 
 pytestmark = pytest.mark.slow  # trains a small model and starts a server and a browser (~30 s)
 

@@ -137,7 +137,6 @@ def test_training_reads_dicom_class_folders(tmp_path):
 
 def test_predict_reads_dicom(tmp_path):
     import keras
-
     from covidxray.predict import predict_files
 
     inputs = keras.Input((16, 16, 1))

@@ -10,12 +10,12 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-
-from conftest import make_dataset
-from covidxray.config import TrainConfig
 from covidxray.data.batches import ShuffledBatches
 from covidxray.distribute import data_parallel
+
+from covidxray.config import TrainConfig
 from covidxray.errors import CovidXrayError
+from helpers import make_dataset
 
 # Runs in a fresh process with two virtual CPU devices: trains the same seed, data and global
 # batch once on a one-device mesh and once on a two-device mesh, and reports both.

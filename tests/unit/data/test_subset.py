@@ -3,10 +3,10 @@
 import pandas as pd
 import pytest
 
-from conftest import make_dataset
 from covidxray.data.sources import load_dataset
 from covidxray.data.subset import write_subset
 from covidxray.errors import DatasetError
+from helpers import make_dataset
 
 
 def test_subset_has_at_most_n_per_class_and_loads(tmp_path):

@@ -12,10 +12,10 @@ import socket
 
 import numpy as np
 import pytest
+from covidxray.serve import XrayAnalyzer, create_app
 from PIL import Image
 
 from covidxray.cli import main
-from covidxray.serve import XrayAnalyzer, create_app
 from helpers import build_run, gray, write_dicom
 
 pytest.importorskip("fastapi", reason="covidxray[serve] is not installed")

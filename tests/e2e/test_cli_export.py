@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from conftest import make_dataset
 from covidxray.cli import main
 from covidxray.rundir import RunDir
+from helpers import make_dataset
 
 CLASSES = ["covid", "normal", "pneumonia"]
 
@@ -32,7 +32,6 @@ def _images(data, n=6):
 
 def test_onnx_matches_keras(trained, capsys):
     import onnx
-
     from covidxray.export import OnnxModel
 
     data, run = trained

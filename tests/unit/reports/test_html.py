@@ -7,6 +7,7 @@ import re
 
 from covidxray.htmlreport import render_html
 from covidxray.report import write_report
+
 from helpers import gray, write_png
 
 REPORT = """# covidxray run: `compactnet` on binary

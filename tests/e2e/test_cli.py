@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import make_dataset
 from covidxray.cli import main
+from helpers import make_dataset
 
 RUN_FILES = ("model.keras", "config.json", "split.csv", "history.csv", "metrics.json",
              "acc.png", "mat.png", "pred.png", "report.md")

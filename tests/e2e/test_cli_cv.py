@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
-from conftest import make_dataset
-from covidxray.cli import main
 from covidxray.shortcut import blank_lung_field, chance_accuracy
+
+from covidxray.cli import main
+from helpers import make_dataset
 
 ARGS = ["--image-size", "32", "--epochs", "4", "--patience", "4", "--seed", "1"]
 

@@ -5,16 +5,16 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
-from conftest import make_dataset
-from covidxray.cli import main
 from covidxray.data.batches import ShuffledBatches
+from covidxray.evaluate import evaluate_run
+
+from covidxray.cli import main
 from covidxray.data.images import read_image
 from covidxray.data.loading import load_labelled_images
 from covidxray.data.shards import ShardWriter, load_shards, shard_file, write_shards
 from covidxray.data.sources import load_dataset
 from covidxray.errors import DatasetError
-from covidxray.evaluate import evaluate_run
+from helpers import make_dataset
 
 SIZE = 48  # the synthetic images' own size: the round trip compares undisturbed pixels
 

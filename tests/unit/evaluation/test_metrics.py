@@ -6,9 +6,8 @@ import math
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
-
 from covidxray.metrics import EPSILON, classification_metrics, cross_entropy
+from sklearn.metrics import roc_auc_score
 
 CLASSES = ("normal", "pneumonia", "covid")  # covid deliberately last
 NORMAL, PNEUMONIA, COVID = 0, 1, 2

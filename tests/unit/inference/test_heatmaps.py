@@ -8,13 +8,13 @@ import sys
 import keras
 import numpy as np
 import pytest
+from covidxray.heatmaps import find_target_layer, grad_cam, overlay
+from covidxray.predict import heatmap_names
+from covidxray.report import with_heatmaps
 from scipy.stats import spearmanr
 
 from covidxray.errors import CovidXrayError
-from covidxray.heatmaps import find_target_layer, grad_cam, overlay
 from covidxray.models import create_model, list_models
-from covidxray.predict import heatmap_names
-from covidxray.report import with_heatmaps
 
 SIZE, CENTER, RADIUS = 32, (9, 9), 5
 _yy, _xx = np.mgrid[:SIZE, :SIZE]
