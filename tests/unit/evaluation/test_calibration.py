@@ -1,21 +1,21 @@
-"""Tests for covidxray.calibration: temperature scaling, ECE, the COVID threshold and the decision rule."""
+"""covidxray.evaluation.calibration: fitting the temperature and the COVID threshold, and the ECE."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from covidxray.calibration import (
-    Calibration,
-    choose_threshold,
-    decide,
-    expected_calibration_error,
-    fit_temperature,
-    reliability_bins,
-    scale,
-)
 from scipy.special import softmax
 
 from covidxray.errors import CovidXrayError
+from covidxray.evaluation.calibration import (
+    calibration_summary,
+    choose_threshold,
+    expected_calibration_error,
+    fit_calibration,
+    fit_temperature,
+    reliability_bins,
+)
+from covidxray.inference.decision import Calibration, scale
 
 
 def _overconfident(n=3000, true_temperature=2.5, seed=0):
@@ -70,14 +70,35 @@ def test_threshold_errors():
         choose_threshold(np.array([0, 0]), np.array([0.1, 0.9]), covid=1, target=0.9)
 
 
-def test_decide_calls_covid_at_the_threshold_else_the_likeliest_other_class():
-    probabilities = np.array([[0.5, 0.2, 0.3], [0.1, 0.6, 0.3], [0.3, 0.1, 0.6], [0.45, 0.3, 0.25]])
-    np.testing.assert_array_equal(decide(probabilities, covid=2, threshold=None), [0, 1, 2, 0])
-    np.testing.assert_array_equal(decide(probabilities, covid=2, threshold=0.3), [2, 2, 2, 0])
-    np.testing.assert_array_equal(decide(probabilities, covid=2, threshold=0.7), [0, 1, 0, 0])
 
 
-def test_calibration_round_trips_through_a_dict():
-    calibration = Calibration(1.7, 0.31, 0.95)
-    assert Calibration.from_dict(calibration.to_dict()) == calibration
-    assert Calibration.from_dict({}) == Calibration()
+def test_fit_calibration_sets_the_threshold_only_for_a_target():
+    y, reported = _overconfident(n=600, seed=2)
+    classes = ("covid", "normal", "pneumonia")
+    plain = fit_calibration(y, reported, classes, None)
+    assert plain.covid_threshold is None and plain.target_sensitivity is None
+    assert plain.temperature == pytest.approx(fit_temperature(y, reported))
+    targeted = fit_calibration(y, reported, classes, 0.9)
+    assert targeted.temperature == plain.temperature and targeted.target_sensitivity == 0.9
+    covid = scale(reported, targeted.temperature)[:, 0]
+    assert np.mean(covid[y == 0] >= targeted.covid_threshold) >= 0.9  # the target is met on these images
+    decided = targeted.decide(scale(reported, targeted.temperature), classes)
+    assert np.mean(decided[y == 0] == 0) >= 0.9
+
+
+def test_fit_calibration_needs_a_covid_class_for_a_target():
+    y, reported = _overconfident(n=60, seed=3)
+    with pytest.raises(CovidXrayError, match="this task has no covid class"):
+        fit_calibration(y, reported, ("normal", "pneumonia", "other"), 0.9)
+    with pytest.raises(CovidXrayError, match="needs validation images"):
+        fit_temperature(np.array([], dtype=int), np.zeros((0, 3)))
+
+
+def test_calibration_summary_before_and_after():
+    y, reported = _overconfident(seed=4)
+    calibration = Calibration(temperature=2.5)
+    summary = calibration_summary(y, reported, calibration)
+    assert summary["ece_before"] == pytest.approx(expected_calibration_error(y, reported))
+    assert summary["ece_after"] == pytest.approx(expected_calibration_error(y, scale(reported, 2.5)))
+    assert summary["ece_after"] < summary["ece_before"] / 2 and summary["loss_after"] < summary["loss_before"]
+    assert sum(summary["bins_before"]["count"]) == sum(summary["bins_after"]["count"]) == len(y)

@@ -1,4 +1,4 @@
-"""Tests for covidxray.metrics: classes looked up by name, numbers checked by hand."""
+"""Tests for covidxray.evaluation.metrics: classes looked up by name, numbers checked by hand."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from covidxray.metrics import EPSILON, classification_metrics, cross_entropy
 from sklearn.metrics import roc_auc_score
+
+from covidxray.evaluation.metrics import EPSILON, classification_metrics, cross_entropy
 
 CLASSES = ("normal", "pneumonia", "covid")  # covid deliberately last
 NORMAL, PNEUMONIA, COVID = 0, 1, 2
@@ -131,7 +132,12 @@ def test_scores_of_a_class_absent_from_the_data_are_none():
 
 # --- intervals and confounding ------------------------------------------------------------------
 
-from covidxray.metrics import bootstrap_intervals, confounded_classes, confounding_warning  # noqa: E402
+from covidxray.evaluation.metrics import (  # noqa: E402
+    bootstrap_intervals,
+    chance_accuracy,
+    confounded_classes,
+    confounding_warning,
+)
 
 
 def test_intervals_contain_the_estimate_and_shrink_with_more_patients():
@@ -195,3 +201,9 @@ def test_predictions_override_argmax():
     result = classification_metrics(Y_TRUE, PROBS, CLASSES, predictions=decided)
     assert result["covid"]["sensitivity"] == 1.0 and result["covid"]["fp"] == 2
     assert result["accuracy"] == pytest.approx(6 / 8)
+
+
+def test_chance_accuracy_is_the_commonest_class_share():
+    assert chance_accuracy(np.array([0, 0, 0, 1])) == 0.75
+    assert chance_accuracy(np.array([2, 2, 1, 0, 1, 2])) == 0.5
+    assert math.isnan(chance_accuracy(np.array([], dtype=int)))

@@ -1,0 +1,82 @@
+"""covidxray.evaluation.evaluate: a run (or a loaded predictor) scored on a labelled dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from covidxray.data.loading import load_labelled_images
+from covidxray.errors import DatasetError
+from covidxray.evaluation.evaluate import evaluate, seen_by_run
+from covidxray.inference.predictor import load_predictor
+from helpers import CLASSES, build_run, make_dataset
+
+
+@pytest.fixture(scope="module")
+def run_and_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    return build_run(root / "run"), make_dataset(root / "data", per_class=6)
+
+
+def _mark_split(run, data, train_rows: int):
+    """A split.csv naming the first ``train_rows`` images (by their pixels) as the run's training images."""
+    table = load_labelled_images(str(data), CLASSES, 32).table
+    table["split"] = ["train"] * train_rows + ["test"] * (len(table) - train_rows)
+    table.to_csv(run / "split.csv", index=False)
+    return table
+
+
+def test_evaluate_scores_every_image_of_a_run_without_split(run_and_data, tmp_path):
+    run, data = run_and_data
+    metrics = evaluate(str(run), str(data), cache_dir=tmp_path / "cache", progress=False)
+    assert metrics["n"] == 18 and metrics["left_out_seen"] == 0 and metrics["skipped"] == {}
+    assert metrics["data"] == str(data) and metrics["classes"] == list(CLASSES)
+    assert np.sum(metrics["confusion_matrix"]) == 18
+    assert [c["support"] for c in metrics["per_class"].values()] == [6, 6, 6]
+    calibration = metrics["calibration"]  # no calibration.json: the top class, unscaled
+    assert calibration["temperature"] == 1.0 and calibration["covid_threshold"] is None
+    assert calibration["ece_after"] == pytest.approx(calibration["ece_before"], abs=1e-6)
+    assert metrics["confounding"] is None  # one source
+    # the predictions are the predictor's own: same accuracy from its raw outputs
+    predictor = load_predictor(run)
+    loaded = load_labelled_images(str(data), CLASSES, 32)
+    expected = np.mean(predictor.predict(loaded.images)[1] == loaded.targets)
+    assert metrics["accuracy"] == pytest.approx(expected)
+    with pytest.raises(DatasetError, match="source column has one value"):
+        evaluate(predictor, str(data), per_source=True)
+
+
+def test_images_the_run_trained_on_are_left_out(run_and_data, tmp_path):
+    run, data = run_and_data
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("config.json", "model.keras"):
+        (copy / name).write_bytes((run / name).read_bytes())
+    table = _mark_split(copy, data, train_rows=12)
+    seen = seen_by_run(copy, table)
+    assert seen.tolist() == [True] * 12 + [False] * 6
+    assert seen_by_run(run, table).tolist() == [False] * 18  # no split.csv: nothing seen
+    metrics = evaluate(load_predictor(copy), [str(data)])
+    assert metrics["n"] == 6 and metrics["left_out_seen"] == 12 and metrics["data"] == [str(data)]
+    assert evaluate(load_predictor(copy), str(data), include_seen=True)["n"] == 18
+
+
+def test_a_dataset_the_run_saw_whole_is_refused(run_and_data, tmp_path):
+    run, data = run_and_data
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("config.json", "model.keras"):
+        (copy / name).write_bytes((run / name).read_bytes())
+    _mark_split(copy, data, train_rows=18)
+    with pytest.raises(DatasetError, match="every image was used to train"):
+        evaluate(str(copy), str(data))
+
+
+def test_seen_by_run_matches_original_names_too(tmp_path):
+    split = pd.DataFrame({"split": ["train", "validation", "test"], "original_name": ["A.png", "b.jpg", "c.png"],
+                          "pixels": ["p1", "p2", "p3"]})
+    split.to_csv(tmp_path / "split.csv", index=False)
+    table = pd.DataFrame({"original_name": ["a.jpeg", "B.png", "c.png", "d.png", ""], "pixels": ["x", "y", "z", "p2", "p3"]})
+    # a and b by name (stem, any case or suffix); c is a test image; d by pixels; p3 was a test image
+    assert seen_by_run(tmp_path, table).tolist() == [True, True, False, True, False]
