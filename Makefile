@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make main   installs covidxray in .venv, gets the data, trains + evaluates + reports (three-class)
 #   make test   installs covidxray with all three Keras backends in .venv and runs the tests
+# Both install the versions pinned in requirements/*.txt (make lock rewrites them with pip-compile),
+# so that a fresh install reproduces the README's numbers.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,17 +10,24 @@ DATA ?= $(if $(wildcard ../shared/data/darkcovidnet),../shared/data/darkcovidnet
 TASK ?= three-class
 RUN ?= runs/darkcovidnet-$(TASK)
 
-.PHONY: install install-all main test lint clean
+.PHONY: install install-all lock main test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[tensorflow]"
+	$(BIN)/python -m pip install -q -c requirements/main.txt -e ".[tensorflow]"
 
 install-all: $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[tensorflow,jax,onnx,serve,test]" "torch==2.13.0"
+	$(BIN)/python -m pip install -q -c requirements/test.txt -e ".[tensorflow,jax,onnx,serve,test]" "torch==2.13.0"
+
+# Re-pin the versions after changing dependencies in pyproject.toml (pip-tools' pip-compile).
+lock:
+	$(PYTHON) -m venv .lock-venv && .lock-venv/bin/python -m pip install -q pip-tools
+	.lock-venv/bin/pip-compile -q --strip-extras --extra tensorflow -o requirements/main.txt pyproject.toml
+	.lock-venv/bin/pip-compile -q --strip-extras --extra tensorflow --extra jax --extra onnx --extra serve --extra test \
+		-o requirements/test.txt pyproject.toml
 
 data/darkcovidnet: | install
 	$(BIN)/covidxray data download darkcovidnet --dest data
@@ -33,4 +42,4 @@ lint: install-all
 	$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) .lock-venv build src/*.egg-info

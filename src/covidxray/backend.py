@@ -86,3 +86,40 @@ def quiet_backend_logs() -> None:
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")
+
+
+def runtime_environment() -> dict:
+    """What a run ran on: Python, the package versions that decide its numbers, the backend and the CPU.
+
+    Written into every run's ``metrics.json`` and report: the same command can give another
+    number with other versions or another CPU's kernels.
+    """
+    import platform
+    from importlib import metadata
+
+    versions = {}
+    for package in ("covidxray", "keras", "numpy", "scikit-learn", "pillow", "tensorflow", "tensorflow-cpu",
+                    "jax", "jaxlib", "torch"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    import sys
+
+    keras = sys.modules.get("keras")
+    backend = keras.backend.backend() if keras is not None else os.environ.get("KERAS_BACKEND")
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpu": _cpu_model(),
+            "cpu_count": os.cpu_count(), "backend": backend, "packages": versions}
+
+
+def _cpu_model() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -105,6 +105,8 @@ def render_report(config, metrics: dict) -> str:
         f"- training: up to {config.epochs} epochs, best validation accuracy at epoch {info['best_epoch']} of {info['epochs_run']}, "
         f"{info['fit_seconds']} s ({info['train_images_per_second']} images/s); decoding {info['data_seconds']} s",
     ]
+    if "environment" in info:
+        lines.append(f"- environment: {environment_text(info['environment'])}")
     if info["skipped"]:
         lines.append(f"- skipped {len(info['skipped'])} unreadable file(s): "
                      + "; ".join(f"`{m}`" for m in list(info["skipped"].values())[:5]))
@@ -134,3 +136,12 @@ def render_report(config, metrics: dict) -> str:
               "sensitive to the last convolutional features (a hint for inspection, not proof of what the model uses):",
               "", f"![predictions]({rundir.PREDICTIONS_FIGURE})", ""]
     return "\n".join(lines)
+
+
+def environment_text(environment: dict) -> str:
+    """Python, the key package versions, the backend and the CPU, in one line."""
+    packages = environment.get("packages", {})
+    shown = ", ".join(f"{name} {version}" for name, version in packages.items() if name != "covidxray")
+    return (f"covidxray {packages.get('covidxray', '?')} on Python {environment.get('python')}, {shown}; "
+            f"backend `{environment.get('backend')}`; CPU {environment.get('cpu')} ({environment.get('cpu_count')} cores), "
+            f"{environment.get('platform')}")

@@ -18,6 +18,7 @@ import keras
 import pandas as pd
 
 from covidxray import rundir
+from covidxray.backend import runtime_environment
 from covidxray.config import TrainConfig
 from covidxray.data.splits import SPLITS, without_patient_id
 from covidxray.errors import CovidXrayError, DatasetError
@@ -119,6 +120,7 @@ def _run(config: TrainConfig, run: rundir.RunDir, *, resumed: bool, verbose: int
         "confounding": confounding_warning(data.table["label"], data.table["source"]),
         "skipped": data.skipped,
         "resumed": resumed,
+        "environment": runtime_environment(),
     }
     write_figures_and_report(run, config, data.part("test")[0], test, metrics, model=model)
     run.write_json(rundir.METRICS, metrics)  # last: metrics.json marks a complete run
