@@ -157,14 +157,26 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "config") -> TrainConfig:
-        """Settings read back from ``config.json``; unknown keys are ignored, renamed ones mapped."""
+        """Settings read back from ``config.json``, checked as the command line's are (types, choices,
+        bounds, classes of the task); unknown keys are ignored, renamed ones mapped."""
         if not isinstance(values, dict):
-            raise CovidXrayError(f"{where}: not a covidxray run configuration (a JSON object is expected); retrain the run")
+            raise CovidXrayError(f"{where}: not a covidxray run configuration (a JSON object is expected); "
+                                 "retrain the run")
         values = {RENAMED.get(k, k): v for k, v in values.items()}
-        known = {f.name for f in fields(cls)}
+        known = {f.name: f for f in fields(cls)}
         values = {k: v for k, v in values.items() if k in known}
-        values["classes"] = tuple(values.get("classes", ()))
-        return cls(**values)
+        try:
+            for name, value in values.items():
+                _check_type(known[name], value)
+            values["classes"] = tuple(values.get("classes", ()))
+            config = cls(**values)
+            config.check()
+            if config.classes and config.classes != task_classes(config.task):
+                raise CovidXrayError(f"classes {list(config.classes)} are not those of the task {config.task} "
+                                     f"({list(task_classes(config.task))})")
+        except CovidXrayError as error:
+            raise CovidXrayError(f"{where}: not a valid covidxray run configuration: {error}; retrain the run") from None
+        return config
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
@@ -202,6 +214,32 @@ def _check_value(f, value) -> None:
     too_high = high is not None and (value >= high if meta["high_open"] else value > high)
     if too_low or too_high:
         raise CovidXrayError(f"{option} must be {_range_text(meta)}; got {value}")
+
+
+def _check_type(f, value) -> None:
+    """A value read from a file has the type its setting takes (None only where the default is None)."""
+    kind = f.metadata["kind"]
+    if value is None:
+        if f.default is not None:
+            raise CovidXrayError(f"{f.name} is null")
+        return
+    if f.name in ("data", "classes"):
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(item, str) for item in items):
+            raise CovidXrayError(f"{f.name} must be a path or a list of them, not {value!r}")
+        return
+    if f.name == "jit_compile":
+        ok = isinstance(value, bool | str)
+    elif kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise CovidXrayError(f"{f.name} must be {kind.__name__}, not {value!r}")
 
 
 def _range_text(meta) -> str:
