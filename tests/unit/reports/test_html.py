@@ -5,9 +5,8 @@ from __future__ import annotations
 import base64
 import re
 
-from covidxray.htmlreport import render_html
-from covidxray.report import write_report
-
+from covidxray.reports.html import render_body, render_html, write_html
+from covidxray.reports.markdown import write_report
 from helpers import gray, write_png
 
 REPORT = """# covidxray run: `compactnet` on binary
@@ -43,3 +42,18 @@ def test_write_report_writes_md_and_self_contained_html(tmp_path):
 
 def test_title_without_heading():
     assert "<title>covidxray report</title>" in render_html("no heading here", ".")
+
+
+def test_write_html_beside_any_markdown_file(tmp_path):
+    figure = write_png(tmp_path / "cv_mat.png", gray(3, (4, 4)))
+    target = write_html(tmp_path / "cv.md", "# cv\n\n![m](cv_mat.png) ![inline](data:image/png;base64,AAAA)")
+    assert target == tmp_path / "cv.html"
+    page = target.read_text()
+    assert "<title>cv</title>" in page
+    assert re.findall(r'<img[^>]*src="([^"]*)"', page) == [
+        "data:image/png;base64," + base64.b64encode(figure.read_bytes()).decode(), "data:image/png;base64,AAAA"]
+
+
+def test_render_body_is_the_page_without_its_head(tmp_path):
+    body = render_body("| a |\n|---|\n| 1 |", tmp_path)
+    assert body.startswith("<table>") and "<td>1</td>" in body and "<html" not in body

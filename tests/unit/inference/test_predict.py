@@ -1,0 +1,108 @@
+"""covidxray.inference.predict: arrays, files and folders to probabilities; heatmap file names."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covidxray.data.images import read_image, resize_square
+from covidxray.errors import CovidXrayError
+from covidxray.inference.predict import (
+    device_count,
+    expand_paths,
+    heatmap_folder,
+    heatmap_names,
+    predict_arrays,
+    predict_files,
+)
+from covidxray.inference.predictor import load_predictor
+from helpers import build_run, gray, write_png
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    return load_predictor(build_run(tmp_path_factory.mktemp("predict") / "run"))
+
+
+def test_heatmap_names_are_unique():
+    names = heatmap_names(["a/x.png", "b/x.png", "c/x.dcm", "d/X.png", "y.jpeg"])
+    assert names == ["x_gradcam.png", "x_gradcam_2.png", "x_gradcam_3.png", "X_gradcam_4.png", "y_gradcam.png"]
+
+
+def test_expand_paths_finds_images_in_folders_sorted(tmp_path):
+    for name in ("b.png", "a.jpg", "sub/c.dcm", ".hidden.png", "notes.txt"):
+        (tmp_path / "folder" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "folder" / name).write_bytes(b"x")
+    single = tmp_path / "single.txt"  # a file named on its own is kept whatever its suffix
+    single.write_text("x")
+    found = expand_paths([tmp_path / "folder", single])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["folder/a.jpg", "folder/b.png", "folder/sub/c.dcm",
+                                                                   "single.txt"]
+    with pytest.raises(CovidXrayError, match="nothing.png: no such file or folder"):
+        expand_paths([tmp_path / "nothing.png"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CovidXrayError, match="no image files in"):
+        expand_paths([tmp_path / "empty"])
+
+
+def test_heatmap_folder_is_made_and_a_file_refused(tmp_path):
+    assert heatmap_folder(tmp_path / "a" / "b").is_dir()
+    (tmp_path / "file").write_text("keep")
+    with pytest.raises(CovidXrayError, match="is a file, not a folder"):
+        heatmap_folder(tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "keep"
+
+
+def test_device_count_without_a_distribution():
+    assert device_count(None) == 1
+
+
+def test_predict_arrays_in_chunks_equals_one_call(predictor, monkeypatch):
+    import covidxray.inference.predict as predict
+
+    images = np.stack([gray(i, (32, 32)) for i in range(7)])[..., None]
+    whole = predict_arrays(predictor.model, images)
+    assert whole.shape == (7, 3) and whole.dtype == np.float32
+    np.testing.assert_allclose(whole.sum(axis=1), 1.0, rtol=1e-5)
+    monkeypatch.setattr(predict, "PREDICT_CHUNK", 3)  # 3 + 3 + 1 images
+    np.testing.assert_allclose(predict_arrays(predictor.model, images, batch_size=2), whole, atol=1e-6)
+    assert predict_arrays(predictor.model, images[:0]).shape == (0, 3)
+
+
+def test_predict_files_results_failures_and_heatmaps(predictor, tmp_path):
+    files = [write_png(tmp_path / "in" / f"x{i}.png", gray(i, (40, 50))) for i in range(3)]
+    broken = tmp_path / "in" / "broken.png"
+    broken.write_bytes(b"not a png")
+    results, failures = predict_files(predictor, [*files, broken], progress=False, heatmaps=tmp_path / "maps")
+    assert [r["path"] for r in results] == [str(f) for f in files]
+    assert list(failures) == [str(broken)] and "not an image file" in failures[str(broken)]
+    # the one decode step (resized to the run's 32 px), then the predictor's own rule
+    images = np.stack([resize_square(read_image(f), 32) for f in files])[..., None]
+    probabilities, decided = predictor.predict(images)
+    for result, row, label in zip(results, probabilities, decided):
+        assert list(result["probabilities"]) == list(predictor.classes)
+        assert list(result["probabilities"].values()) == pytest.approx(row.tolist(), abs=1e-6)
+        assert result["label"] == predictor.classes[label]
+        with Image.open(result["heatmap"]) as heatmap:
+            assert heatmap.size == (32, 32) and heatmap.mode == "RGB"
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["x0_gradcam.png", "x1_gradcam.png", "x2_gradcam.png"]
+    json.dumps(results)  # plain JSON types
+
+
+def test_predict_files_decides_with_the_runs_calibration(predictor, tmp_path):
+    from dataclasses import replace
+
+    from covidxray.inference.decision import Calibration
+
+    files = [write_png(tmp_path / f"x{i}.png", gray(10 + i, (32, 32))) for i in range(4)]
+    covid_always = replace(predictor, calibration=Calibration(covid_threshold=0.0))
+    results, _ = predict_files(covid_always, files, progress=False)
+    assert [r["label"] for r in results] == ["covid"] * 4
+    plain, _ = predict_files(predictor, files, progress=False)
+    assert [r["probabilities"] for r in plain] == [r["probabilities"] for r in results]  # T = 1 in both
+    missing = tmp_path / "none.png"
+    results, failures = predict_files(predictor, [missing], progress=False)
+    assert results == [] and "no such file" in failures[str(missing)]

@@ -1,0 +1,66 @@
+"""covidxray.inference.predictor: load_predictor reads a run (or a preset) once, checked against its files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from covidxray.errors import CovidXrayError
+from covidxray.inference.decision import Calibration
+from covidxray.inference.predictor import Predictor, load_predictor
+from covidxray.presets import DEFAULT_PRESET, preset_dir
+from helpers import build_run, gray
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return build_run(tmp_path_factory.mktemp("predictor") / "run", image_size=32, task="binary")
+
+
+def test_load_predictor_reads_the_runs_classes_size_and_rule(run, tmp_path):
+    predictor = load_predictor(run)
+    assert isinstance(predictor, Predictor) and predictor.engine == "keras" and predictor.path == run
+    assert predictor.classes == ("covid", "normal") and predictor.image_size == 32
+    assert predictor.calibration == Calibration()  # no calibration.json
+    assert predictor.model.output_shape == (None, 2)
+    images = np.stack([gray(i, (32, 32)) for i in range(5)])[..., None]
+    raw = predictor.predict_raw(images)
+    assert raw.shape == (5, 2)
+    calibrated = shutil.copytree(run, tmp_path / "calibrated")
+    (calibrated / "calibration.json").write_text(json.dumps({"temperature": 3.0, "covid_threshold": 0.0}))
+    scaled = load_predictor(str(calibrated))
+    assert scaled.calibration == Calibration(3.0, 0.0)
+    probabilities, decided = scaled.predict(images)
+    np.testing.assert_allclose(probabilities, Calibration(3.0).apply(raw), atol=1e-6)
+    assert decided.tolist() == [0] * 5  # a threshold of 0 calls every image covid
+
+
+def test_outputs_that_do_not_match_the_classes_are_refused(run, tmp_path):
+    mismatched = shutil.copytree(run, tmp_path / "mismatched")
+    config = json.loads((mismatched / "config.json").read_text())
+    config.update(task="three-class", classes=["covid", "normal", "pneumonia"])
+    (mismatched / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CovidXrayError, match="the model has 2 outputs but .*config.json names 3 classes; retrain"):
+        load_predictor(mismatched)
+
+
+def test_bad_arguments_are_clear_errors(run, tmp_path):
+    with pytest.raises(CovidXrayError, match="unknown engine 'tensorrt'; choose one of: keras, onnxruntime"):
+        load_predictor(run, engine="tensorrt")
+    with pytest.raises(CovidXrayError, match="either --run or --preset"):
+        load_predictor(run, preset=DEFAULT_PRESET)
+    with pytest.raises(CovidXrayError, match="model.onnx"):
+        load_predictor(run, engine="onnxruntime")  # not exported
+    with pytest.raises(CovidXrayError, match="config.json: missing"):
+        load_predictor(tmp_path)
+
+
+def test_the_default_is_the_shipped_preset():
+    predictor = load_predictor()
+    assert predictor.path == preset_dir(DEFAULT_PRESET)
+    assert load_predictor(f"preset:{DEFAULT_PRESET}").path == load_predictor(preset=DEFAULT_PRESET).path == predictor.path
+    assert predictor.classes == ("covid", "normal", "pneumonia")
+    assert predictor.calibration == Calibration.load(predictor.path) and predictor.calibration != Calibration()

@@ -1,0 +1,46 @@
+"""covidxray.reports.cv_report: cv.md from cv.json's content."""
+
+from __future__ import annotations
+
+from covidxray.reports.cv_report import CV_MATRIX, protocol_name, render_cv_report
+
+FOLD = {"images": 10, "loss": 0.5, "sensitivity": 0.8, "specificity": 0.9, "best_epoch": 3}
+
+
+def _result(group_by="patient", covid=True):
+    pooled = {"n": 20, "accuracy": 0.75, "intervals": {"accuracy": [0.55, 0.9]}}
+    if covid:
+        pooled["covid"] = {"sensitivity": 0.8, "specificity": 0.7, "auc": 0.85, "tp": 4, "fn": 1, "tn": 7, "fp": 3}
+    return {
+        "protocol": {"folds": 2, "group_by": group_by, "seed": 7, "images": 20, "patients": 10},
+        "config": {"data": ["a", "b"], "model": "compactnet", "task": "binary", "image_size": 32, "epochs": 4,
+                   "val_fraction": 0.15},
+        "per_fold": [{**FOLD, "fold": 1, "accuracy": 0.7, "auc": 0.8}, {**FOLD, "fold": 2, "accuracy": 0.8, "auc": None}],
+        "mean": {"accuracy": 0.75, "loss": 0.5, "sensitivity": 0.8, "specificity": 0.9, "auc": 0.8},
+        "sd": {"accuracy": 0.0707, "loss": 0.0, "sensitivity": 0.0, "specificity": 0.0, "auc": 0.0},
+        "pooled": pooled,
+        "confounding": None,
+    }
+
+
+def test_protocol_names():
+    assert protocol_name("patient") == "patient-grouped" and protocol_name("none") == "image-level"
+
+
+def test_cv_report_has_folds_mean_and_pooled():
+    report = render_cv_report(_result())
+    assert report.startswith("# covidxray cross-validation: compactnet on binary")
+    assert "never use it for diagnosis" in report
+    assert "- protocol: 2-fold, patient-grouped (no patient in two folds), stratified by label; seed 7" in report
+    assert "- data: `a, b`: 20 images of 10 patients" in report
+    assert "| 1 | 10 | 70.0% | 0.500 | 80.0% | 90.0% | 0.800 | 3 |" in report
+    assert "| 2 | 10 | 80.0% | 0.500 | 80.0% | 90.0% | n/a | 3 |" in report
+    assert "| **mean ± sd** | | **75.0 ± 7.1%** | 0.500 ± 0.000 |" in report
+    assert "- accuracy: **75.0%** [55.0-90.0] (20 images)" in report
+    assert "| 80.0% (4/5) | 70.0% (7/10) | 0.850 |" in report
+    assert f"![pooled confusion matrix]({CV_MATRIX})" in report
+
+
+def test_image_level_protocol_and_no_covid():
+    report = render_cv_report(_result(group_by="none", covid=False))
+    assert "image-level (--group-by none" in report and "COVID sensitivity | specificity | ROC AUC |\n" not in report

@@ -1,0 +1,99 @@
+"""covidxray.reports.report: the run's figures, report.md and report.html from its metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from covidxray import rundir
+from covidxray.config import TrainConfig
+from covidxray.evaluation.calibration import calibration_summary
+from covidxray.evaluation.metrics import classification_metrics
+from covidxray.evaluation.scoring import ScoredPredictions
+from covidxray.inference.decision import Calibration
+from covidxray.reports.report import render_report, with_heatmaps, write_figures_and_report
+from helpers import CLASSES, build_run, gray
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _metrics(scored: ScoredPredictions, calibration: Calibration, raw, **run) -> dict:
+    groups = scored.table["patient_id"].to_numpy()
+    part = classification_metrics(scored.targets, scored.probabilities, CLASSES, predictions=scored.predicted,
+                                  groups=groups, bootstrap=50)
+    summary = calibration_summary(scored.targets, raw, calibration)
+    info = {"best_epoch": 2, "epochs_run": 3, "fit_seconds": 1.5, "train_images_per_second": 40.0, "data_seconds": 0.2,
+            "parameters": 1234567, "backend": "tensorflow", "images": {"train": 8, "validation": 2, "test": 12},
+            "images_without_patient_id": 0, "group_by": "patient", "blank_fraction": 0.0, "skipped": {},
+            "confounding": None, **run}
+    return {"train": part, "validation": part, "test": part, "run": info,
+            "calibration": {**calibration.to_dict(), "validation": summary, "test": summary}}
+
+
+@pytest.fixture
+def scored():
+    rng = np.random.default_rng(0)
+    targets = np.repeat([0, 1, 2], 4)
+    raw = rng.dirichlet(np.ones(3), 12)
+    raw[np.arange(12), targets] += 1.0
+    raw /= raw.sum(axis=1, keepdims=True)
+    table = pd.DataFrame({"patient_id": [f"p{i // 2}" for i in range(12)], "source": "synthetic"})
+    calibration = Calibration(temperature=1.5, covid_threshold=0.2, target_sensitivity=0.95)
+    return ScoredPredictions.from_raw(targets, raw, table, CLASSES, calibration), calibration, raw
+
+
+def test_write_figures_and_report(tmp_path, scored):
+    test, calibration, raw = scored
+    run = rundir.RunDir(tmp_path / "run")
+    run.create()
+    pd.DataFrame({"accuracy": [0.5, 0.7, 0.8], "loss": [1.0, 0.7, 0.5], "val_accuracy": [0.4, 0.6, 0.7],
+                  "val_loss": [1.1, 0.8, 0.6]}).to_csv(run.file(rundir.HISTORY), index=False)
+    config = TrainConfig(data="synthetic", image_size=32).resolve()
+    metrics = _metrics(test, calibration, raw)
+    x_test = np.stack([gray(i, (32, 32)) for i in range(12)])[..., None]
+    write_figures_and_report(run, config, x_test, test, metrics)
+    for figure in (rundir.ACC_FIGURE, rundir.MATRIX_FIGURE, rundir.PREDICTIONS_FIGURE, rundir.RELIABILITY_FIGURE):
+        assert run.file(figure).read_bytes()[:8] == PNG, figure
+    report = run.file(rundir.REPORT).read_text()
+    assert report == render_report(config, metrics)
+    assert f"| test | 12 | {100 * metrics['test']['accuracy']:.1f}%" in report
+    assert "1,234,567 parameters" in report and "best validation accuracy at epoch 2 of 3" in report
+    assert "T = 1.500" in report and "reaches **0.200**" in report and "95.0%" in report
+    assert "patient-grouped (no patient in two splits)" in report and "shortcut probe" not in report
+    page = run.file(rundir.REPORT_HTML).read_text()
+    assert page.count('src="data:image/png;base64,') == 4  # every figure inline
+
+
+@pytest.mark.parametrize("run_info, expected", [
+    ({"images_without_patient_id": 22}, "image-level (no patient ids"),
+    ({"images_without_patient_id": 5}, "partly patient-grouped (5 of 22 images have no patient id"),
+    ({"group_by": "none"}, "image-level (--group-by none"),
+    ({"blank_fraction": 0.75}, "**shortcut probe**: the central 75% x 75%"),
+    ({"skipped": {"a.png": "a.png: not an image file"}}, "skipped 1 unreadable file(s): `a.png: not an image file`"),
+    ({"confounding": "Labels are confounded with the source: every covid image comes from x."},
+     "> **Warning.** Labels are confounded"),
+])
+def test_render_report_states_the_protocol_and_warnings(scored, run_info, expected):
+    test, calibration, raw = scored
+    config = TrainConfig(data="synthetic", image_size=32).resolve()
+    assert expected in render_report(config, _metrics(test, calibration, raw, **run_info))
+
+
+def test_the_report_figure_gets_overlays(tmp_path):
+    from covidxray.models import load_model
+
+    model = load_model(build_run(tmp_path / "run") / rundir.MODEL)
+    images = np.stack([gray(i, (32, 32)) for i in range(3)])[..., None]
+    shown = with_heatmaps(model, images, np.array([0, 1, 2]))
+    assert shown.shape == (3, 32, 32, 3) and shown.dtype == np.uint8
+
+
+def test_a_model_without_convolutions_keeps_the_plain_images():
+    import keras
+
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(x)), name="flat")
+    images = np.stack([gray(i) for i in range(2)])[..., None]
+    assert with_heatmaps(model, images, np.array([0, 1])) is images  # the report goes on without
