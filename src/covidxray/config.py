@@ -62,7 +62,7 @@ class TrainConfig:
     model: str = setting(DEFAULT_MODEL, "a model of `covidxray models`", choices=list_models)
     image_size: int | None = setting(None, "input side in pixels (default: the model's own)", kind=int,
                                      low=MIN_IMAGE_SIZE, high=MAX_IMAGE_SIZE)
-    weights: str = setting("none", "none, imagenet (keras.applications models) or a weights file")
+    weights: str = setting("none", "none, imagenet (keras.applications models) or a weights file", metavar="WEIGHTS")
     epochs: int = setting(30, "epochs (the learning rate decays to zero at the last; early stopping may end sooner)",
                           low=1)
     batch_size: int = setting(32, "images per training step", low=1)
@@ -94,7 +94,7 @@ class TrainConfig:
         choices=MIXED_PRECISION_POLICIES)
     steps_per_execution: int = setting(1, "training steps per compiled call (more: less Python overhead per step, "
                                        "for fast GPUs)", low=1)
-    cache_dir: str | None = setting(None, "decoded-image cache (default ~/.cache/covidxray)", kind=str)
+    cache_dir: str | None = setting(None, "decoded-image cache (default ~/.cache/covidxray)", kind=str, metavar="DIR")
     distribute: str = setting("none", "data-parallel: split each batch over several devices (JAX backend: "
                               "KERAS_BACKEND=jax)", choices=DISTRIBUTE_CHOICES, commands=(TRAIN,))
     devices: int | None = setting(None, "devices for --distribute data-parallel (default: all visible)", kind=int,

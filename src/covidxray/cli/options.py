@@ -14,6 +14,9 @@ from dataclasses import MISSING, fields
 
 from covidxray.config import TrainConfig, choices_of, option_name
 
+#: How an option's value is shown in the help, by type.
+METAVARS = {int: "N", float: "F", str: "VALUE"}
+
 
 def add_config_options(parser: argparse.ArgumentParser, command: str, *, data_required: bool = True) -> None:
     """Add an option for every :class:`TrainConfig` field that ``command`` offers."""
@@ -22,16 +25,22 @@ def add_config_options(parser: argparse.ArgumentParser, command: str, *, data_re
         if command not in meta["commands"]:
             continue
         default = meta["command_defaults"].get(command, f.default if f.default is not MISSING else None)
-        options = dict(default=argparse.SUPPRESS, dest=f.name, help=_help(meta["help"], default, meta["kind"]))
         if meta["kind"] is bool:
             flag = meta["flag"] or option_name(f.name)
-            parser.add_argument(flag, action="store_false" if flag.startswith("--no-") else "store_true", **options)
+            off = flag.startswith("--no-")
+            parser.add_argument(flag, action="store_false" if off else "store_true", default=argparse.SUPPRESS,
+                                dest=f.name, help=f"turn off: {meta['help']}" if off else meta["help"])
             continue
         names = [option_name(f.name), *meta["aliases"]]
+        options = dict(default=argparse.SUPPRESS, dest=f.name, help=_help(meta["help"], default),
+                       metavar=meta["metavar"] or METAVARS.get(meta["kind"]))
         if f.name == "data":
-            parser.add_argument(*names, action="append", required=data_required, metavar=meta["metavar"], **options)
+            parser.add_argument(*names, action="append", required=data_required, **options)
             continue
-        parser.add_argument(*names, type=meta["kind"], choices=choices_of(f), metavar=meta["metavar"], **options)
+        choices = choices_of(f)
+        if choices is not None:
+            options["metavar"] = None  # argparse shows {a,b,c}
+        parser.add_argument(*names, type=meta["kind"], choices=choices, **options)
 
 
 def given_settings(args: argparse.Namespace) -> dict:
@@ -39,7 +48,5 @@ def given_settings(args: argparse.Namespace) -> dict:
     return {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
 
 
-def _help(text: str, default, kind) -> str:
-    if kind is bool or default is None:
-        return text
-    return f"{text} (default: {default})"
+def _help(text: str, default) -> str:
+    return text if default in (None, "") else f"{text} (default: {default})"
