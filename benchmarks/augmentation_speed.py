@@ -21,13 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import time
-from pathlib import Path
 
-from train_speed import installed_backends, run_backend_worker  # the sibling benchmark (this folder is on sys.path)
+import harness
 
 BACKENDS = ("tensorflow", "jax", "torch")
 AUGMENTATIONS = ("keras-layers", "random-affine", "none")
@@ -68,27 +64,20 @@ def compiled_call(layer):
 
 def measure(kind: str, model_name: str, size: int, batch_size: int, steps: int) -> dict:
     import keras
-    import numpy as np
 
     import covidxray  # noqa: F401  (KERAS_BACKEND is set by the parent)
     from covidxray.models import create_model
 
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (batch_size, size, size, 1)).astype("float32")
-    labels = rng.integers(0, 3, batch_size)
+    images, labels = harness.synthetic_images(batch_size, size, 3)
+    images = images.astype("float32")
     result = {"augmentation": kind}
     layers = augmentation_layers(kind)
     if layers:
         alone = keras.Sequential(layers)
         alone.build((None, size, size, 1))
         call = compiled_call(alone)
-        call(images)
-        timings = []
-        for _ in range(steps):
-            started = time.perf_counter()
-            call(images)
-            timings.append(time.perf_counter() - started)
-        result["augmentation_ms_per_batch"] = 1000 * statistics.median(timings)
+        alone_seconds = harness.timings(lambda: call(images), steps, warmup=1)
+        result["augmentation_ms_per_batch"] = 1000 * statistics.median(alone_seconds)
 
     body = create_model(model_name, num_classes=3, image_size=size, augment=False, seed=0)
     inputs = keras.Input((size, size, 1))
@@ -97,16 +86,10 @@ def measure(kind: str, model_name: str, size: int, batch_size: int, steps: int) 
         x = layer(x)
     model = keras.Model(inputs, body(x))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    started = time.perf_counter()
-    model.train_on_batch(images, labels)
-    result["first_step_seconds"] = time.perf_counter() - started
-    timings = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        model.train_on_batch(images, labels)
-        timings.append(time.perf_counter() - started)
-    result["step_ms"] = 1000 * statistics.median(timings)
-    result["train_images_per_second"] = batch_size / statistics.median(timings)
+    step = harness.timings(lambda: model.train_on_batch(images, labels), 1 + steps)
+    result["first_step_seconds"] = step[0]  # holds the compilation
+    result["step_ms"] = 1000 * statistics.median(step[1:])
+    result["train_images_per_second"] = batch_size / statistics.median(step[1:])
     return result
 
 
@@ -120,17 +103,17 @@ def worker(args) -> None:
 
 
 def markdown(results: list[dict], args) -> str:
-    lines = [f"Augmentation cost, {args.model} batch {args.batch_size}, median of {args.steps} steps, "
-             f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)", "",
-             "| backend | augmentation | augmentation alone ms/batch | first step s | step ms | train img/s |",
-             "|---|---|---:|---:|---:|---:|"]
-    for result in results:
-        for row in result["rows"]:
-            alone = row.get("augmentation_ms_per_batch")
-            lines.append(f"| {result['backend']} | {row['augmentation']} | "
-                         f"{'—' if alone is None else f'{alone:.1f}'} | {row['first_step_seconds']:.1f} | "
-                         f"{row['step_ms']:.0f} | {row['train_images_per_second']:.0f} |")
-    return "\n".join(lines) + "\n"
+    def alone(row):
+        ms = row.get("augmentation_ms_per_batch")
+        return "—" if ms is None else f"{ms:.1f}"
+
+    return harness.markdown_table(
+        ["backend", "augmentation", "augmentation alone ms/batch", "first step s", "step ms", "train img/s"],
+        [[result["backend"], row["augmentation"], alone(row), f"{row['first_step_seconds']:.1f}",
+          f"{row['step_ms']:.0f}", f"{row['train_images_per_second']:.0f}"]
+         for result in results for row in result["rows"]],
+        align="llrrrr", caption=f"Augmentation cost, {args.model} batch {args.batch_size}, median of {args.steps} "
+        f"steps, {harness.host()}")
 
 
 def main(argv=None) -> int:
@@ -146,16 +129,13 @@ def main(argv=None) -> int:
     if args.worker:
         worker(args)
         return 0
-    results = []
-    for backend in args.backends or [b for b in BACKENDS if b in installed_backends()]:
-        result = run_backend_worker(__file__, backend, ["--model", args.model, "--batch-size", str(args.batch_size),
-                                                        "--steps", str(args.steps)])
-        if result is not None:
-            results.append(result)
-            print(markdown(results[-1:], args), flush=True)
-    Path(args.out).write_text(json.dumps({"model": args.model, "batch_size": args.batch_size, "steps": args.steps,
-                                          "machine": platform.platform(), "results": results}, indent=2) + "\n")
-    Path(args.markdown).write_text(markdown(results, args))
+    results = harness.run_backends(__file__, args.backends or harness.installed_backends(BACKENDS),
+                                   lambda backend: ["--model", args.model, "--batch-size", str(args.batch_size),
+                                                    "--steps", str(args.steps)],
+                                   lambda rows: markdown(rows, args))
+    harness.write_results(args.out, {"model": args.model, "batch_size": args.batch_size, "steps": args.steps,
+                                     "machine": harness.machine(), "results": results},
+                          args.markdown, markdown(results, args))
     return 0 if results else 1
 
 

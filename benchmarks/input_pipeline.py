@@ -3,7 +3,7 @@
     python benchmarks/input_pipeline.py                          # every installed backend
     python benchmarks/input_pipeline.py --backends jax --sizes 256 --batch-sizes 32 128
 
-Trains, through ``covidxray.train.fit_arrays`` exactly as ``covidxray train`` feeds a model
+Trains, through ``covidxray.training.fit.fit_arrays`` exactly as ``covidxray train`` feeds a model
 (uint8 arrays in host memory, reshuffled each epoch, class weights as per-image weights; on
 TensorFlow one repeated ``tf.data`` pipeline), a model that does almost no work: it scales the
 uint8 batch, averages a few pixels of it and applies one ``Dense`` layer. Every batch still
@@ -21,13 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import time
-from pathlib import Path
 
-from train_speed import installed_backends, run_backend_worker  # the sibling benchmark (this folder is on sys.path)
+import harness
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
@@ -44,31 +40,14 @@ def null_model(size: int, num_classes: int = 3):
 
 
 def measure(size: int, batch_size: int, steps_per_execution: int, steps: int, epochs: int) -> dict:
-    import keras
-    import numpy as np
-
     import covidxray  # noqa: F401  (KERAS_BACKEND is set by the parent)
-    from covidxray.train import balanced_class_weights, fit_arrays
+    from covidxray.training.fit import balanced_class_weights, fit_arrays
 
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (steps * batch_size, size, size, 1), dtype=np.uint8)
-    y = rng.integers(0, 3, len(x))
+    x, y = harness.synthetic_images(steps * batch_size, size, 3)
     model = null_model(size)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                   steps_per_execution=steps_per_execution)
-
-    class EpochTimer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.seconds = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(time.perf_counter() - self.started)
-
-    timer = EpochTimer()
+    timer = harness.epoch_timer()
     fit_arrays(model, x, y, epochs=1 + epochs, batch_size=batch_size,
                class_weight=balanced_class_weights(y, 3), callbacks=[timer])
     epoch = statistics.median(timer.seconds[1:])  # the first epoch holds the compilation
@@ -92,16 +71,13 @@ def worker(args) -> None:
 
 
 def markdown(results: list[dict], args) -> str:
-    lines = [f"Input pipeline ceiling (a model that does almost no work), {args.steps} steps per epoch, median of "
-             f"{args.epochs} epochs, {platform.processor() or platform.machine()} ({os.cpu_count()} cores)", "",
-             "| backend | image size | batch | steps per execution | jit_compile | ms per step | images/s |",
-             "|---|---:|---:|---:|---|---:|---:|"]
-    for result in results:
-        for row in result["rows"]:
-            lines.append(f"| {result['backend']} | {row['image_size']} | {row['batch_size']} | "
-                         f"{row['steps_per_execution']} | {row['jit_compile']} | "
-                         f"{row['ms_per_step']:.2f} | {row['images_per_second']:,.0f} |")
-    return "\n".join(lines) + "\n"
+    return harness.markdown_table(
+        ["backend", "image size", "batch", "steps per execution", "jit_compile", "ms per step", "images/s"],
+        [[result["backend"], row["image_size"], row["batch_size"], row["steps_per_execution"], row["jit_compile"],
+          f"{row['ms_per_step']:.2f}", f"{row['images_per_second']:,.0f}"]
+         for result in results for row in result["rows"]],
+        align="lrrrlrr", caption=f"Input pipeline ceiling (a model that does almost no work), {args.steps} steps per "
+        f"epoch, median of {args.epochs} epochs, {harness.host()}")
 
 
 def parse_args(argv=None):
@@ -124,18 +100,16 @@ def main(argv=None) -> int:
     if args.worker:
         worker(args)
         return 0
-    results = []
-    for backend in args.backends or [b for b in BACKENDS if b in installed_backends()]:
+
+    def arguments(backend: str) -> list[str]:
         spe = args.steps_per_execution if backend != "torch" else [1]
-        result = run_backend_worker(__file__, backend, [
-            "--sizes", *map(str, args.sizes), "--batch-sizes", *map(str, args.batch_sizes),
-            "--steps-per-execution", *map(str, spe), "--steps", str(args.steps), "--epochs", str(args.epochs)])
-        if result is not None:
-            results.append(result)
-            print(markdown(results[-1:], args), flush=True)
-    Path(args.out).write_text(json.dumps({"steps": args.steps, "epochs": args.epochs, "machine": platform.platform(),
-                                          "cpus": os.cpu_count(), "results": results}, indent=2) + "\n")
-    Path(args.markdown).write_text(markdown(results, args))
+        return ["--sizes", *map(str, args.sizes), "--batch-sizes", *map(str, args.batch_sizes),
+                "--steps-per-execution", *map(str, spe), "--steps", str(args.steps), "--epochs", str(args.epochs)]
+
+    results = harness.run_backends(__file__, args.backends or harness.installed_backends(BACKENDS), arguments,
+                                   lambda rows: markdown(rows, args))
+    harness.write_results(args.out, {"steps": args.steps, "epochs": args.epochs, "machine": harness.machine(),
+                                     "results": results}, args.markdown, markdown(results, args))
     return 0 if results else 1
 
 

@@ -1,7 +1,9 @@
 """Choose the default model by test accuracy per CPU-minute.
 
 Trains each candidate (model x image size) on the same patient-grouped three-class split of
-DarkCovidNet and records wall time (decoding excluded: it is cached) and test accuracy.
+DarkCovidNet and records wall time (decoding excluded: it is cached) and test accuracy. Each
+candidate goes through the steps of ``covidxray train`` (``covidxray.training``: ``prepare_data``,
+``fit``, ``evaluate_splits``), without the figures and report; ``minutes`` times ``fit`` alone.
 
     python benchmarks/select_default_model.py --data ../shared/data/darkcovidnet \
         --candidates compactnet:128 compactnet:160 darkcovidnet:256 --epochs 30 --out results.jsonl
@@ -16,9 +18,12 @@ import tempfile
 import time
 
 import covidxray  # noqa: F401  (chooses the Keras backend before anything imports Keras)
+from covidxray import rundir
 from covidxray.config import TrainConfig
-from covidxray.rundir import RunDir
-from covidxray.train import evaluate_splits, fit, prepare_data
+from covidxray.models import load_model
+from covidxray.training.data import prepare_data
+from covidxray.training.fit import fit
+from covidxray.training.train import evaluate_splits
 
 
 def main(argv=None) -> None:
@@ -42,11 +47,11 @@ def main(argv=None) -> None:
                              learning_rate=args.learning_rate, batch_size=args.batch_size).resolve()
         data = prepare_data(config, progress=False)
         with tempfile.TemporaryDirectory() as folder:
-            run = RunDir(folder)
+            run = rundir.RunDir(folder)
             started = time.perf_counter()
             training = fit(config, data, run, verbose=2)
             minutes = (time.perf_counter() - started) / 60
-            metrics, _ = evaluate_splits(run.load_model(), data, config)
+            metrics, _, _ = evaluate_splits(load_model(run.require(rundir.MODEL)), data, config)
         row = {"model": name, "image_size": int(size), "seed": args.seed, "epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size, "minutes": round(minutes, 2),
                **training, "val_accuracy": metrics["validation"]["accuracy"],
                "test_accuracy": metrics["test"]["accuracy"], "backend": keras.backend.backend(),

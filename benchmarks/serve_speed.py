@@ -2,6 +2,7 @@
 
     python benchmarks/serve_speed.py --run runs/darkcovidnet-three-class \
         --images ../shared/data/darkcovidnet/covid --count 20
+    python benchmarks/serve_speed.py --images ../shared/data/darkcovidnet/covid --count 5   # the default preset
 
 Posts each image to the app in-process (FastAPI's TestClient, no network) after the model is
 loaded, and prints one JSON line: model load time, first request, median and worst request.
@@ -17,8 +18,9 @@ import time
 from pathlib import Path
 
 import covidxray  # noqa: F401  (chooses the Keras backend before anything imports Keras)
-from covidxray.predict import expand_paths
-from covidxray.serve import XrayAnalyzer, create_app
+from covidxray.inference.analysis import XrayAnalyzer
+from covidxray.inference.predict import expand_paths
+from covidxray.web.app import create_app
 
 
 def main() -> None:
@@ -26,7 +28,7 @@ def main() -> None:
     from fastapi.testclient import TestClient
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True)
+    parser.add_argument("--run", default=None, help="a run directory or preset:NAME (default: the default preset)")
     parser.add_argument("--images", required=True, help="a folder of images")
     parser.add_argument("--count", type=int, default=20)
     args = parser.parse_args()

@@ -27,12 +27,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from harness import write_results
 
 import covidxray  # noqa: F401  (chooses the Keras backend before anything imports Keras)
-from covidxray.data.batches import ShuffledBatches
 from covidxray.data.shards import ShardWriter, load_shards
 from covidxray.labels import task_classes
 from covidxray.models import DEFAULT_MODEL, create_model
+from covidxray.training.batches import ShuffledBatches
 
 FIELDS = ("phase", "step", "images", "seconds", "rss_mb", "anon_mb", "file_mb")
 
@@ -166,7 +167,7 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(samples)
     plot(samples, out / "memory.png")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_results(out / "summary.json", summary)
     print(json.dumps(summary, indent=2))
 
 

@@ -9,7 +9,7 @@ For each backend (tensorflow, torch, jax) and model (``name:size``; default the 
 ``compactnet:160`` and ``darkcovidnet:256``) it measures, on synthetic images:
 
 - training images/s, end to end through covidxray's own input pipeline and model
-  (``covidxray.train.build_model`` + ``fit_arrays``: uint8 arrays in memory, augmentation in
+  (``covidxray.training.fit.build_model`` + ``fit_arrays``: uint8 arrays in memory, augmentation in
   the model, class weights), after a warm-up epoch that holds the compilation;
 - seconds per epoch of ``--epoch-images`` images (802: the three-class training split of
   DarkCovidNet data), from that rate;
@@ -29,13 +29,9 @@ Writes ``--out`` (JSON: every measurement, the medians, the machine) and ``--mar
 from __future__ import annotations
 
 import argparse
-import functools
-import importlib.util
 import itertools
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,8 +39,19 @@ import time
 import traceback
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-BACKENDS = ("tensorflow", "torch", "jax")
+from harness import (
+    BACKENDS,
+    epoch_timer,
+    installed_backends,
+    machine,
+    markdown_table,
+    peak_rss_mib,
+    synthetic_images,
+    timings,
+    worker_env,
+    write_results,
+)
+
 DEFAULT_MODELS = ("compactnet:160", "darkcovidnet:256")
 #: Figures compared with the reference, and whether larger is better.
 FIGURES = {"train_images_per_second": True, "train_images_per_cpu_second": True, "predict_images_per_second": True,
@@ -55,27 +62,14 @@ FIGURES = {"train_images_per_second": True, "train_images_per_cpu_second": True,
 # Workers: one measurement (or a list of them), run inside a subprocess.
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
-
-
-@functools.lru_cache(maxsize=1)
-def synthetic_images(n: int, size: int, num_classes: int):
-    """``n`` random uint8 images and labels (kept for the next job of the same shape)."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    return rng.integers(0, 256, (n, size, size, 1), dtype=np.uint8), rng.integers(0, num_classes, n)
-
-
 def measure_keras(job: dict) -> dict:
     """Train, predict and time one covidxray configuration; ``job`` as made by :func:`plan`."""
     import keras
 
     import covidxray  # noqa: F401  (KERAS_BACKEND is set by the parent)
     from covidxray.config import TrainConfig
-    from covidxray.predict import predict_arrays
-    from covidxray.train import balanced_class_weights, build_model, fit_arrays
+    from covidxray.inference.predict import predict_arrays
+    from covidxray.training.fit import balanced_class_weights, build_model, fit_arrays
 
     config = TrainConfig(data="synthetic", model=job["model"], image_size=job["image_size"],
                          batch_size=job["batch_size"], epochs=1 + job["epochs"], augment=job["augment"],
@@ -87,21 +81,7 @@ def measure_keras(job: dict) -> dict:
     model = build_model(config, n)
     build_seconds = time.perf_counter() - started
 
-    class EpochTimer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.seconds = []
-
-            self.cpu_seconds = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started, self.cpu_started = time.perf_counter(), time.process_time()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(time.perf_counter() - self.started)
-            self.cpu_seconds.append(time.process_time() - self.cpu_started)
-
-    timer = EpochTimer()
+    timer = epoch_timer()
     fit_arrays(model, x, y, epochs=config.epochs, batch_size=config.batch_size,
                class_weight=balanced_class_weights(y, len(config.classes)), callbacks=[timer])
     epoch_seconds = statistics.median(timer.seconds[1:])
@@ -116,24 +96,16 @@ def measure_keras(job: dict) -> dict:
     }
     if job["predict"]:
         images = x[: min(n, 4 * 64)]
-        predict_arrays(model, images)
-        started = time.perf_counter()
-        predict_arrays(model, images)
-        result["predict_images_per_second"] = len(images) / (time.perf_counter() - started)
+        (seconds,) = timings(lambda: predict_arrays(model, images), 1, warmup=1)
+        result["predict_images_per_second"] = len(images) / seconds
         one = x[:1]
-        timings = []
-        for i in range(2 + job["latency_calls"]):
-            started = time.perf_counter()
-            predict_arrays(model, one)
-            if i >= 2:
-                timings.append(time.perf_counter() - started)
-        result["latency_ms"] = 1000 * statistics.median(timings)
+        result["latency_ms"] = 1000 * statistics.median(timings(lambda: predict_arrays(model, one),
+                                                                job["latency_calls"], warmup=2))
     return result
 
 
 def measure_reference(job: dict) -> dict:
-    sys.path.insert(0, str(HERE))
-    from reference_darkcovidnet_torch import measure
+    from reference_darkcovidnet_torch import measure  # imports torch: only in the reference's worker
 
     result = measure(batch_size=job["batch_size"], steps=job["steps"], warmup=job["warmup"],
                      image_size=job["image_size"], device=job["device"], predict=job["predict"],
@@ -182,10 +154,6 @@ def label(job: dict) -> str:
     return f"{job['backend']} {job['model']}:{job['image_size']} b{job['batch_size']}{extra}"
 
 
-def installed_backends() -> list[str]:
-    return [b for b in BACKENDS if importlib.util.find_spec(b) is not None]
-
-
 def plan(args) -> tuple[list[dict], list[dict]]:
     """The reference jobs (one per batch size) and the covidxray jobs, in the order they run."""
     def steps(batch_size: int) -> int:
@@ -216,28 +184,6 @@ def plan(args) -> tuple[list[dict], list[dict]]:
                                  "jit_compile": args.jit_compile, "mixed_precision": None if policy == "none" else policy,
                                  "steps_per_execution": spe, **common})
     return references, jobs
-
-
-def worker_env(backend: str | None) -> dict:
-    """The environment of a benchmark worker: ``backend`` for Keras, and this checkout's ``src`` first."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if backend:
-        env["KERAS_BACKEND"] = backend
-    src = str(HERE.parent / "src")
-    env["PYTHONPATH"] = src + os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else src
-    return env
-
-
-def run_backend_worker(script: str, backend: str, arguments: list[str]) -> dict | None:
-    """Run ``script --worker *arguments`` with ``backend`` and return the JSON object on its last
-    line of output; None (its error printed) where it fails. For the benchmarks whose worker
-    measures one backend and prints one result."""
-    done = subprocess.run([sys.executable, script, "--worker", *arguments], env=worker_env(backend),
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        print(f"{backend}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
-        return None
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def run_subprocess(jobs: list[dict], backend: str | None, timeout: float) -> list[dict]:
@@ -278,7 +224,7 @@ def summarise(measurements: list[dict], epoch_images: int) -> list[dict]:
     return rows
 
 
-def markdown_table(rows: list[dict], epoch_images: int) -> str:
+def results_table(rows: list[dict], epoch_images: int) -> str:
     def fmt(row, figure, digits=1):
         if figure not in row:
             return "failed" if not row["ok"] else "-"
@@ -286,34 +232,12 @@ def markdown_table(rows: list[dict], epoch_images: int) -> str:
         ratio = row.get(f"{figure}_ratio")
         return text + (f" ({ratio:.2f}x)" if ratio is not None else "")
 
-    lines = [f"| configuration | train img/s (x ref) | train img per CPU-s (x ref) | s/epoch ({epoch_images} img) "
-             "| predict img/s (x ref) | latency ms (x ref) | peak RSS MiB (x ref) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for row in rows:
-        epoch = f"{row['epoch_seconds']:.1f}" if "epoch_seconds" in row else "-"
-        lines.append(f"| {row['configuration']} | {fmt(row, 'train_images_per_second')} "
-                     f"| {fmt(row, 'train_images_per_cpu_second')} | {epoch} "
-                     f"| {fmt(row, 'predict_images_per_second')} | {fmt(row, 'latency_ms')} "
-                     f"| {fmt(row, 'peak_rss_mib', 0)} |")
-    return "\n".join(lines) + "\n"
-
-
-def machine() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine()}
-    try:
-        info["load_average"] = os.getloadavg()
-    except OSError:
-        pass
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    return info
+    return markdown_table(
+        ["configuration", "train img/s (x ref)", "train img per CPU-s (x ref)", f"s/epoch ({epoch_images} img)",
+         "predict img/s (x ref)", "latency ms (x ref)", "peak RSS MiB (x ref)"],
+        [[row["configuration"], fmt(row, "train_images_per_second"), fmt(row, "train_images_per_cpu_second"),
+          f"{row['epoch_seconds']:.1f}" if "epoch_seconds" in row else "-", fmt(row, "predict_images_per_second"),
+          fmt(row, "latency_ms"), fmt(row, "peak_rss_mib", 0)] for row in rows])
 
 
 def parse_args(argv=None):
@@ -398,7 +322,7 @@ def main(argv=None) -> None:
         if args.out:  # keep what is measured so far
             write(args, info, measurements, started)
     rows = write(args, info, measurements, started)
-    print(markdown_table(rows, args.epoch_images), flush=True)
+    print(results_table(rows, args.epoch_images), flush=True)
 
 
 def remaining(args, started: float) -> float:
@@ -412,12 +336,9 @@ def write(args, info: dict, measurements: list[dict], started: float) -> list[di
     ordered = sorted(measurements, key=lambda m: m["job"]["kind"] != "reference")
     rows = summarise(ordered, args.epoch_images)
     info = {**info, "load_average_end": os.getloadavg(), "seconds": time.perf_counter() - started}
-    if args.out:
-        Path(args.out).write_text(json.dumps({"machine": info, "arguments": {k: v for k, v in vars(args).items()
-                                                                              if k != "worker"},
-                                              "summary": rows, "measurements": measurements}, indent=1) + "\n")
-    if args.markdown:
-        Path(args.markdown).write_text(markdown_table(rows, args.epoch_images))
+    arguments = {k: v for k, v in vars(args).items() if k != "worker"}
+    write_results(args.out, {"machine": info, "arguments": arguments, "summary": rows, "measurements": measurements},
+                  args.markdown, results_table(rows, args.epoch_images))
     return rows
 
 

@@ -2,7 +2,7 @@
 # covidxray's training speed on one GPU with the JAX backend, against the plain PyTorch eager
 # reference (benchmarks/reference_darkcovidnet_torch.py, channels_last) timed in the same run.
 #
-# End to end with covidxray's input pipeline (covidxray.train.build_model + fit_arrays, as
+# End to end with covidxray's input pipeline (covidxray.training.fit.build_model + fit_arrays, as
 # `covidxray train` feeds data: uint8 arrays in host memory, reshuffled each epoch, augmentation
 # inside the model, class weights): darkcovidnet @256 and compactnet @160, batch 32 and 128,
 # mixed precision (mixed_bfloat16) on and off, and 8 steps per execution once. Synthetic images.
