@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import covidxray  # noqa: F401  (chooses the Keras backend before any test imports Keras)
-from helpers import make_dataset
+from helpers import make_dataset, tiny_body
 
 
 @pytest.fixture(autouse=True)
@@ -18,3 +18,12 @@ def isolated_cache(tmp_path_factory, monkeypatch):
 def dataset(tmp_path):
     """A three-class synthetic dataset with patient ids (12 images per class)."""
     return make_dataset(tmp_path / "data")
+
+
+@pytest.fixture
+def tiny_model(monkeypatch):
+    """``tiny``: a registered model (32 px) that trains in seconds, removed from the registry afterwards."""
+    from covidxray.models import MODELS, ModelSpec
+
+    monkeypatch.setitem(MODELS, "tiny", ModelSpec(tiny_body, 32, True, description="a test model"))
+    return "tiny"

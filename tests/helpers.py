@@ -71,6 +71,13 @@ def write_png(path: Path, array: np.ndarray) -> Path:
     return write_image(path, array)
 
 
+def png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    """The bytes of ``array`` saved as an image file (PNG, JPEG ...), as an upload sends them."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
 def write_class_folders(root: Path, counts: dict[str, int], suffix: str = ".png") -> dict[str, list[Path]]:
     """``root/<folder>/img<i><suffix>`` with ``counts[folder]`` distinct images per folder."""
     written: dict[str, list[Path]] = {}
@@ -113,6 +120,16 @@ def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2"
     path.parent.mkdir(parents=True, exist_ok=True)
     dataset.save_as(path, enforce_file_format=True)
     return path
+
+
+def tiny_body(x, num_classes: int):
+    """A model body that builds and trains in a second: one strided convolution with batch norm."""
+    import keras
+
+    x = keras.layers.Conv2D(8, 3, strides=2, use_bias=False, name="tiny_conv")(x)
+    x = keras.layers.BatchNormalization(momentum=0.9)(x)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
+    return keras.layers.Dense(num_classes, activation="softmax")(x)
 
 
 def build_run(run_dir: Path, image_size: int = 32, task: str = "three-class", seed: int = 0) -> Path:

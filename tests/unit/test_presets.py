@@ -1,4 +1,4 @@
-"""Tests for the shipped model (covidxray.pretrained) and ``predict`` without ``--run``."""
+"""covidxray.presets: the shipped model, finding presets by name, and packaging a run as one."""
 
 from __future__ import annotations
 
@@ -6,16 +6,14 @@ import json
 
 import numpy as np
 import pytest
-from covidxray.pretrained import MODEL_CARD, default_run_dir, package_run
-from PIL import Image
 
 from covidxray import rundir
-from covidxray.cli import main
 from covidxray.errors import CovidXrayError
+from covidxray.presets import DEFAULT_PRESET, MODEL_CARD, list_presets, package_run, preset_dir, resolve_run
 
 
 def test_the_shipped_model_is_small_documented_and_complete():
-    folder = default_run_dir()
+    folder = preset_dir(DEFAULT_PRESET)
     for name in (rundir.MODEL, rundir.CONFIG, rundir.CALIBRATION, rundir.METRICS, MODEL_CARD):
         assert (folder / name).is_file(), name
     assert (folder / rundir.MODEL).stat().st_size < 20 * 2**20
@@ -26,27 +24,15 @@ def test_the_shipped_model_is_small_documented_and_complete():
     assert set(metrics["test"]["classes"]) == {"covid", "normal", "pneumonia"}
 
 
-def test_predict_without_run_uses_the_shipped_model(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(2):
-        path = tmp_path / f"x{i}.png"
-        Image.fromarray(rng.integers(0, 256, (200, 180), dtype=np.uint8)).save(path)
-        paths.append(str(path))
-    assert main(["--quiet", "predict", *paths, "--format", "json"]) == 0
-    results = json.loads(capsys.readouterr().out)
-    assert [r["path"] for r in results] == paths
-    for r in results:
-        assert set(r["probabilities"]) == {"covid", "normal", "pneumonia"}
-        assert sum(r["probabilities"].values()) == pytest.approx(1, abs=1e-4)
-
-
 def test_no_packaged_model_is_a_clear_error(monkeypatch, tmp_path):
-    import covidxray.pretrained as pretrained
+    import covidxray.presets as presets
 
-    monkeypatch.setattr(pretrained, "files", lambda package: tmp_path)
-    with pytest.raises(CovidXrayError, match="no packaged model; pass --run RUN_DIR"):
-        pretrained.default_run_dir()
+    monkeypatch.setattr(presets, "files", lambda package: tmp_path)  # an installation without presets
+    assert presets.list_presets() == []
+    with pytest.raises(CovidXrayError, match="it has none: pass --run RUN_DIR"):
+        presets.preset_dir()
+    with pytest.raises(CovidXrayError, match="it has none: pass --run RUN_DIR"):
+        presets.resolve_run(None)
 
 
 def test_package_run_drops_the_optimizer_state(tmp_path):
@@ -69,3 +55,27 @@ def test_package_run_drops_the_optimizer_state(tmp_path):
     packaged = keras.saving.load_model(dest / rundir.MODEL, compile=False)
     x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 1)).astype("float32")
     np.testing.assert_allclose(packaged.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    for name in (rundir.CONFIG, rundir.CALIBRATION, rundir.METRICS):
+        assert (dest / name).read_bytes() == (run / name).read_bytes(), name
+    assert not (dest / MODEL_CARD).exists()  # the card is written by hand
+
+
+def test_list_presets_names_the_shipped_one():
+    assert list_presets() == [DEFAULT_PRESET]
+    assert preset_dir().name == DEFAULT_PRESET
+
+
+def test_an_unknown_preset_lists_the_known_ones():
+    with pytest.raises(CovidXrayError, match=f"no preset 'nosuch' in this installation .*known presets: {DEFAULT_PRESET}"):
+        preset_dir("nosuch")
+    with pytest.raises(CovidXrayError, match="no preset 'nosuch'"):
+        resolve_run("preset:nosuch")
+
+
+def test_resolve_run(tmp_path):
+    shipped = preset_dir(DEFAULT_PRESET)
+    assert resolve_run(None) == shipped and (resolve_run(None) / rundir.MODEL).is_file()
+    assert resolve_run(f"preset:{DEFAULT_PRESET}") == resolve_run(preset=DEFAULT_PRESET) == shipped
+    assert resolve_run(str(tmp_path)) == tmp_path and resolve_run(tmp_path / "x") == tmp_path / "x"  # not checked here
+    with pytest.raises(CovidXrayError, match="either --run or --preset, not both"):
+        resolve_run(tmp_path, DEFAULT_PRESET)

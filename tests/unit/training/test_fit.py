@@ -1,28 +1,29 @@
-"""Speed options: mixed precision, steps per execution, and the speed benchmark's worker."""
+"""covidxray.training.fit: building, compiling and fitting a model; the schedule, class weights and speed options."""
 
-import importlib.util
-from pathlib import Path
+import json
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
-from covidxray.train import build_model, fit_arrays
 
+from covidxray import rundir
 from covidxray.config import TrainConfig
 from covidxray.errors import CovidXrayError
-from covidxray.models import create_model
-
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "train_speed.py"
-
-
-def test_mixed_precision_model_computes_in_bfloat16_and_returns_float32():
-    model = create_model("darkcovidnet", num_classes=3, image_size=32, dtype_policy="mixed_bfloat16")
-    assert model.get_layer("conv1").compute_dtype == "bfloat16"
-    assert model.get_layer("conv1").kernel.dtype == "float32"  # weights stay float32
-    probabilities = model.predict(np.full((2, 32, 32, 1), 100, dtype="float32"), verbose=0)
-    assert probabilities.dtype == np.float32 and np.allclose(probabilities.sum(axis=1), 1, atol=1e-2)
-    assert keras.config.dtype_policy().name == "float32"  # the global policy is left as it was
-    assert create_model("compactnet", num_classes=3, image_size=32).get_layer("stem_conv").compute_dtype == "float32"
+from covidxray.training.batches import ShuffledBatches
+from covidxray.training.data import prepare_data
+from covidxray.training.fit import (
+    balanced_class_weights,
+    build_model,
+    fit,
+    fit_arrays,
+    learning_rate_schedule,
+    training_batches,
+)
+from helpers import make_dataset
 
 
 def test_mixed_precision_and_steps_per_execution_train():
@@ -34,26 +35,82 @@ def test_mixed_precision_and_steps_per_execution_train():
     assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
 
 
-@pytest.mark.parametrize("change, option", [({"mixed_precision": "float8"}, "--mixed-precision"),
-                                            ({"steps_per_execution": 0}, "--steps-per-execution")])
-def test_bad_speed_options_are_clear_errors(change, option):
-    with pytest.raises(CovidXrayError, match=option):
-        TrainConfig(data="unused", **change).resolve()
+COMPILED = r"""
+import json
+import numpy as np
+import covidxray, keras
+from covidxray.config import TrainConfig
+from covidxray.training.fit import build_model, fit_arrays
+config = TrainConfig(data="x", image_size=32, batch_size=4, epochs=1).resolve()
+model = build_model(config, 8)
+auto = bool(model.jit_compile)
+model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=True)  # what a GPU gets
+x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 1)).astype("uint8")
+fit_arrays(model, x, np.arange(8) % 3, epochs=1, batch_size=4)
+print(json.dumps({"auto": auto, "forced": bool(model.jit_compile)}))
+"""
 
 
-def test_benchmark_worker_records_a_failing_configuration_and_goes_on():
-    spec = importlib.util.spec_from_file_location("train_speed", BENCHMARK)
-    train_speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_speed)
-    args = train_speed.parse_args(["--configs", "nosuchmodel:32/4/none/1", "compactnet:32/4/none/1",
-                                   "--steps", "2", "--epochs", "1", "--latency-calls", "1",
-                                   "--backends", keras.backend.backend()])
-    _, jobs = train_speed.plan(args)
-    failed, ok = train_speed.run_worker(jobs)
-    assert not failed["ok"] and "nosuchmodel" in failed["error"]
-    assert ok["ok"] and ok["train_images"] == 8 and ok["train_images_per_second"] > 0
-    assert ok["predict_images_per_second"] > 0 and ok["latency_ms"] > 0 and ok["peak_rss_mib"] > 0
-    rows = train_speed.summarise([{**ok, "reference": {"train_images_per_second": ok["train_images_per_second"] / 2}}],
-                                 epoch_images=80)
-    assert rows[0]["train_images_per_second_ratio"] == pytest.approx(2.0)
-    assert rows[0]["epoch_seconds"] == pytest.approx(80 / ok["train_images_per_second"])
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_training_is_compiled_where_the_backend_can(backend):
+    """JAX compiles the training step with the augmentation in it (Keras's RandomZoom & co. turned
+    compilation off for the whole model); TensorFlow, whose transform op XLA cannot compile, falls
+    back to a graph instead of failing when XLA is asked for (as on a GPU)."""
+    env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", COMPILED], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if backend == "jax":
+        assert result == {"auto": True, "forced": True}
+    else:
+        assert result == {"auto": False, "forced": False}
+
+
+def test_learning_rate_warms_up_over_one_epoch_then_decays_to_zero():
+    config = TrainConfig(data="x", batch_size=10, epochs=5, learning_rate=0.01)
+    schedule = learning_rate_schedule(config, train_size=95)  # 10 steps per epoch, 50 in all
+    rate = [float(keras.ops.convert_to_numpy(schedule(step))) for step in (0, 5, 10, 30, 50)]
+    assert rate[0] == pytest.approx(0.0, abs=1e-9) and rate[1] == pytest.approx(0.005)
+    assert rate[2] == pytest.approx(0.01)  # the peak, at the end of the first epoch
+    assert rate[3] == pytest.approx(0.01 * 0.5 * (1 + np.cos(np.pi * 20 / 40)), rel=1e-4)  # cosine, halfway: 0.005
+    assert rate[4] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_balanced_class_weights():
+    weights = balanced_class_weights(np.array([0, 0, 0, 1]), 3)
+    assert weights == {0: pytest.approx(4 / 6), 1: pytest.approx(2.0), 2: 1.0}  # n / (classes present x count)
+
+
+def test_training_batches_only_where_arrays_cannot_go_to_fit():
+    config = TrainConfig(data="x", batch_size=4, seed=2)
+    x, y = np.zeros((10, 4, 4, 1), np.uint8), np.arange(10) % 2
+    assert training_batches(config, x, y, None, distributed=False) is None
+    streamed = training_batches(config, list(x), y, {0: 1.0, 1: 2.0}, distributed=False)  # not an ndarray: shards
+    assert isinstance(streamed, ShuffledBatches) and len(streamed) == 3 and streamed.weights is not None
+
+
+def test_build_model_compiles_the_config(tiny_model, monkeypatch):
+    config = TrainConfig(data="x", model=tiny_model, batch_size=4, epochs=2, learning_rate=0.02).resolve()
+    model = build_model(config, 8)
+    assert model.output_shape == (None, 3) and model.input_shape == (None, 32, 32, 1)
+    assert model.loss == "sparse_categorical_crossentropy"
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(0.0)  # warm-up starts at 0
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    with pytest.raises(CovidXrayError, match="--steps-per-execution must be 1 with the PyTorch backend"):
+        build_model(TrainConfig(data="x", model=tiny_model, steps_per_execution=2).resolve(), 8)
+
+
+def test_fit_saves_the_best_epoch_and_its_history(tiny_model, tmp_path):
+    config = TrainConfig(data=str(make_dataset(tmp_path / "data", per_class=8)), model=tiny_model, epochs=3,
+                         batch_size=8, patience=3, augment=False).resolve()
+    data = prepare_data(config, progress=False)
+    run = rundir.RunDir(tmp_path / "run")
+    run.create()
+    info = fit(config, data, run, verbose=0)
+    history = pd.read_csv(run.file(rundir.HISTORY))
+    assert list(history["epoch"]) == [0, 1, 2] and info["epochs_run"] == 3 and info["devices"] == 1
+    best = history["val_accuracy"].round(6).max()
+    candidates = history[history["val_accuracy"].round(6) == best]
+    assert info["best_epoch"] == int(candidates.loc[candidates["val_loss"].idxmin(), "epoch"]) + 1
+    assert run.file(rundir.MODEL).is_file() and (run.file(rundir.BACKUP) / "state.json").is_file()
+    assert info["train_images_per_second"] > 0 and info["fit_seconds"] >= 0

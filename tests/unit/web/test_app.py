@@ -1,6 +1,7 @@
-"""covidxray serve, without a browser: the page, uploads of every kind, limits and errors.
+"""covidxray.web.app, without a browser: the page, uploads of every kind, limits and errors.
 
-(tests/test_browser.py drives the same page in headless Chromium.)
+(tests/e2e/test_browser.py drives the same page in headless Chromium; tests/e2e/test_cli_serve.py
+the ``covidxray serve`` command.)
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import socket
 
 import numpy as np
 import pytest
-from covidxray.serve import XrayAnalyzer, create_app
 from PIL import Image
 
-from covidxray.cli import main
-from helpers import build_run, gray, write_dicom
+from covidxray.errors import CovidXrayError
+from covidxray.inference.analysis import XrayAnalyzer
+from covidxray.web.app import _check_port, _is_loopback, create_app, serve
+from helpers import build_run, gray, png_bytes, write_dicom
 
 pytest.importorskip("fastapi", reason="covidxray[serve] is not installed")
 
@@ -32,11 +34,6 @@ def client(run_dir):
 
     return TestClient(create_app(XrayAnalyzer(run_dir), max_upload_mb=0.5))
 
-
-def _png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format=fmt)
-    return buffer.getvalue()
 
 
 def _upload(client, name: str, data: bytes, url: str = "/"):
@@ -58,7 +55,7 @@ def test_page_has_the_form_and_the_warning(client):
 
 @pytest.mark.parametrize("name, fmt", [("xray.png", "PNG"), ("xray.jpg", "JPEG")])
 def test_png_and_jpeg_give_probabilities_and_a_heatmap(client, name, fmt):
-    response = _upload(client, name, _png_bytes(gray(1, (64, 80)), fmt))
+    response = _upload(client, name, png_bytes(gray(1, (64, 80)), fmt))
     assert response.status_code == 200
     probabilities = _probabilities(response.text)
     assert set(probabilities) == {"covid", "normal", "pneumonia"}
@@ -85,7 +82,7 @@ def test_api_predicts_dicom(client, tmp_path):
 
 @pytest.mark.parametrize("name, data, expected", [
     ("notes.txt", b"these are not pixels\n" * 20, "cannot read it as an X-ray"),
-    ("broken.png", _png_bytes(gray(2, (64, 64)))[:200], "cannot read it as an X-ray"),
+    ("broken.png", png_bytes(gray(2, (64, 64)))[:200], "cannot read it as an X-ray"),
     ("broken.dcm", b"\0" * 128 + b"DICM" + b"garbage" * 30, "cannot read it as an X-ray"),
     ("empty.png", b"", "the file is empty"),
 ])
@@ -113,58 +110,9 @@ def test_no_file_chosen(client):
 def test_upload_names_cannot_reach_the_disk(client, run_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     before = sorted(p.name for p in run_dir.iterdir())
-    response = _upload(client, "../../../../tmp/evil.png", _png_bytes(gray(3, (40, 40))))
+    response = _upload(client, "../../../../tmp/evil.png", png_bytes(gray(3, (40, 40))))
     assert response.status_code == 200 and "evil.png" in response.text and "../" not in response.text
     assert sorted(p.name for p in run_dir.iterdir()) == before and list(tmp_path.iterdir()) == []
-
-
-def test_serve_without_a_run_uses_the_shipped_model():
-    from covidxray.pretrained import default_run_dir
-    from covidxray.serve import resolve_run_dir
-
-    assert resolve_run_dir(None) == default_run_dir()
-    assert (resolve_run_dir(None) / "model.keras").is_file()
-
-
-def test_serve_without_a_run_or_a_shipped_model_is_a_clear_error(monkeypatch, tmp_path, capsys):
-    import covidxray.pretrained as pretrained
-
-    monkeypatch.setattr(pretrained, "files", lambda package: tmp_path)  # an installation without the model
-    assert main(["serve"]) == 2
-    assert "pass --run RUN_DIR" in capsys.readouterr().err
-
-
-def test_serve_on_a_busy_port_is_a_clear_error(run_dir, capsys):
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        assert main(["serve", "--run", str(run_dir), "--port", str(port)]) == 2
-    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
-
-
-def test_serve_on_a_folder_without_a_run(tmp_path, capsys):
-    assert main(["serve", "--run", str(tmp_path)]) == 2
-    assert "missing" in capsys.readouterr().err
-
-
-def test_analyzer_reads_files_and_keeps_the_aspect_ratio(run_dir, tmp_path):
-    analyzer = XrayAnalyzer(run_dir)
-    path = write_dicom(tmp_path / "wide.dcm", np.arange(48 * 96, dtype=np.uint16).reshape(48, 96))
-    result = analyzer.analyse_file(path)
-    assert result.label in analyzer.classes and abs(sum(result.probabilities.values()) - 1) < 1e-4
-    shown = Image.open(io.BytesIO(result.image_png))
-    heatmap = Image.open(io.BytesIO(result.heatmap_png))
-    assert shown.size == heatmap.size == (384, 192) and shown.mode == "L" and heatmap.mode == "RGB"
-
-
-def test_serve_without_the_extra_names_the_install(run_dir, monkeypatch, capsys):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
-    assert main(["serve", "--run", str(run_dir)]) == 2
-    assert "needs uvicorn: pip install 'covidxray[serve]'" in capsys.readouterr().err
 
 
 def test_page_applies_and_states_the_runs_calibration(run_dir, tmp_path):
@@ -177,9 +125,47 @@ def test_page_applies_and_states_the_runs_calibration(run_dir, tmp_path):
     (calibrated / "calibration.json").write_text(json.dumps(
         {"temperature": 2.0, "covid_threshold": 0.0, "target_sensitivity": 0.95}))  # COVID always wins
     client = TestClient(create_app(XrayAnalyzer(calibrated)))
-    page = _upload(client, "x.png", _png_bytes(gray(4, (40, 40)))).text
+    page = _upload(client, "x.png", png_bytes(gray(4, (40, 40)))).text
     assert re.search(r'<span id="label">(\w+)</span>', page).group(1) == "covid"
     assert "temperature-scaled (T = 2.00)" in page and "reaches 0.000" in page and "95% sensitivity" in page
-    plain = XrayAnalyzer(run_dir).analyse("x.png", _png_bytes(gray(4, (40, 40))))
-    scaled = XrayAnalyzer(calibrated).analyse("x.png", _png_bytes(gray(4, (40, 40))))
+    plain = XrayAnalyzer(run_dir).analyse("x.png", png_bytes(gray(4, (40, 40))))
+    scaled = XrayAnalyzer(calibrated).analyse("x.png", png_bytes(gray(4, (40, 40))))
     assert max(scaled.probabilities.values()) < max(plain.probabilities.values())  # T > 1 softens
+
+
+def test_healthz(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.text == "ok"
+
+
+def test_only_loopback_hosts_count_as_this_machine():
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
+    assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.5") and not _is_loopback("example.org")
+
+
+def test_the_port_is_checked_before_the_model_loads():
+    with pytest.raises(CovidXrayError, match="--port 0: choose a port between 1 and 65535"):
+        _check_port("127.0.0.1", 0)
+    with pytest.raises(CovidXrayError, match="--port 70000"):
+        _check_port("127.0.0.1", 70000)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(CovidXrayError, match=f"cannot listen on 127.0.0.1:{port}"):
+            _check_port("127.0.0.1", port)
+    _check_port("127.0.0.1", port)  # free again: no error
+
+
+def test_serve_refuses_a_folder_without_a_model_before_listening(tmp_path):
+    with pytest.raises(CovidXrayError, match="model.keras: missing"):
+        serve(tmp_path, port=1)  # the model is checked first: port 1 would need root
+
+
+def test_serve_without_the_extra_names_the_install(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
+    with pytest.raises(CovidXrayError, match="needs uvicorn: pip install 'covidxray\\[serve\\]'"):
+        serve(tmp_path)
