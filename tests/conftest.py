@@ -27,3 +27,14 @@ def tiny_model(monkeypatch):
 
     monkeypatch.setitem(MODELS, "tiny", ModelSpec(tiny_body, 32, True, description="a test model"))
     return "tiny"
+
+
+@pytest.fixture
+def fast_bootstrap(monkeypatch):
+    """95% intervals from 100 resamples instead of 1000, for tests of what is around them (training, cv)."""
+    from functools import partial
+
+    import covidxray.evaluation.scoring as scoring
+    from covidxray.evaluation.metrics import classification_metrics
+
+    monkeypatch.setattr(scoring, "classification_metrics", partial(classification_metrics, bootstrap=100))

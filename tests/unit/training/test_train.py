@@ -1,0 +1,72 @@
+"""covidxray.training.train: the library's train and resume (the command line's are in tests/e2e)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+import covidxray.training.train as train_module
+from covidxray import rundir
+from covidxray.config import TrainConfig
+from covidxray.errors import CovidXrayError
+from covidxray.training.train import resume, train
+from helpers import make_dataset
+
+
+@pytest.fixture
+def config(tiny_model, fast_bootstrap, tmp_path):
+    data = make_dataset(tmp_path / "data", per_class=8)
+    return TrainConfig(data=str(data), model=tiny_model, epochs=2, batch_size=8, seed=1, augment=False)
+
+
+def test_train_writes_a_complete_run_and_refuses_to_replace_it(config, tmp_path):
+    out = tmp_path / "run"
+    metrics = train(config, out, verbose=0, progress=False)
+    assert json.loads((out / rundir.METRICS).read_text()) == json.loads(json.dumps(metrics))
+    for name in (rundir.MODEL, rundir.CONFIG, rundir.SPLIT, rundir.HISTORY, rundir.CALIBRATION, rundir.REPORT,
+                 rundir.REPORT_HTML, rundir.ACC_FIGURE, rundir.MATRIX_FIGURE, rundir.PREDICTIONS_FIGURE,
+                 rundir.RELIABILITY_FIGURE):
+        assert (out / name).is_file(), name
+    assert not (out / rundir.BACKUP).exists()
+    info = metrics["run"]
+    assert info["model"] == "tiny" and info["image_size"] == 32 and info["epochs_run"] == 2 and not info["resumed"]
+    assert info["images"] == pd.read_csv(out / rundir.SPLIT)["split"].value_counts().to_dict()
+    assert sum(info["images"].values()) == 24 and info["sources"] == {"synthetic": 24}
+    assert metrics["calibration"]["temperature"] == json.loads((out / rundir.CALIBRATION).read_text())["temperature"]
+    assert set(metrics["calibration"]) >= {"validation", "test", "temperature", "covid_threshold"}
+    assert TrainConfig.load(out / rundir.CONFIG) == config.resolve()
+    with pytest.raises(CovidXrayError, match="already holds a trained run"):
+        train(config, out, verbose=0)
+    with pytest.raises(CovidXrayError, match="the run is complete"):
+        resume(out, verbose=0)
+
+
+def test_an_interrupted_run_resumes_with_its_own_settings(config, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "evaluate_splits", interrupt)  # stop right after fitting
+        with pytest.raises(KeyboardInterrupt):
+            train(config, out, verbose=0, progress=False)
+    assert (out / rundir.BACKUP).is_dir() and not (out / rundir.METRICS).exists()
+    with pytest.raises(CovidXrayError, match="holds an interrupted run; continue it with covidxray train --resume"):
+        train(config, out, verbose=0)
+    with pytest.raises(CovidXrayError, match=r"a resumed run keeps its own settings, but --epochs 5 \(the run has 2\)"):
+        resume(out, epochs=5, verbose=0)
+    metrics = resume(out, seed=1, cache_dir=str(tmp_path / "other-cache"), verbose=0, progress=False)  # same seed: fine
+    assert metrics["run"]["resumed"] and metrics["run"]["epochs_run"] == 2
+    assert list(pd.read_csv(out / rundir.HISTORY)["epoch"]) == [0, 1]  # not trained again
+    assert not (out / rundir.BACKUP).exists()
+
+
+def test_resume_needs_a_run_with_a_backup(tmp_path):
+    with pytest.raises(CovidXrayError, match="no such run directory to resume"):
+        resume(tmp_path / "nothing")
+    (tmp_path / "config.json").write_text(json.dumps({"data": "d"}))
+    with pytest.raises(CovidXrayError, match="no backup to resume from"):
+        resume(tmp_path)
