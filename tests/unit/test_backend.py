@@ -1,4 +1,4 @@
-"""Build, save, load and predict on each Keras backend (each in its own process)."""
+"""covidxray.backend: which Keras backend covidxray picks, before Keras is imported."""
 
 import json
 import os
@@ -7,44 +7,7 @@ import sys
 
 import pytest
 
-SCRIPT = r"""
-import json, sys
-import numpy as np
-import covidxray, keras
-from covidxray.models import create_model
-from covidxray.models.batchnorm import recalibrate_batch_norm
-out = {"backend": keras.backend.backend()}
-images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 1)).astype("float32")
-for name in ("compactnet", "darkcovidnet"):
-    model = create_model(name, num_classes=3, image_size=64, seed=0)
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    model.fit(images, np.array([0, 1, 2]), epochs=1, verbose=0)
-    recalibrate_batch_norm(model, images)
-    first_conv, first_bn = {"compactnet": ("stem_conv", "stem_bn"), "darkcovidnet": ("conv1", "conv1_bn")}[name]
-    features = keras.Model(model.get_layer("scale").input, model.get_layer(first_conv).output).predict(images, verbose=0)
-    moving = keras.ops.convert_to_numpy(model.get_layer(first_bn).moving_mean)
-    bn_error = float(np.abs(moving - features.mean(axis=(0, 1, 2))).max() / (np.abs(features).mean() + 1e-9))
-    before = model.predict(images, verbose=0)
-    path = f"{sys.argv[1]}/{name}.keras"
-    model.save(path)
-    after = keras.saving.load_model(path, compile=False).predict(images, verbose=0)
-    out[name] = {"max_diff": float(np.abs(before - after).max()), "sums": before.sum(axis=1).tolist(),
-                 "bn_error": bn_error}
-print(json.dumps(out))
-"""
-
-
-@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
-def test_build_save_load_predict(backend, tmp_path):
-    env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["backend"] == backend
-    for name in ("compactnet", "darkcovidnet"):
-        assert result[name]["max_diff"] < 1e-5
-        assert all(abs(s - 1) < 1e-4 for s in result[name]["sums"])
-        assert result[name]["bn_error"] < 1e-3  # precise BN: moving mean = mean of the layer's input
+from covidxray import backend
 
 
 def _backend_chosen_by_covidxray(keras_home, keras_json: dict | None = None) -> str:
@@ -81,32 +44,56 @@ def test_the_default_backend_is_the_one_keras_uses(tmp_path):
     assert done.stdout.strip().splitlines()[-1] == "tensorflow"
 
 
-COMPILED = r"""
-import json
-import numpy as np
-import covidxray, keras
-from covidxray.config import TrainConfig
-from covidxray.train import build_model, fit_arrays
-config = TrainConfig(data="x", image_size=32, batch_size=4, epochs=1).resolve()
-model = build_model(config, 8)
-auto = bool(model.jit_compile)
-model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=True)  # what a GPU gets
-x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 1)).astype("uint8")
-fit_arrays(model, x, np.arange(8) % 3, epochs=1, batch_size=4)
-print(json.dumps({"auto": auto, "forced": bool(model.jit_compile)}))
-"""
+def test_an_explicit_keras_backend_is_kept(monkeypatch):
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    assert backend.choose_backend() == "jax"
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
-def test_training_is_compiled_where_the_backend_can(backend):
-    """JAX compiles the training step with the augmentation in it (Keras's RandomZoom & co. turned
-    compilation off for the whole model); TensorFlow, whose transform op XLA cannot compile, falls
-    back to a graph instead of failing when XLA is asked for (as on a GPU)."""
-    env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, "-c", COMPILED], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    if backend == "jax":
-        assert result == {"auto": True, "forced": True}
-    else:
-        assert result == {"auto": False, "forced": False}
+def test_the_first_installed_backend_in_the_order_of_speed(monkeypatch, tmp_path):
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # no keras.json
+    monkeypatch.setattr(backend, "_installed", lambda name: name in ("torch", "jax"))
+    assert backend.choose_backend() == "torch" and os.environ["KERAS_BACKEND"] == "torch"
+    monkeypatch.delenv("KERAS_BACKEND")
+    monkeypatch.setattr(backend, "_installed", lambda name: False)
+    assert backend.choose_backend() is None and "KERAS_BACKEND" not in os.environ  # fails later, with NO_BACKEND
+    assert "pip install 'covidxray[tensorflow]'" in backend.NO_BACKEND
+
+
+def test_keras_json_is_kept_only_when_its_backend_is_installed(monkeypatch, tmp_path):
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    (tmp_path / "keras.json").write_text(json.dumps({"backend": "jax"}))
+    monkeypatch.setattr(backend, "_installed", lambda name: name in ("tensorflow", "jax"))
+    assert backend.choose_backend() == "jax" and "KERAS_BACKEND" not in os.environ  # Keras reads keras.json itself
+    (tmp_path / "keras.json").write_text("{broken")
+    assert backend.choose_backend() == "tensorflow"
+
+
+def test_installed_survives_odd_names():
+    assert backend._installed("json") and not backend._installed("no_such_module_xyz")
+    assert not backend._installed("not.a.module") and not backend._installed("")
+
+
+def test_is_missing_backend():
+    assert backend.is_missing_backend(ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow"))
+    assert backend.is_missing_backend(ModuleNotFoundError("x", name="jax.numpy"))
+    assert not backend.is_missing_backend(ModuleNotFoundError("x", name="pandas"))
+    assert not backend.is_missing_backend(ImportError("cannot import name 'x'", name="tensorflow"))
+
+
+def test_quiet_backend_logs_sets_defaults_only(monkeypatch):
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    monkeypatch.setenv("ABSL_MIN_LOG_LEVEL", "0")
+    backend.quiet_backend_logs()
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2" and os.environ["ABSL_MIN_LOG_LEVEL"] == "0"
+
+
+def test_import_keras_quietly_hides_the_start_up_lines_only():
+    code = ("import sys; from covidxray.backend import import_keras_quietly; import_keras_quietly(); "
+            "print('keras' in sys.modules); print('after', file=sys.stderr)")
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout == "True\n"
+    assert done.stderr == "after\n"  # TensorFlow's oneDNN and absl lines are gone; stderr works again

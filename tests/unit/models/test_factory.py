@@ -1,34 +1,16 @@
+"""covidxray.models.factory: create_model over the registry (weights, augmentation, dtype policy) and load_model."""
+
+import json
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
 
 from covidxray.errors import CovidXrayError
-from covidxray.models import DEFAULT_MODEL, MODELS, create_model, list_models
-
-
-def test_unknown_model_lists_the_known_ones():
-    with pytest.raises(CovidXrayError) as error:
-        create_model("resnet9000", num_classes=3)
-    for name in list_models():
-        assert name in str(error.value)
-
-
-def test_darkcovidnet_matches_the_paper():
-    model = create_model("darkcovidnet", num_classes=3)
-    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
-    leaky = [layer for layer in model.layers if isinstance(layer, keras.layers.LeakyReLU)]
-    assert model.input_shape == (None, 256, 256, 1)
-    assert len(convs) == 17
-    assert len(leaky) == 17
-    assert 1.10e6 < model.count_params() < 1.20e6
-    assert model.output_shape == (None, 3)
-
-
-def test_default_model_is_registered_and_small():
-    assert DEFAULT_MODEL in MODELS
-    model = create_model(num_classes=2)
-    assert model.count_params() < 2e6
-    assert model.output_shape == (None, 2)
+from covidxray.models import MODELS, create_model, list_models, load_model
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -90,12 +72,67 @@ def test_augmentation_changes_what_fit_learns():
     assert not np.allclose(kernels[True], kernels[False])
 
 
-def test_backbone_weights_from_a_file(tmp_path):
-    backbone = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(96, 96, 3),
-                                                   pooling="avg")
-    path = tmp_path / "backbone.weights.h5"
-    backbone.save_weights(path)
-    model = create_model("mobilenet_v3_small", num_classes=2, image_size=96, weights=str(path))
-    loaded = next(layer for layer in model.layers if isinstance(layer, keras.Model))
-    for expected, actual in zip(backbone.weights, loaded.weights):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(expected), keras.ops.convert_to_numpy(actual))
+def test_mixed_precision_model_computes_in_bfloat16_and_returns_float32():
+    model = create_model("darkcovidnet", num_classes=3, image_size=32, dtype_policy="mixed_bfloat16")
+    assert model.get_layer("conv1").compute_dtype == "bfloat16"
+    assert model.get_layer("conv1").kernel.dtype == "float32"  # weights stay float32
+    probabilities = model.predict(np.full((2, 32, 32, 1), 100, dtype="float32"), verbose=0)
+    assert probabilities.dtype == np.float32 and np.allclose(probabilities.sum(axis=1), 1, atol=1e-2)
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is left as it was
+    assert create_model("compactnet", num_classes=3, image_size=32).get_layer("stem_conv").compute_dtype == "float32"
+
+
+def test_load_model_reads_a_saved_model_without_its_optimizer(tmp_path):
+    model = create_model("compactnet", num_classes=2, image_size=32, seed=0)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.save(tmp_path / "model.keras")
+    loaded = load_model(tmp_path / "model.keras")
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 1)).astype("float32")
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
+    assert loaded.optimizer is None  # not compiled
+    assert loaded.get_layer("augmentation") is not None  # covidxray's layers are known to Keras
+    with pytest.raises(CovidXrayError, match="missing.keras: missing; is .* a finished covidxray run"):
+        load_model(tmp_path / "missing.keras")
+    (tmp_path / "broken.keras").write_bytes(b"not a keras archive")
+    with pytest.raises(CovidXrayError, match="broken.keras: cannot load the model .*; retrain the run"):
+        load_model(tmp_path / "broken.keras")
+
+
+SCRIPT = r"""
+import json, sys
+import numpy as np
+import covidxray, keras
+from covidxray.models import create_model
+from covidxray.models.batchnorm import recalibrate_batch_norm
+out = {"backend": keras.backend.backend()}
+images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 1)).astype("float32")
+for name in ("compactnet", "darkcovidnet"):
+    model = create_model(name, num_classes=3, image_size=64, seed=0)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(images, np.array([0, 1, 2]), epochs=1, verbose=0)
+    recalibrate_batch_norm(model, images)
+    first_conv, first_bn = {"compactnet": ("stem_conv", "stem_bn"), "darkcovidnet": ("conv1", "conv1_bn")}[name]
+    features = keras.Model(model.get_layer("scale").input, model.get_layer(first_conv).output).predict(images, verbose=0)
+    moving = keras.ops.convert_to_numpy(model.get_layer(first_bn).moving_mean)
+    bn_error = float(np.abs(moving - features.mean(axis=(0, 1, 2))).max() / (np.abs(features).mean() + 1e-9))
+    before = model.predict(images, verbose=0)
+    path = f"{sys.argv[1]}/{name}.keras"
+    model.save(path)
+    after = keras.saving.load_model(path, compile=False).predict(images, verbose=0)
+    out[name] = {"max_diff": float(np.abs(before - after).max()), "sums": before.sum(axis=1).tolist(),
+                 "bn_error": bn_error}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_build_save_load_predict(backend, tmp_path):
+    env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["backend"] == backend
+    for name in ("compactnet", "darkcovidnet"):
+        assert result[name]["max_diff"] < 1e-5
+        assert all(abs(s - 1) < 1e-4 for s in result[name]["sums"])
+        assert result[name]["bn_error"] < 1e-3  # precise BN: moving mean = mean of the layer's input

@@ -10,11 +10,9 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from covidxray.data.batches import ShuffledBatches
-from covidxray.distribute import data_parallel
 
-from covidxray.config import TrainConfig
 from covidxray.errors import CovidXrayError
+from covidxray.training.distribute import data_parallel
 from helpers import make_dataset
 
 # Runs in a fresh process with two virtual CPU devices: trains the same seed, data and global
@@ -22,21 +20,24 @@ from helpers import make_dataset
 SCRIPT = r"""
 import json, sys
 import keras, numpy as np
-import covidxray.train as train
+import covidxray.training.fit as fit
 from covidxray.config import TrainConfig
-from covidxray.distribute import data_parallel
-from covidxray.models import MODELS, ModelSpec, create_model
+from covidxray.inference.predict import predict_arrays
+from covidxray.models import ModelSpec, create_model, load_model, register_model
 from covidxray.rundir import RunDir
+from covidxray.training.callbacks import PreciseValidation
+from covidxray.training.data import prepare_data
+from covidxray.training.distribute import data_parallel
 
 def tiny(x, num_classes):  # compiles in seconds; batch norm makes the devices share batch statistics
     x = keras.layers.Conv2D(8, 3, strides=2, use_bias=False)(x)
     x = keras.layers.BatchNormalization(momentum=0.9)(x)
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
     return keras.layers.Dense(num_classes, activation="softmax")(x)
-MODELS["tiny"] = ModelSpec(tiny, 32, True)
+register_model("tiny", ModelSpec(tiny, 32, True))
 
 seen = []  # (devices of the distribution in force, devices holding a weight, devices a batch is split over)
-class Spy(train.PreciseValidation):
+class Spy(PreciseValidation):
     def on_epoch_end(self, epoch, logs=None):
         distribution = keras.distribution.distribution()
         layout = distribution.get_data_layout((8, 32, 32, 1)).backend_layout
@@ -44,7 +45,7 @@ class Spy(train.PreciseValidation):
         seen.append([int(distribution.device_mesh.devices.size), len(weight.sharding.device_set),
                      int(np.prod([layout.mesh.shape[a] for a in layout.spec[0:1] if a]))])
         super().on_epoch_end(epoch, logs)
-train.PreciseValidation = Spy
+fit.PreciseValidation = Spy  # the name fit() builds its callback from
 
 errors = []
 for batch, devices in ((9, 2), (8, 3)):
@@ -57,12 +58,12 @@ out = {"errors": errors, "runs": {}}
 for devices in (1, 2):
     config = TrainConfig(data=sys.argv[1], model="tiny", epochs=2, batch_size=8, seed=3, augment=True,
                          distribute="data-parallel", devices=devices).resolve()
-    data = train.prepare_data(config, progress=False)
+    data = prepare_data(config, progress=False)
     run = RunDir(f"{sys.argv[2]}/run{devices}")
     run.create()
     seen.clear()
-    info = train.fit(config, data, run, verbose=0)
-    model = run.load_model()
+    info = fit.fit(config, data, run, verbose=0)
+    model = load_model(run.file("model.keras"))
     keras.utils.set_random_seed(config.seed)  # the initial weights, as fit() draws them
     initial = create_model("tiny", num_classes=3, seed=config.seed).get_weights()
     x, _ = data.part("test")
@@ -71,7 +72,7 @@ for devices in (1, 2):
         "history": run.file("history.csv").read_text(),
         "weights": [w.tolist() for w in model.get_weights()],
         "moved": max(float(np.abs(w - w0).max()) for w, w0 in zip(model.get_weights(), initial)),
-        "probabilities": train.predict_arrays(model, x).tolist(),
+        "probabilities": predict_arrays(model, x).tolist(),
     }
 print(json.dumps(out))
 """
@@ -111,33 +112,3 @@ def test_data_parallel_needs_jax(monkeypatch):
     monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
     with pytest.raises(CovidXrayError, match="needs the JAX backend, not torch; run with KERAS_BACKEND=jax"):
         data_parallel(32)
-
-
-def test_devices_settings_checked():
-    with pytest.raises(CovidXrayError, match="--devices needs --distribute data-parallel"):
-        TrainConfig(data=".", devices=2).resolve()
-    with pytest.raises(CovidXrayError, match="--devices must be at least 1"):
-        TrainConfig(data=".", distribute="data-parallel", devices=0).resolve()
-
-
-def test_hosts_take_disjoint_slices_of_each_global_batch():
-    labels = np.arange(50)
-    whole = ShuffledBatches(labels, labels, 8, seed=1, drop_remainder=True, workers=0)
-    parts = [ShuffledBatches(labels, labels, 8, seed=1, drop_remainder=True, process_index=i, process_count=2, workers=0)
-             for i in range(2)]
-    assert len(whole) == len(parts[0]) == len(parts[1]) == 6
-    for step in range(len(whole)):
-        first, second = parts[0][step][1], parts[1][step][1]
-        assert len(first) == len(second) == 4
-        assert np.array_equal(np.concatenate([first, second]), whole[step][1])
-
-
-def test_cli_refuses_data_parallel_off_jax_before_writing(tmp_path, monkeypatch, capsys):
-    from covidxray.cli import main
-
-    monkeypatch.setattr(keras.backend, "backend", lambda: "tensorflow")
-    data = make_dataset(tmp_path / "data", per_class=4)
-    code = main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--distribute", "data-parallel"])
-    assert code == 2
-    assert "needs the JAX backend, not tensorflow; run with KERAS_BACKEND=jax" in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()
