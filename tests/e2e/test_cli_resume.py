@@ -16,7 +16,6 @@ import pytest
 import covidxray
 import covidxray.models  # noqa: F401  (registers RandomAffine, which the saved models hold)
 from covidxray.cli import main
-from covidxray.files import atomic_write_dir, recover_dir
 from helpers import make_dataset
 
 EPOCHS = 8
@@ -114,23 +113,3 @@ def test_resume_refuses_a_run_without_backup(tmp_path, capsys):
     with pytest.raises(SystemExit):  # neither --data/--out nor --resume
         main(["--quiet", "train"])
     assert "--resume" in capsys.readouterr().err
-
-
-def test_a_folder_swap_cut_short_is_recovered(tmp_path):
-    target = tmp_path / "backup"
-    atomic_write_dir(target, lambda folder: (folder / "a").write_text("1"))
-    atomic_write_dir(target, lambda folder: (folder / "a").write_text("2"))
-    assert (target / "a").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["backup"]
-    # killed between the two renames: the old folder is aside, the new one not yet in place
-    os.replace(target, tmp_path / ".backup.old")
-    (tmp_path / ".backup.0123456789ab.tmp").mkdir()
-    recover_dir(target)
-    assert (target / "a").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["backup"]
-
-    def fail(folder):
-        (folder / "a").write_text("half")
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError):
-        atomic_write_dir(target, fail)
-    assert (target / "a").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["backup"]

@@ -85,3 +85,10 @@ def test_every_ieee8023_finding_in_the_shared_data_maps():
 
     findings = pd.read_csv(shared_data_dir() / "ieee8023" / "metadata.csv", dtype=str, keep_default_na=False)["finding"]
     assert {f: canonical_label(f) for f in findings.unique() if canonical_label(f) is None} == {}
+
+
+def test_covid_index_is_found_by_name():
+    from covidxray.labels import covid_index
+
+    assert covid_index(("covid", "normal")) == 0 and covid_index(["normal", "pneumonia", "covid"]) == 2
+    assert covid_index(("normal", "pneumonia")) is None

@@ -1,38 +1,15 @@
-"""Progress bars: drawn on a terminal, never in logs (stderr not a terminal) or with --quiet."""
+"""covidxray.progress: bars drawn on a terminal, never in logs (stderr not a terminal) or when told not to.
+
+(``--quiet`` on the command line: tests/e2e/test_cli_progress.py.)"""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import sys
 
-import pytest
-
-from covidxray.cli import main
 from covidxray.data.cache import ImageCache
 from covidxray.progress import bar_enabled, progress_bar
-from helpers import build_run, gray, write_png
-
-
-class FakeTerminal(io.StringIO):
-    """A stderr that says it is a terminal and keeps what was written to it."""
-
-    def isatty(self) -> bool:
-        return True
-
-
-def _stderr(monkeypatch, stream):
-    """Replace sys.stderr inside the test body (pytest's capture resets it between phases)."""
-    monkeypatch.setattr(sys, "stderr", stream)
-    return stream
-
-
-def use_terminal(monkeypatch) -> FakeTerminal:
-    return _stderr(monkeypatch, FakeTerminal())
-
-
-def use_log_file(monkeypatch) -> io.StringIO:
-    return _stderr(monkeypatch, io.StringIO())  # stderr redirected to a file: not a terminal
+from helpers import gray, use_log_file, use_terminal, write_png
 
 
 def test_bar_enabled_follows_the_terminal_unless_told(monkeypatch):
@@ -68,34 +45,9 @@ def test_decoding_shows_a_bar_only_on_a_terminal(tmp_path, monkeypatch):
     assert log.getvalue() == ""
 
 
-@pytest.fixture(scope="module")
-def run_and_images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("progress")
-    images = [write_png(root / "images" / f"{i}.png", gray(i, (40, 40))) for i in range(3)]
-    return build_run(root / "run"), images
-
-
-def _predict(argv, run, images) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main([*argv, "predict", "--run", str(run), *map(str, images), "--format", "json"])
-    assert out.getvalue().count('"label"') == len(images)  # the predictions were printed
-    return code, sys.stderr.getvalue()
-
-
-def test_cli_bar_on_a_terminal(run_and_images, monkeypatch):
-    use_terminal(monkeypatch)
-    code, err = _predict([], *run_and_images)
-    assert code == 0 and "reading" in err and "3/3" in err
-
-
-def test_cli_quiet_draws_no_bar(run_and_images, monkeypatch):
-    use_terminal(monkeypatch)
-    code, err = _predict(["--quiet"], *run_and_images)
-    assert code == 0 and "reading" not in err and "3/3" not in err and "%|" not in err
-
-
-def test_cli_no_bar_when_stderr_is_a_log(run_and_images, monkeypatch):
-    use_log_file(monkeypatch)
-    code, err = _predict([], *run_and_images)
-    assert code == 0 and "%|" not in err and "reading" not in err
+def test_a_manual_bar_counts_updates(monkeypatch):
+    terminal = use_terminal(monkeypatch)
+    with progress_bar(total=4, desc="heatmaps", unit="img") as bar:
+        bar.update(3)
+        bar.update()
+    assert bar.n == 4 and "heatmaps" in terminal.getvalue() and "4/4" in terminal.getvalue()

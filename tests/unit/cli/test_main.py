@@ -1,0 +1,63 @@
+"""covidxray.cli.main: the parser, and the commands that need no model (models, --version)."""
+
+from __future__ import annotations
+
+import pytest
+
+from covidxray.cli import build_parser, main
+from covidxray.models import DEFAULT_MODEL, list_models
+from covidxray.presets import DEFAULT_PRESET
+from covidxray.version import __version__
+
+
+def test_every_command_is_parsed_to_its_handler():
+    parser = build_parser()
+    expected = {"train": "run_train", "cv": "run_cv", "probe": "run_probe", "evaluate": "run_evaluate",
+                "predict": "run_predict", "serve": "run_serve", "export": "run_export", "models": "run_models"}
+    argv = {"train": ["train", "--resume", "r"], "cv": ["cv", "--data", "d", "--out", "o"],
+            "probe": ["probe", "--data", "d", "--out", "o"], "evaluate": ["evaluate", "--data", "d"],
+            "predict": ["predict", "x.png"], "serve": ["serve"], "export": ["export", "--run", "r"],
+            "models": ["models"]}
+    for command, handler in expected.items():
+        assert parser.parse_args(argv[command]).handler.__name__ == handler, command
+    args = parser.parse_args(["data", "shard", "--data", "a", "--data", "b", "--out", "s", "--image-size", "64"])
+    assert args.handler.__name__ == "run_shard" and args.data == ["a", "b"] and args.image_size == 64
+
+
+def test_run_options_default_to_the_preset():
+    args = build_parser().parse_args(["predict", "x.png", "y.png"])
+    assert args.run is None and args.preset is None and args.paths == ["x.png", "y.png"] and args.engine == "keras"
+    args = build_parser().parse_args(["evaluate", "--data", "d", "--preset", DEFAULT_PRESET, "--per-source"])
+    assert args.preset == DEFAULT_PRESET and args.per_source and not args.include_seen
+
+
+def test_version_and_bad_commands(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"covidxray {__version__}\n"
+    with pytest.raises(SystemExit) as done:
+        main(["nosuchcommand"])
+    assert done.value.code == 2 and "invalid choice: 'nosuchcommand'" in capsys.readouterr().err
+
+
+def test_models_lists_models_and_presets(capsys):
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == [*list_models(), f"preset:{DEFAULT_PRESET}"]
+    assert next(line for line in lines if line.startswith(DEFAULT_MODEL)).endswith("(default)")
+    assert lines[-1].endswith("(default for predict, evaluate and serve)")
+
+
+def test_train_needs_data_and_out_or_resume(capsys):
+    with pytest.raises(SystemExit):
+        main(["--quiet", "train", "--data", "d"])
+    assert "--out (or --resume RUN_DIR)" in capsys.readouterr().err
+    assert main(["--quiet", "train", "--resume", "r", "--out", "elsewhere"]) == 2
+    assert "continues that run in place; drop --out and --overwrite" in capsys.readouterr().err
+
+
+def test_shard_image_size_is_checked_before_reading(tmp_path, capsys):
+    assert main(["--quiet", "data", "shard", "--data", str(tmp_path), "--out", str(tmp_path / "s"),
+                 "--image-size", "8"]) == 2
+    assert "--image-size must be in [32, 1024]; got 8" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
