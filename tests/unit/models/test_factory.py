@@ -89,7 +89,7 @@ def test_load_model_reads_a_saved_model_without_its_optimizer(tmp_path):
     loaded = load_model(tmp_path / "model.keras")
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 1)).astype("float32")
     np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
-    assert loaded.optimizer is None  # not compiled
+    assert getattr(loaded, "optimizer", None) is None  # not compiled: no optimizer state
     assert loaded.get_layer("augmentation") is not None  # covidxray's layers are known to Keras
     with pytest.raises(CovidXrayError, match="missing.keras: missing; is .* a finished covidxray run"):
         load_model(tmp_path / "missing.keras")
