@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def load(name: str):
@@ -27,7 +27,16 @@ def test_select_default_model_trains_and_scores_each_candidate(dataset, tmp_path
                                        "--batch-size", "8", "--out", str(out)])
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["model"] == "compactnet" and row["image_size"] == 32 and row["epochs_run"] == 1
-    assert 0 <= row["test_accuracy"] <= 1 and 0 <= row["val_accuracy"] <= 1 and row["minutes"] > 0
+    assert row["minutes"] > 0
+    # each accuracy is a whole number of images right out of its split (the run's own split of the data)
+    from covidxray.config import TrainConfig
+    from covidxray.training.data import prepare_data
+
+    sizes = prepare_data(TrainConfig(data=str(dataset), image_size=32, seed=0).resolve()).table["split"]
+    for split, key in (("test", "test_accuracy"), ("validation", "val_accuracy")):
+        n = int((sizes == split).sum())
+        right = row[key] * n
+        assert right == pytest.approx(round(right), abs=1e-6) and 0 <= round(right) <= n, (key, row[key], n)
 
 
 def test_input_pipeline_ceiling_runs_compiled_on_jax(tmp_path):
@@ -41,3 +50,21 @@ def test_input_pipeline_ceiling_runs_compiled_on_jax(tmp_path):
     assert row["jit_compile"]  # an uncompiled step would measure Keras's op-by-op overhead instead
     assert row["images_per_second"] == pytest.approx(4 / (row["ms_per_step"] / 1000))
     assert "| jax | 16 | 4 | 1 | True |" in table.read_text()
+
+
+def test_benchmark_worker_records_a_failing_configuration_and_goes_on():
+    import keras
+
+    train_speed = load("train_speed")
+    args = train_speed.parse_args(["--configs", "nosuchmodel:32/4/none/1", "compactnet:32/4/none/1",
+                                   "--steps", "2", "--epochs", "1", "--latency-calls", "1",
+                                   "--backends", keras.backend.backend()])
+    _, jobs = train_speed.plan(args)
+    failed, ok = train_speed.run_worker(jobs)
+    assert not failed["ok"] and "nosuchmodel" in failed["error"]
+    assert ok["ok"] and ok["train_images"] == 8 and ok["train_images_per_second"] > 0
+    assert ok["predict_images_per_second"] > 0 and ok["latency_ms"] > 0 and ok["peak_rss_mib"] > 0
+    rows = train_speed.summarise([{**ok, "reference": {"train_images_per_second": ok["train_images_per_second"] / 2}}],
+                                 epoch_images=80)
+    assert rows[0]["train_images_per_second_ratio"] == pytest.approx(2.0)
+    assert rows[0]["epoch_seconds"] == pytest.approx(80 / ok["train_images_per_second"])

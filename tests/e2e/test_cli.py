@@ -5,6 +5,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -45,8 +46,12 @@ def test_train_writes_a_complete_run(trained):
 def test_metrics_json_has_the_promised_shape(trained):
     _, run = trained
     metrics = json.loads((run / "metrics.json").read_text())
+    split_sizes = pd.read_csv(run / "split.csv")["split"].value_counts()
     for split in ("train", "validation", "test"):
-        assert 0 <= metrics[split]["accuracy"] <= 1 and metrics[split]["loss"] >= 0
+        matrix = np.array(metrics[split]["confusion_matrix"])
+        assert matrix.sum() == metrics[split]["n"] == split_sizes[split] == metrics["run"]["images"][split]
+        assert metrics[split]["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())  # the decided classes
+        assert metrics[split]["loss"] > 0
     test = metrics["test"]
     assert set(test["per_class"]) == {"covid", "normal", "pneumonia"}
     assert {"precision", "recall", "f1"} <= set(test["per_class"]["covid"])
@@ -246,14 +251,14 @@ def test_download_errors_are_one_clear_line(tmp_path, capsys):
 
 
 def test_an_interrupted_run_keeps_what_it_wrote(tmp_path, monkeypatch, capsys):
-    import covidxray.train
+    import covidxray.training.train
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
     data = make_dataset(tmp_path / "data", per_class=10)
     run = tmp_path / "run"
-    monkeypatch.setattr(covidxray.train, "evaluate_splits", interrupt)  # stop right after fitting
+    monkeypatch.setattr(covidxray.training.train, "evaluate_splits", interrupt)  # stop right after fitting
     code = main(["--quiet", "train", "--data", str(data), "--out", str(run), "--image-size", "32", "--epochs", "2"])
     assert code == 130 and "interrupted" in capsys.readouterr().err
     for name in ("model.keras", "config.json", "split.csv", "history.csv"):
@@ -314,3 +319,35 @@ def test_combined_data_and_target_sensitivity(tmp_path, capsys):
         assert (result["label"] == "covid") == called_covid
     report = (run / "report.md").read_text()
     assert "## Calibration" in report and "calibration.png" in report and "chosen on the validation split" in report
+
+
+def test_predict_without_run_uses_the_shipped_model(tmp_path, capsys):
+    from covidxray.inference.predictor import load_predictor
+    from covidxray.presets import DEFAULT_PRESET
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"x{i}.png"
+        Image.fromarray(rng.integers(0, 256, (200, 180), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    assert main(["--quiet", "predict", *paths, "--format", "json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in results] == paths
+    for r in results:
+        assert set(r["probabilities"]) == {"covid", "normal", "pneumonia"}
+        assert sum(r["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+    assert results == load_predictor(preset=DEFAULT_PRESET).predict_files(paths, progress=False)[0]
+    assert main(["--quiet", "predict", "--preset", DEFAULT_PRESET, *paths, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == results
+
+
+def test_cli_refuses_data_parallel_off_jax_before_writing(tmp_path, monkeypatch, capsys):
+    import keras
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "tensorflow")
+    data = make_dataset(tmp_path / "data", per_class=4)
+    code = main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--distribute", "data-parallel"])
+    assert code == 2
+    assert "needs the JAX backend, not tensorflow; run with KERAS_BACKEND=jax" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

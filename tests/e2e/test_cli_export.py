@@ -1,4 +1,4 @@
-"""Export to ONNX and SavedModel, and predict with ONNX Runtime: the same probabilities as Keras."""
+"""``covidxray export`` (ONNX, SavedModel) and ``predict --engine onnxruntime``: the same probabilities as Keras."""
 
 import json
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from covidxray.cli import main
-from covidxray.rundir import RunDir
+from covidxray.models import load_model
 from helpers import make_dataset
 
 CLASSES = ["covid", "normal", "pneumonia"]
@@ -32,7 +32,8 @@ def _images(data, n=6):
 
 def test_onnx_matches_keras(trained, capsys):
     import onnx
-    from covidxray.export import OnnxModel
+
+    from covidxray.inference.export import OnnxModel
 
     data, run = trained
     assert main(["--quiet", "export", "--run", str(run), "--format", "onnx"]) == 0
@@ -43,7 +44,7 @@ def test_onnx_matches_keras(trained, capsys):
     exported = OnnxModel(run / "model.onnx")
     assert list(exported.classes) == CLASSES and exported.image_size == 32  # carried in the ONNX metadata
     _, images = _images(data)
-    keras_probabilities = RunDir(run).load_model().predict(images, verbose=0)
+    keras_probabilities = load_model(run / "model.keras").predict(images, verbose=0)
     onnx_probabilities = exported.predict(images, batch_size=4)  # two batches, the second one short
     assert onnx_probabilities.shape == (len(images), 3)
     assert np.abs(onnx_probabilities - keras_probabilities).max() < 1e-4
@@ -73,10 +74,10 @@ def test_export_to_another_path_and_savedmodel(trained, tmp_path, capsys):
 
     data, run = trained
     _, images = _images(data, 4)
-    expected = RunDir(run).load_model().predict(images, verbose=0)
+    expected = load_model(run / "model.keras").predict(images, verbose=0)
     target = tmp_path / "elsewhere" / "x.onnx"
     assert main(["--quiet", "export", "--run", str(run), "--out", str(target)]) == 0
-    from covidxray.export import OnnxModel
+    from covidxray.inference.export import OnnxModel
 
     assert np.abs(OnnxModel(target).predict(images) - expected).max() < 1e-4
     if keras.backend.backend() != "tensorflow":
@@ -106,42 +107,3 @@ def test_a_bad_onnx_file_is_a_clear_error(trained, tmp_path, capsys):
     assert main(["--quiet", "predict", "--run", str(broken), "--engine", "onnxruntime", str(files[0])]) == 2
     err = capsys.readouterr().err.strip()
     assert str(broken / "model.onnx") in err and "covidxray export" in err and len(err.splitlines()) == 1
-
-
-BACKEND_SCRIPT = r"""
-import json, sys
-import numpy as np
-import covidxray, keras
-from covidxray.errors import CovidXrayError
-from covidxray.export import OnnxModel, export_model
-from covidxray.models import create_model
-model = create_model("darkcovidnet", num_classes=3, image_size=32, seed=0)
-images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 1)).astype("float32")
-try:
-    export_model(model, "onnx", sys.argv[1], ("covid", "normal", "pneumonia"), 32)
-except CovidXrayError as error:
-    print(json.dumps({"backend": keras.backend.backend(), "error": str(error)}))
-    sys.exit(0)
-diff = np.abs(OnnxModel(sys.argv[1]).predict(images) - model.predict(images, verbose=0)).max()
-print(json.dumps({"backend": keras.backend.backend(), "max_diff": float(diff)}))
-"""
-
-
-@pytest.mark.parametrize("backend", ["torch", "jax"])
-def test_onnx_export_on_other_backends(backend, tmp_path):
-    """PyTorch exports through torch.onnx; JAX needs jax2onnx, which the [onnx] extra leaves out (heavy)."""
-    import importlib.util
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, "-c", BACKEND_SCRIPT, str(tmp_path / "m.onnx")], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["backend"] == backend
-    if backend == "jax" and importlib.util.find_spec("jax2onnx") is None:
-        assert "pip install jax2onnx" in result["error"]
-    else:
-        assert result["max_diff"] < 1e-4

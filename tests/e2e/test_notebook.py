@@ -15,7 +15,7 @@ from helpers import shared_data_dir
 
 pytestmark = pytest.mark.slow  # starts a kernel and trains a model (~40 s)
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "covid_xray.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "covid_xray.ipynb"
 
 
 def test_notebook_runs_with_small_settings(tmp_path, monkeypatch):
