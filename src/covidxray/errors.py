@@ -15,7 +15,7 @@ class ImageReadError(CovidXrayError):
 
     def __init__(self, path, reason: str, fix: str = "replace or remove the file"):
         self.path = str(path)
-        self.reason = reason
+        self.reason = reason = " ".join(str(reason).split())  # one line, whatever a decoder's message held
         super().__init__(f"{path}: {reason}; {fix}")
 
 

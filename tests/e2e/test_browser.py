@@ -167,3 +167,70 @@ def test_report_html_opens_offline_with_its_figures(trained_run, browser, tmp_pa
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     assert (tmp_path / "report.png").stat().st_size > 10_000
     context.close()
+
+
+HOSTILE = "<img src=x onerror=\"document.title='pwned'\">"
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory) -> Path:
+    """A run trained on a manifest whose sources, patient ids, paths and an unreadable file's name
+    are HTML and Markdown: a script in any of them must not run when report.html is opened."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from covidxray.models import MODELS, ModelSpec
+    from helpers import synthetic_xray, tiny_body
+
+    root = tmp_path_factory.mktemp("hostile")
+    data = root / "data_<b>*x*_[y](javascript:alert(1))|`z`"
+    rng = np.random.default_rng(0)
+    rows = []
+    for label in ("covid", "normal", "pneumonia"):
+        for i in range(8):
+            name = f"{label}_{i}_<script>alert('{label}')</script>.png".replace("/", "")
+            (data / label).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(synthetic_xray(label, rng, size=32)).save(data / label / name)
+            source = HOSTILE if label == "covid" else "a|b *c* [d](javascript:alert(2))"
+            rows.append({"path": f"{label}/{name}", "label": label, "source": source,
+                         "patient_id": f"<script>alert('{label}{i // 2}')</script>|*{i // 2}*"})
+    (data / "covid" / f"{HOSTILE}.png").write_bytes(b"not an image")
+    rows.append({"path": f"covid/{HOSTILE}.png", "label": "covid", "source": HOSTILE, "patient_id": "p"})
+    pd.DataFrame(rows).to_csv(data / "manifest.csv", index=False)
+    run = root / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(MODELS, "tiny", ModelSpec(tiny_body, 32, True, description="a test model"))
+        assert main(["--quiet", "train", "--data", str(data / "manifest.csv"), "--model", "tiny", "--out", str(run),
+                     "--image-size", "32", "--epochs", "1", "--cache-dir", str(root / "cache")]) == 0
+    return run
+
+
+def test_report_html_shows_a_hostile_manifest_as_text(hostile_run):
+    import html
+
+    page = (hostile_run / "report.html").read_text()
+    assert "<img src=x" not in page and not re.search(r"<[^>]*onerror", page) and "<script" not in page
+    cells = [html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", page)]
+    assert HOSTILE in cells and "a|b *c* [d](javascript:alert(2))" in cells  # one cell each, as written
+    text = html.unescape(re.sub(r"<[^>]*>", "", page))
+    assert f"{HOSTILE}.png" in text  # the unreadable file, named as it is
+    assert f"comes from {HOSTILE}" in text  # the confounding warning names the source as it is
+
+
+def test_a_hostile_report_html_runs_no_script(hostile_run, browser):
+    context = browser.new_context(offline=True)
+    fetched, dialogs = [], []
+    context.route("**/*", lambda route: (fetched.append(route.request.url), route.abort())
+                  if not route.request.url.startswith(("file:", "data:")) else route.continue_())
+    page = context.new_page()
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.goto((hostile_run / "report.html").as_uri())
+    page.wait_for_load_state("load")
+    page.wait_for_timeout(500)  # an onerror handler would have run by now
+    assert page.title() == "covidxray run: tiny on three-class" and dialogs == []
+    assert page.evaluate("document.scripts.length") == 0
+    assert page.eval_on_selector_all("img", "imgs => imgs.every(i => i.src.startsWith('data:image/png;base64,'))")
+    assert HOSTILE in page.inner_text("table:has(th:text('source'))")
+    assert fetched == []
+    context.close()

@@ -21,3 +21,8 @@ def test_every_error_is_a_covidxray_error():
     assert not issubclass(CovidXrayError, (OSError, ValueError))  # never confused with a crash
     with pytest.raises(CovidXrayError, match="no images"):
         raise DatasetError("no images")
+
+
+def test_image_read_error_is_one_line_whatever_the_decoder_said():
+    error = ImageReadError("x.dcm", "cannot decode (Unable to decode:\n  pillow: cannot load this image)")
+    assert str(error) == "x.dcm: cannot decode (Unable to decode: pillow: cannot load this image); replace or remove the file"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +172,9 @@ def decode_resized(path: str | Path, size: int, data: bytes | None = None) -> tu
 def pixel_digest(image: np.ndarray) -> str:
     """A digest of the decoded pixels: equal for the same picture saved in two files."""
     return hashlib.sha1(np.ascontiguousarray(image).tobytes() + str(image.shape).encode()).hexdigest()
+
+# pydicom logs, with a traceback, each failure that covidxray reports itself as one ImageReadError
+# (one line from the command line), and its warnings; an application that configures the root
+# logger (covidxray's command line does) would print them all. They stop at pydicom's own logger
+# instead, where pydicom.config.debug() still shows them.
+logging.getLogger("pydicom").propagate = False

@@ -136,7 +136,7 @@ def confounding_warning(labels, sources) -> str | None:
              for label, srcs in found.items()]
     return ("Labels are confounded with the source: " + "; ".join(parts)
             + ". A model can score well here by recognising the source instead of the disease; "
-              "check it on other hospitals' images and with `covidxray probe`.")
+              "check it on other hospitals' images and with covidxray probe.")
 
 
 def chance_accuracy(targets: np.ndarray) -> float:

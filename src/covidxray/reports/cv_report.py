@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from covidxray.reports.markdown import DISCLAIMER, covid_row, interval_text, percent, source_section
+from covidxray.reports.markdown import DISCLAIMER, code_md, covid_row, escape_md, interval_text, percent, source_section
 
 CV_MATRIX = "cv_mat.png"
 
@@ -17,11 +17,11 @@ def render_cv_report(result: dict) -> str:
     protocol, config, pooled = result["protocol"], result["config"], result["pooled"]
     level = ("patient-grouped (no patient in two folds)" if protocol["group_by"] == "patient"
              else "image-level (--group-by none: one patient's images may be in two folds, which inflates accuracy)")
-    data = config["data"] if isinstance(config["data"], str) else ", ".join(config["data"])
-    lines = [f"# covidxray cross-validation: {config['model']} on {config['task']}", "", DISCLAIMER, "",
+    data = code_md(config["data"] if isinstance(config["data"], str) else ", ".join(config["data"]))
+    lines = [f"# covidxray cross-validation: {escape_md(config['model'])} on {escape_md(config['task'])}", "", DISCLAIMER, "",
              f"- protocol: {protocol['folds']}-fold, {level}, stratified by label; seed {protocol['seed']}",
-             f"- data: `{data}`: {protocol['images']} images of {protocol['patients']} patients",
-             f"- model: `{config['model']}` at {config['image_size']} px, up to {config['epochs']} epochs; each fold draws "
+             f"- data: {data}: {protocol['images']} images of {protocol['patients']} patients",
+             f"- model: {code_md(config['model'])} at {config['image_size']} px, up to {config['epochs']} epochs; each fold draws "
              f"a validation split ({percent(config['val_fraction'])}) from its training folds", "",
              "| fold | test images | accuracy | loss | COVID sensitivity | specificity | AUC | best epoch |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]

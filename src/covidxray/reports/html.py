@@ -3,6 +3,11 @@
 The Markdown is rendered with the ``markdown`` package (tables included); every image it
 references is read from beside the report and inlined as a base64 ``data:`` URI, and the style
 sheet is inline, so the page loads nothing from anywhere and can be mailed as one file.
+
+Raw HTML in the Markdown is shown as text, never passed through: the reports escape every
+user-provided string (:func:`covidxray.reports.markdown.escape_md`), and should one slip through,
+a ``<script>`` or ``<img onerror=...>`` in it still cannot run when the page is opened. Figures are
+Markdown images (``![alt](file.png)``), which this does not touch.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ code { background: #f1f4f7; padding: 0 .2rem; border-radius: 3px; }
 """
 
 _IMG_SRC = re.compile(r'(<img\b[^>]*?\bsrc=")([^"]*)(")', re.IGNORECASE)
-_TITLE = re.compile(r"^#\s+(.+)$", re.MULTILINE)
+_TITLE = re.compile(r"<h1[^>]*>(.*?)</h1>", re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
 
 
 def render_html(markdown_text: str, base_dir: str | Path) -> str:
@@ -39,8 +45,9 @@ def render_html(markdown_text: str, base_dir: str | Path) -> str:
     out (its alternative text stays), so the page never fetches anything.
     """
     body = render_body(markdown_text, base_dir)
-    match = _TITLE.search(markdown_text)
-    title = html.escape(match.group(1).replace("`", "")) if match else "covidxray report"
+    match = _TITLE.search(body)  # the first heading's text, already escaped HTML, without its tags
+    title = " ".join(_TAG.sub("", match.group(1)).split()) if match else ""
+    title = title or "covidxray report"
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
@@ -52,7 +59,10 @@ def render_body(markdown_text: str, base_dir: str | Path) -> str:
     """The page's body alone (tables, text, inlined figures): for a notebook's ``display(HTML(...))``."""
     import markdown
 
-    body = markdown.markdown(markdown_text, extensions=["tables", "sane_lists"], output_format="html")
+    converter = markdown.Markdown(extensions=["tables", "sane_lists"], output_format="html")
+    converter.preprocessors.deregister("html_block")  # raw HTML blocks and inline tags: shown as text
+    converter.inlinePatterns.deregister("html")
+    body = converter.convert(markdown_text)
     return _IMG_SRC.sub(lambda m: m.group(1) + _data_uri(m.group(2), Path(base_dir)) + m.group(3), body)
 
 

@@ -1,7 +1,16 @@
 """Markdown pieces every report shares: the disclaimer, numbers with their intervals, the
-COVID and per-source tables, and writing a report with its HTML twin and its figures."""
+COVID and per-source tables, and writing a report with its HTML twin and its figures.
+
+Every string a user or a data file chose (paths, labels, sources, file names, messages) enters a
+report through :func:`escape_md` or :func:`code_md`, so it shows as the characters it is: a source
+named ``<img src=x onerror=...>`` is text, not an image that runs a script, and a ``|`` in it does
+not open a table cell.
+"""
 
 from __future__ import annotations
+
+import html
+import re
 
 from covidxray.files import atomic_save, atomic_write_text
 from covidxray.reports.html import write_html
@@ -11,6 +20,30 @@ DISCLAIMER = (
     "Accuracy on one dataset says little about other hospitals, and where each class comes from "
     "its own source (as in the DarkCovidNet data) a model can learn the source instead of the disease."
 )
+
+
+#: Markdown's inline syntax: backslash, code, emphasis, links and images, table cells, headings.
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]|#])")
+
+
+def _one_line(value) -> str:
+    return " ".join(str(value).splitlines())
+
+
+def escape_md(value) -> str:
+    """``value`` as Markdown text that shows literally, on one line: ``& < >`` as HTML entities
+    (no raw HTML), and backslashes before the characters of emphasis, code, links and table
+    cells. For every user-provided string that goes into a report."""
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", html.escape(_one_line(value), quote=False))
+
+
+def code_md(value) -> str:
+    """``value`` as a Markdown code span (shown literally, in a monospace font), on one line.
+
+    The fence is longer than any run of backticks in ``value``, so the value cannot end it."""
+    text = _one_line(value)
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}" if "`" in text else f"{fence}{text}{fence}"
 
 
 def save_figure(figure, path) -> None:
@@ -49,12 +82,12 @@ def source_section(scores: dict, confounding: str | None, heading: str = "### Pe
     """The per-source table and the confounding warning, as Markdown lines."""
     lines = []
     if confounding:
-        lines += ["", f"> **Warning.** {confounding}"]
+        lines += ["", f"> **Warning.** {escape_md(confounding)}"]
     if "per_source" in scores:
         has_covid = "covid" in scores
         lines += ["", heading, "", "| source | images | accuracy [95% CI] |" + (" COVID sensitivity | specificity | AUC |" if has_covid else ""),
                   "|---|---:|---:|" + ("---:|---:|---:|" if has_covid else "")]
         for source, part in scores["per_source"].items():
-            row = f"| {source} | {part['n']} | {percent(part['accuracy'])}{interval_text(part, 'accuracy')} |"
+            row = f"| {escape_md(source)} | {part['n']} | {percent(part['accuracy'])}{interval_text(part, 'accuracy')} |"
             lines.append(row + (f" {covid_row(part)} |" if has_covid else ""))
     return lines

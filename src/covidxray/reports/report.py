@@ -14,7 +14,9 @@ from covidxray.evaluation.scoring import ScoredPredictions
 from covidxray.labels import COVID
 from covidxray.reports.markdown import (
     DISCLAIMER,
+    code_md,
     covid_row,
+    escape_md,
     interval_text,
     percent,
     save_figure,
@@ -90,18 +92,18 @@ def render_report(config, metrics: dict) -> str:
         grouping = (f"partly patient-grouped ({missing} of {total} images have no patient id and are "
                     "split one by one, so those patients' images may be in two splits)")
     lines = [
-        f"# covidxray run: {config.model} on {config.task}",
+        f"# covidxray run: {escape_md(config.model)} on {escape_md(config.task)}",
         "",
         DISCLAIMER,
         "",
         "## Setup",
         "",
-        f"- data: {', '.join(f'`{d}`' for d in ([config.data] if isinstance(config.data, str) else config.data))}; "
-        f"classes: {', '.join(config.classes)}",
+        f"- data: {', '.join(code_md(d) for d in ([config.data] if isinstance(config.data, str) else config.data))}; "
+        f"classes: {', '.join(escape_md(c) for c in config.classes)}",
         f"- split: {grouping}, stratified by label; identical images kept in one split; seed {config.seed}",
-        "- images: " + ", ".join(f"{k} {v}" for k, v in info["images"].items()),
-        f"- model: `{config.model}` at {config.image_size}x{config.image_size}, {info['parameters']:,} parameters, "
-        f"Keras backend `{info['backend']}`",
+        "- images: " + ", ".join(f"{escape_md(k)} {v}" for k, v in info["images"].items()),
+        f"- model: {code_md(config.model)} at {config.image_size}x{config.image_size}, {info['parameters']:,} parameters, "
+        f"Keras backend {code_md(info['backend'])}",
         f"- training: up to {config.epochs} epochs, best validation accuracy at epoch {info['best_epoch']} of {info['epochs_run']}, "
         f"{info['fit_seconds']} s ({info['train_images_per_second']} images/s); decoding {info['data_seconds']} s",
     ]
@@ -109,7 +111,7 @@ def render_report(config, metrics: dict) -> str:
         lines.append(f"- environment: {environment_text(info['environment'])}")
     if info["skipped"]:
         lines.append(f"- skipped {len(info['skipped'])} unreadable file(s): "
-                     + "; ".join(f"`{m}`" for m in list(info["skipped"].values())[:5]))
+                     + "; ".join(code_md(m) for m in list(info["skipped"].values())[:5]))
     if info.get("blank_fraction"):
         lines.append(f"- **shortcut probe**: the central {100 * info['blank_fraction']:.0f}% x {100 * info['blank_fraction']:.0f}% "
                      "of every image (the lung field) was blanked out in training and testing")
@@ -122,7 +124,7 @@ def render_report(config, metrics: dict) -> str:
         lines.append(f"| {split} | {part['n']} | {percent(part['accuracy'])}{interval_text(part, 'accuracy')} | {part['loss']:.3f} |")
     lines += ["", "### Per class (test)", "", "| class | precision | recall | F1 | images |", "|---|---:|---:|---:|---:|"]
     for name, scores in test["per_class"].items():
-        lines.append(f"| {name} | {percent(scores['precision'])} | {percent(scores['recall'])} | {percent(scores['f1'])} | {scores['support']} |")
+        lines.append(f"| {escape_md(name)} | {percent(scores['precision'])} | {percent(scores['recall'])} | {percent(scores['f1'])} | {scores['support']} |")
     if COVID in test:
         lines += ["", "### COVID-19 vs the rest (test, 95% CI)", "",
                   "| sensitivity | specificity | ROC AUC |", "|---:|---:|---:|", f"| {covid_row(test)} |"]
@@ -142,6 +144,6 @@ def environment_text(environment: dict) -> str:
     """Python, the key package versions, the backend and the CPU, in one line."""
     packages = environment.get("packages", {})
     shown = ", ".join(f"{name} {version}" for name, version in packages.items() if name != "covidxray")
-    return (f"covidxray {packages.get('covidxray', '?')} on Python {environment.get('python')}, {shown}; "
-            f"backend `{environment.get('backend')}`; CPU {environment.get('cpu')} ({environment.get('cpu_count')} cores), "
-            f"{environment.get('platform')}")
+    return (escape_md(f"covidxray {packages.get('covidxray', '?')} on Python {environment.get('python')}, {shown}; ")
+            + f"backend {code_md(environment.get('backend'))}; "
+            + escape_md(f"CPU {environment.get('cpu')} ({environment.get('cpu_count')} cores), {environment.get('platform')}"))

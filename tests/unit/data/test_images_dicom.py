@@ -149,3 +149,48 @@ def test_predict_reads_dicom(tmp_path):
     assert [r["path"] for r in results] == [str(good)]
     assert abs(sum(results[0]["probabilities"].values()) - 1) < 1e-4
     assert list(failures) == [str(bad)] and str(bad) in failures[str(bad)]
+
+def _jpeg_without_scan(path):
+    """A JPEG Baseline DICOM whose frame has a valid header but no scan: Pillow fails while
+    decoding it, inside pydicom, which logs that failure with a traceback."""
+    from pydicom.uid import JPEGBaseline8Bit
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((24, 32), 120, dtype=np.uint8)).save(buffer, format="JPEG")
+    jpeg = buffer.getvalue()
+    return _encapsulated(path, JPEGBaseline8Bit, jpeg[:jpeg.index(b"\xff\xda")] + b"\xff\xd9", (24, 32))
+
+
+def test_pydicom_logs_nothing_to_the_root_logger(tmp_path):
+    """covidxray reports the failure (one ImageReadError); pydicom's own records and tracebacks
+    do not reach the handlers of an application's root logger (caplog cannot tell: pytest hooks
+    its handler onto non-propagating loggers too)."""
+    import logging
+
+    path = _jpeg_without_scan(tmp_path / "noscan.dcm")
+    reached = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = reached.append
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with pytest.raises(ImageReadError) as raised:
+            read_image(path)
+    finally:
+        root.removeHandler(handler)
+    assert "\n" not in str(raised.value) and "cannot decode DICOM pixel data" in str(raised.value)
+    assert [r.name for r in reached if r.name.startswith("pydicom")] == []
+
+
+def test_quiet_predict_on_a_corrupt_dicom_prints_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import build_run
+
+    run = build_run(tmp_path / "run")
+    path = _jpeg_without_scan(tmp_path / "noscan.dcm")
+    result = subprocess.run([sys.executable, "-m", "covidxray", "--quiet", "predict", "--run", str(run), str(path)],
+                            capture_output=True, text=True, timeout=300)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"covidxray: skipped {path}: cannot decode DICOM pixel data"), lines

@@ -44,3 +44,21 @@ def test_cv_report_has_folds_mean_and_pooled():
 def test_image_level_protocol_and_no_covid():
     report = render_cv_report(_result(group_by="none", covid=False))
     assert "image-level (--group-by none" in report and "COVID sensitivity | specificity | ROC AUC |\n" not in report
+
+
+def test_cv_html_shows_paths_and_sources_as_text(tmp_path):
+    import html
+    import re
+
+    from covidxray.reports.html import render_html
+
+    hostile = "<img src=x onerror=\"document.title='pwned'\">"
+    result = _result(covid=False)
+    result["config"]["data"] = [f"data/{hostile}", "b`|`*c*"]
+    result["pooled"]["per_source"] = {hostile: {"n": 10, "accuracy": 0.7}, "x|y": {"n": 10, "accuracy": 0.8}}
+    result["confounding"] = f"every covid image comes from {hostile}"
+    page = render_html(render_cv_report(result), tmp_path)
+    assert "<img src=x" not in page and not re.search(r"<[^>]*onerror", page)
+    assert [html.unescape(c) for c in re.findall(r"<code>(.*?)</code>", page)][0] == f"data/{hostile}, b`|`*c*"
+    cells = [html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", page)]
+    assert hostile in cells and "x|y" in cells

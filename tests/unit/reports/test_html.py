@@ -57,3 +57,17 @@ def test_write_html_beside_any_markdown_file(tmp_path):
 def test_render_body_is_the_page_without_its_head(tmp_path):
     body = render_body("| a |\n|---|\n| 1 |", tmp_path)
     assert body.startswith("<table>") and "<td>1</td>" in body and "<html" not in body
+
+
+def test_raw_html_in_the_markdown_is_shown_as_text(tmp_path):
+    """Defence in depth: should a user string reach the Markdown unescaped, it still cannot run."""
+    figure = write_png(tmp_path / "acc.png", gray(4, (4, 4)))
+    text = ("# run on <img src=x onerror=\"document.title='pwned'\">\n\n"
+            "| source | n |\n|---|---|\n| <img src=x onerror=\"alert(1)\"> | 1 |\n\n"
+            "<script>alert(2)</script>\n\ninline <svg onload=alert(3)> and <b>bold</b>\n\n![accuracy](acc.png)\n")
+    page = render_html(text, tmp_path)
+    assert "<script" not in page and "<svg" not in page and "<b>" not in page
+    assert re.findall(r"<img[^>]*>", page) == [
+        f'<img alt="accuracy" src="data:image/png;base64,{base64.b64encode(figure.read_bytes()).decode()}">']
+    assert "&lt;img src=x onerror=\"alert(1)\"&gt;" in page and "&lt;script&gt;alert(2)&lt;/script&gt;" in page
+    assert "<title>run on &lt;img src=x onerror=\"document.title='pwned'\"&gt;</title>" in page

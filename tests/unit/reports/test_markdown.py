@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import html
+import re
+
 from matplotlib.figure import Figure
 
 from covidxray.reports.markdown import (
@@ -60,3 +63,41 @@ def test_write_report_and_save_figure(tmp_path):
     assert (tmp_path / "r.md").read_text() == "# title\n\n![f](f.png)\n"
     assert 'src="data:image/png;base64,' in (tmp_path / "r.html").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png", "r.html", "r.md"]  # nothing temporary left
+
+
+HOSTILE = "<img src=x onerror=\"document.title='pwned'\">"
+
+
+def test_escape_md_shows_user_strings_literally():
+    from covidxray.reports.html import render_body
+    from covidxray.reports.markdown import escape_md
+
+    assert escape_md(HOSTILE) == "&lt;img src=x onerror=\"document.title='pwned'\"&gt;"
+    assert escape_md("a|b *c* _d_ [e](f) `g` \\ #h &amp;") == "a\\|b \\*c\\* \\_d\\_ \\[e\\](f) \\`g\\` \\\\ \\#h &amp;amp;"
+    assert escape_md("two\nlines\r\n<b>") == "two lines &lt;b&gt;" and escape_md(3) == "3"
+    # in a table cell: the value is the cell's text, character for character, and one cell
+    for value in (HOSTILE, "a|b", "*c* _d_ [e](javascript:f) `g` \\ & &lt;"):
+        body = render_body(f"| source | n |\n|---|---|\n| {escape_md(value)} | 1 |\n", ".")
+        cells = re.findall(r"<td>(.*?)</td>", body)
+        assert [html.unescape(c) for c in cells] == [value, "1"], body
+        assert "<img" not in body and "<a " not in body and "<em>" not in body and "<code>" not in body
+
+
+def test_code_md_cannot_be_ended_by_its_value():
+    from covidxray.reports.html import render_body
+    from covidxray.reports.markdown import code_md
+
+    assert code_md("data/x.csv") == "`data/x.csv`"
+    for value in ("data/x.csv", HOSTILE, "a`b``c", "`", "C:\\data\\", "*x* | [y](z) &lt;"):
+        body = render_body(f"- data: {code_md(value)}; more", ".")
+        assert [html.unescape(c) for c in re.findall(r"<code>(.*?)</code>", body)] == [value], body
+        assert body.endswith("; more</li>\n</ul>") and "<img" not in body
+
+
+def test_source_section_escapes_sources_and_the_warning():
+    hostile = {"per_source": {HOSTILE: {"n": 2, "accuracy": 1.0}, "a|b": {"n": 1, "accuracy": 0.0}}}
+    lines = source_section(hostile, f"every covid image comes from {HOSTILE}")
+    assert "<img" not in "\n".join(lines)
+    assert "| &lt;img src=x onerror=\"document.title='pwned'\"&gt; | 2 | 100.0% |" in lines
+    assert "| a\\|b | 1 | 0.0% |" in lines
+    assert lines[1] == "> **Warning.** every covid image comes from &lt;img src=x onerror=\"document.title='pwned'\"&gt;"

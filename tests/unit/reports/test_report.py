@@ -97,3 +97,29 @@ def test_a_model_without_convolutions_keeps_the_plain_images():
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(x)), name="flat")
     images = np.stack([gray(i) for i in range(2)])[..., None]
     assert with_heatmaps(model, images, np.array([0, 1])) is images  # the report goes on without
+
+
+def test_user_strings_show_literally_in_report_md_and_html(scored, tmp_path):
+    """Paths, sources, skipped-file messages and the warning are the user's text, never HTML or Markdown."""
+    import html
+    import re
+
+    from covidxray.reports.html import render_html
+
+    test, calibration, raw = scored
+    hostile = "<img src=x onerror=\"document.title='pwned'\">"
+    path = f"data/*{hostile}|<script>alert(1)</script>`.png"
+    config = TrainConfig(data=f"data/{hostile}_*x*|`y`", image_size=32).resolve()
+    metrics = _metrics(test, calibration, raw, skipped={path: f"{path}: not an image file"},
+                       confounding=f"Labels are confounded with the source: every covid image comes from {hostile}.")
+    metrics["test"] = {**metrics["test"], "per_source": {hostile: metrics["test"], "a|b": metrics["test"]}}
+    report = render_report(config, metrics)
+    page = render_html(report, tmp_path)
+    outside_code = re.sub(r"(`+).*?\1", "", report)  # code spans are literal in any Markdown renderer
+    assert "<img" not in outside_code and "<script" not in outside_code and "a|b" not in outside_code
+    assert "<img src=x" not in page and "<script" not in page and not re.search(r"<[^>]*onerror", page)
+    cells = [html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", page)]
+    assert hostile in cells and "a|b" in cells  # one cell each, shown as written
+    codes = [html.unescape(c) for c in re.findall(r"<code>(.*?)</code>", page)]
+    assert f"data/{hostile}_*x*|`y`" in codes and f"{path}: not an image file" in codes
+    assert f"every covid image comes from {hostile}." in html.unescape(re.sub(r"<[^>]*>", "", page))
