@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from covidxray.backend import NO_BACKEND, import_keras_quietly, is_missing_backend, quiet_backend_logs
@@ -246,10 +247,27 @@ def run_shard(args) -> int:
     return 0
 
 
+def configure_logging(quiet: bool) -> None:
+    """covidxray's own messages as ``covidxray: ...`` lines on stderr (warnings only with ``--quiet``).
+
+    Only the ``covidxray`` logger gets a handler: other libraries' loggers (pydicom's decoder
+    tracebacks, absl) are left as they were, and with ``--quiet`` their Python warnings are hidden too.
+    """
+    logger = logging.getLogger("covidxray")
+    if not any(getattr(h, "covidxray_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("covidxray: %(message)s"))
+        handler.covidxray_cli = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    if quiet:
+        warnings.filterwarnings("ignore", module="pydicom")
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_backend_logs()  # before any backend loads
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="covidxray: %(message)s")
+    configure_logging(args.quiet)
     try:
         if args.command not in ("models", "data"):  # every other command runs a model
             import_keras_quietly()
