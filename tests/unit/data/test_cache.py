@@ -47,8 +47,8 @@ def test_second_load_opens_no_image_file(tmp_path, images, monkeypatch):
     cache = ImageCache(tmp_path / "cache")
     first = cache.load(images, 32, progress=False)
 
-    def no_decoding(path):
-        raise AssertionError(f"read_image({path}) called on a cached file")
+    def no_decoding(path, size, data=None):
+        raise AssertionError(f"decode_resized({path}) called on a cached file")
 
     original_read_bytes = pathlib.Path.read_bytes
     image_paths = {os.path.abspath(p) for p in images}
@@ -58,7 +58,7 @@ def test_second_load_opens_no_image_file(tmp_path, images, monkeypatch):
             raise AssertionError(f"{self} was opened on a cached load")
         return original_read_bytes(self)
 
-    monkeypatch.setattr(cache_module, "read_image", no_decoding)
+    monkeypatch.setattr(cache_module, "decode_resized", no_decoding)
     monkeypatch.setattr(pathlib.Path, "read_bytes", guarded_read_bytes)
 
     second = ImageCache(tmp_path / "cache").load(images, 32, progress=False)  # a new process, say

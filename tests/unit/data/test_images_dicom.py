@@ -135,31 +135,6 @@ def test_training_reads_dicom_class_folders(tmp_path):
     assert decoded.images.std() > 0
 
 
-def test_predict_reads_dicom(tmp_path):
-    import keras
-    from covidxray.predict import predict_files
-
-    inputs = keras.Input((16, 16, 1))
-    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs))
-    model = keras.Model(inputs, outputs)
-    good = write_dicom(tmp_path / "x.dcm", RAMP)
-    bad = tmp_path / "bad.dcm"
-    bad.write_bytes(b"DICM but not really" * 20)
-    results, failures = predict_files(model, [good, bad], ("covid", "normal", "pneumonia"), 16, progress=False)
-    assert [r["path"] for r in results] == [str(good)]
-    assert abs(sum(results[0]["probabilities"].values()) - 1) < 1e-4
-    assert list(failures) == [str(bad)] and str(bad) in failures[str(bad)]
-
-def _jpeg_without_scan(path):
-    """A JPEG Baseline DICOM whose frame has a valid header but no scan: Pillow fails while
-    decoding it, inside pydicom, which logs that failure with a traceback."""
-    from pydicom.uid import JPEGBaseline8Bit
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((24, 32), 120, dtype=np.uint8)).save(buffer, format="JPEG")
-    jpeg = buffer.getvalue()
-    return _encapsulated(path, JPEGBaseline8Bit, jpeg[:jpeg.index(b"\xff\xda")] + b"\xff\xd9", (24, 32))
-
 
 def test_pydicom_logs_nothing_to_the_root_logger(tmp_path):
     """covidxray reports the failure (one ImageReadError); pydicom's own records and tracebacks

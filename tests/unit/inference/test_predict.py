@@ -19,7 +19,7 @@ from covidxray.inference.predict import (
     predict_files,
 )
 from covidxray.inference.predictor import load_predictor
-from helpers import build_run, gray, write_png
+from helpers import build_run, gray, write_dicom, write_png
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +106,27 @@ def test_predict_files_decides_with_the_runs_calibration(predictor, tmp_path):
     missing = tmp_path / "none.png"
     results, failures = predict_files(predictor, [missing], progress=False)
     assert results == [] and "no such file" in failures[str(missing)]
+
+
+DICOM_RAMP = np.arange(0, 4096, 16, dtype=np.uint16).reshape(16, 16)  # 12-bit values 0..4080
+
+
+def test_predict_reads_dicom(tmp_path):
+    import keras
+
+    from covidxray.config import TrainConfig
+    from covidxray.inference.decision import Calibration
+    from covidxray.inference.predictor import Predictor
+
+    inputs = keras.Input((16, 16, 1))
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs))
+    model = keras.Model(inputs, outputs)
+    good = write_dicom(tmp_path / "x.dcm", DICOM_RAMP)
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"DICM but not really" * 20)
+    config = TrainConfig(data="x", image_size=16, classes=("covid", "normal", "pneumonia"))
+    predictor = Predictor(model, config, Calibration(), tmp_path)
+    results, failures = predict_files(predictor, [good, bad], progress=False)
+    assert [r["path"] for r in results] == [str(good)]
+    assert abs(sum(results[0]["probabilities"].values()) - 1) < 1e-4
+    assert list(failures) == [str(bad)] and str(bad) in failures[str(bad)]
