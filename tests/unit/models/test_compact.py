@@ -20,7 +20,7 @@ def test_compactnet_has_four_residual_stages_at_a_quarter_resolution():
     for stage, width in enumerate(WIDTHS, start=1):
         assert model.get_layer(f"stage{stage}_block2_out").output.shape[-1] == width
     assert model.get_layer("stage4_block2_out").output.shape[1:3] == (2, 2)  # stages 2-4 halve it again
-    assert model.get_layer("stage1_block1_add") is not None and model.get_layer("predictions").units == 3
+    assert model.get_layer("stage1_block1_add").output.shape[-1] == WIDTHS[0] and model.get_layer("predictions").units == 3
     probabilities = model.predict(np.full((1, 64, 64, 1), 128, "float32"), verbose=0)
     assert probabilities.shape == (1, 3) and abs(float(probabilities.sum()) - 1) < 1e-5
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]

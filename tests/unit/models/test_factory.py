@@ -11,6 +11,7 @@ import pytest
 
 from covidxray.errors import CovidXrayError
 from covidxray.models import MODELS, create_model, list_models, load_model
+from covidxray.models.augment import RandomAffine
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -90,7 +91,9 @@ def test_load_model_reads_a_saved_model_without_its_optimizer(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 1)).astype("float32")
     np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
     assert getattr(loaded, "optimizer", None) is None  # not compiled: no optimizer state
-    assert loaded.get_layer("augmentation") is not None  # covidxray's layers are known to Keras
+    # covidxray's own layers come back as themselves, with their settings
+    (affine,) = [layer for layer in loaded.get_layer("augmentation").layers if isinstance(layer, RandomAffine)]
+    assert (affine.rotation, affine.zoom, affine.shift) == (5.0, 0.1, 0.05)
     with pytest.raises(CovidXrayError, match="missing.keras: missing; is .* a finished covidxray run"):
         load_model(tmp_path / "missing.keras")
     (tmp_path / "broken.keras").write_bytes(b"not a keras archive")

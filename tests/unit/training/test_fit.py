@@ -86,7 +86,8 @@ def test_training_batches_only_where_arrays_cannot_go_to_fit():
     x, y = np.zeros((10, 4, 4, 1), np.uint8), np.arange(10) % 2
     assert training_batches(config, x, y, None, distributed=False) is None
     streamed = training_batches(config, list(x), y, {0: 1.0, 1: 2.0}, distributed=False)  # not an ndarray: shards
-    assert isinstance(streamed, ShuffledBatches) and len(streamed) == 3 and streamed.weights is not None
+    assert isinstance(streamed, ShuffledBatches) and len(streamed) == 3 and streamed.batch_size == 4
+    assert streamed.weights.tolist() == [1.0 if label == 0 else 2.0 for label in y]
 
 
 def test_build_model_compiles_the_config(tiny_model, monkeypatch):
@@ -113,4 +114,4 @@ def test_fit_saves_the_best_epoch_and_its_history(tiny_model, tmp_path):
     candidates = history[history["val_accuracy"].round(6) == best]
     assert info["best_epoch"] == int(candidates.loc[candidates["val_loss"].idxmin(), "epoch"]) + 1
     assert run.file(rundir.MODEL).is_file() and (run.file(rundir.BACKUP) / "state.json").is_file()
-    assert info["train_images_per_second"] > 0 and info["fit_seconds"] >= 0
+    assert info["train_images_per_second"] > 0
