@@ -168,3 +168,18 @@ def use_log_file(monkeypatch) -> io.StringIO:
     log = io.StringIO()
     monkeypatch.setattr(sys, "stderr", log)
     return log
+
+
+def png_declaring(width: int, height: int, bit_depth: int = 16, rows: int = 4) -> bytes:
+    """A grayscale PNG whose header declares ``width`` x ``height`` pixels but holds only ``rows``
+    rows of data: a file of a few hundred bytes that would take width x height x bit_depth / 8
+    bytes to decode (issue 12's hostile uploads, without writing gigabytes)."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    row = b"\0" + b"\0" * (width * bit_depth // 8)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(row * rows)) + chunk(b"IEND", b""))

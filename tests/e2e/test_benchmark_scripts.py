@@ -68,3 +68,15 @@ def test_benchmark_worker_records_a_failing_configuration_and_goes_on():
                                  epoch_images=80)
     assert rows[0]["train_images_per_second_ratio"] == pytest.approx(2.0)
     assert rows[0]["epoch_seconds"] == pytest.approx(80 / ok["train_images_per_second"])
+
+
+def test_decode_memory_measures_each_file_in_a_fresh_process(tmp_path):
+    # small files (64 x 64) and the 88 Mpx PNG, which must be refused; no web page (it loads Keras)
+    out, table = tmp_path / "memory.json", tmp_path / "memory.md"
+    assert load("decode_memory").main(["--max-pixels", "4096", "--files", "png16", "dcm-rle16", "png16-over",
+                                       "--web", "--out", str(out), "--markdown", str(table)]) == 0
+    rows = {row["name"]: row for row in json.loads(out.read_text())["rows"]}
+    assert rows["png16"]["result"] == rows["dcm-rle16"]["result"] == "decoded"
+    assert rows["png16-over"]["result"].startswith("refused: too large: 9,400 x 9,400 pixels")
+    assert all(0 <= row["peak_mib"] - row["baseline_mib"] < 100 for row in rows.values())
+    assert "| png16-over | 16-bit grayscale PNG | 9,400 x 9,400 |" in table.read_text()

@@ -46,3 +46,10 @@ def test_serve_without_the_extra_names_the_install(run_dir, monkeypatch, capsys)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
     assert main(["serve", "--run", str(run_dir)]) == 2
     assert "needs uvicorn: pip install 'covidxray[serve]'" in capsys.readouterr().err
+
+
+def test_serve_refuses_an_upload_limit_that_is_not_a_positive_size(tmp_path, capsys):
+    # issue 12: --max-upload-mb -1 was accepted (every upload then refused as too large)
+    assert main(["serve", "--run", str(tmp_path), "--max-upload-mb", "-1"]) == 2  # before the run is looked at
+    error = capsys.readouterr().err
+    assert "--max-upload-mb -1" in error and "greater than 0" in error and len(error.strip().splitlines()) == 1

@@ -7,15 +7,23 @@ no file (the upload parser may spool a large upload to the system's temporary fo
 over the size limit, non-images and corrupt files get a one-line message on the page, never a
 stack trace. It listens on 127.0.0.1 unless told otherwise.
 
+Memory and time are bounded per request: images over ``covidxray.data.images.MAX_PIXELS`` are
+refused from their header, at most :data:`MAX_CONCURRENT_DECODES` uploads are decoded and
+analysed at once (the others wait their turn), and an upload that stops sending its body for
+:data:`BODY_TIMEOUT_S` seconds is answered 408 and its connection closed.
+
 FastAPI, uvicorn and python-multipart are an optional extra: ``pip install 'covidxray[serve]'``.
 """
 
 # No "from __future__ import annotations": FastAPI reads the route annotations at definition.
+import asyncio
 import base64
 import html
 import ipaddress
 import logging
+import math
 import socket
+import threading
 from pathlib import Path
 
 from covidxray.errors import CovidXrayError, ImageReadError
@@ -28,6 +36,11 @@ DEFAULT_PORT = 8000
 DEFAULT_MAX_UPLOAD_MB = 32.0  # an uncompressed 16-bit DICOM of 3000 x 3000 pixels is 18 MB
 _FORM_OVERHEAD = 64 * 1024  # multipart headers and boundaries around the file
 ACCEPT = ".png,.jpg,.jpeg,.dcm,.dicom,image/png,image/jpeg,application/dicom"
+#: Uploads decoded and analysed at once; the others wait. The worst image under MAX_PIXELS
+#: costs about 400 MB to decode (docs/reliability.md), so two stay under 1 GB.
+MAX_CONCURRENT_DECODES = 2
+#: Seconds an upload may go without sending any of the body it declared before it is answered 408.
+BODY_TIMEOUT_S = 30.0
 
 
 def _data_uri(png: bytes) -> str:
@@ -126,16 +139,59 @@ class UploadError(Exception):
         super().__init__(message)
         self.status = status
 
+    @property
+    def headers(self) -> dict[str, str] | None:
+        """``Connection: close`` where the body was not read whole (too large, stalled)."""
+        return {"Connection": "close"} if self.status in (408, 413) else None
 
-def create_app(analyzer: XrayAnalyzer, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB):
-    """The FastAPI app: ``GET /`` the page, ``POST /`` an upload from the page,
-    ``POST /api/predict`` the same as JSON, ``GET /healthz`` for scripts."""
+
+class _BodyStalled(Exception):
+    """No part of the request body arrived within the timeout."""
+
+
+def check_max_upload_mb(max_upload_mb: float) -> None:
+    """Refuse an upload limit that is not a positive number of MB (``--max-upload-mb``)."""
+    if not isinstance(max_upload_mb, int | float) or not math.isfinite(max_upload_mb) or max_upload_mb <= 0:
+        shown = f"{max_upload_mb:g}" if isinstance(max_upload_mb, int | float) else repr(max_upload_mb)
+        raise CovidXrayError(f"--max-upload-mb {shown}: give the largest upload in MB, a number greater "
+                             f"than 0 (default {DEFAULT_MAX_UPLOAD_MB:g})")
+
+
+async def _read_form(request, timeout_s: float):
+    """``request.form()``, each wait for the next part of the body bounded by ``timeout_s``
+    (uvicorn waits for a declared body for ever)."""
+    from starlette.requests import Request
+
+    receive = request.receive
+
+    async def timed_receive():
+        try:
+            return await asyncio.wait_for(receive(), timeout_s)
+        except asyncio.TimeoutError:
+            raise _BodyStalled from None
+
+    return await Request(request.scope, timed_receive).form(max_files=1, max_fields=4)
+
+
+def create_app(analyzer: XrayAnalyzer, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *,
+               max_decodes: int = MAX_CONCURRENT_DECODES, body_timeout_s: float = BODY_TIMEOUT_S):
+    """The FastAPI app: ``GET /`` (and ``HEAD /``) the page, ``POST /`` an upload from the page,
+    ``POST /api/predict`` the same as JSON, ``GET /healthz`` for scripts.
+
+    ``max_decodes``: uploads decoded and analysed at once (the others wait); ``body_timeout_s``:
+    seconds without any of a declared body before the request is answered 408."""
     from fastapi import FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
+    check_max_upload_mb(max_upload_mb)
     max_bytes = int(max_upload_mb * 2**20)
+    decoding = threading.BoundedSemaphore(max_decodes)  # threads, not asyncio: one app may serve several event loops
     app = FastAPI(title="covidxray", docs_url=None, redoc_url=None, openapi_url=None)
+
+    def analyse(filename: str, data: bytes) -> Analysis:
+        with decoding:  # bounds the memory of concurrent uploads: each decoded image is held until analysed
+            return analyzer.analyse(filename, data)
 
     async def analyse_upload(request: Request) -> tuple[str, Analysis]:
         length = request.headers.get("content-length")
@@ -144,7 +200,10 @@ def create_app(analyzer: XrayAnalyzer, max_upload_mb: float = DEFAULT_MAX_UPLOAD
         if int(length) > max_bytes + _FORM_OVERHEAD:
             raise UploadError(f"file too large ({int(length) / 2**20:.1f} MB); the limit is {max_upload_mb:g} MB", 413)
         try:
-            form = await request.form(max_files=1, max_fields=4)
+            form = await _read_form(request, body_timeout_s)
+        except _BodyStalled:
+            raise UploadError(f"upload timed out: no data for {body_timeout_s:g} s before the {int(length):,} bytes "
+                              "the request declared had arrived", 408) from None
         except Exception as error:  # a malformed multipart body
             raise UploadError(f"the upload could not be read ({error})") from None
         upload = form.get("file")
@@ -158,7 +217,7 @@ def create_app(analyzer: XrayAnalyzer, max_upload_mb: float = DEFAULT_MAX_UPLOAD
         if not data:
             raise UploadError(f"{filename}: the file is empty")
         try:
-            return filename, await run_in_threadpool(analyzer.analyse, filename, data)
+            return filename, await run_in_threadpool(analyse, filename, data)
         except ImageReadError as error:
             raise UploadError(f"{filename}: cannot read it as an X-ray: {error.reason}. "
                               "Upload a PNG, JPEG or DICOM image.") from None
@@ -166,8 +225,8 @@ def create_app(analyzer: XrayAnalyzer, max_upload_mb: float = DEFAULT_MAX_UPLOAD
             log.exception("analysing %s failed", filename)
             raise UploadError(f"{filename}: the analysis failed (an internal error, logged by the server)", 500) from None
 
-    @app.get("/", response_class=HTMLResponse)
-    async def page() -> HTMLResponse:
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
+    async def page() -> HTMLResponse:  # HEAD: the same headers, no body (uvicorn drops it)
         return HTMLResponse(render_page(analyzer, max_bytes))
 
     @app.post("/", response_class=HTMLResponse)
@@ -175,7 +234,8 @@ def create_app(analyzer: XrayAnalyzer, max_upload_mb: float = DEFAULT_MAX_UPLOAD
         try:
             filename, analysis = await analyse_upload(request)
         except UploadError as error:
-            return HTMLResponse(render_page(analyzer, max_bytes, error=str(error)), status_code=error.status)
+            return HTMLResponse(render_page(analyzer, max_bytes, error=str(error)), status_code=error.status,
+                                headers=error.headers)
         return HTMLResponse(render_page(analyzer, max_bytes, analysis=analysis, filename=filename))
 
     @app.post("/api/predict")
@@ -183,11 +243,11 @@ def create_app(analyzer: XrayAnalyzer, max_upload_mb: float = DEFAULT_MAX_UPLOAD
         try:
             filename, analysis = await analyse_upload(request)
         except UploadError as error:
-            return JSONResponse({"error": str(error)}, status_code=error.status)
+            return JSONResponse({"error": str(error)}, status_code=error.status, headers=error.headers)
         return JSONResponse({"file": filename, "label": analysis.label, "probabilities": analysis.probabilities,
                              "heatmap_png": base64.b64encode(analysis.heatmap_png).decode("ascii")})
 
-    @app.get("/healthz", response_class=PlainTextResponse)
+    @app.api_route("/healthz", methods=["GET", "HEAD"], response_class=PlainTextResponse)
     async def healthz() -> str:
         return "ok"
 
@@ -200,6 +260,7 @@ def serve(run: str | Path | None = None, *, host: str = DEFAULT_HOST, port: int 
     serve the page until interrupted."""
     import importlib.util
 
+    check_max_upload_mb(max_upload_mb)  # the quick checks first: the model takes seconds to load
     missing = [name for name, modules in (("fastapi", ["fastapi"]), ("uvicorn", ["uvicorn"]),
                                           ("python-multipart", ["python_multipart", "multipart"]))
                if not any(importlib.util.find_spec(m) for m in modules)]

@@ -218,3 +218,99 @@ def test_is_image_path(tmp_path):
     assert is_image_path(tmp_path / "x.dcm")
     assert not is_image_path(tmp_path / "x.txt")
     assert not is_image_path(tmp_path / "manifest.csv")
+
+
+# --- size limit and memory (issue 12) ------------------------------------------------------
+
+
+def _refuse_decoding(monkeypatch):
+    """Make any Pillow decode fail the test: a refusal must come from the header alone."""
+    from PIL import ImageFile
+
+    def decode(self, *args, **kwargs):
+        raise AssertionError(f"{self.format} image of {self.size} decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", decode)
+
+
+@pytest.mark.parametrize("name, pixels", [
+    ("gray.png", np.zeros((64, 65), dtype=np.uint8)),
+    ("deep.png", np.zeros((64, 65), dtype=np.uint16)),
+    ("deep.tif", np.zeros((64, 65), dtype=np.int32)),
+    ("rgba.png", np.zeros((64, 65, 4), dtype=np.uint8)),
+    ("photo.jpg", np.zeros((64, 65, 3), dtype=np.uint8)),
+])
+def test_images_over_max_pixels_are_refused_from_their_header(tmp_path, monkeypatch, name, pixels):
+    from covidxray.data import images
+
+    monkeypatch.setattr(images, "MAX_PIXELS", 64 * 64, raising=False)
+    at_limit = read_image(write_image(tmp_path / f"ok-{name}", pixels[:, :64]))  # exactly at the limit: read
+    assert at_limit.shape == (64, 64)
+    path = write_image(tmp_path / name, pixels)
+    _refuse_decoding(monkeypatch)
+    with pytest.raises(ImageReadError) as raised:
+        read_image(path)
+    message = str(raised.value)
+    assert message.startswith(str(path)) and "65 x 64 pixels" in message and "over the limit" in message
+    assert "MAX_PIXELS" in message and "downscale" in message
+
+
+def test_a_small_png_declaring_88_megapixels_is_refused_without_decoding(tmp_path, monkeypatch):
+    # issue 12: a 212 KB 16-bit PNG of 9,400 x 9,400 cost 2 GB a request; this one is a few hundred bytes
+    from helpers import png_declaring
+
+    data = png_declaring(9400, 9400)
+    assert len(data) < 2000
+    _refuse_decoding(monkeypatch)
+    with pytest.raises(ImageReadError) as raised:
+        read_image("upload.png", data=data)
+    assert "9,400 x 9,400 pixels (88.4 Mpx)" in str(raised.value) and "50 Mpx" in str(raised.value)
+
+
+def test_formats_whose_decoded_size_the_header_hides_are_not_opened(tmp_path):
+    path = tmp_path / "icon.png"
+    Image.fromarray(gray(7, (16, 16))).save(path, format="ICO")  # an icon picks its size when decoded
+    with pytest.raises(ImageReadError, match="not an image file"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("name, pixels", [
+    ("deep.png", np.random.default_rng(0).integers(0, 65536, (1500, 2000), dtype=np.uint16)),
+    ("deep.tif", np.random.default_rng(1).integers(-2**31, 2**31 - 1, (1500, 2000), dtype=np.int32)),
+    ("float.tif", np.random.default_rng(2).normal(0, 1e3, (1500, 2000)).astype(np.float32)),
+])
+def test_deep_images_are_scaled_without_full_size_float_copies(tmp_path, monkeypatch, name, pixels):
+    import tracemalloc
+
+    from covidxray.data import images
+
+    monkeypatch.setattr(images, "_BAND_PIXELS", 1 << 16, raising=False)  # many bands
+    path = write_image(tmp_path / name, pixels)
+    tracemalloc.start()
+    try:
+        image = read_image(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # the same pixels as scaling the whole image in float64 ...
+    values = pixels.astype(np.float64)
+    low, high = values.min(), values.max()
+    np.testing.assert_array_equal(image, np.round((values - low) * (255.0 / (high - low))).astype(np.uint8))
+    # ... with no full-size float64 copy: one would be 8 bytes a pixel
+    assert peak < 3 * pixels.size, f"{peak / pixels.size:.1f} bytes a pixel"
+
+
+def test_8bit_images_are_converted_in_bands_to_the_same_pixels(tmp_path, monkeypatch):
+    from covidxray.data import images
+
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 256, (300, 200, 4), dtype=np.uint8)
+    palette = Image.fromarray(rng.integers(0, 256, (300, 200), dtype=np.uint8)).convert("P")
+    palette.save(tmp_path / "p.png", transparency=5)
+    whole = {name: read_image(path) for name, path in (("rgba", write_image(tmp_path / "rgba.png", rgba)),
+                                                        ("p", tmp_path / "p.png"))}
+    monkeypatch.setattr(images, "_BAND_PIXELS", 1000)  # bands of 5 rows
+    np.testing.assert_array_equal(read_image(tmp_path / "rgba.png"), whole["rgba"])
+    np.testing.assert_array_equal(read_image(tmp_path / "p.png"), whole["p"])
+    composited = Image.alpha_composite(Image.new("RGBA", (200, 300), (0, 0, 0, 255)), Image.fromarray(rgba))
+    np.testing.assert_array_equal(whole["rgba"], np.asarray(composited.convert("L")))

@@ -169,3 +169,151 @@ def test_quiet_predict_on_a_corrupt_dicom_prints_one_line(tmp_path):
                             capture_output=True, text=True, timeout=300)
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"covidxray: skipped {path}: cannot decode DICOM pixel data"), lines
+
+
+# --- size limit and memory (issue 12) ------------------------------------------------------
+
+
+def _refuse_decoding(monkeypatch):
+    """Make any pydicom pixel decode fail the test: a refusal must come from the header alone."""
+    from pydicom.pixels.decoders.base import Decoder
+
+    def decode(self, *args, **kwargs):
+        raise AssertionError("pixel data decoded")
+
+    monkeypatch.setattr(Decoder, "as_array", decode)
+    monkeypatch.setattr(Decoder, "iter_array", decode)
+
+
+def _rle(path, pixels, **attributes):
+    """An RLE Lossless DICOM file of ``pixels`` (pydicom encodes it), then ``attributes`` set as they are."""
+    import pydicom
+    from pydicom.uid import RLELossless
+
+    dataset = pydicom.dcmread(write_dicom(path, pixels))
+    dataset.compress(RLELossless)
+    for name, value in attributes.items():
+        setattr(dataset, name, value)
+    dataset.save_as(path)
+    return path
+
+
+def test_a_dicom_declaring_182_megapixels_is_refused_from_its_header(tmp_path, monkeypatch):
+    # issue 12: a 2.8 MB RLE DICOM declaring 182 Mpx cost 4.3 GB; Pillow's pixel limit never applied to DICOM
+    rle = _rle(tmp_path / "rle.dcm", RAMP, Rows=13500, Columns=13500)
+    native = write_dicom(tmp_path / "native.dcm", RAMP, Rows=13500, Columns=13500)
+    _refuse_decoding(monkeypatch)
+    for path in (rle, native):
+        with pytest.raises(ImageReadError) as raised:
+            read_image(path)
+        message = str(raised.value)
+        assert message.startswith(str(path)) and "13,500 x 13,500 pixels (182.2 Mpx" in message
+        assert "over the limit of 50 Mpx" in message
+
+
+def test_dicom_over_max_pixels_or_decoded_bytes_is_refused(tmp_path, monkeypatch):
+    from covidxray.data import images
+
+    monkeypatch.setattr(images, "MAX_PIXELS", 64 * 64, raising=False)
+    ok = read_image(write_dicom(tmp_path / "ok.dcm", np.zeros((64, 64), dtype=np.uint16)))  # at the limit
+    assert ok.shape == (64, 64)
+    over = write_dicom(tmp_path / "over.dcm", np.zeros((64, 65), dtype=np.uint16))
+    rle_over = _rle(tmp_path / "rle.dcm", np.zeros((65, 64), dtype=np.uint16))
+    # 60 x 60 pixels, but three 16-bit samples each: 21,600 bytes decoded, over 4 bytes x 4,096 pixels
+    colour = write_dicom(tmp_path / "colour.dcm", np.zeros((60, 60), dtype=np.uint16), SamplesPerPixel=3,
+                         PhotometricInterpretation="RGB", PlanarConfiguration=0,
+                         PixelData=np.zeros((60, 60, 3), dtype="<u2").tobytes())
+    _refuse_decoding(monkeypatch)
+    for path, expected in ((over, "65 x 64 pixels"), (rle_over, "64 x 65 pixels"), (colour, "0 MB decoded")):
+        with pytest.raises(ImageReadError) as raised:
+            read_image(path)
+        assert expected in str(raised.value) and "over the limit" in str(raised.value), str(raised.value)
+
+
+def test_an_rle_segment_longer_than_the_frame_is_refused_before_decoding(tmp_path):
+    # an 8 x 8 image whose RLE segments expand 64 times their size: pydicom decodes a segment whole
+    # before checking its length (32 KB here, 16 MB in a 32 MB upload: a gigabyte)
+    import struct
+
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import RLELossless
+
+    bomb = bytes((0x81, 7)) * 256  # 256 runs of 128 bytes each
+    frame = struct.pack("<16I", 2, 64, 64 + len(bomb), *([0] * 13)) + bomb + bomb
+    dataset = pydicom.dcmread(write_dicom(tmp_path / "bomb.dcm", np.zeros((8, 8), dtype=np.uint16), bits_stored=16))
+    dataset.file_meta.TransferSyntaxUID = RLELossless
+    dataset.PixelData = encapsulate([frame])
+    dataset["PixelData"].VR = "OB"
+    dataset.save_as(tmp_path / "bomb.dcm")
+    with pytest.raises(ImageReadError, match="RLE segment 1 decodes to more than the 8 x 8 pixels"):
+        read_image(tmp_path / "bomb.dcm")
+
+
+def test_a_jpeg_frame_larger_than_the_header_says_is_refused(tmp_path, monkeypatch):
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from covidxray.data import images
+
+    monkeypatch.setattr(images, "MAX_PIXELS", 32 * 32, raising=False)
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((48, 64), dtype=np.uint8)).save(buffer, format="JPEG")
+    path = _encapsulated(tmp_path / "liar.dcm", JPEGBaseline8Bit, buffer.getvalue(), (8, 8))  # header: 8 x 8
+    _refuse_decoding(monkeypatch)
+    with pytest.raises(ImageReadError, match="its JPEG Baseline .* frame: 64 x 48 pixels .* over the limit"):
+        read_image(path)
+
+
+def test_a_deflated_data_set_is_refused_not_inflated(tmp_path):
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    dataset = pydicom.dcmread(write_dicom(tmp_path / "plain.dcm", RAMP))
+    dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian  # pydicom inflates it whole, unbounded
+    dataset.save_as(tmp_path / "deflated.dcm")
+    with pytest.raises(ImageReadError, match="deflated DICOM data set"):
+        read_image(tmp_path / "deflated.dcm")
+
+
+def test_only_the_first_frame_is_read_and_decoded(tmp_path, monkeypatch):
+    import tracemalloc
+
+    import pydicom
+
+    from covidxray.data import images
+
+    frames = np.stack([np.full((500, 400), 100 * i, dtype=np.uint16) + RAMP[0, :1] for i in range(12)])
+    frames[0] = np.arange(500 * 400, dtype=np.uint16).reshape(500, 400) % 4096
+    dataset = pydicom.dcmread(write_dicom(tmp_path / "frames.dcm", frames[0]))
+    dataset.NumberOfFrames = len(frames)
+    dataset.PixelData = frames.astype("<u2").tobytes()
+    dataset.save_as(tmp_path / "frames.dcm")
+    monkeypatch.setattr(images, "_BAND_PIXELS", 1 << 14, raising=False)
+    tracemalloc.start()
+    try:
+        image = read_image(tmp_path / "frames.dcm")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(image, read_image(write_dicom(tmp_path / "first.dcm", frames[0])))
+    assert peak < 3 * frames[0].nbytes, f"{peak / frames[0].nbytes:.1f} frames in memory"  # 12 frames are on disk
+
+
+def test_window_and_rescale_are_applied_in_bands_without_float_copies(tmp_path, monkeypatch):
+    import tracemalloc
+
+    from covidxray.data import images
+
+    pixels = np.random.default_rng(0).integers(0, 65536, (1500, 1000)).astype(np.uint16)
+    path = write_dicom(tmp_path / "w.dcm", pixels, bits_stored=16, WindowCenter=30000, WindowWidth=40000,
+                       RescaleSlope=1.5, RescaleIntercept=-1024)
+    whole = read_image(path)
+    monkeypatch.setattr(images, "_BAND_PIXELS", 1 << 14, raising=False)
+    tracemalloc.start()
+    try:
+        banded = read_image(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(banded, whole)
+    assert peak < 4 * pixels.size, f"{peak / pixels.size:.1f} bytes a pixel"  # float64 would be 8 or more

@@ -169,3 +169,104 @@ def test_serve_without_the_extra_names_the_install(monkeypatch, tmp_path):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
     with pytest.raises(CovidXrayError, match="needs uvicorn: pip install 'covidxray\\[serve\\]'"):
         serve(tmp_path)
+
+
+# --- limits (issue 12) ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def analyzer(run_dir):
+    return XrayAnalyzer(run_dir)
+
+
+def test_head_answers_like_get_without_a_body(client):
+    for url in ("/", "/healthz"):
+        head, get = client.head(url), client.get(url)
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-type"] == get.headers["content-type"]
+        assert int(head.headers["content-length"]) == len(get.content)
+
+
+@pytest.mark.parametrize("value", [-1, 0, float("nan"), float("inf")])
+def test_the_upload_limit_must_be_a_positive_size(analyzer, tmp_path, value):
+    with pytest.raises(CovidXrayError, match=f"--max-upload-mb {value}: give the largest upload in MB"):
+        serve(tmp_path, max_upload_mb=value)  # before the model is looked for: tmp_path has none
+    with pytest.raises(CovidXrayError, match="--max-upload-mb"):
+        create_app(analyzer, max_upload_mb=value)
+
+
+def test_an_upload_over_the_pixel_limit_gets_a_message_without_being_decoded(client):
+    from helpers import png_declaring
+
+    response = _upload(client, "huge.png", png_declaring(9400, 9400), "/api/predict")  # issue 12: 2 GB a request
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error.startswith("huge.png: cannot read it as an X-ray: too large: 9,400 x 9,400 pixels") and "50 Mpx" in error
+
+
+def test_at_most_two_uploads_are_decoded_at_once(analyzer, monkeypatch):
+    import threading
+    import time
+
+    from fastapi.testclient import TestClient
+
+    active, most, lock = 0, 0, threading.Lock()
+    real = analyzer.analyse
+
+    def slow_analyse(filename, data):
+        nonlocal active, most
+        with lock:
+            active += 1
+            most = max(most, active)
+        try:
+            time.sleep(0.3)
+            return real(filename, data)
+        finally:
+            with lock:
+                active -= 1
+
+    monkeypatch.setattr(analyzer, "analyse", slow_analyse)
+    client = TestClient(create_app(analyzer))
+    statuses = []
+    threads = [threading.Thread(target=lambda: statuses.append(_upload(client, "x.png", png_bytes(gray(5, (40, 40))),
+                                                                       "/api/predict").status_code))
+               for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert statuses == [200] * 6
+    assert most == 2  # six uploads at once, two decoded at a time
+
+
+def test_an_upload_that_stops_sending_its_body_gets_408(analyzer):
+    # uvicorn waits for ever for a body a client declared but does not send; the page answers 408
+    import threading
+    import time
+
+    import uvicorn
+
+    app = create_app(analyzer, body_timeout_s=1)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        port = listening.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not server.started and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with socket.create_connection(("127.0.0.1", port), timeout=15) as client:
+                client.sendall(b"POST /api/predict HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n"
+                               b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n"
+                               b'Content-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n\x89PNG')
+                started, reply = time.monotonic(), b""
+                while chunk := client.recv(65536):  # the server closes the connection after answering
+                    reply += chunk
+            assert reply.startswith(b"HTTP/1.1 408 ") and b"connection: close" in reply.lower()
+            assert b"upload timed out: no data for 1 s" in reply
+            assert time.monotonic() - started < 10
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)
