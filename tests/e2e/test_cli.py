@@ -51,7 +51,8 @@ def test_metrics_json_has_the_promised_shape(trained):
         matrix = np.array(metrics[split]["confusion_matrix"])
         assert matrix.sum() == metrics[split]["n"] == split_sizes[split] == metrics["run"]["images"][split]
         assert metrics[split]["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())  # the decided classes
-        assert metrics[split]["loss"] > 0
+        # a wrong (argmax) call gave the true class at most 1/2: at least log 2 of loss each
+        assert metrics[split]["loss"] >= (1 - metrics[split]["accuracy"]) * np.log(2) - 1e-9
     test = metrics["test"]
     assert set(test["per_class"]) == {"covid", "normal", "pneumonia"}
     assert {"precision", "recall", "f1"} <= set(test["per_class"]["covid"])
@@ -308,6 +309,15 @@ def test_combined_data_and_target_sensitivity(tmp_path, capsys):
     assert calibration["target_sensitivity"] == 1.0 and 0 <= calibration["covid_threshold"] <= 1
     assert calibration["temperature"] > 0
     validation = split["split"] == "validation"
+    # a sensitivity of 1: the threshold is the lowest calibrated COVID probability of a validation COVID image
+    from covidxray.data.images import decode_resized
+    from covidxray.inference.predictor import load_predictor
+
+    predictor = load_predictor(run)
+    covid_paths = split.loc[validation & (split["label"] == "covid"), "path"]
+    images = np.stack([decode_resized(p, 32)[0] for p in covid_paths])[..., None]
+    lowest = predictor.predict(images)[0][:, predictor.classes.index("covid")].min()
+    assert calibration["covid_threshold"] == pytest.approx(lowest, abs=1e-5)
     assert metrics["validation"]["covid"]["sensitivity"] == 1.0  # the target, met where it was chosen
     assert metrics["calibration"]["validation"]["ece_after"] <= metrics["calibration"]["validation"]["ece_before"] + 1e-9
     assert validation.any()

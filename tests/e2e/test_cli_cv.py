@@ -45,7 +45,7 @@ def test_cv_tests_every_image_once_by_a_model_that_never_saw_its_patient(cv_run)
     assert low <= pooled["accuracy"] <= high
     report = (out / "cv.md").read_text()
     assert "mean ± sd" in report and "patient-grouped" in report and "cv_mat.png" in report
-    assert (out / "cv_mat.png").stat().st_size > 0
+    assert (out / "cv_mat.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "cv.html").read_text()  # the same report, one self-contained page
     assert "mean ± sd" in page and '<img alt="pooled confusion matrix" src="data:image/png;base64,' in page
 
