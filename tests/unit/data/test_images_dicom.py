@@ -135,6 +135,16 @@ def test_training_reads_dicom_class_folders(tmp_path):
     assert decoded.images.std() > 0
 
 
+def _jpeg_without_scan(path):
+    """A JPEG Baseline DICOM whose frame has a valid header but no scan: Pillow fails while
+    decoding it, inside pydicom, which logs that failure with a traceback."""
+    from pydicom.uid import JPEGBaseline8Bit
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((24, 32), 120, dtype=np.uint8)).save(buffer, format="JPEG")
+    jpeg = buffer.getvalue()
+    return _encapsulated(path, JPEGBaseline8Bit, jpeg[:jpeg.index(b"\xff\xda")] + b"\xff\xd9", (24, 32))
+
 
 def test_pydicom_logs_nothing_to_the_root_logger(tmp_path):
     """covidxray reports the failure (one ImageReadError); pydicom's own records and tracebacks
