@@ -4,6 +4,10 @@ The first run reads every file, hashes its bytes, decodes it and writes
 ``ROOT/<size>/<sha256>.npy``. An index maps each file's path, byte size and modification time
 to its hash, so later runs (and every epoch, which trains from one in-memory array) open no
 image file at all. Renamed or copied files with the same bytes share one entry.
+
+The cache is never trusted blindly: a cached array that cannot be read or has the wrong shape, an
+index entry that is not one, or an index that is not JSON is recomputed, with a warning; no
+command fails on a bad cache.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from covidxray.data.images import decode_resized
-from covidxray.errors import ImageReadError
+from covidxray.errors import ImageReadError, printable
 from covidxray.files import atomic_save, atomic_write_bytes
 from covidxray.progress import progress_bar
 
@@ -28,6 +33,7 @@ log = logging.getLogger(__name__)
 INDEX_NAME = "index.json"
 #: Bump when decoding or resizing changes, so that old arrays are not reused.
 FORMAT_VERSION = "v1"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def default_cache_dir() -> Path:
@@ -71,9 +77,9 @@ class ImageCache:
                 entry = index.get(_file_key(path))
             except OSError:  # missing or unreadable: _decode reports it in .failed
                 entry = None
-            cached = self._array_path(entry["sha256"], size) if entry else None
-            if cached is not None and cached.is_file():
-                images[i], digests[i] = np.load(cached), entry["pixels"]
+            cached = self._cached(entry, size, paths[i])
+            if cached is not None:
+                images[i], digests[i] = cached, entry["pixels"]
             else:
                 todo.append(i)
         if todo:
@@ -90,6 +96,28 @@ class ImageCache:
                     images[i], digests[i] = array, entry["pixels"]
             self._write_index(index)
         return DecodedImages(images, digests, failed)
+
+    def _cached(self, entry, size: int, path: str) -> np.ndarray | None:
+        """The cached array of an index entry, or None (not cached; or a bad entry, with a warning)."""
+        if entry is None:
+            return None
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+                and _SHA256.fullmatch(entry["sha256"]) and isinstance(entry.get("pixels"), str)):
+            log.warning("%s: a bad entry for %s; decoding the image again", printable(self._index_path()),
+                        printable(path))
+            return None
+        cached = self._array_path(entry["sha256"], size)
+        if not cached.is_file():
+            return None
+        try:
+            array = np.load(cached, allow_pickle=False)
+            if array.dtype != np.uint8 or array.shape != (size, size):
+                raise ValueError(f"holds a {array.dtype} array of shape {array.shape}, not {size}x{size} uint8")
+        except (OSError, ValueError, EOFError) as error:
+            log.warning("%s: corrupt cached image of %s (%s); decoding the image again", printable(cached),
+                        printable(path), " ".join(str(error).split()))
+            return None
+        return array
 
     def _decode(self, path: str, size: int):
         try:
@@ -110,16 +138,28 @@ class ImageCache:
     def _array_path(self, sha: str, size: int) -> Path:
         return self.root / FORMAT_VERSION / str(size) / f"{sha}.npy"
 
-    def _read_index(self) -> dict:
+    def _index_path(self) -> Path:
+        return self.root / FORMAT_VERSION / INDEX_NAME
+
+    def _read_index(self, warn: bool = True) -> dict:
+        path = self._index_path()
         try:
-            return json.loads((self.root / FORMAT_VERSION / INDEX_NAME).read_text())
-        except (OSError, ValueError):
+            index = json.loads(path.read_text())
+        except FileNotFoundError:
             return {}
+        except (OSError, ValueError) as error:  # a cut-short or foreign file, bytes that are not UTF-8
+            index = error
+        if not isinstance(index, dict):
+            if warn:
+                log.warning("%s: not a covidxray cache index; rebuilding it (the images are decoded again)",
+                            printable(path))
+            return {}
+        return index
 
     def _write_index(self, index: dict) -> None:
-        current = self._read_index()  # another process may have added entries meanwhile
+        current = self._read_index(warn=False)  # another process may have added entries meanwhile
         current.update(index)
-        atomic_write_bytes(self.root / FORMAT_VERSION / INDEX_NAME, json.dumps(current).encode())
+        atomic_write_bytes(self._index_path(), json.dumps(current).encode())
 
 
 def _file_key(path: str) -> str:

@@ -8,6 +8,11 @@ Three layouts are read, and :func:`load_dataset` tells them apart:
   ``finding``, frontal views only);
 * class folders, ``ROOT/<class>/<image>``, whatever the folder names the alias table knows.
 
+A path that is not text (a NUL byte; a file name that is not UTF-8, as archives made on
+Windows hold) is refused, naming the file and the fix; a manifest row that repeats an image is
+counted once, with a warning; a manifest or metadata file that points outside its own folder
+(``../../etc/passwd``) is read, with a warning.
+
 Every layout gives the same columns: ``path`` (absolute), ``label`` (canonical class),
 ``patient_id`` (empty string when unknown), ``source``, ``original_label``, ``original_name``
 (the file name of the original image, to find the same image in two datasets) and ``dataset``.
@@ -19,12 +24,13 @@ them share once (same original file name; identical pixels are dropped after dec
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
 
 from covidxray.data.images import is_image_path
-from covidxray.errors import DatasetError
+from covidxray.errors import DatasetError, printable
 from covidxray.labels import ALIASES, canonical_label
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,7 @@ def load_dataset(path: str | Path) -> pd.DataFrame:
         frame = read_class_folders(path)
     if frame.empty:
         raise DatasetError(f"{path}: no labelled images found")
+    _refuse_names_not_utf8(frame["path"], path)
     frame["dataset"] = str(path)
     return frame[COLUMNS].reset_index(drop=True)
 
@@ -101,6 +108,8 @@ def read_manifest(csv_path: Path) -> pd.DataFrame:
             "a manifest needs path,label (and optionally patient_id,source)"
         )
     root = csv_path.parent
+    _refuse_nul(table["path"], csv_path)
+    _warn_outside(table["path"], root, csv_path)
     paths = [p if Path(p).is_absolute() else str((root / p).resolve()) for p in table["path"]]
     labels = [_canonical_or_raise(label, f"{csv_path}, row {row + 2}") for row, label in enumerate(table["label"])]
     frame = pd.DataFrame(
@@ -114,6 +123,7 @@ def read_manifest(csv_path: Path) -> pd.DataFrame:
             "original_name": table["original_name"] if "original_name" in table else "",
         }
     )
+    frame = _count_repeats_once(frame, csv_path)
     _check_files_exist(frame, csv_path)
     return frame
 
@@ -137,6 +147,8 @@ def read_ieee8023(root: Path) -> pd.DataFrame:
         log.info("%s: skipped %d images whose finding is none of the classes: %s",
                  root, int(skipped.sum()), ", ".join(f"{k} ({v})" for k, v in skipped.items()))
     table, labels = table[labels.notna()], labels[labels.notna()]
+    _refuse_nul(table["filename"], root / IEEE8023_METADATA, column="filename")
+    _warn_outside(table["filename"], root / "images", root / IEEE8023_METADATA)
     frame = pd.DataFrame(
         {
             "path": [str((root / "images" / name).resolve()) for name in table["filename"]],
@@ -204,6 +216,67 @@ def _canonical_or_raise(label: str, where: str) -> str:
             f"(known aliases include {known})"
         )
     return canonical
+
+
+def _refuse_nul(values: pd.Series, listed_in: Path, column: str = "path") -> None:
+    """A NUL byte cannot be in a file name: name the row that holds one."""
+    for row, value in enumerate(values):
+        if "\0" in value:
+            raise DatasetError(f"{listed_in}, row {row + 2}: the {column} {value!r} holds a NUL byte, which no file "
+                               "name can; correct the row (was the file saved as UTF-16? save it as UTF-8 CSV)")
+
+
+def _warn_outside(values: pd.Series, folder: Path, listed_in: Path) -> None:
+    """Warn where a listed path leads out of ``folder`` (``../../etc/passwd``, ``/home/...``): a
+    dataset's list names its own images, and any readable file would otherwise be opened quietly."""
+    inside = os.path.abspath(folder)
+    outside = [v for v in values
+               if os.path.commonpath([inside, os.path.normpath(os.path.join(inside, v))]) != inside]
+    if outside:
+        more = f" and {len(outside) - 1} more" if len(outside) > 1 else ""
+        log.warning("%s: %s%s point outside its folder %s; check that the list is the one you meant to use",
+                    printable(listed_in), printable(outside[0]), more, printable(inside))
+
+
+def _count_repeats_once(frame: pd.DataFrame, listed_in: Path) -> pd.DataFrame:
+    """Keep the first row of an image listed twice (same path), with a warning; refuse one listed
+    with two labels."""
+    repeated = frame["path"].duplicated(keep="first")
+    if not repeated.any():
+        return frame
+    labels = frame.groupby("path", sort=False)["label"].unique()
+    conflicting = labels[labels.map(len) > 1]
+    if len(conflicting):
+        path = conflicting.index[0]
+        rows = [str(row + 2) for row in (frame.index[frame["path"] == path])]
+        raise DatasetError(f"{listed_in}, rows {', '.join(rows)}: {path} is listed as "
+                           f"{' and '.join(conflicting.iloc[0])}; keep one row per image")
+    first = int(frame.index[repeated][0])
+    earlier = int(frame.index[(frame["path"] == frame.loc[first, "path"]) & ~repeated][0])
+    log.warning("%s: %d row(s) list an image already listed (first: row %d repeats row %d, %s); each image is "
+                "counted once", printable(listed_in), int(repeated.sum()), first + 2, earlier + 2,
+                printable(frame.loc[first, "path"]))
+    return frame[~repeated]
+
+
+def _refuse_names_not_utf8(paths: pd.Series, dataset: Path) -> None:
+    """A file name that is not UTF-8 cannot be written to split.csv, metrics.json or a report and read
+    back, so it cannot be part of a run; refusing (rather than leaving the images out) keeps a
+    dataset whole: one rename fixes every name at once."""
+    bad = [p for p in paths if not _is_utf8(p)]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise DatasetError(f"{printable(bad[0])}{more}: the file name is not valid UTF-8 (an archive made on "
+                           f"Windows?); rename to UTF-8, e.g. convmv -r -f cp1252 -t utf-8 --notest {dataset} "
+                           "(or unzip the archive again with unzip -O cp437)")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8, kept by os.fsdecode as lone surrogates
+        return False
+    return True
 
 
 def _check_files_exist(frame: pd.DataFrame, listed_in: Path) -> None:

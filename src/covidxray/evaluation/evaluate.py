@@ -10,7 +10,7 @@ import pandas as pd
 
 from covidxray import rundir
 from covidxray.data.loading import load_labelled_images
-from covidxray.errors import DatasetError
+from covidxray.errors import CovidXrayError, DatasetError
 from covidxray.evaluation.calibration import calibration_summary
 from covidxray.evaluation.metrics import confounding_warning
 from covidxray.evaluation.scoring import ScoredPredictions, per_source_required
@@ -56,10 +56,13 @@ def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None, progre
 
 def seen_by_run(run_dir: str | Path, table: pd.DataFrame) -> np.ndarray:
     """True for rows that are the same image as a training or validation image of the run."""
-    path = rundir.RunDir(run_dir).file(rundir.SPLIT)
-    if not path.is_file():
+    run = rundir.RunDir(run_dir)
+    if not run.file(rundir.SPLIT).is_file():
         return np.zeros(len(table), dtype=bool)
-    split = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        split = run.read_split(columns=("split",))
+    except CovidXrayError as error:
+        raise CovidXrayError(f"{error}, or pass --include-seen to keep every image") from None
     used = split[split["split"].isin(("train", "validation"))]
     names = {Path(n).stem.lower() for n in used.get("original_name", [])} - {""}
     pixels = set(used.get("pixels", [])) - {""}

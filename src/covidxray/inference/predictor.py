@@ -87,4 +87,8 @@ def load_predictor(run: str | Path | None = None, *, preset: str | None = None, 
         if outputs != len(config.classes):
             raise CovidXrayError(f"{run.file(rundir.MODEL)}: the model has {outputs} outputs but "
                                  f"{run.file(rundir.CONFIG)} names {len(config.classes)} classes; retrain the run")
+        side = tuple(model.input_shape[1:3])
+        if None not in side and side != (config.image_size, config.image_size):
+            raise CovidXrayError(f"{run.file(rundir.MODEL)}: the model takes {side[0]}x{side[1]}px images but "
+                                 f"{run.file(rundir.CONFIG)} says image_size {config.image_size}; retrain the run")
     return Predictor(model, config, calibration, run.path, engine)

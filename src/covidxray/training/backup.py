@@ -135,9 +135,15 @@ def read_state(run: rundir.RunDir) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        state = json.loads(path.read_text())
     except ValueError as error:
         raise CovidXrayError(f"{path}: unreadable ({error}); start the run again with --overwrite") from None
+    kinds = {"epoch": int, "stopped": bool, "fit_seconds": int | float, "history": list, "parts": dict}
+    wrong = [key for key, kind in kinds.items() if not isinstance(state, dict) or not isinstance(state.get(key), kind)]
+    if wrong:
+        raise CovidXrayError(f"{path}: not a covidxray training state (bad or missing {', '.join(wrong)}); "
+                             "start the run again with --overwrite")
+    return state
 
 
 def check_resumable(run: rundir.RunDir) -> dict:

@@ -21,10 +21,10 @@ import pandas as pd
 from covidxray import rundir
 from covidxray.config import TrainConfig
 from covidxray.data.splits import assign_folds
-from covidxray.errors import CovidXrayError
+from covidxray.errors import CovidXrayError, printable
 from covidxray.evaluation.metrics import confounding_warning
 from covidxray.evaluation.scoring import ScoredPredictions
-from covidxray.files import atomic_save
+from covidxray.files import atomic_save, check_can_create
 from covidxray.inference.decision import Calibration
 from covidxray.models import load_model
 from covidxray.progress import progress_bar
@@ -51,6 +51,13 @@ def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, over
         raise CovidXrayError(f"{out}: is a file, not a folder; choose another --out")
     if (out / CV_JSON).exists() and not overwrite:
         raise CovidXrayError(f"{out}: already holds a finished cross-validation; choose another --out or pass --overwrite")
+    others = [name for name in rundir.RunDir(out).entries() if not _is_ours(out / name)]
+    if others and not overwrite:
+        listed = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
+        raise CovidXrayError(f"{out}: not empty and not a cross-validation folder (holds {listed}); choose a new or "
+                             "empty --out, or pass --overwrite to write into it")
+    if not out.exists():
+        check_can_create(out.parent, f"--out {out}")
     started = time.perf_counter()
     data = load_data(config, progress=progress)
     fold_of = assign_folds(data.table, folds, pixel_digests=list(data.table["pixels"]), group_by=config.group_by,
@@ -99,9 +106,8 @@ def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, over
 def _run_fold(config: TrainConfig, data, test_mask: np.ndarray, run: rundir.RunDir, verbose: int):
     """Train and score one fold; a fold interrupted with the same settings continues from its backup."""
     prepared = split_data(config, data, test_mask=test_mask)
-    if not _same_config(run, config):
-        shutil.rmtree(run.file(rundir.BACKUP), ignore_errors=True)
-    run.create()
+    resumable = _same_config(run, config) and run.file(rundir.BACKUP).is_dir()
+    run.create(keep=(rundir.BACKUP, rundir.MODEL, rundir.HISTORY) if resumable else ())
     config.save(run.file(rundir.CONFIG))
     rundir.write_csv(run.file(rundir.SPLIT), prepared.table)
     training = fit(config, prepared, run, verbose=verbose)
@@ -119,22 +125,36 @@ def _run_fold(config: TrainConfig, data, test_mask: np.ndarray, run: rundir.RunD
 def _same_config(run: rundir.RunDir, config: TrainConfig) -> bool:
     try:
         return TrainConfig.load(run.file(rundir.CONFIG)) == config
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, CovidXrayError):
         return False
 
 
+def _is_ours(path: Path) -> bool:
+    """A file or fold folder that cross-validation writes."""
+    return path.name in (CV_JSON, CV_REPORT, CV_REPORT.replace(".md", ".html"), CV_MATRIX) or (
+        path.name.startswith("fold-") and path.name[5:].isdigit() and path.is_dir())
+
+
 def _finished_fold(run: rundir.RunDir, config: TrainConfig, test_images: int):
-    """The metrics and test probabilities of a fold finished with the same settings, else None."""
+    """The metrics and test probabilities of a fold finished with the same settings, else None (a
+    fold whose files do not read back as such is trained again, with a warning)."""
     import json
 
+    if not run.file(rundir.METRICS).is_file() or not _same_config(run, config):
+        return None
     try:
         metrics = json.loads(run.file(rundir.METRICS).read_text())
+        Calibration.from_dict(metrics["calibration"])
+        _fold_summary(0, metrics)
         frame = pd.read_csv(run.file(FOLD_PREDICTIONS))
-    except (OSError, ValueError, TypeError):
+        probabilities = frame[[f"p_{c}" for c in config.classes]].to_numpy(dtype=float)
+        if not np.isfinite(probabilities).all():
+            raise ValueError(f"{FOLD_PREDICTIONS} holds probabilities that are not numbers")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, CovidXrayError) as error:
+        log.warning("%s: its results do not read back (%s: %s); training the fold again", printable(run.path),
+                    type(error).__name__, " ".join(str(error).split()))
         return None
-    if not _same_config(run, config) or len(frame) != test_images:
-        return None
-    return metrics, frame[[f"p_{c}" for c in config.classes]].to_numpy()
+    return (metrics, probabilities) if len(frame) == test_images else None  # other data: trained again
 
 
 def _fold_summary(fold: int, metrics: dict) -> dict:

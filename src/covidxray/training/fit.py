@@ -26,16 +26,33 @@ CALIBRATION_IMAGES = 256
 
 def build_model(config: TrainConfig, train_size: int) -> keras.Model:
     """Create and compile the model of ``config`` (resolved) for ``train_size`` training images."""
-    if config.steps_per_execution > 1 and keras.backend.backend() == "torch":
-        raise CovidXrayError("--steps-per-execution must be 1 with the PyTorch backend (Keras runs it eagerly)")
+    _check_backend(config)
     keras.utils.set_random_seed(config.seed)
-    model = create_model(config.model, num_classes=len(config.classes), image_size=config.image_size,
-                         weights=config.weights, augment=config.augment, flip=config.flip, seed=config.seed,
-                         dtype_policy=config.mixed_precision)
+    model = _create(config)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(config, train_size)),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=config.jit_compile,
                   steps_per_execution=config.steps_per_execution)
     return model
+
+
+def check_model(config: TrainConfig) -> None:
+    """Raise now what :func:`build_model` would raise once the data is read and the run folder made:
+    a setting the backend refuses, a weights file that does not fit (the model is built with its
+    weights once, and dropped)."""
+    _check_backend(config)
+    if config.weights not in (None, "none", "None"):
+        _create(config)
+
+
+def _check_backend(config: TrainConfig) -> None:
+    if config.steps_per_execution > 1 and keras.backend.backend() == "torch":
+        raise CovidXrayError("--steps-per-execution must be 1 with the PyTorch backend (Keras runs it eagerly)")
+
+
+def _create(config: TrainConfig) -> keras.Model:
+    return create_model(config.model, num_classes=len(config.classes), image_size=config.image_size,
+                        weights=config.weights, augment=config.augment, flip=config.flip, seed=config.seed,
+                        dtype_policy=config.mixed_precision)
 
 
 def fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: int = 1) -> dict:

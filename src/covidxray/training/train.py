@@ -15,7 +15,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import keras
-import pandas as pd
 
 from covidxray import rundir
 from covidxray.backend import runtime_environment
@@ -32,7 +31,7 @@ from covidxray.reports.report import write_figures_and_report
 from covidxray.training.backup import check_resumable
 from covidxray.training.data import PreparedData, prepare_data
 from covidxray.training.distribute import data_parallel
-from covidxray.training.fit import fit
+from covidxray.training.fit import check_model, fit
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +63,39 @@ def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verb
           progress: bool | None = None) -> dict:
     """The whole pipeline: returns ``metrics.json``'s content and writes the run directory ``out``.
 
-    A folder holding a finished or interrupted run is refused unless ``overwrite``.
+    A folder holding a finished or interrupted run, or anything but a run, is refused unless
+    ``overwrite``. Everything that can be checked (settings, backend, the model with its weights,
+    the data and its split) is checked before a file is written. Where ``out`` holds a run's files
+    (``overwrite``), the new run trains in ``out/.covidxray-staged/`` and replaces them only once
+    complete: until then the old run stays whole (an interrupted replacement resumes with
+    :func:`resume`; files of ``out`` that are not a run's are kept).
     """
     config = config.resolve()
     run = rundir.RunDir(out)
     run.refuse_to_replace(overwrite)
-    return _run(config, run, resumed=False, verbose=verbose, progress=progress)
+    if config.distribute == "data-parallel":
+        data_parallel(config.batch_size, config.devices)  # a backend or device problem fails before any file is written
+    check_model(config)  # a weights file that does not fit, too
+    started = time.perf_counter()
+    data = prepare_data(config, progress=progress)
+    decode_seconds = time.perf_counter() - started
+    staged = run.stage() if run.run_entries() else None
+    target = staged or run
+    if staged is None:
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.remove_temporaries()
+    try:
+        config.save(target.file(rundir.CONFIG))
+        rundir.write_csv(target.file(rundir.SPLIT), data.table)
+        metrics = _run(config, target, data, started=started, decode_seconds=decode_seconds, resumed=False,
+                       verbose=verbose)
+    except BaseException:
+        if staged is not None and not staged.file(rundir.BACKUP).exists():  # nothing to resume: no trace
+            shutil.rmtree(staged.path, ignore_errors=True)
+        raise
+    if staged is not None:
+        run.swap_in(staged)
+    return metrics
 
 
 def resume(run_dir: str | Path, *, cache_dir: str | None = None, verbose: int = 1, progress: bool | None = None,
@@ -77,33 +103,40 @@ def resume(run_dir: str | Path, *, cache_dir: str | None = None, verbose: int = 
     """Continue the interrupted run in ``run_dir`` from its last finished epoch, with its own settings.
 
     ``settings`` (optional) are checked against the run's ``config.json`` by
-    :meth:`TrainConfig.conflicts`: a resumed run keeps its settings, so any that differ is an
-    error. ``cache_dir`` may change.
+    :meth:`TrainConfig.conflicts`: a resumed run keeps its own settings, so any that differ is an
+    error. ``cache_dir`` may change. Where ``run_dir`` holds an interrupted replacement (``train
+    --overwrite`` cut short after its first epoch, in ``run_dir/.covidxray-staged/``), that one is
+    continued, and replaces the run in ``run_dir`` once complete.
     """
     run = rundir.RunDir(run_dir)
-    check_resumable(run)
-    saved = run.load_config()
+    if run.path.is_dir():
+        run.recover()
+    staged = run.interrupted_replacement()
+    target = staged or run
+    check_resumable(target)
+    saved = target.load_config()
     conflicts = saved.conflicts(settings)
     if conflicts:
-        raise CovidXrayError(f"{run.file(rundir.CONFIG)}: a resumed run keeps its own settings, but "
+        raise CovidXrayError(f"{target.file(rundir.CONFIG)}: a resumed run keeps its own settings, but "
                              f"{'; '.join(conflicts)}; drop these or start a new run")
     config = (replace(saved, cache_dir=cache_dir) if cache_dir else saved).resolve()
-    run.remove_temporaries()
-    return _run(config, run, resumed=True, verbose=verbose, progress=progress)
-
-
-def _run(config: TrainConfig, run: rundir.RunDir, *, resumed: bool, verbose: int, progress: bool | None) -> dict:
     if config.distribute == "data-parallel":
-        data_parallel(config.batch_size, config.devices)  # a backend or device problem fails before any file is written
+        data_parallel(config.batch_size, config.devices)
+    target.remove_temporaries()
     started = time.perf_counter()
     data = prepare_data(config, progress=progress)
     decode_seconds = time.perf_counter() - started
-    if resumed:
-        _check_same_split(run, data, config.data)
-    else:
-        run.create()
-        config.save(run.file(rundir.CONFIG))
-        rundir.write_csv(run.file(rundir.SPLIT), data.table)
+    _check_same_split(target, data, config.data)
+    metrics = _run(config, target, data, started=started, decode_seconds=decode_seconds, resumed=True,
+                   verbose=verbose)
+    if staged is not None:
+        run.swap_in(staged)
+    return metrics
+
+
+def _run(config: TrainConfig, run: rundir.RunDir, data: PreparedData, *, started: float, decode_seconds: float,
+         resumed: bool, verbose: int) -> dict:
+    """Fit, evaluate and report in ``run``, which holds the run's config.json and split.csv."""
     training = fit(config, data, run, verbose=verbose)
     model = load_model(run.require(rundir.MODEL))
     metrics, calibration, test = evaluate_splits(model, data, config)
@@ -129,7 +162,7 @@ def _run(config: TrainConfig, run: rundir.RunDir, *, resumed: bool, verbose: int
 
 
 def _check_same_split(run: rundir.RunDir, data: PreparedData, where) -> None:
-    saved = pd.read_csv(run.require(rundir.SPLIT))
+    saved = run.read_split()
     if list(saved["path"]) != list(data.table["path"]) or list(saved["split"]) != list(data.table["split"]):
         raise DatasetError(f"{where}: the images differ from those in {run.file(rundir.SPLIT)}; "
                            "resume needs the same dataset (or start a new run)")

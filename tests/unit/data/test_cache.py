@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import shutil
@@ -147,3 +148,52 @@ def test_corrupt_index_is_rebuilt(tmp_path, images):
     decoded = ImageCache(cache_root).load(images, 32, progress=False)
     assert decoded.failed == {}
     np.testing.assert_array_equal(decoded.images[1], gray(1, (32, 32)))
+
+
+@pytest.mark.parametrize("damage", [
+    lambda npy, size: npy.write_bytes(npy.read_bytes()[:100]),  # cut short (a full disk, a killed copy)
+    lambda npy, size: npy.write_bytes(b"garbage"),
+    lambda npy, size: np.save(npy, np.zeros((size + 1, size), np.uint8)),  # another shape
+    lambda npy, size: np.save(npy, np.zeros((size, size), np.float64)),
+    lambda npy, size: np.save(npy, np.array([{"x": 1}], dtype=object), allow_pickle=True),  # never unpickled
+], ids=["truncated", "garbage", "shape", "dtype", "pickle"])
+def test_a_corrupt_cached_image_is_decoded_again_with_a_warning(tmp_path, images, damage, caplog):
+    cache_root = tmp_path / "cache"
+    ImageCache(cache_root).load(images, 32, progress=False)
+    npy = ImageCache(cache_root)._array_path(_sha(images[1]), 32)
+    damage(npy, 32)
+    with caplog.at_level("WARNING", logger="covidxray"):
+        for _ in range(2):  # every later command on that image works: the first one repairs the entry
+            decoded = ImageCache(cache_root).load(images, 32, progress=False)
+            assert decoded.failed == {}
+            np.testing.assert_array_equal(decoded.images[1], gray(1, (32, 32)))
+    assert caplog.text.count("corrupt cached image of") == 1 and f"{npy}: corrupt cached image of {images[1]}" in caplog.text
+    assert "decoding the image again" in caplog.text
+
+
+@pytest.mark.parametrize("index", ["[]", '"x"', "{not json", b"\xff\xfe\x00", None])
+def test_an_index_that_is_not_one_is_rebuilt_with_a_warning(tmp_path, images, index, caplog):
+    cache_root = tmp_path / "cache"
+    ImageCache(cache_root).load(images, 32, progress=False)
+    path = cache_root / FORMAT_VERSION / INDEX_NAME
+    if index is None:  # entries that are not entries: a sha256 that would lead out of the cache, a list, no pixels
+        entries = list(json.loads(path.read_text()))
+        path.write_text(json.dumps({entries[0]: {"sha256": "../../../../etc/x", "pixels": "p"},
+                                                  entries[1]: ["x"], entries[2]: {"sha256": _sha(images[2])}}))
+    else:
+        path.write_bytes(index if isinstance(index, bytes) else index.encode())
+    with caplog.at_level("WARNING", logger="covidxray"):
+        decoded = ImageCache(cache_root).load(images, 32, progress=False)
+    assert decoded.failed == {} and decoded.ok.all()
+    for i in range(3):
+        np.testing.assert_array_equal(decoded.images[i], gray(i, (32, 32)))
+    assert ("a bad entry for" in caplog.text) if index is None else ("not a covidxray cache index" in caplog.text)
+    caplog.clear()
+    ImageCache(cache_root).load(images, 32, progress=False)  # repaired
+    assert caplog.text == ""
+
+
+def _sha(path: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -361,3 +362,80 @@ def test_real_datasets_combined_share_120_originals(shared_data):
     assert len(combined) == len(dark) + len(ieee) - 120
     covid_patients = combined.loc[combined["label"] == "covid", "patient_id"].nunique()
     assert covid_patients > dark.loc[dark["label"] == "covid", "patient_id"].nunique()
+
+
+# --- hostile files (issue 12, 5 and 7) -------------------------------------------------------
+
+
+def test_a_nul_byte_in_a_manifest_path_names_the_row(tmp_path):
+    csv_path = _manifest_dataset(tmp_path / "ds")
+    csv_path.write_bytes(b"path,label\nimg/a.png,covid\nimg/b\x00.png,normal\n")
+    with pytest.raises(DatasetError, match=r"list.csv, row 3: the path 'img/b\\x00.png' holds a NUL byte.*correct"):
+        load_dataset(csv_path)
+
+
+def test_a_manifest_that_is_not_utf8_names_the_file_and_the_fix(tmp_path):
+    csv_path = _manifest_dataset(tmp_path / "ds")
+    csv_path.write_bytes("path,label\nimg/a.png,covid\nimg/b.png,normal\nimg/caf\u00e9.png,normal\n".encode("cp1252"))
+    with pytest.raises(DatasetError, match=r"list.csv: cannot read as CSV \(.*utf-8.*\); save it as UTF-8 CSV"):
+        load_dataset(csv_path)
+
+
+def test_a_repeated_manifest_row_is_counted_once_with_a_warning(tmp_path, caplog):
+    csv_path = _manifest_dataset(tmp_path / "ds")
+    csv_path.write_text("path,label\nimg/a.png,covid\nimg/b.png,normal\n./img/a.png,covid\nimg/b.png,normal\n")
+    with caplog.at_level(logging.WARNING, logger="covidxray"):
+        frame = load_dataset(csv_path)
+    assert len(frame) == 2 and list(frame["label"]) == ["covid", "normal"]
+    assert "list.csv: 2 row(s) list an image already listed (first: row 4 repeats row 2," in caplog.text
+    assert "each image is counted once" in caplog.text
+    csv_path.write_text("path,label\nimg/a.png,covid\nimg/b.png,normal\nimg/a.png,normal\n")
+    with pytest.raises(DatasetError, match=r"list.csv, rows 2, 4: .*a.png is listed as covid and normal; keep one row"):
+        load_dataset(csv_path)
+
+
+def test_a_manifest_pointing_outside_its_folder_is_read_with_a_warning(tmp_path, caplog):
+    write_image(tmp_path / "secret" / "passwd.png", gray(9))
+    csv_path = _manifest_dataset(tmp_path / "ds")
+    with caplog.at_level(logging.WARNING, logger="covidxray"):
+        load_dataset(csv_path)
+    assert caplog.text == ""  # its own images: nothing to say
+    csv_path.write_text(f"path,label\nimg/a.png,covid\n../secret/passwd.png,normal\n{tmp_path / 'secret' / 'passwd.png'},"
+                        "normal\n")
+    with caplog.at_level(logging.WARNING, logger="covidxray"):
+        frame = load_dataset(csv_path)
+    assert len(frame) == 2  # the absolute path is the same file: counted once
+    assert (f"list.csv: ../secret/passwd.png and 1 more point outside its folder {tmp_path / 'ds'}; check that "
+            "the list is the one you meant") in caplog.text
+
+
+def test_ieee8023_metadata_pointing_outside_its_images_is_warned(tmp_path, caplog):
+    root = _ieee8023(tmp_path / "ieee")
+    write_image(tmp_path / "elsewhere.png", gray(7))
+    metadata = root / "metadata.csv"
+    metadata.write_text(metadata.read_text() + "9,0,COVID-19,PA,X-ray,../../elsewhere.png\n")
+    with caplog.at_level(logging.WARNING, logger="covidxray"):
+        load_dataset(root)
+    assert "metadata.csv: ../../elsewhere.png point outside its folder" in caplog.text
+
+
+def test_file_names_that_are_not_utf8_are_refused_naming_the_file(tmp_path):
+    root = tmp_path / "ds"
+    write_class_folders(root, {"covid": 2, "normal": 2})
+    for name in (b"Bild \xe4.png", b"\xe9t\xe9.png"):  # cp1252 names, as an archive made on Windows holds
+        with open(os.fsencode(root / "normal") + b"/" + name, "wb") as file:
+            file.write((root / "normal" / "img0.png").read_bytes())
+    with pytest.raises(DatasetError) as raised:
+        load_dataset(root)
+    message = str(raised.value)
+    assert message.startswith(f"{root / 'normal'}/Bild \\xe4.png and 1 more: the file name is not valid UTF-8")
+    assert f"rename to UTF-8, e.g. convmv -r -f cp1252 -t utf-8 --notest {root}" in message
+    assert message.isprintable()
+
+
+def test_escape_sequences_in_file_names_are_shown_escaped(tmp_path):
+    csv_path = _manifest_dataset(tmp_path / "ds")
+    csv_path.write_text("path,label\nimg/a.png,covid\n\x1b]0;owned\x07\x1b[2J.png,normal\n")
+    with pytest.raises(DatasetError) as raised:
+        load_dataset(csv_path)
+    assert "\x1b" not in str(raised.value) and "\\x1b]0;owned\\x07\\x1b[2J.png" in str(raised.value)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from covidxray.data.loading import load_labelled_images
-from covidxray.errors import DatasetError
+from covidxray.errors import CovidXrayError, DatasetError
 from covidxray.evaluation.evaluate import evaluate, seen_by_run
 from covidxray.inference.predictor import load_predictor
 from helpers import CLASSES, build_run, make_dataset
@@ -80,3 +80,16 @@ def test_seen_by_run_matches_original_names_too(tmp_path):
     table = pd.DataFrame({"original_name": ["a.jpeg", "B.png", "c.png", "d.png", ""], "pixels": ["x", "y", "z", "p2", "p3"]})
     # a and b by name (stem, any case or suffix); c is a test image; d by pixels; p3 was a test image
     assert seen_by_run(tmp_path, table).tolist() == [True, True, False, True, False]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("path,label\nx.png,covid\n", "no 'split' column, so not a covidxray split"),
+    ("path,split\nx.png,holdout\n", "unknown split 'holdout'"),
+])
+def test_a_split_csv_that_is_not_one_is_a_clear_error(tmp_path, text, message):
+    (tmp_path / "split.csv").write_text(text)
+    table = pd.DataFrame({"original_name": ["a.png"], "pixels": ["x"]})
+    with pytest.raises(CovidXrayError, match=message) as raised:
+        seen_by_run(tmp_path, table)
+    assert str(raised.value).startswith(f"{tmp_path / 'split.csv'}: ")
+    assert str(raised.value).endswith("retrain the run, or pass --include-seen to keep every image")

@@ -64,6 +64,8 @@ def test_predict_is_apply_then_decide():
     ({"temperature": "2"}, "temperature"),
     ({"covid_threshold": 1.5}, "covid_threshold"),
     ({"covid_threshold": -0.1}, "covid_threshold"),
+    ({"covid_threshold": "0.5"}, "covid_threshold"),
+    ({"covid_threshold": [0.5]}, "covid_threshold"),
     ({"target_sensitivity": "high"}, "target_sensitivity"),
     ([1.0], "a JSON object is expected"),
 ])
@@ -90,8 +92,9 @@ def test_load_without_a_file_decides_by_the_top_class(tmp_path):
     assert Calibration.load(tmp_path) == Calibration(1.0, None, None)
 
 
-@pytest.mark.parametrize("text", ['{"temperature": NaN}', '{"temperature": Infinity}', "{not json"])
+@pytest.mark.parametrize("text", ['{"temperature": NaN}', '{"temperature": Infinity}', "{not json", "[]",
+                                  '{"covid_threshold": "high"}', '"\\u0000"', "\udcff"])
 def test_load_refuses_a_broken_file(tmp_path, text):
-    (tmp_path / "calibration.json").write_text(text)
+    (tmp_path / "calibration.json").write_bytes(text.encode(errors="surrogateescape"))  # \udcff: a byte not UTF-8
     with pytest.raises(CovidXrayError, match="calibration.json: not a valid covidxray calibration"):
         Calibration.load(tmp_path)

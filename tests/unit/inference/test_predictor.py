@@ -64,3 +64,28 @@ def test_the_default_is_the_shipped_preset():
     assert load_predictor(f"preset:{DEFAULT_PRESET}").path == load_predictor(preset=DEFAULT_PRESET).path == predictor.path
     assert predictor.classes == ("covid", "normal", "pneumonia")
     assert predictor.calibration == Calibration.load(predictor.path) and predictor.calibration != Calibration()
+
+
+def test_an_image_size_that_does_not_match_the_model_is_refused(run, tmp_path):
+    mismatched = shutil.copytree(run, tmp_path / "mismatched")
+    config = json.loads((mismatched / "config.json").read_text())
+    config.update(image_size=64)  # valid in itself: only the model says it is wrong
+    (mismatched / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CovidXrayError, match=r"model.keras: the model takes 32x32px images but .*config.json says "
+                                             r"image_size 64; retrain the run"):
+        load_predictor(mismatched)
+
+
+@pytest.mark.parametrize("config, message", [
+    ([], "not a covidxray run configuration"),
+    ({"image_size": "32"}, "image_size must be int"),
+    ({"image_size": 4}, "--image-size must be in"),
+    ({"image_size": None}, "no image_size"),
+    ({"classes": ["covid", "normal", "pneumonia"]}, "are not those of the task binary"),
+])
+def test_a_broken_config_json_is_refused_before_the_model_is_used(run, tmp_path, config, message):
+    broken = shutil.copytree(run, tmp_path / "broken")
+    values = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps(config if isinstance(config, list) else {**values, **config}))
+    with pytest.raises(CovidXrayError, match=message):
+        load_predictor(broken)

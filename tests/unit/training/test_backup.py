@@ -14,6 +14,11 @@ from covidxray.models.augment import RandomAffine
 from covidxray.training.backup import EarlyStopping, SeedStates, check_resumable, read_state
 
 
+def state(epoch: int) -> dict:
+    """A backup's state.json as RunBackup writes it."""
+    return {"epoch": epoch, "stopped": False, "fit_seconds": 1.5, "history": [], "parts": {}}
+
+
 def test_check_resumable_says_why_not(tmp_path):
     run = rundir.RunDir(tmp_path / "run")
     with pytest.raises(CovidXrayError, match="no such run directory to resume"):
@@ -26,11 +31,15 @@ def test_check_resumable_says_why_not(tmp_path):
         check_resumable(run)
     backup = run.file(rundir.BACKUP)
     backup.mkdir()
-    (backup / "state.json").write_text(json.dumps({"epoch": 3, "stopped": False}))
-    assert check_resumable(run) == read_state(run) == {"epoch": 3, "stopped": False}
+    (backup / "state.json").write_text(json.dumps(state(3)))
+    assert check_resumable(run) == read_state(run) == state(3)
     (backup / "state.json").write_text("{cut sho")
     with pytest.raises(CovidXrayError, match="state.json: unreadable"):
         read_state(run)
+    for broken in ([], {**state(3), "epoch": "3"}, {**state(3), "parts": None}, {"epoch": 3}):
+        (backup / "state.json").write_text(json.dumps(broken))
+        with pytest.raises(CovidXrayError, match="state.json: not a covidxray training state .*start the run again"):
+            read_state(run)
     run.file(rundir.METRICS).write_text("{}")
     with pytest.raises(CovidXrayError, match="the run is complete"):
         check_resumable(run)
@@ -38,10 +47,10 @@ def test_check_resumable_says_why_not(tmp_path):
 
 def test_read_state_recovers_a_swap_cut_short(tmp_path):
     run = rundir.RunDir(tmp_path)
-    aside = tmp_path / ".backup.old"  # killed between the two renames of atomic_write_dir
+    aside = tmp_path / ".backup.covidxray-old"  # killed between the two renames of atomic_write_dir
     aside.mkdir()
-    (aside / "state.json").write_text(json.dumps({"epoch": 2}))
-    assert read_state(run) == {"epoch": 2} and (tmp_path / "backup" / "state.json").is_file()
+    (aside / "state.json").write_text(json.dumps(state(2)))
+    assert read_state(run) == state(2) and (tmp_path / "backup" / "state.json").is_file()
     assert read_state(rundir.RunDir(tmp_path / "empty")) is None
 
 

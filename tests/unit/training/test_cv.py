@@ -47,3 +47,60 @@ def test_mean_and_sd_over_the_folds_that_have_the_metric():
     assert mean == pytest.approx(0.7) and sd == pytest.approx(0.1)  # sample sd (ddof=1) of 0.8, 0.6, 0.7
     assert _mean_sd([{"auc": 0.9}], "auc") == (0.9, 0.0)
     assert _mean_sd([{"auc": None}], "auc") == (None, None)
+
+
+@pytest.fixture
+def cv_config(tiny_model, fast_bootstrap, tmp_path):
+    data = make_dataset(tmp_path / "data", per_class=8, classes=("covid", "normal"))
+    return TrainConfig.for_command("cv", data=str(data), task="binary", model=tiny_model, epochs=2, batch_size=8,
+                                   seed=2, augment=False)
+
+
+def test_a_folder_that_is_not_a_cross_validation_is_left_alone(cv_config, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / ".env.tmpl").write_text("mine")
+    with pytest.raises(CovidXrayError, match=r"mine: not empty and not a cross-validation folder \(holds \.env\.tmpl, "
+                                             r"notes\.txt\); .*--overwrite"):
+        cross_validate(cv_config, out, 2, verbose=0, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [".env.tmpl", "notes.txt"]
+
+
+def test_fold_files_that_do_not_read_back_are_trained_again(cv_config, tmp_path, monkeypatch, caplog):
+    import covidxray.training.cv as cv_module
+
+    out = tmp_path / "cv"
+    first = cross_validate(cv_config, out, 2, verbose=0, progress=False)
+    (out / CV_JSON).unlink()  # as if the command was cut short after its folds
+    (out / "fold-1" / "metrics.json").write_text("[]")
+    (out / "fold-2" / FOLD_PREDICTIONS).write_text("path\nx.png\n")
+    trained = []
+    real = cv_module._run_fold
+    monkeypatch.setattr(cv_module, "_run_fold", lambda *args: trained.append(args[3].path.name) or real(*args))
+    with caplog.at_level("WARNING", logger="covidxray"):
+        again = cross_validate(cv_config, out, 2, verbose=0, progress=False)
+    assert trained == ["fold-1", "fold-2"] and "its results do not read back" in caplog.text
+    assert again["pooled"]["n"] == first["pooled"]["n"] == 16
+
+
+def test_an_interrupted_fold_continues_from_its_backup(cv_config, tmp_path, monkeypatch):
+    import covidxray.training.cv as cv_module
+    import covidxray.training.fit as fit_module
+
+    out = tmp_path / "cv"
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cv_module, "evaluate_splits", interrupt)  # fold 1 fitted, then cut short
+        with pytest.raises(KeyboardInterrupt):
+            cross_validate(cv_config, out, 2, verbose=0, progress=False)
+    assert (out / "fold-1" / "backup").is_dir()
+    fitted = []
+    real = fit_module.fit_arrays
+    monkeypatch.setattr(fit_module, "fit_arrays", lambda *args, **kwargs: fitted.append(1) or real(*args, **kwargs))
+    result = cross_validate(cv_config, out, 2, verbose=0, progress=False)
+    assert fitted == [1]  # fold 2 only: fold 1 had finished its epochs
+    assert result["pooled"]["n"] == 16 and not (out / "fold-1" / "backup").exists()

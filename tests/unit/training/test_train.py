@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -70,3 +71,77 @@ def test_resume_needs_a_run_with_a_backup(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"data": "d"}))
     with pytest.raises(CovidXrayError, match="no backup to resume from"):
         resume(tmp_path)
+
+
+# --- replacing a folder's contents (issue 12, 1 and 2) -----------------------------------------
+
+USER_FILES = {".env.tmpl": "SECRET=1", "config.json": '{"theme": "dark"}', "report.md": "# my report",
+              "report.html": "<p>mine</p>", "history.csv": "year,event", "notes.txt": "mine"}
+
+
+def _user_folder(folder):
+    folder.mkdir(parents=True)
+    for name, text in USER_FILES.items():
+        (folder / name).write_text(text)
+    (folder / ".build.tmp_files").mkdir()
+    (folder / ".build.tmp_files" / "x.o").write_text("mine")
+    return folder
+
+
+def _contents(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_folder_that_is_not_a_run_is_left_alone_without_overwrite(config, tmp_path):
+    out = _user_folder(tmp_path / "mine")
+    before = _contents(out)
+    with pytest.raises(CovidXrayError, match="mine: not empty and not a covidxray run .*pass --overwrite"):
+        train(config, out, verbose=0, progress=False)
+    assert _contents(out) == before
+    train(config, out, overwrite=True, verbose=0, progress=False)  # asked for: the run's files replace theirs
+    after = _contents(out)
+    for kept in (".env.tmpl", ".build.tmp_files/x.o", "notes.txt"):
+        assert after[kept] == before[kept], kept
+    assert TrainConfig.load(out / rundir.CONFIG) == config.resolve() and (out / rundir.METRICS).is_file()
+    assert not (out / rundir.STAGED).exists() and not (out / rundir.REPLACED).exists()
+
+
+def test_overwrite_keeps_the_finished_run_until_the_new_one_is_complete(config, tmp_path, monkeypatch):
+    import keras
+
+    from covidxray.models import create_model
+
+    out = tmp_path / "run"
+    train(config, out, verbose=0, progress=False)
+    (out / "notes.txt").write_text("mine")
+    finished = _contents(out)
+    # a weights file of another task: 2 outputs, the new run has 3
+    keras.utils.set_random_seed(0)
+    binary = tmp_path / "binary.weights.h5"
+    create_model("tiny", num_classes=2, image_size=32, augment=False).save_weights(binary)
+    with pytest.raises(CovidXrayError, match="weights do not fit"):
+        train(replace(config, weights=str(binary)), out, overwrite=True, verbose=0, progress=False)
+    assert _contents(out) == finished  # checked before anything was removed
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "evaluate_splits", interrupt)  # stop right after fitting the new run
+        with pytest.raises(KeyboardInterrupt):
+            train(replace(config, seed=2), out, overwrite=True, verbose=0, progress=False)
+    assert {k: v for k, v in _contents(out).items() if not k.startswith(rundir.STAGED)} == finished
+    with pytest.raises(CovidXrayError, match="holds an interrupted run .started with --overwrite"):
+        train(config, out, verbose=0)
+    metrics = resume(out, verbose=0, progress=False)  # continues the replacement, then swaps it in
+    assert metrics["run"]["resumed"] and TrainConfig.load(out / rundir.CONFIG).seed == 2
+    assert json.loads((out / rundir.METRICS).read_text())["run"]["resumed"]
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+    with monkeypatch.context() as patch:  # a failure before the first epoch: nothing to resume, no trace left
+        patch.setattr(train_module, "fit", lambda *args, **kwargs: (_ for _ in ()).throw(MemoryError()))
+        replaced = _contents(out)
+        with pytest.raises(MemoryError):
+            train(config, out, overwrite=True, verbose=0, progress=False)
+    assert _contents(out) == replaced
