@@ -361,3 +361,14 @@ def test_cli_refuses_data_parallel_off_jax_before_writing(tmp_path, monkeypatch,
     assert code == 2
     assert "needs the JAX backend, not tensorflow; run with KERAS_BACKEND=jax" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_out_that_cannot_be_written_fails_before_the_work(trained, tmp_path, capsys, monkeypatch):
+    import covidxray.evaluation.evaluate as ev
+
+    data, run = trained
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(ev, "load_labelled_images", lambda *a, **k: pytest.fail("worked before checking --out"))
+    assert main(["--quiet", "evaluate", "--run", str(run), "--data", str(data), "--out",
+                 str(tmp_path / "file" / "m.json")]) == 2
+    assert "file is a file, not a folder" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from covidxray.backend import NO_BACKEND, import_keras_quietly, is_missing_backe
 from covidxray.cli.options import add_config_options, given_settings
 from covidxray.cli.output import format_predictions, print_cv_summary, print_evaluation, print_run_summary
 from covidxray.config import CV, PROBE, TRAIN, TrainConfig, check_setting
-from covidxray.errors import CovidXrayError
+from covidxray.errors import CovidXrayError, printable
 from covidxray.version import __version__
 
 log = logging.getLogger("covidxray")
@@ -171,8 +171,10 @@ def run_evaluate(args) -> int:
     from covidxray.files import atomic_write_text
     from covidxray.inference.predictor import load_predictor
 
-    if args.out is not None and Path(args.out).is_dir():
-        raise CovidXrayError(f"--out {args.out}: is a folder; give the JSON file to write")
+    if args.out is not None:
+        from covidxray.files import check_writable
+
+        check_writable(args.out, "--out")  # a folder, a file on the way, no permission: before any work
     data = args.data if len(args.data) > 1 else args.data[0]
     metrics = evaluate(load_predictor(args.run, preset=args.preset), data, cache_dir=args.cache_dir,
                        progress=_progress(args), per_source=args.per_source, include_seen=args.include_seen)
@@ -247,6 +249,15 @@ def run_shard(args) -> int:
     return 0
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the ``sys.stderr`` of the moment (not the one at set-up), control characters escaped."""
+
+    stream = property(lambda self: sys.stderr, lambda self, value: None)
+
+    def format(self, record):
+        return printable(super().format(record))
+
+
 def configure_logging(quiet: bool) -> None:
     """covidxray's own messages as ``covidxray: ...`` lines on stderr (warnings only with ``--quiet``).
 
@@ -255,7 +266,7 @@ def configure_logging(quiet: bool) -> None:
     """
     logger = logging.getLogger("covidxray")
     if not any(getattr(h, "covidxray_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("covidxray: %(message)s"))
         handler.covidxray_cli = True
         logger.addHandler(handler)
@@ -276,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"covidxray: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # a folder that is a file, no permission, a full disk, ...
-        where = f"{error.filename}: " if error.filename else ""
-        print(f"covidxray: error: {where}{error.strerror or error}", file=sys.stderr)
+        where = f"{printable(error.filename)}: " if error.filename else ""
+        print(f"covidxray: error: {where}{printable(error.strerror or error)}", file=sys.stderr)
         return 2
     except ImportError as error:
         if not is_missing_backend(error):

@@ -7,6 +7,8 @@ import io
 import json
 import sys
 
+from covidxray.errors import printable
+
 
 def print_run_summary(metrics: dict) -> None:
     for split in ("train", "validation", "test"):
@@ -47,11 +49,11 @@ def format_predictions(results: list[dict], classes, fmt: str) -> str:
     """Predictions as an aligned table, JSON list or CSV."""
     if fmt == "json":
         return json.dumps(results, indent=2) + "\n"
-    rows = [[r["path"], r["label"], *(f"{r['probabilities'][c]:.4f}" for c in classes)] for r in results]
+    rows = [[printable(r["path"]), r["label"], *(f"{r['probabilities'][c]:.4f}" for c in classes)] for r in results]
     header = ["path", "label", *(f"p_{c}" for c in classes)]
     if any("heatmap" in r for r in results):
         header.append("heatmap")
-        rows = [[*row, r.get("heatmap", "")] for row, r in zip(rows, results)]
+        rows = [[*row, printable(r.get("heatmap", ""))] for row, r in zip(rows, results)]
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")

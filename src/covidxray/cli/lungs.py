@@ -1,0 +1,129 @@
+"""``covidxray lungs``: train a lung segmenter, and segment X-rays with one.
+
+``covidxray lungs train --data DIR [--data DIR ...] --out RUN`` trains the U-Net on lung-mask
+datasets (folders with images/ and lung-masks/) and writes a run folder;
+``covidxray lungs segment IMAGE|FOLDER ... --out DIR`` writes a mask and an overlay per image into
+DIR and prints each image's lung area fraction, bounding box and quality flag (a table, or JSON
+with ``--format json``). Flagged images get a warning on stderr naming the file; unreadable ones
+are listed with quality ``unreadable`` and make the exit status 1; the others are still written.
+Building these parsers imports no Keras.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import fields
+
+from covidxray.errors import CovidXrayError
+
+SEGMENT_RUN_HELP = ("lung segmenter: a folder written by covidxray lungs train, or preset:NAME "
+                    "(default: the shipped preset:lungs_unet_jsrt_ieee8023; see its MODEL_CARD.md)")
+
+
+def add_lungs_commands(commands) -> None:
+    """Add ``lungs train`` and ``lungs segment`` to the ``covidxray`` sub-command parsers ``commands``."""
+    from covidxray.training.segmentation import LungTrainConfig
+
+    defaults = {f.name: f.default for f in fields(LungTrainConfig) if f.name != "widths"}
+    defaults["widths"] = ",".join(map(str, LungTrainConfig.__dataclass_fields__["widths"].default_factory()))
+    lungs = commands.add_parser("lungs", help="lung segmentation: train a U-Net, or segment X-rays with one")
+    actions = lungs.add_subparsers(dest="lungs_command", required=True, metavar="ACTION")
+
+    train = actions.add_parser("train", help="train a lung segmenter on lung-mask datasets, held-out Dice and IoU per source")
+    train.add_argument("--data", required=True, action="append",
+                       help="folder with images/ and lung-masks/<stem>.png (e.g. ../shared/data/jsrt); repeat to combine")
+    train.add_argument("--out", required=True, help="run folder to write")
+    train.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    train.add_argument("--image-size", type=int, default=defaults["image_size"],
+                       help=f"side of the model's square input (default {defaults['image_size']})")
+    train.add_argument("--widths", default=defaults["widths"],
+                       help=f"filters per U-Net level, comma-separated, the last at the bottom (default {defaults['widths']})")
+    train.add_argument("--epochs", type=int, default=defaults["epochs"], help=f"(default {defaults['epochs']})")
+    train.add_argument("--batch-size", type=int, default=defaults["batch_size"], help=f"(default {defaults['batch_size']})")
+    train.add_argument("--learning-rate", type=float, default=defaults["learning_rate"],
+                       help=f"Adam's, decayed along a cosine (default {defaults['learning_rate']})")
+    train.add_argument("--seed", type=int, default=defaults["seed"], help="seed of the split, weights and augmentation")
+    train.add_argument("--val-fraction", type=float, default=defaults["val_fraction"],
+                       help=f"share of patients for validation (default {defaults['val_fraction']})")
+    train.add_argument("--test-fraction", type=float, default=defaults["test_fraction"],
+                       help=f"share of patients held out for the test (default {defaults['test_fraction']})")
+    train.add_argument("--no-augment", dest="augment", action="store_false", help="train without augmentation")
+    train.set_defaults(handler=run_lungs_train)
+
+    segment = actions.add_parser("segment", help="lung masks, overlays, area, box and a quality flag per image")
+    segment.add_argument("paths", nargs="+", metavar="PATH", help="PNG, JPEG or DICOM files, or folders of them")
+    segment.add_argument("--out", required=True, metavar="DIR",
+                         help="folder for NAME_lungs.png (mask: 255 lung, 0 elsewhere) and NAME_overlay.png")
+    segment.add_argument("--format", choices=("table", "json"), default="table")
+    segment.add_argument("--run", default=None, help=SEGMENT_RUN_HELP)
+    segment.add_argument("--cache-dir", default=None, help="mask cache (default ~/.cache/covidxray/lungs)")
+    segment.add_argument("--no-cache", dest="cache", action="store_false", help="neither read nor write cached masks")
+    segment.set_defaults(handler=run_lungs_segment)
+
+
+def _progress(args) -> bool | None:
+    return False if getattr(args, "quiet", False) else None
+
+
+def parse_widths(text: str) -> list[int]:
+    try:
+        widths = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise CovidXrayError(f"--widths {text}: give whole numbers separated by commas, e.g. 16,24,32,48,64") from None
+    return widths
+
+
+def run_lungs_train(args) -> int:
+    from covidxray.training.segmentation import LungTrainConfig, train_segmenter
+
+    config = LungTrainConfig(data=list(args.data), image_size=args.image_size, widths=parse_widths(args.widths),
+                             epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                             seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                             augment=args.augment)
+    verbose = 0 if getattr(args, "quiet", False) else (1 if sys.stdout.isatty() else 2)
+    metrics = train_segmenter(config, args.out, overwrite=args.overwrite, verbose=verbose, progress=_progress(args))
+    print(format_segmentation_metrics(metrics["test"]), end="")
+    print(f"run: {args.out} (metrics.json, failures/)")
+    return 0
+
+
+def run_lungs_segment(args) -> int:
+    from covidxray.inference.lungs import UNREADABLE, load_segmenter
+    from covidxray.inference.predict import expand_paths
+
+    paths = expand_paths(args.paths)
+    segmenter = load_segmenter(args.run)
+    results = segmenter.segment_files(paths, args.out, cache_dir=args.cache_dir, use_cache=args.cache,
+                                      progress=_progress(args))
+    print(format_lungs(results, args.format), end="")
+    for result in results:
+        if result["warning"]:
+            label = "skipped" if result["quality"] == UNREADABLE else "warning"
+            print(f"covidxray: {label}: {result['warning']}", file=sys.stderr)
+    return 1 if any(r["quality"] == UNREADABLE for r in results) else 0
+
+
+def format_lungs(results: list[dict], fmt: str) -> str:
+    """Segmentation results as JSON (a list of objects) or an aligned table."""
+    if fmt == "json":
+        return json.dumps(results, indent=2) + "\n"
+    header = ["path", "quality", "lung_area", "bbox"]
+    rows = [[r["path"], r["quality"], "" if r["lung_area_fraction"] is None else f"{r['lung_area_fraction']:.3f}",
+             "" if r["bbox"] is None else ",".join(map(str, r["bbox"]))] for r in results]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() + "\n" for row in [header, *rows])
+
+
+def format_segmentation_metrics(summary: dict) -> str:
+    """One line per source: held-out Dice and IoU (mean, median, worst) and the flags."""
+    lines = []
+    for source, part in summary.items():
+        if source == "all":
+            lines.append(f"{'all':>10}: Dice {part['dice']:.4f}  IoU {part['iou']:.4f}  ({part['n']} held-out images)")
+            continue
+        flags = ", ".join(f"{k} {v}" for k, v in sorted(part["quality"].items()))
+        lines.append(f"{source:>10}: Dice {part['dice']:.4f} (median {part['dice_median']:.4f}, worst "
+                     f"{part['dice_min']:.4f})  IoU {part['iou']:.4f}  ({part['n']} images; {flags})")
+    return "\n".join(lines) + "\n"
+
