@@ -27,7 +27,7 @@ lock:
 	$(PYTHON) -m venv .lock-venv && .lock-venv/bin/python -m pip install -q pip-tools
 	.lock-venv/bin/pip-compile -q --strip-extras --extra tensorflow -o requirements/main.txt pyproject.toml
 	.lock-venv/bin/pip-compile -q --strip-extras --extra tensorflow --extra jax --extra onnx --extra serve --extra test \
-		-o requirements/test.txt pyproject.toml
+		--unsafe-package covidxray -o requirements/test.txt pyproject.toml
 
 data/darkcovidnet: | install
 	$(BIN)/covidxray data download darkcovidnet --dest data
