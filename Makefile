@@ -25,8 +25,8 @@ install-all: $(BIN)/python
 # Re-pin the versions after changing dependencies in pyproject.toml (pip-tools' pip-compile).
 lock:
 	$(PYTHON) -m venv .lock-venv && .lock-venv/bin/python -m pip install -q pip-tools
-	.lock-venv/bin/pip-compile -q --strip-extras --extra tensorflow -o requirements/main.txt pyproject.toml
-	.lock-venv/bin/pip-compile -q --strip-extras --extra tensorflow --extra jax --extra onnx --extra serve --extra test \
+	.lock-venv/bin/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links --extra tensorflow -o requirements/main.txt pyproject.toml
+	.lock-venv/bin/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links --extra tensorflow --extra jax --extra onnx --extra serve --extra test \
 		--unsafe-package covidxray -o requirements/test.txt pyproject.toml
 
 data/darkcovidnet: | install
