@@ -140,11 +140,11 @@ class TrainConfig:
         for name, value in values.items():
             if name in MAY_CHANGE_ON_RESUME or name == "classes":
                 continue
-            mine = getattr(self, name)
+            given, mine = value, getattr(self, name)
             if name == "data":
                 value, mine = _resolved_paths(value), _resolved_paths(mine)
             if value != mine:
-                found.append(f"{option_name(name)} {value} (the run has {getattr(self, name)})")
+                found.append(f"{option_name(name)} {_one_or_list(given)} (the run has {getattr(self, name)})")
         return found
 
     def to_dict(self) -> dict:
