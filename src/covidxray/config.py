@@ -140,11 +140,12 @@ class TrainConfig:
         for name, value in values.items():
             if name in MAY_CHANGE_ON_RESUME or name == "classes":
                 continue
-            given, mine = value, getattr(self, name)
+            shown, mine = value, getattr(self, name)
             if name == "data":
+                shown = _one_or_list(value)
                 value, mine = _resolved_paths(value), _resolved_paths(mine)
             if value != mine:
-                found.append(f"{option_name(name)} {_one_or_list(given)} (the run has {getattr(self, name)})")
+                found.append(f"{option_name(name)} {shown} (the run has {getattr(self, name)})")
         return found
 
     def to_dict(self) -> dict:
