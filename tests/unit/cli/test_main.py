@@ -43,9 +43,13 @@ def test_version_and_bad_commands(capsys):
 def test_models_lists_models_and_presets(capsys):
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == [*list_models(), f"preset:{DEFAULT_PRESET}"]
+    from covidxray.presets import list_presets
+
+    assert DEFAULT_PRESET in list_presets()
+    assert [line.split()[0] for line in lines] == [*list_models(), *(f"preset:{p}" for p in list_presets())]
     assert next(line for line in lines if line.startswith(DEFAULT_MODEL)).endswith("(default)")
-    assert lines[-1].endswith("(default for predict, evaluate and serve)")
+    defaults = [line for line in lines if line.endswith("(default for predict, evaluate and serve)")]
+    assert defaults == [f"preset:{DEFAULT_PRESET} (default for predict, evaluate and serve)"]
 
 
 def test_train_needs_data_and_out_or_resume(capsys):
