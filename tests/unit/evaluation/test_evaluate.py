@@ -47,12 +47,17 @@ def test_evaluate_scores_every_image_of_a_run_without_split(run_and_data, tmp_pa
         evaluate(predictor, str(data), per_source=True)
 
 
-def test_images_the_run_trained_on_are_left_out(run_and_data, tmp_path):
-    run, data = run_and_data
-    copy = tmp_path / "run"
+def _copy_run(run, copy):
+    """The run's model and settings in a new folder (whose split.csv the test writes)."""
     copy.mkdir()
     for name in ("config.json", "model.keras"):
         (copy / name).write_bytes((run / name).read_bytes())
+    return copy
+
+
+def test_images_the_run_trained_on_are_left_out(run_and_data, tmp_path):
+    run, data = run_and_data
+    copy = _copy_run(run, tmp_path / "run")
     table = _mark_split(copy, data, train_rows=12)
     seen = seen_by_run(copy, table)
     assert seen.tolist() == [True] * 12 + [False] * 6
@@ -64,10 +69,7 @@ def test_images_the_run_trained_on_are_left_out(run_and_data, tmp_path):
 
 def test_a_dataset_the_run_saw_whole_is_refused(run_and_data, tmp_path):
     run, data = run_and_data
-    copy = tmp_path / "run"
-    copy.mkdir()
-    for name in ("config.json", "model.keras"):
-        (copy / name).write_bytes((run / name).read_bytes())
+    copy = _copy_run(run, tmp_path / "run")
     _mark_split(copy, data, train_rows=18)
     with pytest.raises(DatasetError, match="every image was used to train"):
         evaluate(str(copy), str(data))
