@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 from covidxray.backend import NO_BACKEND, import_keras_quietly, is_missing_backend, quiet_backend_logs
+from covidxray.cli.lungs import add_lungs_commands
 from covidxray.cli.options import add_config_options, given_settings
 from covidxray.cli.output import format_predictions, print_cv_summary, print_evaluation, print_run_summary
 from covidxray.config import CV, PROBE, TRAIN, TrainConfig, check_setting
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="onnx (any backend with its converter: pip install 'covidxray[onnx]') or savedmodel (TensorFlow backend)")
     export.add_argument("--out", default=None, help="where to write it (default: RUN/model.onnx or RUN/saved_model)")
     export.set_defaults(handler=run_export)
+
+    add_lungs_commands(commands)
 
     models = commands.add_parser("models", help="list the models create_model knows, and the presets")
     models.set_defaults(handler=run_models)
@@ -219,7 +222,7 @@ def run_export(args) -> int:
 
 def run_models(args) -> int:
     from covidxray.models import DEFAULT_MODEL, MODELS
-    from covidxray.presets import DEFAULT_PRESET, list_presets
+    from covidxray.presets import DEFAULT_PRESET, LUNG_SEGMENTER, list_presets
 
     for name in sorted(MODELS):
         spec = MODELS[name]
@@ -227,6 +230,8 @@ def run_models(args) -> int:
         print(f"{name:<20} {spec.image_size:>4}px  {spec.description}{mark}")
     for name in list_presets():
         print(f"preset:{name}" + (" (default for predict, evaluate and serve)" if name == DEFAULT_PRESET else ""))
+    for name in list_presets(LUNG_SEGMENTER):
+        print(f"preset:{name} (lung segmenter: covidxray lungs segment)")
     return 0
 
 

@@ -35,14 +35,14 @@ from PIL import Image, ImageDraw
 from covidxray.data.images import read_image, resize_square
 from covidxray.errors import CovidXrayError, ImageReadError
 from covidxray.files import atomic_save
+from covidxray.presets import LUNG_SEGMENTER, SEGMENTER_SETTINGS
 from covidxray.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LUNG_PRESET = "lungs_unet_jsrt_ieee8023"
 #: The settings file of a lung segmenter's folder (its kind, input size, threshold, training settings).
-SEGMENTER = "segmenter.json"
-KIND = "lung-segmenter"
+SEGMENTER, KIND = SEGMENTER_SETTINGS, LUNG_SEGMENTER
 
 OK, NO_LUNG, ONE_LUNG, IMPLAUSIBLE_AREA = "ok", "no-lung", "one-lung", "implausible-area"
 LOW_CONFIDENCE, UNREADABLE = "low-confidence", "unreadable"

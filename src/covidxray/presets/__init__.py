@@ -18,6 +18,8 @@ from covidxray import rundir
 from covidxray.errors import CovidXrayError
 
 DEFAULT_PRESET = "compactnet_darkcovidnet_ieee8023"
+CLASSIFIER, LUNG_SEGMENTER = "classifier", "lung-segmenter"
+SEGMENTER_SETTINGS = "segmenter.json"  # what marks a lung segmenter's folder (covidxray.training.segmentation)
 PREFIX = "preset:"
 PACKAGED_FILES = (rundir.CONFIG, rundir.CALIBRATION, rundir.METRICS)
 MODEL_CARD = "MODEL_CARD.md"
@@ -27,10 +29,17 @@ def presets_root() -> Path:
     return Path(str(files("covidxray") / "presets"))
 
 
-def list_presets() -> list[str]:
-    """Names of the presets this installation has."""
+def preset_kind(folder: Path) -> str:
+    """``"classifier"`` (a run of covidxray train) or ``"lung-segmenter"`` (covidxray lungs train)."""
+    return LUNG_SEGMENTER if (Path(folder) / SEGMENTER_SETTINGS).is_file() else CLASSIFIER
+
+
+def list_presets(kind: str = "classifier") -> list[str]:
+    """Names of the presets of ``kind`` this installation has."""
     root = presets_root()
-    return sorted(p.name for p in root.iterdir() if (p / rundir.MODEL).is_file()) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / rundir.MODEL).is_file() and preset_kind(p) == kind)
 
 
 def preset_dir(name: str = DEFAULT_PRESET) -> Path:

@@ -43,10 +43,11 @@ def test_version_and_bad_commands(capsys):
 def test_models_lists_models_and_presets(capsys):
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    from covidxray.presets import list_presets
+    from covidxray.presets import LUNG_SEGMENTER, list_presets
 
     assert DEFAULT_PRESET in list_presets()
-    assert [line.split()[0] for line in lines] == [*list_models(), *(f"preset:{p}" for p in list_presets())]
+    assert [line.split()[0] for line in lines] == [*list_models(), *(f"preset:{p}" for p in list_presets()),
+                                                   *(f"preset:{p}" for p in list_presets(LUNG_SEGMENTER))]
     assert next(line for line in lines if line.startswith(DEFAULT_MODEL)).endswith("(default)")
     defaults = [line for line in lines if line.endswith("(default for predict, evaluate and serve)")]
     assert defaults == [f"preset:{DEFAULT_PRESET} (default for predict, evaluate and serve)"]
