@@ -35,6 +35,7 @@ from PIL import Image, ImageDraw
 from covidxray.data.images import read_image, resize_square
 from covidxray.errors import CovidXrayError, ImageReadError
 from covidxray.files import atomic_save
+from covidxray.inference.predict import output_folder
 from covidxray.presets import LUNG_SEGMENTER, SEGMENTER_SETTINGS
 from covidxray.progress import progress_bar
 
@@ -252,7 +253,7 @@ class LungSegmenter:
         quality ``unreadable``; no file stops the others.
         """
         paths = [Path(p) for p in paths]
-        folder = output_folder(out) if out is not None else None
+        folder = output_folder(out, "--out") if out is not None else None
         names = output_names(paths) if folder is not None else [None] * len(paths)
         cache = MaskCache(cache_dir, self.identity) if use_cache and self.identity else None
         chunks = [range(start, min(start + CHUNK, len(paths))) for start in range(0, len(paths), CHUNK)]
@@ -313,14 +314,6 @@ def _result(path: Path, image, sha, lungs, folder: Path | None, names) -> dict:
             "quality": lungs.quality, "warning": warning,
             "mask": None if mask_path is None else str(mask_path),
             "overlay": None if overlay_path is None else str(overlay_path)}
-
-
-def output_folder(out) -> Path:
-    folder = Path(out)
-    if folder.exists() and not folder.is_dir():
-        raise CovidXrayError(f"{folder}: is a file, not a folder; give --out a folder (it is created if missing)")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def output_names(paths) -> list[tuple[str, str]]:

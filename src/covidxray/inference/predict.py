@@ -61,13 +61,18 @@ def expand_paths(paths) -> list[Path]:
     return found
 
 
-def heatmap_folder(folder) -> Path:
-    """Check (and create) the folder for ``--heatmaps`` before any work is done."""
+def output_folder(folder, option: str) -> Path:
+    """Check (and create) a folder that ``option`` names for output, before any work is done."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise CovidXrayError(f"{folder}: is a file, not a folder; give --heatmaps a folder (it is created if missing)")
+        raise CovidXrayError(f"{folder}: is a file, not a folder; give {option} a folder (it is created if missing)")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def heatmap_folder(folder) -> Path:
+    """Check (and create) the folder for ``--heatmaps`` before any work is done."""
+    return output_folder(folder, "--heatmaps")
 
 
 def heatmap_names(paths) -> list[str]:
