@@ -183,3 +183,15 @@ def png_declaring(width: int, height: int, bit_depth: int = 16, rows: int = 4) -
     row = b"\0" + b"\0" * (width * bit_depth // 8)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(row * rows)) + chunk(b"IEND", b""))
+
+
+def traced_peak(call):
+    """``(call(), peak bytes Python allocated while it ran)``, measured with tracemalloc."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

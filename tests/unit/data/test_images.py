@@ -8,7 +8,7 @@ from PIL import Image
 
 from covidxray.data.images import is_image_path, pixel_digest, read_image, resize_square
 from covidxray.errors import CovidXrayError, ImageReadError
-from helpers import gray, write_dicom, write_image
+from helpers import gray, traced_peak, write_dicom, write_image
 
 
 def _check_gray8(image: np.ndarray, shape: tuple[int, int]) -> None:
@@ -280,18 +280,11 @@ def test_formats_whose_decoded_size_the_header_hides_are_not_opened(tmp_path):
     ("float.tif", np.random.default_rng(2).normal(0, 1e3, (1500, 2000)).astype(np.float32)),
 ])
 def test_deep_images_are_scaled_without_full_size_float_copies(tmp_path, monkeypatch, name, pixels):
-    import tracemalloc
-
     from covidxray.data import images
 
     monkeypatch.setattr(images, "_BAND_PIXELS", 1 << 16, raising=False)  # many bands
     path = write_image(tmp_path / name, pixels)
-    tracemalloc.start()
-    try:
-        image = read_image(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    image, peak = traced_peak(lambda: read_image(path))
     # the same pixels as scaling the whole image in float64 ...
     values = pixels.astype(np.float64)
     low, high = values.min(), values.max()

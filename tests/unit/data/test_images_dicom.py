@@ -13,7 +13,7 @@ from covidxray.data.cache import ImageCache
 from covidxray.data.images import read_image
 from covidxray.data.sources import load_dataset
 from covidxray.errors import ImageReadError
-from helpers import write_dicom
+from helpers import traced_peak, write_dicom
 
 RAMP = np.arange(0, 4096, 16, dtype=np.uint16).reshape(16, 16)  # 12-bit values 0..4080
 
@@ -286,8 +286,6 @@ def test_a_deflated_data_set_is_refused_not_inflated(tmp_path):
 
 
 def test_only_the_first_frame_is_read_and_decoded(tmp_path, monkeypatch):
-    import tracemalloc
-
     import pydicom
 
     from covidxray.data import images
@@ -299,19 +297,12 @@ def test_only_the_first_frame_is_read_and_decoded(tmp_path, monkeypatch):
     dataset.PixelData = frames.astype("<u2").tobytes()
     dataset.save_as(tmp_path / "frames.dcm")
     monkeypatch.setattr(images, "_BAND_PIXELS", 1 << 14, raising=False)
-    tracemalloc.start()
-    try:
-        image = read_image(tmp_path / "frames.dcm")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    image, peak = traced_peak(lambda: read_image(tmp_path / "frames.dcm"))
     np.testing.assert_array_equal(image, read_image(write_dicom(tmp_path / "first.dcm", frames[0])))
     assert peak < 3 * frames[0].nbytes, f"{peak / frames[0].nbytes:.1f} frames in memory"  # 12 frames are on disk
 
 
 def test_window_and_rescale_are_applied_in_bands_without_float_copies(tmp_path, monkeypatch):
-    import tracemalloc
-
     from covidxray.data import images
 
     pixels = np.random.default_rng(0).integers(0, 65536, (1500, 1000)).astype(np.uint16)
@@ -319,11 +310,6 @@ def test_window_and_rescale_are_applied_in_bands_without_float_copies(tmp_path, 
                        RescaleSlope=1.5, RescaleIntercept=-1024)
     whole = read_image(path)
     monkeypatch.setattr(images, "_BAND_PIXELS", 1 << 14, raising=False)
-    tracemalloc.start()
-    try:
-        banded = read_image(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    banded, peak = traced_peak(lambda: read_image(path))
     np.testing.assert_array_equal(banded, whole)
     assert peak < 4 * pixels.size, f"{peak / pixels.size:.1f} bytes a pixel"  # float64 would be 8 or more
