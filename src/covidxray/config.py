@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from covidxray.data.blanking import DEFAULT_FRACTION
+from covidxray.data.lungviews import BLANK_REGIONS, INTENSITY, LUNG_MODES
 from covidxray.data.splits import GROUP_BY
 from covidxray.errors import CovidXrayError
 from covidxray.labels import TASKS, task_classes
@@ -87,6 +88,20 @@ class TrainConfig:
         0.0, "shortcut probe: blank this central fraction of every image's side, in training and testing "
         "(0: off; see covidxray probe)", low=0.0, high=1.0, high_open=True, commands=(TRAIN, PROBE),
         aliases=("--blank-lungs", "--fraction"), command_defaults={PROBE: DEFAULT_FRACTION}, metavar="FRACTION")
+    blank_region: str = setting(
+        "box", "what the shortcut probe blanks: box (the central --blank-fraction square), lungs (the segmented "
+        "lungs: only the rest is visible) or outside-lungs (only the lungs are visible)", choices=BLANK_REGIONS,
+        commands=(TRAIN, PROBE), aliases=("--region",))
+    lungs: str = setting(
+        "none", "what the model sees: none (the whole image), crop (the box around both lungs plus a margin, "
+        "resized) or mask (zero outside the lungs); saved with the run and applied by predict, evaluate, serve "
+        "and export", choices=LUNG_MODES)
+    intensity: str = setting(
+        "none", "intensity harmonisation of every input: none, equalize (histogram equalisation) or clahe "
+        "(contrast-limited adaptive); saved with the run", choices=INTENSITY)
+    lung_segmenter: str | None = setting(
+        None, "the lung segmenter for --lungs, the lung probes and heat-in-lungs: a folder written by covidxray "
+        "lungs train, or preset:NAME (default: the shipped preset)", kind=str, metavar="DIR")
     jit_compile: bool | str = setting("auto", "XLA compilation (Keras's auto: where the backend supports it)",
                                       commands=())
     mixed_precision: str | None = setting(
@@ -116,6 +131,13 @@ class TrainConfig:
             raise CovidXrayError("--devices needs --distribute data-parallel")
         if not self.data:
             raise CovidXrayError("--data is required: a dataset folder or manifest")
+
+    @property
+    def blanking(self) -> str | None:
+        """What is blanked in every image: ``"box"``, ``"lungs"``, ``"outside-lungs"``, or None."""
+        if self.blank_region != "box":
+            return self.blank_region
+        return "box" if self.blank_fraction else None
 
     def resolve(self) -> TrainConfig:
         """Check the settings and fill the derived ones (classes, image size, the data as a path or list)."""

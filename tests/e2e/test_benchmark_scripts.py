@@ -80,3 +80,28 @@ def test_decode_memory_measures_each_file_in_a_fresh_process(tmp_path):
     assert rows["png16-over"]["result"].startswith("refused: too large: 9,400 x 9,400 pixels")
     assert all(0 <= row["peak_mib"] - row["baseline_mib"] < 100 for row in rows.values())
     assert "| png16-over | 16-bit grayscale PNG | 9,400 x 9,400 |" in table.read_text()
+
+
+def test_heat_in_lungs_rebuilds_the_runs_test_split(dataset, tmp_path):
+    import keras
+
+    from covidxray.config import TrainConfig
+    from covidxray.models import create_model
+    from covidxray.training.data import prepare_data
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = TrainConfig(data=str(dataset), image_size=32, cache_dir=str(tmp_path / "cache")).resolve()
+    config.save(run / "config.json")
+    create_model(config.model, num_classes=3, image_size=32, seed=0).save(run / "model.keras")
+    keras.backend.clear_session()
+    test_images = int((prepare_data(config).table["split"] == "test").sum())
+    (run / "metrics.json").write_text(json.dumps({"test": {"n": test_images}}))
+    out = tmp_path / "heat.json"
+    assert load("heat_in_lungs").main(["--run", str(run), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    heat = result["heat_in_lungs"]
+    assert result["test_images"] == test_images == heat["images"] + heat["left_out"]
+    (run / "metrics.json").write_text(json.dumps({"test": {"n": test_images + 1}}))  # not this run's data
+    with pytest.raises(SystemExit, match="the rebuilt test split holds"):
+        load("heat_in_lungs").main(["--run", str(run)])

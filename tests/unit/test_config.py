@@ -117,3 +117,25 @@ def test_bad_speed_options_are_clear_errors(change, option):
         TrainConfig(data="unused", **change).resolve()
 
 
+
+
+def test_blanking_names_what_the_probe_hides():
+    assert TrainConfig(data="x").blanking is None
+    assert TrainConfig(data="x", blank_fraction=0.5).blanking == "box"
+    assert TrainConfig(data="x", blank_region="lungs").blanking == "lungs"
+    assert TrainConfig(data="x", blank_region="outside-lungs").blanking == "outside-lungs"
+
+
+@pytest.mark.parametrize("values, option", [({"lungs": "bogus"}, "--lungs"), ({"intensity": "gamma"}, "--intensity"),
+                                            ({"blank_region": "heart"}, "--blank-region")])
+def test_lung_settings_are_checked(values, option):
+    with pytest.raises(CovidXrayError, match=f"{option} must be one of"):
+        TrainConfig(data="x", **values).check()
+
+
+def test_an_older_config_without_lung_settings_sees_the_whole_image():
+    old = TrainConfig.from_dict({"data": "d", "task": "binary", "blank_fraction": 0.5})
+    assert (old.lungs, old.intensity, old.blank_region, old.lung_segmenter) == ("none", "none", "box", None)
+    assert old.blanking == "box"
+    new = TrainConfig.from_dict({"data": "d", "lungs": "crop", "intensity": "clahe"})
+    assert (new.lungs, new.intensity) == ("crop", "clahe")

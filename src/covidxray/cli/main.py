@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(probe, PROBE)
     probe.add_argument("--out", required=True, help="run directory to write")
     probe.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    probe.add_argument("--reference", metavar="RUN_DIR", default=None,
+                       help="a run trained on the same data without blanking: the summary says how much of its score survives")
     probe.set_defaults(handler=run_probe)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a trained run on a labelled dataset")
@@ -64,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default=None, help="write the metrics to this JSON file")
     evaluate.add_argument("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/covidxray)")
     evaluate.add_argument("--per-source", action="store_true", help="require a breakdown per source (fails on one source)")
+    evaluate.add_argument("--heat-in-lungs", action="store_true",
+                          help="also measure the share of Grad-CAM heat inside the segmented lungs")
     evaluate.add_argument("--include-seen", action="store_true",
                           help="keep images the run trained or validated on (left out by default)")
     evaluate.set_defaults(handler=run_evaluate)
@@ -162,7 +166,7 @@ def run_probe(args) -> int:
     from covidxray.training.probe import probe, probe_summary
 
     metrics = probe(TrainConfig.for_command(PROBE, **given_settings(args)), args.out, overwrite=args.overwrite,
-                    verbose=_verbosity(args), progress=_progress(args))
+                    verbose=_verbosity(args), progress=_progress(args), reference=args.reference)
     print_run_summary(metrics)
     print(probe_summary(metrics))
     print(f"report: {Path(args.out) / 'report.md'}")
@@ -180,7 +184,8 @@ def run_evaluate(args) -> int:
         check_writable(args.out, "--out")  # a folder, a file on the way, no permission: before any work
     data = args.data if len(args.data) > 1 else args.data[0]
     metrics = evaluate(load_predictor(args.run, preset=args.preset), data, cache_dir=args.cache_dir,
-                       progress=_progress(args), per_source=args.per_source, include_seen=args.include_seen)
+                       progress=_progress(args), per_source=args.per_source, include_seen=args.include_seen,
+                       heat=args.heat_in_lungs)
     if args.out:
         atomic_write_text(args.out, json.dumps(metrics, indent=2) + "\n")
     print_evaluation(metrics)

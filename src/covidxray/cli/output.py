@@ -19,6 +19,13 @@ def print_run_summary(metrics: dict) -> None:
     covid = metrics["test"].get("covid")
     if covid:
         print(f"{'covid':>10}: sensitivity {_fmt(covid['sensitivity'])}  specificity {_fmt(covid['specificity'])}  AUC {_fmt(covid['auc'])}")
+    if "heat_in_lungs" in metrics:
+        from covidxray.evaluation.attention import heat_text
+
+        print(f"{'lungs':>10}: {heat_text(metrics['heat_in_lungs'])}")
+    fallback = metrics["run"].get("lung_fallback") or {}
+    if fallback:
+        print(f"{'lungs':>10}: not found reliably in {len(fallback)} image(s), used whole (report.md names them)")
     if metrics["run"].get("confounding"):
         print(f"warning: {metrics['run']['confounding']}", file=sys.stderr)
 
@@ -41,6 +48,13 @@ def print_evaluation(metrics: dict) -> None:
           + (f"  covid sensitivity {_fmt(covid['sensitivity'])} specificity {_fmt(covid['specificity'])} AUC {_fmt(covid['auc'])}" if covid else ""))
     for source, part in metrics.get("per_source", {}).items():
         print(f"  {source}: accuracy {part['accuracy']:.4f} ({part['n']} images)")
+    if "heat_in_lungs" in metrics:
+        from covidxray.evaluation.attention import heat_text
+
+        print(f"lungs: {heat_text(metrics['heat_in_lungs'])}")
+    if metrics.get("lung_fallback"):
+        print(f"lungs not found reliably in {len(metrics['lung_fallback'])} image(s), used whole "
+              "(metrics lung_fallback names them)")
     if metrics.get("confounding"):
         print(f"warning: {metrics['confounding']}", file=sys.stderr)
 
@@ -51,6 +65,9 @@ def format_predictions(results: list[dict], classes, fmt: str) -> str:
         return json.dumps(results, indent=2) + "\n"
     rows = [[printable(r["path"]), r["label"], *(f"{r['probabilities'][c]:.4f}" for c in classes)] for r in results]
     header = ["path", "label", *(f"p_{c}" for c in classes)]
+    if any("lungs" in r for r in results):
+        header.append("lungs")
+        rows = [[*row, r.get("lungs", "")] for row, r in zip(rows, results)]
     if any("heatmap" in r for r in results):
         header.append("heatmap")
         rows = [[*row, printable(r.get("heatmap", ""))] for row, r in zip(rows, results)]

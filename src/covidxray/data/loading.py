@@ -25,10 +25,13 @@ class LabelledImages:
     targets: np.ndarray  # (n,) class indices into classes
     classes: tuple[str, ...]
     skipped: dict[str, str] = field(default_factory=dict)  # path -> why it was left out
+    lungs: np.ndarray | None = None  # (n, size, size) bool: lung masks in the images' pixels, where segmented
+    lung_quality: list[str] | None = None  # per image, the lung mask's flag ("ok", "no-lung", ...)
 
     def subset(self, mask: np.ndarray) -> LabelledImages:
+        quality = None if self.lung_quality is None else [q for q, k in zip(self.lung_quality, mask) if k]
         return LabelledImages(self.table[mask].reset_index(drop=True), self.images[mask], self.targets[mask],
-                              self.classes, self.skipped)
+                              self.classes, self.skipped, None if self.lungs is None else self.lungs[mask], quality)
 
 
 def load_labelled_images(data, classes: tuple[str, ...], size: int, *, cache_dir=None,

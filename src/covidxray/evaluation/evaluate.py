@@ -11,6 +11,7 @@ import pandas as pd
 from covidxray import rundir
 from covidxray.data.loading import load_labelled_images
 from covidxray.errors import CovidXrayError, DatasetError
+from covidxray.evaluation.attention import heat_in_lungs
 from covidxray.evaluation.calibration import calibration_summary
 from covidxray.evaluation.metrics import confounding_warning
 from covidxray.evaluation.scoring import ScoredPredictions, per_source_required
@@ -20,18 +21,21 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None, progress: bool | None = None,
-             per_source: bool = False, include_seen: bool = False) -> dict:
+             per_source: bool = False, include_seen: bool = False, heat: bool = False) -> dict:
     """Metrics of a run's model on ``data`` (the shape of ``metrics.json``'s ``"test"``).
 
     ``run``: a run folder, ``preset:NAME``, a loaded :class:`Predictor`, or None (the default
     preset). Images of classes the model does not know are left out; a dataset may lack some of
     the model's classes (an all-COVID external set, say): metrics that need them read None.
     Images the run trained or selected its model on (same original file name or same pixels as a
-    training or validation image in ``split.csv``) are left out unless ``include_seen``.
+    training or validation image in ``split.csv``) are left out unless ``include_seen``. ``heat``:
+    also measure the share of Grad-CAM heat inside the lungs (``"heat_in_lungs"``; Keras engine).
     """
     predictor = run if isinstance(run, Predictor) else load_predictor(run)
+    if heat and predictor.engine != "keras":
+        raise CovidXrayError("heat in the lungs needs the Keras model (Grad-CAM takes gradients); drop --engine onnxruntime")
     config = predictor.config
-    loaded = load_labelled_images(data, config.classes, config.image_size, cache_dir=cache_dir,
+    loaded = load_labelled_images(data, config.classes, predictor.decode_side, cache_dir=cache_dir,
                                   progress=progress, require_all=False)
     seen = np.zeros(len(loaded.table), dtype=bool) if include_seen else seen_by_run(predictor.path, loaded.table)
     if seen.any():
@@ -42,7 +46,14 @@ def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None, progre
         loaded = loaded.subset(~seen)
     if per_source:
         per_source_required(loaded.table, str(data))
-    raw = predictor.predict_raw(loaded.images)
+    prep = predictor.preprocessing
+    prepared = None
+    if prep.lungs != "none" or prep.intensity != "none" or heat:
+        if not isinstance(loaded.images, np.ndarray):
+            raise CovidXrayError(f"{data}: this run crops, masks or harmonises its images (config.json), or heat in "
+                                 "the lungs was asked for; evaluate on the image files, not a shard folder")
+        prepared = predictor.prepare(loaded.images, list(loaded.table["pixels"]), lungs=heat)
+    raw = predictor.predict_raw(loaded.images if prepared is None else prepared.images)
     scored = ScoredPredictions.from_raw(loaded.targets, raw, loaded.table, config.classes, predictor.calibration)
     metrics = scored.metrics(seed=config.seed)
     metrics["data"] = data if isinstance(data, str) else [str(d) for d in data]
@@ -51,6 +62,11 @@ def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None, progre
     metrics["calibration"] = {**predictor.calibration.to_dict(),
                               **calibration_summary(loaded.targets, raw, predictor.calibration)}
     metrics["skipped"] = loaded.skipped
+    if prep.lungs != "none":
+        metrics["lung_fallback"] = {str(p): q for p, q in zip(loaded.table["path"], prepared.quality) if q != "ok"}
+    if heat:
+        metrics["heat_in_lungs"] = heat_in_lungs(predictor.model, prepared.images, prepared.lungs, prepared.quality,
+                                                 scored.predicted, loaded.table, config.classes)
     return metrics
 
 

@@ -29,7 +29,9 @@ class Analysis:
     label: str
     probabilities: dict[str, float]
     image_png: bytes  # the X-ray as read (grayscale, longest side DISPLAY_SIZE px)
-    heatmap_png: bytes  # the Grad-CAM heatmap of the predicted class over it (RGB, same size)
+    heatmap_png: bytes  # the Grad-CAM heatmap of the predicted class over what the model saw, lungs outlined (RGB)
+    lungs: str = "ok"  # the lung mask's flag: ok, or why no outline is drawn (and, for --lungs crop|mask, the whole image used)
+    cropped: bool = False  # the heatmap shows the lungs' box the model saw (--lungs crop), not the whole X-ray
 
 
 class XrayAnalyzer:
@@ -58,18 +60,27 @@ class XrayAnalyzer:
     def _analyse(self, image: np.ndarray) -> Analysis:
         from covidxray.inference.heatmaps import grad_cam, overlay
 
-        model_input = resize_square(image, self.config.image_size)[None, ..., None]
+        side = self.predictor.decode_side
         with self._lock:
-            probabilities, decided = self.predictor.predict(model_input)
+            inputs = self.predictor.prepare(resize_square(image, side)[None], lungs=True)
+            probabilities, decided = self.predictor.predict(inputs.images)
             best = int(decided[0])
-            heatmap = grad_cam(self.predictor.model, model_input, class_indices=[best])[0]
+            heatmap = grad_cam(self.predictor.model, inputs.images, class_indices=[best])[0]
         probabilities = probabilities[0]
-        shown = _fit(image, DISPLAY_SIZE)
+        quality = inputs.quality[0]
+        x0, y0, x1, y1 = inputs.boxes[0]  # the part of the X-ray the model saw (all of it, or the lungs' box)
+        height, width = image.shape
+        seen = image[round(y0 * height):max(round(y1 * height), round(y0 * height) + 1),
+                     round(x0 * width):max(round(x1 * width), round(x0 * width) + 1)]
+        shown = _fit(seen, DISPLAY_SIZE)
+        outline = inputs.lungs[0] if quality == "ok" else None
         return Analysis(
             label=self.classes[best],
             probabilities={c: float(p) for c, p in zip(self.classes, probabilities)},
-            image_png=_png(shown),
-            heatmap_png=_png(overlay(shown, heatmap)),  # overlay resizes the map to the image
+            image_png=_png(_fit(image, DISPLAY_SIZE)),
+            heatmap_png=_png(overlay(shown, heatmap, outline=outline)),  # overlay resizes map and outline
+            lungs=quality,
+            cropped=self.predictor.preprocessing.lungs == "crop" and quality == "ok",
         )
 
 

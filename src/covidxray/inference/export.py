@@ -2,7 +2,10 @@
 
 The exported graph is the inference model: the augmentation layer is cut off, so no random op
 reaches it. The class names and the input size travel with it (ONNX metadata, or a
-``covidxray.json`` inside the SavedModel folder), so predicting needs nothing else.
+``covidxray.json`` inside the SavedModel folder), so predicting needs nothing else, except for a
+run trained with ``--lungs crop|mask`` or ``--intensity``: the metadata's ``preprocessing`` says
+so, and ``load_predictor(run, engine="onnxruntime")`` crops (with the Keras lung segmenter) and
+harmonises the inputs as training did.
 """
 
 from __future__ import annotations
@@ -36,12 +39,18 @@ def export_run(run_path: str | Path, fmt: str = "onnx", out: str | Path | None =
         raise CovidXrayError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     predictor = load_predictor(run_path)
     target = Path(out) if out else default_path(rundir.RunDir(predictor.path), fmt)
-    export_model(predictor.model, fmt, target, predictor.classes, predictor.image_size)
+    prep = predictor.preprocessing
+    export_model(predictor.model, fmt, target, predictor.classes, predictor.image_size,
+                 preprocessing={"lungs": prep.lungs, "intensity": prep.intensity, "decode_side": prep.decode_side})
     return target
 
 
-def export_model(model, fmt: str, target: str | Path, classes, image_size: int) -> None:
-    """Write ``model``'s inference part (augmentation cut off) to ``target``, atomically."""
+def export_model(model, fmt: str, target: str | Path, classes, image_size: int, preprocessing: dict | None = None) -> None:
+    """Write ``model``'s inference part (augmentation cut off) to ``target``, atomically.
+
+    ``preprocessing``: what the inputs went through before the model (the run's ``lungs`` and
+    ``intensity``), recorded beside the classes: a run trained with ``--lungs crop`` needs its
+    inputs cropped the same way, which ``load_predictor(run, engine="onnxruntime")`` does."""
     import keras
 
     from covidxray.models.batchnorm import without_augmentation
@@ -50,6 +59,7 @@ def export_model(model, fmt: str, target: str | Path, classes, image_size: int) 
         raise CovidXrayError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     inference = without_augmentation(model)
     metadata = {"classes": list(classes), "image_size": image_size, "model": model.name,
+                "preprocessing": preprocessing or {"lungs": "none", "intensity": "none", "decode_side": image_size},
                 "input": "grayscale (n, size, size, 1) float32 in [0, 255]"}
     signature = [keras.InputSpec(shape=(None, image_size, image_size, 1), dtype="float32", name="image")]
     backend = keras.backend.backend()

@@ -215,12 +215,13 @@ def grad_cam(model, images, class_indices=None, layer: str | None = None) -> np.
 
 # --- drawing ---------------------------------------------------------------------------------
 
-def overlay(image, heatmap, alpha: float = 0.4, colormap: str = "jet") -> np.ndarray:
+def overlay(image, heatmap, alpha: float = 0.4, colormap: str = "jet", outline=None) -> np.ndarray:
     """The grayscale image with the heatmap's colours blended on top, as RGB uint8 ``(H, W, 3)``.
 
     ``image``: ``(H, W)`` or ``(H, W, 1)``, uint8, or float in [0, 255] (in [0, 1] if its
     maximum is at most 1). ``heatmap``: values in [0, 1], resized to the image if needed.
     ``alpha``: the colour's share in every pixel (blue: cold, red: hot with ``"jet"``).
+    ``outline``: a bool mask (the lungs; resized to the image if needed) whose edge is drawn in white.
     """
     from matplotlib import colormaps
     from PIL import Image
@@ -237,4 +238,18 @@ def overlay(image, heatmap, alpha: float = 0.4, colormap: str = "jet") -> np.nda
         heat = np.asarray(Image.fromarray(heat).resize(gray.shape[::-1], Image.Resampling.BILINEAR))
     colour = colormaps[colormap](np.clip(heat, 0, 1))[..., :3] * 255
     blended = (1 - alpha) * np.clip(gray, 0, 255)[..., None] + alpha * colour
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    result = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    if outline is not None:
+        result[edge(outline, gray.shape)] = 255
+    return result
+
+
+def edge(mask, shape: tuple[int, int]) -> np.ndarray:
+    """The edge pixels of a bool ``mask`` resized to ``shape``, about 1/200 of the side thick."""
+    from PIL import Image
+    from scipy import ndimage
+
+    mask = np.asarray(mask, bool)
+    if mask.shape != tuple(shape):
+        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(shape[::-1], Image.Resampling.BILINEAR)) >= 128
+    return mask & ~ndimage.binary_erosion(mask, iterations=max(1, min(shape) // 200), border_value=1)

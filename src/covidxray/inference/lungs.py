@@ -243,6 +243,28 @@ class LungSegmenter:
                     results[i] = second
         return results
 
+    def segment_cached(self, images, digests, *, cache_dir: str | Path | None = None, use_cache: bool = True,
+                       progress: bool | None = None) -> list[LungMask]:
+        """:meth:`segment` for decoded images ``(n, side, side[, 1])`` with their pixel digests: masks
+        are cached by digest and side (None: not cached), so a dataset is segmented once."""
+        images = np.asarray(images)
+        if images.ndim == 4:
+            images = images[..., 0]
+        cache = MaskCache(cache_dir, self.identity) if use_cache and self.identity else None
+        keys = [None if cache is None or not d else f"{d}-{images.shape[1]}x{images.shape[2]}" for d in digests]
+        results = [None if key is None else cache.get(key, images.shape[1:]) for key in keys]
+        todo = [i for i, r in enumerate(results) if r is None]
+        bar = progress_bar(total=len(todo), desc="segmenting lungs", unit="img", progress=progress if todo else False)
+        for start in range(0, len(todo), CHUNK):
+            rows = todo[start:start + CHUNK]
+            for i, lungs in zip(rows, self.segment([images[i] for i in rows])):
+                results[i] = lungs
+                if keys[i] is not None:
+                    cache.put(keys[i], lungs)
+            bar.update(len(rows))
+        bar.close()
+        return results
+
     def segment_files(self, paths, out: str | Path | None = None, *, cache_dir: str | Path | None = None,
                       use_cache: bool = True, progress: bool | None = None) -> list[dict]:
         """Segment image files; with ``out``, write each one's mask and overlay PNG there.

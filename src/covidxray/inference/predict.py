@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import numpy as np
 from covidxray.data.images import decode_resized, is_image_path
 from covidxray.errors import CovidXrayError, ImageReadError
 from covidxray.progress import progress_bar
+
+log = logging.getLogger(__name__)
 
 PREDICT_BATCH = 64
 #: Images converted to float32 at a time: bounds memory for large (or shard-backed) arrays.
@@ -89,8 +92,11 @@ def heatmap_names(paths) -> list[str]:
     return names
 
 
-def write_heatmaps(model, images: np.ndarray, paths, class_indices, folder, *, progress: bool | None = None) -> list[str]:
-    """Grad-CAM overlays (one PNG per image, named after its file) in ``folder``; returns their paths."""
+def write_heatmaps(model, images: np.ndarray, paths, class_indices, folder, *, lungs=None,
+                   progress: bool | None = None) -> list[str]:
+    """Grad-CAM overlays (one PNG per image, named after its file) in ``folder``; returns their paths.
+
+    ``lungs``: per image a lung mask (same size) whose outline is drawn, or None."""
     from PIL import Image
 
     from covidxray.files import atomic_save
@@ -98,12 +104,13 @@ def write_heatmaps(model, images: np.ndarray, paths, class_indices, folder, *, p
 
     folder = heatmap_folder(folder)
     targets = [folder / name for name in heatmap_names(paths)]
+    outlines = [None] * len(images) if lungs is None else lungs
     with progress_bar(total=len(images), desc="heatmaps", unit="img", progress=progress) as bar:
         for start in range(0, len(images), HEATMAP_CHUNK):  # in chunks: n maps at full size can be large
             chunk = slice(start, start + HEATMAP_CHUNK)
-            for image, heatmap, target in zip(images[chunk], grad_cam(model, images[chunk], class_indices[chunk]),
-                                              targets[chunk]):
-                picture = Image.fromarray(overlay(image, heatmap))
+            for image, heatmap, outline, target in zip(images[chunk], grad_cam(model, images[chunk], class_indices[chunk]),
+                                                       outlines[chunk], targets[chunk]):
+                picture = Image.fromarray(overlay(image, heatmap, outline=outline))
                 atomic_save(target, lambda tmp, picture=picture: picture.save(tmp, format="PNG"))
                 bar.update()
     return [str(target) for target in targets]
@@ -115,13 +122,16 @@ def predict_files(predictor, paths, *, progress: bool | None = None, heatmaps=No
 
     ``results`` is a list of ``{"path", "label", "probabilities": {class: p}}`` (probabilities
     calibrated, the label decided by the run's rule), plus ``"heatmap"`` (the path of its Grad-CAM
-    overlay) when ``heatmaps`` names a folder; ``failures`` maps each unreadable file to its error.
+    overlay, with the lung outline) when ``heatmaps`` names a folder, and ``"lungs"`` (the lung
+    mask's flag: ``ok``, or why the whole image was used) for a run trained with ``--lungs
+    crop|mask``; ``failures`` maps each unreadable file to its error.
     """
     classes = predictor.classes
+    side = predictor.decode_side
 
     def load(path):
         try:
-            return decode_resized(path, predictor.image_size)[0]
+            return decode_resized(path, side)
         except ImageReadError as error:
             return error
 
@@ -133,17 +143,26 @@ def predict_files(predictor, paths, *, progress: bool | None = None, heatmaps=No
     good = [(p, x) for p, x in zip(paths, loaded) if not isinstance(x, ImageReadError)]
     if not good:
         return [], failures
-    images = np.stack([x for _, x in good])[..., None]
+    want_lungs = heatmaps is not None and predictor.engine == "keras"
+    inputs = predictor.prepare(np.stack([x[0] for _, x in good]), [x[1] for _, x in good], lungs=want_lungs)
+    images = inputs.images
     probabilities, decided = predictor.predict(images)
     results = [
         {"path": path, "label": classes[int(label)],
          "probabilities": {c: round(float(p), 6) for c, p in zip(classes, row)}}
         for (path, _), row, label in zip(good, probabilities, decided)
     ]
+    if predictor.preprocessing.lungs != "none":
+        for result, quality in zip(results, inputs.quality):
+            result["lungs"] = quality
+            if quality != "ok":
+                log.warning("%s: lungs not found reliably (%s); the whole image was used", result["path"], quality)
     if heatmaps is not None:
         if predictor.engine != "keras":
             raise CovidXrayError("heatmaps need the Keras model (Grad-CAM takes gradients); drop --engine onnxruntime")
-        written = write_heatmaps(predictor.model, images, [p for p, _ in good], decided, heatmaps,
+        outlines = None if inputs.lungs is None else [
+            mask if q == "ok" else None for mask, q in zip(inputs.lungs, inputs.quality)]
+        written = write_heatmaps(predictor.model, images, [p for p, _ in good], decided, heatmaps, lungs=outlines,
                                  progress=progress)
         for result, heatmap in zip(results, written):
             result["heatmap"] = heatmap

@@ -19,6 +19,7 @@ from covidxray import rundir
 from covidxray.config import TrainConfig
 from covidxray.errors import CovidXrayError
 from covidxray.inference.decision import Calibration
+from covidxray.inference.preprocess import ModelInputs, Preprocessing
 
 ENGINES = ("keras", "onnxruntime")
 
@@ -32,6 +33,11 @@ class Predictor:
     calibration: Calibration
     path: Path  # the run (or preset) folder it was loaded from
     engine: str = "keras"
+    preprocessing: Preprocessing | None = None  # default: the run's own (config.json)
+
+    def __post_init__(self):
+        if self.preprocessing is None:
+            self.preprocessing = Preprocessing.from_config(self.config)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -41,14 +47,25 @@ class Predictor:
     def image_size(self) -> int:
         return int(self.config.image_size)
 
+    @property
+    def decode_side(self) -> int:
+        """The side images are decoded at for :meth:`prepare` (twice the model's with ``--lungs crop|mask``)."""
+        return self.preprocessing.decode_side
+
+    def prepare(self, images, digests=None, *, lungs: bool = False) -> ModelInputs:
+        """The model's inputs for images decoded at :attr:`decode_side`, as the run was trained:
+        :meth:`Preprocessing.apply <covidxray.inference.preprocess.Preprocessing.apply>`."""
+        return self.preprocessing.apply(images, digests, lungs=lungs)
+
     def predict_raw(self, images) -> np.ndarray:
-        """The model's own probabilities ``(n, classes)`` for ``(n, size, size, 1)`` images in [0, 255]."""
+        """The model's own probabilities ``(n, classes)`` for ``(n, size, size, 1)`` model inputs in
+        [0, 255] (:meth:`prepare` makes them)."""
         from covidxray.inference.predict import predict_arrays
 
         return predict_arrays(self.model, images)
 
     def predict(self, images) -> tuple[np.ndarray, np.ndarray]:
-        """``(calibrated probabilities, decided class indices)`` for images at the model's size."""
+        """``(calibrated probabilities, decided class indices)`` for model inputs (:meth:`prepare`)."""
         return self.calibration.predict(self.predict_raw(images), self.classes)
 
     def predict_files(self, paths, *, heatmaps=None, progress: bool | None = None):

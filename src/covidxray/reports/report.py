@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from covidxray import rundir
 from covidxray.errors import CovidXrayError
+from covidxray.evaluation.attention import heat_text
 from covidxray.evaluation.scoring import ScoredPredictions
 from covidxray.labels import COVID
 from covidxray.reports.markdown import (
@@ -28,9 +30,9 @@ from covidxray.reports.plots import pick_examples, plot_confusion, plot_history,
 log = logging.getLogger(__name__)
 
 
-def with_heatmaps(model, images: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """The images as RGB Grad-CAM overlays for their predicted class; the images unchanged if
-    the model has no convolutional layer."""
+def with_heatmaps(model, images: np.ndarray, predicted: np.ndarray, lungs: np.ndarray | None = None) -> np.ndarray:
+    """The images as RGB Grad-CAM overlays for their predicted class, with the lung outline where
+    ``lungs`` (masks, same size) has one; the images unchanged if the model has no convolutional layer."""
     from covidxray.inference.heatmaps import grad_cam, overlay
 
     try:
@@ -38,20 +40,28 @@ def with_heatmaps(model, images: np.ndarray, predicted: np.ndarray) -> np.ndarra
     except CovidXrayError as error:
         log.warning("pred.png without heatmaps: %s", error)
         return images
-    return np.stack([overlay(image, heatmap) for image, heatmap in zip(images, maps)]) if len(images) else images
+    outlines = [None] * len(images) if lungs is None else lungs
+    return (np.stack([overlay(image, heatmap, outline=outline) for image, heatmap, outline in zip(images, maps, outlines)])
+            if len(images) else images)
 
 
 def write_figures_and_report(run: rundir.RunDir, config, x_test, test: ScoredPredictions, metrics: dict,
-                             model=None) -> None:
+                             model=None, lungs: np.ndarray | None = None, lung_quality=None) -> None:
     """Draw ``acc.png``, ``mat.png``, ``pred.png`` and ``calibration.png`` and write ``report.md`` and
     ``report.html``. ``x_test``: the test images, row for row with ``test``'s predictions.
 
-    With ``model``, ``pred.png`` shows Grad-CAM overlays of the example images."""
+    With ``model``, ``pred.png`` shows Grad-CAM overlays of the example images, with the outline of
+    their lungs (``lungs``: the test images' masks; ``lung_quality``: their flags, only ``ok`` drawn)."""
     history = pd.read_csv(run.file(rundir.HISTORY))
     save_figure(plot_history(history), run.file(rundir.ACC_FIGURE))
     save_figure(plot_confusion(metrics["test"]["confusion_matrix"], config.classes), run.file(rundir.MATRIX_FIGURE))
     shown = pick_examples(test.targets, test.predicted, seed=config.seed)
-    examples = x_test[shown] if model is None else with_heatmaps(model, x_test[shown], test.predicted[shown])
+    outlines = None
+    if lungs is not None:
+        outlines = np.stack([lungs[i] if lung_quality is None or lung_quality[i] == "ok" else np.zeros_like(lungs[i])
+                             for i in shown]) if len(shown) else None
+    examples = (x_test[shown] if model is None
+                else with_heatmaps(model, x_test[shown], test.predicted[shown], outlines))
     save_figure(plot_predictions(examples, test.targets[shown], test.probabilities[shown], config.classes,
                                  predicted=test.predicted[shown]),
                 run.file(rundir.PREDICTIONS_FIGURE))
@@ -112,9 +122,7 @@ def render_report(config, metrics: dict) -> str:
     if info["skipped"]:
         lines.append(f"- skipped {len(info['skipped'])} unreadable file(s): "
                      + "; ".join(code_md(m) for m in list(info["skipped"].values())[:5]))
-    if info.get("blank_fraction"):
-        lines.append(f"- **shortcut probe**: the central {100 * info['blank_fraction']:.0f}% x {100 * info['blank_fraction']:.0f}% "
-                     "of every image (the lung field) was blanked out in training and testing")
+    lines += preprocessing_lines(info)
     lines += ["", "## Results", "",
               "Accuracy with its 95% interval (bootstrap over patients, 1000 resamples); probabilities are "
               "temperature-scaled (see Calibration).", "",
@@ -131,13 +139,62 @@ def render_report(config, metrics: dict) -> str:
     lines += source_section(test, info.get("confounding"))
     if "calibration" in metrics:
         lines += calibration_section(metrics["calibration"])
+    if "heat_in_lungs" in metrics:
+        lines += heat_section(metrics["heat_in_lungs"])
+    if "probe" in metrics and "summary" in metrics["probe"]:
+        lines += ["", "## Shortcut probe", "", escape_md(metrics["probe"]["summary"])]
     lines += ["", "## Figures", "",
               "Training and validation accuracy and loss per epoch:", "", f"![accuracy and loss]({rundir.ACC_FIGURE})", "",
               "Test confusion matrix:", "", f"![confusion matrix]({rundir.MATRIX_FIGURE})", "",
               "Test predictions (mistakes in red), coloured by Grad-CAM where the predicted class's score is most "
-              "sensitive to the last convolutional features (a hint for inspection, not proof of what the model uses):",
+              "sensitive to the last convolutional features (a hint for inspection, not proof of what the model uses); "
+              "the white line is the outline of the segmented lungs:",
               "", f"![predictions]({rundir.PREDICTIONS_FIGURE})", ""]
     return "\n".join(lines)
+
+
+def preprocessing_lines(info: dict) -> list[str]:
+    """Setup lines on what the model saw: the lungs, the intensities, what a probe blanked, fallbacks."""
+    lines = []
+    lungs = info.get("lungs", "none")
+    if lungs != "none":
+        what = ("cropped to the box around both lungs plus a margin" if lungs == "crop"
+                else "zero outside the lungs")
+        lines.append(f"- **lungs**: every image {what} (--lungs {lungs}), by the lung segmenter")
+        fallback = info.get("lung_fallback") or {}
+        if fallback:
+            names = ", ".join(code_md(Path(p).name) for p in list(fallback)[:10])
+            more = f" and {len(fallback) - 10} more (metrics.json, run.lung_fallback)" if len(fallback) > 10 else ""
+            lines.append(f"- lungs not found reliably in {len(fallback)} image(s), used whole: {names}{more}")
+        else:
+            lines.append("- the lungs were found reliably in every image")
+    if info.get("intensity", "none") != "none":
+        lines.append(f"- intensities harmonised per image: {code_md(info['intensity'])}")
+    blanking = info.get("blanking", "box" if info.get("blank_fraction") else None)
+    if blanking == "box":
+        lines.append(f"- **shortcut probe**: the central {100 * info['blank_fraction']:.0f}% x {100 * info['blank_fraction']:.0f}% "
+                     "of every image (the lung field) was blanked out in training and testing")
+    elif blanking == "lungs":
+        lines.append("- **shortcut probe**: the segmented lungs of every image were blanked out in training and testing "
+                     "(only the rest visible)")
+    elif blanking == "outside-lungs":
+        lines.append("- **shortcut probe**: everything outside the segmented lungs was blanked out in training and "
+                     "testing (only the lungs visible)")
+    return lines
+
+
+def heat_section(heat: dict) -> list[str]:
+    """Heat inside the lungs: overall, per class and per source, beside the lungs' share of the image."""
+    lines = ["", "## Heat inside the lungs", "", escape_md(heat_text(heat)) + "."]
+    if not heat.get("images"):
+        return lines
+    lines += ["", "| test images | heat inside the lungs | lungs' share of the image | images |", "|---|---:|---:|---:|",
+              f"| all | {percent(heat['heat'])} | {percent(heat['lung_area'])} | {heat['images']} |"]
+    for kind in ("per_class", "per_source"):
+        for name, part in heat.get(kind, {}).items():
+            label = f"class {name}" if kind == "per_class" else f"source {name}"
+            lines.append(f"| {escape_md(label)} | {percent(part['heat'])} | {percent(part['lung_area'])} | {part['images']} |")
+    return lines
 
 
 def environment_text(environment: dict) -> str:

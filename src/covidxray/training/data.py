@@ -8,10 +8,12 @@ import numpy as np
 import pandas as pd
 
 from covidxray.config import TrainConfig
-from covidxray.data.blanking import blank_center
+from covidxray.data.blanking import DEFAULT_FRACTION, blank_center
 from covidxray.data.loading import LabelledImages, load_labelled_images
+from covidxray.data.lungviews import blank_regions
 from covidxray.data.splits import split_dataset
 from covidxray.errors import CovidXrayError
+from covidxray.inference.preprocess import Preprocessing
 
 
 @dataclass
@@ -23,6 +25,8 @@ class PreparedData:
     targets: np.ndarray  # (n,) class indices into classes
     classes: tuple[str, ...]
     skipped: dict[str, str]  # path -> why it was left out
+    lungs: np.ndarray | None = None  # (n, size, size) bool lung masks in the images' pixels, where segmented
+    lung_quality: list[str] | None = None  # per image, the lung mask's flag
 
     def part(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         mask = self.mask(split)
@@ -33,15 +37,40 @@ class PreparedData:
 
 
 def load_data(config: TrainConfig, progress: bool | None = None) -> LabelledImages:
-    """Read and decode the data of ``config`` (resolved); with ``blank_fraction``, hide the lung field."""
-    data = load_labelled_images(config.data, config.classes, config.image_size, cache_dir=config.cache_dir,
+    """Read and decode the data of ``config`` (resolved) and make the model's inputs
+    (:class:`~covidxray.inference.preprocess.Preprocessing`: the lungs cropped or masked, intensities
+    harmonised); with a probe's blanking, hide the lung field (a central box, or the segmented lungs)
+    or everything but the lungs."""
+    prep = Preprocessing.from_config(config)
+    data = load_labelled_images(config.data, config.classes, prep.decode_side, cache_dir=config.cache_dir,
                                 progress=progress)
-    if config.blank_fraction:
-        if not isinstance(data.images, np.ndarray):
-            raise CovidXrayError("--blank-fraction needs the images in memory; train on the image files, "
-                                 "not a shard folder")
+    in_memory = isinstance(data.images, np.ndarray)
+    if not in_memory and (config.lungs != "none" or config.blanking or config.intensity != "none"):
+        raise CovidXrayError("--lungs, --intensity and the probe's blanking need the images in memory; train on "
+                             "the image files, not a shard folder")
+    if in_memory:  # the lungs of every image: for --lungs, the lung probes and heat-in-lungs
+        inputs = prep.apply(data.images, list(data.table["pixels"]), lungs=True, progress=progress)
+        data.images, data.lungs, data.lung_quality = inputs.images, inputs.lungs, inputs.quality
+    if config.blanking == "box":
         data.images = blank_center(data.images, config.blank_fraction)
+    elif config.blanking:
+        data.images = blank_lungs(data, config.blanking)
     return data
+
+
+def blank_lungs(data: LabelledImages, region: str) -> np.ndarray:
+    """The images with their lungs (``region="lungs"``) or all but them (``"outside-lungs"``) blanked.
+
+    An image whose lungs were not found reliably (a flagged mask) stands in with the central box
+    (:data:`DEFAULT_FRACTION` of the side): blanked, or the only part kept."""
+    flagged = np.array([q != "ok" for q in data.lung_quality], bool)
+    blanked = blank_regions(data.images, data.lungs, region)
+    if flagged.any():
+        box = blank_center(data.images[flagged], DEFAULT_FRACTION)
+        if region == "outside-lungs":  # keep the central box only
+            box = data.images[flagged] - box
+        blanked[flagged] = box
+    return blanked
 
 
 def split_data(config: TrainConfig, data: LabelledImages, test_mask: np.ndarray | None = None) -> PreparedData:
@@ -50,7 +79,8 @@ def split_data(config: TrainConfig, data: LabelledImages, test_mask: np.ndarray 
     table["split"] = split_dataset(table, pixel_digests=list(table["pixels"]), val_fraction=config.val_fraction,
                                    test_fraction=config.test_fraction, seed=config.seed, test_mask=test_mask,
                                    group_by=config.group_by)
-    return PreparedData(table, data.images, data.targets, config.classes, data.skipped)
+    return PreparedData(table, data.images, data.targets, config.classes, data.skipped, data.lungs,
+                        data.lung_quality)
 
 
 def prepare_data(config: TrainConfig, progress: bool | None = None) -> PreparedData:

@@ -21,6 +21,7 @@ from covidxray.backend import runtime_environment
 from covidxray.config import TrainConfig
 from covidxray.data.splits import SPLITS, without_patient_id
 from covidxray.errors import CovidXrayError, DatasetError
+from covidxray.evaluation.attention import heat_in_lungs
 from covidxray.evaluation.calibration import calibration_summary, fit_calibration
 from covidxray.evaluation.metrics import confounding_warning
 from covidxray.evaluation.scoring import ScoredPredictions
@@ -141,6 +142,11 @@ def _run(config: TrainConfig, run: rundir.RunDir, data: PreparedData, *, started
     model = load_model(run.require(rundir.MODEL))
     metrics, calibration, test = evaluate_splits(model, data, config)
     calibration.save(run.path)
+    rows = data.mask("test")
+    test_lungs = None if data.lungs is None else data.lungs[rows]
+    quality = None if data.lung_quality is None else [q for q, k in zip(data.lung_quality, rows) if k]
+    metrics["heat_in_lungs"] = heat_in_lungs(model, data.part("test")[0], test_lungs, quality, test.predicted,
+                                             data.table[rows], data.classes)
     metrics["run"] = {
         **training,
         "model": config.model, "task": config.task, "image_size": config.image_size,
@@ -148,17 +154,27 @@ def _run(config: TrainConfig, run: rundir.RunDir, data: PreparedData, *, started
         "data_seconds": round(decode_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1),
         "images": {split: int((data.table["split"] == split).sum()) for split in SPLITS},
         "images_without_patient_id": int(without_patient_id(data.table).sum()),
-        "group_by": config.group_by, "blank_fraction": config.blank_fraction,
+        "group_by": config.group_by, "blank_fraction": config.blank_fraction, "blanking": config.blanking,
+        "lungs": config.lungs, "intensity": config.intensity, "lung_fallback": lung_fallback(data, config),
         "sources": {str(k): int(v) for k, v in data.table["source"].value_counts().items()},
         "confounding": confounding_warning(data.table["label"], data.table["source"]),
         "skipped": data.skipped,
         "resumed": resumed,
         "environment": runtime_environment(),
     }
-    write_figures_and_report(run, config, data.part("test")[0], test, metrics, model=model)
+    write_figures_and_report(run, config, data.part("test")[0], test, metrics, model=model, lungs=test_lungs,
+                             lung_quality=quality)
     run.write_json(rundir.METRICS, metrics)  # last: metrics.json marks a complete run
     shutil.rmtree(run.file(rundir.BACKUP))  # nothing left to resume
     return metrics
+
+
+def lung_fallback(data: PreparedData, config: TrainConfig) -> dict[str, str]:
+    """The images used whole under ``--lungs crop|mask`` because their lungs were not found reliably:
+    path -> the mask's flag."""
+    if config.lungs == "none" or data.lung_quality is None:
+        return {}
+    return {str(path): q for path, q in zip(data.table["path"], data.lung_quality) if q != "ok"}
 
 
 def _check_same_split(run: rundir.RunDir, data: PreparedData, where) -> None:

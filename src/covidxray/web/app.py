@@ -79,6 +79,14 @@ def _disclaimer_html() -> str:
     return markdown.markdown(DISCLAIMER.lstrip("> ").strip())
 
 
+def _lungs_caption(analysis) -> str:
+    if analysis.lungs != "ok":
+        return f"No lung outline: the lungs were not found reliably ({analysis.lungs})."
+    if analysis.cropped:
+        return "The model saw the box around the lungs (shown); the white line is their outline."
+    return "The white line is the outline of the lungs."
+
+
 def render_page(analyzer: XrayAnalyzer, max_bytes: int, *, analysis: Analysis | None = None,
                 error: str | None = None, filename: str = "") -> str:
     """The whole page: form, warning, and the result of the last upload or its error."""
@@ -108,7 +116,7 @@ def render_page(analyzer: XrayAnalyzer, max_bytes: int, *, analysis: Analysis | 
             '<figcaption>the X-ray, as read</figcaption></figure>'
             f'<figure><img id="heatmap" alt="Grad-CAM heatmap over the X-ray" src="{_data_uri(analysis.heatmap_png)}">'
             f'<figcaption>Grad-CAM heatmap for "{html.escape(analysis.label)}": where the model looked, '
-            'not where the disease is</figcaption></figure></div></section>'
+            f'not where the disease is. {html.escape(_lungs_caption(analysis))}</figcaption></figure></div></section>'
         )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -245,6 +253,7 @@ def create_app(analyzer: XrayAnalyzer, max_upload_mb: float = DEFAULT_MAX_UPLOAD
         except UploadError as error:
             return JSONResponse({"error": str(error)}, status_code=error.status, headers=error.headers)
         return JSONResponse({"file": filename, "label": analysis.label, "probabilities": analysis.probabilities,
+                             "lungs": analysis.lungs, "cropped": analysis.cropped,
                              "heatmap_png": base64.b64encode(analysis.heatmap_png).decode("ascii")})
 
     @app.api_route("/healthz", methods=["GET", "HEAD"], response_class=PlainTextResponse)

@@ -245,3 +245,56 @@ def test_every_backend_gives_the_same_maps(backend, saved_models):
         maps = np.load(folder / f"{name}_{backend}.npy")
         assert maps.shape == expected[name].shape and expected[name].max(axis=(1, 2)).min() == 1  # no blank maps
         assert np.abs(maps - expected[name]).max() < 1e-3, json.dumps({name: float(np.abs(maps - expected[name]).max())})
+
+
+def square_mask(side: int, start: int, stop: int) -> np.ndarray:
+    mask = np.zeros((side, side), bool)
+    mask[start:stop, start:stop] = True
+    return mask
+
+
+def white(picture: np.ndarray) -> np.ndarray:
+    return (picture == 255).all(axis=-1)
+
+
+def test_overlay_outlines_the_mask_in_white():
+    from covidxray.inference.heatmaps import edge
+
+    image = np.full((64, 64), 100, dtype=np.uint8)
+    mask = square_mask(64, 16, 48)
+    plain = overlay(image, np.zeros((64, 64)))
+    out = overlay(image, np.zeros((64, 64)), outline=mask)
+    assert not white(plain).any()
+    ring = edge(mask, (64, 64))
+    np.testing.assert_array_equal(white(out), ring)  # white on the edge and nowhere else
+    assert white(out)[16, 30] and white(out)[47, 30] and white(out)[30, 16] and white(out)[30, 47]
+    assert not white(out)[15, 30] and not white(out)[17, 30]  # a thin line
+    np.testing.assert_array_equal(out[~ring], plain[~ring])  # the rest as without the outline
+    assert not white(out)[32, 32] and not white(out)[2, 2]
+
+
+def test_overlay_resizes_an_outline_of_another_size():
+    image = np.full((64, 64), 100, dtype=np.uint8)
+    out = overlay(image, np.zeros((16, 16)), outline=square_mask(32, 8, 24))  # the square 16..48 at 64 px
+    drawn = white(out)
+    assert drawn.any()
+    rows, cols = np.nonzero(drawn)
+    assert abs(rows.min() - 16) <= 1 and abs(rows.max() - 47) <= 1
+    assert abs(cols.min() - 16) <= 1 and abs(cols.max() - 47) <= 1
+    assert not drawn[32, 32] and not drawn[2, 2] and not drawn[60, 60]
+
+
+def test_edge_is_the_masks_rim_about_a_two_hundredth_of_the_side_thick():
+    from covidxray.inference.heatmaps import edge
+
+    mask = square_mask(20, 5, 15)
+    rim = edge(mask, (20, 20))
+    assert rim.dtype == bool and rim.shape == (20, 20)
+    assert rim.sum() == 4 * (10 - 1)  # the square's one-pixel border
+    assert rim[5, 5] and rim[14, 10] and not rim[10, 10] and not rim[4, 10]
+    assert not edge(np.ones((20, 20), bool), (20, 20)).any()  # the image's border is no edge
+    assert not edge(np.zeros((20, 20), bool), (20, 20)).any()
+    thick = edge(square_mask(400, 100, 300), (400, 400))  # 400 // 200 = 2 px thick
+    assert thick[100, 200] and thick[101, 200] and not thick[102, 200] and not thick[99, 200]
+    scaled = edge(mask, (40, 40))  # resized first: the rim of the 10..30 square
+    assert scaled.shape == (40, 40) and scaled[10, 20] and scaled[29, 20] and not scaled[20, 20]

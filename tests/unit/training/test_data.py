@@ -51,5 +51,5 @@ def test_split_data_with_given_test_rows(data_dir):
 
 def test_blanking_a_shard_folder_is_refused(data_dir, tmp_path):
     write_shards(str(data_dir), tmp_path / "shards", 32, progress=False)
-    with pytest.raises(CovidXrayError, match="--blank-fraction needs the images in memory"):
+    with pytest.raises(CovidXrayError, match="need the images in memory"):
         load_data(TrainConfig(data=str(tmp_path / "shards"), blank_fraction=0.5).resolve())

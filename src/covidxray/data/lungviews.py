@@ -1,0 +1,114 @@
+"""Lung-aware model inputs: crop to the lungs or zero outside them, blank regions for the probes,
+harmonise intensities. Pure numpy and Pillow: the masks come from the lung segmenter
+(:mod:`covidxray.inference.lungs`), and :mod:`covidxray.inference.preprocess` chains these steps
+the same way for training, predict, evaluate, serve and export.
+
+``--lungs crop`` keeps the box around both lungs plus a margin (:data:`MARGIN`): the lung masks of
+the segmenter (as the SCR and ieee8023 masks it learned from) stop at the heart and the diaphragm's
+dome, but the pleura, the costophrenic angles and the lung behind the heart and below the dome lie
+just outside them. ``--lungs mask`` sets every pixel outside the lungs to 0. Images are decoded at
+twice the model's side (:func:`decode_side`) before cropping, so a crop keeps the model's resolution.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+#: How a model sees an image: the whole film, the box around the lungs, or the lungs alone.
+LUNG_MODES = ("none", "crop", "mask")
+#: What the shortcut probe blanks: the central box, the segmented lungs, or all but the lungs.
+BLANK_REGIONS = ("box", "lungs", "outside-lungs")
+#: Intensity harmonisation: none, global histogram equalisation, or CLAHE (scikit-image).
+INTENSITY = ("none", "equalize", "clahe")
+#: Margin around the box of both lungs, as a fraction of its width (left, right) or height (top,
+#: bottom); more below, where the posterior costophrenic recesses lie under the dome.
+MARGIN = (0.06, 0.06, 0.06, 0.12)  # left, top, right, bottom
+#: CLAHE's clip limit (scikit-image's default, 0.01).
+CLAHE_CLIP = 0.01
+FULL = (0.0, 0.0, 1.0, 1.0)
+
+
+def decode_side(size: int, lungs: str, largest: int = 1024) -> int:
+    """The side images are decoded at before :func:`lung_view` makes the ``size`` model input."""
+    return size if lungs == "none" else min(2 * size, max(size, largest))
+
+
+def crop_box(mask: np.ndarray, margin=MARGIN) -> tuple[float, float, float, float]:
+    """The box around the lungs of ``mask`` plus ``margin``, as fractions ``(x0, y0, x1, y1)`` of the
+    image's width and height, clipped to the image; the whole image for an empty mask."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return FULL
+    height, width = mask.shape
+    x0, x1, y0, y1 = cols[0], cols[-1] + 1, rows[0], rows[-1] + 1
+    left, top, right, bottom = margin
+    box_w, box_h = x1 - x0, y1 - y0
+    return (max(0.0, (x0 - left * box_w) / width), max(0.0, (y0 - top * box_h) / height),
+            min(1.0, (x1 + right * box_w) / width), min(1.0, (y1 + bottom * box_h) / height))
+
+
+def resize_box(image: np.ndarray, box, size: int, resample=Image.Resampling.BILINEAR) -> np.ndarray:
+    """The ``box`` (fractions) of a 2-D array resized to ``size`` x ``size``."""
+    height, width = image.shape
+    pixels = (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
+    if tuple(box) == FULL and image.shape == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), resample, box=pixels))
+
+
+def lung_view(image: np.ndarray, mask: np.ndarray | None, mode: str, size: int
+              ) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float, float, float]]:
+    """The model input of a 2-D uint8 ``image`` for lung mode ``mode``: ``(view, view_mask, box)``.
+
+    ``mask``: the image's lungs (same shape; None or empty: segmentation failed, and the whole
+    image is used). ``view_mask`` is the lung mask in the view's pixels (None without ``mask``);
+    ``box`` the part of the image the view shows, as fractions.
+    """
+    if mode not in LUNG_MODES:
+        raise ValueError(f"unknown lung mode {mode!r}; choose one of {', '.join(LUNG_MODES)}")
+    found = mask is not None and mask.any()
+    box = crop_box(mask) if mode == "crop" and found else FULL
+    view = resize_box(image, box, size)
+    view_mask = None
+    if mask is not None:
+        view_mask = resize_box(mask.astype(np.uint8) * 255, box, size) >= 128
+    if mode == "mask" and found:
+        view = np.where(view_mask, view, 0).astype(np.uint8)
+    return view, view_mask, box
+
+
+def blank_regions(images: np.ndarray, masks: np.ndarray, region: str) -> np.ndarray:
+    """A copy of ``images`` ``(n, h, w[, 1])`` with the lungs (``region="lungs"``) or all but the
+    lungs (``"outside-lungs"``) set to 0; ``masks``: ``(n, h, w)`` bool."""
+    if region not in ("lungs", "outside-lungs"):
+        raise ValueError(f"region must be 'lungs' or 'outside-lungs', not {region!r}")
+    blank = masks if region == "lungs" else ~masks
+    blanked = np.array(images, copy=True)
+    if blanked.ndim == 4:
+        blank = blank[..., None] & np.ones(blanked.shape, bool)
+    blanked[blank] = 0
+    return blanked
+
+
+def harmonise(images: np.ndarray, method: str) -> np.ndarray:
+    """Images ``(n, h, w[, 1])`` uint8 with their intensities harmonised by ``method`` (:data:`INTENSITY`):
+    each image on its own, so the result does not depend on the batch."""
+    if method not in INTENSITY:
+        raise ValueError(f"unknown intensity harmonisation {method!r}; choose one of {', '.join(INTENSITY)}")
+    if method == "none" or len(images) == 0:
+        return images
+    from skimage import exposure
+
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        plane = image[..., 0] if image.ndim == 3 else image
+        if plane.min() == plane.max():  # one grey level: nothing to equalise
+            result = plane
+        elif method == "equalize":
+            result = exposure.equalize_hist(plane, nbins=256)
+        else:
+            result = exposure.equalize_adapthist(plane, clip_limit=CLAHE_CLIP)
+        result = plane if result is plane else np.clip(np.rint(result * 255), 0, 255).astype(np.uint8)
+        out[i] = result[..., None] if image.ndim == 3 else result
+    return out

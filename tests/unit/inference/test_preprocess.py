@@ -1,0 +1,199 @@
+"""covidxray.inference.preprocess: decoded images to model inputs, with a fake and the shipped lung segmenter."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covidxray.config import TrainConfig
+from covidxray.data.lungviews import FULL, crop_box
+from covidxray.errors import CovidXrayError
+from covidxray.inference.lungs import LungMask
+from covidxray.inference.preprocess import ModelInputs, Preprocessing
+from helpers import shared_data_dir
+
+SIZE = 32
+
+
+def lungs_mask(side: int, shift: int = 0) -> np.ndarray:
+    """Two side-by-side rectangles in the middle of a ``side`` x ``side`` image."""
+    mask = np.zeros((side, side), bool)
+    q = side // 8
+    mask[2 * q + shift:6 * q, q + shift:3 * q + 2] = True
+    mask[2 * q + shift:6 * q, 5 * q:7 * q - shift] = True
+    return mask
+
+
+class FakeSegmenter:
+    """Returns prepared masks and flags, and records each call."""
+
+    def __init__(self, masks, quality):
+        self.masks, self.quality, self.calls = masks, quality, []
+
+    def segment_cached(self, images, digests, cache_dir=None, progress=None):
+        self.calls.append({"shape": np.shape(images), "digests": list(digests), "cache_dir": cache_dir})
+        return [LungMask(m, q) for m, q in zip(self.masks, self.quality)]
+
+
+class Refuses:
+    def segment_cached(self, *args, **kwargs):
+        raise AssertionError("segmented although the lung mode does not need it")
+
+
+def batch(side: int, n: int = 3, seed: int = 0):
+    """Images with bright lungs over a darker, noisy background, their masks and flags (row 1 flagged)."""
+    rng = np.random.default_rng(seed)
+    masks = np.stack([lungs_mask(side, i) for i in range(n)])
+    images = np.where(masks, rng.integers(150, 220, masks.shape), rng.integers(10, 90, masks.shape)).astype(np.uint8)
+    quality = ["ok", "no-lung", "ok"][:n]
+    return images, masks, quality
+
+
+def prepared(lungs: str, intensity: str = "none", size: int = SIZE, **kwargs):
+    prep = Preprocessing(size=size, lungs=lungs, intensity=intensity, **kwargs)
+    images, masks, quality = batch(prep.decode_side)
+    prep._segmenter = FakeSegmenter(masks, quality)
+    return prep, images, masks, quality
+
+
+def test_without_lungs_the_images_pass_unchanged():
+    prep = Preprocessing(size=SIZE)
+    prep._segmenter = Refuses()
+    assert prep.decode_side == SIZE
+    images, _, _ = batch(SIZE)
+    for given in (images, images[..., None]):
+        inputs = prep.apply(given)
+        assert isinstance(inputs, ModelInputs)
+        assert inputs.images.shape == (3, SIZE, SIZE, 1) and inputs.images.dtype == np.uint8
+        np.testing.assert_array_equal(inputs.images[..., 0], images)
+        assert inputs.lungs is None and inputs.quality is None and inputs.boxes is None
+        assert inputs.fallback == []
+
+
+def test_lungs_true_segments_the_whole_images_too():
+    prep = Preprocessing(size=SIZE)
+    images, masks, quality = batch(SIZE)
+    prep._segmenter = FakeSegmenter(masks, quality)
+    inputs = prep.apply(images, lungs=True)
+    np.testing.assert_array_equal(inputs.images[..., 0], images)  # not cropped: lungs none
+    np.testing.assert_array_equal(inputs.lungs, masks)
+    assert inputs.quality == quality and (inputs.boxes == FULL).all()
+
+
+@pytest.mark.parametrize("lungs, side", [("none", SIZE), ("crop", 2 * SIZE), ("mask", 2 * SIZE)])
+def test_a_wrong_side_is_refused_naming_the_expected_one(lungs, side):
+    prep = Preprocessing(size=SIZE, lungs=lungs)
+    prep._segmenter = Refuses()
+    wrong = np.zeros((2, side + 8, side + 8), np.uint8)
+    with pytest.raises(CovidXrayError, match=f"decoded at {side}x{side}"):
+        prep.apply(wrong)
+    with pytest.raises(CovidXrayError, match=f"decoded at {side}x{side}"):
+        prep.apply(np.zeros((side, side), np.uint8))  # one image, not a batch
+
+
+def test_crop_mode_crops_each_reliable_image_to_its_lungs():
+    prep, images, masks, quality = prepared("crop")
+    assert prep.decode_side == 2 * SIZE
+    digests = ["d0", "d1", "d2"]
+    inputs = prep.apply(images[..., None], digests)
+    call, = prep._segmenter.calls
+    assert call["digests"] == digests and call["shape"][1:3] == (2 * SIZE, 2 * SIZE)
+    assert inputs.images.shape == (3, SIZE, SIZE, 1) and inputs.images.dtype == np.uint8
+    assert inputs.lungs.shape == (3, SIZE, SIZE) and inputs.lungs.dtype == bool
+    assert inputs.boxes.shape == (3, 4)
+    assert ((inputs.boxes >= 0) & (inputs.boxes <= 1)).all()
+    for i in (0, 2):
+        assert tuple(inputs.boxes[i]) == pytest.approx(crop_box(masks[i]))
+        assert inputs.boxes[i][2] - inputs.boxes[i][0] < 1
+        assert inputs.lungs[i].mean() > masks[i].mean()  # the lungs fill more of the crop
+    assert inputs.quality == quality and inputs.fallback == [1]
+    assert tuple(inputs.boxes[1]) == (0.0, 0.0, 1.0, 1.0)  # flagged: the whole image
+    whole = np.asarray(Image.fromarray(images[1]).resize((SIZE, SIZE), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(inputs.images[1, ..., 0], whole)
+
+
+def test_crop_mode_without_digests_passes_none():
+    prep, images, _, _ = prepared("crop")
+    prep.apply(images)
+    assert prep._segmenter.calls[0]["digests"] == [None, None, None]
+
+
+def test_mask_mode_zeroes_outside_the_lungs_of_reliable_images():
+    prep, images, _, _ = prepared("mask")
+    inputs = prep.apply(images)
+    views, lungs = inputs.images[..., 0], inputs.lungs
+    assert (inputs.boxes == FULL).all()
+    for i in (0, 2):
+        assert (views[i][~lungs[i]] == 0).all() and views[i][lungs[i]].min() > 0
+    assert (views[1][~lungs[1]] > 0).all()  # flagged: left whole
+    assert inputs.fallback == [1]
+
+
+def test_intensity_harmonisation_changes_the_pixels():
+    images, _, _ = batch(SIZE)
+    plain = Preprocessing(size=SIZE).apply(images).images
+    clahe = Preprocessing(size=SIZE, intensity="clahe").apply(images).images
+    assert clahe.shape == plain.shape and clahe.dtype == np.uint8
+    assert not np.array_equal(clahe, plain)
+    prep, images, _, _ = prepared("crop", "equalize")
+    equalised = prep.apply(images).images
+    assert equalised.max() == 255  # spread to the full range
+
+
+def test_describe_names_the_lung_mode_and_intensity():
+    assert Preprocessing(SIZE).describe() == "the whole image"
+    assert "crop" in Preprocessing(SIZE, "crop").describe()
+    assert "zero outside the lungs" in Preprocessing(SIZE, "mask").describe()
+    assert "CLAHE" in Preprocessing(SIZE, "crop", "clahe").describe()
+    assert "histogram-equalised" in Preprocessing(SIZE, intensity="equalize").describe()
+
+
+def test_from_config_takes_the_runs_settings():
+    config = TrainConfig(data="x", lungs="crop", image_size=64)
+    prep = Preprocessing.from_config(config)
+    assert (prep.size, prep.lungs, prep.intensity, prep.segmenter_path, prep.cache_dir) == (64, "crop", "none", None, None)
+    assert prep.decode_side == 128
+    config = TrainConfig(data="x", lungs="mask", intensity="clahe", image_size=48, lung_segmenter="seg",
+                         cache_dir="c")
+    prep = Preprocessing.from_config(config)
+    assert (prep.size, prep.lungs, prep.intensity, prep.segmenter_path, prep.cache_dir) == (48, "mask", "clahe", "seg", "c")
+    assert Preprocessing.from_config(config, cache_dir="other").cache_dir == "other"
+
+
+def test_the_shipped_segmenter_crops_real_films_and_caches_their_masks(tmp_path, monkeypatch):
+    from covidxray.inference.lungs import load_segmenter
+
+    jsrt = shared_data_dir() / "jsrt"
+    names = ["JPCLN001.png", "JPCNN010.png"]
+    films = [Image.open(jsrt / "images" / name).convert("L").resize((256, 256), Image.Resampling.BILINEAR)
+             for name in names]
+    truth = [np.asarray(Image.open(jsrt / "lung-masks" / name).resize((256, 256), Image.Resampling.NEAREST)) > 127
+             for name in names]
+    images = np.stack([np.asarray(f) for f in films])
+    digests = [hashlib.sha256(image.tobytes()).hexdigest() for image in images]
+    segmenter = load_segmenter()
+    prep = Preprocessing(size=128, lungs="crop", cache_dir=str(tmp_path))
+    prep._segmenter = segmenter
+    assert prep.decode_side == 256
+
+    inputs = prep.apply(images, digests, progress=False)
+    assert inputs.quality == ["ok", "ok"] and inputs.fallback == []
+    assert inputs.images.shape == (2, 128, 128, 1)
+    widths = inputs.boxes[:, 2] - inputs.boxes[:, 0]
+    assert (widths < 0.98).all() and (widths > 0.5).all()
+    for box, mask in zip(inputs.boxes, truth):  # close to the box around the radiologists' lungs
+        assert np.abs(box - np.asarray(crop_box(mask))).max() < 0.08
+    cached = list((tmp_path / "lungs").glob("*/*.npz"))
+    assert len(cached) == 2
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the cached masks were not used")
+
+    monkeypatch.setattr(segmenter, "segment", no_model)
+    again = prep.apply(images, digests, progress=False)
+    np.testing.assert_array_equal(again.images, inputs.images)
+    np.testing.assert_array_equal(again.boxes, inputs.boxes)
+    assert again.quality == ["ok", "ok"]
