@@ -155,3 +155,26 @@ def test_lung_probe_says_what_survives(xrays, cropped_run, tmp_path, capsys):
     assert metrics["probe"]["summary"] in printed
     report = (run / "report.md").read_text()
     assert "## Shortcut probe" in report and "the segmented lungs of every image were blanked out" in report
+
+
+def test_images_without_lungs_are_predicted_whole_with_a_warning(cropped_run, xrays, tmp_path, capsys):
+    from helpers import write_dicom, write_png
+
+    run, _ = cropped_run
+    blank = write_png(tmp_path / "blank.png", np.full((300, 300), 128, np.uint8))
+    thin = write_png(tmp_path / "thin.png", np.arange(300, dtype=np.uint8)[None, :])  # 1 pixel high
+    film = sorted((xrays / "normal").glob("*.png"))[0]
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(film).convert("L")).astype(np.uint16) * 16
+    inverted = write_dicom(tmp_path / "inverted.dcm", 4095 - pixels, photometric="MONOCHROME1")
+    assert main(["predict", "--run", str(run), str(blank), str(thin), str(inverted), str(film), "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    results = {r["path"]: r for r in json.loads(captured.out)}
+    assert results[str(blank)]["lungs"] == results[str(thin)]["lungs"] == "no-lung"
+    for path in (blank, thin):
+        assert f"{path}: lungs not found reliably (no-lung); the whole image was used" in captured.err
+    # a MONOCHROME1 DICOM is inverted on reading: the same film, the same lungs and the same answer
+    assert results[str(inverted)]["lungs"] == results[str(film)]["lungs"]
+    for c, p in results[str(film)]["probabilities"].items():
+        assert results[str(inverted)]["probabilities"][c] == pytest.approx(p, abs=0.02)

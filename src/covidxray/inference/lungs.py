@@ -66,7 +66,7 @@ MAX_UNCERTAIN = 0.4
 #: Images with a side shorter than this are not segmented (flagged no-lung).
 MIN_SIDE = 16
 #: Bump when post-processing changes, so that cached masks are recomputed.
-CACHE_VERSION = "v1"
+CACHE_VERSION = "v2"
 BATCH = 32
 PAD_TO = 8  # a last, smaller batch is padded to a multiple of this
 CHUNK = 64  # files decoded, segmented and written at a time
@@ -187,12 +187,16 @@ def mask_from_probabilities(probabilities: np.ndarray, shape: tuple[int, int], t
 
 
 def unsegmentable(image: np.ndarray) -> LungMask | None:
-    """A flagged empty mask for an image no model should be asked about (tiny, or one grey level)."""
+    """A flagged empty mask for an image no model should be asked about: tiny, one grey level, or
+    the same in every row or column (a 1-pixel-high image resized to a square, as the classifiers'
+    inputs are, before its lungs are looked for)."""
     height, width = image.shape
     if min(height, width) < MIN_SIDE:
         reason = f"too small to segment ({width}x{height} px; at least {MIN_SIDE} px a side)"
     elif image.min() == image.max():
         reason = "blank image (a single grey level)"
+    elif (image == image[:1]).all() or (image == image[:, :1]).all():  # every row (column) the same
+        reason = "no detail along one side (an image 1 pixel high or wide, stretched?)"
     else:
         return None
     return LungMask(np.zeros(image.shape, bool), NO_LUNG, reason)

@@ -90,16 +90,19 @@ def test_masks_come_back_at_the_image_size_with_box_and_area():
 
 def test_tiny_and_blank_images_are_flagged_not_segmented():
     tiny, blank, fine = np.zeros((1, 300), np.uint8), np.full((64, 64), 90, np.uint8), np.zeros((64, 64), np.uint8)
-    fine[10:20] = 50
-    results = segmenter().segment([tiny, blank, fine])
-    assert [r.quality for r in results] == [NO_LUNG, NO_LUNG, OK]
+    fine[10:20, 5:30] = 50
+    stretched = np.repeat(np.arange(64, dtype=np.uint8)[None, :], 64, axis=0)  # a 1-pixel-high image made square
+    results = segmenter().segment([tiny, blank, fine, stretched, stretched.T])
+    assert [r.quality for r in results] == [NO_LUNG, NO_LUNG, OK, NO_LUNG, NO_LUNG]
     assert "too small" in results[0].reason and "blank" in results[1].reason
+    assert "1 pixel high or wide" in results[3].reason and "1 pixel high or wide" in results[4].reason
     assert results[0].mask.shape == (1, 300) and results[0].bbox is None
 
 
 def test_segment_files_writes_masks_and_overlays_and_flags_without_stopping(tmp_path):
     dark = np.full((50, 40), 40, np.uint8)
     dark[::7] = 90
+    dark[:, ::6] += 20  # detail along both sides (an image the same in every column is not segmented)
     bright = 255 - dark  # the fixed model finds one lung in it
     paths = [write_png(tmp_path / "in" / "a.png", dark), write_png(tmp_path / "in" / "b.png", bright),
              write_png(tmp_path / "in" / "flat.png", np.zeros((1, 80), np.uint8))]
@@ -130,6 +133,7 @@ def test_masks_are_cached_by_content(tmp_path, monkeypatch):
 def test_an_inverted_monochrome1_dicom_is_read_the_right_way_round(tmp_path):
     pixels = np.full((40, 40), 3000, np.uint16)  # MONOCHROME1: high values are dark
     pixels[::5] = 1000
+    pixels[:, ::6] += 300
     path = write_dicom(tmp_path / "x.dcm", pixels, photometric="MONOCHROME1")
     [result] = segmenter().segment_files([path], progress=False)
     assert result["quality"] == OK and result["warning"] is None
