@@ -63,7 +63,7 @@ def test_heat_inside_the_lungs_is_measured(cropped_run):
     assert sum(part["images"] for part in heat["per_class"].values()) == heat["images"]
     assert sum(part["images"] for part in heat["per_source"].values()) == heat["images"]
     report = (run / "report.md").read_text()
-    assert "## Heat inside the lungs" in report and "lungs' share of the image" in report
+    assert "## Heat inside the lungs" in report and "lungs' share of the input" in report
 
 
 def test_predict_crops_as_training_did(cropped_run, xrays, tmp_path, capsys):

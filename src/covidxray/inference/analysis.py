@@ -48,6 +48,7 @@ class XrayAnalyzer:
         self.calibration = self.predictor.calibration  # temperature and COVID threshold, as predict applies them
         self.classes = self.predictor.classes
         self._lock = threading.Lock()  # one prediction at a time: Keras models are not thread-safe
+        self.predictor.preprocessing.segmenter  # noqa: B018  (loaded now: the lung outline of every answer needs it)
 
     def analyse_file(self, path: str | Path) -> Analysis:
         """:meth:`analyse` for a file on disk."""

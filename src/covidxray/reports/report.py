@@ -115,7 +115,7 @@ def render_report(config, metrics: dict) -> str:
         f"- model: {code_md(config.model)} at {config.image_size}x{config.image_size}, {info['parameters']:,} parameters, "
         f"Keras backend {code_md(info['backend'])}",
         f"- training: up to {config.epochs} epochs, best validation accuracy at epoch {info['best_epoch']} of {info['epochs_run']}, "
-        f"{info['fit_seconds']} s ({info['train_images_per_second']} images/s); decoding {info['data_seconds']} s",
+        f"{info['fit_seconds']} s ({info['train_images_per_second']} images/s); decoding and segmenting the lungs {info['data_seconds']} s",
     ]
     if "environment" in info:
         lines.append(f"- environment: {environment_text(info['environment'])}")
@@ -188,7 +188,7 @@ def heat_section(heat: dict) -> list[str]:
     lines = ["", "## Heat inside the lungs", "", escape_md(heat_text(heat)) + "."]
     if not heat.get("images"):
         return lines
-    lines += ["", "| test images | heat inside the lungs | lungs' share of the image | images |", "|---|---:|---:|---:|",
+    lines += ["", "| test images | heat inside the lungs | lungs' share of the input | images |", "|---|---:|---:|---:|",
               f"| all | {percent(heat['heat'])} | {percent(heat['lung_area'])} | {heat['images']} |"]
     for kind in ("per_class", "per_source"):
         for name, part in heat.get(kind, {}).items():
