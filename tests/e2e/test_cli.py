@@ -95,8 +95,12 @@ def test_evaluate_writes_the_test_shape(trained, tmp_path, capsys):
     low, high = result["intervals"]["accuracy"]
     assert 0 <= low <= result["accuracy"] <= high <= 1
     assert "accuracy" in capsys.readouterr().out
-    assert main(["--quiet", "evaluate", "--run", str(run), "--data", str(data), "--out", str(out), "--include-seen"]) == 0
+    assert main(["--quiet", "evaluate", "--run", str(run), "--data", str(data), "--out", str(out), "--include-seen",
+                 "--predictions", str(tmp_path / "predictions.csv")]) == 0
     assert json.loads(out.read_text())["n"] == 60
+    rows = pd.read_csv(tmp_path / "predictions.csv")
+    assert len(rows) == 60 and list(rows.columns)[:4] == ["path", "label", "predicted", "source"]
+    assert (rows["label"] == rows["predicted"]).mean() == pytest.approx(json.loads(out.read_text())["accuracy"])
 
 
 def test_evaluate_per_source_needs_two_sources(trained, capsys):

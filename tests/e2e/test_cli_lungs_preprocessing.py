@@ -95,12 +95,17 @@ def test_evaluate_crops_and_measures_heat(cropped_run, xrays, tmp_path, capsys):
     run, cache = cropped_run
     out = tmp_path / "external.json"
     assert main(["--quiet", "evaluate", "--run", str(run), "--data", str(xrays), "--include-seen", "--heat-in-lungs",
-                 "--cache-dir", str(cache), "--out", str(out)]) == 0
+                 "--cache-dir", str(cache), "--out", str(out), "--predictions", str(tmp_path / "p.csv")]) == 0
     printed = capsys.readouterr().out
     metrics = json.loads(out.read_text())
     assert metrics["n"] == 3 * PER_CLASS and "lung_fallback" in metrics
     assert metrics["heat_in_lungs"]["images"] + metrics["heat_in_lungs"]["left_out"] == 3 * PER_CLASS
     assert "of the Grad-CAM heat falls inside the lungs" in printed
+    import pandas as pd
+
+    rows = pd.read_csv(tmp_path / "p.csv")
+    assert list(rows.columns) == ["path", "label", "predicted", "source", *CLASSES, "lungs"]
+    assert sorted(rows.loc[rows["lungs"] != "ok", "path"]) == sorted(metrics["lung_fallback"])
 
 
 def test_onnx_export_records_and_applies_the_crop(cropped_run, xrays):

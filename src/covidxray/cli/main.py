@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default=None, help="write the metrics to this JSON file")
     evaluate.add_argument("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/covidxray)")
     evaluate.add_argument("--per-source", action="store_true", help="require a breakdown per source (fails on one source)")
+    evaluate.add_argument("--predictions", metavar="FILE.csv", default=None,
+                          help="write one row per image: path, label, predicted, source, a probability per class")
     evaluate.add_argument("--heat-in-lungs", action="store_true",
                           help="also measure the share of Grad-CAM heat inside the segmented lungs")
     evaluate.add_argument("--include-seen", action="store_true",
@@ -185,7 +187,7 @@ def run_evaluate(args) -> int:
     data = args.data if len(args.data) > 1 else args.data[0]
     metrics = evaluate(load_predictor(args.run, preset=args.preset), data, cache_dir=args.cache_dir,
                        progress=_progress(args), per_source=args.per_source, include_seen=args.include_seen,
-                       heat=args.heat_in_lungs)
+                       heat=args.heat_in_lungs, predictions=args.predictions)
     if args.out:
         atomic_write_text(args.out, json.dumps(metrics, indent=2) + "\n")
     print_evaluation(metrics)

@@ -15,13 +15,15 @@ from covidxray.evaluation.attention import heat_in_lungs
 from covidxray.evaluation.calibration import calibration_summary
 from covidxray.evaluation.metrics import confounding_warning
 from covidxray.evaluation.scoring import ScoredPredictions, per_source_required
+from covidxray.files import check_writable
 from covidxray.inference.predictor import Predictor, load_predictor
 
 log = logging.getLogger(__name__)
 
 
 def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None, progress: bool | None = None,
-             per_source: bool = False, include_seen: bool = False, heat: bool = False) -> dict:
+             per_source: bool = False, include_seen: bool = False, heat: bool = False,
+             predictions: str | Path | None = None) -> dict:
     """Metrics of a run's model on ``data`` (the shape of ``metrics.json``'s ``"test"``).
 
     ``run``: a run folder, ``preset:NAME``, a loaded :class:`Predictor`, or None (the default
@@ -30,7 +32,12 @@ def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None, progre
     Images the run trained or selected its model on (same original file name or same pixels as a
     training or validation image in ``split.csv``) are left out unless ``include_seen``. ``heat``:
     also measure the share of Grad-CAM heat inside the lungs (``"heat_in_lungs"``; Keras engine).
+    ``predictions``: a CSV file to write with one row per image evaluated
+    (:meth:`ScoredPredictions.per_image`: path, true label, predicted class, source and the
+    calibrated probability of each class; plus the lung mask's flag for a ``--lungs crop|mask`` run).
     """
+    if predictions is not None:
+        check_writable(predictions, "--predictions")  # before any work
     predictor = run if isinstance(run, Predictor) else load_predictor(run)
     if heat and predictor.engine != "keras":
         raise CovidXrayError("heat in the lungs needs the Keras model (Grad-CAM takes gradients); drop --engine onnxruntime")
@@ -56,6 +63,11 @@ def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None, progre
     raw = predictor.predict_raw(loaded.images if prepared is None else prepared.images)
     scored = ScoredPredictions.from_raw(loaded.targets, raw, loaded.table, config.classes, predictor.calibration)
     metrics = scored.metrics(seed=config.seed)
+    if predictions is not None:
+        rows = scored.per_image()
+        if prep.lungs != "none":
+            rows["lungs"] = prepared.quality
+        rundir.write_csv(Path(predictions), rows)
     metrics["data"] = data if isinstance(data, str) else [str(d) for d in data]
     metrics["left_out_seen"] = int(seen.sum())
     metrics["confounding"] = confounding_warning(loaded.table["label"], loaded.table["source"])

@@ -54,6 +54,17 @@ class ScoredPredictions:
             }
         return metrics
 
+    def per_image(self) -> pd.DataFrame:
+        """One row per image: ``path``, ``label`` (true), ``predicted``, ``source`` and one column of
+        calibrated probability per class, named after the class."""
+        names = np.asarray(self.classes, dtype=object)
+        frame = pd.DataFrame({"path": self.table["path"].astype(str).to_numpy() if "path" in self.table else "",
+                              "label": names[self.targets], "predicted": names[self.predicted],
+                              "source": self.sources()})
+        for i, name in enumerate(self.classes):
+            frame[name] = np.round(self.probabilities[:, i], 6)
+        return frame
+
     def sources(self) -> np.ndarray:
         return self.table["source"].fillna("").astype(str).to_numpy()
 

@@ -95,3 +95,43 @@ def test_a_split_csv_that_is_not_one_is_a_clear_error(tmp_path, text, message):
         seen_by_run(tmp_path, table)
     assert str(raised.value).startswith(f"{tmp_path / 'split.csv'}: ")
     assert str(raised.value).endswith("retrain the run, or pass --include-seen to keep every image")
+
+
+def test_predictions_csv_has_one_row_per_image_as_the_run_decides(run_and_data, tmp_path):
+    run, data = run_and_data
+    out = tmp_path / "preds" / "p.csv"
+    metrics = evaluate(str(run), str(data), cache_dir=tmp_path / "cache", progress=False, predictions=out)
+    rows = pd.read_csv(out, keep_default_na=False)
+    assert list(rows.columns) == ["path", "label", "predicted", "source", *CLASSES]
+    assert len(rows) == metrics["n"] == 18
+    assert sorted(rows["label"].value_counts().to_dict().items()) == [(c, 6) for c in CLASSES]
+    assert np.allclose(rows[list(CLASSES)].sum(axis=1), 1.0, atol=1e-4)  # calibrated probabilities
+    assert (rows["label"] == rows["predicted"]).mean() == pytest.approx(metrics["accuracy"])
+    matrix = pd.crosstab(rows["label"], rows["predicted"]).reindex(index=CLASSES, columns=CLASSES, fill_value=0)
+    assert matrix.to_numpy().tolist() == metrics["confusion_matrix"]
+    assert set(rows["path"]) == set(load_labelled_images(str(data), CLASSES, 32).table["path"].astype(str))
+
+
+def test_predictions_csv_that_cannot_be_written_fails_before_the_work(run_and_data, tmp_path, monkeypatch):
+    import covidxray.evaluation.evaluate as module
+
+    run, data = run_and_data
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(module, "load_labelled_images", lambda *a, **k: pytest.fail("worked before checking"))
+    with pytest.raises(CovidXrayError, match="--predictions"):
+        evaluate(str(run), str(data), predictions=tmp_path / "file" / "p.csv")
+    with pytest.raises(CovidXrayError, match="is a folder"):
+        evaluate(str(run), str(data), predictions=tmp_path)
+
+
+def test_without_a_run_the_shipped_model_is_evaluated(tmp_path):
+    from covidxray.cli import main
+
+    data = make_dataset(tmp_path / "data", per_class=3)
+    out, rows = tmp_path / "m.json", tmp_path / "p.csv"
+    assert main(["--quiet", "evaluate", "--data", str(data), "--out", str(out), "--predictions", str(rows),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    import json
+
+    assert json.loads(out.read_text())["n"] == len(pd.read_csv(rows)) == 9
+    assert list(pd.read_csv(rows).columns)[4:] == list(load_predictor(None).classes)
