@@ -16,7 +16,6 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-OK = "ok"
 
 
 def heat_shares(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -47,6 +46,7 @@ def heat_in_lungs(model, images: np.ndarray, lungs: np.ndarray | None, quality, 
     """
     from covidxray.errors import CovidXrayError
     from covidxray.inference.heatmaps import grad_cam
+    from covidxray.inference.lungs import OK
 
     n = len(images)
     if lungs is None:

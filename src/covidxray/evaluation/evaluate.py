@@ -16,6 +16,7 @@ from covidxray.evaluation.calibration import calibration_summary
 from covidxray.evaluation.metrics import confounding_warning
 from covidxray.evaluation.scoring import ScoredPredictions, per_source_required
 from covidxray.files import check_writable
+from covidxray.inference.lungs import OK
 from covidxray.inference.predictor import Predictor, load_predictor
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None, progre
                               **calibration_summary(loaded.targets, raw, predictor.calibration)}
     metrics["skipped"] = loaded.skipped
     if prep.lungs != "none":
-        metrics["lung_fallback"] = {str(p): q for p, q in zip(loaded.table["path"], prepared.quality) if q != "ok"}
+        metrics["lung_fallback"] = {str(p): q for p, q in zip(loaded.table["path"], prepared.quality) if q != OK}
     if heat:
         metrics["heat_in_lungs"] = heat_in_lungs(predictor.model, prepared.images, prepared.lungs, prepared.quality,
                                                  scored.predicted, loaded.table, config.classes)

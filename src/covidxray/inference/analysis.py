@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from covidxray.data.images import read_image, resize_square
+from covidxray.inference.lungs import OK
 from covidxray.inference.predictor import Predictor, load_predictor
 
 DISPLAY_SIZE = 384  # side in pixels of the X-ray and heatmap images returned
@@ -30,7 +31,7 @@ class Analysis:
     probabilities: dict[str, float]
     image_png: bytes  # the X-ray as read (grayscale, longest side DISPLAY_SIZE px)
     heatmap_png: bytes  # the Grad-CAM heatmap of the predicted class over what the model saw, lungs outlined (RGB)
-    lungs: str = "ok"  # the lung mask's flag: ok, or why no outline is drawn (and, for --lungs crop|mask, the whole image used)
+    lungs: str = OK  # the lung mask's flag: ok, or why no outline is drawn (and, for --lungs crop|mask, the whole image used)
     cropped: bool = False  # the heatmap shows the lungs' box the model saw (--lungs crop), not the whole X-ray
 
 
@@ -74,14 +75,14 @@ class XrayAnalyzer:
         seen = image[round(y0 * height):max(round(y1 * height), round(y0 * height) + 1),
                      round(x0 * width):max(round(x1 * width), round(x0 * width) + 1)]
         shown = _fit(seen, DISPLAY_SIZE)
-        outline = inputs.lungs[0] if quality == "ok" else None
+        outline = inputs.lungs[0] if quality == OK else None
         return Analysis(
             label=self.classes[best],
             probabilities={c: float(p) for c, p in zip(self.classes, probabilities)},
             image_png=_png(_fit(image, DISPLAY_SIZE)),
             heatmap_png=_png(overlay(shown, heatmap, outline=outline)),  # overlay resizes map and outline
             lungs=quality,
-            cropped=self.predictor.preprocessing.lungs == "crop" and quality == "ok",
+            cropped=self.predictor.preprocessing.lungs == "crop" and quality == OK,
         )
 
 

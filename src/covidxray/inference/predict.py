@@ -155,13 +155,15 @@ def predict_files(predictor, paths, *, progress: bool | None = None, heatmaps=No
     if predictor.preprocessing.lungs != "none":
         for result, quality in zip(results, inputs.quality):
             result["lungs"] = quality
-            if quality != "ok":
-                log.warning("%s: lungs not found reliably (%s); the whole image was used", result["path"], quality)
+        for i in inputs.fallback:
+            log.warning("%s: lungs not found reliably (%s); the whole image was used", results[i]["path"],
+                        inputs.quality[i])
     if heatmaps is not None:
         if predictor.engine != "keras":
             raise CovidXrayError("heatmaps need the Keras model (Grad-CAM takes gradients); drop --engine onnxruntime")
+        fallback = set(inputs.fallback)
         outlines = None if inputs.lungs is None else [
-            mask if q == "ok" else None for mask, q in zip(inputs.lungs, inputs.quality)]
+            None if i in fallback else mask for i, mask in enumerate(inputs.lungs)]
         written = write_heatmaps(predictor.model, images, [p for p, _ in good], decided, heatmaps, lungs=outlines,
                                  progress=progress)
         for result, heatmap in zip(results, written):

@@ -22,6 +22,7 @@ import numpy as np
 
 from covidxray.data.lungviews import FULL, decode_side, harmonise, lung_view
 from covidxray.errors import CovidXrayError
+from covidxray.inference.lungs import OK
 
 
 @dataclass
@@ -36,7 +37,7 @@ class ModelInputs:
     @property
     def fallback(self) -> list[int]:
         """Rows whose lungs were not found reliably (flagged): used whole, not cropped or masked."""
-        return [] if self.quality is None else [i for i, q in enumerate(self.quality) if q != "ok"]
+        return [] if self.quality is None else [i for i, q in enumerate(self.quality) if q != OK]
 
 
 @dataclass
@@ -95,7 +96,7 @@ class Preprocessing:
         view_masks = np.zeros((len(images), self.size, self.size), bool)
         boxes = np.tile(np.asarray(FULL), (len(images), 1))
         for i, (image, found) in enumerate(zip(images, masks)):
-            mode = self.lungs if found.quality == "ok" else "none"  # flagged: the whole image
+            mode = self.lungs if found.quality == OK else "none"  # flagged: the whole image
             views[i], view_masks[i], boxes[i] = lung_view(image, found.mask, mode, self.size)
         return ModelInputs(harmonise(views, self.intensity)[..., None], view_masks, [m.quality for m in masks], boxes)
 

@@ -13,6 +13,7 @@ from covidxray import rundir
 from covidxray.errors import CovidXrayError
 from covidxray.evaluation.attention import heat_text
 from covidxray.evaluation.scoring import ScoredPredictions
+from covidxray.inference.lungs import OK
 from covidxray.labels import COVID
 from covidxray.reports.markdown import (
     DISCLAIMER,
@@ -58,7 +59,7 @@ def write_figures_and_report(run: rundir.RunDir, config, x_test, test: ScoredPre
     shown = pick_examples(test.targets, test.predicted, seed=config.seed)
     outlines = None
     if lungs is not None:
-        outlines = np.stack([lungs[i] if lung_quality is None or lung_quality[i] == "ok" else np.zeros_like(lungs[i])
+        outlines = np.stack([lungs[i] if lung_quality is None or lung_quality[i] == OK else np.zeros_like(lungs[i])
                              for i in shown]) if len(shown) else None
     examples = (x_test[shown] if model is None
                 else with_heatmaps(model, x_test[shown], test.predicted[shown], outlines))

@@ -13,6 +13,7 @@ from covidxray.data.loading import LabelledImages, load_labelled_images
 from covidxray.data.lungviews import blank_regions
 from covidxray.data.splits import split_dataset
 from covidxray.errors import CovidXrayError
+from covidxray.inference.lungs import OK
 from covidxray.inference.preprocess import Preprocessing
 
 
@@ -63,7 +64,7 @@ def blank_lungs(data: LabelledImages, region: str) -> np.ndarray:
 
     An image whose lungs were not found reliably (a flagged mask) stands in with the central box
     (:data:`DEFAULT_FRACTION` of the side): blanked, or the only part kept."""
-    flagged = np.array([q != "ok" for q in data.lung_quality], bool)
+    flagged = np.array([q != OK for q in data.lung_quality], bool)
     blanked = blank_regions(data.images, data.lungs, region)
     if flagged.any():
         box = blank_center(data.images[flagged], DEFAULT_FRACTION)

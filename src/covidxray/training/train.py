@@ -26,6 +26,7 @@ from covidxray.evaluation.calibration import calibration_summary, fit_calibratio
 from covidxray.evaluation.metrics import confounding_warning
 from covidxray.evaluation.scoring import ScoredPredictions
 from covidxray.inference.decision import Calibration
+from covidxray.inference.lungs import OK
 from covidxray.inference.predict import predict_arrays
 from covidxray.models import load_model
 from covidxray.reports.report import write_figures_and_report
@@ -174,7 +175,7 @@ def lung_fallback(data: PreparedData, config: TrainConfig) -> dict[str, str]:
     path -> the mask's flag."""
     if config.lungs == "none" or data.lung_quality is None:
         return {}
-    return {str(path): q for path, q in zip(data.table["path"], data.lung_quality) if q != "ok"}
+    return {str(path): q for path, q in zip(data.table["path"], data.lung_quality) if q != OK}
 
 
 def _check_same_split(run: rundir.RunDir, data: PreparedData, where) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from covidxray.errors import CovidXrayError, ImageReadError
 from covidxray.inference.analysis import Analysis, XrayAnalyzer
+from covidxray.inference.lungs import OK
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def _disclaimer_html() -> str:
 
 
 def _lungs_caption(analysis) -> str:
-    if analysis.lungs != "ok":
+    if analysis.lungs != OK:
         return f"No lung outline: the lungs were not found reliably ({analysis.lungs})."
     if analysis.cropped:
         return "The model saw the box around the lungs (shown); the white line is their outline."
