@@ -17,12 +17,19 @@ import numpy as np
 DEFAULT_FRACTION = 0.75
 
 
-def blank_center(images: np.ndarray, fraction: float = DEFAULT_FRACTION) -> np.ndarray:
-    """A copy of ``images`` ``(n, h, w[, c])`` with the central ``fraction`` x ``fraction`` box set to 0."""
+def center_mask(height: int, width: int, fraction: float = DEFAULT_FRACTION) -> np.ndarray:
+    """A ``(height, width)`` bool mask, True in the central ``fraction`` x ``fraction`` box."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction must lie in (0, 1); got {fraction}")
-    blanked = np.array(images, copy=True)
-    height, width = blanked.shape[1:3]
     top, left = round(height * (1 - fraction) / 2), round(width * (1 - fraction) / 2)
-    blanked[:, top:height - top, left:width - left] = 0
+    mask = np.zeros((height, width), bool)
+    mask[top:height - top, left:width - left] = True
+    return mask
+
+
+def blank_center(images: np.ndarray, fraction: float = DEFAULT_FRACTION) -> np.ndarray:
+    """A copy of ``images`` ``(n, h, w[, c])`` with the central ``fraction`` x ``fraction`` box set to 0."""
+    mask = center_mask(*np.shape(images)[1:3], fraction)
+    blanked = np.array(images, copy=True)
+    blanked[:, mask] = 0
     return blanked

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from covidxray.config import TrainConfig
-from covidxray.data.blanking import DEFAULT_FRACTION, blank_center
+from covidxray.data.blanking import DEFAULT_FRACTION, blank_center, center_mask
 from covidxray.data.loading import LabelledImages, load_labelled_images
 from covidxray.data.lungviews import blank_regions
 from covidxray.data.splits import split_dataset
@@ -64,14 +64,9 @@ def blank_lungs(data: LabelledImages, region: str) -> np.ndarray:
 
     An image whose lungs were not found reliably (a flagged mask) stands in with the central box
     (:data:`DEFAULT_FRACTION` of the side): blanked, or the only part kept."""
-    flagged = np.array([q != OK for q in data.lung_quality], bool)
-    blanked = blank_regions(data.images, data.lungs, region)
-    if flagged.any():
-        box = blank_center(data.images[flagged], DEFAULT_FRACTION)
-        if region == "outside-lungs":  # keep the central box only
-            box = data.images[flagged] - box
-        blanked[flagged] = box
-    return blanked
+    masks = data.lungs.copy()
+    masks[np.array([q != OK for q in data.lung_quality], bool)] = center_mask(*masks.shape[1:], DEFAULT_FRACTION)
+    return blank_regions(data.images, masks, region)
 
 
 def split_data(config: TrainConfig, data: LabelledImages, test_mask: np.ndarray | None = None) -> PreparedData:

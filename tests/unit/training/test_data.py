@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from covidxray.config import TrainConfig
@@ -53,3 +54,21 @@ def test_blanking_a_shard_folder_is_refused(data_dir, tmp_path):
     write_shards(str(data_dir), tmp_path / "shards", 32, progress=False)
     with pytest.raises(CovidXrayError, match="need the images in memory"):
         load_data(TrainConfig(data=str(tmp_path / "shards"), blank_fraction=0.5).resolve())
+
+
+def test_blank_lungs_uses_the_central_box_where_the_lungs_were_not_found():
+    from covidxray.data.blanking import center_mask
+    from covidxray.data.loading import LabelledImages
+    from covidxray.training.data import blank_lungs
+
+    images = np.full((2, 8, 8, 1), 200, np.uint8)
+    lungs = np.zeros((2, 8, 8), bool)
+    lungs[:, 2:6, 1:3] = True  # a "lung" in both; the second image's mask is flagged
+    data = LabelledImages(pd.DataFrame({"path": ["a", "b"]}), images, np.array([0, 1]), ("a", "b"),
+                          lungs=lungs, lung_quality=["ok", "one-lung"])
+    box = center_mask(8, 8)
+    hidden = blank_lungs(data, "lungs")[..., 0] == 0
+    assert (hidden[0] == lungs[0]).all() and (hidden[1] == box).all()
+    kept = blank_lungs(data, "outside-lungs")[..., 0] != 0
+    assert (kept[0] == lungs[0]).all() and (kept[1] == box).all()
+    assert (images == 200).all()  # the input is not changed
