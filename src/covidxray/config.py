@@ -30,6 +30,22 @@ DISTRIBUTE_CHOICES = ("none", "data-parallel")
 MAY_CHANGE_ON_RESUME = ("cache_dir",)
 #: Names an older config.json used for a setting, and the name it has now.
 RENAMED = {"blank_lungs": "blank_fraction"}
+LR_SCHEDULES = ("cosine", "one-cycle")
+#: Named sets of settings, chosen in one word (``--recipe``); an option given beside it wins.
+#: darkcovidnet-paper: Ozturk et al. 2020 as the authors' fastai v1 code trains it
+#: (muhammedtalo/COVID-19): DarkCovidNet at 256 x 256, batch 32, 100 epochs of one-cycle Adam
+#: peaking at 3e-3 with fastai's default decoupled weight decay 0.01, unweighted loss, image-level
+#: folds. Nothing stops early: the paper reports its last epoch.
+RECIPES = {
+    "darkcovidnet-paper": {"model": "darkcovidnet", "image_size": 256, "batch_size": 32, "epochs": 100,
+                           "learning_rate": 3e-3, "lr_schedule": "one-cycle", "weight_decay": 0.01,
+                           "class_weights": False, "patience": 100, "group_by": "none"},
+}
+
+
+def option_name(name: str) -> str:
+    """The command-line option of a setting: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
 
 
 def setting(default, help: str, *, kind: type | None = None, choices=None, low=None, high=None,
@@ -67,8 +83,12 @@ class TrainConfig:
     epochs: int = setting(30, "epochs (the learning rate decays to zero at the last; early stopping may end sooner)",
                           low=1)
     batch_size: int = setting(32, "images per training step", low=1)
-    learning_rate: float = setting(1e-3, "peak rate of Adam (one epoch of warm-up, then cosine decay to 0)",
-                                   low=0.0, low_open=True)
+    learning_rate: float = setting(1e-3, "peak rate of Adam (see --lr-schedule)", low=0.0, low_open=True)
+    lr_schedule: str = setting(
+        "cosine", "cosine: one epoch of linear warm-up, then cosine decay to 0; one-cycle: 30%% of the steps "
+        "rising from rate/25 to the rate, then cosine annealing to rate/250000 (fastai's fit_one_cycle, with "
+        "a linear rise)", choices=LR_SCHEDULES)
+    weight_decay: float = setting(0.0, "decoupled weight decay of Adam (AdamW; 0: plain Adam)", low=0.0, high=1.0)
     patience: int = setting(10, "stop after this many epochs without better validation accuracy, watched from the "
                             "middle of training on", low=0)
     class_weights: bool = setting(True, "weight the loss by inverse class frequency", flag="--no-class-weights")
@@ -114,14 +134,23 @@ class TrainConfig:
                               "KERAS_BACKEND=jax)", choices=DISTRIBUTE_CHOICES, commands=(TRAIN,))
     devices: int | None = setting(None, "devices for --distribute data-parallel (default: all visible)", kind=int,
                                   low=1, commands=(TRAIN,))
+    recipe: str | None = setting(
+        None, "a named set of settings; options given beside it win. darkcovidnet-paper: "
+        + ", ".join(f"{option_name(k)} {v}" for k, v in RECIPES["darkcovidnet-paper"].items()
+                    if not isinstance(v, bool)) + ", --no-class-weights (Ozturk et al. 2020's training)",
+        kind=str, choices=tuple(RECIPES))
     classes: tuple[str, ...] = setting((), "the task's classes in output order (filled by resolve)", commands=())
 
     @classmethod
     def for_command(cls, command: str, **values) -> TrainConfig:
-        """The settings of ``command`` (its own defaults) with ``values`` given."""
+        """The settings of ``command`` (its own defaults) with ``values`` given; a ``recipe`` among
+        them fills the settings it names that ``values`` does not give."""
         defaults = {f.name: f.metadata["command_defaults"][command] for f in fields(cls)
                     if command in f.metadata["command_defaults"]}
-        return cls(**{**defaults, **values})
+        recipe = values.get("recipe")
+        if recipe is not None and recipe not in RECIPES:
+            raise CovidXrayError(f"--recipe must be one of {', '.join(RECIPES)}; got {recipe!r}")
+        return cls(**{**defaults, **RECIPES.get(recipe, {}), **values})
 
     def check(self) -> None:
         """Raise a :class:`CovidXrayError` naming the option for a value outside its choices or bounds."""
@@ -209,11 +238,6 @@ class TrainConfig:
 def check_setting(name: str, value) -> None:
     """Check one setting's value against its declared choices and bounds (for options outside a config)."""
     _check_value(next(f for f in fields(TrainConfig) if f.name == name), value)
-
-
-def option_name(name: str) -> str:
-    """The command-line option of a setting: ``batch_size`` -> ``--batch-size``."""
-    return "--" + name.replace("_", "-")
 
 
 def choices_of(f) -> tuple | None:

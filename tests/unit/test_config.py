@@ -139,3 +139,24 @@ def test_an_older_config_without_lung_settings_sees_the_whole_image():
     assert old.blanking == "box"
     new = TrainConfig.from_dict({"data": "d", "lungs": "crop", "intensity": "clahe"})
     assert (new.lungs, new.intensity) == ("crop", "clahe")
+
+
+def test_a_recipe_fills_its_settings_and_options_given_beside_it_win():
+    from covidxray.config import RECIPES
+
+    paper = TrainConfig.for_command("cv", data="x", recipe="darkcovidnet-paper")
+    assert {name: getattr(paper, name) for name in RECIPES["darkcovidnet-paper"]} == RECIPES["darkcovidnet-paper"]
+    assert (paper.model, paper.image_size, paper.epochs, paper.lr_schedule, paper.group_by) == (
+        "darkcovidnet", 256, 100, "one-cycle", "none")
+    grouped = TrainConfig.for_command("cv", data="x", recipe="darkcovidnet-paper", group_by="patient", epochs=3)
+    assert (grouped.group_by, grouped.epochs, grouped.model) == ("patient", 3, "darkcovidnet")
+    assert TrainConfig.for_command("cv", data="x").lr_schedule == "cosine"  # no recipe: the defaults
+    with pytest.raises(CovidXrayError, match="--recipe must be one of darkcovidnet-paper; got 'fastai'"):
+        TrainConfig.for_command("cv", data="x", recipe="fastai")
+
+
+def test_a_recipe_is_saved_with_the_run_and_read_back(tmp_path):
+    config = TrainConfig.for_command("train", data="x", recipe="darkcovidnet-paper").resolve()
+    config.save(tmp_path / "config.json")
+    assert TrainConfig.load(tmp_path / "config.json") == config
+    assert TrainConfig.from_dict({"data": "x"}).recipe is None  # an older config.json

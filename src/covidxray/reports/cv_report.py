@@ -12,6 +12,15 @@ def protocol_name(group_by: str) -> str:
     return "patient-grouped" if group_by == "patient" else "image-level"
 
 
+def training_text(config: dict) -> str:
+    """The recipe, schedule and optimiser of a run's config, in one line."""
+    recipe = f"recipe {code_md(config['recipe'])}: " if config.get("recipe") else ""
+    decay = f", weight decay {config['weight_decay']:g}" if config.get("weight_decay") else ""
+    weights = "class-weighted loss" if config.get("class_weights", True) else "unweighted loss"
+    return (f"{recipe}Adam{decay}, {config.get('lr_schedule', 'cosine')} learning rate peaking at "
+            f"{config['learning_rate']:g}, batch {config['batch_size']}, {weights}")
+
+
 def render_cv_report(result: dict) -> str:
     """``cv.md``: the protocol, per-fold table, mean +- sd and pooled metrics with intervals."""
     protocol, config, pooled = result["protocol"], result["config"], result["pooled"]
@@ -22,7 +31,8 @@ def render_cv_report(result: dict) -> str:
              f"- protocol: {protocol['folds']}-fold, {level}, stratified by label; seed {protocol['seed']}",
              f"- data: {data}: {protocol['images']} images of {protocol['patients']} patients",
              f"- model: {code_md(config['model'])} at {config['image_size']} px, up to {config['epochs']} epochs; each fold draws "
-             f"a validation split ({percent(config['val_fraction'])}) from its training folds", "",
+             f"a validation split ({percent(config['val_fraction'])}) from its training folds",
+             f"- training: {training_text(config)}", "",
              "| fold | test images | accuracy | loss | COVID sensitivity | specificity | AUC | best epoch |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for f in result["per_fold"]:

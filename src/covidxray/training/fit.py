@@ -22,6 +22,8 @@ from covidxray.training.distribute import data_parallel, process_slice
 
 #: Training images used to recompute batch-norm statistics after each epoch.
 CALIBRATION_IMAGES = 256
+#: fastai v1's fit_one_cycle: share of the steps rising, start = peak / DIV, end = start / FINAL_DIV.
+ONE_CYCLE_RISE, ONE_CYCLE_DIV, ONE_CYCLE_FINAL_DIV = 0.3, 25.0, 1e4
 
 
 def build_model(config: TrainConfig, train_size: int) -> keras.Model:
@@ -29,7 +31,9 @@ def build_model(config: TrainConfig, train_size: int) -> keras.Model:
     _check_backend(config)
     keras.utils.set_random_seed(config.seed)
     model = _create(config)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(config, train_size)),
+    optimizer = keras.optimizers.Adam(learning_rate_schedule(config, train_size),
+                                      weight_decay=config.weight_decay or None)  # Keras decouples it (AdamW)
+    model.compile(optimizer=optimizer,
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=config.jit_compile,
                   steps_per_execution=config.steps_per_execution)
     return model
@@ -137,13 +141,26 @@ def fit_arrays(model: keras.Model, x: np.ndarray, y: np.ndarray, *, epochs: int,
 
 
 def learning_rate_schedule(config: TrainConfig, train_size: int):
-    """Linear warm-up over the first epoch, then cosine decay to zero at the last epoch."""
+    """``config.lr_schedule``'s rate per step, peaking at ``config.learning_rate``.
+
+    cosine: linear warm-up over the first epoch from 0, then cosine decay to zero at the last.
+    one-cycle (Smith 2018; fastai v1's ``fit_one_cycle``, which the DarkCovidNet authors used):
+    the first :data:`ONE_CYCLE_RISE` of the steps rise from rate/25 to the rate, then cosine
+    annealing to rate/(25 x 10^4). fastai rises along a cosine, this schedule linearly (Keras's
+    ``CosineDecay`` warm-up); fastai also cycles Adam's beta_1 (0.95 to 0.85), which this does not.
+    """
     steps_per_epoch = max(1, -(-train_size // config.batch_size))
     total = steps_per_epoch * config.epochs
+    peak = config.learning_rate
+    if config.lr_schedule == "one-cycle":
+        warmup = max(1, min(round(ONE_CYCLE_RISE * total), total - 1))
+        return keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=peak / ONE_CYCLE_DIV, warmup_target=peak, warmup_steps=warmup,
+            decay_steps=max(1, total - warmup), alpha=1 / (ONE_CYCLE_DIV * ONE_CYCLE_FINAL_DIV))
     warmup = min(steps_per_epoch, total // 2)
     return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup else config.learning_rate, decay_steps=max(1, total - warmup),
-        warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup,
+        initial_learning_rate=0.0 if warmup else peak, decay_steps=max(1, total - warmup),
+        warmup_target=peak if warmup else None, warmup_steps=warmup,
     )
 
 

@@ -14,7 +14,7 @@ def _result(group_by="patient", covid=True):
     return {
         "protocol": {"folds": 2, "group_by": group_by, "seed": 7, "images": 20, "patients": 10},
         "config": {"data": ["a", "b"], "model": "compactnet", "task": "binary", "image_size": 32, "epochs": 4,
-                   "val_fraction": 0.15},
+                   "val_fraction": 0.15, "learning_rate": 0.001, "batch_size": 8},
         "per_fold": [{**FOLD, "fold": 1, "accuracy": 0.7, "auc": 0.8}, {**FOLD, "fold": 2, "accuracy": 0.8, "auc": None}],
         "mean": {"accuracy": 0.75, "loss": 0.5, "sensitivity": 0.8, "specificity": 0.9, "auc": 0.8},
         "sd": {"accuracy": 0.0707, "loss": 0.0, "sensitivity": 0.0, "specificity": 0.0, "auc": 0.0},
@@ -39,6 +39,15 @@ def test_cv_report_has_folds_mean_and_pooled():
     assert "- accuracy: **75.0%** [55.0-90.0] (20 images)" in report
     assert "| 80.0% (4/5) | 70.0% (7/10) | 0.850 |" in report
     assert f"![pooled confusion matrix]({CV_MATRIX})" in report
+    assert "- training: Adam, cosine learning rate peaking at 0.001, batch 8, class-weighted loss" in report
+
+
+def test_a_recipe_and_its_schedule_are_named():
+    result = _result(group_by="none")
+    result["config"].update(recipe="darkcovidnet-paper", lr_schedule="one-cycle", weight_decay=0.01,
+                            learning_rate=0.003, batch_size=32, class_weights=False)
+    assert ("- training: recipe `darkcovidnet-paper`: Adam, weight decay 0.01, one-cycle learning rate peaking at "
+            "0.003, batch 32, unweighted loss") in render_cv_report(result)
 
 
 def test_image_level_protocol_and_no_covid():

@@ -76,6 +76,25 @@ def test_learning_rate_warms_up_over_one_epoch_then_decays_to_zero():
     assert rate[4] == pytest.approx(0.0, abs=1e-7)
 
 
+def test_one_cycle_rises_from_a_25th_for_30_percent_then_anneals_to_a_250000th():
+    config = TrainConfig(data="x", batch_size=10, epochs=10, learning_rate=0.003, lr_schedule="one-cycle")
+    schedule = learning_rate_schedule(config, train_size=100)  # 10 steps per epoch, 100 in all, 30 rising
+    rate = [float(keras.ops.convert_to_numpy(schedule(step))) for step in (0, 15, 30, 65, 100)]
+    assert rate[0] == pytest.approx(0.003 / 25)
+    assert rate[1] == pytest.approx(0.003 / 25 + (0.003 - 0.003 / 25) / 2)  # linear rise, halfway
+    assert rate[2] == pytest.approx(0.003)  # the peak
+    floor = 0.003 / 25 / 1e4
+    assert rate[3] == pytest.approx(floor + (0.003 - floor) / 2, rel=1e-4)  # cosine, halfway down
+    assert rate[4] == pytest.approx(floor, rel=1e-3)
+    assert max(rate) == rate[2]
+
+
+def test_weight_decay_makes_adam_decoupled_and_zero_leaves_it_off(tiny_model):
+    decayed = build_model(TrainConfig(data="x", model=tiny_model, weight_decay=0.01).resolve(), 8)
+    assert decayed.optimizer.weight_decay == pytest.approx(0.01)
+    assert build_model(TrainConfig(data="x", model=tiny_model).resolve(), 8).optimizer.weight_decay is None
+
+
 def test_balanced_class_weights():
     weights = balanced_class_weights(np.array([0, 0, 0, 1]), 3)
     assert weights == {0: pytest.approx(4 / 6), 1: pytest.approx(2.0), 2: 1.0}  # n / (classes present x count)
