@@ -92,15 +92,21 @@ class TrainConfig:
     patience: int = setting(10, "stop after this many epochs without better validation accuracy, watched from the "
                             "middle of training on", low=0)
     class_weights: bool = setting(True, "weight the loss by inverse class frequency", flag="--no-class-weights")
+    balance_sources: bool = setting(False, "weight the loss so that within each class every source counts the same "
+                                    "(with the class weights: every source-and-class cell)", flag="--balance-sources")
     augment: bool = setting(True, "rotation, zoom, shift and contrast inside the model", flag="--no-augment")
     flip: bool = setting(False, "add horizontal flips to the augmentation", flag="--flip")
+    acquisition_augment: bool = setting(
+        False, "add what other X-ray machines and exports do to the augmentation: gamma, blur, noise, blanked "
+        "borders and text-marker-like patches", flag="--acquisition-augment")
     val_fraction: float = setting(0.15, "share of the training data (patients) held out for validation",
                                   low=0.02, high=0.5)
     test_fraction: float = setting(0.15, "share of the data (patients) held out for testing", low=0.02, high=0.5,
                                    commands=(TRAIN, PROBE))
     seed: int = setting(0, "seeds the split, the weights and the augmentation")
     group_by: str = setting("patient", "patient: no patient in two splits; none: image-level, as most published "
-                            "results (inflated)", choices=GROUP_BY)
+                            "results (inflated); source (cv): leave-one-source-out, each fold tests on one source "
+                            "held out whole", choices=GROUP_BY)
     target_sensitivity: float | None = setting(
         None, "choose the COVID decision threshold on validation data for this sensitivity, e.g. 0.95", kind=float,
         low=0.0, high=1.0, low_open=True)

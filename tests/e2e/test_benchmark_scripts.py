@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import make_dataset
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
@@ -105,3 +107,33 @@ def test_heat_in_lungs_rebuilds_the_runs_test_split(dataset, tmp_path):
     (run / "metrics.json").write_text(json.dumps({"test": {"n": test_images + 1}}))  # not this run's data
     with pytest.raises(SystemExit, match="the rebuilt test split holds"):
         load("heat_in_lungs").main(["--run", str(run)])
+
+
+def test_unlike_training_measures_the_flag_on_a_runs_own_split_and_other_data(dataset, tmp_path):
+    import keras
+
+    from covidxray import rundir
+    from covidxray.config import TrainConfig
+    from covidxray.models import create_model
+    from covidxray.training.data import prepare_data
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = TrainConfig(data=str(dataset), image_size=32, cache_dir=str(tmp_path / "cache")).resolve()
+    config.save(run / "config.json")
+    create_model(config.model, num_classes=3, image_size=32, seed=0).save(run / "model.keras")
+    keras.backend.clear_session()
+    table = prepare_data(config).table
+    rundir.write_csv(run / "split.csv", table)
+    split = table["split"].value_counts()
+    (run / "metrics.json").write_text(json.dumps({"test": {"n": int(split["test"])}}))
+    other = make_dataset(tmp_path / "other", per_class=3, seed=9)
+    out = tmp_path / "unlike.json"
+    assert load("unlike_training").main(["--run", str(run), "--data", str(other), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["own_test"]["images"] == split["test"] and result["test_sources"] == ["synthetic"]
+    assert result["in_source"]["images"] == split["validation"] - split["validation"] // 2  # the half not fitted on
+    assert result["datasets"][str(other)]["images"] == 9 and 0 <= result["datasets"][str(other)]["unlike"] <= 9
+    (run / "metrics.json").write_text(json.dumps({"test": {"n": int(split["test"]) + 1}}))  # not this run's data
+    with pytest.raises(SystemExit, match="the test split holds"):
+        load("unlike_training").main(["--run", str(run)])

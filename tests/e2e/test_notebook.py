@@ -13,7 +13,7 @@ import pytest
 import covidxray
 from helpers import shared_data_dir
 
-pytestmark = pytest.mark.slow  # starts a kernel and trains a model (~40 s)
+pytestmark = pytest.mark.slow  # starts a kernel and trains five small models (a few minutes)
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "covid_xray.ipynb"
 
@@ -29,6 +29,7 @@ def test_notebook_runs_with_small_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("COVIDXRAY_SOURCE", str(tmp_path / "no-such-source"))
     for name, value in {"COVIDXRAY_EPOCHS": "1", "COVIDXRAY_IMAGE_SIZE": "32", "COVIDXRAY_PER_CLASS": "12",
                         "COVIDXRAY_DATA": str(shared_data_dir() / "darkcovidnet"),
+                        "COVIDXRAY_OTHER": str(shared_data_dir()),
                         "COVIDXRAY_RUN_DIR": str(run_dir)}.items():
         monkeypatch.setenv(name, value)  # the kernel inherits the environment
     notebook = nbformat.read(NOTEBOOK, as_version=4)
@@ -42,9 +43,28 @@ def test_notebook_runs_with_small_settings(tmp_path, monkeypatch):
     assert "<table>" in html
     assert len(figures) >= 3 and html.count('src="data:image/png;base64,') == len(figures)  # every figure, inline
     assert "never use it for diagnosis" in html
-    last = notebook.cells[-2]  # the one-image cell
-    assert sum("image/png" in o.get("data", {}) for o in last.outputs) == 2  # the X-ray and its heatmap
-    assert "predicted" in "".join(o.get("text", "") for o in last.outputs)
+    def cell_after(heading: str):
+        index = next(i for i, cell in enumerate(notebook.cells) if cell.source.startswith(heading))
+        cell = notebook.cells[index + 1]
+        return cell, "".join(o.get("text", "") for o in cell.outputs), sum(
+            "image/png" in o.get("data", {}) for o in cell.outputs)
+
+    _, text, images = cell_after("## One X-ray and its heatmap")
+    assert images == 2 and "predicted" in text  # the X-ray and its heatmap
+    _, text, images = cell_after("## 2. Blank the lungs")
+    assert "the lungs blanked out (only the rest of the image visible)" in text and images == 1, text
+    _, text, images = cell_after("## 3. A source it never saw")
+    assert re.search(r"own test split: accuracy [\d.]+%, COVID AUC [\d.]+", text)
+    assert re.search(r"radiography-db: accuracy [\d.]+%, COVID AUC [\d.]+", text) and images == 1
+    _, text, images = cell_after("## 4. Why: audit the data")
+    assert "COVID comes from 2 sources (ieee8023, radiography-db)" in text
+    assert "8 pairs disagree on the label" in text and images == 1  # the contact sheet
+    _, text, images = cell_after("## 5. Several sources")
+    held_out = re.findall(r"held out (\S+): COVID (auc|sensitivity|specificity) [\d.]+, accuracy", text)
+    assert held_out == [("ieee8023", "auc"), ("nih-chestxray8", "specificity"), ("radiography-db", "auc")], text
+    assert images == 1  # the five steps' COVID AUC
+    folds = json.loads((tmp_path / "run-sources" / "cv.json").read_text())
+    assert folds["config"]["lungs"] == "crop" and folds["config"]["balance_sources"] is True
     install = notebook.cells[1]
     assert "%pip install" in install.source and install.outputs == []  # skipped: covidxray is importable
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -117,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("--shard-size", type=int, default=None, help="images per shard file (default 2048)")
     shard.add_argument("--overwrite", action="store_true", help="replace an earlier shard folder in --out")
     shard.set_defaults(handler=run_shard)
+    audit = data.add_parser("audit", help="audit datasets before training: classes per source, duplicates, label conflicts")
+    audit.add_argument("--data", required=True, action="append",
+                       help="class folders, a CSV manifest or an ieee8023 folder; repeat to audit several together")
+    audit.add_argument("--out", default="audit", help="folder for audit.md, audit.json and near_duplicates.png "
+                       "(default ./audit)")
+    audit.add_argument("--overwrite", action="store_true", help="write into an --out that holds other files")
+    audit.add_argument("--cache-dir", default=None, help="decoded-image cache (default $COVIDXRAY_CACHE or ~/.cache/covidxray)")
+    audit.set_defaults(handler=run_audit)
     return parser
 
 
@@ -258,6 +266,18 @@ def run_shard(args) -> int:
                         overwrite=args.overwrite, progress=_progress(args))
     print(f"{meta['images']} images at {meta['image_size']}px in {len(meta['shards'])} shard(s): {args.out}"
           + (f" ({len(meta['skipped'])} unreadable file(s) skipped)" if meta["skipped"] else ""))
+    return 0
+
+
+def run_audit(args) -> int:
+    from covidxray.data.audit import audit_datasets, check_out, write_audit
+
+    check_out(args.out, args.overwrite)  # before any work
+    result = audit_datasets(args.data, cache_dir=args.cache_dir, progress=_progress(args))
+    report = write_audit(result, args.out, overwrite=args.overwrite)
+    for sentence in result["verdict"]:
+        print(printable(f"- {sentence}"))  # names of datasets and sources are the user's
+    print(f"Audit ({result['seconds']:.1f} s): {printable(report)}")
     return 0
 
 

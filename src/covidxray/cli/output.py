@@ -34,7 +34,12 @@ def print_cv_summary(result: dict) -> None:
     from covidxray.reports.cv_report import protocol_name
 
     for fold in result["per_fold"]:
-        print(f"fold {fold['fold']}: accuracy {fold['accuracy']:.4f}  loss {fold['loss']:.4f}  ({fold['images']} images)")
+        held_out = ""
+        if "held_out" in fold:
+            value = fold[fold["measure"]]
+            held_out = f"  held out {fold['held_out']}: COVID {fold['measure']} {_fmt(value)}"
+        print(f"fold {fold['fold']}: accuracy {fold['accuracy']:.4f}  loss {fold['loss']:.4f}  ({fold['images']} images)"
+              + held_out)
     mean, sd, pooled = result["mean"], result["sd"], result["pooled"]
     low, high = pooled["intervals"]["accuracy"]
     print(f"mean accuracy {mean['accuracy']:.4f} +- {sd['accuracy']:.4f}; pooled {pooled['accuracy']:.4f} "
@@ -65,6 +70,9 @@ def format_predictions(results: list[dict], classes, fmt: str) -> str:
         return json.dumps(results, indent=2) + "\n"
     rows = [[printable(r["path"]), r["label"], *(f"{r['probabilities'][c]:.4f}" for c in classes)] for r in results]
     header = ["path", "label", *(f"p_{c}" for c in classes)]
+    if any("unlike_training" in r for r in results):
+        header.append("unlike_training")
+        rows = [[*row, str(r.get("unlike_training", ""))] for row, r in zip(rows, results)]
     if any("lungs" in r for r in results):
         header.append("lungs")
         rows = [[*row, r.get("lungs", "")] for row, r in zip(rows, results)]

@@ -1,8 +1,10 @@
 """Train / validation / test splits: stratified by label, grouped by patient.
 
-Images of one patient, and images with identical pixels, always land in the same split.
-Without patient ids each image is its own group, and one patient's images may land in two
-splits; :func:`split_dataset` logs a warning saying so.
+Images of one patient, and images with identical pixels or near-duplicates (a ``near_duplicates``
+group of :class:`~covidxray.data.loading.NearDuplicates`), always land in the same split. Without
+patient ids each image is its own group, and one patient's images may land in two splits;
+:func:`split_dataset` logs a warning saying so. The image-level protocol (``group_by="none"``)
+keeps only copies of one image together: identical pixels and near-duplicates.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ def without_patient_id(frame: pd.DataFrame) -> pd.Series:
     return ~frame["patient_id"].fillna("").astype(str).astype(bool)
 
 
-def split_groups(frame: pd.DataFrame, pixel_digests: list[str | None] | None = None) -> np.ndarray:
-    """Group ids: one per patient (kept apart by source), merged across identical pixels."""
+def split_groups(frame: pd.DataFrame, pixel_digests: list[str | None] | None = None, *,
+                 by_patient: bool = True) -> np.ndarray:
+    """Group ids: one per patient (kept apart by source; each image its own without ``by_patient``),
+    merged across identical pixels and near-duplicate groups."""
     n = len(frame)
-    patients = frame["patient_id"].fillna("").astype(str).to_numpy()
+    patients = frame["patient_id"].fillna("").astype(str).to_numpy() if by_patient else np.full(n, "")
     sources = frame["source"].fillna("").astype(str).to_numpy()
     keys = [("patient", s, p) if p else ("image", i) for i, (s, p) in enumerate(zip(sources, patients, strict=True))]
     parent = list(range(n))
@@ -48,12 +52,17 @@ def split_groups(frame: pd.DataFrame, pixel_digests: list[str | None] | None = N
     for i, key in enumerate(keys):
         parent[find(i)] = find(first_of.setdefault(key, i))
     for i, digest in enumerate(pixel_digests or []):
-        if digest is not None:
+        if digest:
             parent[find(i)] = find(first_of.setdefault(("pixels", digest), i))
+    near = frame["near_duplicates"].fillna("").astype(str) if "near_duplicates" in frame else ()
+    for i, name in enumerate(near):
+        if name:
+            parent[find(i)] = find(first_of.setdefault(("near", name), i))
     return np.array([find(i) for i in range(n)])
 
 
-GROUP_BY = ("patient", "none")
+#: patient: no patient in two splits; none: image-level; source: leave-one-source-out (cross-validation).
+GROUP_BY = ("patient", "none", "source")
 
 
 def split_dataset(
@@ -72,6 +81,9 @@ def split_dataset(
     from the other rows. ``group_by="none"``: every image on its own (the image-level protocol
     of most published results; one patient's images may land in two splits).
     """
+    if group_by == "source" and test_mask is None:
+        raise DatasetError("--group-by source holds out whole sources, one per fold: it is for covidxray cv "
+                           "(covidxray cv --group-by source); train splits by patient or image")
     groups = _groups(frame, pixel_digests, group_by, warn=test_mask is None)
     labels = frame["label"].to_numpy()
     if test_mask is None:
@@ -83,7 +95,7 @@ def split_dataset(
     held_out = test_fraction if test_mask is None else float(np.mean(test))
     val = _first_fold(labels[rest], groups[rest], max(2, round((1 - held_out) / val_fraction)), seed + 1)
     split[rest[val]] = "validation"
-    for name in SPLITS:
+    for name in SPLITS if test_mask is None else ("train", "validation"):  # a held-out fold is what it is
         present = set(labels[split == name])
         for label in sorted(set(labels) - present):
             raise DatasetError(
@@ -97,7 +109,12 @@ def split_dataset(
 
 def assign_folds(frame: pd.DataFrame, folds: int, *, pixel_digests: list[str | None] | None = None,
                  group_by: str = "patient", seed: int = 0) -> np.ndarray:
-    """Fold index (0 .. folds-1) per row: stratified by label, grouped by patient unless ``group_by="none"``."""
+    """Fold index (0 .. folds-1) per row: stratified by label, grouped by patient unless ``group_by="none"``.
+
+    ``group_by="source"``: one fold per source (``folds`` is then ignored; see :func:`source_folds`).
+    """
+    if group_by == "source":
+        return source_folds(frame)[0]
     labels = frame["label"].to_numpy()
     classes = np.unique(labels)
     if len(classes) < 2:
@@ -122,6 +139,28 @@ def assign_folds(frame: pd.DataFrame, folds: int, *, pixel_digests: list[str | N
     return fold_of
 
 
+def source_folds(frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """Leave-one-source-out: the fold of each row (the index of its source) and the sources in fold order.
+
+    Raises where a fold could not train: fewer than two sources, or a source whose absence leaves
+    a class with no image to train on. Near-duplicates across sources are the datasets' own
+    business: :class:`~covidxray.data.loading.NearDuplicates` counts each once when they are combined.
+    """
+    sources = frame["source"].fillna("").astype(str).replace("", "unknown").to_numpy()
+    names = sorted(set(sources))
+    if len(names) < 2:
+        raise DatasetError(f"--group-by source needs images from two or more sources; the data has one "
+                           f"({names[0]!r}): combine datasets (--data A --data B) or add a source column to the manifest")
+    labels = frame["label"].to_numpy()
+    for name in names:
+        missing = sorted(set(labels) - set(labels[sources != name]))
+        if missing:
+            raise DatasetError(
+                f"holding out the source {name!r} leaves no {', '.join(map(repr, missing))} image to train on: "
+                f"every such image comes from {name!r}; add a dataset where {missing[0]!r} comes from another source")
+    return np.array([names.index(s) for s in sources]), names
+
+
 def _groups(frame: pd.DataFrame, pixel_digests, group_by: str, warn: bool = True) -> np.ndarray:
     if group_by not in GROUP_BY:
         raise DatasetError(f"--group-by must be one of {', '.join(GROUP_BY)}; got {group_by!r}")
@@ -129,10 +168,10 @@ def _groups(frame: pd.DataFrame, pixel_digests, group_by: str, warn: bool = True
         if warn:
             log.warning("image-level split (--group-by none): one patient's images may land in two splits, "
                         "which inflates test accuracy")
-        return np.arange(len(frame))
+        return split_groups(frame, pixel_digests, by_patient=False)
     if warn:
         _warn_missing_patients(frame)
-    return split_groups(frame, pixel_digests)
+    return split_groups(frame, pixel_digests)  # "source": a fold's validation is drawn by patient
 
 
 def _warn_missing_patients(frame: pd.DataFrame) -> None:

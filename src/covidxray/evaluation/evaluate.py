@@ -16,6 +16,7 @@ from covidxray.evaluation.calibration import calibration_summary
 from covidxray.evaluation.metrics import confounding_warning
 from covidxray.evaluation.scoring import ScoredPredictions, per_source_required
 from covidxray.files import check_writable
+from covidxray.inference.familiarity import familiarity_summary
 from covidxray.inference.lungs import OK
 from covidxray.inference.predictor import Predictor, load_predictor
 
@@ -30,8 +31,9 @@ def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None, progre
     ``run``: a run folder, ``preset:NAME``, a loaded :class:`Predictor`, or None (the default
     preset). Images of classes the model does not know are left out; a dataset may lack some of
     the model's classes (an all-COVID external set, say): metrics that need them read None.
-    Images the run trained or selected its model on (same original file name or same pixels as a
-    training or validation image in ``split.csv``) are left out unless ``include_seen``. ``heat``:
+    Images the run trained or selected its model on (same original file name, same pixels, or a
+    near-duplicate of a training or validation image in ``split.csv``) are left out unless
+    ``include_seen``. ``heat``:
     also measure the share of Grad-CAM heat inside the lungs (``"heat_in_lungs"``; Keras engine).
     ``predictions``: a CSV file to write with one row per image evaluated
     (:meth:`ScoredPredictions.per_image`: path, true label, predicted class, source and the
@@ -45,7 +47,8 @@ def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None, progre
     config = predictor.config
     loaded = load_labelled_images(data, config.classes, predictor.decode_side, cache_dir=cache_dir,
                                   progress=progress, require_all=False)
-    seen = np.zeros(len(loaded.table), dtype=bool) if include_seen else seen_by_run(predictor.path, loaded.table)
+    seen = (np.zeros(len(loaded.table), dtype=bool) if include_seen
+            else seen_by_run(predictor.path, loaded.table, cache_dir=cache_dir))
     if seen.any():
         log.info("left out %d images that the run trained or validated on (pass --include-seen to keep them)",
                  int(seen.sum()))
@@ -64,8 +67,13 @@ def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None, progre
     raw = predictor.predict_raw(loaded.images if prepared is None else prepared.images)
     scored = ScoredPredictions.from_raw(loaded.targets, raw, loaded.table, config.classes, predictor.calibration)
     metrics = scored.metrics(seed=config.seed)
+    unlike = predictor.unlike_training(loaded.images if prepared is None else prepared.images)
+    if unlike is not None:
+        metrics["unlike_training"] = familiarity_summary(unlike, scored.predicted == scored.targets)
     if predictions is not None:
         rows = scored.per_image()
+        if unlike is not None:
+            rows["unlike_training"] = unlike
         if prep.lungs != "none":
             rows["lungs"] = prepared.quality
         rundir.write_csv(Path(predictions), rows)
@@ -83,8 +91,12 @@ def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None, progre
     return metrics
 
 
-def seen_by_run(run_dir: str | Path, table: pd.DataFrame) -> np.ndarray:
-    """True for rows that are the same image as a training or validation image of the run."""
+def seen_by_run(run_dir: str | Path, table: pd.DataFrame, *, cache_dir=None) -> np.ndarray:
+    """True for rows that are the same image as a training or validation image of the run: the same
+    original file name, the same pixels, or a near-duplicate (:mod:`covidxray.data.duplicates`;
+    for the run's images still on this machine)."""
+    from covidxray.data.duplicates import fingerprint_files, near_duplicates_of
+
     run = rundir.RunDir(run_dir)
     if not run.file(rundir.SPLIT).is_file():
         return np.zeros(len(table), dtype=bool)
@@ -96,4 +108,18 @@ def seen_by_run(run_dir: str | Path, table: pd.DataFrame) -> np.ndarray:
     names = {Path(n).stem.lower() for n in used.get("original_name", [])} - {""}
     pixels = set(used.get("pixels", [])) - {""}
     by_name = table["original_name"].map(lambda n: Path(str(n)).stem.lower()).isin(names)
-    return (by_name | table["pixels"].isin(pixels)).to_numpy()
+    seen = (by_name | table["pixels"].isin(pixels)).to_numpy().copy()
+    present = [str(p) for p in used.get("path", []) if Path(p).is_file()]
+    if len(present) < len(used):
+        log.info("%d of the run's %d training and validation images are not on this machine: their "
+                 "near-duplicates cannot be found (same names and pixels still are)", len(used) - len(present),
+                 len(used))
+    if present and not seen.all():
+        theirs, ok, _ = fingerprint_files(present, cache_dir, progress=False)
+        rest = np.flatnonzero(~seen)
+        ours, mine_ok, _ = fingerprint_files([str(p) for p in table["path"].to_numpy()[rest]], cache_dir, progress=False)
+        near = near_duplicates_of(ours, theirs.subset(np.flatnonzero(ok))) & mine_ok
+        if near.any():
+            log.info("%d images are near-duplicates of the run's training or validation images", int(near.sum()))
+        seen[rest[near]] = True
+    return seen

@@ -33,6 +33,7 @@ class Analysis:
     heatmap_png: bytes  # the Grad-CAM heatmap of the predicted class over what the model saw, lungs outlined (RGB)
     lungs: str = OK  # the lung mask's flag: ok, or why no outline is drawn (and, for --lungs crop|mask, the whole image used)
     cropped: bool = False  # the heatmap shows the lungs' box the model saw (--lungs crop), not the whole X-ray
+    unlike_training: bool | None = None  # looks unlike the run's training data (None: the run cannot tell)
 
 
 class XrayAnalyzer:
@@ -68,6 +69,7 @@ class XrayAnalyzer:
             probabilities, decided = self.predictor.predict(inputs.images)
             best = int(decided[0])
             heatmap = grad_cam(self.predictor.model, inputs.images, class_indices=[best])[0]
+            unlike = self.predictor.unlike_training(inputs.images)
         probabilities = probabilities[0]
         quality = inputs.quality[0]
         x0, y0, x1, y1 = inputs.boxes[0]  # the part of the X-ray the model saw (all of it, or the lungs' box)
@@ -83,6 +85,7 @@ class XrayAnalyzer:
             heatmap_png=_png(overlay(shown, heatmap, outline=outline)),  # overlay resizes map and outline
             lungs=quality,
             cropped=self.predictor.preprocessing.lungs == "crop" and quality == OK,
+            unlike_training=None if unlike is None else bool(unlike[0]),
         )
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from covidxray.data.images import decode_resized, is_image_path
 from covidxray.errors import CovidXrayError, ImageReadError
+from covidxray.inference.familiarity import UNLIKE
 from covidxray.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,8 @@ def predict_files(predictor, paths, *, progress: bool | None = None, heatmaps=No
     returns (results, failures).
 
     ``results`` is a list of ``{"path", "label", "probabilities": {class: p}}`` (probabilities
-    calibrated, the label decided by the run's rule), plus ``"heatmap"`` (the path of its Grad-CAM
+    calibrated, the label decided by the run's rule), plus ``"unlike_training"`` (True when the
+    image looks unlike the run's training data; only where the run can tell), plus ``"heatmap"`` (the path of its Grad-CAM
     overlay, with the lung outline) when ``heatmaps`` names a folder, and ``"lungs"`` (the lung
     mask's flag: ``ok``, or why the whole image was used) for a run trained with ``--lungs
     crop|mask``; ``failures`` maps each unreadable file to its error.
@@ -152,6 +154,12 @@ def predict_files(predictor, paths, *, progress: bool | None = None, heatmaps=No
          "probabilities": {c: round(float(p), 6) for c, p in zip(classes, row)}}
         for (path, _), row, label in zip(good, probabilities, decided)
     ]
+    unlike = predictor.unlike_training(images)
+    if unlike is not None:
+        for result, flag in zip(results, unlike):
+            result["unlike_training"] = bool(flag)
+            if flag:
+                log.warning("%s: %s", result["path"], UNLIKE)
     if predictor.preprocessing.lungs != "none":
         for result, quality in zip(results, inputs.quality):
             result["lungs"] = quality

@@ -19,6 +19,7 @@ from covidxray import rundir
 from covidxray.config import TrainConfig
 from covidxray.errors import CovidXrayError
 from covidxray.inference.decision import Calibration
+from covidxray.inference.familiarity import Familiarity
 from covidxray.inference.preprocess import ModelInputs, Preprocessing
 
 ENGINES = ("keras", "onnxruntime")
@@ -34,6 +35,7 @@ class Predictor:
     path: Path  # the run (or preset) folder it was loaded from
     engine: str = "keras"
     preprocessing: Preprocessing | None = None  # default: the run's own (config.json)
+    familiarity: Familiarity | None = None  # the run's familiarity.npz (Keras engine), or None: nothing flagged
 
     def __post_init__(self):
         if self.preprocessing is None:
@@ -63,6 +65,16 @@ class Predictor:
         from covidxray.inference.predict import predict_arrays
 
         return predict_arrays(self.model, images)
+
+    def unlike_training(self, images) -> np.ndarray | None:
+        """True for each model input that looks unlike the run's training data
+        (:mod:`covidxray.inference.familiarity`); None where the run cannot tell (no familiarity.npz,
+        or the ONNX engine)."""
+        if self.familiarity is None or self.engine != "keras":
+            return None
+        from covidxray.inference.familiarity import model_features
+
+        return self.familiarity.unlike(model_features(self.model, images))
 
     def predict(self, images) -> tuple[np.ndarray, np.ndarray]:
         """``(calibrated probabilities, decided class indices)`` for model inputs (:meth:`prepare`)."""
@@ -108,4 +120,5 @@ def load_predictor(run: str | Path | None = None, *, preset: str | None = None, 
         if None not in side and side != (config.image_size, config.image_size):
             raise CovidXrayError(f"{run.file(rundir.MODEL)}: the model takes {side[0]}x{side[1]}px images but "
                                  f"{run.file(rundir.CONFIG)} says image_size {config.image_size}; retrain the run")
-    return Predictor(model, config, calibration, run.path, engine)
+    familiarity = Familiarity.load(run.path) if engine == "keras" else None
+    return Predictor(model, config, calibration, run.path, engine, familiarity=familiarity)

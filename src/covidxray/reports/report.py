@@ -142,6 +142,8 @@ def render_report(config, metrics: dict) -> str:
         lines += calibration_section(metrics["calibration"])
     if "heat_in_lungs" in metrics:
         lines += heat_section(metrics["heat_in_lungs"])
+    if "unlike_training" in metrics:
+        lines += unlike_section(metrics["unlike_training"])
     if "probe" in metrics and "summary" in metrics["probe"]:
         lines += ["", "## Shortcut probe", "", escape_md(metrics["probe"]["summary"])]
     lines += ["", "## Figures", "",
@@ -196,6 +198,18 @@ def heat_section(heat: dict) -> list[str]:
             label = f"class {name}" if kind == "per_class" else f"source {name}"
             lines.append(f"| {escape_md(label)} | {percent(part['heat'])} | {percent(part['lung_area'])} | {part['images']} |")
     return lines
+
+
+def unlike_section(unlike: dict) -> list[str]:
+    """How many test images the run's familiarity flags as unlike its training data."""
+    test = unlike["test"]
+    text = (f"`predict`, `evaluate` and the web page flag an X-ray as unlike this run's training data when its "
+            f"distance on the model's features exceeds {percent(unlike['quantile'])} of the validation images' "
+            f"(Mahalanobis, {unlike['threshold']:.1f}). On the test split it flags {test['unlike']} of "
+            f"{test['images']} images")
+    if test.get("accuracy_unlike") is not None:
+        text += f" (accuracy {percent(test['accuracy_unlike'])} on them, {percent(test['accuracy_unflagged'])} on the rest)"
+    return ["", "## Unlike the training data", "", text + "."]
 
 
 def environment_text(environment: dict) -> str:

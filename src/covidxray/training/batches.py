@@ -12,9 +12,14 @@ import keras
 import numpy as np
 
 
-def sample_weights(labels: np.ndarray, class_weight: dict[int, float]) -> np.ndarray:
-    """Each image's weight, float32: its class's entry of ``class_weight`` (1.0 where it has none)."""
+def sample_weights(labels: np.ndarray, class_weight: dict[int, float] | np.ndarray) -> np.ndarray:
+    """Each image's weight, float32: its class's entry of ``class_weight`` (1.0 where it has none),
+    or ``class_weight`` itself when it is already one weight per image."""
     labels = np.asarray(labels)
+    if isinstance(class_weight, np.ndarray):
+        if class_weight.shape != labels.shape:
+            raise ValueError(f"{len(class_weight)} sample weights for {len(labels)} images")
+        return class_weight.astype(np.float32)
     table = np.array([class_weight.get(c, 1.0) for c in range(int(labels.max()) + 1)], dtype=np.float32)
     return table[labels]
 
@@ -25,13 +30,14 @@ class ShuffledBatches(keras.utils.PyDataset):
     ``images``: ``(n, size, size, 1)`` uint8, an ndarray or a :class:`~covidxray.data.shards.ShardArray`.
     ``drop_remainder``: leave out the last, short batch (data-parallel training needs every batch
     to split evenly over the devices); the images left out change from epoch to epoch.
-    ``class_weight``: class index -> weight, returned as per-image sample weights.
+    ``class_weight``: class index -> weight, returned as per-image sample weights (or an array of
+    one weight per image).
     ``process_index``, ``process_count``: with several processes (hosts), every process walks
     the same permutation and returns its own equal slice of each global batch of ``batch_size``.
     """
 
     def __init__(self, images, labels: np.ndarray, batch_size: int, *, seed: int = 0, drop_remainder: bool = False,
-                 class_weight: dict[int, float] | None = None, process_index: int = 0, process_count: int = 1,
+                 class_weight: dict[int, float] | np.ndarray | None = None, process_index: int = 0, process_count: int = 1,
                  workers: int = 2, max_queue_size: int = 4):
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max_queue_size)
         if len(images) != len(labels):
@@ -81,7 +87,7 @@ class ShuffledBatches(keras.utils.PyDataset):
 
 
 def repeated_tf_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: int = 0,
-                        class_weight: dict[int, float] | None = None, skip_epochs: int = 0):
+                        class_weight: dict[int, float] | np.ndarray | None = None, skip_epochs: int = 0):
     """In-memory arrays as one ``tf.data`` pipeline for a whole fit (TensorFlow backend only).
 
     A fresh permutation each epoch (from ``seed``), the last batch short, as ``model.fit(x, y,

@@ -1,5 +1,9 @@
 """K-fold cross-validation: every image is tested once, by a model that never saw its patient.
 
+With ``group_by="source"`` (leave-one-source-out) each fold holds out one source whole, and
+``cv.md`` reports what each held-out source allows: COVID AUC where it holds COVID and other
+classes, else COVID sensitivity or specificity, with intervals over patients.
+
 Each fold holds out one stratified fold as test data, draws a validation split from the rest
 (for the checkpoint, early stopping and calibration), trains, and scores the held-out fold.
 ``cv.json`` and ``cv.md`` give per-fold and mean +- sd metrics, and the pooled out-of-fold
@@ -20,7 +24,7 @@ import pandas as pd
 
 from covidxray import rundir
 from covidxray.config import TrainConfig
-from covidxray.data.splits import assign_folds
+from covidxray.data.splits import assign_folds, source_folds
 from covidxray.errors import CovidXrayError, printable
 from covidxray.evaluation.metrics import confounding_warning
 from covidxray.evaluation.scoring import ScoredPredictions
@@ -33,7 +37,7 @@ from covidxray.reports.markdown import save_figure, write_report
 from covidxray.reports.plots import plot_confusion
 from covidxray.training.data import load_data, split_data
 from covidxray.training.fit import fit
-from covidxray.training.train import evaluate_splits
+from covidxray.training.train import evaluate_splits, fit_and_check_familiarity
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +64,15 @@ def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, over
         check_can_create(out.parent, f"--out {out}")
     started = time.perf_counter()
     data = load_data(config, progress=progress)
-    fold_of = assign_folds(data.table, folds, pixel_digests=list(data.table["pixels"]), group_by=config.group_by,
-                           seed=config.seed)
+    held_out = None
+    if config.group_by == "source":
+        fold_of, held_out = source_folds(data.table)
+        if folds != len(held_out):
+            log.info("leave-one-source-out: %d folds, one per source (%s)", len(held_out), ", ".join(held_out))
+        folds = len(held_out)
+    else:
+        fold_of = assign_folds(data.table, folds, pixel_digests=list(data.table["pixels"]),
+                               group_by=config.group_by, seed=config.seed)
     out.mkdir(parents=True, exist_ok=True)
     probabilities = np.zeros((len(data.targets), len(config.classes)))
     predictions = np.zeros(len(data.targets), dtype=int)
@@ -80,13 +91,14 @@ def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, over
         probabilities[test_mask] = fold_probabilities
         calibration = Calibration.from_dict(metrics["calibration"], str(run.file(rundir.METRICS)))
         predictions[test_mask] = calibration.decide(fold_probabilities, config.classes)
-        per_fold.append(_fold_summary(k + 1, metrics))
+        per_fold.append(_fold_summary(k + 1, metrics, None if held_out is None else held_out[k]))
     # intervals resample patients, whatever the folds were grouped by
     pooled = ScoredPredictions(data.targets, probabilities, predictions, data.table, config.classes).metrics(
         seed=config.seed)
     result = {
         "protocol": {"folds": folds, "group_by": config.group_by, "seed": config.seed,
-                     "images": len(data.targets), "patients": pooled["intervals"]["patients"]},
+                     "images": len(data.targets), "patients": pooled["intervals"]["patients"],
+                     **({} if held_out is None else {"held_out_sources": held_out})},
         "config": asdict(config),
         "per_fold": per_fold,
         "mean": {m: _mean_sd(per_fold, m)[0] for m in SUMMARY_METRICS},
@@ -111,7 +123,9 @@ def _run_fold(config: TrainConfig, data, test_mask: np.ndarray, run: rundir.RunD
     config.save(run.file(rundir.CONFIG))
     rundir.write_csv(run.file(rundir.SPLIT), prepared.table)
     training = fit(config, prepared, run, verbose=verbose)
-    metrics, calibration, test = evaluate_splits(load_model(run.require(rundir.MODEL)), prepared, config)
+    model = load_model(run.require(rundir.MODEL))
+    metrics, calibration, test = evaluate_splits(model, prepared, config)
+    metrics["unlike_training"] = fit_and_check_familiarity(model, prepared, run, test)
     metrics["run"] = training
     frame = pd.DataFrame(test.probabilities, columns=[f"p_{c}" for c in config.classes])
     frame.insert(0, "path", prepared.table.loc[prepared.mask("test"), "path"].to_numpy())
@@ -157,13 +171,28 @@ def _finished_fold(run: rundir.RunDir, config: TrainConfig, test_images: int):
     return (metrics, probabilities) if len(frame) == test_images else None  # other data: trained again
 
 
-def _fold_summary(fold: int, metrics: dict) -> dict:
+def _fold_summary(fold: int, metrics: dict, held_out: str | None = None) -> dict:
     test = metrics["test"]
     covid = test.get("covid") or {}
-    return {"fold": fold, "images": test["n"], "accuracy": test["accuracy"], "loss": test["loss"],
-            "sensitivity": covid.get("sensitivity"), "specificity": covid.get("specificity"), "auc": covid.get("auc"),
-            "validation_accuracy": metrics["validation"]["accuracy"], "best_epoch": metrics["run"].get("best_epoch"),
-            "fit_seconds": metrics["run"].get("fit_seconds")}
+    summary = {"fold": fold, "images": test["n"], "accuracy": test["accuracy"], "loss": test["loss"],
+               "sensitivity": covid.get("sensitivity"), "specificity": covid.get("specificity"), "auc": covid.get("auc"),
+               "validation_accuracy": metrics["validation"]["accuracy"], "best_epoch": metrics["run"].get("best_epoch"),
+               "fit_seconds": metrics["run"].get("fit_seconds")}
+    unlike = (metrics.get("unlike_training") or {}).get("test") or {}
+    summary["share_unlike"] = unlike.get("share_unlike")
+    if held_out is not None:
+        summary |= {"held_out": held_out, "measure": held_out_measure(covid),
+                    "intervals": {k: v for k, v in test.get("intervals", {}).items() if k in SUMMARY_METRICS},
+                    "covid_counts": {k: covid[k] for k in ("tp", "fn", "tn", "fp") if k in covid}}
+    return summary
+
+
+def held_out_measure(covid: dict) -> str:
+    """What a held-out source's test allows: ``auc`` with COVID and other images, else ``sensitivity``
+    (COVID only) or ``specificity`` (no COVID)."""
+    if covid.get("auc") is not None:
+        return "auc"
+    return "sensitivity" if covid.get("sensitivity") is not None else "specificity"
 
 
 def _mean_sd(per_fold: list[dict], metric: str) -> tuple[float | None, float | None]:

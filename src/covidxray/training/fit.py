@@ -55,7 +55,8 @@ def _check_backend(config: TrainConfig) -> None:
 
 def _create(config: TrainConfig) -> keras.Model:
     return create_model(config.model, num_classes=len(config.classes), image_size=config.image_size,
-                        weights=config.weights, augment=config.augment, flip=config.flip, seed=config.seed,
+                        weights=config.weights, augment=config.augment, flip=config.flip,
+                        acquisition=config.acquisition_augment, seed=config.seed,
                         dtype_policy=config.mixed_precision)
 
 
@@ -84,7 +85,7 @@ def training_batches(config: TrainConfig, x, y, class_weight, distributed: bool)
 
 def _fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: int, distributed: bool) -> dict:
     x_train, y_train = data.part("train")
-    class_weight = balanced_class_weights(y_train, len(config.classes)) if config.class_weights else None
+    class_weight = training_weights(config, y_train, data.table.loc[data.mask("train"), "source"].to_numpy())
     batches = training_batches(config, x_train, y_train, class_weight, distributed)
     model = build_model(config, len(x_train) if batches is None else len(batches) * config.batch_size)
     checkpoint = BestCheckpoint(run.file(rundir.MODEL))
@@ -122,7 +123,7 @@ def _fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: i
 
 
 def fit_arrays(model: keras.Model, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
-               class_weight: dict | None = None, callbacks=(), verbose: int = 0, seed: int = 0,
+               class_weight: dict | np.ndarray | None = None, callbacks=(), verbose: int = 0, seed: int = 0,
                skip_epochs: int = 0) -> keras.callbacks.History:
     """Train ``model`` on in-memory images ``x`` (uint8, [0, 255]) and labels ``y``, reshuffled each
     epoch: the input pipeline of :func:`fit` (and of ``benchmarks/train_speed.py``).
@@ -136,8 +137,10 @@ def fit_arrays(model: keras.Model, x: np.ndarray, y: np.ndarray, *, epochs: int,
         dataset = repeated_tf_dataset(x, y, batch_size, seed=seed, class_weight=class_weight, skip_epochs=skip_epochs)
         return model.fit(dataset, epochs=epochs, steps_per_epoch=-(-len(y) // batch_size),
                          callbacks=list(callbacks), verbose=verbose, shuffle=False)  # the dataset shuffles
-    return model.fit(x, y, epochs=epochs, batch_size=batch_size, class_weight=class_weight,
-                     callbacks=list(callbacks), verbose=verbose, shuffle=True)
+    per_image = isinstance(class_weight, np.ndarray)
+    return model.fit(x, y, epochs=epochs, batch_size=batch_size, class_weight=None if per_image else class_weight,
+                     sample_weight=class_weight if per_image else None, callbacks=list(callbacks), verbose=verbose,
+                     shuffle=True)
 
 
 def learning_rate_schedule(config: TrainConfig, train_size: int):
@@ -162,6 +165,32 @@ def learning_rate_schedule(config: TrainConfig, train_size: int):
         initial_learning_rate=0.0 if warmup else peak, decay_steps=max(1, total - warmup),
         warmup_target=peak if warmup else None, warmup_steps=warmup,
     )
+
+
+def training_weights(config: TrainConfig, y: np.ndarray, sources: np.ndarray) -> dict[int, float] | np.ndarray | None:
+    """The loss weights of the training images: per class (``class_weights``), or per image with
+    ``balance_sources`` (:func:`source_balanced_weights`), or None."""
+    if config.balance_sources:
+        return source_balanced_weights(y, sources, balance_classes=config.class_weights)
+    return balanced_class_weights(y, len(config.classes)) if config.class_weights else None
+
+
+def source_balanced_weights(y: np.ndarray, sources: np.ndarray, *, balance_classes: bool = True) -> np.ndarray:
+    """One weight per image, mean 1: within each class every source weighs the same in all, and with
+    ``balance_classes`` every class too. 19 normal X-rays of one source then count as much as 1,000
+    of another, so the model cannot tell normal from the rest by the larger source's look."""
+    y = np.asarray(y)
+    sources = np.asarray(sources).astype(str)
+    weights = np.zeros(len(y), dtype=np.float64)
+    classes = np.unique(y)
+    for c in classes:
+        in_class = y == c
+        cells = np.unique(sources[in_class])
+        class_total = 1.0 / len(classes) if balance_classes else in_class.mean()
+        for source in cells:
+            cell = in_class & (sources == source)
+            weights[cell] = class_total / len(cells) / cell.sum()
+    return (weights * len(y)).astype(np.float32)
 
 
 def balanced_class_weights(y: np.ndarray, num_classes: int) -> dict[int, float]:

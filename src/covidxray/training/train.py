@@ -26,6 +26,7 @@ from covidxray.evaluation.calibration import calibration_summary, fit_calibratio
 from covidxray.evaluation.metrics import confounding_warning
 from covidxray.evaluation.scoring import ScoredPredictions
 from covidxray.inference.decision import Calibration
+from covidxray.inference.familiarity import QUANTILE, familiarity_summary, fit_familiarity, model_features
 from covidxray.inference.lungs import OK
 from covidxray.inference.predict import predict_arrays
 from covidxray.models import load_model
@@ -143,6 +144,7 @@ def _run(config: TrainConfig, run: rundir.RunDir, data: PreparedData, *, started
     model = load_model(run.require(rundir.MODEL))
     metrics, calibration, test = evaluate_splits(model, data, config)
     calibration.save(run.path)
+    metrics["unlike_training"] = fit_and_check_familiarity(model, data, run, test)
     rows = data.mask("test")
     test_lungs = None if data.lungs is None else data.lungs[rows]
     quality = None if data.lung_quality is None else [q for q, k in zip(data.lung_quality, rows) if k]
@@ -168,6 +170,17 @@ def _run(config: TrainConfig, run: rundir.RunDir, data: PreparedData, *, started
     run.write_json(rundir.METRICS, metrics)  # last: metrics.json marks a complete run
     shutil.rmtree(run.file(rundir.BACKUP))  # nothing left to resume
     return metrics
+
+
+def fit_and_check_familiarity(model, data: PreparedData, run: rundir.RunDir, test: ScoredPredictions) -> dict:
+    """Fit the run's familiarity (:mod:`covidxray.inference.familiarity`) on its training and
+    validation images, save it, and return how many test images it flags, with the test accuracy
+    with and without them."""
+    familiarity = fit_familiarity(model, data.part("train")[0], data.part("validation")[0])
+    familiarity.save(run.path)
+    unlike = familiarity.unlike(model_features(model, data.part("test")[0]))
+    return {"threshold": familiarity.threshold, "quantile": QUANTILE,
+            "test": familiarity_summary(unlike, test.predicted == test.targets)}
 
 
 def lung_fallback(data: PreparedData, config: TrainConfig) -> dict[str, str]:

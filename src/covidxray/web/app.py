@@ -28,6 +28,7 @@ from pathlib import Path
 
 from covidxray.errors import CovidXrayError, ImageReadError
 from covidxray.inference.analysis import Analysis, XrayAnalyzer
+from covidxray.inference.familiarity import UNLIKE
 from covidxray.inference.lungs import OK
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,9 @@ def render_page(analyzer: XrayAnalyzer, max_bytes: int, *, analysis: Analysis | 
         )
         parts.append(
             f'<section id="result"><h2>{html.escape(filename)}: <span id="label">{html.escape(analysis.label)}</span></h2>'
-            f'<table id="probabilities"><tr><th>class</th><th>probability</th><th></th></tr>{rows}</table>'
+            + (f'<p class="warning" id="unlike" role="note">{html.escape(UNLIKE[0].upper() + UNLIKE[1:])}.</p>'
+               if analysis.unlike_training else "")
+            + f'<table id="probabilities"><tr><th>class</th><th>probability</th><th></th></tr>{rows}</table>'
             '<div class="images">'
             f'<figure><img id="xray" alt="the uploaded X-ray" src="{_data_uri(analysis.image_png)}">'
             '<figcaption>the X-ray, as read</figcaption></figure>'
@@ -255,6 +258,7 @@ def create_app(analyzer: XrayAnalyzer, max_upload_mb: float = DEFAULT_MAX_UPLOAD
             return JSONResponse({"error": str(error)}, status_code=error.status, headers=error.headers)
         return JSONResponse({"file": filename, "label": analysis.label, "probabilities": analysis.probabilities,
                              "lungs": analysis.lungs, "cropped": analysis.cropped,
+                             "unlike_training": analysis.unlike_training,
                              "heatmap_png": base64.b64encode(analysis.heatmap_png).decode("ascii")})
 
     @app.api_route("/healthz", methods=["GET", "HEAD"], response_class=PlainTextResponse)

@@ -213,3 +213,80 @@ def test_split_with_a_given_test_fold_draws_validation_from_the_rest():
     assert (split == "validation").any() and not ((split == "validation") & (folds == 2)).any()
     validation_patients = set(frame["patient_id"][split == "validation"])
     assert not validation_patients & set(frame["patient_id"][split == "train"])
+
+
+# --- near-duplicates ------------------------------------------------------------------------------
+
+
+def _with_near(frame: pd.DataFrame, groups: dict[str, list[int]]) -> pd.DataFrame:
+    """The frame with a ``near_duplicates`` column: ``groups`` maps a name to its rows."""
+    near = [""] * len(frame)
+    for name, rows in groups.items():
+        for row in rows:
+            near[row] = name
+    return frame.assign(near_duplicates=near)
+
+
+def test_split_groups_merge_rows_sharing_a_near_duplicate_group():
+    frame = _with_near(_frame(["covid"] * 6, patients=["a", "b", "c", "d", "e", "e"]),
+                       {"near-1": [0, 3], "near-7": [2, 4]})
+    groups = split_groups(frame)
+    assert groups[0] == groups[3] and groups[2] == groups[4] == groups[5]  # e's second image joins through e
+    assert len({groups[0], groups[1], groups[2]}) == 3
+    assert len(set(groups)) == 3
+    image_level = split_groups(frame, by_patient=False)
+    assert image_level[0] == image_level[3] and image_level[2] == image_level[4]
+    assert image_level[5] != image_level[4] and len(set(image_level)) == 4  # e's images apart at image level
+
+
+def test_missing_or_empty_near_duplicate_values_join_nothing():
+    frame = _frame(["covid"] * 4)
+    assert len(set(split_groups(frame.assign(near_duplicates=["", None, "", np.nan])))) == 4
+    assert len(set(split_groups(frame))) == 4  # no column at all
+
+
+@pytest.mark.parametrize("group_by", ["patient", "none"])
+def test_near_duplicates_land_in_one_split_and_one_fold(group_by):
+    labels = ["covid"] * 30 + ["normal"] * 30
+    frame = _with_near(_frame(labels, patients=[f"p{i}" for i in range(60)]),
+                       {"near-a": [0, 1, 2], "near-b": [5, 40], "near-c": [31, 59]})
+    digests = [f"d{i}" for i in range(60)]
+    digests[10] = digests[50] = "same"  # identical pixels, filed under two patients and two labels
+    for seed in range(6):
+        split = split_dataset(frame, pixel_digests=digests, group_by=group_by, seed=seed).to_numpy()
+        folds = assign_folds(frame, 5, pixel_digests=digests, group_by=group_by, seed=seed)
+        for rows in ([0, 1, 2], [5, 40], [31, 59], [10, 50]):
+            assert len(set(split[rows])) == 1, (group_by, seed, rows, split[rows])
+            assert len(set(folds[rows])) == 1, (group_by, seed, rows, folds[rows])
+
+
+def test_image_level_keeps_identical_pixels_together_and_splits_the_rest():
+    labels = ["covid"] * 30 + ["normal"] * 30
+    frame = _frame(labels, patients=[f"p{i // 3}" for i in range(60)])
+    digests = [f"d{i}" for i in range(60)]
+    digests[0] = digests[1] = digests[33] = "same"
+    groups = split_groups(frame, digests, by_patient=False)
+    assert groups[0] == groups[1] == groups[33] and len(set(groups)) == 58
+    for seed in range(6):
+        split = split_dataset(frame, pixel_digests=digests, group_by="none", seed=seed).to_numpy()
+        folds = assign_folds(frame, 5, pixel_digests=digests, group_by="none", seed=seed)
+        assert len(set(split[[0, 1, 33]])) == 1 and len(set(folds[[0, 1, 33]])) == 1
+    # image level: a patient's other (different) images still may land apart
+    splits = [split_dataset(frame, pixel_digests=digests, group_by="none", seed=s).to_numpy() for s in range(6)]
+    assert any(len(set(s[rows])) > 1 for s in splits for rows in np.arange(3, 60).reshape(-1, 3))
+
+
+def test_empty_digests_join_nothing():
+    frame = _frame(["covid"] * 3)
+    assert len(set(split_groups(frame, ["", "", None]))) == 3
+    assert len(set(split_groups(frame, ["", "", None], by_patient=False))) == 3
+
+
+def test_without_the_column_patient_grouping_is_unchanged():
+    labels = ["covid"] * 30 + ["normal"] * 30
+    frame = _frame(labels, patients=[f"p{i // 3}" for i in range(60)])
+    blank = frame.assign(near_duplicates=[""] * 60)
+    assert split_groups(frame).tolist() == split_groups(blank).tolist() == [i - i % 3 for i in range(60)]
+    for seed in (0, 3):
+        assert split_dataset(frame, seed=seed).equals(split_dataset(blank, seed=seed))
+        assert assign_folds(frame, 5, seed=seed).tolist() == assign_folds(blank, 5, seed=seed).tolist()

@@ -135,3 +135,91 @@ def test_without_a_run_the_shipped_model_is_evaluated(tmp_path):
 
     assert json.loads(out.read_text())["n"] == len(pd.read_csv(rows)) == 9
     assert list(pd.read_csv(rows).columns)[4:] == list(load_predictor(None).classes)
+
+
+# --- near-duplicates of the run's images ----------------------------------------------------------
+
+
+def _film(seed: int, size: int = 192) -> np.ndarray:
+    """A smooth film-like image (coarse regions and fine texture), large enough to resize and re-encode."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    coarse, fine = gaussian_filter(rng.normal(0, 1, (size, size)), 10), gaussian_filter(rng.normal(0, 1, (size, size)), 1.5)
+    image = coarse / coarse.std() + 0.4 * fine / fine.std()
+    return ((image - image.min()) / (image.max() - image.min()) * 255).astype(np.uint8)
+
+
+def _resized(image: np.ndarray, side: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.BILINEAR))
+
+
+@pytest.fixture
+def run_with_films(tmp_path):
+    """A run folder whose split.csv names three films on disk (train, validation, test), and a table to
+    evaluate: copies of each under other names and pixels, an unrelated film, and one known by name."""
+    from helpers import write_image
+
+    films = {name: _film(seed) for seed, name in enumerate(("t", "v", "x", "u", "n"))}
+    kept = {s: write_image(tmp_path / "runs_data" / f"{n}.png", films[n]) for s, n in
+            (("train", "t"), ("validation", "v"), ("test", "x"))}
+    write_image(tmp_path / "runs_data" / "n.png", films["n"])
+    run = tmp_path / "run"
+    run.mkdir()
+    pd.DataFrame({"path": [str(p) for p in kept.values()] + [str(tmp_path / "runs_data" / "n.png")],
+                  "split": [*kept, "train"], "original_name": ["t.png", "v.png", "x.png", "N.png"],
+                  "pixels": ["pt", "pv", "px", "pn"]}).to_csv(run / "split.csv", index=False)
+    copies = {"t_copy.jpg": _resized(films["t"], 150), "v_copy.png": _resized(films["v"], 256),
+              "x_copy.png": _resized(films["x"], 150), "u.png": films["u"], "n_again.png": _resized(films["n"], 100)}
+    paths = [str(write_image(tmp_path / "evaluated" / name, image, **({"quality": 70} if name.endswith("jpg") else {})))
+             for name, image in copies.items()]
+    table = pd.DataFrame({"path": paths, "original_name": ["t_copy.jpg", "v_copy.png", "x_copy.png", "u.png", "n.png"],
+                          "pixels": ["a", "b", "c", "d", "e"]})
+    return run, table, kept
+
+
+def test_seen_by_run_leaves_out_near_duplicates_of_training_and_validation_images(run_with_films, tmp_path, caplog):
+    import logging
+
+    run, table, _ = run_with_films
+    with caplog.at_level(logging.INFO, logger="covidxray.evaluation.evaluate"):
+        seen = seen_by_run(run, table, cache_dir=tmp_path / "cache")
+    # t and v by near-duplicate; x was a test image; u is unrelated; n by original name (n.png ~ N.png)
+    assert seen.tolist() == [True, True, False, False, True]
+    assert "2 images are near-duplicates of the run's training or validation images" in [
+        r.getMessage() for r in caplog.records]
+
+
+def test_seen_by_run_without_the_runs_files_falls_back_to_names_and_pixels(run_with_films, tmp_path, caplog):
+    import logging
+
+    run, table, kept = run_with_films
+    for path in kept.values():
+        path.unlink()
+    table.loc[1, "pixels"] = "pv"  # v's copy, now known by its pixels only
+    with caplog.at_level(logging.INFO, logger="covidxray.evaluation.evaluate"):
+        seen = seen_by_run(run, table, cache_dir=tmp_path / "cache")
+    # n.png is still on disk: its resized copy is found by name and would be by near-duplicate too
+    assert seen.tolist() == [False, True, False, False, True]
+    assert ("2 of the run's 3 training and validation images are not on this machine: their near-duplicates "
+            "cannot be found (same names and pixels still are)") in [r.getMessage() for r in caplog.records]
+
+
+def test_seen_by_run_with_every_file_gone_reads_no_image(run_with_films, tmp_path, monkeypatch):
+    import covidxray.data.duplicates as duplicates
+
+    run, table, kept = run_with_films
+    for path in kept.values():
+        path.unlink()
+    (tmp_path / "runs_data" / "n.png").unlink()
+    monkeypatch.setattr(duplicates, "fingerprint_files", lambda *a, **k: pytest.fail("fingerprinted without files"))
+    assert seen_by_run(run, table, cache_dir=tmp_path / "cache").tolist() == [False, False, False, False, True]
+
+
+def test_seen_by_run_of_a_near_duplicate_of_the_n_th_training_image_only(run_with_films, tmp_path):
+    """Near-duplicates are looked for among the rows not already seen, and mapped back to their rows."""
+    run, table, _ = run_with_films
+    reordered = table.iloc[[3, 4, 0, 2, 1]].reset_index(drop=True)  # u, n, t, x, v
+    assert seen_by_run(run, reordered, cache_dir=tmp_path / "cache").tolist() == [False, True, True, False, True]

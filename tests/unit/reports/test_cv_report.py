@@ -71,3 +71,21 @@ def test_cv_html_shows_paths_and_sources_as_text(tmp_path):
     assert [html.unescape(c) for c in re.findall(r"<code>(.*?)</code>", page)][0] == f"data/{hostile}, b`|`*c*"
     cells = [html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", page)]
     assert hostile in cells and "x|y" in cells
+
+
+def test_leave_one_source_out_names_the_protocol_and_what_each_source_allows():
+    result = _result(group_by="source")
+    result["protocol"]["held_out_sources"] = ["hospital-a", "hospital-b"]
+    result["per_fold"] = [
+        {**FOLD, "fold": 1, "accuracy": 0.7, "auc": 0.812, "held_out": "hospital-a", "measure": "auc", "share_unlike": 0.25,
+         "intervals": {"accuracy": [0.6, 0.8], "auc": [0.7, 0.9]}},
+        {**FOLD, "fold": 2, "accuracy": 0.8, "auc": None, "specificity": None, "held_out": "hospital-b",
+         "measure": "sensitivity", "intervals": {"accuracy": [0.5, 0.95], "sensitivity": [0.55, 0.95]}},
+    ]
+    report = render_cv_report(result)
+    assert "- protocol: 2-fold, leave-one-source-out (--group-by source): each fold trains on every source but one" in report
+    assert "stratified by label" not in report
+    assert "| hospital-a | 10 | COVID AUC | **0.812 [0.700-0.900]** | 70.0% [60.0-80.0] | 25.0% |" in report
+    assert ("| hospital-b | 10 | COVID sensitivity (COVID images only) | **80.0% [55.0-95.0]** | 80.0% [50.0-95.0] "
+            "| n/a |") in report
+    assert protocol_name("source") == "source-held-out"

@@ -132,3 +132,14 @@ def test_bad_batches_are_refused():
         ShuffledBatches(np.zeros((3, 2, 2, 1)), np.array([0, 1]), 2)
     with pytest.raises(ValueError, match="several processes"):
         ShuffledBatches(np.arange(10), np.arange(10), 5, process_count=2, drop_remainder=True)
+
+
+def test_sample_weights_given_per_image_pass_through_and_must_match():
+    weights = np.array([0.5, 2.0, 1.0], dtype=np.float64)
+    out = sample_weights(np.array([0, 1, 1]), weights)
+    assert out.dtype == np.float32 and out.tolist() == [0.5, 2.0, 1.0]
+    with pytest.raises(ValueError, match="2 sample weights for 3 images"):
+        sample_weights(np.array([0, 1, 1]), weights[:2])
+    batches = ShuffledBatches(np.zeros((3, 4, 4, 1), np.uint8), np.array([0, 1, 1]), 3, class_weight=weights)
+    _, labels, got = batches[0]
+    assert sorted(zip(labels.tolist(), got.tolist())) == [(0, 0.5), (1, 1.0), (1, 2.0)]

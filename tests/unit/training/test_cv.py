@@ -104,3 +104,54 @@ def test_an_interrupted_fold_continues_from_its_backup(cv_config, tmp_path, monk
     result = cross_validate(cv_config, out, 2, verbose=0, progress=False)
     assert fitted == [1]  # fold 2 only: fold 1 had finished its epochs
     assert result["pooled"]["n"] == 16 and not (out / "fold-1" / "backup").exists()
+
+
+def _three_sources(root):
+    """covid and normal from source A, covid only from B, normal only from C (12 images per class)."""
+    data = make_dataset(root, per_class=12, classes=("covid", "normal"))
+    manifest = pd.read_csv(data / "manifest.csv")
+    number = manifest["path"].str.extract(r"_(\d+)\.png$")[0].astype(int)
+    manifest["source"] = np.where(number < 6, "A", np.where(manifest["label"] == "covid", "B", "C"))
+    manifest.to_csv(data / "manifest.csv", index=False)
+    return data, manifest
+
+
+def test_leave_one_source_out_tests_each_source_on_a_model_that_never_saw_it(tiny_model, fast_bootstrap, tmp_path):
+    data, manifest = _three_sources(tmp_path / "data")
+    config = TrainConfig.for_command("cv", data=str(data / "manifest.csv"), task="binary", model=tiny_model, epochs=1,
+                                     batch_size=8, seed=2, augment=False, group_by="source")
+    result = cross_validate(config, tmp_path / "cv", 5, verbose=0, progress=False)  # --folds: one per source instead
+    assert result["protocol"]["folds"] == 3 and result["protocol"]["held_out_sources"] == ["A", "B", "C"]
+    per_fold = {f["held_out"]: f for f in result["per_fold"]}
+    assert {s: (f["images"], f["measure"]) for s, f in per_fold.items()} == {
+        "A": (12, "auc"), "B": (6, "sensitivity"), "C": (6, "specificity")}
+    assert per_fold["B"]["auc"] is None and per_fold["B"]["specificity"] is None
+    assert per_fold["B"]["covid_counts"]["tp"] + per_fold["B"]["covid_counts"]["fn"] == 6
+    assert set(per_fold["A"]["intervals"]) == {"accuracy", "sensitivity", "specificity", "auc"}
+    for k, source in enumerate(("A", "B", "C"), start=1):
+        fold = tmp_path / "cv" / f"fold-{k}"
+        tested = set(pd.read_csv(fold / FOLD_PREDICTIONS)["path"])
+        split = pd.read_csv(fold / "split.csv")
+        assert tested == set(split.loc[split["split"] == "test", "path"])
+        assert set(split.loc[split["split"] == "test", "source"]) == {source}
+        assert source not in set(split.loc[split["split"] != "test", "source"])  # the model never saw it
+    report = (tmp_path / "cv" / "cv.md").read_text()
+    assert "leave-one-source-out (--group-by source)" in report and "## Per held-out source" in report
+    assert "| B | 6 | COVID sensitivity (COVID images only) | **" in report
+
+
+def test_leave_one_source_out_refuses_what_cannot_train_before_writing(tmp_path):
+    data = make_dataset(tmp_path / "data", per_class=6, classes=("covid", "normal"))  # one source: synthetic
+    config = TrainConfig.for_command("cv", data=str(data), task="binary", image_size=32, group_by="source")
+    with pytest.raises(CovidXrayError, match="--group-by source needs images from two or more sources; the data has "
+                                             "one \\('synthetic'\\)"):
+        cross_validate(config, tmp_path / "o", 5)
+    manifest = pd.read_csv(data / "manifest.csv")
+    manifest["source"] = np.where(manifest["label"] == "covid", "hospital-1", "hospital-2")  # class = source
+    manifest.to_csv(data / "manifest.csv", index=False)
+    config = TrainConfig.for_command("cv", data=str(data / "manifest.csv"), task="binary", image_size=32,
+                                     group_by="source")
+    with pytest.raises(CovidXrayError, match="holding out the source 'hospital-1' leaves no 'covid' image to train "
+                                             "on: every such image comes from 'hospital-1'"):
+        cross_validate(config, tmp_path / "o", 5)
+    assert not (tmp_path / "o").exists()

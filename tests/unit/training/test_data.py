@@ -72,3 +72,10 @@ def test_blank_lungs_uses_the_central_box_where_the_lungs_were_not_found():
     kept = blank_lungs(data, "outside-lungs")[..., 0] != 0
     assert (kept[0] == lungs[0]).all() and (kept[1] == box).all()
     assert (images == 200).all()  # the input is not changed
+
+
+def test_train_refuses_leave_one_source_out_which_is_for_cv(data_dir):
+    config = TrainConfig(data=str(data_dir), image_size=32, group_by="source").resolve()
+    with pytest.raises(CovidXrayError, match="--group-by source holds out whole sources, one per fold: it is for "
+                                             "covidxray cv"):
+        prepare_data(config, progress=False)

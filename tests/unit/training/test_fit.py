@@ -21,7 +21,9 @@ from covidxray.training.fit import (
     fit,
     fit_arrays,
     learning_rate_schedule,
+    source_balanced_weights,
     training_batches,
+    training_weights,
 )
 from helpers import make_dataset
 
@@ -95,6 +97,26 @@ def test_weight_decay_makes_adam_decoupled_and_zero_leaves_it_off(tiny_model):
     assert build_model(TrainConfig(data="x", model=tiny_model).resolve(), 8).optimizer.weight_decay is None
 
 
+def test_source_balanced_weights_give_every_source_of_a_class_the_same_share():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    sources = np.array(["a", "a", "a", "b", "a", "a", "a", "a", "c", "c"])
+    weights = source_balanced_weights(y, sources)
+    assert weights.mean() == pytest.approx(1.0)
+    share = {(c, s): weights[(y == c) & (sources == s)].sum() for c, s in [(0, "a"), (0, "b"), (1, "a"), (1, "c")]}
+    assert share == {k: pytest.approx(2.5) for k in share}  # 10 / (2 classes x 2 sources)
+    assert weights[3] == pytest.approx(3 * weights[0])  # b's one covid image counts as a's three
+    unweighted_classes = source_balanced_weights(y, sources, balance_classes=False)
+    assert unweighted_classes[y == 0].sum() == pytest.approx(4) and unweighted_classes[y == 1].sum() == pytest.approx(6)
+
+
+def test_training_weights_follow_the_settings():
+    y, sources = np.array([0, 0, 1]), np.array(["a", "b", "a"])
+    assert training_weights(TrainConfig(data="x").resolve(), y, sources) == {0: 0.75, 1: 1.5, 2: 1.0}
+    assert training_weights(TrainConfig(data="x", class_weights=False), y, sources) is None
+    per_image = training_weights(TrainConfig(data="x", balance_sources=True), y, sources)
+    assert per_image.tolist() == pytest.approx([0.75, 0.75, 1.5])
+
+
 def test_balanced_class_weights():
     weights = balanced_class_weights(np.array([0, 0, 0, 1]), 3)
     assert weights == {0: pytest.approx(4 / 6), 1: pytest.approx(2.0), 2: 1.0}  # n / (classes present x count)
@@ -134,3 +156,13 @@ def test_fit_saves_the_best_epoch_and_its_history(tiny_model, tmp_path):
     assert info["best_epoch"] == int(candidates.loc[candidates["val_loss"].idxmin(), "epoch"]) + 1
     assert run.file(rundir.MODEL).is_file() and (run.file(rundir.BACKUP) / "state.json").is_file()
     assert info["train_images_per_second"] > 0
+
+
+def test_fit_arrays_takes_one_weight_per_image(tiny_model):
+    config = TrainConfig(data="x", model=tiny_model, augment=False).resolve()
+    model = build_model(config, 8)
+    x, y = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 1)).astype(np.uint8), np.arange(8) % 3
+    history = fit_arrays(model, x, y, epochs=1, batch_size=4, class_weight=np.zeros(8, np.float32))
+    assert history.history["loss"] == [pytest.approx(0.0)]  # every image weighs nothing
+    history = fit_arrays(model, x, y, epochs=1, batch_size=4, class_weight=np.ones(8, np.float32))
+    assert history.history["loss"][0] > 0.1

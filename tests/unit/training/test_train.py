@@ -145,3 +145,64 @@ def test_overwrite_keeps_the_finished_run_until_the_new_one_is_complete(config, 
         with pytest.raises(MemoryError):
             train(config, out, overwrite=True, verbose=0, progress=False)
     assert _contents(out) == replaced
+
+
+# --- familiarity: is an X-ray like the training data? ------------------------------------------
+
+
+def _checkerboard(side: int, square: int = 1):
+    import numpy as np
+
+    cells = (np.indices((side, side)) // square).sum(axis=0) % 2
+    return np.where(cells == 0, 255, 0).astype(np.uint8)
+
+
+def test_train_fits_the_runs_familiarity_and_reports_it(config, tmp_path):
+    import numpy as np
+
+    from covidxray.data.images import decode_resized
+    from covidxray.inference.familiarity import FAMILIARITY, Familiarity
+    from covidxray.inference.predictor import load_predictor
+
+    out = tmp_path / "run"
+    metrics = train(config, out, verbose=0, progress=False)
+    assert (out / FAMILIARITY).is_file()
+    stored = json.loads((out / rundir.METRICS).read_text())
+    unlike = stored["unlike_training"]
+    assert unlike == json.loads(json.dumps(metrics["unlike_training"]))
+    split = pd.read_csv(out / rundir.SPLIT)
+    test_paths = split.loc[split["split"] == "test", "path"].tolist()
+    assert unlike["quantile"] == 0.99
+    assert unlike["test"]["images"] == len(test_paths) == stored["run"]["images"]["test"] == stored["test"]["n"]
+    assert 0 <= unlike["test"]["unlike"] <= unlike["test"]["images"]
+    assert unlike["test"]["share_unlike"] == pytest.approx(unlike["test"]["unlike"] / unlike["test"]["images"])
+    assert unlike["test"]["accuracy_all"] == pytest.approx(stored["test"]["accuracy"])
+    familiarity = Familiarity.load(out)
+    assert unlike["threshold"] == familiarity.threshold and np.isfinite(familiarity.threshold)
+    report = (out / rundir.REPORT).read_text()
+    assert "## Unlike the training data" in report
+    assert f"flags {unlike['test']['unlike']} of {unlike['test']['images']} images" in report
+
+    predictor = load_predictor(out)
+    assert predictor.familiarity is not None
+    np.testing.assert_array_equal(predictor.familiarity.precision, familiarity.precision)
+    decoded = [decode_resized(path, predictor.decode_side) for path in test_paths]
+    inputs = predictor.prepare(np.stack([image for image, _ in decoded]), [digest for _, digest in decoded]).images
+    flags = predictor.unlike_training(inputs)
+    assert isinstance(flags, np.ndarray) and flags.dtype == bool and flags.shape == (len(test_paths),)
+    assert int(flags.sum()) == unlike["test"]["unlike"]  # the same images, read as predict reads them
+
+    side = predictor.image_size
+    board = _checkerboard(side)[None, ..., None]
+    assert predictor.unlike_training(board).tolist() == [True]
+    assert predictor.unlike_training(np.concatenate([board, inputs[:2]])).tolist() == [True, *flags[:2].tolist()]
+    # the same board, read from a file as predict reads it (squares of 2 px at twice the model's size)
+    path = tmp_path / "board.png"
+    from PIL import Image
+
+    Image.fromarray(_checkerboard(2 * side, 2)).save(path)
+    image, digest = decode_resized(path, predictor.decode_side)
+    assert predictor.unlike_training(predictor.prepare(image[None], [digest]).images).tolist() == [True]
+
+    (out / FAMILIARITY).unlink()  # a run trained before familiarity: nothing flagged, no error
+    assert load_predictor(out).familiarity is None and load_predictor(out).unlike_training(board) is None

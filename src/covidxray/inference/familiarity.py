@@ -1,0 +1,128 @@
+"""Does an X-ray look like the training data? A distance on the model's own features.
+
+After training, :class:`Familiarity` is fitted on the model's features (:func:`feature_model`:
+per-channel means and spreads at every resolution of the network) for the training images: their mean and a shrunk covariance
+(scikit-learn's Ledoit-Wolf, well conditioned with fewer images than features). An image's
+Mahalanobis distance to them says how unlike the training data it is; it is flagged as unlike
+above :data:`QUANTILE` of the validation images' distances, so about 1 in 100 images like the
+validation data are flagged (with a small validation split the threshold is its largest
+distance, and more unseen images like it are flagged: at least 1 in n + 1 for n validation images). Stored with the run as ``familiarity.npz``; a run without one
+(trained before) flags nothing. ``predict``, ``evaluate`` and the web page report the flag beside
+the probabilities. Keras models only: the ONNX export has no feature output.
+"""
+
+from __future__ import annotations
+
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from covidxray.errors import CovidXrayError
+from covidxray.files import atomic_save
+
+FAMILIARITY = "familiarity.npz"
+#: Share of validation images below the flag's threshold.
+QUANTILE = 0.99
+UNLIKE = "this X-ray looks unlike the data this model was trained on: its probabilities may not hold"
+
+
+@dataclass
+class Familiarity:
+    """Mean and precision of the training images' features, and the distance above which an image is unlike them."""
+
+    mean: np.ndarray  # (features,)
+    precision: np.ndarray  # (features, features)
+    threshold: float
+
+    @classmethod
+    def fit(cls, train_features: np.ndarray, validation_features: np.ndarray, quantile: float = QUANTILE) -> Familiarity:
+        from sklearn.covariance import LedoitWolf
+
+        estimate = LedoitWolf().fit(np.asarray(train_features, dtype=np.float64))
+        fitted = cls(estimate.location_, estimate.precision_, np.inf)
+        fitted.threshold = float(np.quantile(fitted.distances(validation_features), quantile))
+        return fitted
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        """Mahalanobis distance of each row of ``features`` to the training images'."""
+        centred = np.asarray(features, dtype=np.float64) - self.mean
+        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", centred, self.precision, centred), 0.0))
+
+    def unlike(self, features: np.ndarray) -> np.ndarray:
+        """True for each image farther from the training data than :attr:`threshold`."""
+        return self.distances(features) > self.threshold
+
+    def save(self, folder: str | Path) -> None:
+        atomic_save(Path(folder) / FAMILIARITY, lambda tmp: np.savez(tmp, mean=self.mean, precision=self.precision,
+                                                                      threshold=self.threshold))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Familiarity | None:
+        """The run's familiarity, or None for a run without one; a damaged file is an error naming it."""
+        path = Path(folder) / FAMILIARITY
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                mean, precision, threshold = stored["mean"], stored["precision"], stored["threshold"]
+            if mean.ndim != 1 or precision.shape != (len(mean), len(mean)):
+                raise ValueError(f"shapes {mean.shape} and {precision.shape} do not fit")
+            if threshold.shape != () or threshold.dtype.kind not in "iuf" or not np.isfinite(threshold):
+                raise ValueError(f"the threshold is {threshold!r}, not one finite number")
+            threshold = float(threshold)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+            raise CovidXrayError(f"{path}: unreadable ({' '.join(str(error).split())}); delete it (the run then flags "
+                                 "no image as unlike its training data) or retrain the run") from None
+        return cls(mean, precision, threshold)
+
+
+def feature_model(model):
+    """A Keras model from ``model``'s input to its features: for each spatial resolution of the
+    network, the mean and standard deviation over the image of every channel of the last layer at
+    that resolution (early layers see contrast, noise and texture, late ones what the classifier
+    reads). Measured on compactnet (``docs/evaluation.md``): more of other sources' images exceed
+    the threshold than with the classifier's own input alone.
+    """
+    import keras
+
+    last_at = {}
+    for layer in model.layers:
+        shape = getattr(layer, "output", None) is not None and layer.output.shape
+        if shape and len(shape) == 4 and shape[1] is not None and shape[1] > 1:
+            last_at[tuple(shape[1:3])] = layer  # later layers overwrite earlier ones of the same size
+    if not last_at:
+        raise CovidXrayError(f"model {model.name!r} has no spatial layer to take features from")
+    parts = []
+    for layer in last_at.values():
+        values = keras.ops.cast(layer.output, "float32")
+        parts += [keras.ops.mean(values, axis=(1, 2)), keras.ops.std(values, axis=(1, 2))]
+    return keras.Model(model.inputs, keras.ops.concatenate(parts, axis=-1))
+
+
+def model_features(model, images: np.ndarray) -> np.ndarray:
+    """The features (:func:`feature_model`) of model inputs ``(n, size, size, 1)`` in [0, 255], flattened."""
+    from covidxray.inference.predict import predict_arrays
+
+    features = predict_arrays(feature_model(model), images)
+    return features.reshape(len(features), -1)
+
+
+def fit_familiarity(model, train_images: np.ndarray, validation_images: np.ndarray) -> Familiarity:
+    """:meth:`Familiarity.fit` on ``model``'s features of the training and validation images."""
+    return Familiarity.fit(model_features(model, train_images), model_features(model, validation_images))
+
+
+def familiarity_summary(unlike: np.ndarray, correct: np.ndarray | None = None) -> dict:
+    """How many images are flagged, and the accuracy with and without them (``correct``: per image)."""
+    unlike = np.asarray(unlike, dtype=bool)
+    summary = {"images": int(len(unlike)), "unlike": int(unlike.sum()),
+               "share_unlike": float(unlike.mean()) if len(unlike) else None}
+    if correct is not None:
+        correct = np.asarray(correct, dtype=bool)
+        summary["accuracy_all"] = float(correct.mean()) if len(correct) else None
+        summary["accuracy_unflagged"] = float(correct[~unlike].mean()) if (~unlike).any() else None
+        summary["accuracy_unlike"] = float(correct[unlike].mean()) if unlike.any() else None
+    return summary
