@@ -104,7 +104,7 @@ def test_evaluate_crops_and_measures_heat(cropped_run, xrays, tmp_path, capsys):
     import pandas as pd
 
     rows = pd.read_csv(tmp_path / "p.csv")
-    assert list(rows.columns) == ["path", "label", "predicted", "source", *CLASSES, "lungs"]
+    assert list(rows.columns) == ["path", "label", "predicted", "source", *CLASSES, "unlike_training", "lungs"]
     assert sorted(rows.loc[rows["lungs"] != "ok", "path"]) == sorted(metrics["lung_fallback"])
 
 

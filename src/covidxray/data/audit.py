@@ -35,7 +35,7 @@ import pandas as pd
 
 from covidxray.data.cache import ImageCache
 from covidxray.data.duplicates import FINGERPRINT_SIDE, NearDuplicateRule, fingerprint_images, near_duplicate_pairs
-from covidxray.data.sources import MANIFEST_NAME, as_paths, load_dataset
+from covidxray.data.sources import MANIFEST_NAME, as_paths, load_dataset, original_name_key
 from covidxray.data.splits import without_patient_id
 from covidxray.errors import CovidXrayError, DatasetError
 from covidxray.evaluation.metrics import confounded_classes, confounding_warning
@@ -304,7 +304,7 @@ def verdict(result: dict) -> list[str]:
 def _same_original_name(table: pd.DataFrame) -> dict[str, int]:
     """Per dataset, its images whose original file name (case and extension ignored) an earlier
     dataset's image has: what :func:`~covidxray.data.sources.load_datasets` counts once."""
-    keys = table["original_name"].fillna("").map(lambda n: Path(str(n)).stem.lower())
+    keys = table["original_name"].map(original_name_key)
     seen, found = set(), {}
     for name in dict.fromkeys(table["name"]):
         mine = keys[table["name"] == name]

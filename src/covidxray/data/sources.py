@@ -84,7 +84,7 @@ def load_datasets(data: str | Path | list | tuple) -> pd.DataFrame:
     frames, seen = [], set()
     for path in paths:
         frame = load_dataset(path)
-        keys = frame["original_name"].map(_name_key)
+        keys = frame["original_name"].map(original_name_key)
         repeated = keys.isin(seen) & (keys != "")
         if repeated.any():
             log.info("%s: %d images are also in an earlier dataset (same original file name); counted once",
@@ -94,8 +94,10 @@ def load_datasets(data: str | Path | list | tuple) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _name_key(name: str) -> str:
-    return Path(str(name)).stem.lower()
+def original_name_key(name) -> str:
+    """What makes two original file names the same image: the name without folder and extension,
+    case ignored (``""`` for none)."""
+    return "" if name is None or name != name else Path(str(name)).stem.lower()  # name != name: NaN
 
 
 def read_manifest(csv_path: Path) -> pd.DataFrame:

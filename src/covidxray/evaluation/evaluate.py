@@ -10,6 +10,7 @@ import pandas as pd
 
 from covidxray import rundir
 from covidxray.data.loading import load_labelled_images
+from covidxray.data.sources import original_name_key
 from covidxray.errors import CovidXrayError, DatasetError
 from covidxray.evaluation.attention import heat_in_lungs
 from covidxray.evaluation.calibration import calibration_summary
@@ -105,9 +106,9 @@ def seen_by_run(run_dir: str | Path, table: pd.DataFrame, *, cache_dir=None) -> 
     except CovidXrayError as error:
         raise CovidXrayError(f"{error}, or pass --include-seen to keep every image") from None
     used = split[split["split"].isin(("train", "validation"))]
-    names = {Path(n).stem.lower() for n in used.get("original_name", [])} - {""}
+    names = {original_name_key(n) for n in used.get("original_name", [])} - {""}
     pixels = set(used.get("pixels", [])) - {""}
-    by_name = table["original_name"].map(lambda n: Path(str(n)).stem.lower()).isin(names)
+    by_name = table["original_name"].map(original_name_key).isin(names)
     seen = (by_name | table["pixels"].isin(pixels)).to_numpy().copy()
     present = [str(p) for p in used.get("path", []) if Path(p).is_file()]
     if len(present) < len(used):

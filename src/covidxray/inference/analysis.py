@@ -10,7 +10,9 @@ Used by ``covidxray serve`` (uploads, decoded from memory) and by the notebook (
 from __future__ import annotations
 
 import io
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,10 @@ from covidxray.inference.lungs import OK
 from covidxray.inference.predictor import Predictor, load_predictor
 
 DISPLAY_SIZE = 384  # side in pixels of the X-ray and heatmap images returned
+#: Longest side kept of an upload for display (the part the model saw is cut from it, then shown at DISPLAY_SIZE).
+PICTURE_SIDE = 1024
+#: Threads drawing and encoding the images of a batch's answers.
+RENDER_THREADS = min(4, os.cpu_count() or 1)
 
 
 @dataclass
@@ -60,33 +66,61 @@ class XrayAnalyzer:
         """Decode ``data`` (the bytes of file ``filename``), predict, and draw the heatmap."""
         return self._analyse(read_image(filename, data=data))
 
-    def _analyse(self, image: np.ndarray) -> Analysis:
+    def upload(self, filename: str, data: bytes) -> Upload:
+        """Decode ``data`` into what :meth:`analyse_uploads` needs (thread-safe; the full-size image
+        is dropped here, so a queued upload holds at most a few megabytes)."""
+        return self._upload(read_image(filename, data=data))
+
+    def analyse_uploads(self, uploads: list[Upload]) -> list[Analysis]:
+        """Predict and explain several decoded uploads in one batch: segmentation, prediction,
+        familiarity and Grad-CAM each run once for all of them."""
         from covidxray.inference.heatmaps import grad_cam, overlay
 
-        side = self.predictor.decode_side
         with self._lock:
-            inputs = self.predictor.prepare(resize_square(image, side)[None], lungs=True)
+            inputs = self.predictor.prepare(np.stack([u.model_input for u in uploads]), lungs=True)
             probabilities, decided = self.predictor.predict(inputs.images)
-            best = int(decided[0])
-            heatmap = grad_cam(self.predictor.model, inputs.images, class_indices=[best])[0]
+            heatmaps = grad_cam(self.predictor.model, inputs.images, class_indices=[int(d) for d in decided])
             unlike = self.predictor.unlike_training(inputs.images)
-        probabilities = probabilities[0]
-        quality = inputs.quality[0]
-        x0, y0, x1, y1 = inputs.boxes[0]  # the part of the X-ray the model saw (all of it, or the lungs' box)
-        height, width = image.shape
-        seen = image[round(y0 * height):max(round(y1 * height), round(y0 * height) + 1),
-                     round(x0 * width):max(round(x1 * width), round(x0 * width) + 1)]
-        shown = _fit(seen, DISPLAY_SIZE)
-        outline = inputs.lungs[0] if quality == OK else None
-        return Analysis(
-            label=self.classes[best],
-            probabilities={c: float(p) for c, p in zip(self.classes, probabilities)},
-            image_png=_png(_fit(image, DISPLAY_SIZE)),
-            heatmap_png=_png(overlay(shown, heatmap, outline=outline)),  # overlay resizes map and outline
-            lungs=quality,
-            cropped=self.predictor.preprocessing.lungs == "crop" and quality == OK,
-            unlike_training=None if unlike is None else bool(unlike[0]),
-        )
+        crop = self.predictor.preprocessing.lungs == "crop"
+
+        def render(i: int) -> Analysis:
+            quality = inputs.quality[i]
+            x0, y0, x1, y1 = inputs.boxes[i]  # the part of the X-ray the model saw (all of it, or the lungs' box)
+            image = uploads[i].picture
+            height, width = image.shape
+            seen = image[round(y0 * height):max(round(y1 * height), round(y0 * height) + 1),
+                         round(x0 * width):max(round(x1 * width), round(x0 * width) + 1)]
+            outline = inputs.lungs[i] if quality == OK else None
+            return Analysis(
+                label=self.classes[int(decided[i])],
+                probabilities={c: float(p) for c, p in zip(self.classes, probabilities[i])},
+                image_png=_png(_fit(image, DISPLAY_SIZE)),
+                heatmap_png=_png(overlay(_fit(seen, DISPLAY_SIZE), heatmaps[i], outline=outline)),
+                lungs=quality,
+                cropped=crop and quality == OK,
+                unlike_training=None if unlike is None else bool(unlike[i]),
+            )
+
+        if len(uploads) == 1:
+            return [render(0)]
+        with ThreadPoolExecutor(min(len(uploads), RENDER_THREADS)) as pool:  # PNG encoding releases the GIL
+            return list(pool.map(render, range(len(uploads))))
+
+    def _upload(self, image: np.ndarray) -> Upload:
+        side = self.predictor.decode_side
+        picture = image if max(image.shape) <= PICTURE_SIDE else _fit(image, PICTURE_SIDE)
+        return Upload(resize_square(image, side), picture)
+
+    def _analyse(self, image: np.ndarray) -> Analysis:
+        return self.analyse_uploads([self._upload(image)])[0]
+
+
+@dataclass
+class Upload:
+    """A decoded X-ray, reduced to what an analysis needs."""
+
+    model_input: np.ndarray  # square, at the predictor's decode side, from the full image
+    picture: np.ndarray  # the image for display, longest side at most PICTURE_SIDE
 
 
 def _fit(image: np.ndarray, side: int) -> np.ndarray:
@@ -102,5 +136,6 @@ def _png(array: np.ndarray) -> bytes:
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
+    # zlib level 1: a 384 px RGB heatmap encodes in 15 ms instead of 80 (level 6), 20% larger
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()

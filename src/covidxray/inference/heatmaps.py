@@ -236,8 +236,10 @@ def overlay(image, heatmap, alpha: float = 0.4, colormap: str = "jet", outline=N
     heat = np.nan_to_num(np.asarray(heatmap, dtype=np.float32))
     if heat.shape != gray.shape:
         heat = np.asarray(Image.fromarray(heat).resize(gray.shape[::-1], Image.Resampling.BILINEAR))
-    colour = colormaps[colormap](np.clip(heat, 0, 1))[..., :3] * 255
-    blended = (1 - alpha) * np.clip(gray, 0, 255)[..., None] + alpha * colour
+    table = colormaps[colormap]
+    lut = (table(np.arange(table.N))[:, :3] * 255).astype(np.float32)  # the colours matplotlib would pick
+    index = np.minimum((np.clip(heat, 0, 1) * table.N).astype(np.intp), table.N - 1)  # as Colormap.__call__ bins
+    blended = np.float32(1 - alpha) * np.clip(gray, 0, 255)[..., None] + np.float32(alpha) * lut[index]
     result = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     if outline is not None:
         result[edge(outline, gray.shape)] = 255

@@ -8,9 +8,11 @@ over the size limit, non-images and corrupt files get a one-line message on the 
 stack trace. It listens on 127.0.0.1 unless told otherwise.
 
 Memory and time are bounded per request: images over ``covidxray.data.images.MAX_PIXELS`` are
-refused from their header, at most :data:`MAX_CONCURRENT_DECODES` uploads are decoded and
-analysed at once (the others wait their turn), and an upload that stops sending its body for
-:data:`BODY_TIMEOUT_S` seconds is answered 408 and its connection closed.
+refused from their header, at most :data:`MAX_CONCURRENT_DECODES` uploads are decoded at once
+(the others wait their turn; a decoded upload is reduced to what the analysis needs), and an
+upload that stops sending its body for :data:`BODY_TIMEOUT_S` seconds is answered 408 and its
+connection closed. Uploads that arrive together are analysed as one batch
+(:mod:`covidxray.web.batching`: at most 16, the first waiting at most 20 ms for others).
 
 FastAPI, uvicorn and python-multipart are an optional extra: ``pip install 'covidxray[serve]'``.
 """
@@ -30,6 +32,7 @@ from covidxray.errors import CovidXrayError, ImageReadError
 from covidxray.inference.analysis import Analysis, XrayAnalyzer
 from covidxray.inference.familiarity import UNLIKE
 from covidxray.inference.lungs import OK
+from covidxray.web.batching import MAX_BATCH, MAX_WAIT_S, Batcher
 
 log = logging.getLogger(__name__)
 
@@ -186,12 +189,14 @@ async def _read_form(request, timeout_s: float):
 
 
 def create_app(analyzer: XrayAnalyzer, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *,
-               max_decodes: int = MAX_CONCURRENT_DECODES, body_timeout_s: float = BODY_TIMEOUT_S):
+               max_decodes: int = MAX_CONCURRENT_DECODES, body_timeout_s: float = BODY_TIMEOUT_S,
+               max_batch: int = MAX_BATCH, max_wait_s: float = MAX_WAIT_S):
     """The FastAPI app: ``GET /`` (and ``HEAD /``) the page, ``POST /`` an upload from the page,
     ``POST /api/predict`` the same as JSON, ``GET /healthz`` for scripts.
 
-    ``max_decodes``: uploads decoded and analysed at once (the others wait); ``body_timeout_s``:
-    seconds without any of a declared body before the request is answered 408."""
+    ``max_decodes``: uploads decoded at once (the others wait); ``body_timeout_s``: seconds without
+    any of a declared body before the request is answered 408; ``max_batch``, ``max_wait_s``: the
+    batching of analyses (:class:`~covidxray.web.batching.Batcher`)."""
     from fastapi import FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
@@ -199,11 +204,17 @@ def create_app(analyzer: XrayAnalyzer, max_upload_mb: float = DEFAULT_MAX_UPLOAD
     check_max_upload_mb(max_upload_mb)
     max_bytes = int(max_upload_mb * 2**20)
     decoding = threading.BoundedSemaphore(max_decodes)  # threads, not asyncio: one app may serve several event loops
+    batcher = Batcher(analyzer.analyse_uploads, max_batch=max_batch, max_wait_s=max_wait_s)
     app = FastAPI(title="covidxray", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.batcher = batcher
 
-    def analyse(filename: str, data: bytes) -> Analysis:
-        with decoding:  # bounds the memory of concurrent uploads: each decoded image is held until analysed
-            return analyzer.analyse(filename, data)
+    def decode(filename: str, data: bytes):
+        with decoding:  # bounds the memory of concurrent decodes: a full-size image lives only in here
+            return analyzer.upload(filename, data)
+
+    async def analyse(filename: str, data: bytes) -> Analysis:
+        upload = await run_in_threadpool(decode, filename, data)
+        return await asyncio.wrap_future(batcher.submit(upload))
 
     async def analyse_upload(request: Request) -> tuple[str, Analysis]:
         length = request.headers.get("content-length")
@@ -229,7 +240,7 @@ def create_app(analyzer: XrayAnalyzer, max_upload_mb: float = DEFAULT_MAX_UPLOAD
         if not data:
             raise UploadError(f"{filename}: the file is empty")
         try:
-            return filename, await run_in_threadpool(analyse, filename, data)
+            return filename, await analyse(filename, data)
         except ImageReadError as error:
             raise UploadError(f"{filename}: cannot read it as an X-ray: {error.reason}. "
                               "Upload a PNG, JPEG or DICOM image.") from None

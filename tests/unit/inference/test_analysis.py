@@ -11,7 +11,7 @@ from PIL import Image
 
 from covidxray.data.images import resize_square
 from covidxray.errors import ImageReadError
-from covidxray.inference.analysis import DISPLAY_SIZE, XrayAnalyzer
+from covidxray.inference.analysis import DISPLAY_SIZE, PICTURE_SIDE, XrayAnalyzer
 from covidxray.inference.predictor import load_predictor
 from helpers import build_run, gray, png_bytes, write_dicom
 
@@ -57,3 +57,16 @@ def test_threads_share_one_analyzer(run_dir):
     for thread in threads:
         thread.join()
     assert results == [expected] * 4
+
+
+def test_a_batch_of_uploads_gives_each_the_answer_it_gets_alone(run_dir):
+    analyzer = XrayAnalyzer(run_dir)
+    payloads = [png_bytes(gray(seed, shape)) for seed, shape in ((11, (40, 40)), (12, (100, 60)), (13, (2400, 1300)))]
+    alone = [analyzer.analyse("x.png", data) for data in payloads]
+    uploads = [analyzer.upload("x.png", data) for data in payloads]
+    assert max(uploads[2].picture.shape) == PICTURE_SIDE  # a large upload is kept at most this large
+    together = analyzer.analyse_uploads(uploads)
+    for one, batched in zip(alone, together):
+        assert batched.label == one.label and batched.lungs == one.lungs
+        assert list(batched.probabilities.values()) == pytest.approx(list(one.probabilities.values()), abs=1e-5)
+        assert Image.open(io.BytesIO(batched.heatmap_png)).size == Image.open(io.BytesIO(one.heatmap_png)).size

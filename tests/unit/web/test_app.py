@@ -211,9 +211,9 @@ def test_at_most_two_uploads_are_decoded_at_once(analyzer, monkeypatch):
     from fastapi.testclient import TestClient
 
     active, most, lock = 0, 0, threading.Lock()
-    real = analyzer.analyse
+    real = analyzer.upload
 
-    def slow_analyse(filename, data):
+    def slow_decode(filename, data):
         nonlocal active, most
         with lock:
             active += 1
@@ -225,8 +225,9 @@ def test_at_most_two_uploads_are_decoded_at_once(analyzer, monkeypatch):
             with lock:
                 active -= 1
 
-    monkeypatch.setattr(analyzer, "analyse", slow_analyse)
-    client = TestClient(create_app(analyzer))
+    monkeypatch.setattr(analyzer, "upload", slow_decode)
+    app = create_app(analyzer)
+    client = TestClient(app)
     statuses = []
     threads = [threading.Thread(target=lambda: statuses.append(_upload(client, "x.png", png_bytes(gray(5, (40, 40))),
                                                                        "/api/predict").status_code))
@@ -237,6 +238,7 @@ def test_at_most_two_uploads_are_decoded_at_once(analyzer, monkeypatch):
         thread.join(timeout=60)
     assert statuses == [200] * 6
     assert most == 2  # six uploads at once, two decoded at a time
+    assert sum(app.state.batcher.batch_sizes) == 6  # and analysed in batches
 
 
 def test_an_upload_that_stops_sending_its_body_gets_408(analyzer):
