@@ -15,7 +15,8 @@ import argparse
 import json
 import sys
 from dataclasses import replace
-from pathlib import Path
+
+from harness import write_results
 
 
 def measure(run: str, cache_dir: str | None = None, layer: str | None = None) -> dict:
@@ -48,10 +49,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="write the result to this JSON file")
     args = parser.parse_args(argv)
     result = measure(args.run, args.cache_dir, args.layer)
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    write_results(args.out, result)
+    print(json.dumps(result, indent=2))
     return 0
 
 

@@ -20,9 +20,9 @@ import argparse
 import json
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
+from harness import write_results
 
 
 def measure(run: str, datasets: list[str], cache_dir: str | None = None) -> dict:
@@ -77,10 +77,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--out", default=None, help="write the result to this JSON file")
     args = parser.parse_args(argv)
-    text = json.dumps(measure(args.run, args.data, args.cache_dir), indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    result = measure(args.run, args.data, args.cache_dir)
+    write_results(args.out, result)
+    print(json.dumps(result, indent=2))
     return 0
 
 

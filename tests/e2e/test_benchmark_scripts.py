@@ -84,7 +84,8 @@ def test_decode_memory_measures_each_file_in_a_fresh_process(tmp_path):
     assert "| png16-over | 16-bit grayscale PNG | 9,400 x 9,400 |" in table.read_text()
 
 
-def test_heat_in_lungs_rebuilds_the_runs_test_split(dataset, tmp_path):
+def _untrained_run(dataset, tmp_path):
+    """A run folder with config.json and an untrained model.keras; returns it and its split's table."""
     import keras
 
     from covidxray.config import TrainConfig
@@ -97,7 +98,12 @@ def test_heat_in_lungs_rebuilds_the_runs_test_split(dataset, tmp_path):
     config.save(run / "config.json")
     create_model(config.model, num_classes=3, image_size=32, seed=0).save(run / "model.keras")
     keras.backend.clear_session()
-    test_images = int((prepare_data(config).table["split"] == "test").sum())
+    return run, prepare_data(config).table
+
+
+def test_heat_in_lungs_rebuilds_the_runs_test_split(dataset, tmp_path):
+    run, table = _untrained_run(dataset, tmp_path)
+    test_images = int((table["split"] == "test").sum())
     (run / "metrics.json").write_text(json.dumps({"test": {"n": test_images}}))
     out = tmp_path / "heat.json"
     assert load("heat_in_lungs").main(["--run", str(run), "--out", str(out)]) == 0
@@ -110,20 +116,9 @@ def test_heat_in_lungs_rebuilds_the_runs_test_split(dataset, tmp_path):
 
 
 def test_unlike_training_measures_the_flag_on_a_runs_own_split_and_other_data(dataset, tmp_path):
-    import keras
-
     from covidxray import rundir
-    from covidxray.config import TrainConfig
-    from covidxray.models import create_model
-    from covidxray.training.data import prepare_data
 
-    run = tmp_path / "run"
-    run.mkdir()
-    config = TrainConfig(data=str(dataset), image_size=32, cache_dir=str(tmp_path / "cache")).resolve()
-    config.save(run / "config.json")
-    create_model(config.model, num_classes=3, image_size=32, seed=0).save(run / "model.keras")
-    keras.backend.clear_session()
-    table = prepare_data(config).table
+    run, table = _untrained_run(dataset, tmp_path)
     rundir.write_csv(run / "split.csv", table)
     split = table["split"].value_counts()
     (run / "metrics.json").write_text(json.dumps({"test": {"n": int(split["test"])}}))
