@@ -122,10 +122,13 @@ def test_predict_formats(trained, capsys):
         assert r["label"] == max(r["probabilities"], key=r["probabilities"].get)
     assert main(["--quiet", "predict", "--run", str(run), str(data / "normal"), "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert len(rows) == 20 and set(rows[0]) == {"path", "label", "p_covid", "p_normal", "p_pneumonia"}
+    assert len(rows) == 20
+    assert set(rows[0]) == {"path", "label", "p_covid", "p_normal", "p_pneumonia", "unlike_training"}
+    assert {row["unlike_training"] for row in rows} <= {"True", "False"}  # the run's familiarity flag
     assert main(["--quiet", "predict", "--run", str(run), str(files[0])]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["path", "label", "p_covid", "p_normal", "p_pneumonia"] and len(table) == 2
+    assert table[0].split() == ["path", "label", "p_covid", "p_normal", "p_pneumonia", "unlike_training"]
+    assert len(table) == 2
 
 
 def test_predict_skips_a_bad_file_and_names_it(trained, tmp_path, capsys):
