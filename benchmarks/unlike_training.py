@@ -27,7 +27,7 @@ from harness import write_results
 
 def measure(run: str, datasets: list[str], cache_dir: str | None = None) -> dict:
     from covidxray.evaluation.evaluate import evaluate
-    from covidxray.inference.familiarity import familiarity_summary, fit_familiarity, model_features
+    from covidxray.inference.familiarity import familiarity_summary, fit_familiarity
     from covidxray.inference.predictor import load_predictor
     from covidxray.rundir import METRICS, SPLIT, RunDir
     from covidxray.training.data import PreparedData, load_data, prepare_data
@@ -57,8 +57,7 @@ def measure(run: str, datasets: list[str], cache_dir: str | None = None) -> dict
 
     def flagged(images, targets):
         _, predicted = predictor.predict(images)
-        return familiarity_summary(predictor.familiarity.unlike(model_features(predictor.model, images)),
-                                   predicted == targets)
+        return familiarity_summary(predictor.unlike_training(images), predicted == targets)
 
     result = {"run": str(run), "threshold": predictor.familiarity.threshold,
               "in_source": flagged(x_val[~halves], y_val[~halves]), "own_test": flagged(*data.part("test")),

@@ -102,17 +102,22 @@ def feature_model(model):
     return keras.Model(model.inputs, keras.ops.concatenate(parts, axis=-1))
 
 
-def model_features(model, images: np.ndarray) -> np.ndarray:
-    """The features (:func:`feature_model`) of model inputs ``(n, size, size, 1)`` in [0, 255], flattened."""
+def model_features(model, images: np.ndarray, *, features=None) -> np.ndarray:
+    """The features (:func:`feature_model`) of model inputs ``(n, size, size, 1)`` in [0, 255], flattened.
+
+    ``features``: ``model``'s feature model, built once by a caller that asks many times (each new
+    Keras model is traced again on its first call)."""
     from covidxray.inference.predict import predict_arrays
 
-    features = predict_arrays(feature_model(model), images)
-    return features.reshape(len(features), -1)
+    values = predict_arrays(feature_model(model) if features is None else features, images)
+    return values.reshape(len(values), -1)
 
 
 def fit_familiarity(model, train_images: np.ndarray, validation_images: np.ndarray) -> Familiarity:
     """:meth:`Familiarity.fit` on ``model``'s features of the training and validation images."""
-    return Familiarity.fit(model_features(model, train_images), model_features(model, validation_images))
+    features = feature_model(model)
+    return Familiarity.fit(model_features(model, train_images, features=features),
+                           model_features(model, validation_images, features=features))
 
 
 def familiarity_summary(unlike: np.ndarray, correct: np.ndarray | None = None) -> dict:

@@ -10,6 +10,7 @@ class names and input size it was trained with, and its decision rule, so every 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +75,15 @@ class Predictor:
             return None
         from covidxray.inference.familiarity import model_features
 
-        return self.familiarity.unlike(model_features(self.model, images))
+        return self.familiarity.unlike(model_features(self.model, images, features=self.feature_model))
+
+    @functools.cached_property
+    def feature_model(self):
+        """The model's feature model (:func:`~covidxray.inference.familiarity.feature_model`), built once:
+        every batch the web page analyses asks for it."""
+        from covidxray.inference.familiarity import feature_model
+
+        return feature_model(self.model)
 
     def predict(self, images) -> tuple[np.ndarray, np.ndarray]:
         """``(calibrated probabilities, decided class indices)`` for model inputs (:meth:`prepare`)."""
