@@ -5,8 +5,11 @@ fastai layout): 17 convolutions without bias, each followed by batch norm and Le
 five max-pools, a 3-channel convolution, flatten and a dense classifier; 1,164,434 parameters
 at 256 x 256 with three classes. It has no augmentation and no input pipeline: it trains on
 float32 tensors already in memory, so it is the plain cost of the network on this machine.
+``autocast="bfloat16"`` runs forward and loss under ``torch.autocast`` to bfloat16 (on a CPU
+with AVX512_BF16 / AMX, PyTorch's own bfloat16 path): the like-for-like reference for a
+covidxray model trained with ``--mixed-precision mixed_bfloat16``.
 
-    python benchmarks/reference_darkcovidnet_torch.py --batch-size 32 --steps 10
+    python benchmarks/reference_darkcovidnet_torch.py --batch-size 32 --steps 10 [--autocast bfloat16]
 
 Used by ``benchmarks/train_speed.py`` and ``benchmarks/gpu/run.sh`` (import: ``measure``).
 """
@@ -57,7 +60,7 @@ def _sync(device: torch.device) -> None:
 
 def measure(*, batch_size: int = 32, steps: int = 10, warmup: int = 3, image_size: int = 256,
             num_classes: int = 3, device: str = "cpu", channels_last: bool = True, predict: bool = True,
-            latency_calls: int = 10, seed: int = 0) -> dict:
+            latency_calls: int = 10, seed: int = 0, autocast: str | None = None) -> dict:
     """Train ``warmup`` then ``steps`` steps on random data; returns images/s and friends."""
     torch.manual_seed(seed)
     dev = torch.device(device)
@@ -71,10 +74,14 @@ def measure(*, batch_size: int = 32, steps: int = 10, warmup: int = 3, image_siz
                 .to(dev).contiguous(memory_format=memory_format),
                 torch.from_numpy(rng.integers(0, num_classes, batch_size)).to(dev)) for _ in range(4)]
 
+    def autocasting():
+        return torch.autocast(dev.type, dtype=getattr(torch, autocast or "bfloat16"), enabled=autocast is not None)
+
     def step(i: int) -> None:
         x, y = batches[i % len(batches)]
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        with autocasting():
+            loss = loss_fn(model(x), y)
         loss.backward()
         optimizer.step()
 
@@ -88,13 +95,13 @@ def measure(*, batch_size: int = 32, steps: int = 10, warmup: int = 3, image_siz
     _sync(dev)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     result = {"batch_size": batch_size, "steps": steps, "image_size": image_size, "device": str(dev),
-              "channels_last": channels_last, "threads": torch.get_num_threads(),
+              "channels_last": channels_last, "autocast": autocast, "threads": torch.get_num_threads(),
               "parameters": sum(p.numel() for p in model.parameters()),
               "train_seconds": seconds, "train_images_per_second": steps * batch_size / seconds,
               "train_images_per_cpu_second": steps * batch_size / cpu_seconds}
     if predict:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocasting():
             x = batches[0][0]
             model(x)
             _sync(dev)
@@ -124,10 +131,11 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-channels-last", action="store_true")
+    parser.add_argument("--autocast", choices=["bfloat16", "float16"], default=None)
     args = parser.parse_args()
     print(json.dumps(measure(batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
                              image_size=args.image_size, device=args.device,
-                             channels_last=not args.no_channels_last)))
+                             channels_last=not args.no_channels_last, autocast=args.autocast)))
 
 
 if __name__ == "__main__":

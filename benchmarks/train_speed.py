@@ -4,6 +4,9 @@ PyTorch reference timed in the same run.
     python benchmarks/train_speed.py                      # every installed backend, both models
     python benchmarks/train_speed.py --backends tensorflow --models darkcovidnet:256 --repeats 5
     python benchmarks/train_speed.py --quick              # a smoke test: tiny images, few steps
+    python benchmarks/train_speed.py --backends tensorflow --models darkcovidnet:256 \
+        --mixed-precision none mixed_bfloat16 --reference-autocast none bfloat16      # bfloat16, like for like
+    python benchmarks/train_speed.py ... --env "" TF_NUM_INTEROP_THREADS=1 ONEDNN_MAX_CPU_ISA=AVX512_CORE
 
 For each backend (tensorflow, torch, jax) and model (``name:size``; default the default model
 ``compactnet:160`` and ``darkcovidnet:256``) it measures, on synthetic images:
@@ -109,7 +112,7 @@ def measure_reference(job: dict) -> dict:
 
     result = measure(batch_size=job["batch_size"], steps=job["steps"], warmup=job["warmup"],
                      image_size=job["image_size"], device=job["device"], predict=job["predict"],
-                     latency_calls=job["latency_calls"])
+                     latency_calls=job["latency_calls"], autocast=job.get("autocast"))
     return result
 
 
@@ -146,11 +149,13 @@ def run_worker(jobs: list[dict]) -> list[dict]:
 
 def label(job: dict) -> str:
     if job["kind"] == "reference":
-        return f"reference torch darkcovidnet:{job['image_size']} b{job['batch_size']} ({job['device']})"
+        autocast = f", autocast {job['autocast']}" if job.get("autocast") else ""
+        return f"reference torch darkcovidnet:{job['image_size']} b{job['batch_size']} ({job['device']}{autocast})"
     extra = "" if job["augment"] else " no-augment"
     extra += f" {job['mixed_precision']}" if job["mixed_precision"] else ""
     extra += f" spe{job['steps_per_execution']}" if job["steps_per_execution"] > 1 else ""
     extra += f" jit={job['jit_compile']}" if job["jit_compile"] != "auto" else ""
+    extra += "".join(f" {name}={value}" for name, value in job.get("env", {}).items())
     return f"{job['backend']} {job['model']}:{job['image_size']} b{job['batch_size']}{extra}"
 
 
@@ -161,7 +166,8 @@ def plan(args) -> tuple[list[dict], list[dict]]:
 
     common = {"predict": not args.no_predict, "latency_calls": args.latency_calls}
     references = [{"kind": "reference", "image_size": args.reference_size, "batch_size": b, "warmup": args.warmup_steps,
-                   "device": args.reference_device, "steps": steps(b), **common} for b in args.batch_size]
+                   "device": args.reference_device, "steps": steps(b), "autocast": None if autocast == "none" else autocast,
+                   **common} for b in args.batch_size for autocast in args.reference_autocast]
     jobs = []
     for backend in args.backends:
         for config in args.configs or []:
@@ -183,13 +189,16 @@ def plan(args) -> tuple[list[dict], list[dict]]:
                                  "steps": steps(batch_size), "epochs": args.epochs, "augment": augment,
                                  "jit_compile": args.jit_compile, "mixed_precision": None if policy == "none" else policy,
                                  "steps_per_execution": spe, **common})
+    environments = [dict(pair.split("=", 1) for pair in spec.split(",") if pair) for spec in args.env]
+    jobs = [{**job, "env": env} for job in jobs for env in environments]
     return references, jobs
 
 
 def run_subprocess(jobs: list[dict], backend: str | None, timeout: float) -> list[dict]:
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(jobs)]
     try:
-        done = subprocess.run(command, env=worker_env(backend), stdout=subprocess.PIPE, text=True,
+        done = subprocess.run(command, env={**worker_env(backend), **jobs[0].get("env", {})}, stdout=subprocess.PIPE,
+                              text=True,
                               timeout=max(1.0, timeout))
         stdout, error = done.stdout, f"worker exited with status {done.returncode} before this job's result"
     except subprocess.TimeoutExpired as stopped:
@@ -218,6 +227,10 @@ def summarise(measurements: list[dict], epoch_images: int) -> list[dict]:
                       if figure in m and m.get("reference") and m["reference"].get(figure)]
             if ratios:
                 row[f"{figure}_ratio"] = statistics.median(ratios)
+            like = [m[figure] / m["reference_like"][figure] for m in good
+                    if figure in m and m.get("reference_like") and m["reference_like"].get(figure)]
+            if like:
+                row[f"{figure}_ratio_like"] = statistics.median(like)
         if "train_images_per_second" in row:
             row["epoch_seconds"] = epoch_images / row["train_images_per_second"]
         rows.append(row)
@@ -229,8 +242,9 @@ def results_table(rows: list[dict], epoch_images: int) -> str:
         if figure not in row:
             return "failed" if not row["ok"] else "-"
         text = f"{row[figure]:,.{digits}f}"
-        ratio = row.get(f"{figure}_ratio")
-        return text + (f" ({ratio:.2f}x)" if ratio is not None else "")
+        ratio, like = row.get(f"{figure}_ratio"), row.get(f"{figure}_ratio_like")
+        return (text + (f" ({ratio:.2f}x)" if ratio is not None else "")
+                + (f" ({like:.2f}x autocast ref)" if like is not None else ""))
 
     return markdown_table(
         ["configuration", "train img/s (x ref)", "train img per CPU-s (x ref)", f"s/epoch ({epoch_images} img)",
@@ -261,9 +275,16 @@ def parse_args(argv=None):
     parser.add_argument("--jit-compile", default="auto", type=lambda s: {"true": True, "false": False}.get(s.lower(), s))
     parser.add_argument("--steps-per-execution", nargs="+", type=int, default=[1])
     parser.add_argument("--no-predict", action="store_true", help="time training only")
+    parser.add_argument("--env", nargs="+", default=[""], metavar="NAME=VALUE[,NAME=VALUE]",
+                        help="environments to time each covidxray configuration in (threads, oneDNN settings: e.g. "
+                        "TF_NUM_INTRAOP_THREADS=1,TF_NUM_INTEROP_THREADS=1 or ONEDNN_MAX_CPU_ISA=AVX512_CORE); "
+                        "\"\" is the environment as it is")
     parser.add_argument("--latency-calls", type=int, default=10)
     parser.add_argument("--reference-size", type=int, default=256)
     parser.add_argument("--reference-device", default="cpu")
+    parser.add_argument("--reference-autocast", nargs="+", default=["none"], choices=["none", "bfloat16", "float16"],
+                        help="time the reference in float32 (none) and/or under torch.autocast to this type; "
+                        "a mixed_<type> configuration is also compared with the reference autocast to <type>")
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--one-process", action="store_true",
                         help="run all jobs of a backend in one process (saves start-up; peak memory is then cumulative)")
@@ -302,11 +323,15 @@ def main(argv=None) -> None:
             break
         print(f"repeat {repeat + 1} of {args.repeats}", flush=True)
         reference = {} if args.no_reference else {
-            r["job"]["batch_size"]: r for r in run_subprocess(references, None, remaining(args, started))}
+            (r["job"]["batch_size"], r["job"].get("autocast")): r
+            for r in run_subprocess(references, None, remaining(args, started))}
         for ref in reference.values():
             ref["repeat"] = repeat
-        if args.one_process:
-            groups = [[j for j in jobs if j["backend"] == b] for b in args.backends]
+        if args.one_process:  # one process per backend and environment
+            groups = [[j for j in jobs if j["backend"] == b and j["env"] == env]
+                      for b in args.backends for env in dict.fromkeys(json.dumps(j["env"]) for j in jobs)
+                      for env in [json.loads(env)]]
+            groups = [group for group in groups if group]
         else:
             groups = [[j] for j in jobs]
         for group in groups:
@@ -314,8 +339,11 @@ def main(argv=None) -> None:
                 print(f"time budget spent: skipped {', '.join(label(j) for j in group)}", flush=True)
                 continue
             for result in run_subprocess(group, group[0]["backend"], remaining(args, started)):
-                ref = reference.get(result["job"]["batch_size"])
+                batch_size, policy = result["job"]["batch_size"], result["job"]["mixed_precision"]
+                ref = reference.get((batch_size, None))
                 result["reference"] = ref if ref and ref.get("ok") else None
+                like = reference.get((batch_size, policy.removeprefix("mixed_"))) if policy else None
+                result["reference_like"] = like if like and like.get("ok") else None  # autocast to the same type
                 result["repeat"] = repeat
                 measurements.append(result)
         measurements += reference.values()

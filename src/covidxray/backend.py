@@ -7,6 +7,9 @@ TensorFlow, PyTorch and JAX: the order of their measured training speed on a lap
 32.8 and 29.0 images/s for DarkCovidNet at 256x256 on a 2-core machine; docs/speed.md). Set
 ``KERAS_BACKEND=jax`` (or ``torch``, ``tensorflow``) to choose. Where none is installed nothing
 fails at import: the first command that needs Keras ends with :data:`NO_BACKEND`.
+
+It also says what ``--mixed-precision auto`` (the default) trains in on this machine:
+:func:`auto_mixed_precision`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from pathlib import Path
 
 #: Keras backends in the order covidxray prefers them; each is also the name of its Python module.
 PREFERENCE = ("tensorflow", "torch", "jax")
+#: CPU flags (as Linux names them) for native bfloat16 arithmetic: AVX-512 bfloat16 dot products, AMX tiles.
+BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 NO_BACKEND = ("covidxray needs a Keras backend and none is installed: pip install 'covidxray[tensorflow]' "
               "(or 'covidxray[jax]', 'covidxray[torch]')")
 
@@ -123,3 +128,38 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags, from ``/proc/cpuinfo``; empty where there is none (macOS, Windows)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_bfloat16(flags: frozenset[str] | None = None) -> tuple[str, ...]:
+    """The native bfloat16 features of this CPU (of :data:`BFLOAT16_CPU_FLAGS`); empty when it has none."""
+    flags = cpu_flags() if flags is None else flags
+    return tuple(flag for flag in BFLOAT16_CPU_FLAGS if flag in flags)
+
+
+def auto_mixed_precision(model_prefers_bfloat16: bool) -> str | None:
+    """What ``--mixed-precision auto`` trains in here: ``"mixed_bfloat16"`` or None (float32).
+
+    bfloat16 only where it was measured faster (docs/speed.md): a model that trains faster in it on a
+    CPU (``ModelSpec.cpu_bfloat16``), the TensorFlow backend, a CPU with AMX tiles for bfloat16
+    (``amx_bf16``: oneDNN runs the convolutions on them) and no GPU in sight. Everything else
+    trains in float32: another backend or a GPU (not measured), a CPU with AVX512_BF16 alone
+    (measured slower than float32 with AMX turned off), the default ``compactnet`` (no faster).
+    """
+    if not model_prefers_bfloat16 or choose_backend() != "tensorflow" or "amx_bf16" not in cpu_bfloat16():
+        return None
+    import tensorflow as tf
+
+    return None if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"

@@ -25,6 +25,7 @@ TRAIN, CV, PROBE = "train", "cv", "probe"
 TRAINING_COMMANDS = (TRAIN, CV, PROBE)
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
 MIXED_PRECISION_POLICIES = ("mixed_float16", "mixed_bfloat16")
+AUTO = "auto"
 DISTRIBUTE_CHOICES = ("none", "data-parallel")
 #: Settings a resumed run may change: they do not change what it computes.
 MAY_CHANGE_ON_RESUME = ("cache_dir",)
@@ -131,8 +132,10 @@ class TrainConfig:
     jit_compile: bool | str = setting("auto", "XLA compilation (Keras's auto: where the backend supports it)",
                                       commands=())
     mixed_precision: str | None = setting(
-        None, "compute in 16-bit floats, keep weights in float32 (faster on GPUs, slower on most CPUs)", kind=str,
-        choices=MIXED_PRECISION_POLICIES)
+        AUTO, "compute in 16-bit floats, keep weights in float32: auto (mixed_bfloat16 where it measured faster: "
+        "darkcovidnet, TensorFlow, a CPU with AMX and no GPU; else float32), float32, mixed_bfloat16 "
+        "or mixed_float16 (GPUs); the run stores what it used", kind=str,
+        choices=(AUTO, "float32", *MIXED_PRECISION_POLICIES))
     steps_per_execution: int = setting(1, "training steps per compiled call (more: less Python overhead per step, "
                                        "for fast GPUs)", low=1)
     cache_dir: str | None = setting(None, "decoded-image cache (default ~/.cache/covidxray)", kind=str, metavar="DIR")
@@ -185,7 +188,13 @@ class TrainConfig:
             raise CovidXrayError(f"{self.data}: the shards hold {stored}px images; train with --image-size {stored} "
                                  f"or shard again with --image-size {self.image_size}")
         size = stored or (spec.image_size if self.image_size is None else self.image_size)
-        return replace(self, classes=task_classes(self.task), image_size=size, data=_one_or_list(self.data))
+        precision = self.mixed_precision
+        if precision == AUTO:
+            from covidxray.backend import auto_mixed_precision
+
+            precision = auto_mixed_precision(spec.cpu_bfloat16)
+        return replace(self, classes=task_classes(self.task), image_size=size, data=_one_or_list(self.data),
+                       mixed_precision=precision or "float32")
 
     def conflicts(self, values: dict) -> list[str]:
         """The settings in ``values`` that differ from this run's, as ``--option value (the run has ...)``.
@@ -221,6 +230,8 @@ class TrainConfig:
             raise CovidXrayError(f"{where}: not a covidxray run configuration (a JSON object is expected); "
                                  "retrain the run")
         values = {RENAMED.get(k, k): v for k, v in values.items()}
+        if "mixed_precision" in values and values["mixed_precision"] is None:
+            values["mixed_precision"] = "float32"  # what an older run's null meant
         known = {f.name: f for f in fields(cls)}
         values = {k: v for k, v in values.items() if k in known}
         try:

@@ -132,3 +132,27 @@ def test_unlike_training_measures_the_flag_on_a_runs_own_split_and_other_data(da
     (run / "metrics.json").write_text(json.dumps({"test": {"n": int(split["test"]) + 1}}))  # not this run's data
     with pytest.raises(SystemExit, match="the test split holds"):
         load("unlike_training").main(["--run", str(run)])
+
+
+def test_train_speed_plans_environments_and_compares_bfloat16_like_for_like():
+    train_speed = load("train_speed")
+    args = train_speed.parse_args(["--configs", "darkcovidnet:32/4/mixed_bfloat16/1", "--backends", "tensorflow",
+                                   "--env", "", "TF_NUM_INTEROP_THREADS=1,ONEDNN_MAX_CPU_ISA=AVX512_CORE",
+                                   "--reference-autocast", "none", "bfloat16"])
+    references, jobs = train_speed.plan(args)
+    assert [r.get("autocast") for r in references] == [None, "bfloat16"]
+    assert [job["env"] for job in jobs] == [{}, {"TF_NUM_INTEROP_THREADS": "1", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}]
+    assert train_speed.label(jobs[1]).endswith("mixed_bfloat16 TF_NUM_INTEROP_THREADS=1 ONEDNN_MAX_CPU_ISA=AVX512_CORE")
+    assert train_speed.label(references[1]).endswith("(cpu, autocast bfloat16)")
+    measured = {"ok": True, "job": jobs[0], "train_images_per_second": 60.0,
+                "reference": {"train_images_per_second": 30.0}, "reference_like": {"train_images_per_second": 50.0}}
+    (row,) = train_speed.summarise([measured], epoch_images=80)
+    assert row["train_images_per_second_ratio"] == pytest.approx(2.0)
+    assert row["train_images_per_second_ratio_like"] == pytest.approx(1.2)
+    assert "60.0 (2.00x) (1.20x autocast ref)" in train_speed.results_table([row], 80)
+
+
+def test_the_reference_trains_under_bfloat16_autocast():
+    reference = load("reference_darkcovidnet_torch")
+    result = reference.measure(batch_size=2, steps=1, warmup=0, image_size=32, predict=False, autocast="bfloat16")
+    assert result["autocast"] == "bfloat16" and result["train_images_per_second"] > 0

@@ -97,3 +97,34 @@ def test_import_keras_quietly_hides_the_start_up_lines_only():
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout == "True\n"
     assert done.stderr == "after\n"  # TensorFlow's oneDNN and absl lines are gone; stderr works again
+
+
+def test_cpu_flags_come_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx512f avx512_bf16 amx_tile amx_bf16\n\n"
+                       "processor\t: 1\nflags\t\t: fpu avx512f avx512_bf16 amx_tile amx_bf16\n")
+    assert {"avx512_bf16", "amx_bf16", "fpu"} <= backend.cpu_flags(cpuinfo)
+    assert backend.cpu_flags(tmp_path / "absent") == frozenset()  # macOS, Windows: nothing known
+    assert backend.cpu_bfloat16(frozenset({"avx512f", "amx_bf16"})) == ("amx_bf16",)
+    assert backend.cpu_bfloat16(frozenset({"avx2", "avx512f"})) == ()
+
+
+def test_auto_mixed_precision_is_bfloat16_only_where_measured_faster(monkeypatch):
+    import tensorflow as tf
+
+    gpus = []
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: gpus if kind == "GPU" else [])
+    monkeypatch.setattr(backend, "cpu_bfloat16", lambda flags=None: ("avx512_bf16", "amx_bf16"))
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    assert backend.auto_mixed_precision(True) == "mixed_bfloat16"
+    assert backend.auto_mixed_precision(False) is None  # a model that is not faster in bfloat16
+    gpus.append("a GPU")
+    assert backend.auto_mixed_precision(True) is None  # GPUs: not measured, float32
+    gpus.clear()
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    assert backend.auto_mixed_precision(True) is None  # other backends: not measured
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    monkeypatch.setattr(backend, "cpu_bfloat16", lambda flags=None: ("avx512_bf16",))
+    assert backend.auto_mixed_precision(True) is None  # AVX-512 bfloat16 without AMX: measured slower
+    monkeypatch.setattr(backend, "cpu_bfloat16", lambda flags=None: ())
+    assert backend.auto_mixed_precision(True) is None  # a CPU without native bfloat16

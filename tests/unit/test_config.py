@@ -160,3 +160,24 @@ def test_a_recipe_is_saved_with_the_run_and_read_back(tmp_path):
     config.save(tmp_path / "config.json")
     assert TrainConfig.load(tmp_path / "config.json") == config
     assert TrainConfig.from_dict({"data": "x"}).recipe is None  # an older config.json
+
+
+def test_mixed_precision_auto_is_resolved_to_what_the_run_trains_in(monkeypatch):
+    from covidxray import backend
+
+    asked = []
+    monkeypatch.setattr(backend, "auto_mixed_precision",
+                        lambda prefers: asked.append(prefers) or ("mixed_bfloat16" if prefers else None))
+    assert TrainConfig().mixed_precision == "auto"
+    assert TrainConfig(data="a", model="darkcovidnet").resolve().mixed_precision == "mixed_bfloat16"
+    assert TrainConfig(data="a", model="compactnet").resolve().mixed_precision == "float32"
+    assert asked == [True, False]  # the model's measured preference decides
+    assert TrainConfig(data="a", model="darkcovidnet", mixed_precision="float32").resolve().mixed_precision == "float32"
+    assert TrainConfig(data="a", mixed_precision=None).resolve().mixed_precision == "float32"
+    assert TrainConfig(data="a", mixed_precision="mixed_float16").resolve().mixed_precision == "mixed_float16"
+    assert len(asked) == 2  # an explicit choice is kept as given
+    resolved = TrainConfig(data="a", model="darkcovidnet").resolve()
+    assert resolved.resolve().mixed_precision == "mixed_bfloat16"  # a saved run keeps what it trained in
+    older = {k: v for k, v in TrainConfig(data="a").to_dict().items()}
+    older["mixed_precision"] = None  # config.json of a run from before "auto": it trained in float32
+    assert TrainConfig.from_dict(older).mixed_precision == "float32"

@@ -96,7 +96,8 @@ def export_model(model, fmt: str, target: str | Path, classes, image_size: int, 
 class OnnxModel:
     """An exported ONNX model run by ONNX Runtime, with the class names and input size it carries.
 
-    ``predict`` has the shape of ``keras.Model.predict``, so covidxray.inference.predict can use either.
+    ``predict`` and ``predict_on_batch`` have the shape of ``keras.Model``'s, so
+    covidxray.inference.predict can use either.
     """
 
     def __init__(self, path: str | Path):
@@ -121,6 +122,9 @@ class OnnxModel:
         parts = [self.session.run(None, {self.input_name: images[i:i + batch_size]})[0]
                  for i in range(0, len(images), batch_size)]
         return np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32)
+
+    def predict_on_batch(self, images) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.asarray(images, dtype=np.float32)})[0]
 
 
 def load_onnx(run_path: str | Path) -> OnnxModel:

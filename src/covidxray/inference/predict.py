@@ -26,8 +26,11 @@ def predict_arrays(model, images: np.ndarray, batch_size: int = PREDICT_BATCH) -
     """Class probabilities ``(n, classes)`` for ``(n, size, size, 1)`` images in [0, 255].
 
     ``images`` may be any array-like with slicing and ``astype`` (a shard array is read
-    chunk by chunk). Under a data-parallel distribution every batch is padded to split evenly
-    over the devices; the padding's outputs are dropped.
+    chunk by chunk). Each batch goes through the model's one compiled predict function
+    (``predict_on_batch``): ``model.predict`` builds a data pipeline per call, which cost a
+    single image about 50 ms on a CPU (docs/speed.md). Under a data-parallel distribution
+    ``model.predict`` spreads the batches, each padded to split evenly over the devices; the
+    padding's outputs are dropped.
     """
     if len(images) == 0:
         return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
@@ -38,6 +41,10 @@ def predict_arrays(model, images: np.ndarray, batch_size: int = PREDICT_BATCH) -
     parts = []
     for start in range(0, len(images), PREDICT_CHUNK):
         chunk = images[start:start + PREDICT_CHUNK].astype(np.float32)
+        if devices == 1:
+            parts += [np.asarray(model.predict_on_batch(chunk[i:i + batch_size]))
+                      for i in range(0, len(chunk), batch_size)]
+            continue
         count, pad = len(chunk), -len(chunk) % devices
         if pad:
             chunk = np.pad(chunk, [(0, pad)] + [(0, 0)] * (chunk.ndim - 1))

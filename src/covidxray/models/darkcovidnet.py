@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import keras
 
+from covidxray.models.batchnorm import BatchNormalization
+
 # PyTorch's default (momentum 0.1 there): Keras's 0.99 lags behind the weights on small
 # datasets, and the model then predicts one class at inference (measured: 44% vs 61%).
 BN_MOMENTUM = 0.9
@@ -19,7 +21,7 @@ BN_MOMENTUM = 0.9
 def conv_block(x, filters: int, kernel_size: int = 3, name: str = "conv"):
     """Convolution (no bias) -> batch norm -> LeakyReLU(0.1)."""
     x = keras.layers.Conv2D(filters, kernel_size, padding="same", use_bias=False, name=name)(x)
-    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    x = BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return keras.layers.LeakyReLU(negative_slope=0.1, name=f"{name}_act")(x)
 
 

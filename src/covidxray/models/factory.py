@@ -81,7 +81,8 @@ def _create_model(name, *, num_classes, image_size, weights, augment, flip, acqu
 
 def load_model(path) -> keras.Model:
     """A saved ``.keras`` model, without its optimizer; a clear error naming the file if it cannot be read."""
-    import covidxray.models.augment  # noqa: F401  (registers the custom layers the archive names)
+    import covidxray.models.augment  # noqa: F401  (register the custom layers the archive names)
+    import covidxray.models.batchnorm  # noqa: F401
 
     path = Path(path)
     if not path.is_file():

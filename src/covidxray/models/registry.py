@@ -29,6 +29,7 @@ class ModelSpec:
     imagenet_weights: bool = False  # accepts --weights imagenet (the keras.applications backbones)
     description: str = ""
     options: tuple[tuple[str, str], ...] = ()  # keyword arguments bound into the body
+    cpu_bfloat16: bool = False  # trains faster under mixed_bfloat16 on a CPU that has it (measured: docs/speed.md)
 
     def build_body(self) -> Callable:
         """The body as a callable (imported now if it was named by path)."""
@@ -52,7 +53,8 @@ MODELS: dict[str, ModelSpec] = {
     "compactnet": ModelSpec("covidxray.models.compact:compactnet", 160, True,
                             description="small residual CNN, chosen by test accuracy per CPU-minute"),
     "darkcovidnet": ModelSpec("covidxray.models.darkcovidnet:darkcovidnet", 256, True,
-                              description="Ozturk et al. 2020: 17 conv layers, LeakyReLU, ~1.17 M parameters"),
+                              description="Ozturk et al. 2020: 17 conv layers, LeakyReLU, ~1.17 M parameters",
+                              cpu_bfloat16=True),
     **{
         name: ModelSpec("covidxray.models.applications:backbone", 224, False, imagenet_weights=True,
                         description=f"keras.applications.{constructor}", options=(("name", name),))

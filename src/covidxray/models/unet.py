@@ -16,6 +16,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from covidxray.models.batchnorm import BatchNormalization
+
 #: Batch-norm momentum as in covidxray.models.compact (Keras's 0.99 lags on small datasets).
 BN_MOMENTUM = 0.9
 
@@ -51,7 +53,7 @@ def conv_block(x, filters: int, name: str):
     """Two 3x3 convolutions, each followed by batch norm and ReLU."""
     for i in (1, 2):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
-        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn{i}")(x)
+        x = BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn{i}")(x)
         x = keras.layers.ReLU(name=f"{name}_relu{i}")(x)
     return x
 

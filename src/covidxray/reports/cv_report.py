@@ -31,7 +31,8 @@ def training_text(config: dict) -> str:
     decay = f", weight decay {config['weight_decay']:g}" if config.get("weight_decay") else ""
     weights = "class-weighted loss" if config.get("class_weights", True) else "unweighted loss"
     return (f"{recipe}Adam{decay}, {config.get('lr_schedule', 'cosine')} learning rate peaking at "
-            f"{config['learning_rate']:g}, batch {config['batch_size']}, {weights}")
+            f"{config['learning_rate']:g}, batch {config['batch_size']}, {weights}, "
+            f"{config.get('mixed_precision') or 'float32'}")
 
 
 def held_out_section(per_fold: list[dict]) -> list[str]:

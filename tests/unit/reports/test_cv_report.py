@@ -39,15 +39,15 @@ def test_cv_report_has_folds_mean_and_pooled():
     assert "- accuracy: **75.0%** [55.0-90.0] (20 images)" in report
     assert "| 80.0% (4/5) | 70.0% (7/10) | 0.850 |" in report
     assert f"![pooled confusion matrix]({CV_MATRIX})" in report
-    assert "- training: Adam, cosine learning rate peaking at 0.001, batch 8, class-weighted loss" in report
+    assert "- training: Adam, cosine learning rate peaking at 0.001, batch 8, class-weighted loss, float32\n" in report
 
 
 def test_a_recipe_and_its_schedule_are_named():
     result = _result(group_by="none")
     result["config"].update(recipe="darkcovidnet-paper", lr_schedule="one-cycle", weight_decay=0.01,
-                            learning_rate=0.003, batch_size=32, class_weights=False)
+                            learning_rate=0.003, batch_size=32, class_weights=False, mixed_precision="mixed_bfloat16")
     assert ("- training: recipe `darkcovidnet-paper`: Adam, weight decay 0.01, one-cycle learning rate peaking at "
-            "0.003, batch 32, unweighted loss") in render_cv_report(result)
+            "0.003, batch 32, unweighted loss, mixed_bfloat16\n") in render_cv_report(result)
 
 
 def test_image_level_protocol_and_no_covid():
