@@ -10,7 +10,10 @@ For each backend (a process of its own), on ``--count`` image files (default: JS
   U-Net in batches, upsampling to the image's size, threshold, the two largest regions, quality;
 - ``files``: :meth:`LungSegmenter.segment_files` without the cache: reading and decoding as well;
 - ``files+write``: the same writing each mask and overlay PNG, as the command does;
-- ``cached``: a second pass over the same files with the mask cache filled (no model runs).
+- ``cached``: a second pass over the same files with the mask cache filled (no model runs);
+- ``network``: the U-Net alone on batches of 32 at its input size, through Keras's compiled
+  ``predict_on_batch`` (as the segmenter runs it) and through ONNX Runtime (the same network
+  exported to ONNX; where onnxruntime and the backend's converter are installed).
 
 Each is the best of ``--repeats`` timed passes after one untimed one (which holds the compilation).
 The machine is shared, so the load average and the CPU milliseconds per image (all threads of the
@@ -89,6 +92,7 @@ def worker(args) -> None:
     lungs.segment_files(paths, cache_dir=cache, progress=False)  # fills the cache
     row["cached_per_second"] = round(n / best(lambda: lungs.segment_files(paths, cache_dir=cache, progress=False),
                                               "cached"), 1)
+    row["network_per_second"] = network_speeds(lungs, best, Path(scratch.name))
     row["cpu_ms_per_image"] = cpu_ms
     row["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     flags: dict[str, int] = {}
@@ -99,13 +103,40 @@ def worker(args) -> None:
     print(json.dumps(row), flush=True)
 
 
+def network_speeds(lungs, best, scratch: Path) -> dict:
+    """Images/s of the U-Net alone on one batch of 32, Keras ``predict_on_batch`` and ONNX Runtime."""
+    import keras
+    import numpy as np
+
+    from covidxray.inference.lungs import BATCH
+
+    size = lungs.image_size
+    x = np.random.default_rng(0).integers(0, 256, (BATCH, size, size, 1)).astype(np.float32)
+    speeds = {"keras": round(BATCH / best(lambda: lungs.model.predict_on_batch(x), "network keras"), 1)}
+    try:
+        import onnxruntime
+
+        path = scratch / "unet.onnx"
+        lungs.model.export(str(path), format="onnx", verbose=False,
+                           input_signature=[keras.InputSpec(shape=(None, size, size, 1), dtype="float32")])
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        onnx_out = session.run(None, {name: x})[0]
+        speeds["onnxruntime"] = round(BATCH / best(lambda: session.run(None, {name: x}), "network onnxruntime"), 1)
+        speeds["max_difference"] = float(np.abs(onnx_out - np.asarray(lungs.model.predict_on_batch(x))).max())
+    except Exception as error:  # noqa: BLE001 - no onnxruntime, or no converter for this backend
+        speeds["onnxruntime_error"] = f"{type(error).__name__}: {error}"[:200]
+    return speeds
+
+
 def markdown(rows: list[dict], args) -> str:
     return harness.markdown_table(
         ["backend", "model input", "files", "arrays/s", "files/s", "files+write/s", "cached/s",
-         "CPU ms/image (files)", "load avg"],
+         "U-Net alone, Keras / ONNX Runtime (img/s)", "CPU ms/image (files)", "load avg"],
         [[r["backend"], r["image_size"], r["files"], r["arrays_per_second"], r["files_per_second"],
-          r["files_write_per_second"], r["cached_per_second"], r["cpu_ms_per_image"]["files"],
-          r["load_average_before"][0]] for r in rows],
+          r["files_write_per_second"], r["cached_per_second"],
+          f"{r['network_per_second']['keras']} / {r['network_per_second'].get('onnxruntime', '-')}",
+          r["cpu_ms_per_image"]["files"], r["load_average_before"][0]] for r in rows],
         caption=f"Lung segmentation speed ({args.untrained or args.run or 'preset:lungs_unet_jsrt_ieee8023'}), "
                 f"best of {args.repeats} passes over {args.count} images, {harness.host()}")
 

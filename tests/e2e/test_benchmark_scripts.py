@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import make_dataset
@@ -156,3 +157,22 @@ def test_the_reference_trains_under_bfloat16_autocast():
     reference = load("reference_darkcovidnet_torch")
     result = reference.measure(batch_size=2, steps=1, warmup=0, image_size=32, predict=False, autocast="bfloat16")
     assert result["autocast"] == "bfloat16" and result["train_images_per_second"] > 0
+
+
+def test_lung_segmentation_speed_times_the_network_with_keras_and_onnx_runtime(tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (48, 40), dtype=np.uint8)).save(images / f"{i}.png")
+    out, table = tmp_path / "lungs.json", tmp_path / "lungs.md"
+    assert load("lung_segmentation_speed").main(["--untrained", "32:4,8", "--images", str(images), "--count", "3",
+                                                 "--repeats", "1", "--backends", "tensorflow",
+                                                 "--out", str(out), "--markdown", str(table)]) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    network = row["network_per_second"]
+    assert network["keras"] > 0 and network["onnxruntime"] > 0, network
+    assert network["max_difference"] < 1e-4  # the same network
+    assert f"{network['keras']} / {network['onnxruntime']}" in table.read_text()
