@@ -328,10 +328,10 @@ def main(argv=None) -> None:
         for ref in reference.values():
             ref["repeat"] = repeat
         if args.one_process:  # one process per backend and environment
-            groups = [[j for j in jobs if j["backend"] == b and j["env"] == env]
-                      for b in args.backends for env in dict.fromkeys(json.dumps(j["env"]) for j in jobs)
-                      for env in [json.loads(env)]]
-            groups = [group for group in groups if group]
+            by_process: dict[tuple, list[dict]] = {}
+            for job in jobs:
+                by_process.setdefault((job["backend"], json.dumps(job["env"])), []).append(job)
+            groups = list(by_process.values())
         else:
             groups = [[j] for j in jobs]
         for group in groups:

@@ -120,27 +120,25 @@ def runtime_environment() -> dict:
 def _cpu_model() -> str:
     import platform
 
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def _cpuinfo_field(name: str, cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
+    """The first value of field ``name`` in ``/proc/cpuinfo`` (Linux); None where there is none."""
     try:
-        with open("/proc/cpuinfo") as info:
+        with open(cpuinfo) as info:
             for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
     """The CPU's feature flags, from ``/proc/cpuinfo``; empty where there is none (macOS, Windows)."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()
+    return frozenset((_cpuinfo_field("flags", cpuinfo) or "").split())
 
 
 def cpu_bfloat16(flags: frozenset[str] | None = None) -> tuple[str, ...]:
