@@ -129,7 +129,7 @@ def tiny_body(x, num_classes: int):
     x = keras.layers.Conv2D(8, 3, strides=2, use_bias=False, name="tiny_conv")(x)
     x = keras.layers.BatchNormalization(momentum=0.9)(x)
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
-    return keras.layers.Dense(num_classes, activation="softmax")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
 
 
 def build_run(run_dir: Path, image_size: int = 32, task: str = "three-class", seed: int = 0) -> Path:

@@ -95,6 +95,10 @@ class TrainConfig:
     class_weights: bool = setting(True, "weight the loss by inverse class frequency", flag="--no-class-weights")
     balance_sources: bool = setting(False, "weight the loss so that within each class every source counts the same "
                                     "(with the class weights: every source-and-class cell)", flag="--balance-sources")
+    source_adversary: float = setting(
+        0.0, "train against a source head: a head that tells each image's source within its class reads the "
+        "features through a gradient reversal of this weight, which pushes them to carry less of the source "
+        "(0: off; e.g. 0.1)", low=0.0, metavar="WEIGHT")
     augment: bool = setting(True, "rotation, zoom, shift and contrast inside the model", flag="--no-augment")
     flip: bool = setting(False, "add horizontal flips to the augmentation", flag="--flip")
     acquisition_augment: bool = setting(
@@ -167,6 +171,8 @@ class TrainConfig:
             _check_value(f, getattr(self, f.name))
         if self.devices is not None and self.distribute == "none":
             raise CovidXrayError("--devices needs --distribute data-parallel")
+        if self.source_adversary and self.distribute != "none":
+            raise CovidXrayError("--source-adversary trains in one process; leave out --distribute")
         if not self.data:
             raise CovidXrayError("--data is required: a dataset folder or manifest")
 
@@ -187,6 +193,9 @@ class TrainConfig:
         if stored is not None and self.image_size not in (None, stored):
             raise CovidXrayError(f"{self.data}: the shards hold {stored}px images; train with --image-size {stored} "
                                  f"or shard again with --image-size {self.image_size}")
+        if stored is not None and self.source_adversary:
+            raise CovidXrayError(f"{self.data}: --source-adversary trains on images in memory, not streamed from "
+                                 "shards; give the dataset folders instead")
         size = stored or (spec.image_size if self.image_size is None else self.image_size)
         precision = self.mixed_precision
         if precision == AUTO:

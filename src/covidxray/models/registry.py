@@ -20,7 +20,8 @@ class ModelSpec:
     """How to build one registered model.
 
     ``body``: ``(tensor, num_classes, **kwargs) -> probabilities``, or ``"module:function"``
-    naming it (imported when the model is built, so the registry itself needs no Keras).
+    naming it (imported when the model is built, so the registry itself needs no Keras). Name
+    the final dense layer ``predictions``: ``--source-adversary`` reads the features at its input.
     """
 
     body: Callable | str

@@ -97,20 +97,27 @@ def repeated_tf_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int,
     384 images at 160 px) to 4.6 s (darkcovidnet at 256 px) before the epoch's first batch.
     Batches are gathered from the arrays and cast to float32 in tf.data's threads, while the
     model trains on the previous one. ``skip_epochs``: start with the order of that epoch (only
-    indices are drawn for the skipped ones).
+    indices are drawn for the skipped ones). ``labels``: one array, or a dict of arrays (one per
+    output of a model with several, weighted by one weight per image if at all).
     """
     import tensorflow as tf
 
-    n = len(labels)
-    if len(images) != n:
-        raise ValueError(f"{len(images)} images but {n} labels")
-    tensors = [tf.convert_to_tensor(images), tf.convert_to_tensor(np.asarray(labels))]
-    if class_weight is not None:
-        tensors.append(tf.convert_to_tensor(sample_weights(labels, class_weight)))
+    n = len(images)
+    targets = tf.nest.map_structure(np.asarray, labels)
+    for t in tf.nest.flatten(targets):
+        if len(t) != n:
+            raise ValueError(f"{n} images but {len(t)} labels")
+    if isinstance(targets, dict) and class_weight is not None and not isinstance(class_weight, np.ndarray):
+        raise ValueError("with labels for several outputs, give one weight per image rather than class weights")
+    image_tensor = tf.convert_to_tensor(images)
+    label_tensors = tf.nest.map_structure(tf.convert_to_tensor, targets)
+    weights = None if class_weight is None else tf.convert_to_tensor(
+        sample_weights(tf.nest.flatten(targets)[0], class_weight))
 
     def gather(indices):
-        picked = [tf.gather(t, indices) for t in tensors]
-        return (tf.cast(picked[0], tf.float32), *picked[1:])
+        picked = (tf.cast(tf.gather(image_tensor, indices), tf.float32),
+                  tf.nest.map_structure(lambda t: tf.gather(t, indices), label_tensors))
+        return picked if weights is None else (*picked, tf.gather(weights, indices))
 
     order = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
     batches = order.batch(batch_size).repeat().skip(skip_epochs * -(-n // batch_size))

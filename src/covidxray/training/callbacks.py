@@ -13,7 +13,21 @@ from covidxray.inference.predict import predict_arrays
 from covidxray.models.batchnorm import recalibrate_batch_norm
 
 
-class PreciseValidation(keras.callbacks.Callback):
+class ClassifierCallback(keras.callbacks.Callback):
+    """A callback that acts on the classifier: ``classifier`` where training runs a larger model
+    holding it (:mod:`covidxray.training.adversary`), else the model being trained."""
+
+    def __init__(self, classifier: keras.Model | None = None):
+        super().__init__()
+        self._classifier = classifier
+
+    @property
+    def classifier(self) -> keras.Model:
+        trained = self.model  # on JAX, reading it syncs the training state into the shared variables
+        return trained if self._classifier is None else self._classifier
+
+
+class PreciseValidation(ClassifierCallback):
     """After each epoch: recompute batch-norm statistics on training images, then score the
     validation set; adds ``val_loss`` and ``val_accuracy`` to the epoch's logs.
 
@@ -21,19 +35,21 @@ class PreciseValidation(keras.callbacks.Callback):
     validation scores of exactly the model they save.
     """
 
-    def __init__(self, calibration_images: np.ndarray, x_val: np.ndarray, y_val: np.ndarray):
-        super().__init__()
+    def __init__(self, calibration_images: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                 classifier: keras.Model | None = None):
+        super().__init__(classifier)
         self.calibration_images, self.x_val, self.y_val = calibration_images, x_val, y_val
 
     def on_epoch_end(self, epoch, logs=None):
-        recalibrate_batch_norm(self.model, self.calibration_images)
-        probabilities = predict_arrays(self.model, self.x_val)
+        model = self.classifier
+        recalibrate_batch_norm(model, self.calibration_images)
+        probabilities = predict_arrays(model, self.x_val)
         if logs is not None:
             logs["val_loss"] = cross_entropy(self.y_val, probabilities)
             logs["val_accuracy"] = float(np.mean(probabilities.argmax(axis=1) == self.y_val))
 
 
-class BestCheckpoint(keras.callbacks.Callback):
+class BestCheckpoint(ClassifierCallback):
     """Save the model, atomically, whenever validation accuracy improves (or ties at a lower loss).
 
     Accuracy rather than loss: late epochs grow more confident, which raises the validation
@@ -41,8 +57,8 @@ class BestCheckpoint(keras.callbacks.Callback):
     70.8% validation accuracy, the last epochs reached 75.8%).
     """
 
-    def __init__(self, path: Path):
-        super().__init__()
+    def __init__(self, path: Path, classifier: keras.Model | None = None):
+        super().__init__(classifier)
         self.path, self.best, self.best_epoch = Path(path), (-np.inf, -np.inf), None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -52,7 +68,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         score = (round(float(logs["val_accuracy"]), 6), -float(logs["val_loss"]))
         if score > self.best:
             self.best, self.best_epoch = score, epoch + 1
-            atomic_save(self.path, self.model.save)
+            atomic_save(self.path, self.classifier.save)
 
     def state(self) -> dict:  # for resuming (covidxray.training.backup)
         return {"best": [float(v) for v in self.best], "best_epoch": self.best_epoch}

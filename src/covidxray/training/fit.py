@@ -4,6 +4,7 @@ pipeline, checkpoint, early stopping and backup of one training run."""
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import keras
 import numpy as np
@@ -14,11 +15,21 @@ from covidxray.config import TrainConfig
 from covidxray.errors import CovidXrayError
 from covidxray.inference.predict import device_count
 from covidxray.models import create_model
+from covidxray.training.adversary import (
+    CLASSES,
+    SOURCE,
+    ClassifierLogs,
+    conditional_source_loss,
+    source_targets,
+    with_source_head,
+)
 from covidxray.training.backup import EarlyStopping, RunBackup, SeedStates, read_state
-from covidxray.training.batches import ShuffledBatches, repeated_tf_dataset
+from covidxray.training.batches import ShuffledBatches, repeated_tf_dataset, sample_weights
 from covidxray.training.callbacks import BestCheckpoint, PreciseValidation
 from covidxray.training.data import PreparedData
 from covidxray.training.distribute import data_parallel, process_slice
+
+log = logging.getLogger(__name__)
 
 #: Training images used to recompute batch-norm statistics after each epoch.
 CALIBRATION_IMAGES = 256
@@ -31,12 +42,26 @@ def build_model(config: TrainConfig, train_size: int) -> keras.Model:
     _check_backend(config)
     keras.utils.set_random_seed(config.seed)
     model = _create(config)
-    optimizer = keras.optimizers.Adam(learning_rate_schedule(config, train_size),
-                                      weight_decay=config.weight_decay or None)  # Keras decouples it (AdamW)
-    model.compile(optimizer=optimizer,
+    model.compile(optimizer=_optimizer(config, train_size),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=config.jit_compile,
                   steps_per_execution=config.steps_per_execution)
     return model
+
+
+def build_source_adversarial(model: keras.Model, config: TrainConfig, train_size: int, num_sources: int) -> keras.Model:
+    """``model`` with a gradient-reversal source head (:func:`~covidxray.training.adversary.with_source_head`
+    of ``config.source_adversary``), compiled to train both outputs."""
+    trainer = with_source_head(model, num_sources, config.source_adversary)
+    trainer.compile(optimizer=_optimizer(config, train_size),
+                    loss={CLASSES: "sparse_categorical_crossentropy", SOURCE: conditional_source_loss(num_sources)},
+                    metrics={CLASSES: ["accuracy"]}, jit_compile=config.jit_compile,
+                    steps_per_execution=config.steps_per_execution)
+    return trainer
+
+
+def _optimizer(config: TrainConfig, train_size: int) -> keras.optimizers.Optimizer:
+    return keras.optimizers.Adam(learning_rate_schedule(config, train_size),
+                                 weight_decay=config.weight_decay or None)  # Keras decouples it (AdamW)
 
 
 def check_model(config: TrainConfig) -> None:
@@ -85,10 +110,22 @@ def training_batches(config: TrainConfig, x, y, class_weight, distributed: bool)
 
 def _fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: int, distributed: bool) -> dict:
     x_train, y_train = data.part("train")
-    class_weight = training_weights(config, y_train, data.table.loc[data.mask("train"), "source"].to_numpy())
+    sources = data.table.loc[data.mask("train"), "source"].to_numpy()
+    class_weight = training_weights(config, y_train, sources)
     batches = training_batches(config, x_train, y_train, class_weight, distributed)
-    model = build_model(config, len(x_train) if batches is None else len(batches) * config.batch_size)
-    checkpoint = BestCheckpoint(run.file(rundir.MODEL))
+    train_size = len(x_train) if batches is None else len(batches) * config.batch_size
+    model = build_model(config, train_size)
+    trainer, targets = model, y_train
+    if config.source_adversary:
+        source, names = source_targets(y_train, sources)
+        if len(names) < 2:
+            log.warning("--source-adversary: the training images come from one source (%s); the source head has "
+                        "nothing to tell apart", names[0])
+        trainer = build_source_adversarial(model, config, train_size, len(names))
+        targets = {CLASSES: y_train, SOURCE: source}
+        if isinstance(class_weight, dict):  # Keras takes class weights for one output only
+            class_weight = sample_weights(y_train, class_weight)
+    checkpoint = BestCheckpoint(run.file(rundir.MODEL), classifier=model)
     rng = np.random.default_rng(config.seed)
     calibration = x_train[np.sort(rng.permutation(len(x_train))[:CALIBRATION_IMAGES])]
     # Watch from the middle on: the first half of the cosine schedule explores at a high
@@ -98,9 +135,10 @@ def _fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: i
     stopping = EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience,
                              start_from_epoch=config.epochs // 2)
     state = read_state(run)
-    backup = RunBackup(run, {"checkpoint": checkpoint, "early_stopping": stopping, "seeds": SeedStates(model)}, state)
+    backup = RunBackup(run, {"checkpoint": checkpoint, "early_stopping": stopping, "seeds": SeedStates(trainer)}, state)
     callbacks = [
-        PreciseValidation(calibration, *data.part("validation")),  # first: the others see its scores
+        ClassifierLogs(),
+        PreciseValidation(calibration, *data.part("validation"), classifier=model),  # the others see its scores
         checkpoint,
         stopping,
         backup,  # last: saves the states the others reach at each epoch's end, and writes history.csv
@@ -110,23 +148,24 @@ def _fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: i
     else:
         done = 0 if state is None else state["epoch"]  # a resumed run draws the order of the epochs it has left
         if batches is None:
-            fit_arrays(model, x_train, y_train, epochs=config.epochs, batch_size=config.batch_size,
+            fit_arrays(trainer, x_train, targets, epochs=config.epochs, batch_size=config.batch_size,
                        class_weight=class_weight, callbacks=callbacks, verbose=verbose, seed=config.seed,
                        skip_epochs=done)
         else:  # the PyDataset shuffles, from the seed
             batches.start_at(done)
-            model.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+            trainer.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
         history, seconds, best_epoch = backup.history, backup.fit_seconds, checkpoint.best_epoch
     epochs_run = len(history)
     return {"best_epoch": best_epoch, "fit_seconds": round(seconds, 1), "epochs_run": epochs_run,
             "train_images_per_second": round(len(x_train) * epochs_run / max(seconds, 1e-9), 1)}
 
 
-def fit_arrays(model: keras.Model, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
+def fit_arrays(model: keras.Model, x: np.ndarray, y: np.ndarray | dict[str, np.ndarray], *, epochs: int, batch_size: int,
                class_weight: dict | np.ndarray | None = None, callbacks=(), verbose: int = 0, seed: int = 0,
                skip_epochs: int = 0) -> keras.callbacks.History:
-    """Train ``model`` on in-memory images ``x`` (uint8, [0, 255]) and labels ``y``, reshuffled each
-    epoch: the input pipeline of :func:`fit` (and of ``benchmarks/train_speed.py``).
+    """Train ``model`` on in-memory images ``x`` (uint8, [0, 255]) and labels ``y`` (a dict of them
+    for a model with several outputs), reshuffled each epoch: the input pipeline of :func:`fit`
+    (and of ``benchmarks/train_speed.py``).
 
     On TensorFlow the arrays go through one repeated ``tf.data`` pipeline for the whole fit
     (:func:`~covidxray.training.batches.repeated_tf_dataset`: no pipeline restart, and no idle
@@ -135,7 +174,7 @@ def fit_arrays(model: keras.Model, x: np.ndarray, y: np.ndarray, *, epochs: int,
     """
     if keras.backend.backend() == "tensorflow":
         dataset = repeated_tf_dataset(x, y, batch_size, seed=seed, class_weight=class_weight, skip_epochs=skip_epochs)
-        return model.fit(dataset, epochs=epochs, steps_per_epoch=-(-len(y) // batch_size),
+        return model.fit(dataset, epochs=epochs, steps_per_epoch=-(-len(x) // batch_size),
                          callbacks=list(callbacks), verbose=verbose, shuffle=False)  # the dataset shuffles
     per_image = isinstance(class_weight, np.ndarray)
     return model.fit(x, y, epochs=epochs, batch_size=batch_size, class_weight=None if per_image else class_weight,
