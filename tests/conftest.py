@@ -38,3 +38,9 @@ def fast_bootstrap(monkeypatch):
     from covidxray.evaluation.metrics import classification_metrics
 
     monkeypatch.setattr(scoring, "classification_metrics", partial(classification_metrics, bootstrap=100))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first (stable otherwise): with one worker per core (``make test``) the longest
+    ones, the notebook above all, then run beside the rest instead of alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

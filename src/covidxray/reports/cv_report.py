@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from covidxray.reports.markdown import DISCLAIMER, code_md, covid_row, escape_md, interval_text, percent, source_section
+from covidxray.reports.markdown import (
+    DISCLAIMER,
+    code_md,
+    covid_row,
+    escape_md,
+    interval_text,
+    percent,
+    source_section,
+    source_settings_text,
+)
 
 CV_MATRIX = "cv_mat.png"
 
@@ -30,9 +39,10 @@ def training_text(config: dict) -> str:
     recipe = f"recipe {code_md(config['recipe'])}: " if config.get("recipe") else ""
     decay = f", weight decay {config['weight_decay']:g}" if config.get("weight_decay") else ""
     weights = "class-weighted loss" if config.get("class_weights", True) else "unweighted loss"
+    sources = source_settings_text(config)
     return (f"{recipe}Adam{decay}, {config.get('lr_schedule', 'cosine')} learning rate peaking at "
             f"{config['learning_rate']:g}, batch {config['batch_size']}, {weights}, "
-            f"{config.get('mixed_precision') or 'float32'}")
+            f"{config.get('mixed_precision') or 'float32'}" + (f"; for other sources: {sources}" if sources else ""))
 
 
 def held_out_section(per_fold: list[dict]) -> list[str]:

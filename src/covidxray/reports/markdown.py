@@ -56,6 +56,24 @@ def write_report(path, text: str) -> None:
     write_html(path, text)
 
 
+def source_settings_text(config: dict) -> str | None:
+    """The settings meant to make a model hold up on other sources, in words, or None when none is on:
+    what the model sees of the lungs, intensity harmonisation, source-balanced weights, acquisition
+    augmentation and the gradient-reversal source head."""
+    parts = []
+    if config.get("lungs", "none") != "none":
+        parts.append({"crop": "lung crop", "mask": "lungs masked"}.get(config["lungs"], config["lungs"]))
+    if config.get("intensity", "none") != "none":
+        parts.append(f"intensity {config['intensity']}")
+    if config.get("balance_sources"):
+        parts.append("source-balanced loss")
+    if config.get("acquisition_augment"):
+        parts.append("acquisition augmentation")
+    if config.get("source_adversary"):
+        parts.append(f"source adversary {config['source_adversary']:g}")
+    return ", ".join(parts) or None
+
+
 def percent(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 

@@ -24,6 +24,7 @@ from covidxray.reports.markdown import (
     percent,
     save_figure,
     source_section,
+    source_settings_text,
     write_report,
 )
 from covidxray.reports.plots import pick_examples, plot_confusion, plot_history, plot_predictions, plot_reliability
@@ -118,6 +119,9 @@ def render_report(config, metrics: dict) -> str:
         f"- training: up to {config.epochs} epochs, best validation accuracy at epoch {info['best_epoch']} of {info['epochs_run']}, "
         f"{info['fit_seconds']} s ({info['train_images_per_second']} images/s); decoding and segmenting the lungs {info['data_seconds']} s",
     ]
+    sources = source_settings_text(config.to_dict())
+    if sources:
+        lines.append(f"- for other sources: {sources}")
     if "environment" in info:
         lines.append(f"- environment: {environment_text(info['environment'])}")
     if info["skipped"]:
