@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--out", required=True, help="folder for cv.json, cv.md and one run directory per fold")
     cv.add_argument("--overwrite", action="store_true", help="replace a finished cross-validation in --out")
     cv.add_argument("--folds", type=int, default=5, help="number of folds (default: 5)")
+    cv.add_argument("--fold", type=int, action="append", metavar="K", dest="only",
+                    help="train only fold K (repeatable), reusing the folds that finished; the pooled results come "
+                         "once every fold has finished (spread a long cross-validation over sessions or machines)")
     cv.set_defaults(handler=run_cv)
 
     probe = commands.add_parser(PROBE, help="shortcut probe: train on images with the lung field blanked out")
@@ -166,7 +169,13 @@ def run_cv(args) -> int:
     from covidxray.training.cv import CV_REPORT, cross_validate
 
     result = cross_validate(TrainConfig.for_command(CV, **given_settings(args)), args.out, args.folds,
-                            overwrite=args.overwrite, verbose=0 if args.quiet else 2, progress=_progress(args))
+                            overwrite=args.overwrite, verbose=0 if args.quiet else 2, progress=_progress(args),
+                            only=args.only)
+    if "missing" in result:
+        print(f"finished folds: {', '.join(map(str, result['finished'])) or 'none'}; not yet: "
+              f"{', '.join(map(str, result['missing']))}. Run the command again without --fold to train those and "
+              "pool every fold")
+        return 0
     print_cv_summary(result)
     print(f"report: {Path(args.out) / CV_REPORT}")
     return 0

@@ -9,6 +9,8 @@ Each fold holds out one stratified fold as test data, draws a validation split f
 ``cv.json`` and ``cv.md`` give per-fold and mean +- sd metrics, and the pooled out-of-fold
 metrics with 95% intervals over patients. Each fold is a run directory of its own
 (``fold-1/`` ...); a fold that finished is reused when the same command is run again.
+``only`` (``--fold K``) trains some folds alone, to spread a long cross-validation over
+sessions or machines: the same command then pools them once every fold has finished.
 """
 
 from __future__ import annotations
@@ -47,8 +49,13 @@ SUMMARY_METRICS = ("accuracy", "loss", "sensitivity", "specificity", "auc")
 
 
 def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, overwrite: bool = False,
-                   verbose: int = 0, progress: bool | None = None) -> dict:
-    """Train and test ``folds`` models; returns ``cv.json``'s content and writes ``out``."""
+                   verbose: int = 0, progress: bool | None = None, only: list[int] | None = None) -> dict:
+    """Train and test ``folds`` models; returns ``cv.json``'s content and writes ``out``.
+
+    ``only``: train just these folds (numbered from 1) and reuse the others where they finished.
+    Until every fold has finished no ``cv.json`` is written and the result is ``{"finished":
+    [...], "missing": [...]}``, the fold numbers of each.
+    """
     config = config.resolve()
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -73,14 +80,21 @@ def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, over
     else:
         fold_of = assign_folds(data.table, folds, pixel_digests=list(data.table["pixels"]),
                                group_by=config.group_by, seed=config.seed)
+    outside = sorted(k for k in set(only or ()) if not 1 <= k <= folds)
+    if outside:
+        raise CovidXrayError(f"--fold {outside[0]}: this cross-validation has folds 1 to {folds}")
     out.mkdir(parents=True, exist_ok=True)
     probabilities = np.zeros((len(data.targets), len(config.classes)))
     predictions = np.zeros(len(data.targets), dtype=int)
-    per_fold = []
+    per_fold, missing = [], []
     for k in progress_bar(range(folds), desc="cross-validation", unit="fold", progress=progress):
         test_mask = fold_of == k
         run = rundir.RunDir(out / f"fold-{k + 1}")
-        finished = None if overwrite else _finished_fold(run, config, int(test_mask.sum()))
+        skipped = only is not None and k + 1 not in only
+        finished = None if overwrite and not skipped else _finished_fold(run, config, int(test_mask.sum()))
+        if finished is None and skipped:
+            missing.append(k + 1)
+            continue
         if finished is None:
             log.info("fold %d of %d: training on %d images, testing on %d", k + 1, folds,
                      int((~test_mask).sum()), int(test_mask.sum()))
@@ -92,6 +106,10 @@ def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, over
         calibration = Calibration.from_dict(metrics["calibration"], str(run.file(rundir.METRICS)))
         predictions[test_mask] = calibration.decide(fold_probabilities, config.classes)
         per_fold.append(_fold_summary(k + 1, metrics, None if held_out is None else held_out[k]))
+    if missing:
+        log.info("folds %s of %d have not finished: run the command again without --fold (or with --fold for "
+                 "them) to train them and pool all %d", ", ".join(map(str, missing)), folds, folds)
+        return {"finished": [f["fold"] for f in per_fold], "missing": missing}
     # intervals resample patients, whatever the folds were grouped by
     pooled = ScoredPredictions(data.targets, probabilities, predictions, data.table, config.classes).metrics(
         seed=config.seed)

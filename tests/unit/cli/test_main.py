@@ -66,3 +66,15 @@ def test_shard_image_size_is_checked_before_reading(tmp_path, capsys):
                  "--image-size", "8"]) == 2
     assert "--image-size must be in [32, 1024]; got 8" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_cv_fold_options_reach_the_library_and_a_partial_run_says_what_is_left(monkeypatch, capsys):
+    import covidxray.training.cv as cv_module
+
+    calls = []
+    monkeypatch.setattr(cv_module, "cross_validate", lambda config, out, folds, **kw: calls.append((folds, kw["only"]))
+                        or {"finished": [1, 3], "missing": [2]})
+    assert main(["cv", "--data", "d", "--out", "o", "--folds", "3", "--fold", "1", "--fold", "3"]) == 0
+    assert calls == [(3, [1, 3])]
+    assert ("finished folds: 1, 3; not yet: 2. Run the command again without --fold to train those and pool every fold"
+            in capsys.readouterr().out)

@@ -155,3 +155,22 @@ def test_leave_one_source_out_refuses_what_cannot_train_before_writing(tmp_path)
                                              "on: every such image comes from 'hospital-1'"):
         cross_validate(config, tmp_path / "o", 5)
     assert not (tmp_path / "o").exists()
+
+
+def test_folds_trained_one_at_a_time_are_pooled_once_all_have_finished(cv_config, tmp_path, monkeypatch):
+    import covidxray.training.cv as cv_module
+
+    out = tmp_path / "cv"
+    with pytest.raises(CovidXrayError, match="--fold 3: this cross-validation has folds 1 to 2"):
+        cross_validate(cv_config, out, 2, verbose=0, progress=False, only=[3])
+    assert not out.exists()
+    partial = cross_validate(cv_config, out, 2, verbose=0, progress=False, only=[2])
+    assert partial == {"finished": [2], "missing": [1]}
+    assert (out / "fold-2" / "metrics.json").is_file() and not (out / "fold-1").exists()
+    assert not (out / CV_JSON).exists()
+    trained = []
+    real = cv_module._run_fold
+    monkeypatch.setattr(cv_module, "_run_fold", lambda *args: trained.append(args[3].path.name) or real(*args))
+    result = cross_validate(cv_config, out, 2, verbose=0, progress=False)
+    assert trained == ["fold-1"]  # fold 2 is reused
+    assert [f["fold"] for f in result["per_fold"]] == [1, 2] and (out / CV_JSON).is_file()
