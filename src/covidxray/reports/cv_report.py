@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
-from covidxray.reports.markdown import (
-    DISCLAIMER,
-    code_md,
-    covid_row,
-    escape_md,
-    interval_text,
-    percent,
-    source_section,
-    source_settings_text,
-)
+from covidxray.reports import markdown
+from covidxray.reports.markdown import DISCLAIMER, code_md, covid_row, escape_md, interval_text, percent, source_section
 
 CV_MATRIX = "cv_mat.png"
 
@@ -39,7 +31,7 @@ def training_text(config: dict) -> str:
     recipe = f"recipe {code_md(config['recipe'])}: " if config.get("recipe") else ""
     decay = f", weight decay {config['weight_decay']:g}" if config.get("weight_decay") else ""
     weights = "class-weighted loss" if config.get("class_weights", True) else "unweighted loss"
-    sources = source_settings_text(config)
+    sources = markdown.source_settings_text(config)
     return (f"{recipe}Adam{decay}, {config.get('lr_schedule', 'cosine')} learning rate peaking at "
             f"{config['learning_rate']:g}, batch {config['batch_size']}, {weights}, "
             f"{config.get('mixed_precision') or 'float32'}" + (f"; for other sources: {sources}" if sources else ""))
