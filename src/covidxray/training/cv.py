@@ -107,8 +107,8 @@ def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, over
         predictions[test_mask] = calibration.decide(fold_probabilities, config.classes)
         per_fold.append(_fold_summary(k + 1, metrics, None if held_out is None else held_out[k]))
     if missing:
-        log.info("folds %s of %d have not finished: run the command again without --fold (or with --fold for "
-                 "them) to train them and pool all %d", ", ".join(map(str, missing)), folds, folds)
+        log.info("not finished yet of %d folds: %s; run the command again without --fold (or with --fold for "
+                 "them) to train them and pool all %d", folds, ", ".join(map(str, missing)), folds)
         return {"finished": [f["fold"] for f in per_fold], "missing": missing}
     # intervals resample patients, whatever the folds were grouped by
     pooled = ScoredPredictions(data.targets, probabilities, predictions, data.table, config.classes).metrics(
