@@ -176,3 +176,41 @@ def test_lung_segmentation_speed_times_the_network_with_keras_and_onnx_runtime(t
     assert network["keras"] > 0 and network["onnxruntime"] > 0, network
     assert network["max_difference"] < 1e-4  # the same network
     assert f"{network['keras']} / {network['onnxruntime']}" in table.read_text()
+
+
+def test_paired_auc_compares_two_settings_fold_by_fold_on_the_same_images(dataset, tmp_path):
+    import pandas as pd
+
+    from covidxray.config import TrainConfig
+    from covidxray.data.sources import load_datasets
+
+    table = load_datasets(str(dataset))
+    covid = (table["label"] == "covid").to_numpy()
+    rng = np.random.default_rng(0)
+    noise = rng.random(len(table))
+
+    def setting(name: str, sharpness: float) -> Path:
+        """A cv folder: fold-1 tested every image, fold-2 only the normal ones (no COVID AUC)."""
+        for fold, rows in (("fold-1", np.ones(len(table), bool)), ("fold-2", (table["label"] == "normal").to_numpy())):
+            folder = tmp_path / name / fold
+            folder.mkdir(parents=True)
+            TrainConfig(data=str(dataset), image_size=32).resolve().save(folder / "config.json")
+            p_covid = np.clip(noise + sharpness * covid, 0, None)[rows]
+            p_covid = p_covid / (1 + p_covid)
+            pd.DataFrame({"path": table["path"][rows], "p_covid": p_covid, "p_normal": (1 - p_covid) / 2,
+                          "p_pneumonia": (1 - p_covid) / 2}).to_csv(folder / "test_predictions.csv", index=False)
+        return tmp_path / name
+
+    first, second = setting("weak", 0.2), setting("strong", 1.0)
+    out = tmp_path / "paired.json"
+    assert load("paired_auc").main(["--first", str(first), "--second", str(second), "--samples", "200",
+                                    "--out", str(out)]) == 0
+    folds = json.loads(out.read_text())["folds"]
+    assert list(folds) == ["fold-1"]  # fold-2 holds no COVID image: skipped
+    result = folds["fold-1"]
+    assert result["images"] == len(table) and result["sources"] == ["synthetic"]
+    assert result["second"] == 1.0 > result["first"] and result["interval"][0] > 0
+    assert result["patients"] == len(table) // 2  # two images per patient, resampled together
+    (second / "fold-1" / "test_predictions.csv").write_text("path,p_covid,p_normal,p_pneumonia\n")
+    with pytest.raises(SystemExit, match="tested other images"):
+        load("paired_auc").main(["--first", str(first / "fold-1"), "--second", str(second / "fold-1")])

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from covidxray import rundir
 from covidxray.errors import CovidXrayError
+from covidxray.inference.familiarity import FAMILIARITY
 from covidxray.presets import DEFAULT_PRESET, MODEL_CARD, list_presets, package_run, preset_dir, resolve_run
 
 
@@ -58,15 +60,35 @@ def test_package_run_drops_the_optimizer_state(tmp_path):
     for name in (rundir.CONFIG, rundir.CALIBRATION, rundir.METRICS):
         assert (dest / name).read_bytes() == (run / name).read_bytes(), name
     assert not (dest / MODEL_CARD).exists()  # the card is written by hand
+    assert not (dest / FAMILIARITY).exists()  # a run trained before familiarity.npz existed: nothing to ship
+    (run / FAMILIARITY).write_bytes(b"fitted features")
+    assert (package_run(run, dest) / FAMILIARITY).read_bytes() == b"fitted features"
 
 
-def test_list_presets_names_the_shipped_one():
-    assert list_presets() == [DEFAULT_PRESET]
+def test_the_default_preset_flags_xrays_unlike_its_training_data():
+    from covidxray.inference.familiarity import Familiarity
+
+    familiarity = Familiarity.load(preset_dir(DEFAULT_PRESET))
+    assert familiarity is not None and np.isfinite(familiarity.threshold) and familiarity.threshold > 0
+
+
+def test_list_presets_names_the_shipped_ones():
+    assert list_presets() == ["compactnet_darkcovidnet_ieee8023", DEFAULT_PRESET]  # the earlier default, kept
     assert preset_dir().name == DEFAULT_PRESET
 
 
+def test_the_default_preset_is_trained_on_three_datasets_with_the_source_robust_recipe():
+    from covidxray.config import TrainConfig
+
+    config = TrainConfig.load(preset_dir(DEFAULT_PRESET) / rundir.CONFIG)
+    assert [Path(d).name for d in config.data] == ["darkcovidnet", "ieee8023", "radiography-db"]
+    assert config.recipe == "source-robust" and config.source_adversary == 0.3
+    card = (preset_dir(DEFAULT_PRESET) / MODEL_CARD).read_text()
+    assert "leave-one-source-out" in card and "--recipe source-robust" in card
+
+
 def test_an_unknown_preset_lists_the_known_ones():
-    with pytest.raises(CovidXrayError, match=f"no preset 'nosuch' in this installation .*known presets: {DEFAULT_PRESET}"):
+    with pytest.raises(CovidXrayError, match=f"no preset 'nosuch' in this installation .*known presets: compactnet_darkcovidnet_ieee8023, {DEFAULT_PRESET}"):
         preset_dir("nosuch")
     with pytest.raises(CovidXrayError, match="no preset 'nosuch'"):
         resolve_run("preset:nosuch")

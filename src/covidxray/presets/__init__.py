@@ -1,7 +1,8 @@
 """Presets: trained models that ship with covidxray, loadable by name (keras-hub's word).
 
 A preset is a run folder inside the package (``covidxray/presets/NAME/``): ``model.keras``
-(weights only, no optimizer state), ``config.json``, ``calibration.json``, ``metrics.json`` and
+(weights only, no optimizer state), ``config.json``, ``calibration.json``, ``metrics.json``,
+``familiarity.npz`` where the run has one (what flags an X-ray unlike the training data) and
 ``MODEL_CARD.md``, which says what it was trained on, how it scores, where it fails and what it
 must not be used for. Commands take one with ``--run preset:NAME`` (or ``--preset NAME``);
 ``predict``, ``evaluate`` and ``serve`` use :data:`DEFAULT_PRESET` when given no run.
@@ -17,7 +18,7 @@ from pathlib import Path
 from covidxray import rundir
 from covidxray.errors import CovidXrayError
 
-DEFAULT_PRESET = "compactnet_darkcovidnet_ieee8023"
+DEFAULT_PRESET = "compactnet_darkcovidnet_ieee8023_radiographydb"
 CLASSIFIER, LUNG_SEGMENTER = "classifier", "lung-segmenter"
 SEGMENTER_SETTINGS = "segmenter.json"  # what marks a lung segmenter's folder (covidxray.training.segmentation)
 PREFIX = "preset:"
@@ -67,9 +68,10 @@ def resolve_run(run: str | Path | None = None, preset: str | None = None) -> Pat
 
 
 def package_run(run_dir: str | Path, dest: str | Path) -> Path:
-    """Copy a finished run into ``dest`` for shipping: the model without optimizer state, its settings
-    and metrics. ``dest``'s model card is left as it is."""
+    """Copy a finished run into ``dest`` for shipping: the model without optimizer state, its settings,
+    metrics and, where the run has one, its familiarity file. ``dest``'s model card is left as it is."""
     from covidxray.files import atomic_save
+    from covidxray.inference.familiarity import FAMILIARITY
     from covidxray.models import load_model
 
     run = rundir.RunDir(run_dir)
@@ -79,4 +81,6 @@ def package_run(run_dir: str | Path, dest: str | Path) -> Path:
     atomic_save(dest / rundir.MODEL, model.save)
     for name in PACKAGED_FILES:
         shutil.copyfile(run.require(name), dest / name)
+    if (run.path / FAMILIARITY).is_file():  # runs trained before it existed have none: they flag nothing
+        shutil.copyfile(run.path / FAMILIARITY, dest / FAMILIARITY)
     return dest

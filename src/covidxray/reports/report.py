@@ -125,7 +125,7 @@ def render_report(config, metrics: dict) -> str:
     if "environment" in info:
         lines.append(f"- environment: {environment_text(info['environment'])}")
     if info["skipped"]:
-        lines.append(f"- skipped {len(info['skipped'])} unreadable file(s): "
+        lines.append(f"- left out {len(info['skipped'])} file(s) (unreadable, a copy counted once, a label conflict): "
                      + "; ".join(code_md(m) for m in list(info["skipped"].values())[:5]))
     lines += preprocessing_lines(info)
     lines += ["", "## Results", "",

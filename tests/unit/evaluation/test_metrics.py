@@ -137,6 +137,7 @@ from covidxray.evaluation.metrics import (  # noqa: E402
     chance_accuracy,
     confounded_classes,
     confounding_warning,
+    paired_auc_difference,
 )
 
 
@@ -173,6 +174,31 @@ def test_resampling_patients_widens_intervals_when_a_patients_images_agree():
     by_image = bootstrap_intervals(y, probabilities, y_pred, np.arange(len(y)), None, samples=500)
     width = lambda r: r["accuracy"][1] - r["accuracy"][0]  # noqa: E731
     assert width(by_patient) > 2 * width(by_image)
+
+
+def test_a_paired_difference_is_sharper_than_two_intervals_side_by_side():
+    """Two models that rank mostly the same images high: their shared errors cancel in the difference."""
+    rng = np.random.default_rng(2)
+    n = 300
+    y = rng.integers(0, 3, n)
+    covid = y == COVID
+    shared = rng.normal(0, 1, n) + 1.2 * covid  # what both models see in an image
+    first = np.full((n, 3), 0.1)
+    second = np.full((n, 3), 0.1)
+    first[:, COVID] = 1 / (1 + np.exp(-shared))
+    second[:, COVID] = 1 / (1 + np.exp(-(shared + 0.3 * covid + 0.1 * rng.normal(0, 1, n))))
+    groups = np.arange(n) // 2
+    result = paired_auc_difference(y, first, second, groups, COVID, samples=400)
+    alone = [bootstrap_intervals(y, p, p.argmax(1), groups, COVID, samples=400)["auc"] for p in (first, second)]
+    assert result["second"] > result["first"] and result["difference"] == pytest.approx(result["second"] - result["first"])
+    low, high = result["interval"]
+    assert 0 < low <= result["difference"] <= high and result["share_second_higher"] == 1.0
+    assert alone[1][0] < alone[0][1]  # side by side, the two AUCs' intervals overlap
+    assert result["patients"] == n // 2 and result["resamples"] == 400
+    swapped = paired_auc_difference(y, second, first, groups, COVID, samples=400)
+    assert swapped["interval"] == pytest.approx([-high, -low]) and swapped["share_second_higher"] == 0.0
+    with pytest.raises(ValueError, match="COVID and non-COVID"):
+        paired_auc_difference(np.full(n, COVID), first, second, groups, COVID)
 
 
 def test_bootstrap_is_seeded():

@@ -70,7 +70,7 @@ def test_write_figures_and_report(tmp_path, scored):
     ({"images_without_patient_id": 5}, "partly patient-grouped (5 of 22 images have no patient id"),
     ({"group_by": "none"}, "image-level (--group-by none"),
     ({"blank_fraction": 0.75}, "**shortcut probe**: the central 75% x 75%"),
-    ({"skipped": {"a.png": "a.png: not an image file"}}, "skipped 1 unreadable file(s): `a.png: not an image file`"),
+    ({"skipped": {"a.png": "a.png: not an image file"}}, "left out 1 file(s) (unreadable, a copy counted once, a label conflict): `a.png: not an image file`"),
     ({"confounding": "Labels are confounded with the source: every covid image comes from x."},
      "> **Warning.** Labels are confounded"),
 ])

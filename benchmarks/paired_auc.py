@@ -1,0 +1,111 @@
+"""Does one setting beat another on the same held-out images? A paired bootstrap of the COVID AUC.
+
+    python benchmarks/paired_auc.py --first benchmarks/results/cv/loso-baseline \
+        --second benchmarks/results/cv/loso-adversary --out paired.json
+
+``--first`` and ``--second`` are cross-validation folders (``covidxray cv --out``, or the fold
+results kept in ``benchmarks/results/cv/NAME``: ``config.json`` and ``test_predictions.csv`` per
+fold) or single folds. Folds with the same number are compared when both tested the same images;
+a fold without COVID and non-COVID images (a held-out source of one kind) is skipped. The true
+labels and the patients are read again from the datasets the fold's ``config.json`` names (as
+paths from where the cross-validation ran; no image is decoded), so run this from there.
+
+The difference of the two AUCs is resampled with whole patients (images without a patient id:
+each on its own), the same resamples for both, as ``covidxray`` resamples its intervals
+(:func:`covidxray.evaluation.metrics.paired_auc_difference`): shared easy and hard images cancel,
+so the difference's interval is narrower than the two AUCs' intervals side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from harness import write_results
+
+PREDICTIONS = "test_predictions.csv"
+
+
+def folds(folder: Path) -> dict[str, Path]:
+    """``{"fold-1": path, ...}``, or ``{folder.name: folder}`` for a single fold."""
+    if (folder / PREDICTIONS).is_file():
+        return {folder.name: folder}
+    found = {f.name: f for f in sorted(folder.glob("fold-*")) if (f / PREDICTIONS).is_file()}
+    if not found:
+        raise SystemExit(f"{folder}: no {PREDICTIONS} in it or in its fold-*/ folders; give a cv --out folder")
+    return found
+
+
+def compare_fold(first: Path, second: Path, samples: int) -> dict | None:
+    """The paired AUC difference of one fold, or None where the fold has no COVID AUC."""
+    from covidxray.config import TrainConfig
+    from covidxray.data.sources import load_datasets
+    from covidxray.data.splits import split_groups
+    from covidxray.evaluation.metrics import paired_auc_difference
+    from covidxray.labels import covid_index
+
+    config = TrainConfig.load(first / "config.json")
+    other = TrainConfig.load(second / "config.json")
+    if (config.data, config.classes) != (other.data, other.classes):
+        raise SystemExit(f"{first} and {second} were trained on other data or classes; nothing to pair")
+    a, b = pd.read_csv(first / PREDICTIONS), pd.read_csv(second / PREDICTIONS)
+    if list(a["path"]) != list(b["path"]):
+        raise SystemExit(f"{first} and {second} tested other images; nothing to pair")
+    table = load_datasets(config.data).drop_duplicates("path").set_index("path")
+    missing = a.loc[~a["path"].isin(table.index), "path"]
+    if len(missing):
+        raise SystemExit(f"{first}: {len(missing)} tested images are not in {config.data} as read from here "
+                         f"(e.g. {missing.iloc[0]}); run this from where the cross-validation ran")
+    rows = table.loc[a["path"]].reset_index()
+    classes = list(config.classes)
+    targets = rows["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    covid = covid_index(config.classes)
+    if not (targets == covid).any() or (targets == covid).all():
+        return None
+    columns = [f"p_{c}" for c in classes]
+    result = paired_auc_difference(targets, a[columns].to_numpy(), b[columns].to_numpy(), split_groups(rows),
+                                   covid, samples=samples)
+    sources = sorted(rows["source"].fillna("").astype(str).unique())
+    return {"images": len(rows), "sources": sources, **result}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--first", required=True, type=Path, help="the setting compared against (a cv folder or a fold)")
+    parser.add_argument("--second", required=True, type=Path, help="the setting compared (a cv folder or a fold)")
+    parser.add_argument("--samples", type=int, default=1000, help="bootstrap resamples (default: 1000)")
+    parser.add_argument("--out", help="write the results here as JSON")
+    args = parser.parse_args(argv)
+    first, second = folds(args.first), folds(args.second)
+    if len(first) == len(second) == 1:
+        pairs = [(next(iter(first.values())), next(iter(second.values())))]
+    else:
+        pairs = [(first[k], second[k]) for k in sorted(set(first) & set(second))]
+    results = {}
+    for a, b in pairs:
+        result = compare_fold(a, b, args.samples)
+        if result is None:
+            print(f"{a.name}: no COVID AUC (the held-out images are of one kind); skipped", file=sys.stderr)
+            continue
+        results[a.name] = result
+        low, high = result["interval"]
+        print(f"{a.name} ({', '.join(result['sources'])}, {result['images']} images): COVID AUC "
+              f"{result['first']:.3f} -> {result['second']:.3f}, difference {result['difference']:+.3f} "
+              f"[{low:+.3f} to {high:+.3f}], second higher in {100 * result['share_second_higher']:.1f}% of "
+              f"{result['resamples']} resamples")
+    if not results:
+        raise SystemExit("no fold in common with COVID and non-COVID images")
+    write_results(args.out, {"first": str(args.first), "second": str(args.second), "folds": results})
+    if not args.out:
+        json.dump(results, sys.stdout, indent=1)
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())
