@@ -134,7 +134,9 @@ def test_without_a_run_the_shipped_model_is_evaluated(tmp_path):
     import json
 
     assert json.loads(out.read_text())["n"] == len(pd.read_csv(rows)) == 9
-    assert list(pd.read_csv(rows).columns)[4:] == list(load_predictor(None).classes)
+    classes = list(load_predictor(None).classes)
+    # the shipped model has a familiarity.npz: each row also says whether the X-ray is unlike its training data
+    assert list(pd.read_csv(rows).columns)[4:] == [*classes, "unlike_training"]
 
 
 # --- near-duplicates of the run's images ----------------------------------------------------------
