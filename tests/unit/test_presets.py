@@ -62,7 +62,22 @@ def test_package_run_drops_the_optimizer_state(tmp_path):
     assert not (dest / MODEL_CARD).exists()  # the card is written by hand
     assert not (dest / FAMILIARITY).exists()  # a run trained before familiarity.npz existed: nothing to ship
     (run / FAMILIARITY).write_bytes(b"fitted features")
+    (run / rundir.SPLIT).write_text("path,split\na.png,train\n")
     assert (package_run(run, dest) / FAMILIARITY).read_bytes() == b"fitted features"
+    assert (dest / rundir.SPLIT).read_bytes() == (run / rundir.SPLIT).read_bytes()
+
+
+def test_evaluate_leaves_out_the_images_the_default_preset_trained_on():
+    """Without its split.csv, evaluate would score the preset on its own training images as if unseen."""
+    from covidxray.evaluation.evaluate import seen_by_run
+
+    folder = preset_dir(DEFAULT_PRESET)
+    split = rundir.RunDir(folder).read_split(columns=("path", "original_name", "pixels"))
+    used = split[split["split"].isin(("train", "validation"))]
+    assert len(used) > 3000 and (used["pixels"] != "").all()
+    table = used.groupby("split").head(3).loc[:, ["path", "original_name", "pixels"]]
+    table["path"] = "elsewhere/" + table["path"].str.rsplit("/", n=1).str[-1]  # the same images, on another machine
+    assert seen_by_run(folder, table.reset_index(drop=True)).all()
 
 
 def test_the_default_preset_flags_xrays_unlike_its_training_data():

@@ -2,6 +2,7 @@
 
 A preset is a run folder inside the package (``covidxray/presets/NAME/``): ``model.keras``
 (weights only, no optimizer state), ``config.json``, ``calibration.json``, ``metrics.json``,
+``split.csv`` (which images it trained and validated on: ``evaluate`` leaves those out),
 ``familiarity.npz`` where the run has one (what flags an X-ray unlike the training data) and
 ``MODEL_CARD.md``, which says what it was trained on, how it scores, where it fails and what it
 must not be used for. Commands take one with ``--run preset:NAME`` (or ``--preset NAME``);
@@ -69,7 +70,8 @@ def resolve_run(run: str | Path | None = None, preset: str | None = None) -> Pat
 
 def package_run(run_dir: str | Path, dest: str | Path) -> Path:
     """Copy a finished run into ``dest`` for shipping: the model without optimizer state, its settings,
-    metrics and, where the run has one, its familiarity file. ``dest``'s model card is left as it is."""
+    metrics and, where the run has them, its split and familiarity file. ``dest``'s model card is left
+    as it is."""
     from covidxray.files import atomic_save
     from covidxray.inference.familiarity import FAMILIARITY
     from covidxray.models import load_model
@@ -81,6 +83,7 @@ def package_run(run_dir: str | Path, dest: str | Path) -> Path:
     atomic_save(dest / rundir.MODEL, model.save)
     for name in PACKAGED_FILES:
         shutil.copyfile(run.require(name), dest / name)
-    if (run.path / FAMILIARITY).is_file():  # runs trained before it existed have none: they flag nothing
-        shutil.copyfile(run.path / FAMILIARITY, dest / FAMILIARITY)
+    for name in (rundir.SPLIT, FAMILIARITY):  # without them, evaluate finds no seen image and nothing is flagged
+        if (run.path / name).is_file():
+            shutil.copyfile(run.path / name, dest / name)
     return dest
