@@ -27,11 +27,11 @@ import numpy as np
 import pandas as pd
 from harness import write_results
 
-PREDICTIONS = "test_predictions.csv"
-
 
 def folds(folder: Path) -> dict[str, Path]:
     """``{"fold-1": path, ...}``, or ``{folder.name: folder}`` for a single fold."""
+    from covidxray.training.cv import FOLD_PREDICTIONS as PREDICTIONS
+
     if (folder / PREDICTIONS).is_file():
         return {folder.name: folder}
     found = {f.name: f for f in sorted(folder.glob("fold-*")) if (f / PREDICTIONS).is_file()}
@@ -47,6 +47,8 @@ def compare_fold(first: Path, second: Path, samples: int) -> dict | None:
     from covidxray.data.splits import split_groups
     from covidxray.evaluation.metrics import paired_auc_difference
     from covidxray.labels import covid_index
+    from covidxray.training.cv import FOLD_PREDICTIONS as PREDICTIONS
+    from covidxray.training.cv import probability_columns
 
     config = TrainConfig.load(first / "config.json")
     other = TrainConfig.load(second / "config.json")
@@ -66,7 +68,7 @@ def compare_fold(first: Path, second: Path, samples: int) -> dict | None:
     covid = covid_index(config.classes)
     if not (targets == covid).any() or (targets == covid).all():
         return None
-    columns = [f"p_{c}" for c in classes]
+    columns = probability_columns(classes)
     result = paired_auc_difference(targets, a[columns].to_numpy(), b[columns].to_numpy(), split_groups(rows),
                                    covid, samples=samples)
     sources = sorted(rows["source"].fillna("").astype(str).unique())

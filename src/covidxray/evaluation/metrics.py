@@ -86,12 +86,10 @@ def bootstrap_intervals(y_true: np.ndarray, probabilities: np.ndarray, y_pred: n
     of one patient are not independent, and resampling images would give intervals too narrow.
     A resample where a metric is undefined (no COVID image, say) is left out for that metric.
     """
-    members = _group_members(groups)
-    rng = np.random.default_rng(seed)
+    patients, resamples = _patient_resamples(groups, samples, seed)
     correct = y_pred == y_true
     values: dict[str, list[float]] = {name: [] for name in INTERVAL_METRICS}
-    for _ in range(samples):
-        rows = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+    for rows in resamples:
         values["accuracy"].append(correct[rows].mean())
         if covid is None:
             continue
@@ -105,13 +103,17 @@ def bootstrap_intervals(y_true: np.ndarray, probabilities: np.ndarray, y_pred: n
     tail = 100 * (1 - level) / 2
     intervals = {name: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))]
                  for name, v in values.items() if len(v) >= samples // 2}
-    return {**intervals, "level": level, "resamples": samples, "unit": "patient", "patients": len(members)}
+    return {**intervals, "level": level, "resamples": samples, "unit": "patient", "patients": patients}
 
 
-def _group_members(groups) -> list[np.ndarray]:
-    """The row indices of each group (patient), in the groups' sorted order."""
+def _patient_resamples(groups, samples: int, seed: int):
+    """The number of groups (patients), and the row indices of ``samples`` resamples of whole groups
+    drawn with replacement (seeded: the same groups and seed give the same resamples)."""
     _, group_index = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
-    return np.split(np.argsort(group_index, kind="stable"), np.cumsum(np.bincount(group_index))[:-1])
+    members = np.split(np.argsort(group_index, kind="stable"), np.cumsum(np.bincount(group_index))[:-1])
+    rng = np.random.default_rng(seed)
+    return len(members), (np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+                          for _ in range(samples))
 
 
 def paired_auc_difference(y_true: np.ndarray, first: np.ndarray, second: np.ndarray, groups, covid: int, *,
@@ -128,11 +130,9 @@ def paired_auc_difference(y_true: np.ndarray, first: np.ndarray, second: np.ndar
     if positive.all() or not positive.any():
         raise ValueError("a COVID AUC needs COVID and non-COVID images")
     first, second = np.asarray(first)[:, covid], np.asarray(second)[:, covid]
-    members = _group_members(groups)
-    rng = np.random.default_rng(seed)
+    patients, resamples = _patient_resamples(groups, samples, seed)
     differences = []
-    for _ in range(samples):
-        rows = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+    for rows in resamples:
         if positive[rows].any() and not positive[rows].all():
             differences.append(roc_auc_score(positive[rows], second[rows]) - roc_auc_score(positive[rows], first[rows]))
     tail = 100 * (1 - level) / 2
@@ -140,7 +140,7 @@ def paired_auc_difference(y_true: np.ndarray, first: np.ndarray, second: np.ndar
     return {"first": float(first_auc), "second": float(second_auc), "difference": float(second_auc - first_auc),
             "interval": [float(np.percentile(differences, tail)), float(np.percentile(differences, 100 - tail))],
             "share_second_higher": float(np.mean(np.asarray(differences) > 0)), "level": level,
-            "resamples": len(differences), "unit": "patient", "patients": len(members)}
+            "resamples": len(differences), "unit": "patient", "patients": patients}
 
 
 def confounded_classes(labels, sources) -> dict[str, list[str]]:

@@ -45,6 +45,11 @@ log = logging.getLogger(__name__)
 
 CV_JSON, CV_REPORT = "cv.json", "cv.md"
 FOLD_PREDICTIONS = "test_predictions.csv"
+
+
+def probability_columns(classes) -> list[str]:
+    """The columns of :data:`FOLD_PREDICTIONS` that hold each class's probability: ``p_covid``, ..."""
+    return [f"p_{c}" for c in classes]
 SUMMARY_METRICS = ("accuracy", "loss", "sensitivity", "specificity", "auc")
 
 
@@ -145,7 +150,7 @@ def _run_fold(config: TrainConfig, data, test_mask: np.ndarray, run: rundir.RunD
     metrics, calibration, test = evaluate_splits(model, prepared, config)
     metrics["unlike_training"] = fit_and_check_familiarity(model, prepared, run, test)
     metrics["run"] = training
-    frame = pd.DataFrame(test.probabilities, columns=[f"p_{c}" for c in config.classes])
+    frame = pd.DataFrame(test.probabilities, columns=probability_columns(config.classes))
     frame.insert(0, "path", prepared.table.loc[prepared.mask("test"), "path"].to_numpy())
     atomic_save(run.file(FOLD_PREDICTIONS), lambda tmp: frame.to_csv(tmp, index=False))
     calibration.save(run.path)
@@ -179,7 +184,7 @@ def _finished_fold(run: rundir.RunDir, config: TrainConfig, test_images: int):
         Calibration.from_dict(metrics["calibration"])
         _fold_summary(0, metrics)
         frame = pd.read_csv(run.file(FOLD_PREDICTIONS))
-        probabilities = frame[[f"p_{c}" for c in config.classes]].to_numpy(dtype=float)
+        probabilities = frame[probability_columns(config.classes)].to_numpy(dtype=float)
         if not np.isfinite(probabilities).all():
             raise ValueError(f"{FOLD_PREDICTIONS} holds probabilities that are not numbers")
     except (OSError, ValueError, TypeError, KeyError, AttributeError, CovidXrayError) as error:
