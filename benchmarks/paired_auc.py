@@ -1,9 +1,10 @@
 """Does one setting beat another on the same held-out images? A paired bootstrap of the COVID AUC.
 
     python benchmarks/paired_auc.py --first benchmarks/results/cv/loso-baseline \
-        --second benchmarks/results/cv/loso-adversary --out paired.json
+        --second benchmarks/results/cv/loso-adversary --second benchmarks/results/cv/loso-lungcrop \
+        --out paired.json --markdown paired.md
 
-``--first`` and ``--second`` are cross-validation folders (``covidxray cv --out``, or the fold
+``--first`` and each ``--second`` are cross-validation folders (``covidxray cv --out``, or the fold
 results kept in ``benchmarks/results/cv/NAME``: ``config.json`` and ``test_predictions.csv`` per
 fold) or single folds. Folds with the same number are compared when both tested the same images;
 a fold without COVID and non-COVID images (a held-out source of one kind) is skipped. The true
@@ -14,6 +15,9 @@ The difference of the two AUCs is resampled with whole patients (images without 
 each on its own), the same resamples for both, as ``covidxray`` resamples its intervals
 (:func:`covidxray.evaluation.metrics.paired_auc_difference`): shared easy and hard images cancel,
 so the difference's interval is narrower than the two AUCs' intervals side by side.
+
+``--markdown`` writes one table: per setting and fold, the COVID AUC and the accuracy with the
+fold's own intervals (its ``metrics.json``) and the paired difference against ``--first``.
 """
 
 from __future__ import annotations
@@ -75,35 +79,78 @@ def compare_fold(first: Path, second: Path, samples: int) -> dict | None:
     return {"images": len(rows), "sources": sources, **result}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--first", required=True, type=Path, help="the setting compared against (a cv folder or a fold)")
-    parser.add_argument("--second", required=True, type=Path, help="the setting compared (a cv folder or a fold)")
-    parser.add_argument("--samples", type=int, default=1000, help="bootstrap resamples (default: 1000)")
-    parser.add_argument("--out", help="write the results here as JSON")
-    args = parser.parse_args(argv)
-    first, second = folds(args.first), folds(args.second)
-    if len(first) == len(second) == 1:
-        pairs = [(next(iter(first.values())), next(iter(second.values())))]
+def compare(first: Path, second: Path, samples: int) -> dict:
+    """``{fold: paired result}`` for the folds the two settings share that have a COVID AUC."""
+    a_folds, b_folds = folds(first), folds(second)
+    if len(a_folds) == len(b_folds) == 1:
+        pairs = [(next(iter(a_folds.values())), next(iter(b_folds.values())))]
     else:
-        pairs = [(first[k], second[k]) for k in sorted(set(first) & set(second))]
+        pairs = [(a_folds[k], b_folds[k]) for k in sorted(set(a_folds) & set(b_folds))]
     results = {}
     for a, b in pairs:
-        result = compare_fold(a, b, args.samples)
+        result = compare_fold(a, b, samples)
         if result is None:
             print(f"{a.name}: no COVID AUC (the held-out images are of one kind); skipped", file=sys.stderr)
             continue
         results[a.name] = result
         low, high = result["interval"]
-        print(f"{a.name} ({', '.join(result['sources'])}, {result['images']} images): COVID AUC "
+        print(f"{second.name} {a.name} ({', '.join(result['sources'])}, {result['images']} images): COVID AUC "
               f"{result['first']:.3f} -> {result['second']:.3f}, difference {result['difference']:+.3f} "
               f"[{low:+.3f} to {high:+.3f}], second higher in {100 * result['share_second_higher']:.1f}% of "
               f"{result['resamples']} resamples")
     if not results:
-        raise SystemExit("no fold in common with COVID and non-COVID images")
-    write_results(args.out, {"first": str(args.first), "second": str(args.second), "folds": results})
+        raise SystemExit(f"{first} and {second}: no fold in common with COVID and non-COVID images")
+    return results
+
+
+def _fold_cell(fold: Path, auc: float) -> tuple[str, str]:
+    """The AUC and the accuracy of one fold with its intervals, from its ``metrics.json`` where kept."""
+    metrics = fold / "metrics.json"
+    if not metrics.is_file():
+        return f"{auc:.3f}", "-"
+    test = json.loads(metrics.read_text())["test"]
+    ci = test.get("intervals", {})
+
+    def span(key: str, scale: float, fmt: str) -> str:
+        return f" [{fmt.format(ci[key][0] * scale)}-{fmt.format(ci[key][1] * scale)}]" if key in ci else ""
+
+    return (f"{auc:.3f}{span('auc', 1, '{:.3f}')}",
+            f"{100 * test['accuracy']:.1f}%{span('accuracy', 100, '{:.1f}')}")
+
+
+def markdown_table(first: Path, settings: dict[Path, dict]) -> str:
+    lines = ["| setting | held-out source (images) | COVID AUC [95% CI] | accuracy [95% CI] | "
+             f"difference in AUC to {first.name}, paired [95% CI] | higher in |",
+             "|---|---|---:|---:|---:|---:|"]
+    reference = next(iter(settings.values()))
+    for fold, result in reference.items():
+        auc, accuracy = _fold_cell(folds(first).get(fold, first), result["first"])
+        lines.append(f"| {first.name} | {', '.join(result['sources'])} ({result['images']}) | {auc} | {accuracy} "
+                     "| | |")
+    for second, results in settings.items():
+        for fold, result in results.items():
+            auc, accuracy = _fold_cell(folds(second).get(fold, second), result["second"])
+            low, high = result["interval"]
+            lines.append(f"| {second.name} | {', '.join(result['sources'])} ({result['images']}) | {auc} | "
+                         f"{accuracy} | {result['difference']:+.3f} [{low:+.3f} to {high:+.3f}] | "
+                         f"{100 * result['share_second_higher']:.0f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--first", required=True, type=Path, help="the setting compared against (a cv folder or a fold)")
+    parser.add_argument("--second", required=True, type=Path, action="append",
+                        help="a setting compared (a cv folder or a fold); repeat to compare several")
+    parser.add_argument("--samples", type=int, default=1000, help="bootstrap resamples (default: 1000)")
+    parser.add_argument("--out", help="write the results here as JSON")
+    parser.add_argument("--markdown", help="write the table of every setting and fold here")
+    args = parser.parse_args(argv)
+    settings = {second: compare(args.first, second, args.samples) for second in args.second}
+    data = {"first": str(args.first), "settings": {str(k): {"folds": v} for k, v in settings.items()}}
+    write_results(args.out, data, args.markdown, markdown_table(args.first, settings))
     if not args.out:
-        json.dump(results, sys.stdout, indent=1)
+        json.dump(data, sys.stdout, indent=1)
         print()
     return 0
 

@@ -201,16 +201,21 @@ def test_paired_auc_compares_two_settings_fold_by_fold_on_the_same_images(datase
                           "p_pneumonia": (1 - p_covid) / 2}).to_csv(folder / "test_predictions.csv", index=False)
         return tmp_path / name
 
-    first, second = setting("weak", 0.2), setting("strong", 1.0)
-    out = tmp_path / "paired.json"
-    assert load("paired_auc").main(["--first", str(first), "--second", str(second), "--samples", "200",
-                                    "--out", str(out)]) == 0
-    folds = json.loads(out.read_text())["folds"]
+    first, second, third = setting("weak", 0.2), setting("strong", 1.0), setting("weaker", 0.1)
+    out, markdown = tmp_path / "paired.json", tmp_path / "paired.md"
+    assert load("paired_auc").main(["--first", str(first), "--second", str(second), "--second", str(third),
+                                    "--samples", "200", "--out", str(out), "--markdown", str(markdown)]) == 0
+    settings = json.loads(out.read_text())["settings"]
+    folds = settings[str(second)]["folds"]
     assert list(folds) == ["fold-1"]  # fold-2 holds no COVID image: skipped
     result = folds["fold-1"]
     assert result["images"] == len(table) and result["sources"] == ["synthetic"]
     assert result["second"] == 1.0 > result["first"] and result["interval"][0] > 0
     assert result["patients"] == len(table) // 2  # two images per patient, resampled together
+    assert settings[str(third)]["folds"]["fold-1"]["difference"] < 0  # each setting against the first
+    rows = markdown.read_text().splitlines()
+    assert [row.split(" | ")[0] for row in rows[2:]] == ["| weak", "| strong", "| weaker"]
+    assert f"{result['second']:.3f} | - | {result['difference']:+.3f} [" in rows[3]  # no metrics.json: no accuracy
     (second / "fold-1" / "test_predictions.csv").write_text("path,p_covid,p_normal,p_pneumonia\n")
     with pytest.raises(SystemExit, match="tested other images"):
         load("paired_auc").main(["--first", str(first / "fold-1"), "--second", str(second / "fold-1")])

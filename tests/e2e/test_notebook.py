@@ -63,6 +63,7 @@ def test_notebook_runs_with_small_settings(tmp_path, monkeypatch):
     held_out = re.findall(r"held out (\S+): COVID (auc|sensitivity|specificity) [\d.]+, accuracy", text)
     assert held_out == [("ieee8023", "auc"), ("nih-chestxray8", "specificity"), ("radiography-db", "auc")], text
     assert images == 1  # the five steps' COVID AUC
+    assert (tmp_path / "run-story.png").is_file()  # the same figure, saved for the README
     folds = json.loads((tmp_path / "run-sources" / "cv.json").read_text())
     assert folds["config"]["lungs"] == "crop" and folds["config"]["balance_sources"] is True
     install = notebook.cells[1]

@@ -229,11 +229,12 @@ def _refuse_nul(values: pd.Series, listed_in: Path, column: str = "path") -> Non
 
 
 def _warn_outside(values: pd.Series, folder: Path, listed_in: Path) -> None:
-    """Warn where a listed path leads out of ``folder`` (``../../etc/passwd``, ``/home/...``): a
-    dataset's list names its own images, and any readable file would otherwise be opened quietly."""
+    """Warn where a relative path of a list leads out of ``folder`` (``../../etc/passwd``): a
+    dataset's list names its own images, and any readable file would otherwise be opened quietly.
+    An absolute path is said in full, so it is taken as meant (``write_subset`` writes them)."""
     inside = os.path.abspath(folder)
-    outside = [v for v in values
-               if os.path.commonpath([inside, os.path.normpath(os.path.join(inside, v))]) != inside]
+    outside = [v for v in values if not os.path.isabs(v)
+               and os.path.commonpath([inside, os.path.normpath(os.path.join(inside, v))]) != inside]
     if outside:
         more = f" and {len(outside) - 1} more" if len(outside) > 1 else ""
         log.warning("%s: %s%s point outside its folder %s; check that the list is the one you meant to use",
