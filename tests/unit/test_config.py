@@ -154,8 +154,8 @@ def test_a_recipe_fills_its_settings_and_options_given_beside_it_win():
     with pytest.raises(CovidXrayError, match="--recipe must be one of darkcovidnet-paper, source-robust; got 'fastai'"):
         TrainConfig.for_command("cv", data="x", recipe="fastai")
     robust = TrainConfig.for_command("train", data="x", recipe="source-robust")
-    assert robust.source_adversary == 0.3 and (robust.model, robust.epochs) == ("compactnet", 30)
-    assert TrainConfig.for_command("train", data="x", recipe="source-robust", source_adversary=0.1).source_adversary == 0.1
+    assert robust.lungs == "crop" and robust.source_adversary == 0 and (robust.model, robust.epochs) == ("compactnet", 30)
+    assert TrainConfig.for_command("train", data="x", recipe="source-robust", lungs="mask").lungs == "mask"
 
 
 def test_a_recipe_is_saved_with_the_run_and_read_back(tmp_path):

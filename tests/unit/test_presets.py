@@ -97,7 +97,7 @@ def test_the_default_preset_is_trained_on_three_datasets_with_the_source_robust_
 
     config = TrainConfig.load(preset_dir(DEFAULT_PRESET) / rundir.CONFIG)
     assert [Path(d).name for d in config.data] == ["darkcovidnet", "ieee8023", "radiography-db"]
-    assert config.recipe == "source-robust" and config.source_adversary == 0.3
+    assert config.recipe == "source-robust" and config.lungs == "crop" and config.source_adversary == 0
     card = (preset_dir(DEFAULT_PRESET) / MODEL_CARD).read_text()
     assert "leave-one-source-out" in card and "--recipe source-robust" in card
 

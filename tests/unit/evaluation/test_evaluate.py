@@ -135,8 +135,11 @@ def test_without_a_run_the_shipped_model_is_evaluated(tmp_path):
 
     assert json.loads(out.read_text())["n"] == len(pd.read_csv(rows)) == 9
     classes = list(load_predictor(None).classes)
-    # the shipped model has a familiarity.npz: each row also says whether the X-ray is unlike its training data
-    assert list(pd.read_csv(rows).columns)[4:] == [*classes, "unlike_training"]
+    # the shipped model has a familiarity.npz: each row also says whether the X-ray is unlike its training data;
+    # and it crops the lungs: each row says where they were not found and the image was used whole
+    frame = pd.read_csv(rows)
+    assert list(frame.columns)[4:] == [*classes, "unlike_training", "lungs"]
+    assert frame["lungs"].notna().all()  # noise has no lungs: every image used whole, and said so
 
 
 # --- near-duplicates of the run's images ----------------------------------------------------------
