@@ -38,8 +38,8 @@ LR_SCHEDULES = ("cosine", "one-cycle")
 #: peaking at 3e-3 with fastai's default decoupled weight decay 0.01, unweighted loss, image-level
 #: folds. Nothing stops early: the paper reports its last epoch.
 #: source-robust: the defaults with the setting for several sources that scored best on sources
-#: held out whole (leave-one-source-out COVID AUC, paired against the defaults and every other
-#: setting, docs/evaluation.md): the lung crop. The shipped default preset is trained with it.
+#: held out whole (leave-one-source-out COVID AUC, paired against the previous recipe, the source
+#: head; docs/evaluation.md): the lung crop. The shipped default preset is trained with it.
 RECIPES = {
     "darkcovidnet-paper": {"model": "darkcovidnet", "image_size": 256, "batch_size": 32, "epochs": 100,
                            "learning_rate": 3e-3, "lr_schedule": "one-cycle", "weight_decay": 0.01,
