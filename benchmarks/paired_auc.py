@@ -79,28 +79,31 @@ def compare_fold(first: Path, second: Path, samples: int) -> dict | None:
     return {"images": len(rows), "sources": sources, **result}
 
 
-def compare(first: Path, second: Path, samples: int) -> dict:
-    """``{fold: paired result}`` for the folds the two settings share that have a COVID AUC."""
+Comparison = list[tuple[Path, Path, dict]]  # per fold with a COVID AUC: its two folders and the paired result
+
+
+def compare(first: Path, second: Path, samples: int) -> Comparison:
+    """The folds the two settings share that have a COVID AUC, each with its two folders and result."""
     a_folds, b_folds = folds(first), folds(second)
     if len(a_folds) == len(b_folds) == 1:
         pairs = [(next(iter(a_folds.values())), next(iter(b_folds.values())))]
     else:
         pairs = [(a_folds[k], b_folds[k]) for k in sorted(set(a_folds) & set(b_folds))]
-    results = {}
+    compared = []
     for a, b in pairs:
         result = compare_fold(a, b, samples)
         if result is None:
             print(f"{a.name}: no COVID AUC (the held-out images are of one kind); skipped", file=sys.stderr)
             continue
-        results[a.name] = result
+        compared.append((a, b, result))
         low, high = result["interval"]
         print(f"{second.name} {a.name} ({', '.join(result['sources'])}, {result['images']} images): COVID AUC "
               f"{result['first']:.3f} -> {result['second']:.3f}, difference {result['difference']:+.3f} "
               f"[{low:+.3f} to {high:+.3f}], second higher in {100 * result['share_second_higher']:.1f}% of "
               f"{result['resamples']} resamples")
-    if not results:
+    if not compared:
         raise SystemExit(f"{first} and {second}: no fold in common with COVID and non-COVID images")
-    return results
+    return compared
 
 
 def _fold_cell(fold: Path, auc: float) -> tuple[str, str]:
@@ -118,18 +121,17 @@ def _fold_cell(fold: Path, auc: float) -> tuple[str, str]:
             f"{100 * test['accuracy']:.1f}%{span('accuracy', 100, '{:.1f}')}")
 
 
-def markdown_table(first: Path, settings: dict[Path, dict]) -> str:
+def markdown_table(first: Path, settings: dict[Path, Comparison]) -> str:
     lines = ["| setting | held-out source (images) | COVID AUC [95% CI] | accuracy [95% CI] | "
              f"difference in AUC to {first.name}, paired [95% CI] | higher in |",
              "|---|---|---:|---:|---:|---:|"]
-    reference = next(iter(settings.values()))
-    for fold, result in reference.items():
-        auc, accuracy = _fold_cell(folds(first).get(fold, first), result["first"])
+    for a, _, result in next(iter(settings.values())):
+        auc, accuracy = _fold_cell(a, result["first"])
         lines.append(f"| {first.name} | {', '.join(result['sources'])} ({result['images']}) | {auc} | {accuracy} "
                      "| | |")
-    for second, results in settings.items():
-        for fold, result in results.items():
-            auc, accuracy = _fold_cell(folds(second).get(fold, second), result["second"])
+    for second, compared in settings.items():
+        for _, b, result in compared:
+            auc, accuracy = _fold_cell(b, result["second"])
             low, high = result["interval"]
             lines.append(f"| {second.name} | {', '.join(result['sources'])} ({result['images']}) | {auc} | "
                          f"{accuracy} | {result['difference']:+.3f} [{low:+.3f} to {high:+.3f}] | "
@@ -147,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", help="write the table of every setting and fold here")
     args = parser.parse_args(argv)
     settings = {second: compare(args.first, second, args.samples) for second in args.second}
-    data = {"first": str(args.first), "settings": {str(k): {"folds": v} for k, v in settings.items()}}
+    data = {"first": str(args.first),
+            "settings": {str(k): {"folds": {a.name: result for a, _, result in v}} for k, v in settings.items()}}
     write_results(args.out, data, args.markdown, markdown_table(args.first, settings))
     if not args.out:
         json.dump(data, sys.stdout, indent=1)
