@@ -219,3 +219,35 @@ def test_paired_auc_compares_two_settings_fold_by_fold_on_the_same_images(datase
     (second / "fold-1" / "test_predictions.csv").write_text("path,p_covid,p_normal,p_pneumonia\n")
     with pytest.raises(SystemExit, match="tested other images"):
         load("paired_auc").main(["--first", str(first / "fold-1"), "--second", str(second / "fold-1")])
+
+
+def test_cv_tta_scores_a_cross_validation_again_and_reproduces_it_with_one_view(tmp_path, tiny_model):
+    import pandas as pd
+
+    from covidxray.cli import main
+
+    data = make_dataset(tmp_path / "data", per_class=12, classes=("covid", "normal"))
+    cv = tmp_path / "cv"
+    assert main(["--quiet", "cv", "--data", str(data), "--task", "binary", "--folds", "2", "--out", str(cv),
+                 "--model", tiny_model, "--image-size", "32", "--epochs", "2", "--seed", "1"]) == 0
+    finished = json.loads((cv / "cv.json").read_text())
+    script = load("cv_tta")
+    same = script.rescore(cv, 1, tmp_path / "one-view")
+    assert [f["accuracy"] for f in same["per_fold"]] == [f["accuracy"] for f in finished["per_fold"]]
+    assert same["pooled"]["accuracy"] == finished["pooled"]["accuracy"]
+    assert same["pooled"]["intervals"]["accuracy"] == finished["pooled"]["intervals"]["accuracy"]  # same resamples
+    assert same["pooled"]["loss"] == pytest.approx(finished["pooled"]["loss"], abs=1e-4)
+
+    out = tmp_path / "four-views"
+    assert script.main(["--cv", str(cv), "--tta", "4", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tta"] == 4 and [f["fold"] for f in summary["per_fold"]] == [1, 2]
+    assert summary["without_tta"]["pooled_accuracy"] == finished["pooled"]["accuracy"]
+    assert "| 4 views |" in (out / "summary.md").read_text()
+    before, after = (pd.read_csv(folder / "fold-1" / "test_predictions.csv") for folder in (cv, out))
+    assert list(after["path"]) == list(before["path"])
+    assert np.abs(after["p_covid"] - before["p_covid"]).max() > 1e-4  # the views were averaged
+    assert load("paired_auc").main(["--first", str(cv), "--second", str(out), "--samples", "50",
+                                    "--out", str(tmp_path / "paired.json")]) == 0  # the same shape as cv's folds
+    with pytest.raises(SystemExit, match="not a finished cross-validation"):
+        script.rescore(tmp_path / "data", 2, tmp_path / "nothing")

@@ -101,6 +101,17 @@ def test_evaluate_writes_the_test_shape(trained, tmp_path, capsys):
     rows = pd.read_csv(tmp_path / "predictions.csv")
     assert len(rows) == 60 and list(rows.columns)[:4] == ["path", "label", "predicted", "source"]
     assert (rows["label"] == rows["predicted"]).mean() == pytest.approx(json.loads(out.read_text())["accuracy"])
+    assert json.loads(out.read_text())["tta"] == 1
+    augmented = tmp_path / "tta.csv"
+    assert main(["--quiet", "evaluate", "--run", str(run), "--data", str(data), "--out", str(out), "--include-seen",
+                 "--predictions", str(augmented), "--tta", "3"]) == 0
+    assert json.loads(out.read_text())["tta"] == 3
+    views = pd.read_csv(augmented)
+    assert list(views["path"]) == list(rows["path"])
+    assert np.abs(views[["covid", "normal", "pneumonia"]].to_numpy()
+                  - rows[["covid", "normal", "pneumonia"]].to_numpy()).max() > 1e-4  # the views were averaged
+    assert main(["--quiet", "evaluate", "--run", str(run), "--data", str(data), "--tta", "0"]) == 2
+    assert "--tta must be a whole number of views, 1 or more; got 0" in capsys.readouterr().err
 
 
 def test_evaluate_per_source_needs_two_sources(trained, capsys):
@@ -125,6 +136,11 @@ def test_predict_formats(trained, capsys):
     assert len(rows) == 20
     assert set(rows[0]) == {"path", "label", "p_covid", "p_normal", "p_pneumonia", "unlike_training"}
     assert {row["unlike_training"] for row in rows} <= {"True", "False"}  # the run's familiarity flag
+    assert main(["--quiet", "predict", "--run", str(run), *map(str, files), "--format", "json", "--tta", "3"]) == 0
+    augmented = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in augmented] == [str(f) for f in files]
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in augmented)
+    assert max(abs(a["probabilities"]["covid"] - r["probabilities"]["covid"]) for a, r in zip(augmented, results)) > 1e-4
     assert main(["--quiet", "predict", "--run", str(run), str(files[0])]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["path", "label", "p_covid", "p_normal", "p_pneumonia", "unlike_training"]

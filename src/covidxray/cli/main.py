@@ -29,6 +29,8 @@ DESCRIPTION = ("Train, evaluate and run chest X-ray classifiers (COVID-19, pneum
                "For research and teaching only; never for diagnosis.")
 RUN_HELP = ("run directory written by covidxray train, or preset:NAME (default: the preset shipped with covidxray; "
             "see its MODEL_CARD.md)")
+TTA_HELP = ("test-time augmentation: average each image's probabilities over itself and N-1 draws of the "
+            "model's training augmentation (default 1: none; Keras engine)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also measure the share of Grad-CAM heat inside the segmented lungs")
     evaluate.add_argument("--include-seen", action="store_true",
                           help="keep images the run trained or validated on (left out by default)")
+    evaluate.add_argument("--tta", type=int, default=1, metavar="N", help=TTA_HELP)
     evaluate.set_defaults(handler=run_evaluate)
 
     predict = commands.add_parser("predict", help="class probabilities for image files or folders")
@@ -85,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="write a Grad-CAM overlay PNG per image into this folder (a heatmap is not proof of what the model uses)")
     predict.add_argument("--engine", choices=("keras", "onnxruntime"), default="keras",
                          help="run model.keras with Keras, or the run's ONNX export (covidxray export) with ONNX Runtime")
+    predict.add_argument("--tta", type=int, default=1, metavar="N", help=TTA_HELP)
     predict.set_defaults(handler=run_predict)
 
     serve = commands.add_parser("serve", help="a local web page: upload an X-ray, see probabilities and a heatmap")
@@ -202,7 +206,7 @@ def run_evaluate(args) -> int:
 
         check_writable(args.out, "--out")  # a folder, a file on the way, no permission: before any work
     data = args.data if len(args.data) > 1 else args.data[0]
-    metrics = evaluate(load_predictor(args.run, preset=args.preset), data, cache_dir=args.cache_dir,
+    metrics = evaluate(load_predictor(args.run, preset=args.preset, tta=args.tta), data, cache_dir=args.cache_dir,
                        progress=_progress(args), per_source=args.per_source, include_seen=args.include_seen,
                        heat=args.heat_in_lungs, predictions=args.predictions)
     if args.out:
@@ -220,7 +224,7 @@ def run_predict(args) -> int:
         if args.engine != "keras":
             raise CovidXrayError("--heatmaps needs the Keras model (Grad-CAM takes gradients); drop --engine onnxruntime")
         heatmap_folder(args.heatmaps)
-    predictor = load_predictor(args.run, preset=args.preset, engine=args.engine)
+    predictor = load_predictor(args.run, preset=args.preset, engine=args.engine, tta=args.tta)
     results, failures = predictor.predict_files(paths, heatmaps=args.heatmaps, progress=_progress(args))
     print(format_predictions(results, predictor.classes, args.format), end="")
     for message in failures.values():

@@ -80,6 +80,7 @@ def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None, progre
         rundir.write_csv(Path(predictions), rows)
     metrics["data"] = data if isinstance(data, str) else [str(d) for d in data]
     metrics["left_out_seen"] = int(seen.sum())
+    metrics["tta"] = predictor.tta
     metrics["confounding"] = confounding_warning(loaded.table["label"], loaded.table["source"])
     metrics["calibration"] = {**predictor.calibration.to_dict(),
                               **calibration_summary(loaded.targets, raw, predictor.calibration)}

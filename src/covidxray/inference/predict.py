@@ -52,6 +52,47 @@ def predict_arrays(model, images: np.ndarray, batch_size: int = PREDICT_BATCH) -
     return np.concatenate(parts)
 
 
+def predict_augmented(model, images: np.ndarray, views: int, *, seed: int = 0,
+                      batch_size: int = PREDICT_BATCH) -> np.ndarray:
+    """Test-time augmentation: class probabilities ``(n, classes)`` averaged over each image as it
+    is and ``views - 1`` draws of the model's own training augmentation (its ``augmentation``
+    layer, applied as in training; rotation, zoom, shift and contrast by default).
+
+    The draws come from a copy of that layer seeded with ``seed``, so the same call gives the same
+    probabilities and the model's own layer is left as it was. ``views=1`` is :func:`predict_arrays`.
+    """
+    if views < 1:
+        raise CovidXrayError(f"--tta must be 1 or more views; got {views}")
+    probabilities = predict_arrays(model, images, batch_size)
+    if views == 1 or len(images) == 0:
+        return probabilities
+    augment = augmentation_copy(model, seed)
+    total = probabilities.astype(np.float64)
+    for _ in range(views - 1):
+        for start in range(0, len(images), PREDICT_CHUNK):
+            chunk = images[start:start + PREDICT_CHUNK].astype(np.float32)
+            drawn = np.concatenate([np.asarray(augment(chunk[i:i + batch_size], training=True), dtype=np.float32)
+                                    for i in range(0, len(chunk), batch_size)])
+            total[start:start + len(chunk)] += predict_arrays(model, drawn, batch_size)
+    return (total / views).astype(np.float32)
+
+
+def augmentation_copy(model, seed: int):
+    """A fresh copy of ``model``'s ``augmentation`` layer whose random layers draw from ``seed``."""
+    import keras
+
+    try:
+        layer = model.get_layer("augmentation")
+    except ValueError:
+        raise CovidXrayError(f"model {model.name!r} has no augmentation layer (trained with --no-augment): "
+                             "test-time augmentation draws from it; use --tta 1") from None
+    config = layer.get_config()
+    for i, inner in enumerate(config["layers"]):
+        if "seed" in inner["config"]:
+            inner["config"]["seed"] = seed + i
+    return keras.Sequential.from_config(config)
+
+
 def device_count(distribution) -> int:
     """The number of devices a ``keras.distribution`` spreads over (1 for None)."""
     return 1 if distribution is None else int(distribution.device_mesh.devices.size)

@@ -37,10 +37,20 @@ class Predictor:
     engine: str = "keras"
     preprocessing: Preprocessing | None = None  # default: the run's own (config.json)
     familiarity: Familiarity | None = None  # the run's familiarity.npz (Keras engine), or None: nothing flagged
+    tta: int = 1  # views averaged per image: itself and tta - 1 draws of the training augmentation
 
     def __post_init__(self):
         if self.preprocessing is None:
             self.preprocessing = Preprocessing.from_config(self.config)
+        if not isinstance(self.tta, int) or self.tta < 1:
+            raise CovidXrayError(f"--tta must be a whole number of views, 1 or more; got {self.tta!r}")
+        if self.tta > 1 and self.engine != "keras":
+            raise CovidXrayError("--tta needs the Keras model (it draws from the model's augmentation layer); "
+                                 "drop --engine onnxruntime")
+        if self.tta > 1:
+            from covidxray.inference.predict import augmentation_copy
+
+            augmentation_copy(self.model, self.config.seed)  # a model trained with --no-augment fails here, not later
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -62,10 +72,11 @@ class Predictor:
 
     def predict_raw(self, images) -> np.ndarray:
         """The model's own probabilities ``(n, classes)`` for ``(n, size, size, 1)`` model inputs in
-        [0, 255] (:meth:`prepare` makes them)."""
-        from covidxray.inference.predict import predict_arrays
+        [0, 255] (:meth:`prepare` makes them); with :attr:`tta` views, their mean
+        (:func:`~covidxray.inference.predict.predict_augmented`, seeded with the run's seed)."""
+        from covidxray.inference.predict import predict_augmented
 
-        return predict_arrays(self.model, images)
+        return predict_augmented(self.model, images, self.tta, seed=self.config.seed)
 
     def unlike_training(self, images) -> np.ndarray | None:
         """True for each model input that looks unlike the run's training data
@@ -96,12 +107,14 @@ class Predictor:
         return predict_files(self, paths, heatmaps=heatmaps, progress=progress)
 
 
-def load_predictor(run: str | Path | None = None, *, preset: str | None = None, engine: str = "keras") -> Predictor:
+def load_predictor(run: str | Path | None = None, *, preset: str | None = None, engine: str = "keras",
+                   tta: int = 1) -> Predictor:
     """The model of a run folder, of ``preset:NAME`` (or ``preset=NAME``), or of the default preset.
 
     ``engine``: ``"keras"`` loads ``model.keras``; ``"onnxruntime"`` the run's ONNX export
     (``covidxray export``). Class names, input size and decision rule come from the run's files,
-    which are checked against the model.
+    which are checked against the model. ``tta``: views averaged per image (test-time
+    augmentation, Keras engine; 1: none).
     """
     from covidxray.presets import resolve_run
 
@@ -130,4 +143,4 @@ def load_predictor(run: str | Path | None = None, *, preset: str | None = None, 
             raise CovidXrayError(f"{run.file(rundir.MODEL)}: the model takes {side[0]}x{side[1]}px images but "
                                  f"{run.file(rundir.CONFIG)} says image_size {config.image_size}; retrain the run")
     familiarity = Familiarity.load(run.path) if engine == "keras" else None
-    return Predictor(model, config, calibration, run.path, engine, familiarity=familiarity)
+    return Predictor(model, config, calibration, run.path, engine, familiarity=familiarity, tta=tta)

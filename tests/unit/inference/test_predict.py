@@ -16,6 +16,7 @@ from covidxray.inference.predict import (
     heatmap_folder,
     heatmap_names,
     predict_arrays,
+    predict_augmented,
     predict_files,
 )
 from covidxray.inference.predictor import load_predictor
@@ -70,6 +71,35 @@ def test_predict_arrays_in_chunks_equals_one_call(predictor, monkeypatch):
     monkeypatch.setattr(predict, "PREDICT_CHUNK", 3)  # 3 + 3 + 1 images
     np.testing.assert_allclose(predict_arrays(predictor.model, images, batch_size=2), whole, atol=1e-6)
     assert predict_arrays(predictor.model, images[:0]).shape == (0, 3)
+
+
+def test_predict_augmented_averages_the_image_and_seeded_draws_of_the_training_augmentation(predictor):
+    model = predictor.model
+    images = np.stack([gray(i, (32, 32)) for i in range(5)])[..., None]
+    plain = predict_arrays(model, images)
+    np.testing.assert_array_equal(predict_augmented(model, images, 1), plain)
+    before = [np.asarray(v).copy() for v in model.get_layer("augmentation").variables]  # seed states
+    four = predict_augmented(model, images, 4, seed=3)
+    assert four.shape == (5, 3) and four.dtype == np.float32
+    np.testing.assert_allclose(four.sum(axis=1), 1.0, rtol=1e-5)
+    assert np.abs(four - plain).max() > 1e-4  # the drawn views moved the probabilities
+    np.testing.assert_allclose(predict_augmented(model, images, 4, seed=3), four, atol=1e-6)  # same seed, same views
+    assert np.abs(predict_augmented(model, images, 4, seed=4) - four).max() > 1e-6
+    after = [np.asarray(v) for v in model.get_layer("augmentation").variables]
+    assert len(before) == 2 and all(np.array_equal(a, b) for a, b in zip(before, after))  # the model's own seed state is untouched
+    assert predict_augmented(model, images[:0], 4).shape == (0, 3)
+    with pytest.raises(CovidXrayError, match="--tta must be 1 or more views; got 0"):
+        predict_augmented(model, images, 0)
+
+
+def test_predict_augmented_needs_the_models_augmentation_layer(tmp_path):
+    from covidxray.models import create_model
+
+    model = create_model("compactnet", num_classes=2, image_size=32, augment=False)
+    images = np.stack([gray(i, (32, 32)) for i in range(2)])[..., None]
+    assert predict_augmented(model, images, 1).shape == (2, 2)
+    with pytest.raises(CovidXrayError, match="no augmentation layer .*--no-augment.*use --tta 1"):
+        predict_augmented(model, images, 2)
 
 
 def test_predict_files_results_failures_and_heatmaps(predictor, tmp_path):

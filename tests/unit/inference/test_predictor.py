@@ -38,6 +38,23 @@ def test_load_predictor_reads_the_runs_classes_size_and_rule(run, tmp_path):
     assert decided.tolist() == [0] * 5  # a threshold of 0 calls every image covid
 
 
+def test_tta_averages_views_drawn_with_the_runs_seed_and_is_checked(run):
+    from covidxray.inference.predict import predict_augmented
+
+    predictor = load_predictor(run, tta=3)
+    assert predictor.tta == 3
+    images = np.stack([gray(i, (32, 32)) for i in range(4)])[..., None]
+    expected = predict_augmented(predictor.model, images, 3, seed=predictor.config.seed)
+    np.testing.assert_allclose(predictor.predict_raw(images), expected, atol=1e-6)
+    assert np.abs(expected - load_predictor(run).predict_raw(images)).max() > 1e-4
+    for views in (0, -2, 2.5):
+        with pytest.raises(CovidXrayError, match="--tta must be a whole number of views, 1 or more"):
+            load_predictor(run, tta=views)
+    plain = load_predictor(run)
+    with pytest.raises(CovidXrayError, match="--tta needs the Keras model.*drop --engine onnxruntime"):
+        Predictor(plain.model, plain.config, plain.calibration, plain.path, engine="onnxruntime", tta=2)
+
+
 def test_outputs_that_do_not_match_the_classes_are_refused(run, tmp_path):
     mismatched = shutil.copytree(run, tmp_path / "mismatched")
     config = json.loads((mismatched / "config.json").read_text())
