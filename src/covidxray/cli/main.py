@@ -124,6 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("--shard-size", type=int, default=None, help="images per shard file (default 2048)")
     shard.add_argument("--overwrite", action="store_true", help="replace an earlier shard folder in --out")
     shard.set_defaults(handler=run_shard)
+    subset = data.add_parser("subset", help="a manifest of part of a dataset: a sample per class, or what is not "
+                             "in other datasets (pretraining data that shares no image with a test set)")
+    subset.add_argument("--data", required=True, help="class folders, a CSV manifest or an ieee8023 folder")
+    subset.add_argument("--out", required=True, metavar="FILE.csv", help="manifest to write (then: --data FILE.csv)")
+    subset.add_argument("--per-class", type=int, default=None, metavar="N",
+                        help="at most N images per class, drawn with --seed (default: all)")
+    subset.add_argument("--seed", type=int, default=0, help="seeds the draw (default 0)")
+    subset.add_argument("--exclude", action="append", default=None, metavar="PATH",
+                        help="leave out images also in this dataset (same original file, same pixels or a "
+                        "near-duplicate); repeat for several")
+    subset.add_argument("--cache-dir", default=None, help="decoded-image cache (default $COVIDXRAY_CACHE or ~/.cache/covidxray)")
+    subset.set_defaults(handler=run_subset)
     audit = data.add_parser("audit", help="audit datasets before training: classes per source, duplicates, label conflicts")
     audit.add_argument("--data", required=True, action="append",
                        help="class folders, a CSV manifest or an ieee8023 folder; repeat to audit several together")
@@ -279,6 +291,20 @@ def run_shard(args) -> int:
                         overwrite=args.overwrite, progress=_progress(args))
     print(f"{meta['images']} images at {meta['image_size']}px in {len(meta['shards'])} shard(s): {args.out}"
           + (f" ({len(meta['skipped'])} unreadable file(s) skipped)" if meta["skipped"] else ""))
+    return 0
+
+
+def run_subset(args) -> int:
+    import pandas as pd
+
+    from covidxray.data.subset import write_subset
+    from covidxray.files import check_writable
+
+    check_writable(args.out, "--out")  # before any work
+    out = write_subset(args.data, args.out, args.per_class, args.seed, exclude=args.exclude,
+                       cache_dir=args.cache_dir, progress=_progress(args))
+    counts = pd.read_csv(out)["label"].value_counts().sort_index()
+    print(printable(f"{counts.sum()} images ({', '.join(f'{n} {c}' for c, n in counts.items())}): {out}"))
     return 0
 
 

@@ -31,3 +31,30 @@ def test_subset_keeps_small_classes_whole(tmp_path):
 def test_subset_needs_a_positive_count(tmp_path):
     with pytest.raises(DatasetError, match="at least 1"):
         write_subset(make_dataset(tmp_path / "d", per_class=2), tmp_path / "s.csv", per_class=0)
+
+
+def test_subset_leaves_out_what_another_dataset_holds_copied_or_near_duplicated(tmp_path, capsys):
+    from PIL import Image
+
+    from covidxray.cli import main
+
+    test_set = make_dataset(tmp_path / "test-set", per_class=4, seed=1)
+    pretrain = make_dataset(tmp_path / "pretrain", per_class=5, seed=2)
+    originals = sorted((test_set / "covid").glob("*.png"))
+    copy = pretrain / "covid" / "same_pixels.png"  # another name, the same pixels
+    copy.write_bytes(originals[0].read_bytes())
+    resized = pretrain / "normal" / "resized.jpg"  # the same film, smaller and re-encoded
+    Image.open(originals[1]).resize((100, 100)).save(resized, quality=85)
+    rows = (pretrain / "manifest.csv").read_text().rstrip("\n").split("\n")
+    rows += ["covid/same_pixels.png,covid,x-1,synthetic", "normal/resized.jpg,normal,x-2,synthetic"]
+    (pretrain / "manifest.csv").write_text("\n".join(rows) + "\n")
+
+    kept = load_dataset(write_subset(pretrain / "manifest.csv", tmp_path / "kept.csv", exclude=[test_set]))
+    assert len(kept) == 15 and not {str(copy), str(resized)} & set(kept["path"])  # only the two copies go
+    assert len(load_dataset(write_subset(pretrain / "manifest.csv", tmp_path / "all.csv"))) == 17
+    assert main(["--quiet", "data", "subset", "--data", str(pretrain / "manifest.csv"), "--exclude", str(test_set),
+                 "--per-class", "3", "--out", str(tmp_path / "cli.csv")]) == 0
+    assert "9 images (3 covid, 3 normal, 3 pneumonia)" in capsys.readouterr().out
+    assert not {str(copy), str(resized)} & set(pd.read_csv(tmp_path / "cli.csv")["path"])
+    with pytest.raises(DatasetError, match="every image is also in"):
+        write_subset(test_set, tmp_path / "none.csv", exclude=[test_set])
