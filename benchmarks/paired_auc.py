@@ -122,18 +122,18 @@ def _fold_cell(fold: Path, auc: float) -> tuple[str, str]:
 
 
 def markdown_table(first: Path, settings: dict[Path, Comparison]) -> str:
-    lines = ["| setting | held-out source (images) | COVID AUC [95% CI] | accuracy [95% CI] | "
+    lines = ["| setting | fold | tested sources (images) | COVID AUC [95% CI] | accuracy [95% CI] | "
              f"difference in AUC to {first.name}, paired [95% CI] | higher in |",
-             "|---|---|---:|---:|---:|---:|"]
+             "|---|---|---|---:|---:|---:|---:|"]
     for a, _, result in next(iter(settings.values())):
         auc, accuracy = _fold_cell(a, result["first"])
-        lines.append(f"| {first.name} | {', '.join(result['sources'])} ({result['images']}) | {auc} | {accuracy} "
+        lines.append(f"| {first.name} | {a.name} | {', '.join(result['sources'])} ({result['images']}) | {auc} | {accuracy} "
                      "| | |")
     for second, compared in settings.items():
         for _, b, result in compared:
             auc, accuracy = _fold_cell(b, result["second"])
             low, high = result["interval"]
-            lines.append(f"| {second.name} | {', '.join(result['sources'])} ({result['images']}) | {auc} | "
+            lines.append(f"| {second.name} | {b.name} | {', '.join(result['sources'])} ({result['images']}) | {auc} | "
                          f"{accuracy} | {result['difference']:+.3f} [{low:+.3f} to {high:+.3f}] | "
                          f"{100 * result['share_second_higher']:.0f}% |")
     return "\n".join(lines) + "\n"

@@ -214,7 +214,8 @@ def test_paired_auc_compares_two_settings_fold_by_fold_on_the_same_images(datase
     assert result["patients"] == len(table) // 2  # two images per patient, resampled together
     assert settings[str(third)]["folds"]["fold-1"]["difference"] < 0  # each setting against the first
     rows = markdown.read_text().splitlines()
-    assert [row.split(" | ")[0] for row in rows[2:]] == ["| weak", "| strong", "| weaker"]
+    assert [row.split(" | ")[:2] for row in rows[2:]] == [["| weak", "fold-1"], ["| strong", "fold-1"],
+                                                          ["| weaker", "fold-1"]]
     assert f"{result['second']:.3f} | - | {result['difference']:+.3f} [" in rows[3]  # no metrics.json: no accuracy
     (second / "fold-1" / "test_predictions.csv").write_text("path,p_covid,p_normal,p_pneumonia\n")
     with pytest.raises(SystemExit, match="tested other images"):
