@@ -121,20 +121,24 @@ def _fold_cell(fold: Path, auc: float) -> tuple[str, str]:
             f"{100 * test['accuracy']:.1f}%{span('accuracy', 100, '{:.1f}')}")
 
 
+def _row_start(setting: Path, fold: Path, result: dict) -> str:
+    """A table row's first cells: the setting, the fold and the sources it tested (with the image count)."""
+    return f"| {setting.name} | {fold.name} | {', '.join(result['sources'])} ({result['images']})"
+
+
 def markdown_table(first: Path, settings: dict[Path, Comparison]) -> str:
     lines = ["| setting | fold | tested sources (images) | COVID AUC [95% CI] | accuracy [95% CI] | "
              f"difference in AUC to {first.name}, paired [95% CI] | higher in |",
              "|---|---|---|---:|---:|---:|---:|"]
     for a, _, result in next(iter(settings.values())):
         auc, accuracy = _fold_cell(a, result["first"])
-        lines.append(f"| {first.name} | {a.name} | {', '.join(result['sources'])} ({result['images']}) | {auc} | {accuracy} "
-                     "| | |")
+        lines.append(f"{_row_start(first, a, result)} | {auc} | {accuracy} | | |")
     for second, compared in settings.items():
         for _, b, result in compared:
             auc, accuracy = _fold_cell(b, result["second"])
             low, high = result["interval"]
-            lines.append(f"| {second.name} | {b.name} | {', '.join(result['sources'])} ({result['images']}) | {auc} | "
-                         f"{accuracy} | {result['difference']:+.3f} [{low:+.3f} to {high:+.3f}] | "
+            lines.append(f"{_row_start(second, b, result)} | {auc} | {accuracy} | "
+                         f"{result['difference']:+.3f} [{low:+.3f} to {high:+.3f}] | "
                          f"{100 * result['share_second_higher']:.0f}% |")
     return "\n".join(lines) + "\n"
 
