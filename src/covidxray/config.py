@@ -32,6 +32,8 @@ MAY_CHANGE_ON_RESUME = ("cache_dir",)
 #: Names an older config.json used for a setting, and the name it has now.
 RENAMED = {"blank_lungs": "blank_fraction"}
 LR_SCHEDULES = ("cosine", "one-cycle")
+#: The smallest validation share other than none (0).
+MIN_VAL_FRACTION = 0.02
 #: Named sets of settings, chosen in one word (``--recipe``); an option given beside it wins.
 #: darkcovidnet-paper: Ozturk et al. 2020 as the authors' fastai v1 code trains it
 #: (muhammedtalo/COVID-19): DarkCovidNet at 256 x 256, batch 32, 100 epochs of one-cycle Adam
@@ -115,8 +117,11 @@ class TrainConfig:
     acquisition_augment: bool = setting(
         False, "add what other X-ray machines and exports do to the augmentation: gamma, blur, noise, blanked "
         "borders and text-marker-like patches", flag="--acquisition-augment")
-    val_fraction: float = setting(0.15, "share of the training data (patients) held out for validation",
-                                  low=0.02, high=0.5)
+    val_fraction: float = setting(
+        0.15, "share of the training data (patients) held out for validation; 0: none, as DarkCovidNet's paper "
+        "trains: every training image is fitted, the last epoch's model is kept (no best checkpoint, no early "
+        "stopping), probabilities stay uncalibrated (temperature 1) and no image is flagged as unlike the training "
+        "data", low=0.0, high=0.5)
     test_fraction: float = setting(0.15, "share of the data (patients) held out for testing", low=0.02, high=0.5,
                                    commands=(TRAIN, PROBE))
     seed: int = setting(0, "seeds the split, the weights and the augmentation")
@@ -186,6 +191,17 @@ class TrainConfig:
             raise CovidXrayError("--source-adversary trains in one process; leave out --distribute")
         if not self.data:
             raise CovidXrayError("--data is required: a dataset folder or manifest")
+        if 0 < self.val_fraction < MIN_VAL_FRACTION:
+            raise CovidXrayError(f"--val-fraction must be 0 (no validation split) or at least {MIN_VAL_FRACTION}; "
+                                 f"got {self.val_fraction}")
+        if not self.val_fraction and self.target_sensitivity is not None:
+            raise CovidXrayError("--target-sensitivity chooses the COVID threshold on the validation split; "
+                                 "give --val-fraction above 0 or leave it out")
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether the run holds out a validation split (``--val-fraction 0``: no)."""
+        return self.val_fraction > 0
 
     @property
     def blanking(self) -> str | None:

@@ -39,7 +39,10 @@ def test_for_command_applies_the_commands_own_defaults():
     ({"group_by": "hospital"}, "--group-by must be one of patient, none"),
     ({"epochs": 0}, "--epochs must be at least 1; got 0"),
     ({"learning_rate": 0.0}, "--learning-rate must be more than 0; got 0"),
-    ({"val_fraction": 0.6}, "--val-fraction must be in \\[0.02, 0.5\\]; got 0.6"),
+    ({"val_fraction": 0.6}, "--val-fraction must be in \\[0, 0.5\\]; got 0.6"),
+    ({"val_fraction": 0.01}, "--val-fraction must be 0 \\(no validation split\\) or at least 0.02; got 0.01"),
+    ({"val_fraction": 0.0, "target_sensitivity": 0.9}, "--target-sensitivity chooses the COVID threshold on the "
+     "validation split; give --val-fraction above 0"),
     ({"test_fraction": 0.01}, "--test-fraction must be in \\[0.02, 0.5\\]"),
     ({"image_size": 8}, "--image-size must be in \\[32, 1024\\]; got 8"),
     ({"blank_fraction": 1.0}, "--blank-fraction must be in \\[0, 1\\); got 1.0"),
@@ -60,6 +63,8 @@ def test_check_names_the_option_and_its_bounds(values, message):
 def test_bounds_are_inclusive_or_open_as_declared():
     TrainConfig(data="d", val_fraction=0.5, test_fraction=0.02, blank_fraction=0.0, target_sensitivity=1.0,
                 image_size=1024, patience=0).check()  # every bound that is included
+    TrainConfig(data="d", val_fraction=0.0).check()  # no validation split
+    assert not TrainConfig(data="d", val_fraction=0.0).has_validation and TrainConfig(data="d").has_validation
 
 
 def test_check_setting_outside_a_config():

@@ -78,8 +78,9 @@ def split_dataset(
     """Assign each row to train, validation or test; returns a Series aligned with ``frame``.
 
     ``test_mask``: the test rows are given (a cross-validation fold); validation is then drawn
-    from the other rows. ``group_by="none"``: every image on its own (the image-level protocol
-    of most published results; one patient's images may land in two splits).
+    from the other rows (``val_fraction=0``: no validation split). ``group_by="none"``: every
+    image on its own (the image-level protocol of most published results; one patient's images
+    may land in two splits).
     """
     if group_by == "source" and test_mask is None:
         raise DatasetError("--group-by source holds out whole sources, one per fold: it is for covidxray cv "
@@ -93,9 +94,11 @@ def split_dataset(
     split[test] = "test"
     rest = np.flatnonzero(~test)
     held_out = test_fraction if test_mask is None else float(np.mean(test))
-    val = _first_fold(labels[rest], groups[rest], max(2, round((1 - held_out) / val_fraction)), seed + 1)
-    split[rest[val]] = "validation"
-    for name in SPLITS if test_mask is None else ("train", "validation"):  # a held-out fold is what it is
+    if val_fraction:
+        val = _first_fold(labels[rest], groups[rest], max(2, round((1 - held_out) / val_fraction)), seed + 1)
+        split[rest[val]] = "validation"
+    needed = [name for name in SPLITS if val_fraction or name != "validation"]
+    for name in needed if test_mask is None else [n for n in needed if n != "test"]:  # a held-out fold is what it is
         present = set(labels[split == name])
         for label in sorted(set(labels) - present):
             raise DatasetError(

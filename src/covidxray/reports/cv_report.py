@@ -71,8 +71,10 @@ def render_cv_report(result: dict) -> str:
              f"- protocol: {protocol['folds']}-fold, {level}"
              + ("" if protocol["group_by"] == "source" else ", stratified by label") + f"; seed {protocol['seed']}",
              f"- data: {data}: {protocol['images']} images of {protocol['patients']} patients",
-             f"- model: {code_md(config['model'])} at {config['image_size']} px, up to {config['epochs']} epochs; each fold draws "
-             f"a validation split ({percent(config['val_fraction'])}) from its training folds",
+             f"- model: {code_md(config['model'])} at {config['image_size']} px, up to {config['epochs']} epochs; "
+             + (f"each fold draws a validation split ({percent(config['val_fraction'])}) from its training folds"
+                if config.get("val_fraction", 0.15) else
+                "no validation split: each fold trains on all its training folds and keeps its last epoch"),
              f"- training: {training_text(config)}", "",
              "| fold | test images | accuracy | loss | COVID sensitivity | specificity | AUC | best epoch |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]

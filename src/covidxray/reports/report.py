@@ -71,12 +71,23 @@ def write_figures_and_report(run: rundir.RunDir, config, x_test, test: ScoredPre
     write_report(run.file(rundir.REPORT), render_report(config, metrics))
 
 
+def kept_epoch_text(info: dict, validated: bool) -> str:
+    """Which epoch's model the run kept: the best on validation, or the last (no validation split)."""
+    if validated:
+        return f"best validation accuracy at epoch {info['best_epoch']} of {info['epochs_run']}"
+    return f"the last epoch's model kept ({info['epochs_run']} run; no validation split)"
+
+
 def calibration_section(calibration: dict) -> list[str]:
+    if calibration.get("fitted", True):
+        fitted = (f"Temperature scaling fitted on the validation split: T = {calibration['temperature']:.3f} "
+                  "(T > 1: the model was over-confident).")
+    else:
+        fitted = "No validation split to fit temperature scaling on: the model's own probabilities (T = 1)."
     lines = ["", "## Calibration", "",
-             f"Temperature scaling fitted on the validation split: T = {calibration['temperature']:.3f} "
-             "(T > 1: the model was over-confident). Expected calibration error (15 bins) and loss:", "",
+             f"{fitted} Expected calibration error (15 bins) and loss:", "",
              "| split | ECE before | ECE after | loss before | loss after |", "|---|---:|---:|---:|---:|"]
-    for split in ("validation", "test"):
+    for split in [s for s in ("validation", "test") if s in calibration]:
         part = calibration[split]
         lines.append(f"| {split} | {percent(part['ece_before'])} | {percent(part['ece_after'])} "
                      f"| {part['loss_before']:.3f} | {part['loss_after']:.3f} |")
@@ -116,7 +127,7 @@ def render_report(config, metrics: dict) -> str:
         "- images: " + ", ".join(f"{escape_md(k)} {v}" for k, v in info["images"].items()),
         f"- model: {code_md(config.model)} at {config.image_size}x{config.image_size}, {info['parameters']:,} parameters, "
         f"Keras backend {code_md(info['backend'])}, computing in {code_md(config.mixed_precision or 'float32')}",
-        f"- training: up to {config.epochs} epochs, best validation accuracy at epoch {info['best_epoch']} of {info['epochs_run']}, "
+        f"- training: up to {config.epochs} epochs, {kept_epoch_text(info, 'validation' in metrics)}, "
         f"{info['fit_seconds']} s ({info['train_images_per_second']} images/s); decoding and segmenting the lungs {info['data_seconds']} s",
     ]
     sources = source_settings_text(config.to_dict())
@@ -132,7 +143,7 @@ def render_report(config, metrics: dict) -> str:
               "Accuracy with its 95% interval (bootstrap over patients, 1000 resamples); probabilities are "
               "temperature-scaled (see Calibration).", "",
               "| split | images | accuracy [95% CI] | loss |", "|---|---:|---:|---:|"]
-    for split in ("train", "validation", "test"):
+    for split in [s for s in ("train", "validation", "test") if s in metrics]:
         part = metrics[split]
         lines.append(f"| {split} | {part['n']} | {percent(part['accuracy'])}{interval_text(part, 'accuracy')} | {part['loss']:.3f} |")
     lines += ["", "### Per class (test)", "", "| class | precision | recall | F1 | images |", "|---|---:|---:|---:|---:|"]
@@ -146,7 +157,7 @@ def render_report(config, metrics: dict) -> str:
         lines += calibration_section(metrics["calibration"])
     if "heat_in_lungs" in metrics:
         lines += heat_section(metrics["heat_in_lungs"])
-    if "unlike_training" in metrics:
+    if metrics.get("unlike_training"):
         lines += unlike_section(metrics["unlike_training"])
     if "probe" in metrics and "summary" in metrics["probe"]:
         lines += ["", "## Shortcut probe", "", escape_md(metrics["probe"]["summary"])]

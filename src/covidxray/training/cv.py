@@ -148,7 +148,7 @@ def _run_fold(config: TrainConfig, data, test_mask: np.ndarray, run: rundir.RunD
     training = fit(config, prepared, run, verbose=verbose)
     model = load_model(run.require(rundir.MODEL))
     metrics, calibration, test = evaluate_splits(model, prepared, config)
-    metrics["unlike_training"] = fit_and_check_familiarity(model, prepared, run, test)
+    metrics["unlike_training"] = fit_and_check_familiarity(model, prepared, run, test, config)
     metrics["run"] = training
     frame = pd.DataFrame(test.probabilities, columns=probability_columns(config.classes))
     frame.insert(0, "path", prepared.table.loc[prepared.mask("test"), "path"].to_numpy())
@@ -199,7 +199,8 @@ def _fold_summary(fold: int, metrics: dict, held_out: str | None = None) -> dict
     covid = test.get("covid") or {}
     summary = {"fold": fold, "images": test["n"], "accuracy": test["accuracy"], "loss": test["loss"],
                "sensitivity": covid.get("sensitivity"), "specificity": covid.get("specificity"), "auc": covid.get("auc"),
-               "validation_accuracy": metrics["validation"]["accuracy"], "best_epoch": metrics["run"].get("best_epoch"),
+               "validation_accuracy": (metrics.get("validation") or {}).get("accuracy"),  # None: --val-fraction 0
+               "best_epoch": metrics["run"].get("best_epoch"),
                "fit_seconds": metrics["run"].get("fit_seconds")}
     unlike = (metrics.get("unlike_training") or {}).get("test") or {}
     summary["share_unlike"] = unlike.get("share_unlike")

@@ -86,7 +86,8 @@ def _create(config: TrainConfig) -> keras.Model:
 
 
 def fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: int = 1) -> dict:
-    """Build, compile and fit the model; the epoch with the best validation accuracy is saved.
+    """Build, compile and fit the model; the epoch with the best validation accuracy is saved (the
+    last epoch without a validation split).
 
     Where ``run`` holds the backup of an interrupted fit, it continues from its last finished epoch.
     With ``config.distribute == "data-parallel"`` the model is built and trained under a
@@ -125,7 +126,7 @@ def _fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: i
         targets = {CLASSES: y_train, SOURCE: source}
         if isinstance(class_weight, dict):  # Keras takes class weights for one output only
             class_weight = sample_weights(y_train, class_weight)
-    checkpoint = BestCheckpoint(run.file(rundir.MODEL), classifier=model)
+    checkpoint = BestCheckpoint(run.file(rundir.MODEL), classifier=model, keep_last=not config.has_validation)
     rng = np.random.default_rng(config.seed)
     calibration = x_train[np.sort(rng.permutation(len(x_train))[:CALIBRATION_IMAGES])]
     # Watch from the middle on: the first half of the cosine schedule explores at a high
@@ -135,12 +136,13 @@ def _fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: i
     stopping = EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience,
                              start_from_epoch=config.epochs // 2)
     state = read_state(run)
-    backup = RunBackup(run, {"checkpoint": checkpoint, "early_stopping": stopping, "seeds": SeedStates(trainer)}, state)
+    watched = {"early_stopping": stopping} if config.has_validation else {}  # without, every epoch runs: the last is kept
+    backup = RunBackup(run, {"checkpoint": checkpoint, **watched, "seeds": SeedStates(trainer)}, state)
     callbacks = [
         ClassifierLogs(),
         PreciseValidation(calibration, *data.part("validation"), classifier=model),  # the others see its scores
         checkpoint,
-        stopping,
+        *watched.values(),
         backup,  # last: saves the states the others reach at each epoch's end, and writes history.csv
     ]
     if state is not None and (state["stopped"] or state["epoch"] >= config.epochs):

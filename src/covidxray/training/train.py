@@ -45,19 +45,23 @@ def evaluate_splits(model: keras.Model, data: PreparedData, config: TrainConfig
 
     Returns the metrics, the fitted decision rule and the scored test predictions. Every split is
     scored with the run's calibration (temperature, and the COVID threshold when a target
-    sensitivity was asked for), as ``predict`` and ``evaluate`` will use it. Intervals resample
-    patients; the test split is broken down by source when it holds several.
+    sensitivity was asked for), as ``predict`` and ``evaluate`` will use it; a run without a
+    validation split (``--val-fraction 0``) has none to fit it on and keeps the model's own
+    probabilities (temperature 1), and its metrics have no ``validation`` entry. Intervals
+    resample patients; the test split is broken down by source when it holds several.
     """
-    raw = {split: predict_arrays(model, data.part(split)[0]) for split in SPLITS}
-    y = {split: data.part(split)[1] for split in SPLITS}
-    calibration = fit_calibration(y["validation"], raw["validation"], data.classes, config.target_sensitivity)
+    splits = [split for split in SPLITS if config.has_validation or split != "validation"]
+    raw = {split: predict_arrays(model, data.part(split)[0]) for split in splits}
+    y = {split: data.part(split)[1] for split in splits}
+    calibration = (fit_calibration(y["validation"], raw["validation"], data.classes, config.target_sensitivity)
+                   if config.has_validation else Calibration())
     scored = {split: ScoredPredictions.from_raw(y[split], raw[split], data.table[data.mask(split)], data.classes,
                                                 calibration)
-              for split in SPLITS}
-    metrics = {split: scored[split].metrics(by_source=split == "test", seed=config.seed) for split in SPLITS}
+              for split in splits}
+    metrics = {split: scored[split].metrics(by_source=split == "test", seed=config.seed) for split in splits}
     metrics["calibration"] = {
-        **calibration.to_dict(),
-        **{split: calibration_summary(y[split], raw[split], calibration) for split in ("validation", "test")},
+        **calibration.to_dict(), "fitted": config.has_validation,
+        **{split: calibration_summary(y[split], raw[split], calibration) for split in splits if split != "train"},
     }
     return metrics, calibration, scored["test"]
 
@@ -144,7 +148,7 @@ def _run(config: TrainConfig, run: rundir.RunDir, data: PreparedData, *, started
     model = load_model(run.require(rundir.MODEL))
     metrics, calibration, test = evaluate_splits(model, data, config)
     calibration.save(run.path)
-    metrics["unlike_training"] = fit_and_check_familiarity(model, data, run, test)
+    metrics["unlike_training"] = fit_and_check_familiarity(model, data, run, test, config)
     rows = data.mask("test")
     test_lungs = None if data.lungs is None else data.lungs[rows]
     quality = None if data.lung_quality is None else [q for q, k in zip(data.lung_quality, rows) if k]
@@ -172,10 +176,14 @@ def _run(config: TrainConfig, run: rundir.RunDir, data: PreparedData, *, started
     return metrics
 
 
-def fit_and_check_familiarity(model, data: PreparedData, run: rundir.RunDir, test: ScoredPredictions) -> dict:
+def fit_and_check_familiarity(model, data: PreparedData, run: rundir.RunDir, test: ScoredPredictions,
+                              config: TrainConfig) -> dict | None:
     """Fit the run's familiarity (:mod:`covidxray.inference.familiarity`) on its training and
     validation images, save it, and return how many test images it flags, with the test accuracy
-    with and without them."""
+    with and without them. None for a run without a validation split, whose threshold would have
+    no unseen images to be set on: it saves no familiarity and flags nothing."""
+    if not config.has_validation:
+        return None
     familiarity = fit_familiarity(model, data.part("train")[0], data.part("validation")[0])
     familiarity.save(run.path)
     unlike = familiarity.unlike(model_features(model, data.part("test")[0]))

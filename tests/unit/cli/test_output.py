@@ -45,6 +45,10 @@ def test_run_summary(capsys):
         "      test: accuracy 0.8000 [95% CI 0.600-0.950]  loss 0.5000  (10 images)",
         "     covid: sensitivity 0.7500  specificity n/a  AUC 0.9000"]
     assert err == "warning: every covid image comes from a.\n"
+    print_run_summary({"train": part, "test": part, "run": {}})  # --val-fraction 0: no validation split
+    assert capsys.readouterr().out.splitlines() == [
+        "     train: accuracy 0.8000 [95% CI 0.600-0.950]  loss 0.5000  (10 images)",
+        "      test: accuracy 0.8000 [95% CI 0.600-0.950]  loss 0.5000  (10 images)"]
 
 
 def test_evaluation_and_cv_summary(capsys):

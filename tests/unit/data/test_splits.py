@@ -215,6 +215,19 @@ def test_split_with_a_given_test_fold_draws_validation_from_the_rest():
     assert not validation_patients & set(frame["patient_id"][split == "train"])
 
 
+def test_no_validation_split_when_its_share_is_zero():
+    frame = _frame(["covid"] * 40 + ["normal"] * 40, [f"p{i // 2}" for i in range(80)])
+    split = split_dataset(frame, val_fraction=0.0, seed=1).to_numpy()
+    assert set(split) == {"train", "test"}
+    assert split_dataset(frame, val_fraction=0.0, seed=1).tolist() == split.tolist()
+    with_validation = split_dataset(frame, seed=1).to_numpy()
+    assert np.array_equal(split == "test", with_validation == "test")  # the same test split: validation is train
+    assert np.array_equal(split == "train", with_validation != "test")
+    folds = assign_folds(frame, 4, seed=1)
+    in_fold = split_dataset(frame, test_mask=folds == 2, val_fraction=0.0, seed=1).to_numpy()
+    assert np.array_equal(in_fold == "test", folds == 2) and np.array_equal(in_fold == "train", folds != 2)
+
+
 # --- near-duplicates ------------------------------------------------------------------------------
 
 

@@ -46,6 +46,19 @@ def test_best_checkpoint_saves_only_improvements(tmp_path, scores, saved_epochs)
     assert checkpoint.model.saved == len(saved_epochs)
 
 
+def test_a_checkpoint_that_keeps_the_last_epoch_saves_every_epoch(tmp_path):
+    checkpoint = BestCheckpoint(tmp_path / "model.keras", keep_last=True)
+    checkpoint.set_model(Model())
+    for epoch in range(3):  # validation scores, where there are some, do not matter
+        checkpoint.on_epoch_end(epoch, {"loss": 0.1} if epoch != 1 else {"val_accuracy": 1.0, "val_loss": 0.0})
+        assert checkpoint.model.saved == epoch + 1 and checkpoint.best_epoch == epoch + 1
+    restored = BestCheckpoint(tmp_path / "other.keras", keep_last=True)
+    restored.set_model(Model())
+    restored.restore(checkpoint.state())
+    restored.on_epoch_end(3, {"loss": 0.1})  # a resumed run goes on saving
+    assert restored.model.saved == 1 and restored.best_epoch == 4
+
+
 def test_precise_validation_scores_the_validation_set():
     inputs = keras.Input((32, 32, 1))
     model = keras.Model(inputs, tiny_body(keras.layers.Rescaling(1 / 255)(inputs), 3))

@@ -174,3 +174,21 @@ def test_folds_trained_one_at_a_time_are_pooled_once_all_have_finished(cv_config
     result = cross_validate(cv_config, out, 2, verbose=0, progress=False)
     assert trained == ["fold-1"]  # fold 2 is reused
     assert [f["fold"] for f in result["per_fold"]] == [1, 2] and (out / CV_JSON).is_file()
+
+
+def test_folds_without_validation_train_on_all_their_training_folds(tiny_model, fast_bootstrap, tmp_path):
+    from covidxray.reports.cv_report import render_cv_report
+
+    data = make_dataset(tmp_path / "data", per_class=8, classes=("covid", "normal"))
+    config = TrainConfig.for_command("cv", data=str(data), task="binary", model=tiny_model, epochs=2, batch_size=8,
+                                     seed=2, augment=False, val_fraction=0.0)
+    result = cross_validate(config, tmp_path / "cv", 2, verbose=0, progress=False)
+    for k in (1, 2):
+        split = pd.read_csv(tmp_path / "cv" / f"fold-{k}" / "split.csv")
+        assert set(split["split"]) == {"train", "test"} and (split["split"] == "train").sum() == 8
+    assert [f["validation_accuracy"] for f in result["per_fold"]] == [None, None]
+    assert [f["best_epoch"] for f in result["per_fold"]] == [2, 2]
+    assert result["pooled"]["n"] == 16
+    report = render_cv_report(result)
+    assert "no validation split: each fold trains on all its training folds and keeps its last epoch" in report
+    assert "draws a validation split" not in report

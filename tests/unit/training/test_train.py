@@ -206,3 +206,58 @@ def test_train_fits_the_runs_familiarity_and_reports_it(config, tmp_path):
 
     (out / FAMILIARITY).unlink()  # a run trained before familiarity: nothing flagged, no error
     assert load_predictor(out).familiarity is None and load_predictor(out).unlike_training(board) is None
+
+
+# --- no validation split (--val-fraction 0, as DarkCovidNet's paper trains) ----------------------
+
+
+def test_a_run_without_validation_fits_every_training_image_and_keeps_its_last_epoch(config, tmp_path):
+    from covidxray.inference.familiarity import FAMILIARITY
+    from covidxray.models import load_model
+
+    out = tmp_path / "run"
+    metrics = train(replace(config, val_fraction=0.0, epochs=3, patience=0), out, verbose=0, progress=False)
+    split = pd.read_csv(out / rundir.SPLIT)
+    assert set(split["split"]) == {"train", "test"}
+    assert metrics["run"]["images"] == {**split["split"].value_counts().to_dict(), "validation": 0}
+    assert "validation" not in metrics and metrics["train"]["n"] == (split["split"] == "train").sum()
+    # every epoch runs (patience 0 would stop a validated run) and the last one's model is kept
+    assert metrics["run"]["epochs_run"] == 3 and metrics["run"]["best_epoch"] == 3
+    history = pd.read_csv(out / rundir.HISTORY)
+    assert len(history) == 3 and not any(c.startswith("val_") for c in history.columns)
+    # the model saved is the one scored: the last epoch's, batch norm recalibrated
+    model = load_model(out / rundir.MODEL)
+    assert metrics["run"]["parameters"] == model.count_params()
+    calibration = json.loads((out / rundir.CALIBRATION).read_text())
+    assert calibration["temperature"] == 1.0 and calibration["covid_threshold"] is None
+    assert not metrics["calibration"]["fitted"] and set(metrics["calibration"]) >= {"test"}
+    assert "validation" not in metrics["calibration"]
+    assert metrics["unlike_training"] is None and not (out / FAMILIARITY).exists()
+    report = (out / rundir.REPORT).read_text()
+    assert "the last epoch's model kept (3 run; no validation split)" in report
+    assert "No validation split to fit temperature scaling on" in report
+    assert "| validation |" not in report and "## Unlike the training data" not in report
+    with pytest.raises(CovidXrayError, match="the run is complete"):
+        resume(out, verbose=0)
+
+
+def test_a_run_without_validation_resumes_to_its_last_epoch(config, tmp_path, monkeypatch):
+    from covidxray.training import backup
+
+    out = tmp_path / "run"
+    settings = replace(config, val_fraction=0.0, epochs=3)
+    original = backup.RunBackup.on_epoch_end
+
+    def stop_after_two(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(backup.RunBackup, "on_epoch_end", stop_after_two)
+        with pytest.raises(KeyboardInterrupt):
+            train(settings, out, verbose=0, progress=False)
+    assert len(pd.read_csv(out / rundir.HISTORY)) == 2 and not (out / rundir.METRICS).exists()
+    metrics = resume(out, verbose=0, progress=False)
+    assert metrics["run"]["resumed"] and metrics["run"]["epochs_run"] == 3 and metrics["run"]["best_epoch"] == 3
+    assert list(pd.read_csv(out / rundir.HISTORY)["epoch"]) == [0, 1, 2] and "validation" not in metrics
