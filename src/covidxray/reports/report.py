@@ -141,7 +141,7 @@ def render_report(config, metrics: dict) -> str:
     lines += preprocessing_lines(info)
     lines += ["", "## Results", "",
               "Accuracy with its 95% interval (bootstrap over patients, 1000 resamples); probabilities are "
-              "temperature-scaled (see Calibration).", "",
+              + ("temperature-scaled" if "validation" in metrics else "the model's own") + " (see Calibration).", "",
               "| split | images | accuracy [95% CI] | loss |", "|---|---:|---:|---:|"]
     for split in [s for s in ("train", "validation", "test") if s in metrics]:
         part = metrics[split]
@@ -162,7 +162,8 @@ def render_report(config, metrics: dict) -> str:
     if "probe" in metrics and "summary" in metrics["probe"]:
         lines += ["", "## Shortcut probe", "", escape_md(metrics["probe"]["summary"])]
     lines += ["", "## Figures", "",
-              "Training and validation accuracy and loss per epoch:", "", f"![accuracy and loss]({rundir.ACC_FIGURE})", "",
+              ("Training and validation" if "validation" in metrics else "Training") + " accuracy and loss per epoch:",
+              "", f"![accuracy and loss]({rundir.ACC_FIGURE})", "",
               "Test confusion matrix:", "", f"![confusion matrix]({rundir.MATRIX_FIGURE})", "",
               "Test predictions (mistakes in red), coloured by Grad-CAM where the predicted class's score is most "
               "sensitive to the last convolutional features (a hint for inspection, not proof of what the model uses); "

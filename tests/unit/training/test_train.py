@@ -236,6 +236,8 @@ def test_a_run_without_validation_fits_every_training_image_and_keeps_its_last_e
     report = (out / rundir.REPORT).read_text()
     assert "the last epoch's model kept (3 run; no validation split)" in report
     assert "No validation split to fit temperature scaling on" in report
+    assert "probabilities are the model's own (see Calibration)" in report
+    assert "Training accuracy and loss per epoch" in report
     assert "| validation |" not in report and "## Unlike the training data" not in report
     with pytest.raises(CovidXrayError, match="the run is complete"):
         resume(out, verbose=0)
