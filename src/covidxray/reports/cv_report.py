@@ -67,16 +67,18 @@ def render_cv_report(result: dict) -> str:
     protocol, config, pooled = result["protocol"], result["config"], result["pooled"]
     level = LEVELS[protocol["group_by"]]
     data = code_md(config["data"] if isinstance(config["data"], str) else ", ".join(config["data"]))
+    validated = bool(config.get("val_fraction", 0.15))
     lines = [f"# covidxray cross-validation: {escape_md(config['model'])} on {escape_md(config['task'])}", "", DISCLAIMER, "",
              f"- protocol: {protocol['folds']}-fold, {level}"
              + ("" if protocol["group_by"] == "source" else ", stratified by label") + f"; seed {protocol['seed']}",
              f"- data: {data}: {protocol['images']} images of {protocol['patients']} patients",
              f"- model: {code_md(config['model'])} at {config['image_size']} px, up to {config['epochs']} epochs; "
              + (f"each fold draws a validation split ({percent(config['val_fraction'])}) from its training folds"
-                if config.get("val_fraction", 0.15) else
+                if validated else
                 "no validation split: each fold trains on all its training folds and keeps its last epoch"),
              f"- training: {training_text(config)}", "",
-             "| fold | test images | accuracy | loss | COVID sensitivity | specificity | AUC | best epoch |",
+             "| fold | test images | accuracy | loss | COVID sensitivity | specificity | AUC | "
+             + ("best epoch" if validated else "last epoch") + " |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for f in result["per_fold"]:
         auc = "n/a" if f["auc"] is None else f"{f['auc']:.3f}"

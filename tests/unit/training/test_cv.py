@@ -191,4 +191,5 @@ def test_folds_without_validation_train_on_all_their_training_folds(tiny_model, 
     assert result["pooled"]["n"] == 16
     report = render_cv_report(result)
     assert "no validation split: each fold trains on all its training folds and keeps its last epoch" in report
-    assert "draws a validation split" not in report
+    assert "draws a validation split" not in report and "| AUC | last epoch |" in report
+    assert "| AUC | best epoch |" in render_cv_report({**result, "config": {**result["config"], "val_fraction": 0.15}})
