@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
 
 
+def run_splits(val_fraction: float) -> tuple[str, ...]:
+    """The splits a run holds: :data:`SPLITS`, without validation where ``val_fraction`` is 0."""
+    return SPLITS if val_fraction else tuple(name for name in SPLITS if name != "validation")
+
+
 def without_patient_id(frame: pd.DataFrame) -> pd.Series:
     """True for the rows whose patient is unknown (an empty or missing ``patient_id``)."""
     return ~frame["patient_id"].fillna("").astype(str).astype(bool)
@@ -97,7 +102,7 @@ def split_dataset(
     if val_fraction:
         val = _first_fold(labels[rest], groups[rest], max(2, round((1 - held_out) / val_fraction)), seed + 1)
         split[rest[val]] = "validation"
-    needed = [name for name in SPLITS if val_fraction or name != "validation"]
+    needed = run_splits(val_fraction)
     for name in needed if test_mask is None else [n for n in needed if n != "test"]:  # a held-out fold is what it is
         present = set(labels[split == name])
         for label in sorted(set(labels) - present):

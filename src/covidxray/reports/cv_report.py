@@ -67,7 +67,7 @@ def render_cv_report(result: dict) -> str:
     protocol, config, pooled = result["protocol"], result["config"], result["pooled"]
     level = LEVELS[protocol["group_by"]]
     data = code_md(config["data"] if isinstance(config["data"], str) else ", ".join(config["data"]))
-    validated = bool(config.get("val_fraction", 0.15))
+    validated = bool(config["val_fraction"])
     lines = [f"# covidxray cross-validation: {escape_md(config['model'])} on {escape_md(config['task'])}", "", DISCLAIMER, "",
              f"- protocol: {protocol['folds']}-fold, {level}"
              + ("" if protocol["group_by"] == "source" else ", stratified by label") + f"; seed {protocol['seed']}",

@@ -79,7 +79,7 @@ def kept_epoch_text(info: dict, validated: bool) -> str:
 
 
 def calibration_section(calibration: dict) -> list[str]:
-    if calibration.get("fitted", True):
+    if "validation" in calibration:  # what the temperature was fitted on
         fitted = (f"Temperature scaling fitted on the validation split: T = {calibration['temperature']:.3f} "
                   "(T > 1: the model was over-confident).")
     else:
@@ -104,6 +104,7 @@ def render_report(config, metrics: dict) -> str:
     calibration and figures."""
     info = metrics["run"]
     test = metrics["test"]
+    validated = "validation" in metrics  # not with --val-fraction 0
     missing, total = info["images_without_patient_id"], sum(info["images"].values())
     if info.get("group_by") == "none":
         grouping = "image-level (--group-by none: one patient's images may be in two splits, which inflates accuracy)"
@@ -127,7 +128,7 @@ def render_report(config, metrics: dict) -> str:
         "- images: " + ", ".join(f"{escape_md(k)} {v}" for k, v in info["images"].items()),
         f"- model: {code_md(config.model)} at {config.image_size}x{config.image_size}, {info['parameters']:,} parameters, "
         f"Keras backend {code_md(info['backend'])}, computing in {code_md(config.mixed_precision or 'float32')}",
-        f"- training: up to {config.epochs} epochs, {kept_epoch_text(info, 'validation' in metrics)}, "
+        f"- training: up to {config.epochs} epochs, {kept_epoch_text(info, validated)}, "
         f"{info['fit_seconds']} s ({info['train_images_per_second']} images/s); decoding and segmenting the lungs {info['data_seconds']} s",
     ]
     sources = source_settings_text(config.to_dict())
@@ -141,7 +142,7 @@ def render_report(config, metrics: dict) -> str:
     lines += preprocessing_lines(info)
     lines += ["", "## Results", "",
               "Accuracy with its 95% interval (bootstrap over patients, 1000 resamples); probabilities are "
-              + ("temperature-scaled" if "validation" in metrics else "the model's own") + " (see Calibration).", "",
+              + ("temperature-scaled" if validated else "the model's own") + " (see Calibration).", "",
               "| split | images | accuracy [95% CI] | loss |", "|---|---:|---:|---:|"]
     for split in [s for s in ("train", "validation", "test") if s in metrics]:
         part = metrics[split]
@@ -162,7 +163,7 @@ def render_report(config, metrics: dict) -> str:
     if "probe" in metrics and "summary" in metrics["probe"]:
         lines += ["", "## Shortcut probe", "", escape_md(metrics["probe"]["summary"])]
     lines += ["", "## Figures", "",
-              ("Training and validation" if "validation" in metrics else "Training") + " accuracy and loss per epoch:",
+              ("Training and validation" if validated else "Training") + " accuracy and loss per epoch:",
               "", f"![accuracy and loss]({rundir.ACC_FIGURE})", "",
               "Test confusion matrix:", "", f"![confusion matrix]({rundir.MATRIX_FIGURE})", "",
               "Test predictions (mistakes in red), coloured by Grad-CAM where the predicted class's score is most "

@@ -19,7 +19,7 @@ import keras
 from covidxray import rundir
 from covidxray.backend import runtime_environment
 from covidxray.config import TrainConfig
-from covidxray.data.splits import SPLITS, without_patient_id
+from covidxray.data.splits import SPLITS, run_splits, without_patient_id
 from covidxray.errors import CovidXrayError, DatasetError
 from covidxray.evaluation.attention import heat_in_lungs
 from covidxray.evaluation.calibration import calibration_summary, fit_calibration
@@ -50,7 +50,7 @@ def evaluate_splits(model: keras.Model, data: PreparedData, config: TrainConfig
     probabilities (temperature 1), and its metrics have no ``validation`` entry. Intervals
     resample patients; the test split is broken down by source when it holds several.
     """
-    splits = [split for split in SPLITS if config.has_validation or split != "validation"]
+    splits = run_splits(config.val_fraction)
     raw = {split: predict_arrays(model, data.part(split)[0]) for split in splits}
     y = {split: data.part(split)[1] for split in splits}
     calibration = (fit_calibration(y["validation"], raw["validation"], data.classes, config.target_sensitivity)
@@ -60,7 +60,7 @@ def evaluate_splits(model: keras.Model, data: PreparedData, config: TrainConfig
               for split in splits}
     metrics = {split: scored[split].metrics(by_source=split == "test", seed=config.seed) for split in splits}
     metrics["calibration"] = {
-        **calibration.to_dict(), "fitted": config.has_validation,
+        **calibration.to_dict(),
         **{split: calibration_summary(y[split], raw[split], calibration) for split in splits if split != "train"},
     }
     return metrics, calibration, scored["test"]
