@@ -7,11 +7,12 @@ import io
 import json
 import sys
 
+from covidxray import rundir
 from covidxray.errors import printable
 
 
 def print_run_summary(metrics: dict) -> None:
-    for split in [s for s in ("train", "validation", "test") if s in metrics]:  # no validation: --val-fraction 0
+    for split in [s for s in rundir.SPLIT_NAMES if s in metrics]:  # no validation: --val-fraction 0
         part = metrics[split]
         low, high = part.get("intervals", {}).get("accuracy", (None, None))
         ci = f" [95% CI {low:.3f}-{high:.3f}]" if low is not None else ""

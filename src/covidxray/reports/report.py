@@ -144,7 +144,7 @@ def render_report(config, metrics: dict) -> str:
               "Accuracy with its 95% interval (bootstrap over patients, 1000 resamples); probabilities are "
               + ("temperature-scaled" if validated else "the model's own") + " (see Calibration).", "",
               "| split | images | accuracy [95% CI] | loss |", "|---|---:|---:|---:|"]
-    for split in [s for s in ("train", "validation", "test") if s in metrics]:
+    for split in [s for s in rundir.SPLIT_NAMES if s in metrics]:
         part = metrics[split]
         lines.append(f"| {split} | {part['n']} | {percent(part['accuracy'])}{interval_text(part, 'accuracy')} | {part['loss']:.3f} |")
     lines += ["", "### Per class (test)", "", "| class | precision | recall | F1 | images |", "|---|---:|---:|---:|---:|"]

@@ -225,7 +225,7 @@ def train_segmenter(config: LungTrainConfig, out: str | Path, *, overwrite: bool
         raise DatasetError("no image/mask pair could be read; see the messages above")
     table["used"] = usable.to_numpy()
     part = {name: np.flatnonzero(usable.to_numpy() & (table["split"] == name).to_numpy())
-            for name in ("train", "validation", "test")}
+            for name in rundir.SPLIT_NAMES}
     run = final_run.stage() if replacing else final_run
     if not replacing:
         run.create()
