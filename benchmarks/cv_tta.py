@@ -37,7 +37,7 @@ def score_fold(fold: Path, views: int, *, cache_dir=None):
     from covidxray.data.cache import ImageCache
     from covidxray.evaluation.scoring import ScoredPredictions
     from covidxray.inference.predictor import load_predictor
-    from covidxray.training.cv import FOLD_PREDICTIONS
+    from covidxray.rundir import TEST_PREDICTIONS as FOLD_PREDICTIONS
 
     predictor = load_predictor(fold, tta=views)
     tested = pd.read_csv(fold / FOLD_PREDICTIONS)["path"].astype(str)
@@ -61,7 +61,8 @@ def rescore(cv: Path, views: int, out: Path, *, cache_dir=None) -> dict:
     """Score every fold of ``cv`` with ``views`` views, write ``out``'s fold folders; the summary."""
     from covidxray.config import TrainConfig
     from covidxray.evaluation.scoring import ScoredPredictions
-    from covidxray.training.cv import FOLD_PREDICTIONS, probability_columns
+    from covidxray.labels import probability_columns
+    from covidxray.rundir import TEST_PREDICTIONS as FOLD_PREDICTIONS
 
     folds = sorted((f for f in cv.glob("fold-*") if (f / "model.keras").is_file()), key=lambda f: int(f.name[5:]))
     if not folds or not (cv / "cv.json").is_file():

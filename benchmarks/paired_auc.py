@@ -13,7 +13,7 @@ paths from where the cross-validation ran; no image is decoded), so run this fro
 
 The difference of the two AUCs is resampled with whole patients (images without a patient id:
 each on its own), the same resamples for both, as ``covidxray`` resamples its intervals
-(:func:`covidxray.evaluation.metrics.paired_auc_difference`): shared easy and hard images cancel,
+(:func:`paired_auc_difference`): shared easy and hard images cancel,
 so the difference's interval is narrower than the two AUCs' intervals side by side.
 
 ``--markdown`` writes one table: per setting and fold, the COVID AUC and the accuracy with the
@@ -30,11 +30,41 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from harness import write_results
+from sklearn.metrics import roc_auc_score
+
+from covidxray.evaluation.metrics import BOOTSTRAP_SAMPLES, patient_resamples
+
+
+def paired_auc_difference(y_true: np.ndarray, first: np.ndarray, second: np.ndarray, groups, covid: int, *,
+                          samples: int = BOOTSTRAP_SAMPLES, seed: int = 0, level: float = 0.95) -> dict:
+    """How much higher the COVID AUC of ``second`` is than that of ``first`` on the same images.
+
+    ``first`` and ``second``: two models' probabilities (n, classes) for the same ``n`` images. The
+    two AUCs move together from resample to resample (the same images are easy or hard for both),
+    so the interval of their difference, from the same whole-patient resamples for both, is
+    narrower than the two AUCs' own intervals side by side suggest. ``share_second_higher``: the
+    share of resamples in which ``second`` scores higher.
+    """
+    positive = np.asarray(y_true) == covid
+    if positive.all() or not positive.any():
+        raise ValueError("a COVID AUC needs COVID and non-COVID images")
+    first, second = np.asarray(first)[:, covid], np.asarray(second)[:, covid]
+    patients, resamples = patient_resamples(groups, samples, seed)
+    differences = []
+    for rows in resamples:
+        if positive[rows].any() and not positive[rows].all():
+            differences.append(roc_auc_score(positive[rows], second[rows]) - roc_auc_score(positive[rows], first[rows]))
+    tail = 100 * (1 - level) / 2
+    first_auc, second_auc = roc_auc_score(positive, first), roc_auc_score(positive, second)
+    return {"first": float(first_auc), "second": float(second_auc), "difference": float(second_auc - first_auc),
+            "interval": [float(np.percentile(differences, tail)), float(np.percentile(differences, 100 - tail))],
+            "share_second_higher": float(np.mean(np.asarray(differences) > 0)), "level": level,
+            "resamples": len(differences), "unit": "patient", "patients": patients}
 
 
 def folds(folder: Path) -> dict[str, Path]:
     """``{"fold-1": path, ...}``, or ``{folder.name: folder}`` for a single fold."""
-    from covidxray.training.cv import FOLD_PREDICTIONS as PREDICTIONS
+    from covidxray.rundir import TEST_PREDICTIONS as PREDICTIONS
 
     if (folder / PREDICTIONS).is_file():
         return {folder.name: folder}
@@ -49,10 +79,8 @@ def compare_fold(first: Path, second: Path, samples: int) -> dict | None:
     from covidxray.config import TrainConfig
     from covidxray.data.sources import load_datasets
     from covidxray.data.splits import split_groups
-    from covidxray.evaluation.metrics import paired_auc_difference
-    from covidxray.labels import covid_index
-    from covidxray.training.cv import FOLD_PREDICTIONS as PREDICTIONS
-    from covidxray.training.cv import probability_columns
+    from covidxray.labels import covid_index, probability_columns
+    from covidxray.rundir import TEST_PREDICTIONS as PREDICTIONS
 
     config = TrainConfig.load(first / "config.json")
     other = TrainConfig.load(second / "config.json")

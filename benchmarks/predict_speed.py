@@ -32,8 +32,9 @@ import covidxray  # noqa: F401  (chooses the Keras backend before anything impor
 from covidxray.config import TrainConfig
 from covidxray.data.images import read_image, resize_square
 from covidxray.inference.decision import Calibration
-from covidxray.inference.export import OnnxModel, export_model
-from covidxray.inference.predict import expand_paths, predict_arrays
+from covidxray.inference.engines import KerasEngine, OnnxEngine, OnnxModel, predict_arrays
+from covidxray.inference.export import export_model
+from covidxray.inference.predict import expand_paths
 from covidxray.inference.predictor import Predictor, load_predictor
 from covidxray.models import create_model
 from covidxray.rundir import ONNX_MODEL, RunDir
@@ -43,7 +44,7 @@ def untrained(name: str, folder: Path) -> Predictor:
     """An untrained model ``name`` at its default size, three classes, with no calibration."""
     config = TrainConfig(data="unused", model=name).resolve()
     model = create_model(name, num_classes=len(config.classes), image_size=config.image_size, seed=0)
-    return Predictor(model, config, Calibration(), folder)
+    return Predictor(KerasEngine(model), config, Calibration(), folder)
 
 
 def main() -> None:
@@ -68,7 +69,7 @@ def main() -> None:
         onnx_path = Path(scratch.name) / "model.onnx"
         export_model(predictor.model, "onnx", onnx_path, predictor.classes, predictor.image_size)
     started = time.perf_counter()
-    onnx_predictor = replace(predictor, model=OnnxModel(onnx_path), engine="onnxruntime")
+    onnx_predictor = replace(predictor, engine=OnnxEngine(OnnxModel(onnx_path)))
     onnx_load_seconds = time.perf_counter() - started
     size = predictor.image_size
     images = np.stack([resize_square(read_image(p), size) for p in paths])[..., None]

@@ -71,7 +71,7 @@ def measure_keras(job: dict) -> dict:
 
     import covidxray  # noqa: F401  (KERAS_BACKEND is set by the parent)
     from covidxray.config import TrainConfig
-    from covidxray.inference.predict import predict_arrays
+    from covidxray.inference.engines import predict_arrays
     from covidxray.training.fit import balanced_class_weights, build_model, fit_arrays
 
     config = TrainConfig(data="synthetic", model=job["model"], image_size=job["image_size"],

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from covidxray.data.blanking import DEFAULT_FRACTION
-from covidxray.data.lungviews import BLANK_REGIONS, INTENSITY, LUNG_MODES
+from covidxray.data.lungviews import BLANK_REGIONS, INTENSITY
 from covidxray.data.splits import GROUP_BY
 from covidxray.errors import CovidXrayError
 from covidxray.labels import TASKS, task_classes
@@ -32,6 +32,9 @@ MAY_CHANGE_ON_RESUME = ("cache_dir",)
 #: Names an older config.json used for a setting, and the name it has now.
 RENAMED = {"blank_lungs": "blank_fraction"}
 LR_SCHEDULES = ("cosine", "one-cycle")
+#: How a model sees an image (--lungs): the whole film, the box around the lungs, or the lungs alone;
+#: :class:`covidxray.inference.preprocess.Preprocessing` is the one place that acts on it.
+LUNG_MODES = ("none", "crop", "mask")
 #: The smallest validation share other than none (0).
 MIN_VAL_FRACTION = 0.02
 #: Named sets of settings, chosen in one word (``--recipe``); an option given beside it wins.

@@ -98,3 +98,8 @@ def covid_index(classes) -> int | None:
     """The output index of the ``covid`` class, or None when the task has none."""
     classes = tuple(classes)
     return classes.index(COVID) if COVID in classes else None
+
+
+def probability_columns(classes) -> list[str]:
+    """The columns that hold each class's probability in a predictions table: ``p_covid``, ..."""
+    return [f"p_{c}" for c in classes]

@@ -36,6 +36,8 @@ CALIBRATION = "calibration.json"
 ACC_FIGURE, MATRIX_FIGURE, PREDICTIONS_FIGURE = "acc.png", "mat.png", "pred.png"
 RELIABILITY_FIGURE = "calibration.png"
 ONNX_MODEL, SAVED_MODEL = "model.onnx", "saved_model"
+FAMILIARITY = "familiarity.npz"  # the "unlike the training data" flag (inference.familiarity)
+TEST_PREDICTIONS = "test_predictions.csv"  # a cross-validation fold's test probabilities, one row per image
 BACKUP = "backup"  # folder: Keras's BackupAndRestore state and covidxray's callback states
 RUN_FILES = (MODEL, CONFIG, SPLIT, HISTORY, METRICS, REPORT, REPORT_HTML, CALIBRATION, ACC_FIGURE, MATRIX_FIGURE,
              PREDICTIONS_FIGURE, RELIABILITY_FIGURE, ONNX_MODEL)

@@ -252,3 +252,32 @@ def test_cv_tta_scores_a_cross_validation_again_and_reproduces_it_with_one_view(
                                     "--out", str(tmp_path / "paired.json")]) == 0  # the same shape as cv's folds
     with pytest.raises(SystemExit, match="not a finished cross-validation"):
         script.rescore(tmp_path / "data", 2, tmp_path / "nothing")
+
+
+def test_a_paired_difference_is_sharper_than_two_intervals_side_by_side():
+    """Two models that rank mostly the same images high: their shared errors cancel in the difference."""
+    from covidxray.evaluation.metrics import bootstrap_intervals
+
+    COVID = 2  # noqa: N806
+    rng = np.random.default_rng(2)
+    n = 300
+    y = rng.integers(0, 3, n)
+    covid = y == COVID
+    shared = rng.normal(0, 1, n) + 1.2 * covid  # what both models see in an image
+    first = np.full((n, 3), 0.1)
+    second = np.full((n, 3), 0.1)
+    first[:, COVID] = 1 / (1 + np.exp(-shared))
+    second[:, COVID] = 1 / (1 + np.exp(-(shared + 0.3 * covid + 0.1 * rng.normal(0, 1, n))))
+    groups = np.arange(n) // 2
+    paired_auc_difference = load("paired_auc").paired_auc_difference
+    result = paired_auc_difference(y, first, second, groups, COVID, samples=400)
+    alone = [bootstrap_intervals(y, p, p.argmax(1), groups, COVID, samples=400)["auc"] for p in (first, second)]
+    assert result["second"] > result["first"] and result["difference"] == pytest.approx(result["second"] - result["first"])
+    low, high = result["interval"]
+    assert 0 < low <= result["difference"] <= high and result["share_second_higher"] == 1.0
+    assert alone[1][0] < alone[0][1]  # side by side, the two AUCs' intervals overlap
+    assert result["patients"] == n // 2 and result["resamples"] == 400
+    swapped = paired_auc_difference(y, second, first, groups, COVID, samples=400)
+    assert swapped["interval"] == pytest.approx([-high, -low]) and swapped["share_second_higher"] == 0.0
+    with pytest.raises(ValueError, match="COVID and non-COVID"):
+        paired_auc_difference(np.full(n, COVID), first, second, groups, COVID)

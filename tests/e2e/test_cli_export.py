@@ -33,7 +33,7 @@ def _images(data, n=6):
 def test_onnx_matches_keras(trained, capsys):
     import onnx
 
-    from covidxray.inference.export import OnnxModel
+    from covidxray.inference.engines import OnnxModel
 
     data, run = trained
     assert main(["--quiet", "export", "--run", str(run), "--format", "onnx"]) == 0
@@ -77,7 +77,7 @@ def test_export_to_another_path_and_savedmodel(trained, tmp_path, capsys):
     expected = load_model(run / "model.keras").predict(images, verbose=0)
     target = tmp_path / "elsewhere" / "x.onnx"
     assert main(["--quiet", "export", "--run", str(run), "--out", str(target)]) == 0
-    from covidxray.inference.export import OnnxModel
+    from covidxray.inference.engines import OnnxModel
 
     assert np.abs(OnnxModel(target).predict(images) - expected).max() < 1e-4
     if keras.backend.backend() != "tensorflow":

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from covidxray.cli import main
-from covidxray.inference.familiarity import FAMILIARITY, UNLIKE
+from covidxray.inference.familiarity import UNLIKE
+from covidxray.rundir import FAMILIARITY
 from helpers import make_dataset, write_image
 
 

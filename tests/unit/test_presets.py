@@ -10,8 +10,8 @@ import pytest
 
 from covidxray import rundir
 from covidxray.errors import CovidXrayError
-from covidxray.inference.familiarity import FAMILIARITY
 from covidxray.presets import DEFAULT_PRESET, MODEL_CARD, list_presets, package_run, preset_dir, resolve_run
+from covidxray.rundir import FAMILIARITY
 
 
 def test_the_shipped_model_is_small_documented_and_complete():

@@ -21,6 +21,7 @@ from covidxray.cli.options import add_config_options, given_settings
 from covidxray.cli.output import format_predictions, print_cv_summary, print_evaluation, print_run_summary
 from covidxray.config import CV, PROBE, TRAIN, TrainConfig, check_setting
 from covidxray.errors import CovidXrayError, printable
+from covidxray.inference.engines import ENGINES
 from covidxray.version import __version__
 
 log = logging.getLogger("covidxray")
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
     predict.add_argument("--heatmaps", metavar="DIR", default=None,
                          help="write a Grad-CAM overlay PNG per image into this folder (a heatmap is not proof of what the model uses)")
-    predict.add_argument("--engine", choices=("keras", "onnxruntime"), default="keras",
+    predict.add_argument("--engine", choices=tuple(ENGINES), default="keras",
                          help="run model.keras with Keras, or the run's ONNX export (covidxray export) with ONNX Runtime")
     predict.add_argument("--tta", type=int, default=1, metavar="N", help=TTA_HELP)
     predict.set_defaults(handler=run_predict)
@@ -228,13 +229,13 @@ def run_evaluate(args) -> int:
 
 
 def run_predict(args) -> int:
+    from covidxray.inference.engines import GRADIENTS, engine_class
     from covidxray.inference.predict import expand_paths, heatmap_folder
     from covidxray.inference.predictor import load_predictor
 
     paths = expand_paths(args.paths)
     if args.heatmaps:
-        if args.engine != "keras":
-            raise CovidXrayError("--heatmaps needs the Keras model (Grad-CAM takes gradients); drop --engine onnxruntime")
+        engine_class(args.engine).require(GRADIENTS, "--heatmaps")
         heatmap_folder(args.heatmaps)
     predictor = load_predictor(args.run, preset=args.preset, engine=args.engine, tta=args.tta)
     results, failures = predictor.predict_files(paths, heatmaps=args.heatmaps, progress=_progress(args))
@@ -309,7 +310,8 @@ def run_subset(args) -> int:
 
 
 def run_audit(args) -> int:
-    from covidxray.data.audit import audit_datasets, check_out, write_audit
+    from covidxray.data.audit import audit_datasets
+    from covidxray.reports.audit_report import check_out, write_audit
 
     check_out(args.out, args.overwrite)  # before any work
     result = audit_datasets(args.data, cache_dir=args.cache_dir, progress=_progress(args))

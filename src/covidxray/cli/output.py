@@ -9,6 +9,7 @@ import sys
 
 from covidxray import rundir
 from covidxray.errors import printable
+from covidxray.labels import probability_columns
 
 
 def print_run_summary(metrics: dict) -> None:
@@ -70,7 +71,7 @@ def format_predictions(results: list[dict], classes, fmt: str) -> str:
     if fmt == "json":
         return json.dumps(results, indent=2) + "\n"
     rows = [[printable(r["path"]), r["label"], *(f"{r['probabilities'][c]:.4f}" for c in classes)] for r in results]
-    header = ["path", "label", *(f"p_{c}" for c in classes)]
+    header = ["path", "label", *probability_columns(classes)]
     if any("unlike_training" in r for r in results):
         header.append("unlike_training")
         rows = [[*row, str(r.get("unlike_training", ""))] for row, r in zip(rows, results)]

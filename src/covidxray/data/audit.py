@@ -15,8 +15,7 @@ nothing dropped) and returns one JSON-able dict:
 - ``unreadable``: the files that do not decode (path -> why); the audit goes on without them;
 - ``verdict``: plain sentences (what ``covidxray data audit`` prints); ``rule`` and ``seconds``.
 
-:func:`write_audit` writes ``audit.json``, ``audit.md`` (with ``audit.html``) and the contact sheet
-``near_duplicates.png`` into a folder; :func:`check_out` refuses a folder that holds other things.
+:func:`covidxray.reports.audit_report.write_audit` writes it into a folder, with its report and figure.
 The verdict says what :func:`~covidxray.data.loading.load_labelled_images` does when the datasets
 are combined: an image repeated in a later dataset is counted once, near-duplicates whose labels
 disagree are left out, and splits keep copies within a dataset together.
@@ -24,7 +23,6 @@ disagree are left out, and splits keep copies within a dataset together.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict
@@ -35,17 +33,20 @@ import pandas as pd
 
 from covidxray.data.cache import ImageCache
 from covidxray.data.duplicates import FINGERPRINT_SIDE, NearDuplicateRule, fingerprint_images, near_duplicate_pairs
-from covidxray.data.sources import MANIFEST_NAME, as_paths, load_dataset, original_name_key
+from covidxray.data.sources import (
+    MANIFEST_NAME,
+    as_paths,
+    confounded_classes,
+    confounding_warning,
+    load_dataset,
+    original_name_key,
+)
 from covidxray.data.splits import without_patient_id
-from covidxray.errors import CovidXrayError, DatasetError
-from covidxray.evaluation.metrics import confounded_classes, confounding_warning
-from covidxray.files import atomic_write_text, check_can_create, is_temporary
+from covidxray.errors import DatasetError
 from covidxray.labels import COVID, TASKS
 
 log = logging.getLogger(__name__)
 
-AUDIT_JSON, AUDIT_REPORT, AUDIT_HTML, AUDIT_SHEET = "audit.json", "audit.md", "audit.html", "near_duplicates.png"
-AUDIT_FILES = (AUDIT_JSON, AUDIT_REPORT, AUDIT_HTML, AUDIT_SHEET)
 #: What a held-out-source test measures, by what the source holds; in the order the verdict lists them.
 MEASURES = {"covid-auc": "COVID AUC", "sensitivity": "sensitivity", "specificity": "specificity"}
 CLASS_ORDER = TASKS["three-class"]
@@ -391,39 +392,3 @@ def _and(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-# Writing the audit folder.
-
-def check_out(out: str | Path, overwrite: bool = False) -> None:
-    """Raise, before any work, unless ``out`` is new, empty, an earlier audit, or ``overwrite`` is given."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise CovidXrayError(f"{out}: is a file, not a folder; choose another --out")
-    if not out.exists():
-        check_can_create(out.parent, f"--out {out}")
-        return
-    if overwrite or (out / AUDIT_JSON).is_file():
-        return
-    others = sorted(p.name for p in out.iterdir() if p.name not in AUDIT_FILES and not is_temporary(p.name))
-    if others:
-        listed = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
-        raise CovidXrayError(f"{out}: not empty and not an audit folder (holds {listed}); choose a new or empty --out, "
-                             "or pass --overwrite to write into it")
-
-
-def write_audit(result: dict, out: str | Path, *, overwrite: bool = False) -> Path:
-    """Write ``audit.json``, ``audit.md`` (and ``audit.html``) and ``near_duplicates.png`` into ``out``;
-    returns the report's path. Nothing else in the folder is touched."""
-    from covidxray.reports.audit_report import plot_near_duplicates, render_audit_report
-    from covidxray.reports.markdown import save_figure, write_report
-
-    out = Path(out)
-    check_out(out, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    sheet = out / AUDIT_SHEET
-    if result["near_duplicates"]["pairs"]:
-        save_figure(plot_near_duplicates(result), sheet)
-    else:
-        sheet.unlink(missing_ok=True)  # an earlier audit's sheet would show pairs this one did not find
-    write_report(out / AUDIT_REPORT, render_audit_report(result))
-    atomic_write_text(out / AUDIT_JSON, json.dumps(result, indent=2) + "\n")  # last: the folder is an audit
-    return out / AUDIT_REPORT

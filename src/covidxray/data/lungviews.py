@@ -7,7 +7,7 @@ the same way for training, predict, evaluate, serve and export.
 the segmenter (as the SCR and ieee8023 masks it learned from) stop at the heart and the diaphragm's
 dome, but the pleura, the costophrenic angles and the lung behind the heart and below the dome lie
 just outside them. ``--lungs mask`` sets every pixel outside the lungs to 0. Images are decoded at
-twice the model's side (:func:`decode_side`) before cropping, so a crop keeps the model's resolution.
+twice the model's side (``Preprocessing.decode_side``) before cropping, so a crop keeps the model's resolution.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-#: How a model sees an image: the whole film, the box around the lungs, or the lungs alone.
-LUNG_MODES = ("none", "crop", "mask")
 #: What the shortcut probe blanks: the central box, the segmented lungs, or all but the lungs.
 BLANK_REGIONS = ("box", "lungs", "outside-lungs")
 #: Intensity harmonisation: none, global histogram equalisation, or CLAHE (scikit-image).
@@ -27,11 +25,6 @@ MARGIN = (0.06, 0.06, 0.06, 0.12)  # left, top, right, bottom
 #: CLAHE's clip limit (scikit-image's default, 0.01).
 CLAHE_CLIP = 0.01
 FULL = (0.0, 0.0, 1.0, 1.0)
-
-
-def decode_side(size: int, lungs: str, largest: int = 1024) -> int:
-    """The side images are decoded at before :func:`lung_view` makes the ``size`` model input."""
-    return size if lungs == "none" else min(2 * size, max(size, largest))
 
 
 def crop_box(mask: np.ndarray, margin=MARGIN) -> tuple[float, float, float, float]:
@@ -57,23 +50,22 @@ def resize_box(image: np.ndarray, box, size: int, resample=Image.Resampling.BILI
     return np.asarray(Image.fromarray(image).resize((size, size), resample, box=pixels))
 
 
-def lung_view(image: np.ndarray, mask: np.ndarray | None, mode: str, size: int
-              ) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float, float, float]]:
-    """The model input of a 2-D uint8 ``image`` for lung mode ``mode``: ``(view, view_mask, box)``.
+def lung_view(image: np.ndarray, mask: np.ndarray | None, size: int, *, crop: bool = False,
+              zero_outside: bool = False) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float, float, float]]:
+    """A ``size`` x ``size`` view of a 2-D uint8 ``image``: ``(view, view_mask, box)``; ``crop``: the
+    box around its lungs (:func:`crop_box`), ``zero_outside``: 0 outside its lungs.
 
     ``mask``: the image's lungs (same shape; None or empty: segmentation failed, and the whole
     image is used). ``view_mask`` is the lung mask in the view's pixels (None without ``mask``);
     ``box`` the part of the image the view shows, as fractions.
     """
-    if mode not in LUNG_MODES:
-        raise ValueError(f"unknown lung mode {mode!r}; choose one of {', '.join(LUNG_MODES)}")
     found = mask is not None and mask.any()
-    box = crop_box(mask) if mode == "crop" and found else FULL
+    box = crop_box(mask) if crop and found else FULL
     view = resize_box(image, box, size)
     view_mask = None
     if mask is not None:
         view_mask = resize_box(mask.astype(np.uint8) * 255, box, size) >= 128
-    if mode == "mask" and found:
+    if zero_outside and found:
         view = np.where(view_mask, view, 0).astype(np.uint8)
     return view, view_mask, box
 

@@ -27,6 +27,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from covidxray.data.images import is_image_path
@@ -287,3 +288,33 @@ def _check_files_exist(frame: pd.DataFrame, listed_in: Path) -> None:
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise DatasetError(f"{missing[0]}{more}: listed in {listed_in} but missing; restore the file(s) or remove their rows")
+
+
+def confounded_classes(labels, sources) -> dict[str, list[str]]:
+    """Classes whose every image comes from sources that hold no other class: ``{class: [sources]}``.
+
+    For such a class the source alone gives the label away, so a model can score well by
+    recognising the hospital, scanner or annotation style instead of the disease.
+    """
+    labels, sources = np.asarray(labels, dtype=str), np.asarray(sources, dtype=str)
+    if len(np.unique(sources)) < 2:
+        return {}
+    classes_of = {s: set(labels[sources == s]) for s in np.unique(sources)}
+    found = {}
+    for label in np.unique(labels):
+        own = sorted(set(sources[labels == label]))
+        if all(classes_of[s] == {label} for s in own):
+            found[str(label)] = own
+    return found
+
+
+def confounding_warning(labels, sources) -> str | None:
+    """One sentence naming the classes that come from a source of their own, or None."""
+    found = confounded_classes(labels, sources)
+    if not found:
+        return None
+    parts = [f"every {label} image comes from {', '.join(srcs)}, which {'holds' if len(srcs) == 1 else 'hold'} no other class"
+             for label, srcs in found.items()]
+    return ("Labels are confounded with the source: " + "; ".join(parts)
+            + ". A model can score well here by recognising the source instead of the disease; "
+              "check it on other hospitals' images and with covidxray probe.")

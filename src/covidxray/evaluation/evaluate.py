@@ -10,15 +10,14 @@ import pandas as pd
 
 from covidxray import rundir
 from covidxray.data.loading import load_labelled_images
-from covidxray.data.sources import original_name_key
+from covidxray.data.sources import confounding_warning, original_name_key
 from covidxray.errors import CovidXrayError, DatasetError
 from covidxray.evaluation.attention import heat_in_lungs
 from covidxray.evaluation.calibration import calibration_summary
-from covidxray.evaluation.metrics import confounding_warning
 from covidxray.evaluation.scoring import ScoredPredictions, per_source_required
 from covidxray.files import check_writable
+from covidxray.inference.engines import GRADIENTS
 from covidxray.inference.familiarity import familiarity_summary
-from covidxray.inference.lungs import OK
 from covidxray.inference.predictor import Predictor, load_predictor
 
 log = logging.getLogger(__name__)
@@ -43,8 +42,8 @@ def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None, progre
     if predictions is not None:
         check_writable(predictions, "--predictions")  # before any work
     predictor = run if isinstance(run, Predictor) else load_predictor(run)
-    if heat and predictor.engine != "keras":
-        raise CovidXrayError("heat in the lungs needs the Keras model (Grad-CAM takes gradients); drop --engine onnxruntime")
+    if heat:
+        predictor.engine.require(GRADIENTS, "heat in the lungs")
     config = predictor.config
     loaded = load_labelled_images(data, config.classes, predictor.decode_side, cache_dir=cache_dir,
                                   progress=progress, require_all=False)
@@ -60,7 +59,7 @@ def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None, progre
         per_source_required(loaded.table, str(data))
     prep = predictor.preprocessing
     prepared = None
-    if prep.lungs != "none" or prep.intensity != "none" or heat:
+    if prep.changes_pixels or heat:
         if not isinstance(loaded.images, np.ndarray):
             raise CovidXrayError(f"{data}: this run crops, masks or harmonises its images (config.json), or heat in "
                                  "the lungs was asked for; evaluate on the image files, not a shard folder")
@@ -75,7 +74,7 @@ def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None, progre
         rows = scored.per_image()
         if unlike is not None:
             rows["unlike_training"] = unlike
-        if prep.lungs != "none":
+        if prep.segments:
             rows["lungs"] = prepared.quality
         rundir.write_csv(Path(predictions), rows)
     metrics["data"] = data if isinstance(data, str) else [str(d) for d in data]
@@ -85,8 +84,8 @@ def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None, progre
     metrics["calibration"] = {**predictor.calibration.to_dict(),
                               **calibration_summary(loaded.targets, raw, predictor.calibration)}
     metrics["skipped"] = loaded.skipped
-    if prep.lungs != "none":
-        metrics["lung_fallback"] = {str(p): q for p, q in zip(loaded.table["path"], prepared.quality) if q != OK}
+    if prep.segments:
+        metrics["lung_fallback"] = prep.fallback(loaded.table["path"], prepared.quality)
     if heat:
         metrics["heat_in_lungs"] = heat_in_lungs(predictor.model, prepared.images, prepared.lungs, prepared.quality,
                                                  scored.predicted, loaded.table, config.classes)

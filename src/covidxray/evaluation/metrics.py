@@ -86,7 +86,7 @@ def bootstrap_intervals(y_true: np.ndarray, probabilities: np.ndarray, y_pred: n
     of one patient are not independent, and resampling images would give intervals too narrow.
     A resample where a metric is undefined (no COVID image, say) is left out for that metric.
     """
-    patients, resamples = _patient_resamples(groups, samples, seed)
+    patients, resamples = patient_resamples(groups, samples, seed)
     correct = y_pred == y_true
     values: dict[str, list[float]] = {name: [] for name in INTERVAL_METRICS}
     for rows in resamples:
@@ -106,7 +106,7 @@ def bootstrap_intervals(y_true: np.ndarray, probabilities: np.ndarray, y_pred: n
     return {**intervals, "level": level, "resamples": samples, "unit": "patient", "patients": patients}
 
 
-def _patient_resamples(groups, samples: int, seed: int):
+def patient_resamples(groups, samples: int, seed: int):
     """The number of groups (patients), and the row indices of ``samples`` resamples of whole groups
     drawn with replacement (seeded: the same groups and seed give the same resamples)."""
     _, group_index = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
@@ -114,63 +114,6 @@ def _patient_resamples(groups, samples: int, seed: int):
     rng = np.random.default_rng(seed)
     return len(members), (np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
                           for _ in range(samples))
-
-
-def paired_auc_difference(y_true: np.ndarray, first: np.ndarray, second: np.ndarray, groups, covid: int, *,
-                          samples: int = BOOTSTRAP_SAMPLES, seed: int = 0, level: float = 0.95) -> dict:
-    """How much higher the COVID AUC of ``second`` is than that of ``first`` on the same images.
-
-    ``first`` and ``second``: two models' probabilities (n, classes) for the same ``n`` images. The
-    two AUCs move together from resample to resample (the same images are easy or hard for both),
-    so the interval of their difference, from the same whole-patient resamples for both, is
-    narrower than the two AUCs' own intervals side by side suggest. ``share_second_higher``: the
-    share of resamples in which ``second`` scores higher.
-    """
-    positive = np.asarray(y_true) == covid
-    if positive.all() or not positive.any():
-        raise ValueError("a COVID AUC needs COVID and non-COVID images")
-    first, second = np.asarray(first)[:, covid], np.asarray(second)[:, covid]
-    patients, resamples = _patient_resamples(groups, samples, seed)
-    differences = []
-    for rows in resamples:
-        if positive[rows].any() and not positive[rows].all():
-            differences.append(roc_auc_score(positive[rows], second[rows]) - roc_auc_score(positive[rows], first[rows]))
-    tail = 100 * (1 - level) / 2
-    first_auc, second_auc = roc_auc_score(positive, first), roc_auc_score(positive, second)
-    return {"first": float(first_auc), "second": float(second_auc), "difference": float(second_auc - first_auc),
-            "interval": [float(np.percentile(differences, tail)), float(np.percentile(differences, 100 - tail))],
-            "share_second_higher": float(np.mean(np.asarray(differences) > 0)), "level": level,
-            "resamples": len(differences), "unit": "patient", "patients": patients}
-
-
-def confounded_classes(labels, sources) -> dict[str, list[str]]:
-    """Classes whose every image comes from sources that hold no other class: ``{class: [sources]}``.
-
-    For such a class the source alone gives the label away, so a model can score well by
-    recognising the hospital, scanner or annotation style instead of the disease.
-    """
-    labels, sources = np.asarray(labels, dtype=str), np.asarray(sources, dtype=str)
-    if len(np.unique(sources)) < 2:
-        return {}
-    classes_of = {s: set(labels[sources == s]) for s in np.unique(sources)}
-    found = {}
-    for label in np.unique(labels):
-        own = sorted(set(sources[labels == label]))
-        if all(classes_of[s] == {label} for s in own):
-            found[str(label)] = own
-    return found
-
-
-def confounding_warning(labels, sources) -> str | None:
-    """One sentence naming the classes that come from a source of their own, or None."""
-    found = confounded_classes(labels, sources)
-    if not found:
-        return None
-    parts = [f"every {label} image comes from {', '.join(srcs)}, which {'holds' if len(srcs) == 1 else 'hold'} no other class"
-             for label, srcs in found.items()]
-    return ("Labels are confounded with the source: " + "; ".join(parts)
-            + ". A model can score well here by recognising the source instead of the disease; "
-              "check it on other hospitals' images and with covidxray probe.")
 
 
 def chance_accuracy(targets: np.ndarray) -> float:

@@ -81,7 +81,7 @@ class XrayAnalyzer:
             probabilities, decided = self.predictor.predict(inputs.images)
             heatmaps = grad_cam(self.predictor.model, inputs.images, class_indices=[int(d) for d in decided])
             unlike = self.predictor.unlike_training(inputs.images)
-        crop = self.predictor.preprocessing.lungs == "crop"
+        crop = self.predictor.preprocessing.crops
 
         def render(i: int) -> Analysis:
             quality = inputs.quality[i]

@@ -14,16 +14,14 @@ import json
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 from covidxray import rundir
 from covidxray.errors import CovidXrayError
 from covidxray.files import atomic_save, atomic_write_dir
+from covidxray.inference.engines import METADATA_KEY, ONNX_EXTRA
+from covidxray.inference.predictor import load_predictor
+from covidxray.inference.preprocess import Preprocessing
 
 FORMATS = ("onnx", "savedmodel")
-#: Key of the ONNX metadata entry (and name of the JSON file in a SavedModel) holding classes and size.
-METADATA_KEY = "covidxray"
-ONNX_EXTRA = "pip install 'covidxray[onnx]'"
 
 
 def default_path(run: rundir.RunDir, fmt: str) -> Path:
@@ -33,15 +31,13 @@ def default_path(run: rundir.RunDir, fmt: str) -> Path:
 def export_run(run_path: str | Path, fmt: str = "onnx", out: str | Path | None = None) -> Path:
     """Export the model of ``run_path`` (a run folder or ``preset:NAME``) as ``fmt``; returns where it
     was written (default: inside the run folder)."""
-    from covidxray.inference.predictor import load_predictor
-
     if fmt not in FORMATS:
         raise CovidXrayError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     predictor = load_predictor(run_path)
     target = Path(out) if out else default_path(rundir.RunDir(predictor.path), fmt)
     prep = predictor.preprocessing
     export_model(predictor.model, fmt, target, predictor.classes, predictor.image_size,
-                 preprocessing={"lungs": prep.lungs, "intensity": prep.intensity, "decode_side": prep.decode_side})
+                 preprocessing={**prep.settings(), "decode_side": prep.decode_side})
     return target
 
 
@@ -59,7 +55,7 @@ def export_model(model, fmt: str, target: str | Path, classes, image_size: int, 
         raise CovidXrayError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     inference = without_augmentation(model)
     metadata = {"classes": list(classes), "image_size": image_size, "model": model.name,
-                "preprocessing": preprocessing or {"lungs": "none", "intensity": "none", "decode_side": image_size},
+                "preprocessing": preprocessing or {**Preprocessing(image_size).settings(), "decode_side": image_size},
                 "input": "grayscale (n, size, size, 1) float32 in [0, 255]"}
     signature = [keras.InputSpec(shape=(None, image_size, image_size, 1), dtype="float32", name="image")]
     backend = keras.backend.backend()
@@ -91,46 +87,3 @@ def export_model(model, fmt: str, target: str | Path, classes, image_size: int, 
         onnx.save(graph, str(path))
 
     atomic_save(target, write_onnx)
-
-
-class OnnxModel:
-    """An exported ONNX model run by ONNX Runtime, with the class names and input size it carries.
-
-    ``predict`` and ``predict_on_batch`` have the shape of ``keras.Model``'s, so
-    covidxray.inference.predict can use either.
-    """
-
-    def __init__(self, path: str | Path):
-        try:
-            import onnxruntime
-        except ImportError:
-            raise CovidXrayError(f"predicting with onnxruntime needs it installed: {ONNX_EXTRA}") from None
-        self.path = Path(path)
-        try:
-            self.session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
-            metadata = json.loads(self.session.get_modelmeta().custom_metadata_map[METADATA_KEY])
-        except Exception as error:  # onnxruntime raises its own exception types for a bad file
-            raise CovidXrayError(f"{self.path}: not an ONNX model exported by covidxray ({error}); "
-                                 "export it again with covidxray export") from None
-        self.classes = tuple(metadata["classes"])
-        self.image_size = int(metadata["image_size"])
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_shape = (None, len(self.classes))
-
-    def predict(self, images, batch_size: int = 64, verbose: int = 0) -> np.ndarray:
-        images = np.asarray(images, dtype=np.float32)
-        parts = [self.session.run(None, {self.input_name: images[i:i + batch_size]})[0]
-                 for i in range(0, len(images), batch_size)]
-        return np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32)
-
-    def predict_on_batch(self, images) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.asarray(images, dtype=np.float32)})[0]
-
-
-def load_onnx(run_path: str | Path) -> OnnxModel:
-    """The ONNX export of a run, or a clear error naming the command that makes it."""
-    run = rundir.RunDir(run_path)
-    path = default_path(run, "onnx")
-    if not path.is_file():
-        raise CovidXrayError(f"{path}: missing; export the run first with covidxray export --run {run.path} --format onnx")
-    return OnnxModel(path)

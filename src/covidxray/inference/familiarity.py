@@ -22,8 +22,9 @@ import numpy as np
 
 from covidxray.errors import CovidXrayError
 from covidxray.files import atomic_save
+from covidxray.inference.engines import predict_arrays
+from covidxray.rundir import FAMILIARITY
 
-FAMILIARITY = "familiarity.npz"
 #: Share of validation images below the flag's threshold.
 QUANTILE = 0.99
 UNLIKE = "this X-ray looks unlike the data this model was trained on: its probabilities may not hold"
@@ -107,8 +108,6 @@ def model_features(model, images: np.ndarray, *, features=None) -> np.ndarray:
 
     ``features``: ``model``'s feature model, built once by a caller that asks many times (each new
     Keras model is traced again on its first call)."""
-    from covidxray.inference.predict import predict_arrays
-
     values = predict_arrays(feature_model(model) if features is None else features, images)
     return values.reshape(len(values), -1)
 

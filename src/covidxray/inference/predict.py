@@ -10,92 +10,14 @@ import numpy as np
 
 from covidxray.data.images import decode_resized, is_image_path
 from covidxray.errors import CovidXrayError, ImageReadError
+from covidxray.inference.engines import GRADIENTS
 from covidxray.inference.familiarity import UNLIKE
 from covidxray.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-PREDICT_BATCH = 64
-#: Images converted to float32 at a time: bounds memory for large (or shard-backed) arrays.
-PREDICT_CHUNK = 4096
 #: Images whose Grad-CAM maps are held in memory at once.
 HEATMAP_CHUNK = 256
-
-
-def predict_arrays(model, images: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
-    """Class probabilities ``(n, classes)`` for ``(n, size, size, 1)`` images in [0, 255].
-
-    ``images`` may be any array-like with slicing and ``astype`` (a shard array is read
-    chunk by chunk). Each batch goes through the model's one compiled predict function
-    (``predict_on_batch``): ``model.predict`` builds a data pipeline per call, which cost a
-    single image about 50 ms on a CPU (docs/speed.md). Under a data-parallel distribution
-    ``model.predict`` spreads the batches, each padded to split evenly over the devices; the
-    padding's outputs are dropped.
-    """
-    if len(images) == 0:
-        return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
-    import keras
-
-    devices = device_count(keras.distribution.distribution())
-    batch_size = -(-batch_size // devices) * devices
-    parts = []
-    for start in range(0, len(images), PREDICT_CHUNK):
-        chunk = images[start:start + PREDICT_CHUNK].astype(np.float32)
-        if devices == 1:
-            parts += [np.asarray(model.predict_on_batch(chunk[i:i + batch_size]))
-                      for i in range(0, len(chunk), batch_size)]
-            continue
-        count, pad = len(chunk), -len(chunk) % devices
-        if pad:
-            chunk = np.pad(chunk, [(0, pad)] + [(0, 0)] * (chunk.ndim - 1))
-        parts.append(np.asarray(model.predict(chunk, batch_size=batch_size, verbose=0))[:count])
-    return np.concatenate(parts)
-
-
-def predict_augmented(model, images: np.ndarray, views: int, *, seed: int = 0,
-                      batch_size: int = PREDICT_BATCH) -> np.ndarray:
-    """Test-time augmentation: class probabilities ``(n, classes)`` averaged over each image as it
-    is and ``views - 1`` draws of the model's own training augmentation (its ``augmentation``
-    layer, applied as in training; rotation, zoom, shift and contrast by default).
-
-    The draws come from a copy of that layer seeded with ``seed``, so the same call gives the same
-    probabilities and the model's own layer is left as it was. ``views=1`` is :func:`predict_arrays`.
-    """
-    if views < 1:
-        raise CovidXrayError(f"--tta must be 1 or more views; got {views}")
-    probabilities = predict_arrays(model, images, batch_size)
-    if views == 1 or len(images) == 0:
-        return probabilities
-    augment = augmentation_copy(model, seed)
-    total = probabilities.astype(np.float64)
-    for _ in range(views - 1):
-        for start in range(0, len(images), PREDICT_CHUNK):
-            chunk = images[start:start + PREDICT_CHUNK].astype(np.float32)
-            drawn = np.concatenate([np.asarray(augment(chunk[i:i + batch_size], training=True), dtype=np.float32)
-                                    for i in range(0, len(chunk), batch_size)])
-            total[start:start + len(chunk)] += predict_arrays(model, drawn, batch_size)
-    return (total / views).astype(np.float32)
-
-
-def augmentation_copy(model, seed: int):
-    """A fresh copy of ``model``'s ``augmentation`` layer whose random layers draw from ``seed``."""
-    import keras
-
-    try:
-        layer = model.get_layer("augmentation")
-    except ValueError:
-        raise CovidXrayError(f"model {model.name!r} has no augmentation layer (trained with --no-augment): "
-                             "test-time augmentation draws from it; use --tta 1") from None
-    config = layer.get_config()
-    for i, inner in enumerate(config["layers"]):
-        if "seed" in inner["config"]:
-            inner["config"]["seed"] = seed + i
-    return keras.Sequential.from_config(config)
-
-
-def device_count(distribution) -> int:
-    """The number of devices a ``keras.distribution`` spreads over (1 for None)."""
-    return 1 if distribution is None else int(distribution.device_mesh.devices.size)
 
 
 def expand_paths(paths) -> list[Path]:
@@ -193,8 +115,9 @@ def predict_files(predictor, paths, *, progress: bool | None = None, heatmaps=No
     good = [(p, x) for p, x in zip(paths, loaded) if not isinstance(x, ImageReadError)]
     if not good:
         return [], failures
-    want_lungs = heatmaps is not None and predictor.engine == "keras"
-    inputs = predictor.prepare(np.stack([x[0] for _, x in good]), [x[1] for _, x in good], lungs=want_lungs)
+    if heatmaps is not None:
+        predictor.engine.require(GRADIENTS, "--heatmaps")
+    inputs = predictor.prepare(np.stack([x[0] for _, x in good]), [x[1] for _, x in good], lungs=heatmaps is not None)
     images = inputs.images
     probabilities, decided = predictor.predict(images)
     results = [
@@ -208,15 +131,13 @@ def predict_files(predictor, paths, *, progress: bool | None = None, heatmaps=No
             result["unlike_training"] = bool(flag)
             if flag:
                 log.warning("%s: %s", result["path"], UNLIKE)
-    if predictor.preprocessing.lungs != "none":
+    if predictor.preprocessing.segments:
         for result, quality in zip(results, inputs.quality):
             result["lungs"] = quality
         for i in inputs.fallback:
             log.warning("%s: lungs not found reliably (%s); the whole image was used", results[i]["path"],
                         inputs.quality[i])
     if heatmaps is not None:
-        if predictor.engine != "keras":
-            raise CovidXrayError("heatmaps need the Keras model (Grad-CAM takes gradients); drop --engine onnxruntime")
         fallback = set(inputs.fallback)
         outlines = None if inputs.lungs is None else [
             None if i in fallback else mask for i, mask in enumerate(inputs.lungs)]

@@ -1,7 +1,7 @@
 """A trained model ready to answer: :func:`load_predictor` reads a run or a preset once.
 
-The :class:`Predictor` holds the model (Keras, or its ONNX export run by ONNX Runtime), the
-class names and input size it was trained with, and its decision rule, so every caller
+The :class:`Predictor` holds the model in its engine (:mod:`covidxray.inference.engines`: Keras,
+or the ONNX export run by ONNX Runtime), the class names and input size it was trained with, and its decision rule, so every caller
 (predict, evaluate, serve, the notebook) decides the same way::
 
     predictor = load_predictor("runs/darkcovidnet-three-class")   # or "preset:NAME", or None
@@ -20,21 +20,19 @@ from covidxray import rundir
 from covidxray.config import TrainConfig
 from covidxray.errors import CovidXrayError
 from covidxray.inference.decision import Calibration
-from covidxray.inference.familiarity import Familiarity
+from covidxray.inference.engines import FEATURES, TTA, Engine, augmentation_copy, engine_class
+from covidxray.inference.familiarity import Familiarity, feature_model, model_features
 from covidxray.inference.preprocess import ModelInputs, Preprocessing
-
-ENGINES = ("keras", "onnxruntime")
 
 
 @dataclass
 class Predictor:
     """A loaded model with its classes, input size and decision rule."""
 
-    model: object  # a keras.Model, or an OnnxModel (same ``predict``)
+    engine: Engine  # the model, and what it can do beside probabilities
     config: TrainConfig
     calibration: Calibration
     path: Path  # the run (or preset) folder it was loaded from
-    engine: str = "keras"
     preprocessing: Preprocessing | None = None  # default: the run's own (config.json)
     familiarity: Familiarity | None = None  # the run's familiarity.npz (Keras engine), or None: nothing flagged
     tta: int = 1  # views averaged per image: itself and tta - 1 draws of the training augmentation
@@ -44,13 +42,14 @@ class Predictor:
             self.preprocessing = Preprocessing.from_config(self.config)
         if not isinstance(self.tta, int) or self.tta < 1:
             raise CovidXrayError(f"--tta must be a whole number of views, 1 or more; got {self.tta!r}")
-        if self.tta > 1 and self.engine != "keras":
-            raise CovidXrayError("--tta needs the Keras model (it draws from the model's augmentation layer); "
-                                 "drop --engine onnxruntime")
         if self.tta > 1:
-            from covidxray.inference.predict import augmentation_copy
-
+            self.engine.require(TTA, "--tta")
             augmentation_copy(self.model, self.config.seed)  # a model trained with --no-augment fails here, not later
+
+    @property
+    def model(self):
+        """The engine's model: a ``keras.Model``, or an ONNX Runtime session with the same ``predict``."""
+        return self.engine.model
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -73,27 +72,21 @@ class Predictor:
     def predict_raw(self, images) -> np.ndarray:
         """The model's own probabilities ``(n, classes)`` for ``(n, size, size, 1)`` model inputs in
         [0, 255] (:meth:`prepare` makes them); with :attr:`tta` views, their mean
-        (:func:`~covidxray.inference.predict.predict_augmented`, seeded with the run's seed)."""
-        from covidxray.inference.predict import predict_augmented
-
-        return predict_augmented(self.model, images, self.tta, seed=self.config.seed)
+        (:func:`~covidxray.inference.engines.predict_augmented`, seeded with the run's seed)."""
+        return self.engine.predict(images, self.tta, seed=self.config.seed)
 
     def unlike_training(self, images) -> np.ndarray | None:
         """True for each model input that looks unlike the run's training data
         (:mod:`covidxray.inference.familiarity`); None where the run cannot tell (no familiarity.npz,
         or the ONNX engine)."""
-        if self.familiarity is None or self.engine != "keras":
+        if self.familiarity is None or not self.engine.can(FEATURES):
             return None
-        from covidxray.inference.familiarity import model_features
-
         return self.familiarity.unlike(model_features(self.model, images, features=self.feature_model))
 
     @functools.cached_property
     def feature_model(self):
         """The model's feature model (:func:`~covidxray.inference.familiarity.feature_model`), built once:
         every batch the web page analyses asks for it."""
-        from covidxray.inference.familiarity import feature_model
-
         return feature_model(self.model)
 
     def predict(self, images) -> tuple[np.ndarray, np.ndarray]:
@@ -118,29 +111,11 @@ def load_predictor(run: str | Path | None = None, *, preset: str | None = None, 
     """
     from covidxray.presets import resolve_run
 
-    if engine not in ENGINES:
-        raise CovidXrayError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    kind = engine_class(engine)
+    if tta > 1:
+        kind.require(TTA, "--tta")  # before the model loads
     run = rundir.RunDir(resolve_run(run, preset))
     config = run.load_config()
     calibration = Calibration.load(run.path)
-    if engine == "onnxruntime":
-        from covidxray.inference.export import load_onnx
-
-        model = load_onnx(run.path)
-        if tuple(model.classes) != tuple(config.classes) or model.image_size != config.image_size:
-            raise CovidXrayError(f"{model.path}: exported for classes {model.classes} at {model.image_size}px, but "
-                                 f"{run.file(rundir.CONFIG)} says {config.classes} at {config.image_size}px; export again")
-    else:
-        from covidxray.models import load_model
-
-        model = load_model(run.require(rundir.MODEL))
-        outputs = model.output_shape[-1]
-        if outputs != len(config.classes):
-            raise CovidXrayError(f"{run.file(rundir.MODEL)}: the model has {outputs} outputs but "
-                                 f"{run.file(rundir.CONFIG)} names {len(config.classes)} classes; retrain the run")
-        side = tuple(model.input_shape[1:3])
-        if None not in side and side != (config.image_size, config.image_size):
-            raise CovidXrayError(f"{run.file(rundir.MODEL)}: the model takes {side[0]}x{side[1]}px images but "
-                                 f"{run.file(rundir.CONFIG)} says image_size {config.image_size}; retrain the run")
-    familiarity = Familiarity.load(run.path) if engine == "keras" else None
-    return Predictor(model, config, calibration, run.path, engine, familiarity=familiarity, tta=tta)
+    familiarity = Familiarity.load(run.path) if kind.can(FEATURES) else None
+    return Predictor(kind.load(run, config), config, calibration, run.path, familiarity=familiarity, tta=tta)

@@ -1,8 +1,9 @@
 """From decoded images to model inputs, the same way everywhere: :class:`Preprocessing`.
 
-A run's ``lungs`` and ``intensity`` settings (``config.json``) decide what its model sees;
-training, ``predict``, ``evaluate``, ``serve`` and the exported model's predictor all call
-:meth:`Preprocessing.apply` with images decoded at :attr:`Preprocessing.decode_side`::
+A run's ``lungs`` and ``intensity`` settings (``config.json``) decide what its model sees, and
+this is the one place that acts on them: training, ``predict``, ``evaluate``, ``serve``, ``export``,
+the probe, the reports and the notebook ask a :class:`Preprocessing` (made from the run's settings)
+what to do, and call :meth:`Preprocessing.apply` with images decoded at :attr:`Preprocessing.decode_side`::
 
     prep = Preprocessing.from_config(config)
     inputs = prep.apply(images, digests)      # images decoded at prep.decode_side
@@ -20,9 +21,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from covidxray.data.lungviews import FULL, decode_side, harmonise, lung_view
+from covidxray.config import LUNG_MODES
+from covidxray.data.lungviews import FULL, INTENSITY, harmonise, lung_view
 from covidxray.errors import CovidXrayError
 from covidxray.inference.lungs import OK
+
+#: The largest side images are decoded at for a lung crop or mask.
+LARGEST_DECODE = 1024
 
 
 @dataclass
@@ -52,15 +57,59 @@ class Preprocessing:
     cache_dir: str | None = None
     _segmenter: object = field(default=None, init=False, repr=False, compare=False)
 
+    def __post_init__(self):
+        if self.lungs not in LUNG_MODES:
+            raise CovidXrayError(f"--lungs must be one of {', '.join(LUNG_MODES)}; got {self.lungs!r}")
+        if self.intensity not in INTENSITY:
+            raise CovidXrayError(f"--intensity must be one of {', '.join(INTENSITY)}; got {self.intensity!r}")
+
     @classmethod
     def from_config(cls, config, cache_dir: str | None = None) -> Preprocessing:
         return cls(int(config.image_size), config.lungs, config.intensity, config.lung_segmenter,
                    cache_dir if cache_dir is not None else config.cache_dir)
 
+    @classmethod
+    def from_settings(cls, settings: dict, size: int = 1) -> Preprocessing:
+        """The preprocessing that :meth:`settings` wrote into a run's ``metrics.json`` or config (absent: none)."""
+        return cls(size, settings.get("lungs") or "none", settings.get("intensity") or "none")
+
+    def settings(self) -> dict:
+        """What a run records of its preprocessing (``metrics.json``'s run entry, the ONNX metadata)."""
+        return {"lungs": self.lungs, "intensity": self.intensity}
+
+    @property
+    def segments(self) -> bool:
+        """Whether the model's inputs need the lungs segmented (``--lungs crop|mask``)."""
+        return self.lungs != "none"
+
+    @property
+    def crops(self) -> bool:
+        """Whether the model sees the box around the lungs rather than the whole film."""
+        return self.lungs == "crop"
+
+    @property
+    def harmonises(self) -> bool:
+        """Whether intensities are harmonised (``--intensity equalize|clahe``)."""
+        return self.intensity != "none"
+
+    @property
+    def changes_pixels(self) -> bool:
+        """Whether the model's inputs differ from the decoded images (lungs or intensities)."""
+        return self.segments or self.harmonises
+
     @property
     def decode_side(self) -> int:
-        """The side images must be decoded at for :meth:`apply`."""
-        return decode_side(self.size, self.lungs)
+        """The side images must be decoded at for :meth:`apply`: the model's, or twice it (at most
+        :data:`LARGEST_DECODE`, never less than the model's) where the lungs are cropped or masked,
+        so that a crop keeps the model's resolution."""
+        return min(2 * self.size, max(self.size, LARGEST_DECODE)) if self.segments else self.size
+
+    def fallback(self, paths, quality) -> dict[str, str]:
+        """The images used whole because their lungs were not found reliably: path -> the mask's flag
+        (empty where the model does not need the lungs)."""
+        if not self.segments or quality is None:
+            return {}
+        return {str(path): q for path, q in zip(paths, quality) if q != OK}
 
     @property
     def segmenter(self):
@@ -89,22 +138,28 @@ class Preprocessing:
         if images.ndim != 3 or images.shape[1:] != (self.decode_side, self.decode_side):
             raise CovidXrayError(f"images of shape {images.shape[1:]} given; this run's model takes images decoded at "
                                  f"{self.decode_side}x{self.decode_side} (lungs {self.lungs}, size {self.size})")
-        if self.lungs == "none" and not lungs:
+        if not self.segments and not lungs:
             return ModelInputs(harmonise(images, self.intensity)[..., None])
         masks = self.segment(images, digests, progress=progress)
         views = np.empty((len(images), self.size, self.size), np.uint8)
         view_masks = np.zeros((len(images), self.size, self.size), bool)
         boxes = np.tile(np.asarray(FULL), (len(images), 1))
         for i, (image, found) in enumerate(zip(images, masks)):
-            mode = self.lungs if found.quality == OK else "none"  # flagged: the whole image
-            views[i], view_masks[i], boxes[i] = lung_view(image, found.mask, mode, self.size)
+            reliable = found.quality == OK  # flagged: the whole image
+            views[i], view_masks[i], boxes[i] = lung_view(image, found.mask, self.size, crop=reliable and self.crops,
+                                                          zero_outside=reliable and self.lungs == "mask")
         return ModelInputs(harmonise(views, self.intensity)[..., None], view_masks, [m.quality for m in masks], boxes)
+
+    def short(self) -> list[str]:
+        """The preprocessing in a few words per setting that is on: ``["lung crop", "intensity clahe"]``."""
+        parts = [{"crop": "lung crop", "mask": "lungs masked"}[self.lungs]] if self.segments else []
+        return parts + ([f"intensity {self.intensity}"] if self.harmonises else [])
 
     def describe(self) -> str:
         """The preprocessing in words, for reports and cards."""
         parts = {"none": "the whole image", "crop": "cropped to the box around both lungs (plus a margin)",
                  "mask": "zero outside the lungs"}[self.lungs]
-        if self.intensity != "none":
+        if self.harmonises:
             parts += {"equalize": ", histogram-equalised", "clahe": ", contrast-limited adaptive histogram "
                       "equalisation (CLAHE)"}[self.intensity]
         return parts

@@ -73,7 +73,6 @@ def package_run(run_dir: str | Path, dest: str | Path) -> Path:
     metrics and, where the run has them, its split and familiarity file. ``dest``'s model card is left
     as it is."""
     from covidxray.files import atomic_save
-    from covidxray.inference.familiarity import FAMILIARITY
     from covidxray.models import load_model
 
     run = rundir.RunDir(run_dir)
@@ -83,7 +82,7 @@ def package_run(run_dir: str | Path, dest: str | Path) -> Path:
     atomic_save(dest / rundir.MODEL, model.save)
     for name in PACKAGED_FILES:
         shutil.copyfile(run.require(name), dest / name)
-    for name in (rundir.SPLIT, FAMILIARITY):  # without them, evaluate finds no seen image and nothing is flagged
+    for name in (rundir.SPLIT, rundir.FAMILIARITY):  # without them, evaluate finds no seen image and nothing is flagged
         if (run.path / name).is_file():
             shutil.copyfile(run.path / name, dest / name)
     return dest

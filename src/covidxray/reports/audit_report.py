@@ -3,11 +3,13 @@
 :func:`render_audit_report` renders ``audit.json``'s content as Markdown (verdict first, then a
 section with a table per finding); :func:`plot_near_duplicates` draws the near-duplicate pairs side
 by side, the ones to check first (label conflicts, then pairs across datasets from the least
-certain) at the top.
+certain) at the top; :func:`write_audit` writes ``audit.json``, ``audit.md`` (with ``audit.html``)
+and the sheet into a folder, which :func:`check_out` checks before any work.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,9 +17,12 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from covidxray.reports.markdown import DISCLAIMER, code_md, escape_md
+from covidxray.errors import CovidXrayError
+from covidxray.files import atomic_write_text, check_can_create, is_temporary
+from covidxray.reports.markdown import DISCLAIMER, code_md, escape_md, save_figure, write_report
 
-AUDIT_SHEET = "near_duplicates.png"  # data.audit.AUDIT_SHEET, which reports do not import
+AUDIT_JSON, AUDIT_REPORT, AUDIT_HTML, AUDIT_SHEET = "audit.json", "audit.md", "audit.html", "near_duplicates.png"
+AUDIT_FILES = (AUDIT_JSON, AUDIT_REPORT, AUDIT_HTML, AUDIT_SHEET)
 #: Rows of a pairs or groups table in audit.md; audit.json holds them all.
 MAX_TABLE_ROWS = 100
 MEASURE_TEXT = {"covid-auc": "COVID AUC (and sensitivity, specificity)", "sensitivity": "COVID sensitivity only (COVID alone)",
@@ -234,3 +239,38 @@ def _short(name: str, width: int = 24) -> str:
         return name
     keep = width - 1
     return name[: keep - keep // 2] + "…" + name[-(keep // 2):]
+
+
+# Writing the audit folder.
+
+def check_out(out: str | Path, overwrite: bool = False) -> None:
+    """Raise, before any work, unless ``out`` is new, empty, an earlier audit, or ``overwrite`` is given."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CovidXrayError(f"{out}: is a file, not a folder; choose another --out")
+    if not out.exists():
+        check_can_create(out.parent, f"--out {out}")
+        return
+    if overwrite or (out / AUDIT_JSON).is_file():
+        return
+    others = sorted(p.name for p in out.iterdir() if p.name not in AUDIT_FILES and not is_temporary(p.name))
+    if others:
+        listed = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
+        raise CovidXrayError(f"{out}: not empty and not an audit folder (holds {listed}); choose a new or empty --out, "
+                             "or pass --overwrite to write into it")
+
+
+def write_audit(result: dict, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``audit.json``, ``audit.md`` (and ``audit.html``) and ``near_duplicates.png`` into ``out``;
+    returns the report's path. Nothing else in the folder is touched."""
+    out = Path(out)
+    check_out(out, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    sheet = out / AUDIT_SHEET
+    if result["near_duplicates"]["pairs"]:
+        save_figure(plot_near_duplicates(result), sheet)
+    else:
+        sheet.unlink(missing_ok=True)  # an earlier audit's sheet would show pairs this one did not find
+    write_report(out / AUDIT_REPORT, render_audit_report(result))
+    atomic_write_text(out / AUDIT_JSON, json.dumps(result, indent=2) + "\n")  # last: the folder is an audit
+    return out / AUDIT_REPORT

@@ -13,6 +13,7 @@ import html
 import re
 
 from covidxray.files import atomic_save, atomic_write_text
+from covidxray.inference.preprocess import Preprocessing
 from covidxray.reports.html import write_html
 
 DISCLAIMER = (
@@ -60,11 +61,7 @@ def source_settings_text(config: dict) -> str | None:
     """The settings meant to make a model hold up on other sources, in words, or None when none is on:
     what the model sees of the lungs, intensity harmonisation, source-balanced weights, acquisition
     augmentation and the gradient-reversal source head."""
-    parts = []
-    if config.get("lungs", "none") != "none":
-        parts.append({"crop": "lung crop", "mask": "lungs masked"}.get(config["lungs"], config["lungs"]))
-    if config.get("intensity", "none") != "none":
-        parts.append(f"intensity {config['intensity']}")
+    parts = Preprocessing.from_settings(config).short()
     if config.get("balance_sources"):
         parts.append("source-balanced loss")
     if config.get("acquisition_augment"):

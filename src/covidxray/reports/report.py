@@ -14,6 +14,7 @@ from covidxray.errors import CovidXrayError
 from covidxray.evaluation.attention import heat_text
 from covidxray.evaluation.scoring import ScoredPredictions
 from covidxray.inference.lungs import OK
+from covidxray.inference.preprocess import Preprocessing
 from covidxray.labels import COVID
 from covidxray.reports.markdown import (
     DISCLAIMER,
@@ -176,11 +177,9 @@ def render_report(config, metrics: dict) -> str:
 def preprocessing_lines(info: dict) -> list[str]:
     """Setup lines on what the model saw: the lungs, the intensities, what a probe blanked, fallbacks."""
     lines = []
-    lungs = info.get("lungs", "none")
-    if lungs != "none":
-        what = ("cropped to the box around both lungs plus a margin" if lungs == "crop"
-                else "zero outside the lungs")
-        lines.append(f"- **lungs**: every image {what} (--lungs {lungs}), by the lung segmenter")
+    prep = Preprocessing.from_settings(info)
+    if prep.segments:
+        lines.append(f"- **lungs**: every image {prep.describe()} (--lungs {prep.lungs}), by the lung segmenter")
         fallback = info.get("lung_fallback") or {}
         if fallback:
             names = ", ".join(code_md(Path(p).name) for p in list(fallback)[:10])
@@ -188,8 +187,8 @@ def preprocessing_lines(info: dict) -> list[str]:
             lines.append(f"- lungs not found reliably in {len(fallback)} image(s), used whole: {names}{more}")
         else:
             lines.append("- the lungs were found reliably in every image")
-    if info.get("intensity", "none") != "none":
-        lines.append(f"- intensities harmonised per image: {code_md(info['intensity'])}")
+    if prep.harmonises:
+        lines.append(f"- intensities harmonised per image: {code_md(prep.intensity)}")
     blanking = info.get("blanking", "box" if info.get("blank_fraction") else None)
     if blanking == "box":
         lines.append(f"- **shortcut probe**: the central {100 * info['blank_fraction']:.0f}% x {100 * info['blank_fraction']:.0f}% "

@@ -9,7 +9,7 @@ import numpy as np
 
 from covidxray.evaluation.metrics import cross_entropy
 from covidxray.files import atomic_save
-from covidxray.inference.predict import predict_arrays
+from covidxray.inference.engines import predict_arrays
 from covidxray.models.batchnorm import recalibrate_batch_norm
 
 

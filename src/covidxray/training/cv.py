@@ -26,12 +26,13 @@ import pandas as pd
 
 from covidxray import rundir
 from covidxray.config import TrainConfig
+from covidxray.data.sources import confounding_warning
 from covidxray.data.splits import assign_folds, source_folds
 from covidxray.errors import CovidXrayError, printable
-from covidxray.evaluation.metrics import confounding_warning
 from covidxray.evaluation.scoring import ScoredPredictions
 from covidxray.files import atomic_save, check_can_create
 from covidxray.inference.decision import Calibration
+from covidxray.labels import probability_columns
 from covidxray.models import load_model
 from covidxray.progress import progress_bar
 from covidxray.reports.cv_report import CV_MATRIX, render_cv_report
@@ -44,12 +45,6 @@ from covidxray.training.train import evaluate_splits, fit_and_check_familiarity
 log = logging.getLogger(__name__)
 
 CV_JSON, CV_REPORT = "cv.json", "cv.md"
-FOLD_PREDICTIONS = "test_predictions.csv"
-
-
-def probability_columns(classes) -> list[str]:
-    """The columns of :data:`FOLD_PREDICTIONS` that hold each class's probability: ``p_covid``, ..."""
-    return [f"p_{c}" for c in classes]
 SUMMARY_METRICS = ("accuracy", "loss", "sensitivity", "specificity", "auc")
 
 
@@ -152,7 +147,7 @@ def _run_fold(config: TrainConfig, data, test_mask: np.ndarray, run: rundir.RunD
     metrics["run"] = training
     frame = pd.DataFrame(test.probabilities, columns=probability_columns(config.classes))
     frame.insert(0, "path", prepared.table.loc[prepared.mask("test"), "path"].to_numpy())
-    atomic_save(run.file(FOLD_PREDICTIONS), lambda tmp: frame.to_csv(tmp, index=False))
+    atomic_save(run.file(rundir.TEST_PREDICTIONS), lambda tmp: frame.to_csv(tmp, index=False))
     calibration.save(run.path)
     run.write_json(rundir.METRICS, metrics)  # last: its presence marks the fold finished
     shutil.rmtree(run.file(rundir.BACKUP), ignore_errors=True)
@@ -183,10 +178,10 @@ def _finished_fold(run: rundir.RunDir, config: TrainConfig, test_images: int):
         metrics = json.loads(run.file(rundir.METRICS).read_text())
         Calibration.from_dict(metrics["calibration"])
         _fold_summary(0, metrics)
-        frame = pd.read_csv(run.file(FOLD_PREDICTIONS))
+        frame = pd.read_csv(run.file(rundir.TEST_PREDICTIONS))
         probabilities = frame[probability_columns(config.classes)].to_numpy(dtype=float)
         if not np.isfinite(probabilities).all():
-            raise ValueError(f"{FOLD_PREDICTIONS} holds probabilities that are not numbers")
+            raise ValueError(f"{rundir.TEST_PREDICTIONS} holds probabilities that are not numbers")
     except (OSError, ValueError, TypeError, KeyError, AttributeError, CovidXrayError) as error:
         log.warning("%s: its results do not read back (%s: %s); training the fold again", printable(run.path),
                     type(error).__name__, " ".join(str(error).split()))

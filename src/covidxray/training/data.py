@@ -46,7 +46,7 @@ def load_data(config: TrainConfig, progress: bool | None = None) -> LabelledImag
     data = load_labelled_images(config.data, config.classes, prep.decode_side, cache_dir=config.cache_dir,
                                 progress=progress)
     in_memory = isinstance(data.images, np.ndarray)
-    if not in_memory and (config.lungs != "none" or config.blanking or config.intensity != "none"):
+    if not in_memory and (prep.changes_pixels or config.blanking):
         raise CovidXrayError("--lungs, --intensity and the probe's blanking need the images in memory; train on "
                              "the image files, not a shard folder")
     if in_memory:  # the lungs of every image: for --lungs, the lung probes and heat-in-lungs

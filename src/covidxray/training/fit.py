@@ -13,7 +13,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from covidxray import rundir
 from covidxray.config import TrainConfig
 from covidxray.errors import CovidXrayError
-from covidxray.inference.predict import device_count
+from covidxray.inference.engines import device_count
 from covidxray.models import create_model
 from covidxray.training.adversary import (
     CLASSES,

@@ -19,16 +19,16 @@ import keras
 from covidxray import rundir
 from covidxray.backend import runtime_environment
 from covidxray.config import TrainConfig
+from covidxray.data.sources import confounding_warning
 from covidxray.data.splits import SPLITS, run_splits, without_patient_id
 from covidxray.errors import CovidXrayError, DatasetError
 from covidxray.evaluation.attention import heat_in_lungs
 from covidxray.evaluation.calibration import calibration_summary, fit_calibration
-from covidxray.evaluation.metrics import confounding_warning
 from covidxray.evaluation.scoring import ScoredPredictions
 from covidxray.inference.decision import Calibration
+from covidxray.inference.engines import predict_arrays
 from covidxray.inference.familiarity import QUANTILE, familiarity_summary, fit_familiarity, model_features
-from covidxray.inference.lungs import OK
-from covidxray.inference.predict import predict_arrays
+from covidxray.inference.preprocess import Preprocessing
 from covidxray.models import load_model
 from covidxray.reports.report import write_figures_and_report
 from covidxray.training.backup import check_resumable
@@ -154,6 +154,7 @@ def _run(config: TrainConfig, run: rundir.RunDir, data: PreparedData, *, started
     quality = None if data.lung_quality is None else [q for q, k in zip(data.lung_quality, rows) if k]
     metrics["heat_in_lungs"] = heat_in_lungs(model, data.part("test")[0], test_lungs, quality, test.predicted,
                                              data.table[rows], data.classes)
+    prep = Preprocessing.from_config(config)
     metrics["run"] = {
         **training,
         "model": config.model, "task": config.task, "image_size": config.image_size,
@@ -162,7 +163,7 @@ def _run(config: TrainConfig, run: rundir.RunDir, data: PreparedData, *, started
         "images": {split: int((data.table["split"] == split).sum()) for split in SPLITS},
         "images_without_patient_id": int(without_patient_id(data.table).sum()),
         "group_by": config.group_by, "blank_fraction": config.blank_fraction, "blanking": config.blanking,
-        "lungs": config.lungs, "intensity": config.intensity, "lung_fallback": lung_fallback(data, config),
+        **prep.settings(), "lung_fallback": prep.fallback(data.table["path"], data.lung_quality),
         "sources": {str(k): int(v) for k, v in data.table["source"].value_counts().items()},
         "confounding": confounding_warning(data.table["label"], data.table["source"]),
         "skipped": data.skipped,
@@ -189,14 +190,6 @@ def fit_and_check_familiarity(model, data: PreparedData, run: rundir.RunDir, tes
     unlike = familiarity.unlike(model_features(model, data.part("test")[0]))
     return {"threshold": familiarity.threshold, "quantile": QUANTILE,
             "test": familiarity_summary(unlike, test.predicted == test.targets)}
-
-
-def lung_fallback(data: PreparedData, config: TrainConfig) -> dict[str, str]:
-    """The images used whole under ``--lungs crop|mask`` because their lungs were not found reliably:
-    path -> the mask's flag."""
-    if config.lungs == "none" or data.lung_quality is None:
-        return {}
-    return {str(path): q for path, q in zip(data.table["path"], data.lung_quality) if q != OK}
 
 
 def _check_same_split(run: rundir.RunDir, data: PreparedData, where) -> None:

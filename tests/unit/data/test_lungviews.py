@@ -1,4 +1,4 @@
-"""covidxray.data.lungviews: decode sides, crop boxes, lung views, blanked regions and harmonised intensities."""
+"""covidxray.data.lungviews: crop boxes, lung views, blanked regions and harmonised intensities."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from covidxray.data.lungviews import (
     MARGIN,
     blank_regions,
     crop_box,
-    decode_side,
     harmonise,
     lung_view,
     resize_box,
@@ -35,21 +34,6 @@ def low_contrast(seed: int, shape=(64, 64)) -> np.ndarray:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:shape[0], :shape[1]]
     return (100 + (xx + yy) * 10 // (shape[0] + shape[1]) + rng.integers(0, 10, shape)).astype(np.uint8)
-
-
-# --- decode_side ---------------------------------------------------------------------------
-
-def test_decode_side_is_the_size_without_lungs_and_twice_it_with_them():
-    assert decode_side(128, "none") == 128
-    assert decode_side(128, "crop") == 256
-    assert decode_side(128, "mask") == 256
-
-
-def test_decode_side_is_capped_at_the_largest_side_but_never_below_the_size():
-    assert decode_side(800, "crop") == 1024
-    assert decode_side(1024, "crop") == 1024
-    assert decode_side(300, "crop", largest=512) == 512
-    assert decode_side(600, "crop", largest=512) == 600  # never smaller than the model's side
 
 
 # --- crop_box --------------------------------------------------------------------------------
@@ -119,7 +103,7 @@ def test_resize_box_resizes_to_the_size():
 def test_lung_view_none_is_the_whole_image_resized():
     mask = two_lungs()
     image = lung_image(mask)
-    view, view_mask, box = lung_view(image, mask, "none", 64)
+    view, view_mask, box = lung_view(image, mask, 64)
     assert box == FULL and view.shape == (64, 64) and view.dtype == np.uint8
     np.testing.assert_array_equal(view, resize_box(image, FULL, 64))
     assert view_mask.shape == (64, 64) and view_mask.dtype == bool
@@ -129,7 +113,7 @@ def test_lung_view_none_is_the_whole_image_resized():
 def test_lung_view_crop_enlarges_the_lungs():
     mask = two_lungs()
     image = lung_image(mask)
-    view, view_mask, box = lung_view(image, mask, "crop", 64)
+    view, view_mask, box = lung_view(image, mask, 64, crop=True)
     assert view.shape == view_mask.shape == (64, 64)
     assert box == crop_box(mask) and box != FULL
     assert view_mask.mean() > 1.5 * mask.mean()  # the lungs fill more of the view than of the film
@@ -139,39 +123,34 @@ def test_lung_view_crop_enlarges_the_lungs():
 def test_lung_view_mask_is_aligned_with_the_view():
     mask = two_lungs()
     image = lung_image(mask)
-    for mode in ("none", "crop"):
-        view, view_mask, _ = lung_view(image, mask, mode, 64)
+    for crop in (False, True):
+        view, view_mask, _ = lung_view(image, mask, 64, crop=crop)
         agree = ((view > 120) == view_mask).mean()  # bright pixels are the lungs
-        assert agree > 0.97, (mode, agree)
+        assert agree > 0.97, (crop, agree)
 
 
 def test_lung_view_mask_mode_zeroes_outside_the_lungs():
     mask = two_lungs()
     image = lung_image(mask)
-    view, view_mask, box = lung_view(image, mask, "mask", 64)
-    whole, _, _ = lung_view(image, mask, "none", 64)
+    view, view_mask, box = lung_view(image, mask, 64, zero_outside=True)
+    whole, _, _ = lung_view(image, mask, 64)
     assert box == FULL
     assert (view[~view_mask] == 0).all()
     np.testing.assert_array_equal(view[view_mask], whole[view_mask])
     assert view[view_mask].min() > 0
 
 
-@pytest.mark.parametrize("mode", ["crop", "mask"])
+@pytest.mark.parametrize("mode", [{"crop": True}, {"zero_outside": True}])
 def test_lung_view_without_lungs_uses_the_whole_image(mode):
     rng = np.random.default_rng(0)
     image = rng.integers(1, 256, (96, 96), dtype=np.uint8)
     whole = resize_box(image, FULL, 48)
-    view, view_mask, box = lung_view(image, np.zeros((96, 96), bool), mode, 48)
+    view, view_mask, box = lung_view(image, np.zeros((96, 96), bool), 48, **mode)
     assert box == FULL and not view_mask.any()
     np.testing.assert_array_equal(view, whole)  # not zeroed, not cropped
-    view, view_mask, box = lung_view(image, None, mode, 48)
+    view, view_mask, box = lung_view(image, None, 48, **mode)
     assert box == FULL and view_mask is None
     np.testing.assert_array_equal(view, whole)
-
-
-def test_lung_view_refuses_an_unknown_mode():
-    with pytest.raises(ValueError, match="unknown lung mode 'lobes'"):
-        lung_view(np.zeros((8, 8), np.uint8), None, "lobes", 8)
 
 
 # --- blank_regions ---------------------------------------------------------------------------

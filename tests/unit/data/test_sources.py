@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from covidxray.data.sources import COLUMNS, load_dataset, select_task
+from covidxray.data.sources import COLUMNS, confounded_classes, confounding_warning, load_dataset, select_task
 from covidxray.errors import DatasetError
 from covidxray.labels import TASKS
 from helpers import gray, shared_data_dir, write_class_folders, write_image
@@ -444,3 +444,18 @@ def test_escape_sequences_in_file_names_are_shown_escaped(tmp_path):
     with pytest.raises(DatasetError) as raised:
         load_dataset(csv_path)
     assert "\x1b" not in str(raised.value) and "\\x1b]0;owned\\x07\\x1b[2J.png" in str(raised.value)
+
+
+def test_confounding_names_classes_with_a_source_of_their_own():
+    labels = ["covid"] * 3 + ["normal"] * 3 + ["pneumonia"] * 3
+    sources = ["ieee8023"] * 3 + ["nih"] * 6
+    assert confounded_classes(labels, sources) == {"covid": ["ieee8023"]}
+    message = confounding_warning(labels, sources)
+    assert "every covid image comes from ieee8023" in message and "normal" not in message
+    # binary DarkCovidNet: both classes have a source of their own
+    assert set(confounded_classes(labels[:6], sources[:6])) == {"covid", "normal"}
+
+
+def test_no_confounding_with_one_source_or_mixed_sources():
+    assert confounding_warning(["covid", "normal"], ["a", "a"]) is None
+    assert confounding_warning(["covid", "normal", "covid", "normal"], ["a", "a", "b", "b"]) is None

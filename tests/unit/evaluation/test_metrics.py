@@ -135,9 +135,6 @@ def test_scores_of_a_class_absent_from_the_data_are_none():
 from covidxray.evaluation.metrics import (  # noqa: E402
     bootstrap_intervals,
     chance_accuracy,
-    confounded_classes,
-    confounding_warning,
-    paired_auc_difference,
 )
 
 
@@ -176,50 +173,10 @@ def test_resampling_patients_widens_intervals_when_a_patients_images_agree():
     assert width(by_patient) > 2 * width(by_image)
 
 
-def test_a_paired_difference_is_sharper_than_two_intervals_side_by_side():
-    """Two models that rank mostly the same images high: their shared errors cancel in the difference."""
-    rng = np.random.default_rng(2)
-    n = 300
-    y = rng.integers(0, 3, n)
-    covid = y == COVID
-    shared = rng.normal(0, 1, n) + 1.2 * covid  # what both models see in an image
-    first = np.full((n, 3), 0.1)
-    second = np.full((n, 3), 0.1)
-    first[:, COVID] = 1 / (1 + np.exp(-shared))
-    second[:, COVID] = 1 / (1 + np.exp(-(shared + 0.3 * covid + 0.1 * rng.normal(0, 1, n))))
-    groups = np.arange(n) // 2
-    result = paired_auc_difference(y, first, second, groups, COVID, samples=400)
-    alone = [bootstrap_intervals(y, p, p.argmax(1), groups, COVID, samples=400)["auc"] for p in (first, second)]
-    assert result["second"] > result["first"] and result["difference"] == pytest.approx(result["second"] - result["first"])
-    low, high = result["interval"]
-    assert 0 < low <= result["difference"] <= high and result["share_second_higher"] == 1.0
-    assert alone[1][0] < alone[0][1]  # side by side, the two AUCs' intervals overlap
-    assert result["patients"] == n // 2 and result["resamples"] == 400
-    swapped = paired_auc_difference(y, second, first, groups, COVID, samples=400)
-    assert swapped["interval"] == pytest.approx([-high, -low]) and swapped["share_second_higher"] == 0.0
-    with pytest.raises(ValueError, match="COVID and non-COVID"):
-        paired_auc_difference(np.full(n, COVID), first, second, groups, COVID)
-
-
 def test_bootstrap_is_seeded():
     a = classification_metrics(Y_TRUE, PROBS, CLASSES, groups=np.arange(8), seed=3)["intervals"]
     b = classification_metrics(Y_TRUE, PROBS, CLASSES, groups=np.arange(8), seed=3)["intervals"]
     assert a == b
-
-
-def test_confounding_names_classes_with_a_source_of_their_own():
-    labels = ["covid"] * 3 + ["normal"] * 3 + ["pneumonia"] * 3
-    sources = ["ieee8023"] * 3 + ["nih"] * 6
-    assert confounded_classes(labels, sources) == {"covid": ["ieee8023"]}
-    message = confounding_warning(labels, sources)
-    assert "every covid image comes from ieee8023" in message and "normal" not in message
-    # binary DarkCovidNet: both classes have a source of their own
-    assert set(confounded_classes(labels[:6], sources[:6])) == {"covid", "normal"}
-
-
-def test_no_confounding_with_one_source_or_mixed_sources():
-    assert confounding_warning(["covid", "normal"], ["a", "a"]) is None
-    assert confounding_warning(["covid", "normal", "covid", "normal"], ["a", "a", "b", "b"]) is None
 
 
 def test_predictions_override_argmax():

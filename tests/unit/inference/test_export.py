@@ -9,8 +9,11 @@ import sys
 import numpy as np
 import pytest
 
+from covidxray import rundir
+from covidxray.config import TrainConfig
 from covidxray.errors import CovidXrayError
-from covidxray.inference.export import OnnxModel, export_run, load_onnx
+from covidxray.inference.engines import OnnxEngine, OnnxModel
+from covidxray.inference.export import export_run
 from covidxray.models import load_model
 from helpers import build_run, gray
 
@@ -23,7 +26,7 @@ def run(tmp_path_factory):
 def test_export_run_writes_onnx_with_its_classes_and_size(run, tmp_path):
     pytest.importorskip("onnxruntime")
     assert export_run(run) == run / "model.onnx"
-    exported = load_onnx(run)
+    exported = OnnxEngine.load(rundir.RunDir(run), TrainConfig.load(run / "config.json")).model
     assert exported.classes == ("covid", "normal") and exported.image_size == 32 and exported.output_shape == (None, 2)
     images = np.stack([gray(i, (32, 32)) for i in range(5)])[..., None].astype("float32")
     expected = load_model(run / "model.keras").predict(images, verbose=0)
@@ -37,7 +40,7 @@ def test_export_errors_name_the_fix(run, tmp_path):
     with pytest.raises(CovidXrayError, match="unknown export format 'tflite'; choose one of: onnx, savedmodel"):
         export_run(run, "tflite")
     with pytest.raises(CovidXrayError, match="missing; export the run first with covidxray export --run"):
-        load_onnx(tmp_path)
+        OnnxEngine.load(rundir.RunDir(tmp_path), None)
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
     with pytest.raises(CovidXrayError, match="bad.onnx: not an ONNX model exported by covidxray"):
         OnnxModel(tmp_path / "bad.onnx")
@@ -48,7 +51,8 @@ import json, sys
 import numpy as np
 import covidxray, keras
 from covidxray.errors import CovidXrayError
-from covidxray.inference.export import OnnxModel, export_model
+from covidxray.inference.engines import OnnxModel
+from covidxray.inference.export import export_model
 from covidxray.models import create_model
 model = create_model("darkcovidnet", num_classes=3, image_size=32, seed=0)
 images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 1)).astype("float32")

@@ -9,7 +9,6 @@ import pytest
 
 from covidxray.errors import CovidXrayError
 from covidxray.inference.familiarity import (
-    FAMILIARITY,
     QUANTILE,
     UNLIKE,
     Familiarity,
@@ -18,6 +17,7 @@ from covidxray.inference.familiarity import (
     fit_familiarity,
     model_features,
 )
+from covidxray.rundir import FAMILIARITY
 
 FEATURES = 8
 

@@ -10,15 +10,8 @@ from PIL import Image
 
 from covidxray.data.images import read_image, resize_square
 from covidxray.errors import CovidXrayError
-from covidxray.inference.predict import (
-    device_count,
-    expand_paths,
-    heatmap_folder,
-    heatmap_names,
-    predict_arrays,
-    predict_augmented,
-    predict_files,
-)
+from covidxray.inference.engines import KerasEngine, device_count, predict_arrays, predict_augmented
+from covidxray.inference.predict import expand_paths, heatmap_folder, heatmap_names, predict_files
 from covidxray.inference.predictor import load_predictor
 from helpers import build_run, gray, write_dicom, write_png
 
@@ -62,13 +55,13 @@ def test_device_count_without_a_distribution():
 
 
 def test_predict_arrays_in_chunks_equals_one_call(predictor, monkeypatch):
-    import covidxray.inference.predict as predict
+    import covidxray.inference.engines as engines
 
     images = np.stack([gray(i, (32, 32)) for i in range(7)])[..., None]
     whole = predict_arrays(predictor.model, images)
     assert whole.shape == (7, 3) and whole.dtype == np.float32
     np.testing.assert_allclose(whole.sum(axis=1), 1.0, rtol=1e-5)
-    monkeypatch.setattr(predict, "PREDICT_CHUNK", 3)  # 3 + 3 + 1 images
+    monkeypatch.setattr(engines, "PREDICT_CHUNK", 3)  # 3 + 3 + 1 images
     np.testing.assert_allclose(predict_arrays(predictor.model, images, batch_size=2), whole, atol=1e-6)
     assert predict_arrays(predictor.model, images[:0]).shape == (0, 3)
 
@@ -155,7 +148,7 @@ def test_predict_reads_dicom(tmp_path):
     bad = tmp_path / "bad.dcm"
     bad.write_bytes(b"DICM but not really" * 20)
     config = TrainConfig(data="x", image_size=16, classes=("covid", "normal", "pneumonia"))
-    predictor = Predictor(model, config, Calibration(), tmp_path)
+    predictor = Predictor(KerasEngine(model), config, Calibration(), tmp_path)
     results, failures = predict_files(predictor, [good, bad], progress=False)
     assert [r["path"] for r in results] == [str(good)]
     assert abs(sum(results[0]["probabilities"].values()) - 1) < 1e-4

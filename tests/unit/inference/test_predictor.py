@@ -10,6 +10,7 @@ import pytest
 
 from covidxray.errors import CovidXrayError
 from covidxray.inference.decision import Calibration
+from covidxray.inference.engines import OnnxEngine
 from covidxray.inference.predictor import Predictor, load_predictor
 from covidxray.presets import DEFAULT_PRESET, preset_dir
 from helpers import build_run, gray
@@ -22,7 +23,7 @@ def run(tmp_path_factory):
 
 def test_load_predictor_reads_the_runs_classes_size_and_rule(run, tmp_path):
     predictor = load_predictor(run)
-    assert isinstance(predictor, Predictor) and predictor.engine == "keras" and predictor.path == run
+    assert isinstance(predictor, Predictor) and predictor.engine.name == "keras" and predictor.path == run
     assert predictor.classes == ("covid", "normal") and predictor.image_size == 32
     assert predictor.calibration == Calibration()  # no calibration.json
     assert predictor.model.output_shape == (None, 2)
@@ -39,7 +40,7 @@ def test_load_predictor_reads_the_runs_classes_size_and_rule(run, tmp_path):
 
 
 def test_tta_averages_views_drawn_with_the_runs_seed_and_is_checked(run):
-    from covidxray.inference.predict import predict_augmented
+    from covidxray.inference.engines import predict_augmented
 
     predictor = load_predictor(run, tta=3)
     assert predictor.tta == 3
@@ -52,7 +53,9 @@ def test_tta_averages_views_drawn_with_the_runs_seed_and_is_checked(run):
             load_predictor(run, tta=views)
     plain = load_predictor(run)
     with pytest.raises(CovidXrayError, match="--tta needs the Keras model.*drop --engine onnxruntime"):
-        Predictor(plain.model, plain.config, plain.calibration, plain.path, engine="onnxruntime", tta=2)
+        Predictor(OnnxEngine(plain.model), plain.config, plain.calibration, plain.path, tta=2)
+    with pytest.raises(CovidXrayError, match="--tta needs the Keras model.*drop --engine onnxruntime"):
+        load_predictor(run, engine="onnxruntime", tta=2)  # before the model loads: the run has no model.onnx
 
 
 def test_outputs_that_do_not_match_the_classes_are_refused(run, tmp_path):

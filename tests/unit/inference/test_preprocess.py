@@ -197,3 +197,41 @@ def test_the_shipped_segmenter_crops_real_films_and_caches_their_masks(tmp_path,
     np.testing.assert_array_equal(again.images, inputs.images)
     np.testing.assert_array_equal(again.boxes, inputs.boxes)
     assert again.quality == ["ok", "ok"]
+
+
+def test_decode_side_is_the_size_without_lungs_and_twice_it_with_them():
+    assert Preprocessing(128).decode_side == 128
+    assert Preprocessing(128, intensity="clahe").decode_side == 128
+    assert Preprocessing(128, "crop").decode_side == 256
+    assert Preprocessing(128, "mask").decode_side == 256
+
+
+def test_decode_side_is_capped_at_the_largest_side_but_never_below_the_size(monkeypatch):
+    import covidxray.inference.preprocess as preprocess
+
+    assert Preprocessing(800, "crop").decode_side == 1024
+    assert Preprocessing(1024, "crop").decode_side == 1024
+    monkeypatch.setattr(preprocess, "LARGEST_DECODE", 512)
+    assert Preprocessing(300, "crop").decode_side == 512
+    assert Preprocessing(600, "crop").decode_side == 600  # never smaller than the model's side
+
+
+def test_the_settings_say_what_to_do_and_travel_with_the_run():
+    none, crop, mask = Preprocessing(64), Preprocessing(64, "crop", "clahe"), Preprocessing(64, "mask")
+    assert (none.segments, crop.segments, mask.segments) == (False, True, True)
+    assert (none.crops, crop.crops, mask.crops) == (False, True, False)
+    assert (none.changes_pixels, Preprocessing(64, intensity="equalize").changes_pixels) == (False, True)
+    assert none.short() == [] and crop.short() == ["lung crop", "intensity clahe"] and mask.short() == ["lungs masked"]
+    assert crop.settings() == {"lungs": "crop", "intensity": "clahe"}
+    assert Preprocessing.from_settings(crop.settings()).settings() == crop.settings()
+    assert Preprocessing.from_settings({}).settings() == none.settings()  # a run from before the settings
+    assert crop.fallback(["a.png", "b.png"], ["ok", "no-lung"]) == {"b.png": "no-lung"}
+    assert none.fallback(["a.png"], ["no-lung"]) == {} and crop.fallback(["a.png"], None) == {}
+
+
+def test_an_unknown_lung_mode_or_intensity_is_refused():
+    with pytest.raises(CovidXrayError, match="--lungs must be one of none, crop, mask; got 'lobes'"):
+        Preprocessing(8, "lobes")
+    with pytest.raises(CovidXrayError, match="--intensity must be one of none, equalize, clahe; got 'gamma'"):
+        Preprocessing(8, intensity="gamma")
+

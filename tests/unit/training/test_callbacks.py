@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from covidxray.evaluation.metrics import cross_entropy
-from covidxray.inference.predict import predict_arrays
+from covidxray.inference.engines import predict_arrays
 from covidxray.training.callbacks import BestCheckpoint, PreciseValidation
 from helpers import gray, tiny_body
 

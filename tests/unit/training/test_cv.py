@@ -10,7 +10,8 @@ import pytest
 
 from covidxray.config import TrainConfig
 from covidxray.errors import CovidXrayError
-from covidxray.training.cv import CV_JSON, FOLD_PREDICTIONS, _mean_sd, cross_validate
+from covidxray.rundir import TEST_PREDICTIONS
+from covidxray.training.cv import CV_JSON, _mean_sd, cross_validate
 from helpers import make_dataset
 
 
@@ -20,7 +21,7 @@ def test_two_folds_test_every_image_once(tiny_model, fast_bootstrap, tmp_path):
                                      seed=2, augment=False)
     result = cross_validate(config, tmp_path / "cv", 2, verbose=0, progress=False)
     assert result["protocol"] == {"folds": 2, "group_by": "patient", "seed": 2, "images": 16, "patients": 8}
-    tested = pd.concat([pd.read_csv(tmp_path / "cv" / f"fold-{k}" / FOLD_PREDICTIONS) for k in (1, 2)])
+    tested = pd.concat([pd.read_csv(tmp_path / "cv" / f"fold-{k}" / TEST_PREDICTIONS) for k in (1, 2)])
     assert len(tested) == 16 and tested["path"].is_unique  # every image tested once
     # the pooled metrics are those of the folds' own test predictions, pooled
     assert result["pooled"]["n"] == 16 and np.sum(result["pooled"]["confusion_matrix"]) == 16
@@ -74,7 +75,7 @@ def test_fold_files_that_do_not_read_back_are_trained_again(cv_config, tmp_path,
     first = cross_validate(cv_config, out, 2, verbose=0, progress=False)
     (out / CV_JSON).unlink()  # as if the command was cut short after its folds
     (out / "fold-1" / "metrics.json").write_text("[]")
-    (out / "fold-2" / FOLD_PREDICTIONS).write_text("path\nx.png\n")
+    (out / "fold-2" / TEST_PREDICTIONS).write_text("path\nx.png\n")
     trained = []
     real = cv_module._run_fold
     monkeypatch.setattr(cv_module, "_run_fold", lambda *args: trained.append(args[3].path.name) or real(*args))
@@ -130,7 +131,7 @@ def test_leave_one_source_out_tests_each_source_on_a_model_that_never_saw_it(tin
     assert set(per_fold["A"]["intervals"]) == {"accuracy", "sensitivity", "specificity", "auc"}
     for k, source in enumerate(("A", "B", "C"), start=1):
         fold = tmp_path / "cv" / f"fold-{k}"
-        tested = set(pd.read_csv(fold / FOLD_PREDICTIONS)["path"])
+        tested = set(pd.read_csv(fold / TEST_PREDICTIONS)["path"])
         split = pd.read_csv(fold / "split.csv")
         assert tested == set(split.loc[split["split"] == "test", "path"])
         assert set(split.loc[split["split"] == "test", "source"]) == {source}

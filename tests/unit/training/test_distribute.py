@@ -22,7 +22,7 @@ import json, sys
 import keras, numpy as np
 import covidxray.training.fit as fit
 from covidxray.config import TrainConfig
-from covidxray.inference.predict import predict_arrays
+from covidxray.inference.engines import predict_arrays
 from covidxray.models import ModelSpec, create_model, load_model, register_model
 from covidxray.rundir import RunDir
 from covidxray.training.callbacks import PreciseValidation

@@ -161,8 +161,9 @@ def test_train_fits_the_runs_familiarity_and_reports_it(config, tmp_path):
     import numpy as np
 
     from covidxray.data.images import decode_resized
-    from covidxray.inference.familiarity import FAMILIARITY, Familiarity
+    from covidxray.inference.familiarity import Familiarity
     from covidxray.inference.predictor import load_predictor
+    from covidxray.rundir import FAMILIARITY
 
     out = tmp_path / "run"
     metrics = train(config, out, verbose=0, progress=False)
@@ -212,8 +213,8 @@ def test_train_fits_the_runs_familiarity_and_reports_it(config, tmp_path):
 
 
 def test_a_run_without_validation_fits_every_training_image_and_keeps_its_last_epoch(config, tmp_path):
-    from covidxray.inference.familiarity import FAMILIARITY
     from covidxray.models import load_model
+    from covidxray.rundir import FAMILIARITY
 
     out = tmp_path / "run"
     metrics = train(replace(config, val_fraction=0.0, epochs=3, patience=0), out, verbose=0, progress=False)
