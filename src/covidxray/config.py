@@ -116,10 +116,6 @@ class TrainConfig:
         "features through a gradient reversal of this weight, which pushes them to carry less of the source "
         "(0: off; e.g. 0.1)", low=0.0, metavar="WEIGHT")
     augment: bool = setting(True, "rotation, zoom, shift and contrast inside the model", flag="--no-augment")
-    flip: bool = setting(False, "add horizontal flips to the augmentation", flag="--flip")
-    acquisition_augment: bool = setting(
-        False, "add what other X-ray machines and exports do to the augmentation: gamma, blur, noise, blanked "
-        "borders and text-marker-like patches", flag="--acquisition-augment")
     val_fraction: float = setting(
         0.15, "share of the training data (patients) held out for validation; 0: none, as DarkCovidNet's paper "
         "trains: every training image is fitted, the last epoch's model is kept (no best checkpoint, no early "
@@ -171,7 +167,6 @@ class TrainConfig:
         + _recipe_help("darkcovidnet-paper") + " (Ozturk et al. 2020's training); source-robust: "
         + _recipe_help("source-robust") + " (best on sources held out whole; the default preset's)",
         kind=str, choices=tuple(RECIPES))
-    classes: tuple[str, ...] = setting((), "the task's classes in output order (filled by resolve)", commands=())
 
     @classmethod
     def for_command(cls, command: str, **values) -> TrainConfig:
@@ -202,6 +197,11 @@ class TrainConfig:
                                  "give --val-fraction above 0 or leave it out")
 
     @property
+    def classes(self) -> tuple[str, ...]:
+        """The task's classes, in the model's output order (``config.json`` records them too)."""
+        return task_classes(self.task)
+
+    @property
     def has_validation(self) -> bool:
         """Whether the run holds out a validation split (``--val-fraction 0``: no)."""
         return self.val_fraction > 0
@@ -214,7 +214,7 @@ class TrainConfig:
         return "box" if self.blank_fraction else None
 
     def resolve(self) -> TrainConfig:
-        """Check the settings and fill the derived ones (classes, image size, the data as a path or list)."""
+        """Check the settings and fill the derived ones (image size, precision, the data as a path or list)."""
         from covidxray.data.shards import shard_image_size
 
         self.check()
@@ -232,7 +232,7 @@ class TrainConfig:
             from covidxray.backend import auto_mixed_precision
 
             precision = auto_mixed_precision(spec.cpu_bfloat16)
-        return replace(self, classes=task_classes(self.task), image_size=size, data=_one_or_list(self.data),
+        return replace(self, image_size=size, data=_one_or_list(self.data),
                        mixed_precision=precision or "float32")
 
     def conflicts(self, values: dict) -> list[str]:
@@ -243,7 +243,7 @@ class TrainConfig:
         """
         found = []
         for name, value in values.items():
-            if name in MAY_CHANGE_ON_RESUME or name == "classes":
+            if name in MAY_CHANGE_ON_RESUME or name == "classes":  # derived from the task
                 continue
             shown, mine = value, getattr(self, name)
             if name == "data":
@@ -254,7 +254,7 @@ class TrainConfig:
         return found
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "classes": list(self.classes)}
 
     def save(self, path: Path) -> None:
         from covidxray.files import atomic_write_text
@@ -272,16 +272,18 @@ class TrainConfig:
         if "mixed_precision" in values and values["mixed_precision"] is None:
             values["mixed_precision"] = "float32"  # what an older run's null meant
         known = {f.name: f for f in fields(cls)}
+        stored = values.get("classes", [])  # derived from the task; a run's file records them
         values = {k: v for k, v in values.items() if k in known}
         try:
             for name, value in values.items():
                 _check_type(known[name], value)
-            values["classes"] = tuple(values.get("classes", ()))
+            if not isinstance(stored, list | tuple) or not all(isinstance(c, str) for c in stored):
+                raise CovidXrayError(f"classes must be a list of class names, not {stored!r}")
             config = cls(**values)
             config.check()
-            if config.classes and config.classes != task_classes(config.task):
-                raise CovidXrayError(f"classes {list(config.classes)} are not those of the task {config.task} "
-                                     f"({list(task_classes(config.task))})")
+            if stored and tuple(stored) != config.classes:
+                raise CovidXrayError(f"classes {list(stored)} are not those of the task {config.task} "
+                                     f"({list(config.classes)})")
         except CovidXrayError as error:
             raise CovidXrayError(f"{where}: not a valid covidxray run configuration: {error}; retrain the run") from None
         return config
@@ -326,7 +328,7 @@ def _check_type(f, value) -> None:
         if f.default is not None:
             raise CovidXrayError(f"{f.name} is null")
         return
-    if f.name in ("data", "classes"):
+    if f.name == "data":
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list | tuple) or not all(isinstance(item, str) for item in items):
             raise CovidXrayError(f"{f.name} must be a path or a list of them, not {value!r}")

@@ -192,10 +192,8 @@ class RunDir:
             config = TrainConfig.load(path)
         except (ValueError, TypeError, AttributeError) as error:
             raise CovidXrayError(f"{path}: not a covidxray run configuration ({error}); retrain the run") from None
-        missing = [name for name in ("image_size", "classes") if not getattr(config, name)]
-        if missing:  # a run writes its settings resolved
-            raise CovidXrayError(f"{path}: not a valid covidxray run configuration: no {' or '.join(missing)}; "
-                                 "retrain the run")
+        if not config.image_size:  # a run writes its settings resolved
+            raise CovidXrayError(f"{path}: not a valid covidxray run configuration: no image_size; retrain the run")
         return config
 
     def read_split(self, columns: tuple[str, ...] = ("path", "split")):

@@ -62,9 +62,25 @@ def test_package_run_drops_the_optimizer_state(tmp_path):
     assert not (dest / MODEL_CARD).exists()  # the card is written by hand
     assert not (dest / FAMILIARITY).exists()  # a run trained before familiarity.npz existed: nothing to ship
     (run / FAMILIARITY).write_bytes(b"fitted features")
-    (run / rundir.SPLIT).write_text("path,split\na.png,train\n")
+    (run / rundir.SPLIT).write_text("path,dataset,split\n/home/me/data/alpha/covid/a.png,../data/alpha,train\n")
     assert (package_run(run, dest) / FAMILIARITY).read_bytes() == b"fitted features"
-    assert (dest / rundir.SPLIT).read_bytes() == (run / rundir.SPLIT).read_bytes()
+    assert (dest / rundir.SPLIT).read_text() == "path,dataset,split\nalpha/covid/a.png,alpha,train\n"  # no folder of mine
+
+
+def test_portable_split_names_each_image_under_its_datasets_folder():
+    import pandas as pd
+
+    from covidxray.presets import portable_split
+
+    split = pd.DataFrame({"path": ["/m/data/alpha/covid/a.png", "/m/lists/beta/img/b.png", "/m/alpha/other/c.png",
+                                   "rel/alpha/d.png"],
+                          "dataset": ["../data/alpha", "/m/lists/beta/manifest.csv", "/x/gamma", "alpha"],
+                          "split": ["train", "validation", "test", "train"]})
+    portable = portable_split(split)
+    assert portable["path"].tolist() == ["alpha/covid/a.png", "beta/img/b.png", "c.png", "alpha/d.png"]
+    assert portable["dataset"].tolist() == ["alpha", "beta", "gamma", "alpha"]
+    assert portable["split"].tolist() == split["split"].tolist()
+    assert portable_split(split.drop(columns="dataset"))["path"].tolist() == ["a.png", "b.png", "c.png", "d.png"]
 
 
 def test_evaluate_leaves_out_the_images_the_default_preset_trained_on():

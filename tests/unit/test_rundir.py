@@ -217,7 +217,7 @@ def test_read_split_reads_paths_as_text(tmp_path):
     ('{"data": "d", "image_size": "big"}', "image_size must be int"),
     ('{"data": "d", "image_size": 8}', "--image-size must be in"),
     ('{"data": "d", "task": "binary", "classes": ["covid", "normal"]}', "no image_size"),
-    ('{"data": "d", "image_size": 32}', "no classes"),
+    ('{"data": "d", "image_size": 32, "classes": ["covid", "normal"]}', "are not those of the task three-class"),
     (b"\xff\xfe{}", "not a covidxray run configuration"),
 ])
 def test_a_broken_config_is_a_clear_error(tmp_path, text, message):

@@ -21,10 +21,13 @@ about 3 s for the 4,555 images of the three shared datasets on 2 CPU cores, once
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageFilter, ImageOps
+
+from covidxray.data.sources import original_name_key
 
 #: Side at which fingerprints are taken (the decoded-image cache holds it once computed).
 FINGERPRINT_SIDE = 128
@@ -148,6 +151,45 @@ def near_duplicates_of(queries: Fingerprints, references: Fingerprints,
     hit = np.zeros(len(queries), dtype=bool)
     hit[pairs["a"].to_numpy()] = True  # a < b: a is the query
     return hit
+
+
+def same_images(table: pd.DataFrame, reference: pd.DataFrame, cache_dir=None, *,
+                progress: bool | None = None) -> tuple[np.ndarray, dict]:
+    """The one rule for "is this the same image?": True for each row of ``table`` whose image is also
+    in ``reference`` (``evaluate`` leaves out what a run trained on, ``data subset --exclude`` what
+    another dataset holds): the same original file name, identical pixels, or a near-duplicate.
+
+    Both are tables with ``path`` and ``original_name``; a ``pixels`` column (pixel digests, as
+    ``split.csv`` and loaded datasets hold) is used where a table has one, else the digests are read
+    through the image cache. Reference files that are not on this machine match by name and pixels
+    only; files that do not decode, by name (and given pixels) only. Returns the flags and
+    ``{"missing": reference files not on this machine, "near": rows found as near-duplicates}``.
+    """
+    from covidxray.data.cache import ImageCache
+
+    names = {k for k in map(original_name_key, reference.get("original_name", [])) if k}
+    seen = np.array([bool(k) and k in names for k in map(original_name_key, table["original_name"])], dtype=bool)
+    present = [str(p) for p in reference.get("path", []) if Path(p).is_file()]
+    found = {"missing": len(reference) - len(present), "near": 0}
+    digests = set(reference["pixels"]) if "pixels" in reference else set()
+    cache = ImageCache(cache_dir)
+    theirs = cache.load(present, FINGERPRINT_SIDE, progress=progress) if present else None
+    if theirs is not None:
+        digests |= set(theirs.pixel_digests)
+    digests -= {"", None}
+    if "pixels" in table:
+        seen |= table["pixels"].isin(digests).to_numpy()
+    rest = np.flatnonzero(~seen)
+    if theirs is None or not len(rest):
+        return seen, found
+    ours = cache.load([str(p) for p in table["path"].to_numpy()[rest]], FINGERPRINT_SIDE, progress=progress)
+    if "pixels" not in table:
+        seen[rest] |= np.array([d is not None and d in digests for d in ours.pixel_digests], dtype=bool)
+    near = near_duplicates_of(fingerprint_images(ours.images), fingerprint_images(theirs.images).subset(
+        np.flatnonzero(theirs.ok))) & ours.ok & ~seen[rest]
+    found["near"] = int(near.sum())
+    seen[rest[near]] = True
+    return seen, found
 
 
 def duplicate_groups(n: int, pairs: pd.DataFrame) -> np.ndarray:

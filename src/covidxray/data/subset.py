@@ -16,9 +16,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
-
-from covidxray.data.sources import as_paths, load_dataset, load_datasets, original_name_key
+from covidxray.data.duplicates import same_images
+from covidxray.data.sources import as_paths, load_dataset, load_datasets
 from covidxray.errors import DatasetError
 from covidxray.files import atomic_write_text
 
@@ -31,14 +30,15 @@ def write_subset(data: str | Path, out_csv: str | Path, per_class: int | None = 
                  exclude=None, cache_dir=None, progress: bool | None = None) -> Path:
     """Write a manifest of at most ``per_class`` images per class of ``data`` (None: all); returns its path.
 
-    ``exclude``: datasets whose images are left out of ``data`` first (:func:`also_in`).
+    ``exclude``: datasets whose images are left out of ``data`` first
+    (:func:`~covidxray.data.duplicates.same_images`).
     Paths are absolute, so the manifest may live anywhere.
     """
     if per_class is not None and per_class < 1:
         raise DatasetError(f"per_class must be at least 1 (got {per_class})")
     table = load_dataset(data)
     if exclude:
-        shared = also_in(table, exclude, cache_dir=cache_dir, progress=progress)
+        shared, _ = same_images(table, load_datasets(exclude), cache_dir, progress=progress)
         log.info("left out %d of the %d images of %s that are also in %s", int(shared.sum()), len(table), data,
                  ", ".join(as_paths(exclude)))
         table = table[~shared]
@@ -51,22 +51,3 @@ def write_subset(data: str | Path, out_csv: str | Path, per_class: int | None = 
     out_csv = Path(out_csv)
     atomic_write_text(out_csv, chosen.to_csv(index=False))
     return out_csv
-
-
-def also_in(table, others, *, cache_dir=None, progress: bool | None = None) -> np.ndarray:
-    """True for each row of ``table`` whose image is also in the datasets ``others``: the same
-    original file name, identical pixels, or a near-duplicate. Files that cannot be decoded count
-    as not shared (training names them when it reads them)."""
-    from covidxray.data.cache import ImageCache
-    from covidxray.data.duplicates import FINGERPRINT_SIDE, fingerprint_images, near_duplicates_of
-
-    reference = load_datasets(others)
-    names = {k for k in map(original_name_key, reference["original_name"]) if k}
-    shared = np.array([bool(k) and k in names for k in map(original_name_key, table["original_name"])])
-    cache = ImageCache(cache_dir)
-    ours = cache.load(list(table["path"]), FINGERPRINT_SIDE, progress=progress)
-    theirs = cache.load(list(reference["path"]), FINGERPRINT_SIDE, progress=progress)
-    digests = {d for d in theirs.pixel_digests if d}
-    shared |= np.array([d is not None and d in digests for d in ours.pixel_digests])
-    near = near_duplicates_of(fingerprint_images(ours.images), fingerprint_images(theirs.images))
-    return shared | (near & ours.ok)

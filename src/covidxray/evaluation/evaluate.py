@@ -10,7 +10,7 @@ import pandas as pd
 
 from covidxray import rundir
 from covidxray.data.loading import load_labelled_images
-from covidxray.data.sources import confounding_warning, original_name_key
+from covidxray.data.sources import as_paths, confounding_warning
 from covidxray.errors import CovidXrayError, DatasetError
 from covidxray.evaluation.attention import heat_in_lungs
 from covidxray.evaluation.calibration import calibration_summary
@@ -48,7 +48,7 @@ def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None, progre
     loaded = load_labelled_images(data, config.classes, predictor.decode_side, cache_dir=cache_dir,
                                   progress=progress, require_all=False)
     seen = (np.zeros(len(loaded.table), dtype=bool) if include_seen
-            else seen_by_run(predictor.path, loaded.table, cache_dir=cache_dir))
+            else seen_by_run(predictor.path, loaded.table, cache_dir=cache_dir, beside=data))
     if seen.any():
         log.info("left out %d images that the run trained or validated on (pass --include-seen to keep them)",
                  int(seen.sum()))
@@ -92,11 +92,13 @@ def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None, progre
     return metrics
 
 
-def seen_by_run(run_dir: str | Path, table: pd.DataFrame, *, cache_dir=None) -> np.ndarray:
+def seen_by_run(run_dir: str | Path, table: pd.DataFrame, *, cache_dir=None, beside=()) -> np.ndarray:
     """True for rows that are the same image as a training or validation image of the run: the same
-    original file name, the same pixels, or a near-duplicate (:mod:`covidxray.data.duplicates`;
-    for the run's images still on this machine)."""
-    from covidxray.data.duplicates import fingerprint_files, near_duplicates_of
+    original file name, the same pixels, or a near-duplicate (:func:`covidxray.data.duplicates.same_images`;
+    for the run's images still on this machine). ``beside``: dataset paths; a relative path of the
+    run's ``split.csv`` (a shipped preset's: ``darkcovidnet/covid/x.png``) is also looked for in the
+    folders that hold them."""
+    from covidxray.data.duplicates import same_images
 
     run = rundir.RunDir(run_dir)
     if not run.file(rundir.SPLIT).is_file():
@@ -106,21 +108,20 @@ def seen_by_run(run_dir: str | Path, table: pd.DataFrame, *, cache_dir=None) -> 
     except CovidXrayError as error:
         raise CovidXrayError(f"{error}, or pass --include-seen to keep every image") from None
     used = split[split["split"].isin(("train", "validation"))]
-    names = {original_name_key(n) for n in used.get("original_name", [])} - {""}
-    pixels = set(used.get("pixels", [])) - {""}
-    by_name = table["original_name"].map(original_name_key).isin(names)
-    seen = (by_name | table["pixels"].isin(pixels)).to_numpy().copy()
-    present = [str(p) for p in used.get("path", []) if Path(p).is_file()]
-    if len(present) < len(used):
+    folders = {Path(d).parent.parent if Path(d).suffix.lower() == ".csv" else Path(d).parent for d in as_paths(beside)}
+    if "path" in used:
+        used = used.assign(path=[_located(p, folders) for p in used["path"]])
+    seen, found = same_images(table, used, cache_dir)
+    if found["missing"]:
         log.info("%d of the run's %d training and validation images are not on this machine: their "
-                 "near-duplicates cannot be found (same names and pixels still are)", len(used) - len(present),
-                 len(used))
-    if present and not seen.all():
-        theirs, ok, _ = fingerprint_files(present, cache_dir, progress=False)
-        rest = np.flatnonzero(~seen)
-        ours, mine_ok, _ = fingerprint_files([str(p) for p in table["path"].to_numpy()[rest]], cache_dir, progress=False)
-        near = near_duplicates_of(ours, theirs.subset(np.flatnonzero(ok))) & mine_ok
-        if near.any():
-            log.info("%d images are near-duplicates of the run's training or validation images", int(near.sum()))
-        seen[rest[near]] = True
+                 "near-duplicates cannot be found (same names and pixels still are)", found["missing"], len(used))
+    if found["near"]:
+        log.info("%d images are near-duplicates of the run's training or validation images", found["near"])
     return seen
+
+
+def _located(path: str, folders) -> str:
+    """``path`` as it is, or, where it is relative and missing here, under the first of ``folders`` that holds it."""
+    if Path(path).is_absolute() or Path(path).exists():
+        return path
+    return next((str(folder / path) for folder in sorted(folders) if (folder / path).exists()), path)

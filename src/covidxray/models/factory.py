@@ -18,8 +18,6 @@ def create_model(
     image_size: int | None = None,
     weights: str | None = None,
     augment: bool = True,
-    flip: bool = False,
-    acquisition: bool = False,
     seed: int | None = None,
     dtype_policy: str | None = None,
 ) -> keras.Model:
@@ -28,23 +26,22 @@ def create_model(
     ``weights``: None or ``"none"`` (random), ``"imagenet"`` (backbones only), or the path
     of a ``.keras`` / ``.weights.h5`` file with weights for this architecture (for the
     ``keras.applications`` backbones: a weights file of the backbone without its top).
-    ``acquisition``: add :class:`~covidxray.models.augment.RandomAcquisition` to the augmentation.
     ``dtype_policy``: None (Keras's global policy, float32 unless changed) or a Keras dtype policy
     such as ``"mixed_bfloat16"`` for the layers of this model; the probabilities stay float32.
     """
     if dtype_policy is None:
         return _create_model(name, num_classes=num_classes, image_size=image_size, weights=weights,
-                             augment=augment, flip=flip, acquisition=acquisition, seed=seed)
+                             augment=augment, seed=seed)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(dtype_policy)
     try:
         return _create_model(name, num_classes=num_classes, image_size=image_size, weights=weights,
-                             augment=augment, flip=flip, acquisition=acquisition, seed=seed)
+                             augment=augment, seed=seed)
     finally:
         keras.config.set_dtype_policy(previous)
 
 
-def _create_model(name, *, num_classes, image_size, weights, augment, flip, acquisition, seed) -> keras.Model:
+def _create_model(name, *, num_classes, image_size, weights, augment, seed) -> keras.Model:
     spec = model_spec(name)
     size = image_size or spec.image_size
     weights = None if weights in (None, "none", "None") else weights
@@ -53,7 +50,7 @@ def _create_model(name, *, num_classes, image_size, weights, augment, flip, acqu
     if weights == "imagenet" and not spec.imagenet_weights:
         raise CovidXrayError(f"model {name!r} has no ImageNet weights; use --weights none or a file path")
     inputs = keras.Input((size, size, 1), name="image")
-    x = augmentation(seed, flip=flip, acquisition=acquisition)(inputs) if augment else inputs
+    x = augmentation(seed)(inputs) if augment else inputs
     if spec.scaled_input:
         x = keras.layers.Rescaling(1 / 255, name="scale")(x)
     if spec.imagenet_weights:  # keras.applications loads (or downloads) the backbone weights itself

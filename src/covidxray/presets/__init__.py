@@ -2,7 +2,8 @@
 
 A preset is a run folder inside the package (``covidxray/presets/NAME/``): ``model.keras``
 (weights only, no optimizer state), ``config.json``, ``calibration.json``, ``metrics.json``,
-``split.csv`` (which images it trained and validated on: ``evaluate`` leaves those out),
+``split.csv`` (which images it trained and validated on, each path under its dataset's folder
+name, ``darkcovidnet/covid/x.png``: ``evaluate`` leaves those out),
 ``familiarity.npz`` where the run has one (what flags an X-ray unlike the training data) and
 ``MODEL_CARD.md``, which says what it was trained on, how it scores, where it fails and what it
 must not be used for. Commands take one with ``--run preset:NAME`` (or ``--preset NAME``);
@@ -82,7 +83,24 @@ def package_run(run_dir: str | Path, dest: str | Path) -> Path:
     atomic_save(dest / rundir.MODEL, model.save)
     for name in PACKAGED_FILES:
         shutil.copyfile(run.require(name), dest / name)
-    for name in (rundir.SPLIT, rundir.FAMILIARITY):  # without them, evaluate finds no seen image and nothing is flagged
-        if (run.path / name).is_file():
-            shutil.copyfile(run.path / name, dest / name)
+    if (run.path / rundir.SPLIT).is_file():  # without it, evaluate finds no seen image
+        rundir.write_csv(dest / rundir.SPLIT, portable_split(run.read_split()))
+    if (run.path / rundir.FAMILIARITY).is_file():  # without it, nothing is flagged as unlike the training data
+        shutil.copyfile(run.path / rundir.FAMILIARITY, dest / rundir.FAMILIARITY)
     return dest
+
+
+def portable_split(split):
+    """``split.csv`` with each path made relative to the folder that holds its dataset
+    (``/home/me/data/darkcovidnet/covid/x.png`` -> ``darkcovidnet/covid/x.png``) and each dataset
+    named by its folder, so that a shipped preset names no folder of the machine it was trained on;
+    ``evaluate`` finds the files again beside the datasets it is given."""
+    paths, datasets = [], []
+    for path, dataset in zip(split["path"], split.get("dataset", [""] * len(split))):
+        root = Path(dataset)
+        root = root.parent if root.suffix.lower() == ".csv" else root  # a manifest: paths are under its folder
+        parts = Path(path).parts
+        at = max((i for i, part in enumerate(parts[:-1]) if part == root.name), default=None) if root.name else None
+        paths.append(Path(*parts[at:]).as_posix() if at is not None else Path(path).name)
+        datasets.append(root.name)
+    return split.assign(path=paths, **({"dataset": datasets} if "dataset" in split else {}))

@@ -59,13 +59,11 @@ def write_report(path, text: str) -> None:
 
 def source_settings_text(config: dict) -> str | None:
     """The settings meant to make a model hold up on other sources, in words, or None when none is on:
-    what the model sees of the lungs, intensity harmonisation, source-balanced weights, acquisition
-    augmentation and the gradient-reversal source head."""
+    what the model sees of the lungs, intensity harmonisation, source-balanced weights and the
+    gradient-reversal source head."""
     parts = Preprocessing.from_settings(config).short()
     if config.get("balance_sources"):
         parts.append("source-balanced loss")
-    if config.get("acquisition_augment"):
-        parts.append("acquisition augmentation")
     if config.get("source_adversary"):
         parts.append(f"source adversary {config['source_adversary']:g}")
     return ", ".join(parts) or None

@@ -80,8 +80,7 @@ def _check_backend(config: TrainConfig) -> None:
 
 def _create(config: TrainConfig) -> keras.Model:
     return create_model(config.model, num_classes=len(config.classes), image_size=config.image_size,
-                        weights=config.weights, augment=config.augment, flip=config.flip,
-                        acquisition=config.acquisition_augment, seed=config.seed,
+                        weights=config.weights, augment=config.augment, seed=config.seed,
                         dtype_policy=config.mixed_precision)
 
 

@@ -39,7 +39,7 @@ def probe(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verb
     metrics = train(config, out, overwrite=overwrite, verbose=verbose, progress=progress)
     test = metrics["test"]
     targets = np.repeat(np.arange(len(test["classes"])), [c["support"] for c in test["per_class"].values()])
-    metrics["probe"] = {"region": config.blank_region, "lungs": metrics["run"]["lungs"],
+    metrics["probe"] = {"region": config.blank_region, "lungs": config.lungs,
                         "chance_accuracy": chance_accuracy(targets)}
     if config.blank_region == "box":
         metrics["probe"]["blank_fraction"] = config.blank_fraction

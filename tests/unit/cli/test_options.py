@@ -26,8 +26,8 @@ def test_only_the_options_given_are_returned():
 
 def test_boolean_flags_turn_a_setting_on_or_off():
     parser = _parser("train")
-    assert given_settings(parser.parse_args(["--data", "a", "--no-augment", "--no-class-weights", "--flip"])) == {
-        "data": ["a"], "augment": False, "class_weights": False, "flip": True}
+    assert given_settings(parser.parse_args(["--data", "a", "--no-augment", "--no-class-weights", "--balance-sources"])) == {
+        "data": ["a"], "augment": False, "class_weights": False, "balance_sources": True}
     assert "augment" not in given_settings(parser.parse_args(["--data", "a"]))  # not given: not returned
     with pytest.raises(SystemExit):
         parser.parse_args(["--data", "a", "--augment"])  # only the flag that changes the default exists

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -197,6 +199,20 @@ def test_seen_by_run_leaves_out_near_duplicates_of_training_and_validation_image
         r.getMessage() for r in caplog.records]
 
 
+def test_a_shipped_split_with_paths_under_dataset_folders_is_found_beside_the_data(run_with_films, tmp_path):
+    """A preset's split.csv names runs_data/t.png; evaluating data held beside runs_data/ finds its files."""
+    run, table, _ = run_with_films
+    split = pd.read_csv(run / "split.csv")
+    split["path"] = ["runs_data/" + Path(p).name for p in split["path"]]
+    split.to_csv(run / "split.csv", index=False)
+    elsewhere = tmp_path / "somewhere_else"
+    elsewhere.mkdir()
+    assert seen_by_run(run, table, cache_dir=tmp_path / "cache", beside=str(tmp_path / "evaluated")).tolist() == [
+        True, True, False, False, True]  # as with the run's own absolute paths
+    nowhere = seen_by_run(run, table, cache_dir=tmp_path / "cache", beside=[str(elsewhere / "data")])
+    assert nowhere.tolist() == [False, False, False, False, True]  # not found there: by name only
+
+
 def test_seen_by_run_without_the_runs_files_falls_back_to_names_and_pixels(run_with_films, tmp_path, caplog):
     import logging
 
@@ -213,13 +229,13 @@ def test_seen_by_run_without_the_runs_files_falls_back_to_names_and_pixels(run_w
 
 
 def test_seen_by_run_with_every_file_gone_reads_no_image(run_with_films, tmp_path, monkeypatch):
-    import covidxray.data.duplicates as duplicates
+    from covidxray.data.cache import ImageCache
 
     run, table, kept = run_with_films
     for path in kept.values():
         path.unlink()
     (tmp_path / "runs_data" / "n.png").unlink()
-    monkeypatch.setattr(duplicates, "fingerprint_files", lambda *a, **k: pytest.fail("fingerprinted without files"))
+    monkeypatch.setattr(ImageCache, "load", lambda *a, **k: pytest.fail("decoded without files"))
     assert seen_by_run(run, table, cache_dir=tmp_path / "cache").tolist() == [False, False, False, False, True]
 
 

@@ -147,7 +147,7 @@ def test_predict_reads_dicom(tmp_path):
     good = write_dicom(tmp_path / "x.dcm", DICOM_RAMP)
     bad = tmp_path / "bad.dcm"
     bad.write_bytes(b"DICM but not really" * 20)
-    config = TrainConfig(data="x", image_size=16, classes=("covid", "normal", "pneumonia"))
+    config = TrainConfig(data="x", image_size=16)
     predictor = Predictor(KerasEngine(model), config, Calibration(), tmp_path)
     results, failures = predict_files(predictor, [good, bad], progress=False)
     assert [r["path"] for r in results] == [str(good)]

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from covidxray.models.augment import RandomAcquisition, RandomAffine, augmentation
+from covidxray.models.augment import RandomAffine, augmentation
 
 SIZE = 40
 
@@ -104,59 +104,5 @@ def test_saved_and_loaded_with_its_settings(tmp_path):
     assert (loaded.rotation, loaded.zoom, loaded.shift, loaded.seed) == (3, 0.2, 0.01, 5)
 
 
-def _film(n: int = 6, side: int = 64) -> np.ndarray:
-    """Smooth mid-grey images (a vertical ramp), so every effect of RandomAcquisition shows."""
-    ramp = np.linspace(60, 200, side, dtype="float32")[:, None] * np.ones((1, side), "float32")
-    return np.repeat(ramp[None, ..., None], n, axis=0)
-
-
-def test_acquisition_is_inactive_outside_training_and_keeps_the_range():
-    layer = RandomAcquisition(seed=1)
-    x = _film()
-    assert np.array_equal(keras.ops.convert_to_numpy(layer(x)), x)
-    out = keras.ops.convert_to_numpy(layer(x, training=True))
-    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 255
-    assert not np.allclose(out, x)
-    assert len({round(float(v), 3) for v in np.abs(out - x).mean(axis=(1, 2, 3))}) == len(x)  # drawn per image
-
-
-def test_acquisition_without_ranges_changes_only_blur_and_patches():
-    layer = RandomAcquisition(gamma=1.0, noise=0.0, border=0.0, seed=2)
-    x = _film(n=32)
-    out = keras.ops.convert_to_numpy(layer(x, training=True))
-    changed = np.abs(out - x) > 1.0
-    inner = changed[:, 3:-3, 3:-3, 0]  # the blur of a ramp moves only the zero-padded edges
-    patched = inner.reshape(len(x), -1).any(axis=1)
-    assert 6 < patched.sum() < 26  # about half the images get a marker-like patch
-    for image, mask in zip(out[patched, 3:-3, 3:-3, 0], inner[patched]):
-        assert set(np.unique(np.round(image[mask]))) <= {0.0, 255.0}  # a black or white rectangle
-        rows, cols = np.nonzero(mask)
-        assert mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
-
-
-def test_acquisition_blanks_borders_and_draws_gamma_within_its_range():
-    layer = RandomAcquisition(gamma=1.5, noise=0.0, border=0.2, seed=3)
-    x = _film(n=64)
-    out = keras.ops.convert_to_numpy(layer(x, training=True))[..., 0]
-    assert (out[:, 0, :] == 0).all(axis=1).sum() > 10  # a blanked top border in many images
-    centre = out[:, 32, 32]  # 130 grey levels before: gamma in [1/1.5, 1.5] keeps it in this range
-    low, high = 255 * (x[0, 32, 32, 0] / 255) ** 1.5, 255 * (x[0, 32, 32, 0] / 255) ** (1 / 1.5)
-    unpatched = centre[(centre > 1) & (centre < 254)]
-    assert low - 2 <= unpatched.min() and unpatched.max() <= high + 2
-
-
-def test_acquisition_saved_and_loaded_with_its_settings(tmp_path):
-    inputs = keras.Input((32, 32, 1))
-    model = keras.Model(inputs, RandomAcquisition(gamma=1.3, noise=4.0, border=0.05, seed=7)(inputs))
-    model.save(tmp_path / "m.keras")
-    layer = keras.saving.load_model(tmp_path / "m.keras").layers[-1]
-    assert isinstance(layer, RandomAcquisition)
-    assert (layer.gamma, layer.noise, layer.border, layer.seed) == (1.3, 4.0, 0.05, 7)
-    with pytest.raises(ValueError, match="gamma=0.5 must be >= 1"):
-        RandomAcquisition(gamma=0.5)
-
-
-def test_augmentation_puts_acquisition_first_only_when_asked():
-    names = [type(layer).__name__ for layer in augmentation(0, acquisition=True).layers]
-    assert names == ["RandomAcquisition", "RandomAffine", "RandomContrast"]
-    assert "RandomAcquisition" not in [type(layer).__name__ for layer in augmentation(0).layers]
+def test_augmentation_is_the_affine_map_then_contrast_with_no_flip():
+    assert [type(layer).__name__ for layer in augmentation(0).layers] == ["RandomAffine", "RandomContrast"]

@@ -52,9 +52,9 @@ def test_a_recipe_and_its_schedule_are_named():
 
 def test_the_settings_for_other_sources_are_named():
     result = _result()
-    result["config"].update(lungs="crop", balance_sources=True, acquisition_augment=True, source_adversary=0.3)
-    assert ("batch 8, class-weighted loss, float32; for other sources: lung crop, source-balanced loss, acquisition "
-            "augmentation, source adversary 0.3\n") in render_cv_report(result)
+    result["config"].update(lungs="crop", intensity="clahe", balance_sources=True, source_adversary=0.3)
+    assert ("batch 8, class-weighted loss, float32; for other sources: lung crop, intensity clahe, source-balanced loss, "
+            "source adversary 0.3\n") in render_cv_report(result)
 
 
 def test_image_level_protocol_and_no_covid():
