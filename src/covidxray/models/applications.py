@@ -11,20 +11,13 @@ import keras
 
 from covidxray.models.registry import BACKBONES
 
-#: name -> how the backbone wants its 0..255 RGB input scaled (constructors: registry.BACKBONES)
-SCALING = {
-    "mobilenet_v3_small": "raw",  # rescales inside (include_preprocessing)
-    "efficientnet_b0": "raw",  # rescales and normalises inside
-    "densenet121": "torch",
-}
-
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def backbone(x, num_classes: int, *, name: str, weights: str | None, dropout: float = 0.2):
     """A ``keras.applications`` body on a grayscale [0, 255] tensor; returns probabilities."""
-    constructor, scaling = BACKBONES[name], SCALING[name]
+    constructor, scaling = BACKBONES[name]
     x = keras.layers.Concatenate(name="to_rgb")([x, x, x])
     if scaling == "torch":
         x = keras.layers.Rescaling(1 / 255, name="scale")(x)

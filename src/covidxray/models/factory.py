@@ -68,12 +68,23 @@ def _create_model(name, *, num_classes, image_size, weights, augment, seed) -> k
     if keras.config.dtype_policy().compute_dtype != "float32":  # probabilities and the loss in float32
         outputs = keras.layers.Activation("linear", dtype="float32", name="probabilities")(outputs)
     model = keras.Model(inputs, outputs, name=name)
+    _check_body(model, name)
     if weights is not None and not spec.imagenet_weights:
         try:
             model.load_weights(weights)
         except (ValueError, KeyError, OSError) as error:
             raise CovidXrayError(f"{weights}: weights do not fit model {name!r} ({error})") from None
     return model
+
+
+def _check_body(model: keras.Model, name: str) -> None:
+    """The rule a registered body follows, checked as it is built: it ends in a Dense layer named
+    ``predictions``, whose input the source head reads (Grad-CAM names its own need, a convolution,
+    when it finds none)."""
+    layers = {layer.name: layer for layer in model.layers}
+    if not isinstance(layers.get("predictions"), keras.layers.Dense):
+        raise CovidXrayError(f"model {name!r}: its body must end in a Dense layer named 'predictions' (the source "
+                             "head reads the features at its input); name the last layer so")
 
 
 def load_model(path) -> keras.Model:

@@ -43,11 +43,13 @@ class ModelSpec:
         return (lambda x, n, **kw: body(x, n, **options, **kw)) if options else body
 
 
-#: keras.applications backbones: name -> constructor (see covidxray.models.applications)
+#: keras.applications backbones (covidxray.models.applications): name -> (constructor, how it wants its
+#: 0..255 RGB input: "raw" where it rescales inside, "torch" for [0, 1] normalised by ImageNet's mean and std).
+#: A new backbone is one line here (and a build test in tests/unit/models/test_factory.py).
 BACKBONES = {
-    "mobilenet_v3_small": "MobileNetV3Small",
-    "efficientnet_b0": "EfficientNetB0",
-    "densenet121": "DenseNet121",
+    "mobilenet_v3_small": ("MobileNetV3Small", "raw"),  # include_preprocessing
+    "efficientnet_b0": ("EfficientNetB0", "raw"),  # rescales and normalises inside
+    "densenet121": ("DenseNet121", "torch"),
 }
 
 MODELS: dict[str, ModelSpec] = {
@@ -59,7 +61,7 @@ MODELS: dict[str, ModelSpec] = {
     **{
         name: ModelSpec("covidxray.models.applications:backbone", 224, False, imagenet_weights=True,
                         description=f"keras.applications.{constructor}", options=(("name", name),))
-        for name, constructor in BACKBONES.items()
+        for name, (constructor, _) in BACKBONES.items()
     },
 }
 

@@ -137,3 +137,17 @@ def test_build_save_load_predict(backend, tmp_path):
         assert result[name]["max_diff"] < 1e-5
         assert all(abs(s - 1) < 1e-4 for s in result[name]["sums"])
         assert result[name]["bn_error"] < 1e-3  # precise BN: moving mean = mean of the layer's input
+
+
+def test_a_body_without_its_predictions_layer_is_refused_as_it_is_built():
+    from covidxray.models.registry import MODELS, ModelSpec, register_model
+
+    def unnamed(x, num_classes):
+        return keras.layers.Dense(num_classes, activation="softmax")(keras.layers.Flatten()(x))
+
+    register_model("unnamed", ModelSpec(unnamed, 16, True))
+    try:
+        with pytest.raises(CovidXrayError, match="model 'unnamed': its body must end in a Dense layer named 'predictions'"):
+            create_model("unnamed", num_classes=2, augment=False)
+    finally:
+        MODELS.pop("unnamed")

@@ -33,7 +33,7 @@ def tiny(x, num_classes):  # compiles in seconds; batch norm makes the devices s
     x = keras.layers.Conv2D(8, 3, strides=2, use_bias=False)(x)
     x = keras.layers.BatchNormalization(momentum=0.9)(x)
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
-    return keras.layers.Dense(num_classes, activation="softmax")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
 register_model("tiny", ModelSpec(tiny, 32, True))
 
 seen = []  # (devices of the distribution in force, devices holding a weight, devices a batch is split over)
