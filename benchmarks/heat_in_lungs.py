@@ -27,7 +27,7 @@ def measure(run: str, cache_dir: str | None = None, layer: str | None = None) ->
 
     predictor = load_predictor(run)
     config = replace(predictor.config, cache_dir=cache_dir) if cache_dir else predictor.config
-    data = prepare_data(config, progress=False)
+    data = prepare_data(config)
     rows = data.mask("test")
     expected = json.loads(RunDir(predictor.path).file(METRICS).read_text())["test"]["n"]
     if int(rows.sum()) != expected:

@@ -84,13 +84,12 @@ def worker(args) -> None:
            "source_sizes": sorted({f"{i.shape[1]}x{i.shape[0]}" for i in images})[:3],
            "load_average_before": [round(x, 2) for x in os.getloadavg()]}
     row["arrays_per_second"] = round(n / best(lambda: lungs.segment(images), "arrays"), 1)
-    row["files_per_second"] = round(n / best(lambda: lungs.segment_files(paths, use_cache=False, progress=False),
+    row["files_per_second"] = round(n / best(lambda: lungs.segment_files(paths, use_cache=False),
                                             "files"), 1)
     out = Path(scratch.name) / "out"
-    row["files_write_per_second"] = round(n / best(lambda: lungs.segment_files(paths, out, use_cache=False,
-                                                                             progress=False), "files+write"), 1)
-    lungs.segment_files(paths, cache_dir=cache, progress=False)  # fills the cache
-    row["cached_per_second"] = round(n / best(lambda: lungs.segment_files(paths, cache_dir=cache, progress=False),
+    row["files_write_per_second"] = round(n / best(lambda: lungs.segment_files(paths, out, use_cache=False), "files+write"), 1)
+    lungs.segment_files(paths, cache_dir=cache)  # fills the cache
+    row["cached_per_second"] = round(n / best(lambda: lungs.segment_files(paths, cache_dir=cache),
                                               "cached"), 1)
     row["network_per_second"] = network_speeds(lungs, best, Path(scratch.name))
     row["cpu_ms_per_image"] = cpu_ms

@@ -79,7 +79,7 @@ def main() -> None:
     difference = float(np.abs(probabilities["keras"] - probabilities["onnxruntime"]).max())
     for engine, (p, seconds) in engines.items():
         def end_to_end(p=p):
-            results, failures = p.predict_files(paths, progress=False)
+            results, failures = p.predict_files(paths)
             assert len(results) == len(paths) and not failures
 
         end_to_end_seconds = timings(end_to_end, args.repeats)

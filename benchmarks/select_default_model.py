@@ -45,7 +45,7 @@ def main(argv=None) -> None:
         config = TrainConfig(data=args.data, task=args.task, model=name, image_size=int(size),
                              epochs=args.epochs, patience=args.patience, seed=args.seed,
                              learning_rate=args.learning_rate, batch_size=args.batch_size).resolve()
-        data = prepare_data(config, progress=False)
+        data = prepare_data(config)
         with tempfile.TemporaryDirectory() as folder:
             run = rundir.RunDir(folder)
             started = time.perf_counter()

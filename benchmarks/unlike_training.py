@@ -36,7 +36,7 @@ def measure(run: str, datasets: list[str], cache_dir: str | None = None) -> dict
     config = replace(predictor.config, cache_dir=cache_dir) if cache_dir else predictor.config
     saved = RunDir(predictor.path)
     if saved.file(SPLIT).is_file():  # the run's own split (a cross-validation fold's too)
-        loaded = load_data(config, progress=False)
+        loaded = load_data(config)
         split = dict(zip(*saved.read_split().loc[:, ["path", "split"]].to_numpy().T))
         missing = [p for p in loaded.table["path"] if p not in split]
         if missing:
@@ -45,7 +45,7 @@ def measure(run: str, datasets: list[str], cache_dir: str | None = None) -> dict
         table = loaded.table.assign(split=[split[p] for p in loaded.table["path"]])
         data = PreparedData(table, loaded.images, loaded.targets, loaded.classes, loaded.skipped)
     else:  # a preset keeps no split.csv: made again from its settings
-        data = prepare_data(config, progress=False)
+        data = prepare_data(config)
     rows = data.mask("test")
     expected = json.loads(saved.file(METRICS).read_text())["test"]["n"]
     if int(rows.sum()) != expected:
@@ -63,7 +63,7 @@ def measure(run: str, datasets: list[str], cache_dir: str | None = None) -> dict
               "in_source": flagged(x_val[~halves], y_val[~halves]), "own_test": flagged(*data.part("test")),
               "test_sources": sorted(set(data.table.loc[rows, "source"])), "datasets": {}}
     for dataset in datasets:
-        metrics = evaluate(predictor, dataset, cache_dir=cache_dir, progress=False)
+        metrics = evaluate(predictor, dataset, cache_dir=cache_dir)
         result["datasets"][dataset] = {**metrics["unlike_training"], "covid_auc": (metrics.get("covid") or {}).get("auc"),
                                        "left_out_seen": metrics["left_out_seen"]}
     return result

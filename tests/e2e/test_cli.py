@@ -370,7 +370,7 @@ def test_predict_without_run_uses_the_shipped_model(tmp_path, capsys):
     for r in results:
         assert set(r["probabilities"]) == {"covid", "normal", "pneumonia"}
         assert sum(r["probabilities"].values()) == pytest.approx(1, abs=1e-4)
-    assert results == load_predictor(preset=DEFAULT_PRESET).predict_files(paths, progress=False)[0]
+    assert results == load_predictor(preset=DEFAULT_PRESET).predict_files(paths)[0]
     assert main(["--quiet", "predict", "--preset", DEFAULT_PRESET, *paths, "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == results
 

@@ -120,8 +120,8 @@ def test_onnx_export_records_and_applies_the_crop(cropped_run, xrays):
     metadata = json.loads({p.key: p.value for p in graph.metadata_props}["covidxray"])
     assert metadata["preprocessing"] == {"lungs": "crop", "intensity": "none", "decode_side": 128}
     files = sorted((xrays / "covid").glob("*.png"))[:3]
-    keras_results, _ = load_predictor(run).predict_files(files, progress=False)
-    onnx_results, _ = load_predictor(run, engine="onnxruntime").predict_files(files, progress=False)
+    keras_results, _ = load_predictor(run).predict_files(files)
+    onnx_results, _ = load_predictor(run, engine="onnxruntime").predict_files(files)
     for ours, theirs in zip(keras_results, onnx_results):
         assert ours["lungs"] == theirs["lungs"]
         for c in ours["probabilities"]:

@@ -7,16 +7,29 @@ from __future__ import annotations
 import io
 import sys
 
+import pytest
+
 from covidxray.data.cache import ImageCache
-from covidxray.progress import bar_enabled, progress_bar
+from covidxray.progress import bar_enabled, progress_bar, set_progress
 from helpers import gray, use_log_file, use_terminal, write_png
+
+
+@pytest.fixture(autouse=True)
+def switch_restored():
+    yield
+    set_progress(None)
 
 
 def test_bar_enabled_follows_the_terminal_unless_told(monkeypatch):
     use_terminal(monkeypatch)
-    assert bar_enabled(None) and bar_enabled(True) and not bar_enabled(False)
+    assert bar_enabled()
+    set_progress(False)
+    assert not bar_enabled()
+    set_progress(None)
     monkeypatch.setattr(sys, "stderr", io.StringIO())
-    assert not bar_enabled(None) and bar_enabled(True) and not bar_enabled(False)
+    assert not bar_enabled()
+    set_progress(True)
+    assert bar_enabled()
 
 
 def test_bar_on_a_terminal_nothing_when_quiet(monkeypatch):
@@ -24,7 +37,11 @@ def test_bar_on_a_terminal_nothing_when_quiet(monkeypatch):
     assert list(progress_bar(range(5), desc="counting")) == list(range(5))
     assert "counting" in terminal.getvalue() and "5/5" in terminal.getvalue()
     terminal.seek(0), terminal.truncate()
-    assert sum(progress_bar(range(5), desc="counting", progress=False)) == 10  # still iterates
+    set_progress(False)  # covidxray --quiet
+    assert sum(progress_bar(range(5), desc="counting")) == 10  # still iterates
+    assert terminal.getvalue() == ""
+    set_progress(None)
+    assert sum(progress_bar(range(5), desc="counting", disable=True)) == 10  # one bar hidden whatever the switch
     assert terminal.getvalue() == ""
 
 

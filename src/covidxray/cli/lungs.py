@@ -62,10 +62,6 @@ def add_lungs_commands(commands) -> None:
     segment.set_defaults(handler=run_lungs_segment)
 
 
-def _progress(args) -> bool | None:
-    return False if getattr(args, "quiet", False) else None
-
-
 def parse_widths(text: str) -> list[int]:
     try:
         widths = [int(part) for part in str(text).split(",") if part.strip()]
@@ -82,7 +78,7 @@ def run_lungs_train(args) -> int:
                              seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                              augment=args.augment)
     verbose = 0 if getattr(args, "quiet", False) else (1 if sys.stdout.isatty() else 2)
-    metrics = train_segmenter(config, args.out, overwrite=args.overwrite, verbose=verbose, progress=_progress(args))
+    metrics = train_segmenter(config, args.out, overwrite=args.overwrite, verbose=verbose)
     print(format_segmentation_metrics(metrics["test"]), end="")
     print(f"run: {args.out} (metrics.json, failures/)")
     return 0
@@ -94,8 +90,7 @@ def run_lungs_segment(args) -> int:
 
     paths = expand_paths(args.paths)
     segmenter = load_segmenter(args.run)
-    results = segmenter.segment_files(paths, args.out, cache_dir=args.cache_dir, use_cache=args.cache,
-                                      progress=_progress(args))
+    results = segmenter.segment_files(paths, args.out, cache_dir=args.cache_dir, use_cache=args.cache)
     print(format_lungs(results, args.format), end="")
     for result in results:
         if result["warning"]:

@@ -22,6 +22,7 @@ from covidxray.cli.output import format_predictions, print_cv_summary, print_eva
 from covidxray.config import CV, PROBE, TRAIN, TrainConfig, check_setting
 from covidxray.errors import CovidXrayError, printable
 from covidxray.inference.engines import ENGINES
+from covidxray.progress import set_progress
 from covidxray.version import __version__
 
 log = logging.getLogger("covidxray")
@@ -157,10 +158,6 @@ def _verbosity(args) -> int:
     return 0 if args.quiet else (1 if sys.stdout.isatty() else 2)
 
 
-def _progress(args) -> bool | None:
-    return False if args.quiet else None
-
-
 def run_train(args) -> int:
     from covidxray.training.train import resume, train
 
@@ -169,14 +166,13 @@ def run_train(args) -> int:
         if args.overwrite or (args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve()):
             raise CovidXrayError(f"--resume {args.resume} continues that run in place; drop --out and --overwrite")
         args.out = args.resume
-        metrics = resume(args.resume, cache_dir=given.pop("cache_dir", None), verbose=_verbosity(args),
-                         progress=_progress(args), **given)
+        metrics = resume(args.resume, cache_dir=given.pop("cache_dir", None), verbose=_verbosity(args), **given)
     else:
         missing = [f"--{name}" for name in ("data", "out") if getattr(args, name, None) is None]
         if missing:
             args.parser.error(f"the following arguments are required: {', '.join(missing)} (or --resume RUN_DIR)")
         metrics = train(TrainConfig.for_command(TRAIN, **given), args.out, overwrite=args.overwrite,
-                        verbose=_verbosity(args), progress=_progress(args))
+                        verbose=_verbosity(args))
     print_run_summary(metrics)
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
@@ -186,7 +182,7 @@ def run_cv(args) -> int:
     from covidxray.training.cv import CV_REPORT, cross_validate
 
     result = cross_validate(TrainConfig.for_command(CV, **given_settings(args)), args.out, args.folds,
-                            overwrite=args.overwrite, verbose=0 if args.quiet else 2, progress=_progress(args),
+                            overwrite=args.overwrite, verbose=0 if args.quiet else 2,
                             only=args.only)
     if "missing" in result:
         print(f"finished folds: {', '.join(map(str, result['finished'])) or 'none'}; not yet: "
@@ -202,7 +198,7 @@ def run_probe(args) -> int:
     from covidxray.training.probe import probe, probe_summary
 
     metrics = probe(TrainConfig.for_command(PROBE, **given_settings(args)), args.out, overwrite=args.overwrite,
-                    verbose=_verbosity(args), progress=_progress(args), reference=args.reference)
+                    verbose=_verbosity(args), reference=args.reference)
     print_run_summary(metrics)
     print(probe_summary(metrics))
     print(f"report: {Path(args.out) / 'report.md'}")
@@ -219,8 +215,7 @@ def run_evaluate(args) -> int:
 
         check_writable(args.out, "--out")  # a folder, a file on the way, no permission: before any work
     data = args.data if len(args.data) > 1 else args.data[0]
-    metrics = evaluate(load_predictor(args.run, preset=args.preset, tta=args.tta), data, cache_dir=args.cache_dir,
-                       progress=_progress(args), per_source=args.per_source, include_seen=args.include_seen,
+    metrics = evaluate(load_predictor(args.run, preset=args.preset, tta=args.tta), data, cache_dir=args.cache_dir, per_source=args.per_source, include_seen=args.include_seen,
                        heat=args.heat_in_lungs, predictions=args.predictions)
     if args.out:
         atomic_write_text(args.out, json.dumps(metrics, indent=2) + "\n")
@@ -238,7 +233,7 @@ def run_predict(args) -> int:
         engine_class(args.engine).require(GRADIENTS, "--heatmaps")
         heatmap_folder(args.heatmaps)
     predictor = load_predictor(args.run, preset=args.preset, engine=args.engine, tta=args.tta)
-    results, failures = predictor.predict_files(paths, heatmaps=args.heatmaps, progress=_progress(args))
+    results, failures = predictor.predict_files(paths, heatmaps=args.heatmaps)
     print(format_predictions(results, predictor.classes, args.format), end="")
     for message in failures.values():
         print(f"covidxray: skipped {message}", file=sys.stderr)
@@ -279,7 +274,7 @@ def run_models(args) -> int:
 def run_download(args) -> int:
     from covidxray.data.download import download_dataset
 
-    folder = download_dataset(args.name, args.dest, url=args.url, progress=_progress(args))
+    folder = download_dataset(args.name, args.dest, url=args.url)
     print(f"{args.name}: ready in {folder}")
     return 0
 
@@ -289,7 +284,7 @@ def run_shard(args) -> int:
 
     check_setting("image_size", args.image_size)
     meta = write_shards(args.data, args.out, args.image_size, shard_size=args.shard_size or DEFAULT_SHARD_SIZE,
-                        overwrite=args.overwrite, progress=_progress(args))
+                        overwrite=args.overwrite)
     print(f"{meta['images']} images at {meta['image_size']}px in {len(meta['shards'])} shard(s): {args.out}"
           + (f" ({len(meta['skipped'])} unreadable file(s) skipped)" if meta["skipped"] else ""))
     return 0
@@ -303,7 +298,7 @@ def run_subset(args) -> int:
 
     check_writable(args.out, "--out")  # before any work
     out = write_subset(args.data, args.out, args.per_class, args.seed, exclude=args.exclude,
-                       cache_dir=args.cache_dir, progress=_progress(args))
+                       cache_dir=args.cache_dir)
     counts = pd.read_csv(out)["label"].value_counts().sort_index()
     print(printable(f"{counts.sum()} images ({', '.join(f'{n} {c}' for c, n in counts.items())}): {out}"))
     return 0
@@ -314,7 +309,7 @@ def run_audit(args) -> int:
     from covidxray.reports.audit_report import check_out, write_audit
 
     check_out(args.out, args.overwrite)  # before any work
-    result = audit_datasets(args.data, cache_dir=args.cache_dir, progress=_progress(args))
+    result = audit_datasets(args.data, cache_dir=args.cache_dir)
     report = write_audit(result, args.out, overwrite=args.overwrite)
     for sentence in result["verdict"]:
         print(printable(f"- {sentence}"))  # names of datasets and sources are the user's
@@ -352,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_backend_logs()  # before any backend loads
     args = build_parser().parse_args(argv)
     configure_logging(args.quiet)
+    set_progress(False if args.quiet else None)
     try:
         if args.command not in ("models", "data"):  # every other command runs a model
             import_keras_quietly()

@@ -53,7 +53,7 @@ CLASS_ORDER = TASKS["three-class"]
 IDENTICAL, NEAR = "identical", "near-duplicate"
 
 
-def audit_datasets(data: list[str] | str, *, cache_dir=None, progress: bool | None = None,
+def audit_datasets(data: list[str] | str, *, cache_dir=None,
                    rule: NearDuplicateRule | None = None) -> dict:
     """Audit one or several datasets (paths as ``--data`` takes them); writes nothing but the cache."""
     started = time.perf_counter()
@@ -66,7 +66,7 @@ def audit_datasets(data: list[str] | str, *, cache_dir=None, progress: bool | No
     for frame, path in zip(frames, paths, strict=True):
         frame["name"] = names[path]
     table = pd.concat(frames, ignore_index=True)
-    decoded = ImageCache(cache_dir).load(list(table["path"]), FINGERPRINT_SIDE, progress=progress)
+    decoded = ImageCache(cache_dir).load(list(table["path"]), FINGERPRINT_SIDE)
     ok = decoded.ok
     digests = [d or "" for d in decoded.pixel_digests]
     for message in decoded.failed.values():

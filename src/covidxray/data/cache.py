@@ -65,7 +65,7 @@ class ImageCache:
         self.root = Path(root) if root is not None else default_cache_dir()
         self.workers = workers or min(4, os.cpu_count() or 1)
 
-    def load(self, paths: list[str], size: int, *, progress: bool | None = None) -> DecodedImages:
+    def load(self, paths: list[str], size: int) -> DecodedImages:
         """Decode (or fetch from the cache) every path at ``size`` x ``size``."""
         index = self._read_index()
         images = np.zeros((len(paths), size, size), dtype=np.uint8)
@@ -86,7 +86,7 @@ class ImageCache:
             with ThreadPoolExecutor(self.workers) as pool:
                 results = pool.map(lambda i: self._decode(paths[i], size), todo)
                 bar = progress_bar(zip(todo, results), total=len(todo), desc=f"decoding at {size}px",
-                                   unit="img", progress=progress)
+                                   unit="img")
                 for i, result in bar:
                     if isinstance(result, ImageReadError):
                         failed[paths[i]] = str(result)

@@ -116,7 +116,6 @@ def download_dataset(
     dest: str | Path,
     *,
     url: str | None = None,
-    progress: bool | None = None,
     min_fraction: float = 0.98,
     spec: DatasetSpec | None = None,
     timeout: float = 60.0,
@@ -132,8 +131,6 @@ def download_dataset(
         ``dest/.downloads/``.
     url : str, optional
         Download from here instead of the spec's URL (a mirror).
-    progress : bool or None
-        Progress bar: None shows it on a terminal only, False never (see covidxray.progress).
     min_fraction : float
         Each class must hold at least this fraction of its expected image count.
     spec : DatasetSpec, optional
@@ -148,8 +145,7 @@ def download_dataset(
     target = dest / spec.name
     if _is_complete(target):
         return target
-    archive = fetch(url or spec.url, dest / ".downloads" / f"{spec.name}.zip",
-                    progress=progress, timeout=timeout)
+    archive = fetch(url or spec.url, dest / ".downloads" / f"{spec.name}.zip", timeout=timeout)
     root = verify_archive(archive, spec, min_fraction=min_fraction)
     _lay_out(archive, root, spec, target)
     return target
@@ -158,7 +154,7 @@ def download_dataset(
 # --------------------------------------------------------------------------------------- download
 
 
-def fetch(url: str, archive: Path, *, progress: bool | None = None, timeout: float = 60.0) -> Path:
+def fetch(url: str, archive: Path, *, timeout: float = 60.0) -> Path:
     """Download ``url`` to ``archive`` through ``archive.part``, resuming a partial file."""
     if archive.is_file():
         return archive
@@ -170,7 +166,7 @@ def fetch(url: str, archive: Path, *, progress: bool | None = None, timeout: flo
     except urllib.error.HTTPError as error:
         if error.code == 416 and offset:  # the .part is no prefix of the file: start over
             part.unlink()
-            return fetch(url, archive, progress=progress, timeout=timeout)
+            return fetch(url, archive, timeout=timeout)
         raise DatasetError(f"cannot download {url}: HTTP {error.code} {error.reason}") from None
     except (OSError, http.client.HTTPException) as error:
         raise _network_error(url, part, error) from None
@@ -180,7 +176,7 @@ def fetch(url: str, archive: Path, *, progress: bool | None = None, timeout: flo
         offset = _resume_offset(response, offset, url, part)
         total = _total_size(response, offset)
         try:
-            _copy(response, part, offset, total, progress=progress, label=archive.name)
+            _copy(response, part, offset, total, label=archive.name)
         except (OSError, http.client.HTTPException) as error:
             raise _network_error(url, part, error) from None
     size = part.stat().st_size
@@ -216,10 +212,10 @@ def _total_size(response, offset: int) -> int | None:
 
 
 def _copy(
-    response, part: Path, offset: int, total: int | None, *, progress: bool | None, label: str
+    response, part: Path, offset: int, total: int | None, *, label: str
 ) -> None:
     bar = progress_bar(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                       desc=label, progress=progress)
+                       desc=label)
     with bar, open(part, "ab" if offset else "wb") as out:
         while chunk := response.read(_CHUNK_SIZE):
             out.write(chunk)

@@ -98,12 +98,12 @@ def fingerprint_images(images: np.ndarray) -> Fingerprints:
     return Fingerprints(hashes, layout, detail)
 
 
-def fingerprint_files(paths: list[str], cache_dir=None, *, progress: bool | None = None):
+def fingerprint_files(paths: list[str], cache_dir=None):
     """Fingerprints of image files, decoded through the image cache; returns ``(fingerprints, ok,
     failed)``: ``ok`` marks the files that decoded, ``failed`` maps the others to why."""
     from covidxray.data.cache import ImageCache
 
-    decoded = ImageCache(cache_dir).load(list(paths), FINGERPRINT_SIDE, progress=progress)
+    decoded = ImageCache(cache_dir).load(list(paths), FINGERPRINT_SIDE)
     return fingerprint_images(decoded.images), decoded.ok, decoded.failed
 
 
@@ -153,8 +153,7 @@ def near_duplicates_of(queries: Fingerprints, references: Fingerprints,
     return hit
 
 
-def same_images(table: pd.DataFrame, reference: pd.DataFrame, cache_dir=None, *,
-                progress: bool | None = None) -> tuple[np.ndarray, dict]:
+def same_images(table: pd.DataFrame, reference: pd.DataFrame, cache_dir=None) -> tuple[np.ndarray, dict]:
     """The one rule for "is this the same image?": True for each row of ``table`` whose image is also
     in ``reference`` (``evaluate`` leaves out what a run trained on, ``data subset --exclude`` what
     another dataset holds): the same original file name, identical pixels, or a near-duplicate.
@@ -173,7 +172,7 @@ def same_images(table: pd.DataFrame, reference: pd.DataFrame, cache_dir=None, *,
     found = {"missing": len(reference) - len(present), "near": 0}
     digests = set(reference["pixels"]) if "pixels" in reference else set()
     cache = ImageCache(cache_dir)
-    theirs = cache.load(present, FINGERPRINT_SIDE, progress=progress) if present else None
+    theirs = cache.load(present, FINGERPRINT_SIDE) if present else None
     if theirs is not None:
         digests |= set(theirs.pixel_digests)
     digests -= {"", None}
@@ -182,7 +181,7 @@ def same_images(table: pd.DataFrame, reference: pd.DataFrame, cache_dir=None, *,
     rest = np.flatnonzero(~seen)
     if theirs is None or not len(rest):
         return seen, found
-    ours = cache.load([str(p) for p in table["path"].to_numpy()[rest]], FINGERPRINT_SIDE, progress=progress)
+    ours = cache.load([str(p) for p in table["path"].to_numpy()[rest]], FINGERPRINT_SIDE)
     if "pixels" not in table:
         seen[rest] |= np.array([d is not None and d in digests for d in ours.pixel_digests], dtype=bool)
     near = near_duplicates_of(fingerprint_images(ours.images), fingerprint_images(theirs.images).subset(

@@ -34,8 +34,7 @@ class LabelledImages:
                               self.classes, self.skipped, None if self.lungs is None else self.lungs[mask], quality)
 
 
-def load_labelled_images(data, classes: tuple[str, ...], size: int, *, cache_dir=None,
-                         progress: bool | None = None, require_all: bool = True) -> LabelledImages:
+def load_labelled_images(data, classes: tuple[str, ...], size: int, *, cache_dir=None, require_all: bool = True) -> LabelledImages:
     """Read one or several datasets and decode their images; undecodable files are left out, named.
 
     An image with the same pixels as one of an earlier dataset is counted once. A shard folder
@@ -45,7 +44,7 @@ def load_labelled_images(data, classes: tuple[str, ...], size: int, *, cache_dir
         return load_labelled_shards(as_paths(data)[0], classes, size, require_all=require_all)
     where = ", ".join(as_paths(data))
     table = select_task(load_datasets(data), classes, where=where, require_all=require_all)
-    decoded = ImageCache(cache_dir).load(list(table["path"]), size, progress=progress)
+    decoded = ImageCache(cache_dir).load(list(table["path"]), size)
     for message in decoded.failed.values():
         log.warning("skipped %s", message)
     keep = decoded.ok
@@ -54,7 +53,7 @@ def load_labelled_images(data, classes: tuple[str, ...], size: int, *, cache_dir
     table = table.assign(pixels=[d or "" for d in decoded.pixel_digests])
     keep &= ~_repeated_across_datasets(table)
     table, images = table[keep].reset_index(drop=True), decoded.images[keep]
-    near = NearDuplicates.find(table, cache_dir=cache_dir, progress=progress)
+    near = NearDuplicates.find(table, cache_dir=cache_dir)
     skipped = {**decoded.failed, **near.dropped}
     table = table.assign(near_duplicates=near.groups)[near.keep].reset_index(drop=True)
     targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
@@ -77,10 +76,10 @@ class NearDuplicates:
     pairs: pd.DataFrame  # duplicates.PAIR_COLUMNS over the table's rows
 
     @classmethod
-    def find(cls, table: pd.DataFrame, *, cache_dir=None, progress: bool | None = None) -> NearDuplicates:
+    def find(cls, table: pd.DataFrame, *, cache_dir=None) -> NearDuplicates:
         from covidxray.data.duplicates import fingerprint_files, near_duplicate_pairs
 
-        prints, ok, _ = fingerprint_files(list(table["path"]), cache_dir, progress=progress)
+        prints, ok, _ = fingerprint_files(list(table["path"]), cache_dir)
         pairs = near_duplicate_pairs(prints)
         both = ok[pairs["a"].to_numpy()] & ok[pairs["b"].to_numpy()]  # a file changed since: its zeros pair nothing
         return cls.from_pairs(table, pairs[both].reset_index(drop=True))

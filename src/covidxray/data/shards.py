@@ -109,7 +109,7 @@ class ShardWriter:
 
 
 def write_shards(data, out, image_size: int, *, shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False,
-                 workers: int | None = None, progress: bool | None = None) -> dict:
+                 workers: int | None = None) -> dict:
     """Decode every image of the dataset(s) at ``data`` into shards in ``out``; returns ``shards.json``.
 
     Images are decoded ``shard_size`` at a time, so memory holds one shard, whatever the
@@ -128,7 +128,7 @@ def write_shards(data, out, image_size: int, *, shard_size: int = DEFAULT_SHARD_
 
     skipped: dict[str, str] = {}
     first_dataset: dict[str, str] = {}  # pixel digest -> the dataset it was first seen in
-    bar = progress_bar(total=len(table), desc=f"sharding at {image_size}px", unit="img", progress=progress)
+    bar = progress_bar(total=len(table), desc=f"sharding at {image_size}px", unit="img")
     writer = ShardWriter(out, image_size, shard_size, overwrite=overwrite)
     with ThreadPoolExecutor(workers) as pool:
         for start in range(0, len(table), shard_size):

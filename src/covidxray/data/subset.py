@@ -27,7 +27,7 @@ SUBSET_COLUMNS = ["path", "label", "patient_id", "source"]
 
 
 def write_subset(data: str | Path, out_csv: str | Path, per_class: int | None = None, seed: int = 0, *,
-                 exclude=None, cache_dir=None, progress: bool | None = None) -> Path:
+                 exclude=None, cache_dir=None) -> Path:
     """Write a manifest of at most ``per_class`` images per class of ``data`` (None: all); returns its path.
 
     ``exclude``: datasets whose images are left out of ``data`` first
@@ -38,7 +38,7 @@ def write_subset(data: str | Path, out_csv: str | Path, per_class: int | None = 
         raise DatasetError(f"per_class must be at least 1 (got {per_class})")
     table = load_dataset(data)
     if exclude:
-        shared, _ = same_images(table, load_datasets(exclude), cache_dir, progress=progress)
+        shared, _ = same_images(table, load_datasets(exclude), cache_dir)
         log.info("left out %d of the %d images of %s that are also in %s", int(shared.sum()), len(table), data,
                  ", ".join(as_paths(exclude)))
         table = table[~shared]

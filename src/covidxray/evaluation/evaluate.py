@@ -23,7 +23,7 @@ from covidxray.inference.predictor import Predictor, load_predictor
 log = logging.getLogger(__name__)
 
 
-def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None, progress: bool | None = None,
+def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None,
              per_source: bool = False, include_seen: bool = False, heat: bool = False,
              predictions: str | Path | None = None) -> dict:
     """Metrics of a run's model on ``data`` (the shape of ``metrics.json``'s ``"test"``).
@@ -45,8 +45,7 @@ def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None, progre
     if heat:
         predictor.engine.require(GRADIENTS, "heat in the lungs")
     config = predictor.config
-    loaded = load_labelled_images(data, config.classes, predictor.decode_side, cache_dir=cache_dir,
-                                  progress=progress, require_all=False)
+    loaded = load_labelled_images(data, config.classes, predictor.decode_side, cache_dir=cache_dir, require_all=False)
     seen = (np.zeros(len(loaded.table), dtype=bool) if include_seen
             else seen_by_run(predictor.path, loaded.table, cache_dir=cache_dir, beside=data))
     if seen.any():

@@ -247,8 +247,7 @@ class LungSegmenter:
                     results[i] = second
         return results
 
-    def segment_cached(self, images, digests, *, cache_dir: str | Path | None = None, use_cache: bool = True,
-                       progress: bool | None = None) -> list[LungMask]:
+    def segment_cached(self, images, digests, *, cache_dir: str | Path | None = None, use_cache: bool = True) -> list[LungMask]:
         """:meth:`segment` for decoded images ``(n, side, side[, 1])`` with their pixel digests: masks
         are cached by digest and side (None: not cached), so a dataset is segmented once."""
         images = np.asarray(images)
@@ -258,7 +257,7 @@ class LungSegmenter:
         keys = [None if cache is None or not d else f"{d}-{images.shape[1]}x{images.shape[2]}" for d in digests]
         results = [None if key is None else cache.get(key, images.shape[1:]) for key in keys]
         todo = [i for i, r in enumerate(results) if r is None]
-        bar = progress_bar(total=len(todo), desc="segmenting lungs", unit="img", progress=progress if todo else False)
+        bar = progress_bar(total=len(todo), desc="segmenting lungs", unit="img", disable=not todo)
         for start in range(0, len(todo), CHUNK):
             rows = todo[start:start + CHUNK]
             for i, lungs in zip(rows, self.segment([images[i] for i in rows])):
@@ -270,7 +269,7 @@ class LungSegmenter:
         return results
 
     def segment_files(self, paths, out: str | Path | None = None, *, cache_dir: str | Path | None = None,
-                      use_cache: bool = True, progress: bool | None = None) -> list[dict]:
+                      use_cache: bool = True) -> list[dict]:
         """Segment image files; with ``out``, write each one's mask and overlay PNG there.
 
         Returns one result per path, in order: ``path``, ``lung_area_fraction``, ``bbox``,
@@ -284,7 +283,7 @@ class LungSegmenter:
         cache = MaskCache(cache_dir, self.identity) if use_cache and self.identity else None
         chunks = [range(start, min(start + CHUNK, len(paths))) for start in range(0, len(paths), CHUNK)]
         results: list[dict] = []
-        bar = progress_bar(total=len(paths), desc="segmenting lungs", unit="img", progress=progress)
+        bar = progress_bar(total=len(paths), desc="segmenting lungs", unit="img")
         # A pipeline: the next chunk decodes and the last one is written while the model runs on this one.
         with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
             loading = [pool.submit(_load, paths[i], cache) for i in chunks[0]] if chunks else []

@@ -63,8 +63,7 @@ def heatmap_names(paths) -> list[str]:
     return names
 
 
-def write_heatmaps(model, images: np.ndarray, paths, class_indices, folder, *, lungs=None,
-                   progress: bool | None = None) -> list[str]:
+def write_heatmaps(model, images: np.ndarray, paths, class_indices, folder, *, lungs=None) -> list[str]:
     """Grad-CAM overlays (one PNG per image, named after its file) in ``folder``; returns their paths.
 
     ``lungs``: per image a lung mask (same size) whose outline is drawn, or None."""
@@ -76,7 +75,7 @@ def write_heatmaps(model, images: np.ndarray, paths, class_indices, folder, *, l
     folder = heatmap_folder(folder)
     targets = [folder / name for name in heatmap_names(paths)]
     outlines = [None] * len(images) if lungs is None else lungs
-    with progress_bar(total=len(images), desc="heatmaps", unit="img", progress=progress) as bar:
+    with progress_bar(total=len(images), desc="heatmaps", unit="img") as bar:
         for start in range(0, len(images), HEATMAP_CHUNK):  # in chunks: n maps at full size can be large
             chunk = slice(start, start + HEATMAP_CHUNK)
             for image, heatmap, outline, target in zip(images[chunk], grad_cam(model, images[chunk], class_indices[chunk]),
@@ -87,7 +86,7 @@ def write_heatmaps(model, images: np.ndarray, paths, class_indices, folder, *, l
     return [str(target) for target in targets]
 
 
-def predict_files(predictor, paths, *, progress: bool | None = None, heatmaps=None):
+def predict_files(predictor, paths, *, heatmaps=None):
     """Predict every file with ``predictor`` (:class:`~covidxray.inference.predictor.Predictor`);
     returns (results, failures).
 
@@ -109,8 +108,7 @@ def predict_files(predictor, paths, *, progress: bool | None = None, heatmaps=No
 
     paths = [str(p) for p in paths]
     with ThreadPoolExecutor(4) as pool:
-        loaded = list(progress_bar(pool.map(load, paths), total=len(paths), desc="reading", unit="img",
-                                   progress=progress))
+        loaded = list(progress_bar(pool.map(load, paths), total=len(paths), desc="reading", unit="img"))
     failures = {p: str(x) for p, x in zip(paths, loaded) if isinstance(x, ImageReadError)}
     good = [(p, x) for p, x in zip(paths, loaded) if not isinstance(x, ImageReadError)]
     if not good:
@@ -141,8 +139,7 @@ def predict_files(predictor, paths, *, progress: bool | None = None, heatmaps=No
         fallback = set(inputs.fallback)
         outlines = None if inputs.lungs is None else [
             None if i in fallback else mask for i, mask in enumerate(inputs.lungs)]
-        written = write_heatmaps(predictor.model, images, [p for p, _ in good], decided, heatmaps, lungs=outlines,
-                                 progress=progress)
+        written = write_heatmaps(predictor.model, images, [p for p, _ in good], decided, heatmaps, lungs=outlines)
         for result, heatmap in zip(results, written):
             result["heatmap"] = heatmap
     return results, failures

@@ -93,11 +93,11 @@ class Predictor:
         """``(calibrated probabilities, decided class indices)`` for model inputs (:meth:`prepare`)."""
         return self.calibration.predict(self.predict_raw(images), self.classes)
 
-    def predict_files(self, paths, *, heatmaps=None, progress: bool | None = None):
+    def predict_files(self, paths, *, heatmaps=None):
         """Predict image files: see :func:`covidxray.inference.predict.predict_files`."""
         from covidxray.inference.predict import predict_files
 
-        return predict_files(self, paths, heatmaps=heatmaps, progress=progress)
+        return predict_files(self, paths, heatmaps=heatmaps)
 
 
 def load_predictor(run: str | Path | None = None, *, preset: str | None = None, engine: str = "keras",

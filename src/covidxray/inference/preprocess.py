@@ -120,12 +120,12 @@ class Preprocessing:
             self._segmenter = load_segmenter(self.segmenter_path)
         return self._segmenter
 
-    def segment(self, images, digests=None, *, progress: bool | None = None) -> list:
+    def segment(self, images, digests=None) -> list:
         """Lung masks (:class:`~covidxray.inference.lungs.LungMask`) of decoded images, cached by digest."""
         digests = [None] * len(images) if digests is None else list(digests)
-        return self.segmenter.segment_cached(images, digests, cache_dir=self.cache_dir, progress=progress)
+        return self.segmenter.segment_cached(images, digests, cache_dir=self.cache_dir)
 
-    def apply(self, images, digests=None, *, lungs: bool = False, progress: bool | None = None) -> ModelInputs:
+    def apply(self, images, digests=None, *, lungs: bool = False) -> ModelInputs:
         """Model inputs for images ``(n, side, side[, 1])`` uint8 decoded at :attr:`decode_side`.
 
         ``digests``: each image's pixel digest (the mask cache's key; None: not cached).
@@ -140,7 +140,7 @@ class Preprocessing:
                                  f"{self.decode_side}x{self.decode_side} (lungs {self.lungs}, size {self.size})")
         if not self.segments and not lungs:
             return ModelInputs(harmonise(images, self.intensity)[..., None])
-        masks = self.segment(images, digests, progress=progress)
+        masks = self.segment(images, digests)
         views = np.empty((len(images), self.size, self.size), np.uint8)
         view_masks = np.zeros((len(images), self.size, self.size), bool)
         boxes = np.tile(np.asarray(FULL), (len(images), 1))

@@ -49,7 +49,7 @@ SUMMARY_METRICS = ("accuracy", "loss", "sensitivity", "specificity", "auc")
 
 
 def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, overwrite: bool = False,
-                   verbose: int = 0, progress: bool | None = None, only: list[int] | None = None) -> dict:
+                   verbose: int = 0, only: list[int] | None = None) -> dict:
     """Train and test ``folds`` models; returns ``cv.json``'s content and writes ``out``.
 
     ``only``: train just these folds (numbered from 1) and reuse the others where they finished.
@@ -70,7 +70,7 @@ def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, over
     if not out.exists():
         check_can_create(out.parent, f"--out {out}")
     started = time.perf_counter()
-    data = load_data(config, progress=progress)
+    data = load_data(config)
     held_out = None
     if config.group_by == "source":
         fold_of, held_out = source_folds(data.table)
@@ -87,7 +87,7 @@ def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, over
     probabilities = np.zeros((len(data.targets), len(config.classes)))
     predictions = np.zeros(len(data.targets), dtype=int)
     per_fold, missing = [], []
-    for k in progress_bar(range(folds), desc="cross-validation", unit="fold", progress=progress):
+    for k in progress_bar(range(folds), desc="cross-validation", unit="fold"):
         test_mask = fold_of == k
         run = rundir.RunDir(out / f"fold-{k + 1}")
         skipped = only is not None and k + 1 not in only

@@ -37,20 +37,19 @@ class PreparedData:
         return (self.table["split"] == split).to_numpy()
 
 
-def load_data(config: TrainConfig, progress: bool | None = None) -> LabelledImages:
+def load_data(config: TrainConfig) -> LabelledImages:
     """Read and decode the data of ``config`` (resolved) and make the model's inputs
     (:class:`~covidxray.inference.preprocess.Preprocessing`: the lungs cropped or masked, intensities
     harmonised); with a probe's blanking, hide the lung field (a central box, or the segmented lungs)
     or everything but the lungs."""
     prep = Preprocessing.from_config(config)
-    data = load_labelled_images(config.data, config.classes, prep.decode_side, cache_dir=config.cache_dir,
-                                progress=progress)
+    data = load_labelled_images(config.data, config.classes, prep.decode_side, cache_dir=config.cache_dir)
     in_memory = isinstance(data.images, np.ndarray)
     if not in_memory and (prep.changes_pixels or config.blanking):
         raise CovidXrayError("--lungs, --intensity and the probe's blanking need the images in memory; train on "
                              "the image files, not a shard folder")
     if in_memory:  # the lungs of every image: for --lungs, the lung probes and heat-in-lungs
-        inputs = prep.apply(data.images, list(data.table["pixels"]), lungs=True, progress=progress)
+        inputs = prep.apply(data.images, list(data.table["pixels"]), lungs=True)
         data.images, data.lungs, data.lung_quality = inputs.images, inputs.lungs, inputs.quality
     if config.blanking == "box":
         data.images = blank_center(data.images, config.blank_fraction)
@@ -79,6 +78,6 @@ def split_data(config: TrainConfig, data: LabelledImages, test_mask: np.ndarray 
                         data.lung_quality)
 
 
-def prepare_data(config: TrainConfig, progress: bool | None = None) -> PreparedData:
+def prepare_data(config: TrainConfig) -> PreparedData:
     """Read, decode and split the data of ``config`` (resolved)."""
-    return split_data(config, load_data(config, progress))
+    return split_data(config, load_data(config))

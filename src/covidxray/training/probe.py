@@ -25,8 +25,7 @@ from covidxray.reports.report import render_report
 from covidxray.training.train import train
 
 
-def probe(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verbose: int = 1,
-          progress: bool | None = None, reference: str | Path | None = None) -> dict:
+def probe(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verbose: int = 1, reference: str | Path | None = None) -> dict:
     """Train ``config`` with part of every image blanked (``config.blank_region``: the central box of
     ``config.blank_fraction``, or the default :data:`DEFAULT_FRACTION` when it is 0; the segmented
     lungs; or all but the lungs); returns ``metrics.json``'s content with a ``"probe"`` entry.
@@ -36,7 +35,7 @@ def probe(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verb
     if config.blank_region == "box" and not config.blank_fraction:
         config = replace(config, blank_fraction=DEFAULT_FRACTION)
     baseline = reference_scores(reference) if reference is not None else None  # a bad folder fails before training
-    metrics = train(config, out, overwrite=overwrite, verbose=verbose, progress=progress)
+    metrics = train(config, out, overwrite=overwrite, verbose=verbose)
     test = metrics["test"]
     targets = np.repeat(np.arange(len(test["classes"])), [c["support"] for c in test["per_class"].values()])
     metrics["probe"] = {"region": config.blank_region, "lungs": config.lungs,

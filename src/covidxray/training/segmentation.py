@@ -199,8 +199,7 @@ def best_weights():
 # Training
 
 
-def train_segmenter(config: LungTrainConfig, out: str | Path, *, overwrite: bool = False, verbose: int = 2,
-                    progress: bool | None = None) -> dict:
+def train_segmenter(config: LungTrainConfig, out: str | Path, *, overwrite: bool = False, verbose: int = 2) -> dict:
     """Train a lung U-Net on ``config.data`` and write the run folder ``out``; returns its metrics."""
     import keras
 
@@ -274,8 +273,8 @@ def train_segmenter(config: LungTrainConfig, out: str | Path, *, overwrite: bool
         "validation_dice_at_model_size": {"before_batch_norm_recalibration": before,
                                           "after": after, "kept": "after" if after >= before else "before"},
         "train_seconds": round(train_seconds, 1),
-        "test": evaluate_segmenter(segmenter, table.iloc[part["test"]], run.file(FAILURES), progress=progress),
-        "validation": evaluate_segmenter(segmenter, table.iloc[part["validation"]], None, progress=progress),
+        "test": evaluate_segmenter(segmenter, table.iloc[part["test"]], run.file(FAILURES)),
+        "validation": evaluate_segmenter(segmenter, table.iloc[part["validation"]], None),
         "settings": settings,
         "environment": runtime_environment(),
     }
@@ -302,8 +301,7 @@ def _counts(table) -> dict:
 # Evaluation
 
 
-def evaluate_segmenter(segmenter: LungSegmenter, table, failures: Path | None = None, *,
-                       progress: bool | None = None) -> dict:
+def evaluate_segmenter(segmenter: LungSegmenter, table, failures: Path | None = None) -> dict:
     """Dice and IoU of ``segmenter`` on ``table``'s image/mask pairs at each image's own size,
     per source (mean, median, worst), with the quality flags; the worst images drawn into
     ``failures`` (image, true outline in blue, predicted lungs in green) where given."""
@@ -311,7 +309,7 @@ def evaluate_segmenter(segmenter: LungSegmenter, table, failures: Path | None = 
 
     rows = []
     for image_path, mask_path, source in progress_bar(list(zip(table["path"], table["mask_path"], table["source"])),
-                                                      desc="evaluating", unit="img", progress=progress):
+                                                      desc="evaluating", unit="img"):
         image, truth = read_pair(image_path, mask_path)
         lungs = segmenter.segment([image])[0]
         d, iou = dice_iou(truth, lungs.mask)

@@ -66,8 +66,7 @@ def evaluate_splits(model: keras.Model, data: PreparedData, config: TrainConfig
     return metrics, calibration, scored["test"]
 
 
-def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verbose: int = 1,
-          progress: bool | None = None) -> dict:
+def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verbose: int = 1) -> dict:
     """The whole pipeline: returns ``metrics.json``'s content and writes the run directory ``out``.
 
     A folder holding a finished or interrupted run, or anything but a run, is refused unless
@@ -84,7 +83,7 @@ def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verb
         data_parallel(config.batch_size, config.devices)  # a backend or device problem fails before any file is written
     check_model(config)  # a weights file that does not fit, too
     started = time.perf_counter()
-    data = prepare_data(config, progress=progress)
+    data = prepare_data(config)
     decode_seconds = time.perf_counter() - started
     staged = run.stage() if run.run_entries() else None
     target = staged or run
@@ -105,7 +104,7 @@ def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verb
     return metrics
 
 
-def resume(run_dir: str | Path, *, cache_dir: str | None = None, verbose: int = 1, progress: bool | None = None,
+def resume(run_dir: str | Path, *, cache_dir: str | None = None, verbose: int = 1,
            **settings) -> dict:
     """Continue the interrupted run in ``run_dir`` from its last finished epoch, with its own settings.
 
@@ -131,7 +130,7 @@ def resume(run_dir: str | Path, *, cache_dir: str | None = None, verbose: int = 
         data_parallel(config.batch_size, config.devices)
     target.remove_temporaries()
     started = time.perf_counter()
-    data = prepare_data(config, progress=progress)
+    data = prepare_data(config)
     decode_seconds = time.perf_counter() - started
     _check_same_split(target, data, config.data)
     metrics = _run(config, target, data, started=started, decode_seconds=decode_seconds, resumed=True,

@@ -87,7 +87,7 @@ def test_the_synthetic_copies_are_near_duplicates_and_different_images_are_not(t
 
 def test_audit_of_two_datasets(tmp_path):
     alpha, beta, files = _pair_datasets(tmp_path)
-    result = audit_datasets([str(alpha), str(beta)], cache_dir=tmp_path / "cache", progress=False)
+    result = audit_datasets([str(alpha), str(beta)], cache_dir=tmp_path / "cache")
     assert json.loads(json.dumps(result)) == result  # JSON-able as it is
     assert result["data"] == [str(alpha), str(beta)]
     assert result["datasets"] == {
@@ -154,7 +154,7 @@ def test_audit_of_two_datasets(tmp_path):
 
 def test_one_dataset_whose_classes_each_come_from_one_source(tmp_path):
     alpha, _ = _alpha(tmp_path / "alpha")
-    result = audit_datasets(str(alpha), cache_dir=tmp_path / "cache", progress=False)
+    result = audit_datasets(str(alpha), cache_dir=tmp_path / "cache")
     assert result["sources"]["hosp-c"] == {"images": 3, "classes": {"covid": 3}, "datasets": ["alpha"],
                                            "measure": "sensitivity", "held_out": False,
                                            "why_not": "the other sources hold no COVID images"}
@@ -181,7 +181,7 @@ def test_one_dataset_whose_classes_each_come_from_one_source(tmp_path):
 def test_held_out_source_evaluation_possible_for_some_sources_only(tmp_path):
     alpha, _ = _alpha(tmp_path / "alpha")
     beta = _class_folders(tmp_path / "beta", {"normal": 2, "pneumonia": 2})
-    result = audit_datasets([str(alpha), str(beta)], cache_dir=tmp_path / "cache", progress=False)
+    result = audit_datasets([str(alpha), str(beta)], cache_dir=tmp_path / "cache")
     assert {s: (v["measure"], v["held_out"]) for s, v in result["sources"].items()} == {
         "beta": ("specificity", True), "hosp-c": ("sensitivity", False), "hosp-n": ("specificity", True)}
     assert result["confounding"]["single_source"] == {"covid": "hosp-c"}
@@ -195,7 +195,7 @@ def test_held_out_source_evaluation_possible_for_some_sources_only(tmp_path):
 
 def test_a_dataset_of_one_source(tmp_path):
     gamma = _class_folders(tmp_path / "gamma", {"covid": 2, "normal": 2})
-    result = audit_datasets([str(gamma)], cache_dir=tmp_path / "cache", progress=False)
+    result = audit_datasets([str(gamma)], cache_dir=tmp_path / "cache")
     assert result["sources"]["gamma"] == {"images": 4, "classes": {"covid": 2, "normal": 2}, "datasets": ["gamma"],
                                           "measure": "covid-auc", "held_out": False,
                                           "why_not": "no other source to train on"}
@@ -211,7 +211,7 @@ def test_a_dataset_of_one_source(tmp_path):
 def test_identical_images_with_two_labels_within_a_dataset_are_a_label_conflict(tmp_path):
     gamma = _class_folders(tmp_path / "gamma", {"covid": 2, "normal": 2})
     shutil.copy(gamma / "covid" / "covid_0.png", gamma / "normal" / "copy.png")
-    result = audit_datasets([str(gamma)], cache_dir=tmp_path / "cache", progress=False)
+    result = audit_datasets([str(gamma)], cache_dir=tmp_path / "cache")
     group = result["exact_duplicates"]["groups"]
     assert [(g["across"], g["labels_differ"], [r["label"] for r in g["images"]]) for g in group] == [
         (False, True, ["covid", "normal"])]
@@ -241,7 +241,7 @@ def test_dataset_names():
 
 def test_write_audit_writes_the_files_and_refuses_a_foreign_folder(tmp_path):
     alpha, beta, _ = _pair_datasets(tmp_path)
-    result = audit_datasets([str(alpha), str(beta)], cache_dir=tmp_path / "cache", progress=False)
+    result = audit_datasets([str(alpha), str(beta)], cache_dir=tmp_path / "cache")
     out = tmp_path / "audit"
     assert write_audit(result, out) == out / "audit.md"
     assert sorted(p.name for p in out.iterdir()) == sorted(AUDIT_FILES)
@@ -279,14 +279,14 @@ def test_check_out(tmp_path):
 
 def test_the_audit_reads_each_file_once_through_the_cache(tmp_path, monkeypatch):
     alpha, _ = _alpha(tmp_path / "alpha", per_class=2)
-    first = audit_datasets(str(alpha), cache_dir=tmp_path / "cache", progress=False)
+    first = audit_datasets(str(alpha), cache_dir=tmp_path / "cache")
     import covidxray.data.cache as cache
 
     def fail(*args, **kwargs):
         raise AssertionError("decoded again")
 
     monkeypatch.setattr(cache, "decode_resized", fail)
-    again = audit_datasets(str(alpha), cache_dir=tmp_path / "cache", progress=False)
+    again = audit_datasets(str(alpha), cache_dir=tmp_path / "cache")
     assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in first.items() if k != "seconds"}
 
 
@@ -303,8 +303,7 @@ def test_images_named_after_an_earlier_datasets_original_are_counted(tmp_path):
             write_png(root / "normal" / f"{k}.png", synthetic_xray("normal", rng))
             rows.append(f"normal/{k}.png,normal,,{name}")
         (root / "manifest.csv").write_text("\n".join(rows) + "\n")
-    result = audit_datasets([str(tmp_path / "first"), str(tmp_path / "second")], cache_dir=tmp_path / "cache",
-                            progress=False)
+    result = audit_datasets([str(tmp_path / "first"), str(tmp_path / "second")], cache_dir=tmp_path / "cache")
     assert result["same_original_name"] == {"second": 2}  # A.png and b.PNG; names without one never match
     assert ("2 images of second have the original file name of an image of an earlier dataset (re-cropped copies "
             "among them, which the pixels do not show): combining these datasets counts each once.") in result["verdict"]

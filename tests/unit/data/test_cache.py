@@ -30,7 +30,7 @@ def _npy_files(root: pathlib.Path, size: int) -> list[pathlib.Path]:
 
 
 def test_load_returns_the_right_pixels(tmp_path, images):
-    decoded = ImageCache(tmp_path / "cache", workers=2).load(images, 32, progress=False)
+    decoded = ImageCache(tmp_path / "cache", workers=2).load(images, 32)
     assert decoded.images.shape == (4, 32, 32)
     assert decoded.images.dtype == np.uint8
     assert decoded.failed == {}
@@ -46,7 +46,7 @@ def test_load_returns_the_right_pixels(tmp_path, images):
 
 def test_second_load_opens_no_image_file(tmp_path, images, monkeypatch):
     cache = ImageCache(tmp_path / "cache")
-    first = cache.load(images, 32, progress=False)
+    first = cache.load(images, 32)
 
     def no_decoding(path, size, data=None):
         raise AssertionError(f"decode_resized({path}) called on a cached file")
@@ -62,7 +62,7 @@ def test_second_load_opens_no_image_file(tmp_path, images, monkeypatch):
     monkeypatch.setattr(cache_module, "decode_resized", no_decoding)
     monkeypatch.setattr(pathlib.Path, "read_bytes", guarded_read_bytes)
 
-    second = ImageCache(tmp_path / "cache").load(images, 32, progress=False)  # a new process, say
+    second = ImageCache(tmp_path / "cache").load(images, 32)  # a new process, say
     np.testing.assert_array_equal(second.images, first.images)
     assert second.pixel_digests == first.pixel_digests
     assert second.failed == {}
@@ -70,11 +70,11 @@ def test_second_load_opens_no_image_file(tmp_path, images, monkeypatch):
 
 def test_changed_file_is_decoded_again(tmp_path, images):
     cache = ImageCache(tmp_path / "cache")
-    cache.load(images, 32, progress=False)
+    cache.load(images, 32)
     write_image(pathlib.Path(images[0]), gray(77, (32, 32)))
     stat = os.stat(images[0])
     os.utime(images[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a visibly newer file
-    decoded = cache.load(images, 32, progress=False)
+    decoded = cache.load(images, 32)
     np.testing.assert_array_equal(decoded.images[0], gray(77, (32, 32)))
 
 
@@ -83,21 +83,21 @@ def test_copy_under_another_name_shares_one_entry(tmp_path, images):
     copy.parent.mkdir()
     shutil.copy(images[0], copy)
     cache = ImageCache(tmp_path / "cache")
-    cache.load(images[:1], 32, progress=False)
+    cache.load(images[:1], 32)
     assert len(_npy_files(tmp_path / "cache", 32)) == 1
-    decoded = cache.load([str(copy)], 32, progress=False)
+    decoded = cache.load([str(copy)], 32)
     assert len(_npy_files(tmp_path / "cache", 32)) == 1
     np.testing.assert_array_equal(decoded.images[0], gray(0, (32, 32)))
 
-    both = ImageCache(tmp_path / "cache2").load([images[0], str(copy)], 32, progress=False)
+    both = ImageCache(tmp_path / "cache2").load([images[0], str(copy)], 32)
     assert len(_npy_files(tmp_path / "cache2", 32)) == 1
     np.testing.assert_array_equal(both.images[0], both.images[1])
 
 
 def test_other_size_makes_new_entries(tmp_path, images):
     cache = ImageCache(tmp_path / "cache")
-    cache.load(images, 32, progress=False)
-    small = cache.load(images, 16, progress=False)
+    cache.load(images, 32)
+    small = cache.load(images, 16)
     assert small.images.shape == (4, 16, 16)
     assert len(_npy_files(tmp_path / "cache", 16)) == 4
     assert len(_npy_files(tmp_path / "cache", 32)) == 4
@@ -109,7 +109,7 @@ def test_corrupt_file_is_listed_and_the_others_decode(tmp_path, images):
     data = pathlib.Path(images[0]).read_bytes()
     corrupt.write_bytes(data[: len(data) // 2])
     paths = [images[0], str(corrupt), images[1]]
-    decoded = ImageCache(tmp_path / "cache").load(paths, 32, progress=False)
+    decoded = ImageCache(tmp_path / "cache").load(paths, 32)
     assert list(decoded.failed) == [str(corrupt)]
     assert str(corrupt) in decoded.failed[str(corrupt)]
     assert decoded.ok.tolist() == [True, False, True]
@@ -122,7 +122,7 @@ def test_corrupt_file_is_listed_and_the_others_decode(tmp_path, images):
 
 def test_missing_file_is_listed_not_raised(tmp_path, images):
     missing = str(tmp_path / "images" / "gone.png")
-    decoded = ImageCache(tmp_path / "cache").load([images[0], missing], 32, progress=False)
+    decoded = ImageCache(tmp_path / "cache").load([images[0], missing], 32)
     assert list(decoded.failed) == [missing]
     assert missing in decoded.failed[missing]
     assert decoded.ok.tolist() == [True, False]
@@ -132,8 +132,8 @@ def test_no_temporary_files_are_left(tmp_path, images):
     cache_root = tmp_path / "cache"
     corrupt = tmp_path / "images" / "bad.png"
     corrupt.write_text("not a png")
-    ImageCache(cache_root).load([*images, str(corrupt)], 32, progress=False)
-    ImageCache(cache_root).load(images, 24, progress=False)
+    ImageCache(cache_root).load([*images, str(corrupt)], 32)
+    ImageCache(cache_root).load(images, 24)
     everything = [p for p in cache_root.rglob("*") if p.is_file()]
     assert everything, "the cache wrote nothing"
     leftovers = [p for p in everything if p.name.startswith(".") or p.suffix not in (".npy", ".json")]
@@ -145,7 +145,7 @@ def test_corrupt_index_is_rebuilt(tmp_path, images):
     cache_root = tmp_path / "cache"
     (cache_root / FORMAT_VERSION).mkdir(parents=True)
     (cache_root / FORMAT_VERSION / INDEX_NAME).write_text("{not json")
-    decoded = ImageCache(cache_root).load(images, 32, progress=False)
+    decoded = ImageCache(cache_root).load(images, 32)
     assert decoded.failed == {}
     np.testing.assert_array_equal(decoded.images[1], gray(1, (32, 32)))
 
@@ -159,12 +159,12 @@ def test_corrupt_index_is_rebuilt(tmp_path, images):
 ], ids=["truncated", "garbage", "shape", "dtype", "pickle"])
 def test_a_corrupt_cached_image_is_decoded_again_with_a_warning(tmp_path, images, damage, caplog):
     cache_root = tmp_path / "cache"
-    ImageCache(cache_root).load(images, 32, progress=False)
+    ImageCache(cache_root).load(images, 32)
     npy = ImageCache(cache_root)._array_path(_sha(images[1]), 32)
     damage(npy, 32)
     with caplog.at_level("WARNING", logger="covidxray"):
         for _ in range(2):  # every later command on that image works: the first one repairs the entry
-            decoded = ImageCache(cache_root).load(images, 32, progress=False)
+            decoded = ImageCache(cache_root).load(images, 32)
             assert decoded.failed == {}
             np.testing.assert_array_equal(decoded.images[1], gray(1, (32, 32)))
     assert caplog.text.count("corrupt cached image of") == 1 and f"{npy}: corrupt cached image of {images[1]}" in caplog.text
@@ -174,7 +174,7 @@ def test_a_corrupt_cached_image_is_decoded_again_with_a_warning(tmp_path, images
 @pytest.mark.parametrize("index", ["[]", '"x"', "{not json", b"\xff\xfe\x00", None])
 def test_an_index_that_is_not_one_is_rebuilt_with_a_warning(tmp_path, images, index, caplog):
     cache_root = tmp_path / "cache"
-    ImageCache(cache_root).load(images, 32, progress=False)
+    ImageCache(cache_root).load(images, 32)
     path = cache_root / FORMAT_VERSION / INDEX_NAME
     if index is None:  # entries that are not entries: a sha256 that would lead out of the cache, a list, no pixels
         entries = list(json.loads(path.read_text()))
@@ -183,13 +183,13 @@ def test_an_index_that_is_not_one_is_rebuilt_with_a_warning(tmp_path, images, in
     else:
         path.write_bytes(index if isinstance(index, bytes) else index.encode())
     with caplog.at_level("WARNING", logger="covidxray"):
-        decoded = ImageCache(cache_root).load(images, 32, progress=False)
+        decoded = ImageCache(cache_root).load(images, 32)
     assert decoded.failed == {} and decoded.ok.all()
     for i in range(3):
         np.testing.assert_array_equal(decoded.images[i], gray(i, (32, 32)))
     assert ("a bad entry for" in caplog.text) if index is None else ("not a covidxray cache index" in caplog.text)
     caplog.clear()
-    ImageCache(cache_root).load(images, 32, progress=False)  # repaired
+    ImageCache(cache_root).load(images, 32)  # repaired
     assert caplog.text == ""
 
 

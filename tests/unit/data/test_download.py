@@ -126,7 +126,7 @@ def read_manifest(folder: Path) -> set[tuple[str, ...]]:
 
 
 def test_full_download_lays_out_classes_and_manifest(server, tmp_path):
-    folder = download_dataset("tiny", tmp_path, spec=tiny_spec(server.url), progress=False)
+    folder = download_dataset("tiny", tmp_path, spec=tiny_spec(server.url))
 
     assert folder == tmp_path / "tiny"
     assert read_manifest(folder) == EXPECTED_ROWS
@@ -142,22 +142,22 @@ def test_full_download_lays_out_classes_and_manifest(server, tmp_path):
 
 def test_url_argument_overrides_spec_url(server, tmp_path):
     spec = tiny_spec("http://127.0.0.1:9/never-used.zip")
-    folder = download_dataset("tiny", tmp_path, spec=spec, url=server.url, progress=False)
+    folder = download_dataset("tiny", tmp_path, spec=spec, url=server.url)
     assert read_manifest(folder) == EXPECTED_ROWS
     assert server.requests == [None]
 
 
 def test_complete_dataset_and_finished_zip_are_not_downloaded_again(server, tmp_path):
     spec = tiny_spec(server.url)
-    download_dataset("tiny", tmp_path, spec=spec, progress=False)
-    assert download_dataset("tiny", tmp_path, spec=spec, progress=False) == tmp_path / "tiny"
+    download_dataset("tiny", tmp_path, spec=spec)
+    assert download_dataset("tiny", tmp_path, spec=spec) == tmp_path / "tiny"
     assert len(server.requests) == 1
 
     # Without the dataset folder the kept zip is laid out again, still without a request.
     for path in sorted((tmp_path / "tiny").rglob("*"), reverse=True):
         path.rmdir() if path.is_dir() else path.unlink()
     (tmp_path / "tiny").rmdir()
-    folder = download_dataset("tiny", tmp_path, spec=spec, progress=False)
+    folder = download_dataset("tiny", tmp_path, spec=spec)
     assert read_manifest(folder) == EXPECTED_ROWS
     assert len(server.requests) == 1
 
@@ -166,14 +166,14 @@ def test_interrupted_download_keeps_part_and_resumes_with_range(server, tmp_path
     spec, cut = tiny_spec(server.url), 1000
     server.cut_after = cut
     with pytest.raises(DatasetError, match="resume") as info:
-        download_dataset("tiny", tmp_path, spec=spec, progress=False)
+        download_dataset("tiny", tmp_path, spec=spec)
     assert server.url in str(info.value)
     part = tmp_path / ".downloads" / "tiny.zip.part"
     assert part.stat().st_size == cut
     assert not (tmp_path / ".downloads" / "tiny.zip").exists()
     assert not (tmp_path / "tiny").exists()
 
-    folder = download_dataset("tiny", tmp_path, spec=spec, progress=False)
+    folder = download_dataset("tiny", tmp_path, spec=spec)
     assert server.requests == [None, f"bytes={cut}-"]
     assert server.bytes_sent == [cut, len(server.payload) - cut]
     assert (tmp_path / ".downloads" / "tiny.zip").read_bytes() == server.payload
@@ -185,9 +185,9 @@ def test_server_ignoring_range_restarts_from_scratch(server, tmp_path):
     spec = tiny_spec(server.url)
     server.honour_range, server.cut_after = False, 1000
     with pytest.raises(DatasetError):
-        download_dataset("tiny", tmp_path, spec=spec, progress=False)
+        download_dataset("tiny", tmp_path, spec=spec)
 
-    folder = download_dataset("tiny", tmp_path, spec=spec, progress=False)
+    folder = download_dataset("tiny", tmp_path, spec=spec)
     assert server.requests == [None, "bytes=1000-"]
     assert server.bytes_sent[-1] == len(server.payload)  # the server sent it all (200)
     assert (tmp_path / ".downloads" / "tiny.zip").read_bytes() == server.payload  # not appended
@@ -198,7 +198,7 @@ def test_part_longer_than_file_starts_over(server, tmp_path):
     downloads = tmp_path / ".downloads"
     downloads.mkdir()
     (downloads / "tiny.zip.part").write_bytes(b"x" * (len(server.payload) + 10))
-    download_dataset("tiny", tmp_path, spec=tiny_spec(server.url), progress=False)
+    download_dataset("tiny", tmp_path, spec=tiny_spec(server.url))
     assert (downloads / "tiny.zip").read_bytes() == server.payload
 
 
@@ -207,13 +207,13 @@ def test_network_error_names_url(tmp_path):
         probe.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{probe.getsockname()[1]}/x.zip"
     with pytest.raises(DatasetError, match=re.escape(url)):
-        download_dataset("tiny", tmp_path, spec=tiny_spec(url), progress=False, timeout=5)
+        download_dataset("tiny", tmp_path, spec=tiny_spec(url), timeout=5)
 
 
 def test_http_error_is_dataset_error(server, tmp_path):
     server.fail_with = 404
     with pytest.raises(DatasetError, match="HTTP 404"):
-        download_dataset("tiny", tmp_path, spec=tiny_spec(server.url), progress=False)
+        download_dataset("tiny", tmp_path, spec=tiny_spec(server.url))
     assert not (tmp_path / ".downloads" / "tiny.zip").exists()
 
 
@@ -223,48 +223,46 @@ def test_corrupt_zip_is_rejected(server, tmp_path):
     payload[offset : offset + 4] = bytes(255 - b for b in payload[offset : offset + 4])
     server.payload = bytes(payload)
     with pytest.raises(DatasetError, match=r"corrupt.*delete"):
-        download_dataset("tiny", tmp_path, spec=tiny_spec(server.url), progress=False)
+        download_dataset("tiny", tmp_path, spec=tiny_spec(server.url))
     assert not (tmp_path / "tiny").exists()
 
 
 def test_not_a_zip_is_rejected(server, tmp_path):
     server.payload = b"<html>rate limited</html>"
     with pytest.raises(DatasetError, match="not a readable zip"):
-        download_dataset("tiny", tmp_path, spec=tiny_spec(server.url), progress=False)
+        download_dataset("tiny", tmp_path, spec=tiny_spec(server.url))
 
 
 def test_sha256_is_checked_when_known(server, tmp_path):
     with pytest.raises(DatasetError, match="sha256"):
-        download_dataset("tiny", tmp_path / "a", spec=tiny_spec(server.url, sha256="0" * 64),
-                         progress=False)
+        download_dataset("tiny", tmp_path / "a", spec=tiny_spec(server.url, sha256="0" * 64))
     assert not (tmp_path / "a" / "tiny").exists()
     good = hashlib.sha256(server.payload).hexdigest()
-    folder = download_dataset("tiny", tmp_path / "b", spec=tiny_spec(server.url, sha256=good),
-                              progress=False)
+    folder = download_dataset("tiny", tmp_path / "b", spec=tiny_spec(server.url, sha256=good))
     assert read_manifest(folder) == EXPECTED_ROWS
 
 
 def test_missing_class_folder_is_rejected(server, tmp_path):
     server.payload = make_zip({k: v for k, v in FILES.items() if k != "Pneumonia"})
     with pytest.raises(DatasetError, match="missing Pneumonia"):
-        download_dataset("tiny", tmp_path, spec=tiny_spec(server.url), progress=False)
+        download_dataset("tiny", tmp_path, spec=tiny_spec(server.url))
     assert not (tmp_path / "tiny").exists()
 
 
 def test_too_few_images_is_rejected_unless_min_fraction_allows(server, tmp_path):
     counts = {"Covid-19": 2, "No_findings": 3, "Pneumonia": 6}
     with pytest.raises(DatasetError, match="Pneumonia: 3 of 6"):
-        download_dataset("tiny", tmp_path, spec=tiny_spec(server.url, counts), progress=False)
+        download_dataset("tiny", tmp_path, spec=tiny_spec(server.url, counts))
     assert not (tmp_path / "tiny").exists()
     folder = download_dataset("tiny", tmp_path, spec=tiny_spec(server.url, counts),
-                              min_fraction=0.5, progress=False)
+                              min_fraction=0.5)
     assert read_manifest(folder) == EXPECTED_ROWS
 
 
 def test_folder_holding_all_classes_is_found_anywhere(server, tmp_path):
     decoy = [("COVID-19-master/old/Covid-19/decoy.png", _image_bytes("decoy.png", 99))]
     server.payload = make_zip(root="other-top/nested/Data Set", extra=decoy)
-    folder = download_dataset("tiny", tmp_path, spec=tiny_spec(server.url), progress=False)
+    folder = download_dataset("tiny", tmp_path, spec=tiny_spec(server.url))
     assert read_manifest(folder) == EXPECTED_ROWS
 
 
@@ -279,7 +277,7 @@ def test_zip_members_cannot_escape_dest(server, tmp_path):
     ]
     server.payload = make_zip(extra=evil)
     dest = tmp_path / "data"
-    folder = download_dataset("tiny", dest, spec=tiny_spec(server.url), progress=False)
+    folder = download_dataset("tiny", dest, spec=tiny_spec(server.url))
     assert read_manifest(folder) == EXPECTED_ROWS
     assert [p for p in tmp_path.rglob("*evil*")] == []
     assert not Path("/tmp/evil4.png").exists()
@@ -289,7 +287,7 @@ def test_existing_incomplete_folder_is_not_overwritten(server, tmp_path):
     (tmp_path / "tiny").mkdir()
     (tmp_path / "tiny" / "mine.txt").write_text("keep me")
     with pytest.raises(DatasetError, match="not a complete download"):
-        download_dataset("tiny", tmp_path, spec=tiny_spec(server.url), progress=False)
+        download_dataset("tiny", tmp_path, spec=tiny_spec(server.url))
     assert (tmp_path / "tiny" / "mine.txt").read_text() == "keep me"
     assert server.requests == []
 

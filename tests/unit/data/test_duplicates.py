@@ -263,7 +263,7 @@ def test_fingerprint_files_caches_and_names_a_corrupt_file(tmp_path, monkeypatch
              write_image(tmp_path / "c.png", smooth_film(1)), tmp_path / "broken.png"]
     paths[3].write_bytes(b"not a png")
     paths = [str(p) for p in paths]
-    prints, ok, failed = fingerprint_files(paths, tmp_path / "cache", progress=False)
+    prints, ok, failed = fingerprint_files(paths, tmp_path / "cache")
     assert ok.tolist() == [True, True, True, False]
     assert list(failed) == [paths[3]] and "broken.png" in failed[paths[3]]
     assert prints.hashes[3] == 0 and not prints.detail[3].any()  # a failed file: zeros, which pair nothing
@@ -275,7 +275,7 @@ def test_fingerprint_files_caches_and_names_a_corrupt_file(tmp_path, monkeypatch
     decoded = []
     real = cache.decode_resized
     monkeypatch.setattr(cache, "decode_resized", lambda *args: decoded.append(args[0]) or real(*args))
-    again, ok_again, failed_again = fingerprint_files(paths, tmp_path / "cache", progress=False)
+    again, ok_again, failed_again = fingerprint_files(paths, tmp_path / "cache")
     assert decoded == [paths[3]]  # only the file that failed is read again
     assert ok_again.tolist() == ok.tolist() and list(failed_again) == [paths[3]]
     np.testing.assert_array_equal(again.hashes, prints.hashes)
@@ -285,7 +285,7 @@ def test_fingerprint_files_caches_and_names_a_corrupt_file(tmp_path, monkeypatch
 
 def test_fingerprint_files_of_real_films_match_the_decoded_images(jsrt_films, tmp_path):
     paths = sorted(str(p) for p in (shared_data_dir() / "jsrt" / "images").glob("*.png"))[:5]
-    prints, ok, failed = fingerprint_files(paths, tmp_path / "cache", progress=False)
+    prints, ok, failed = fingerprint_files(paths, tmp_path / "cache")
     assert ok.all() and failed == {}
     expected = prints_of(*(resized(film, FINGERPRINT_SIDE) for film in jsrt_films[:5]))
     assert prints.hashes.tolist() == expected.hashes.tolist()
@@ -297,7 +297,7 @@ def test_the_test_helpers_synthetic_images_are_never_near_duplicates(tmp_path):
     from helpers import make_dataset
 
     paths = [str(p) for seed in (0, 1) for p in sorted(make_dataset(tmp_path / f"d{seed}", seed=seed).rglob("*.png"))]
-    prints, ok, _ = fingerprint_files(paths, tmp_path / "cache", progress=False)
+    prints, ok, _ = fingerprint_files(paths, tmp_path / "cache")
     assert len(paths) == 72 and ok.all()
     assert near_duplicate_pairs(prints).empty
 

@@ -130,7 +130,7 @@ def test_training_reads_dicom_class_folders(tmp_path):
             write_dicom(root / label / f"{label}{i}.dcm", RAMP % 7 + value - i)
     table = load_dataset(str(root))
     assert len(table) == 4 and set(table["label"]) == {"covid", "normal"}
-    decoded = ImageCache(tmp_path / "cache").load(list(table["path"]), 8, progress=False)
+    decoded = ImageCache(tmp_path / "cache").load(list(table["path"]), 8)
     assert decoded.failed == {} and decoded.ok.all() and decoded.images.shape == (4, 8, 8)
     assert decoded.images.std() > 0
 

@@ -14,7 +14,7 @@ from helpers import CLASSES, make_dataset
 
 def test_images_targets_and_table_line_up(tmp_path):
     data = make_dataset(tmp_path / "data", per_class=3)
-    loaded = load_labelled_images(str(data), ("covid", "normal"), 32, cache_dir=tmp_path / "cache", progress=False)
+    loaded = load_labelled_images(str(data), ("covid", "normal"), 32, cache_dir=tmp_path / "cache")
     assert loaded.images.shape == (6, 32, 32, 1) and loaded.classes == ("covid", "normal")  # pneumonia left out
     assert list(loaded.targets) == [("covid", "normal").index(label) for label in loaded.table["label"]]
     for row, path in enumerate(loaded.table["path"]):
@@ -29,12 +29,12 @@ def test_unreadable_files_are_skipped_and_named(tmp_path):
     data = make_dataset(tmp_path / "data", per_class=3, manifest=False)
     broken = data / "covid" / "covid_001.png"
     broken.write_bytes(b"no")
-    loaded = load_labelled_images(str(data), CLASSES, 32, progress=False)
+    loaded = load_labelled_images(str(data), CLASSES, 32)
     assert len(loaded.table) == 8 and list(loaded.skipped) == [str(broken.resolve())]
     for path in data.rglob("*.png"):
         path.write_bytes(b"no")
     with pytest.raises(DatasetError, match="none of the 9 images could be decoded"):
-        load_labelled_images(str(data), CLASSES, 32, progress=False)
+        load_labelled_images(str(data), CLASSES, 32)
 
 
 def test_a_missing_class_is_allowed_only_when_asked(tmp_path):
@@ -54,7 +54,7 @@ def test_an_image_repeated_in_a_later_dataset_counts_once(tmp_path):
 
 def test_a_shard_folder_is_read_lazily(tmp_path):
     data = make_dataset(tmp_path / "data", per_class=2)
-    write_shards(str(data), tmp_path / "shards", 32, progress=False)
+    write_shards(str(data), tmp_path / "shards", 32)
     from_files = load_labelled_images(str(data), ("covid", "pneumonia"), 32)
     from_shards = load_labelled_images(str(tmp_path / "shards"), ("covid", "pneumonia"), 32)
     assert not isinstance(from_shards.images, np.ndarray)  # a ShardArray, read when indexed
@@ -179,8 +179,7 @@ def test_near_duplicates_across_and_within_datasets_end_to_end(tmp_path, caplog)
     write_image(first / "covid" / "z.png", z)
     write_image(first / "covid" / "z_labelled.jpg", _copy(z, side=192, label=True))  # within A: both stay
     with caplog.at_level(logging.INFO, logger="covidxray.data.loading"):
-        loaded = load_labelled_images([str(first), str(second)], CLASSES, 32, cache_dir=tmp_path / "cache",
-                                      progress=False)
+        loaded = load_labelled_images([str(first), str(second)], CLASSES, 32, cache_dir=tmp_path / "cache")
     table = loaded.table
     names = table["path"].map(lambda p: p.rsplit("/", 1)[-1])
     assert len(table) == 9 + 4 - 1 + 9 + 2 - 2 == loaded.images.shape[0] == len(loaded.targets)

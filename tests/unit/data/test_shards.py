@@ -25,7 +25,7 @@ def sharded(tmp_path_factory):
     root = tmp_path_factory.mktemp("shards")
     data = make_dataset(root / "data", per_class=100)
     out = root / "shards"
-    meta = write_shards(str(data), out, SIZE, shard_size=100, progress=False)
+    meta = write_shards(str(data), out, SIZE, shard_size=100)
     assert meta["images"] == 300
     return data, out
 
@@ -55,7 +55,7 @@ def test_datasets_sharded_together_count_a_shared_image_once(tmp_path):
         path.rename(path.with_name("b_" + path.name))
     shared = first / "covid" / "covid_000.png"
     (second / "covid" / "copy_of_covid_000.png").write_bytes(shared.read_bytes())  # same pixels, another name
-    meta = write_shards([str(first), str(second)], tmp_path / "shards", SIZE, progress=False)
+    meta = write_shards([str(first), str(second)], tmp_path / "shards", SIZE)
     assert meta["images"] == 12  # 6 + 6, the copy left out
     table, _, _ = load_shards(tmp_path / "shards")
     assert str(shared) in set(table["path"]) and not table["path"].str.contains("copy_of").any()
@@ -72,7 +72,7 @@ def test_bad_shard_folders_are_refused(sharded, tmp_path):
     assert TrainConfig(data=str(out)).resolve().image_size == SIZE  # the shards' size, whatever the model's
     assert shard_image_size(str(out)) == SIZE and shard_image_size(str(data)) is None
     with pytest.raises(DatasetError, match="folder is not empty"):
-        write_shards(str(data), out, 32, progress=False)
+        write_shards(str(data), out, 32)
     assert (out / "shards.json").is_file()  # the refused write removed nothing
     interrupted = tmp_path / "interrupted"
     writer = ShardWriter(interrupted, 8, shard_size=2)

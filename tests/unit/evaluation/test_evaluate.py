@@ -31,7 +31,7 @@ def _mark_split(run, data, train_rows: int):
 
 def test_evaluate_scores_every_image_of_a_run_without_split(run_and_data, tmp_path):
     run, data = run_and_data
-    metrics = evaluate(str(run), str(data), cache_dir=tmp_path / "cache", progress=False)
+    metrics = evaluate(str(run), str(data), cache_dir=tmp_path / "cache")
     assert metrics["n"] == 18 and metrics["left_out_seen"] == 0 and metrics["skipped"] == {}
     assert metrics["data"] == str(data) and metrics["classes"] == list(CLASSES)
     assert np.sum(metrics["confusion_matrix"]) == 18
@@ -102,7 +102,7 @@ def test_a_split_csv_that_is_not_one_is_a_clear_error(tmp_path, text, message):
 def test_predictions_csv_has_one_row_per_image_as_the_run_decides(run_and_data, tmp_path):
     run, data = run_and_data
     out = tmp_path / "preds" / "p.csv"
-    metrics = evaluate(str(run), str(data), cache_dir=tmp_path / "cache", progress=False, predictions=out)
+    metrics = evaluate(str(run), str(data), cache_dir=tmp_path / "cache", predictions=out)
     rows = pd.read_csv(out, keep_default_na=False)
     assert list(rows.columns) == ["path", "label", "predicted", "source", *CLASSES]
     assert len(rows) == metrics["n"] == 18

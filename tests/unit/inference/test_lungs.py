@@ -108,7 +108,7 @@ def test_segment_files_writes_masks_and_overlays_and_flags_without_stopping(tmp_
              write_png(tmp_path / "in" / "flat.png", np.zeros((1, 80), np.uint8))]
     broken = tmp_path / "in" / "broken.png"
     broken.write_bytes(b"not an image")
-    results = segmenter().segment_files([*paths, broken], tmp_path / "out", progress=False)
+    results = segmenter().segment_files([*paths, broken], tmp_path / "out")
     assert [r["quality"] for r in results] == [OK, OK, NO_LUNG, UNREADABLE]
     assert results[1]["warning"].startswith(str(paths[1])) and "inverted" in results[1]["warning"]
     assert str(paths[2]) in results[2]["warning"] and str(broken) in results[3]["warning"]
@@ -124,10 +124,10 @@ def test_masks_are_cached_by_content(tmp_path, monkeypatch):
     image = np.zeros((40, 40), np.uint8)
     image[5:30] = 70
     path = write_png(tmp_path / "x.png", image)
-    first = segmenter().segment_files([path], cache_dir=tmp_path / "cache", progress=False)
+    first = segmenter().segment_files([path], cache_dir=tmp_path / "cache")
     cached = segmenter()
     monkeypatch.setattr(cached, "segment", lambda images: pytest.fail("the cached mask was not used"))
-    assert cached.segment_files([path], cache_dir=tmp_path / "cache", progress=False) == first
+    assert cached.segment_files([path], cache_dir=tmp_path / "cache") == first
 
 
 def test_an_inverted_monochrome1_dicom_is_read_the_right_way_round(tmp_path):
@@ -135,7 +135,7 @@ def test_an_inverted_monochrome1_dicom_is_read_the_right_way_round(tmp_path):
     pixels[::5] = 1000
     pixels[:, ::6] += 300
     path = write_dicom(tmp_path / "x.dcm", pixels, photometric="MONOCHROME1")
-    [result] = segmenter().segment_files([path], progress=False)
+    [result] = segmenter().segment_files([path])
     assert result["quality"] == OK and result["warning"] is None
 
 

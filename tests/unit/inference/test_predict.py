@@ -99,7 +99,7 @@ def test_predict_files_results_failures_and_heatmaps(predictor, tmp_path):
     files = [write_png(tmp_path / "in" / f"x{i}.png", gray(i, (40, 50))) for i in range(3)]
     broken = tmp_path / "in" / "broken.png"
     broken.write_bytes(b"not a png")
-    results, failures = predict_files(predictor, [*files, broken], progress=False, heatmaps=tmp_path / "maps")
+    results, failures = predict_files(predictor, [*files, broken], heatmaps=tmp_path / "maps")
     assert [r["path"] for r in results] == [str(f) for f in files]
     assert list(failures) == [str(broken)] and "not an image file" in failures[str(broken)]
     # the one decode step (resized to the run's 32 px), then the predictor's own rule
@@ -122,12 +122,12 @@ def test_predict_files_decides_with_the_runs_calibration(predictor, tmp_path):
 
     files = [write_png(tmp_path / f"x{i}.png", gray(10 + i, (32, 32))) for i in range(4)]
     covid_always = replace(predictor, calibration=Calibration(covid_threshold=0.0))
-    results, _ = predict_files(covid_always, files, progress=False)
+    results, _ = predict_files(covid_always, files)
     assert [r["label"] for r in results] == ["covid"] * 4
-    plain, _ = predict_files(predictor, files, progress=False)
+    plain, _ = predict_files(predictor, files)
     assert [r["probabilities"] for r in plain] == [r["probabilities"] for r in results]  # T = 1 in both
     missing = tmp_path / "none.png"
-    results, failures = predict_files(predictor, [missing], progress=False)
+    results, failures = predict_files(predictor, [missing])
     assert results == [] and "no such file" in failures[str(missing)]
 
 
@@ -149,7 +149,7 @@ def test_predict_reads_dicom(tmp_path):
     bad.write_bytes(b"DICM but not really" * 20)
     config = TrainConfig(data="x", image_size=16)
     predictor = Predictor(KerasEngine(model), config, Calibration(), tmp_path)
-    results, failures = predict_files(predictor, [good, bad], progress=False)
+    results, failures = predict_files(predictor, [good, bad])
     assert [r["path"] for r in results] == [str(good)]
     assert abs(sum(results[0]["probabilities"].values()) - 1) < 1e-4
     assert list(failures) == [str(bad)] and str(bad) in failures[str(bad)]

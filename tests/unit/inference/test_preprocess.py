@@ -33,7 +33,7 @@ class FakeSegmenter:
     def __init__(self, masks, quality):
         self.masks, self.quality, self.calls = masks, quality, []
 
-    def segment_cached(self, images, digests, cache_dir=None, progress=None):
+    def segment_cached(self, images, digests, cache_dir=None):
         self.calls.append({"shape": np.shape(images), "digests": list(digests), "cache_dir": cache_dir})
         return [LungMask(m, q) for m, q in zip(self.masks, self.quality)]
 
@@ -179,7 +179,7 @@ def test_the_shipped_segmenter_crops_real_films_and_caches_their_masks(tmp_path,
     prep._segmenter = segmenter
     assert prep.decode_side == 256
 
-    inputs = prep.apply(images, digests, progress=False)
+    inputs = prep.apply(images, digests)
     assert inputs.quality == ["ok", "ok"] and inputs.fallback == []
     assert inputs.images.shape == (2, 128, 128, 1)
     widths = inputs.boxes[:, 2] - inputs.boxes[:, 0]
@@ -193,7 +193,7 @@ def test_the_shipped_segmenter_crops_real_films_and_caches_their_masks(tmp_path,
         raise AssertionError("the cached masks were not used")
 
     monkeypatch.setattr(segmenter, "segment", no_model)
-    again = prep.apply(images, digests, progress=False)
+    again = prep.apply(images, digests)
     np.testing.assert_array_equal(again.images, inputs.images)
     np.testing.assert_array_equal(again.boxes, inputs.boxes)
     assert again.quality == ["ok", "ok"]

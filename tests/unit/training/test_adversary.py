@@ -90,7 +90,7 @@ def _two_source_dataset(root):
 def test_fit_against_a_source_head_saves_the_classifier_alone_and_resumes(tiny_model, tmp_path, monkeypatch):
     config = TrainConfig(data=str(_two_source_dataset(tmp_path / "data")), model=tiny_model, epochs=2,
                          batch_size=8, patience=2, augment=False, source_adversary=0.5).resolve()
-    data = prepare_data(config, progress=False)
+    data = prepare_data(config)
     assert set(data.table["source"]) == {"site-a", "site-b"}
     run = rundir.RunDir(tmp_path / "run")
     run.create()
@@ -121,7 +121,7 @@ def test_the_source_head_changes_what_the_classifier_learns(tiny_model, tmp_path
                              augment=False, source_adversary=weight).resolve()
         run = rundir.RunDir(tmp_path / f"run-{weight}")
         run.create()
-        fit(config, prepare_data(config, progress=False), run, verbose=0)
+        fit(config, prepare_data(config), run, verbose=0)
         kernels[weight] = load_model(run.file(rundir.MODEL)).get_layer("tiny_conv").kernel.numpy()
     assert np.abs(kernels[1.0] - kernels[0.0]).max() > 1e-4
 

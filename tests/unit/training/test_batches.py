@@ -62,7 +62,7 @@ def test_mismatched_lengths_are_refused():
 def sharded(tmp_path_factory):
     """300 synthetic images (100 per class) in three shards of 100."""
     root = tmp_path_factory.mktemp("shards")
-    write_shards(str(make_dataset(root / "data", per_class=100)), root / "shards", 48, shard_size=100, progress=False)
+    write_shards(str(make_dataset(root / "data", per_class=100)), root / "shards", 48, shard_size=100)
     return root / "shards"
 
 

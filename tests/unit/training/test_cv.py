@@ -19,7 +19,7 @@ def test_two_folds_test_every_image_once(tiny_model, fast_bootstrap, tmp_path):
     data = make_dataset(tmp_path / "data", per_class=8, classes=("covid", "normal"))
     config = TrainConfig.for_command("cv", data=str(data), task="binary", model=tiny_model, epochs=1, batch_size=8,
                                      seed=2, augment=False)
-    result = cross_validate(config, tmp_path / "cv", 2, verbose=0, progress=False)
+    result = cross_validate(config, tmp_path / "cv", 2, verbose=0)
     assert result["protocol"] == {"folds": 2, "group_by": "patient", "seed": 2, "images": 16, "patients": 8}
     tested = pd.concat([pd.read_csv(tmp_path / "cv" / f"fold-{k}" / TEST_PREDICTIONS) for k in (1, 2)])
     assert len(tested) == 16 and tested["path"].is_unique  # every image tested once
@@ -64,7 +64,7 @@ def test_a_folder_that_is_not_a_cross_validation_is_left_alone(cv_config, tmp_pa
     (out / ".env.tmpl").write_text("mine")
     with pytest.raises(CovidXrayError, match=r"mine: not empty and not a cross-validation folder \(holds \.env\.tmpl, "
                                              r"notes\.txt\); .*--overwrite"):
-        cross_validate(cv_config, out, 2, verbose=0, progress=False)
+        cross_validate(cv_config, out, 2, verbose=0)
     assert sorted(p.name for p in out.iterdir()) == [".env.tmpl", "notes.txt"]
 
 
@@ -72,7 +72,7 @@ def test_fold_files_that_do_not_read_back_are_trained_again(cv_config, tmp_path,
     import covidxray.training.cv as cv_module
 
     out = tmp_path / "cv"
-    first = cross_validate(cv_config, out, 2, verbose=0, progress=False)
+    first = cross_validate(cv_config, out, 2, verbose=0)
     (out / CV_JSON).unlink()  # as if the command was cut short after its folds
     (out / "fold-1" / "metrics.json").write_text("[]")
     (out / "fold-2" / TEST_PREDICTIONS).write_text("path\nx.png\n")
@@ -80,7 +80,7 @@ def test_fold_files_that_do_not_read_back_are_trained_again(cv_config, tmp_path,
     real = cv_module._run_fold
     monkeypatch.setattr(cv_module, "_run_fold", lambda *args: trained.append(args[3].path.name) or real(*args))
     with caplog.at_level("WARNING", logger="covidxray"):
-        again = cross_validate(cv_config, out, 2, verbose=0, progress=False)
+        again = cross_validate(cv_config, out, 2, verbose=0)
     assert trained == ["fold-1", "fold-2"] and "its results do not read back" in caplog.text
     assert again["pooled"]["n"] == first["pooled"]["n"] == 16
 
@@ -97,12 +97,12 @@ def test_an_interrupted_fold_continues_from_its_backup(cv_config, tmp_path, monk
     with monkeypatch.context() as patch:
         patch.setattr(cv_module, "evaluate_splits", interrupt)  # fold 1 fitted, then cut short
         with pytest.raises(KeyboardInterrupt):
-            cross_validate(cv_config, out, 2, verbose=0, progress=False)
+            cross_validate(cv_config, out, 2, verbose=0)
     assert (out / "fold-1" / "backup").is_dir()
     fitted = []
     real = fit_module.fit_arrays
     monkeypatch.setattr(fit_module, "fit_arrays", lambda *args, **kwargs: fitted.append(1) or real(*args, **kwargs))
-    result = cross_validate(cv_config, out, 2, verbose=0, progress=False)
+    result = cross_validate(cv_config, out, 2, verbose=0)
     assert fitted == [1]  # fold 2 only: fold 1 had finished its epochs
     assert result["pooled"]["n"] == 16 and not (out / "fold-1" / "backup").exists()
 
@@ -121,7 +121,7 @@ def test_leave_one_source_out_tests_each_source_on_a_model_that_never_saw_it(tin
     data, manifest = _three_sources(tmp_path / "data")
     config = TrainConfig.for_command("cv", data=str(data / "manifest.csv"), task="binary", model=tiny_model, epochs=1,
                                      batch_size=8, seed=2, augment=False, group_by="source")
-    result = cross_validate(config, tmp_path / "cv", 5, verbose=0, progress=False)  # --folds: one per source instead
+    result = cross_validate(config, tmp_path / "cv", 5, verbose=0)  # --folds: one per source instead
     assert result["protocol"]["folds"] == 3 and result["protocol"]["held_out_sources"] == ["A", "B", "C"]
     per_fold = {f["held_out"]: f for f in result["per_fold"]}
     assert {s: (f["images"], f["measure"]) for s, f in per_fold.items()} == {
@@ -163,16 +163,16 @@ def test_folds_trained_one_at_a_time_are_pooled_once_all_have_finished(cv_config
 
     out = tmp_path / "cv"
     with pytest.raises(CovidXrayError, match="--fold 3: this cross-validation has folds 1 to 2"):
-        cross_validate(cv_config, out, 2, verbose=0, progress=False, only=[3])
+        cross_validate(cv_config, out, 2, verbose=0, only=[3])
     assert not out.exists()
-    partial = cross_validate(cv_config, out, 2, verbose=0, progress=False, only=[2])
+    partial = cross_validate(cv_config, out, 2, verbose=0, only=[2])
     assert partial == {"finished": [2], "missing": [1]}
     assert (out / "fold-2" / "metrics.json").is_file() and not (out / "fold-1").exists()
     assert not (out / CV_JSON).exists()
     trained = []
     real = cv_module._run_fold
     monkeypatch.setattr(cv_module, "_run_fold", lambda *args: trained.append(args[3].path.name) or real(*args))
-    result = cross_validate(cv_config, out, 2, verbose=0, progress=False)
+    result = cross_validate(cv_config, out, 2, verbose=0)
     assert trained == ["fold-1"]  # fold 2 is reused
     assert [f["fold"] for f in result["per_fold"]] == [1, 2] and (out / CV_JSON).is_file()
 
@@ -183,7 +183,7 @@ def test_folds_without_validation_train_on_all_their_training_folds(tiny_model, 
     data = make_dataset(tmp_path / "data", per_class=8, classes=("covid", "normal"))
     config = TrainConfig.for_command("cv", data=str(data), task="binary", model=tiny_model, epochs=2, batch_size=8,
                                      seed=2, augment=False, val_fraction=0.0)
-    result = cross_validate(config, tmp_path / "cv", 2, verbose=0, progress=False)
+    result = cross_validate(config, tmp_path / "cv", 2, verbose=0)
     for k in (1, 2):
         split = pd.read_csv(tmp_path / "cv" / f"fold-{k}" / "split.csv")
         assert set(split["split"]) == {"train", "test"} and (split["split"] == "train").sum() == 8

@@ -20,7 +20,7 @@ def data_dir(tmp_path_factory):
 
 def test_prepare_data_splits_by_patient(data_dir):
     config = TrainConfig(data=str(data_dir), image_size=32, seed=1).resolve()
-    data = prepare_data(config, progress=False)
+    data = prepare_data(config)
     assert data.images.shape == (30, 32, 32, 1) and data.images.dtype == np.uint8
     assert data.classes == ("covid", "normal", "pneumonia") and data.skipped == {}
     assert set(data.table["split"]) == {"train", "validation", "test"}
@@ -30,7 +30,7 @@ def test_prepare_data_splits_by_patient(data_dir):
         mask = data.mask(split)
         assert len(x) == len(y) == mask.sum()
         assert list(y) == [config.classes.index(label) for label in data.table.loc[mask, "label"]]
-    again = prepare_data(config, progress=False)
+    again = prepare_data(config)
     assert list(again.table["split"]) == list(data.table["split"])  # seeded
 
 
@@ -51,7 +51,7 @@ def test_split_data_with_given_test_rows(data_dir):
 
 
 def test_blanking_a_shard_folder_is_refused(data_dir, tmp_path):
-    write_shards(str(data_dir), tmp_path / "shards", 32, progress=False)
+    write_shards(str(data_dir), tmp_path / "shards", 32)
     with pytest.raises(CovidXrayError, match="need the images in memory"):
         load_data(TrainConfig(data=str(tmp_path / "shards"), blank_fraction=0.5).resolve())
 
@@ -78,4 +78,4 @@ def test_train_refuses_leave_one_source_out_which_is_for_cv(data_dir):
     config = TrainConfig(data=str(data_dir), image_size=32, group_by="source").resolve()
     with pytest.raises(CovidXrayError, match="--group-by source holds out whole sources, one per fold: it is for "
                                              "covidxray cv"):
-        prepare_data(config, progress=False)
+        prepare_data(config)

@@ -58,7 +58,7 @@ out = {"errors": errors, "runs": {}}
 for devices in (1, 2):
     config = TrainConfig(data=sys.argv[1], model="tiny", epochs=2, batch_size=8, seed=3, augment=True,
                          distribute="data-parallel", devices=devices).resolve()
-    data = prepare_data(config, progress=False)
+    data = prepare_data(config)
     run = RunDir(f"{sys.argv[2]}/run{devices}")
     run.create()
     seen.clear()

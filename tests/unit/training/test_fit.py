@@ -145,7 +145,7 @@ def test_build_model_compiles_the_config(tiny_model, monkeypatch):
 def test_fit_saves_the_best_epoch_and_its_history(tiny_model, tmp_path):
     config = TrainConfig(data=str(make_dataset(tmp_path / "data", per_class=8)), model=tiny_model, epochs=3,
                          batch_size=8, patience=3, augment=False).resolve()
-    data = prepare_data(config, progress=False)
+    data = prepare_data(config)
     run = rundir.RunDir(tmp_path / "run")
     run.create()
     info = fit(config, data, run, verbose=0)

@@ -71,7 +71,7 @@ def test_train_segmenter_writes_a_run_that_segment_loads(tmp_path):
 
     data = [synthetic_mask_set(tmp_path / "one", 24, 0), synthetic_mask_set(tmp_path / "two", 24, 1)]
     config = LungTrainConfig(data=[str(d) for d in data], image_size=32, widths=[4, 8, 8], epochs=2, batch_size=8)
-    metrics = train_segmenter(config, tmp_path / "run", verbose=0, progress=False)
+    metrics = train_segmenter(config, tmp_path / "run", verbose=0)
     for name in ("model.keras", "segmenter.json", "split.csv", "history.csv", "metrics.json"):
         assert (tmp_path / "run" / name).is_file(), name
     assert set(metrics["test"]) == {"one", "two", "all"}
@@ -83,9 +83,9 @@ def test_train_segmenter_writes_a_run_that_segment_loads(tmp_path):
     lungs = load_segmenter(tmp_path / "run")
     assert lungs.image_size == 32
     with pytest.raises(CovidXrayError, match="already holds a trained run"):
-        train_segmenter(config, tmp_path / "run", verbose=0, progress=False)
+        train_segmenter(config, tmp_path / "run", verbose=0)
     config.epochs = 1
-    train_segmenter(config, tmp_path / "run", overwrite=True, verbose=0, progress=False)  # swapped in when complete
+    train_segmenter(config, tmp_path / "run", overwrite=True, verbose=0)  # swapped in when complete
     assert json.loads((tmp_path / "run" / "segmenter.json").read_text())["training"]["epochs"] == 1
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(
         ["failures", "history.csv", "metrics.json", "model.keras", "segmenter.json", "split.csv"])

@@ -24,7 +24,7 @@ def config(tiny_model, fast_bootstrap, tmp_path):
 
 def test_train_writes_a_complete_run_and_refuses_to_replace_it(config, tmp_path):
     out = tmp_path / "run"
-    metrics = train(config, out, verbose=0, progress=False)
+    metrics = train(config, out, verbose=0)
     assert json.loads((out / rundir.METRICS).read_text()) == json.loads(json.dumps(metrics))
     for name in (rundir.MODEL, rundir.CONFIG, rundir.SPLIT, rundir.HISTORY, rundir.CALIBRATION, rundir.REPORT,
                  rundir.REPORT_HTML, rundir.ACC_FIGURE, rundir.MATRIX_FIGURE, rundir.PREDICTIONS_FIGURE,
@@ -53,13 +53,13 @@ def test_an_interrupted_run_resumes_with_its_own_settings(config, tmp_path, monk
     with monkeypatch.context() as patch:
         patch.setattr(train_module, "evaluate_splits", interrupt)  # stop right after fitting
         with pytest.raises(KeyboardInterrupt):
-            train(config, out, verbose=0, progress=False)
+            train(config, out, verbose=0)
     assert (out / rundir.BACKUP).is_dir() and not (out / rundir.METRICS).exists()
     with pytest.raises(CovidXrayError, match="holds an interrupted run; continue it with covidxray train --resume"):
         train(config, out, verbose=0)
     with pytest.raises(CovidXrayError, match=r"a resumed run keeps its own settings, but --epochs 5 \(the run has 2\)"):
         resume(out, epochs=5, verbose=0)
-    metrics = resume(out, seed=1, cache_dir=str(tmp_path / "other-cache"), verbose=0, progress=False)  # same seed: fine
+    metrics = resume(out, seed=1, cache_dir=str(tmp_path / "other-cache"), verbose=0)  # same seed: fine
     assert metrics["run"]["resumed"] and metrics["run"]["epochs_run"] == 2
     assert list(pd.read_csv(out / rundir.HISTORY)["epoch"]) == [0, 1]  # not trained again
     assert not (out / rundir.BACKUP).exists()
@@ -96,9 +96,9 @@ def test_a_folder_that_is_not_a_run_is_left_alone_without_overwrite(config, tmp_
     out = _user_folder(tmp_path / "mine")
     before = _contents(out)
     with pytest.raises(CovidXrayError, match="mine: not empty and not a covidxray run .*pass --overwrite"):
-        train(config, out, verbose=0, progress=False)
+        train(config, out, verbose=0)
     assert _contents(out) == before
-    train(config, out, overwrite=True, verbose=0, progress=False)  # asked for: the run's files replace theirs
+    train(config, out, overwrite=True, verbose=0)  # asked for: the run's files replace theirs
     after = _contents(out)
     for kept in (".env.tmpl", ".build.tmp_files/x.o", "notes.txt"):
         assert after[kept] == before[kept], kept
@@ -112,7 +112,7 @@ def test_overwrite_keeps_the_finished_run_until_the_new_one_is_complete(config, 
     from covidxray.models import create_model
 
     out = tmp_path / "run"
-    train(config, out, verbose=0, progress=False)
+    train(config, out, verbose=0)
     (out / "notes.txt").write_text("mine")
     finished = _contents(out)
     # a weights file of another task: 2 outputs, the new run has 3
@@ -120,7 +120,7 @@ def test_overwrite_keeps_the_finished_run_until_the_new_one_is_complete(config, 
     binary = tmp_path / "binary.weights.h5"
     create_model("tiny", num_classes=2, image_size=32, augment=False).save_weights(binary)
     with pytest.raises(CovidXrayError, match="weights do not fit"):
-        train(replace(config, weights=str(binary)), out, overwrite=True, verbose=0, progress=False)
+        train(replace(config, weights=str(binary)), out, overwrite=True, verbose=0)
     assert _contents(out) == finished  # checked before anything was removed
 
     def interrupt(*args, **kwargs):
@@ -129,11 +129,11 @@ def test_overwrite_keeps_the_finished_run_until_the_new_one_is_complete(config, 
     with monkeypatch.context() as patch:
         patch.setattr(train_module, "evaluate_splits", interrupt)  # stop right after fitting the new run
         with pytest.raises(KeyboardInterrupt):
-            train(replace(config, seed=2), out, overwrite=True, verbose=0, progress=False)
+            train(replace(config, seed=2), out, overwrite=True, verbose=0)
     assert {k: v for k, v in _contents(out).items() if not k.startswith(rundir.STAGED)} == finished
     with pytest.raises(CovidXrayError, match="holds an interrupted run .started with --overwrite"):
         train(config, out, verbose=0)
-    metrics = resume(out, verbose=0, progress=False)  # continues the replacement, then swaps it in
+    metrics = resume(out, verbose=0)  # continues the replacement, then swaps it in
     assert metrics["run"]["resumed"] and TrainConfig.load(out / rundir.CONFIG).seed == 2
     assert json.loads((out / rundir.METRICS).read_text())["run"]["resumed"]
     assert (out / "notes.txt").read_text() == "mine"
@@ -143,7 +143,7 @@ def test_overwrite_keeps_the_finished_run_until_the_new_one_is_complete(config, 
         patch.setattr(train_module, "fit", lambda *args, **kwargs: (_ for _ in ()).throw(MemoryError()))
         replaced = _contents(out)
         with pytest.raises(MemoryError):
-            train(config, out, overwrite=True, verbose=0, progress=False)
+            train(config, out, overwrite=True, verbose=0)
     assert _contents(out) == replaced
 
 
@@ -166,7 +166,7 @@ def test_train_fits_the_runs_familiarity_and_reports_it(config, tmp_path):
     from covidxray.rundir import FAMILIARITY
 
     out = tmp_path / "run"
-    metrics = train(config, out, verbose=0, progress=False)
+    metrics = train(config, out, verbose=0)
     assert (out / FAMILIARITY).is_file()
     stored = json.loads((out / rundir.METRICS).read_text())
     unlike = stored["unlike_training"]
@@ -217,7 +217,7 @@ def test_a_run_without_validation_fits_every_training_image_and_keeps_its_last_e
     from covidxray.rundir import FAMILIARITY
 
     out = tmp_path / "run"
-    metrics = train(replace(config, val_fraction=0.0, epochs=3, patience=0), out, verbose=0, progress=False)
+    metrics = train(replace(config, val_fraction=0.0, epochs=3, patience=0), out, verbose=0)
     split = pd.read_csv(out / rundir.SPLIT)
     assert set(split["split"]) == {"train", "test"}
     assert metrics["run"]["images"] == {**split["split"].value_counts().to_dict(), "validation": 0}
@@ -259,8 +259,8 @@ def test_a_run_without_validation_resumes_to_its_last_epoch(config, tmp_path, mo
     with monkeypatch.context() as patch:
         patch.setattr(backup.RunBackup, "on_epoch_end", stop_after_two)
         with pytest.raises(KeyboardInterrupt):
-            train(settings, out, verbose=0, progress=False)
+            train(settings, out, verbose=0)
     assert len(pd.read_csv(out / rundir.HISTORY)) == 2 and not (out / rundir.METRICS).exists()
-    metrics = resume(out, verbose=0, progress=False)
+    metrics = resume(out, verbose=0)
     assert metrics["run"]["resumed"] and metrics["run"]["epochs_run"] == 3 and metrics["run"]["best_epoch"] == 3
     assert list(pd.read_csv(out / rundir.HISTORY)["epoch"]) == [0, 1, 2] and "validation" not in metrics

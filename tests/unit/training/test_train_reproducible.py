@@ -21,8 +21,8 @@ def weights_of(run) -> list[np.ndarray]:
 
 def test_two_runs_of_the_same_training_give_identical_weights_and_metrics(dataset, tmp_path, fast_bootstrap):
     config = TrainConfig(data=str(dataset), model="compactnet", image_size=32, epochs=2, batch_size=8, seed=3)
-    first = train(config, tmp_path / "first", verbose=0, progress=False)
-    second = train(config, tmp_path / "second", verbose=0, progress=False)
+    first = train(config, tmp_path / "first", verbose=0)
+    second = train(config, tmp_path / "second", verbose=0)
 
     a, b = weights_of(tmp_path / "first"), weights_of(tmp_path / "second")
     assert len(a) == len(b) > 10
@@ -38,7 +38,7 @@ def test_two_runs_of_the_same_training_give_identical_weights_and_metrics(datase
 def test_another_seed_gives_other_weights(dataset, tmp_path, fast_bootstrap, tiny_model):
     """The check above could pass with a seed that is ignored; a different seed must change the model."""
     base = dict(data=str(dataset), model=tiny_model, epochs=1, batch_size=8)
-    train(TrainConfig(**base, seed=0), tmp_path / "seed0", verbose=0, progress=False)
-    train(TrainConfig(**base, seed=1), tmp_path / "seed1", verbose=0, progress=False)
+    train(TrainConfig(**base, seed=0), tmp_path / "seed0", verbose=0)
+    train(TrainConfig(**base, seed=1), tmp_path / "seed1", verbose=0)
     a, b = weights_of(tmp_path / "seed0"), weights_of(tmp_path / "seed1")
     assert not all(np.array_equal(x, y) for x, y in zip(a, b))
