@@ -1,9 +1,10 @@
 """Training settings, each declared once: a dataclass field with its help, choices and bounds.
 
-The command line's options are generated from these fields (:mod:`covidxray.cli.options`),
-:meth:`TrainConfig.check` enforces their choices and bounds, and every run writes the resolved
-settings to ``config.json`` so that it can be repeated. Importing this module does not import
-Keras.
+:class:`TrainConfig` (the classifier: ``train``, ``cv``, ``probe``) and :class:`LungTrainConfig`
+(the lung U-Net: ``lungs train``) are declared the same way: the command line's options are
+generated from their fields (:mod:`covidxray.cli.options`), ``check`` enforces their choices and
+bounds, and every run writes its settings (``config.json``, ``segmenter.json``) so that it can be
+repeated. Importing this module does not import Keras.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from covidxray.labels import TASKS, task_classes
 from covidxray.models.registry import DEFAULT_MODEL, list_models, model_spec
 
 #: The commands that train a model, and so take training settings.
-TRAIN, CV, PROBE = "train", "cv", "probe"
+TRAIN, CV, PROBE, LUNGS_TRAIN = "train", "cv", "probe", "lungs train"
 TRAINING_COMMANDS = (TRAIN, CV, PROBE)
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
 MIXED_PRECISION_POLICIES = ("mixed_float16", "mixed_bfloat16")
@@ -291,6 +292,60 @@ class TrainConfig:
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()), str(path))
+
+
+def parse_widths(text: str) -> list[int]:
+    """``--widths 8,16,32``: whole numbers separated by commas."""
+    try:
+        return [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise CovidXrayError(f"--widths {text}: give whole numbers separated by commas, e.g. 16,24,32,48,64") from None
+
+
+@dataclass
+class LungTrainConfig:
+    """Every setting of ``covidxray lungs train``; stored in the run's ``segmenter.json``.
+
+    The default architecture is the shipped preset's (docs/lungs.md: why this size and these widths).
+    """
+
+    data: list[str] = setting((), "folder with images/ and lung-masks/<stem>.png (e.g. ../shared/data/jsrt); repeat "
+                              "to combine", kind=str, commands=(LUNGS_TRAIN,), metavar="PATH")
+    image_size: int = setting(128, "side of the model's square input, a multiple of 2 to the number of --widths "
+                              "less one", low=2, high=MAX_IMAGE_SIZE, commands=(LUNGS_TRAIN,))
+    widths: tuple[int, ...] = setting((8, 16, 32, 48, 64), "filters per U-Net level, comma-separated, the last at the "
+                                      "bottom", kind=str, commands=(LUNGS_TRAIN,), metavar="N,N,...")
+    epochs: int = setting(48, "epochs (the learning rate decays to zero at the last)", low=1, commands=(LUNGS_TRAIN,))
+    batch_size: int = setting(16, "images per training step", low=1, commands=(LUNGS_TRAIN,))
+    learning_rate: float = setting(2e-3, "Adam's, decayed to zero along a cosine", low=0.0, high=1.0, low_open=True,
+                                   high_open=True, commands=(LUNGS_TRAIN,))
+    seed: int = setting(0, "seeds the split, the weights and the augmentation", commands=(LUNGS_TRAIN,))
+    val_fraction: float = setting(0.15, "share of patients for validation", low=0.0, high=0.5, low_open=True,
+                                  high_open=True, commands=(LUNGS_TRAIN,))
+    test_fraction: float = setting(0.15, "share of patients held out for the test", low=0.0, high=0.5, low_open=True,
+                                   high_open=True, commands=(LUNGS_TRAIN,))
+    augment: bool = setting(True, "random affine maps of image and mask, gamma, blur and noise", flag="--no-augment",
+                            commands=(LUNGS_TRAIN,))
+    threshold: float = setting(0.5, "probability above which a pixel is lung", low=0.0, high=1.0, low_open=True,
+                               high_open=True, commands=())
+
+    def __post_init__(self):
+        if isinstance(self.widths, str):  # as the command line gives it
+            self.widths = parse_widths(self.widths)
+
+    def check(self) -> LungTrainConfig:
+        """Raise a :class:`CovidXrayError` naming the option for a value outside its bounds."""
+        for f in fields(self):
+            _check_value(f, getattr(self, f.name))
+        depth = len(self.widths) - 1
+        if depth < 1 or min(self.widths) < 1:
+            raise CovidXrayError(f"--widths needs two or more positive numbers; got {list(self.widths)}")
+        if self.image_size < 2 ** depth or self.image_size % 2 ** depth:
+            raise CovidXrayError(f"--image-size must be a multiple of {2 ** depth} (2 to the number of --widths less "
+                                 f"one); got {self.image_size}")
+        if not self.data:
+            raise CovidXrayError("--data is required: a folder with images/ and lung-masks/")
+        return self
 
 
 def check_setting(name: str, value) -> None:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import fields
 
-from covidxray.errors import CovidXrayError
+from covidxray.cli.options import add_config_options, given_settings
+from covidxray.config import LUNGS_TRAIN, LungTrainConfig
 
 SEGMENT_RUN_HELP = ("lung segmenter: a folder written by covidxray lungs train, or preset:NAME "
                     "(default: the shipped preset:lungs_unet_jsrt_ieee8023; see its MODEL_CARD.md)")
@@ -23,32 +23,13 @@ SEGMENT_RUN_HELP = ("lung segmenter: a folder written by covidxray lungs train, 
 
 def add_lungs_commands(commands) -> None:
     """Add ``lungs train`` and ``lungs segment`` to the ``covidxray`` sub-command parsers ``commands``."""
-    from covidxray.training.segmentation import LungTrainConfig
-
-    defaults = {f.name: f.default for f in fields(LungTrainConfig) if f.name != "widths"}
-    defaults["widths"] = ",".join(map(str, LungTrainConfig.__dataclass_fields__["widths"].default_factory()))
     lungs = commands.add_parser("lungs", help="lung segmentation: train a U-Net, or segment X-rays with one")
     actions = lungs.add_subparsers(dest="lungs_command", required=True, metavar="ACTION")
 
     train = actions.add_parser("train", help="train a lung segmenter on lung-mask datasets, held-out Dice and IoU per source")
-    train.add_argument("--data", required=True, action="append",
-                       help="folder with images/ and lung-masks/<stem>.png (e.g. ../shared/data/jsrt); repeat to combine")
+    add_config_options(train, LUNGS_TRAIN, settings=LungTrainConfig)
     train.add_argument("--out", required=True, help="run folder to write")
     train.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    train.add_argument("--image-size", type=int, default=defaults["image_size"],
-                       help=f"side of the model's square input (default {defaults['image_size']})")
-    train.add_argument("--widths", default=defaults["widths"],
-                       help=f"filters per U-Net level, comma-separated, the last at the bottom (default {defaults['widths']})")
-    train.add_argument("--epochs", type=int, default=defaults["epochs"], help=f"(default {defaults['epochs']})")
-    train.add_argument("--batch-size", type=int, default=defaults["batch_size"], help=f"(default {defaults['batch_size']})")
-    train.add_argument("--learning-rate", type=float, default=defaults["learning_rate"],
-                       help=f"Adam's, decayed along a cosine (default {defaults['learning_rate']})")
-    train.add_argument("--seed", type=int, default=defaults["seed"], help="seed of the split, weights and augmentation")
-    train.add_argument("--val-fraction", type=float, default=defaults["val_fraction"],
-                       help=f"share of patients for validation (default {defaults['val_fraction']})")
-    train.add_argument("--test-fraction", type=float, default=defaults["test_fraction"],
-                       help=f"share of patients held out for the test (default {defaults['test_fraction']})")
-    train.add_argument("--no-augment", dest="augment", action="store_false", help="train without augmentation")
     train.set_defaults(handler=run_lungs_train)
 
     segment = actions.add_parser("segment", help="lung masks, overlays, area, box and a quality flag per image")
@@ -62,21 +43,10 @@ def add_lungs_commands(commands) -> None:
     segment.set_defaults(handler=run_lungs_segment)
 
 
-def parse_widths(text: str) -> list[int]:
-    try:
-        widths = [int(part) for part in str(text).split(",") if part.strip()]
-    except ValueError:
-        raise CovidXrayError(f"--widths {text}: give whole numbers separated by commas, e.g. 16,24,32,48,64") from None
-    return widths
-
-
 def run_lungs_train(args) -> int:
-    from covidxray.training.segmentation import LungTrainConfig, train_segmenter
+    from covidxray.training.segmentation import train_segmenter
 
-    config = LungTrainConfig(data=list(args.data), image_size=args.image_size, widths=parse_widths(args.widths),
-                             epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                             seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                             augment=args.augment)
+    config = LungTrainConfig(**given_settings(args, LungTrainConfig))
     verbose = 0 if getattr(args, "quiet", False) else (1 if sys.stdout.isatty() else 2)
     metrics = train_segmenter(config, args.out, overwrite=args.overwrite, verbose=verbose)
     print(format_segmentation_metrics(metrics["test"]), end="")

@@ -1,4 +1,5 @@
-"""Command-line options generated from :class:`~covidxray.config.TrainConfig`'s fields.
+"""Command-line options generated from the fields of :class:`~covidxray.config.TrainConfig`
+(or of another settings dataclass declared the same way, :class:`~covidxray.config.LungTrainConfig`).
 
 Each training setting is declared once, in ``config.py``, with its help, choices and bounds;
 this module turns the fields a command offers into ``argparse`` options. Their default is
@@ -18,13 +19,16 @@ from covidxray.config import TrainConfig, choices_of, option_name
 METAVARS = {int: "N", float: "F", str: "VALUE"}
 
 
-def add_config_options(parser: argparse.ArgumentParser, command: str, *, data_required: bool = True) -> None:
-    """Add an option for every :class:`TrainConfig` field that ``command`` offers."""
-    for f in fields(TrainConfig):
+def add_config_options(parser: argparse.ArgumentParser, command: str, *, data_required: bool = True,
+                       settings=TrainConfig) -> None:
+    """Add an option for every field of ``settings`` (a dataclass of ``setting()`` fields) that ``command`` offers."""
+    for f in fields(settings):
         meta = f.metadata
         if command not in meta["commands"]:
             continue
-        default = meta["command_defaults"].get(command, f.default if f.default is not MISSING else None)
+        default = meta["command_defaults"].get(command, f.default if f.default is not MISSING else f.default_factory())
+        if isinstance(default, tuple):
+            default = ",".join(map(str, default))
         if meta["kind"] is bool:
             flag = meta["flag"] or option_name(f.name)
             off = flag.startswith("--no-")
@@ -43,9 +47,9 @@ def add_config_options(parser: argparse.ArgumentParser, command: str, *, data_re
         parser.add_argument(*names, type=meta["kind"], choices=choices, **options)
 
 
-def given_settings(args: argparse.Namespace) -> dict:
-    """The :class:`TrainConfig` settings the user gave on the command line, by field name."""
-    return {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+def given_settings(args: argparse.Namespace, settings=TrainConfig) -> dict:
+    """The settings (fields of ``settings``) the user gave on the command line, by field name."""
+    return {f.name: getattr(args, f.name) for f in fields(settings) if hasattr(args, f.name)}
 
 
 def _help(text: str, default) -> str:

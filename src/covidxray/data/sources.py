@@ -65,6 +65,12 @@ def load_dataset(path: str | Path) -> pd.DataFrame:
     return frame[COLUMNS].reset_index(drop=True)
 
 
+def dataset_root(path: str | Path) -> Path:
+    """The folder a dataset's images are under: the folder given, or a manifest's own folder."""
+    path = Path(path)
+    return path.parent if path.suffix.lower() == ".csv" else path
+
+
 def as_paths(data: str | Path | list | tuple) -> list[str]:
     """One dataset path or several, as a list of strings."""
     return [str(d) for d in data] if isinstance(data, list | tuple) else [str(data)]

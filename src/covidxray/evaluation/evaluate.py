@@ -10,7 +10,7 @@ import pandas as pd
 
 from covidxray import rundir
 from covidxray.data.loading import load_labelled_images
-from covidxray.data.sources import as_paths, confounding_warning
+from covidxray.data.sources import as_paths, confounding_warning, dataset_root
 from covidxray.errors import CovidXrayError, DatasetError
 from covidxray.evaluation.attention import heat_in_lungs
 from covidxray.evaluation.calibration import calibration_summary
@@ -107,7 +107,7 @@ def seen_by_run(run_dir: str | Path, table: pd.DataFrame, *, cache_dir=None, bes
     except CovidXrayError as error:
         raise CovidXrayError(f"{error}, or pass --include-seen to keep every image") from None
     used = split[split["split"].isin(("train", "validation"))]
-    folders = {Path(d).parent.parent if Path(d).suffix.lower() == ".csv" else Path(d).parent for d in as_paths(beside)}
+    folders = {dataset_root(d).parent for d in as_paths(beside)}
     if "path" in used:
         used = used.assign(path=[_located(p, folders) for p in used["path"]])
     seen, found = same_images(table, used, cache_dir)

@@ -2,13 +2,13 @@
 
 A preset is a run folder inside the package (``covidxray/presets/NAME/``): ``model.keras``
 (weights only, no optimizer state), ``config.json``, ``calibration.json``, ``metrics.json``,
-``split.csv`` (which images it trained and validated on, each path under its dataset's folder
-name, ``darkcovidnet/covid/x.png``: ``evaluate`` leaves those out),
+``split.csv`` (which images it trained and validated on, each path under the folder that holds
+its dataset, ``darkcovidnet/covid/x.png``: ``evaluate`` leaves those out),
 ``familiarity.npz`` where the run has one (what flags an X-ray unlike the training data) and
 ``MODEL_CARD.md``, which says what it was trained on, how it scores, where it fails and what it
 must not be used for. Commands take one with ``--run preset:NAME`` (or ``--preset NAME``);
 ``predict``, ``evaluate`` and ``serve`` use :data:`DEFAULT_PRESET` when given no run.
-:func:`package_run` makes a preset folder from a finished run.
+:func:`package_run` makes a preset folder from a finished run, a classifier's or a lung segmenter's.
 """
 
 from __future__ import annotations
@@ -70,37 +70,37 @@ def resolve_run(run: str | Path | None = None, preset: str | None = None) -> Pat
 
 
 def package_run(run_dir: str | Path, dest: str | Path) -> Path:
-    """Copy a finished run into ``dest`` for shipping: the model without optimizer state, its settings,
-    metrics and, where the run has them, its split and familiarity file. ``dest``'s model card is left
-    as it is."""
-    from covidxray.files import atomic_save
+    """Copy a finished run, a classifier's or a lung segmenter's (``covidxray lungs train``), into
+    ``dest`` to ship it as a preset: its model without optimizer state, its settings, metrics, split
+    (and history, and familiarity file) where it has them, every path under its datasets written
+    relative to the folder that holds them (``darkcovidnet/covid/x.png``, ``jsrt/images/JPCLN001.png``),
+    so that no file names the machine it was trained on. A segmenter's failure drawings stay behind
+    (pictures of the data); ``dest``'s model card is left as it is."""
+    import json
+
+    from covidxray.data.sources import dataset_root
+    from covidxray.files import atomic_save, atomic_write_text
     from covidxray.models import load_model
 
     run = rundir.RunDir(run_dir)
+    if (run.path / SEGMENTER_SETTINGS).is_file():
+        data = json.loads(run.require(SEGMENTER_SETTINGS).read_text())["training"]["data"]
+        files = (SEGMENTER_SETTINGS, rundir.METRICS, rundir.SPLIT, rundir.HISTORY)
+    else:
+        data = run.load_config().data
+        files = PACKAGED_FILES + ((rundir.SPLIT,) if run.file(rundir.SPLIT).is_file() else ())  # without it, evaluate finds no seen image
+    roots = [dataset_root(d) for d in ([data] if isinstance(data, str) else data)]
+    parents = {str(p) for root in roots for p in (root.parent, root.resolve().parent)} - {"."}
+    prefixes = sorted((p.rstrip("/") + "/" for p in parents), key=len, reverse=True)
     model = load_model(run.require(rundir.MODEL))  # loaded without compiling: saving it stores no optimizer state
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     atomic_save(dest / rundir.MODEL, model.save)
-    for name in PACKAGED_FILES:
-        shutil.copyfile(run.require(name), dest / name)
-    if (run.path / rundir.SPLIT).is_file():  # without it, evaluate finds no seen image
-        rundir.write_csv(dest / rundir.SPLIT, portable_split(run.read_split()))
+    for name in files:
+        text = run.require(name).read_text()
+        for prefix in prefixes:
+            text = text.replace(prefix, "")
+        atomic_write_text(dest / name, text)
     if (run.path / rundir.FAMILIARITY).is_file():  # without it, nothing is flagged as unlike the training data
         shutil.copyfile(run.path / rundir.FAMILIARITY, dest / rundir.FAMILIARITY)
     return dest
-
-
-def portable_split(split):
-    """``split.csv`` with each path made relative to the folder that holds its dataset
-    (``/home/me/data/darkcovidnet/covid/x.png`` -> ``darkcovidnet/covid/x.png``) and each dataset
-    named by its folder, so that a shipped preset names no folder of the machine it was trained on;
-    ``evaluate`` finds the files again beside the datasets it is given."""
-    paths, datasets = [], []
-    for path, dataset in zip(split["path"], split.get("dataset", [""] * len(split))):
-        root = Path(dataset)
-        root = root.parent if root.suffix.lower() == ".csv" else root  # a manifest: paths are under its folder
-        parts = Path(path).parts
-        at = max((i for i, part in enumerate(parts[:-1]) if part == root.name), default=None) if root.name else None
-        paths.append(Path(*parts[at:]).as_posix() if at is not None else Path(path).name)
-        datasets.append(root.name)
-    return split.assign(path=paths, **({"dataset": datasets} if "dataset" in split else {}))

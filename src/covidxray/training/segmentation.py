@@ -12,68 +12,31 @@ drawn in ``failures/``. The run folder holds ``model.keras``, ``segmenter.json``
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from covidxray import rundir
+from covidxray.config import LungTrainConfig
 from covidxray.data.masks import load_pairs, mask_table, read_pair, split_masks
-from covidxray.errors import CovidXrayError, DatasetError
+from covidxray.errors import DatasetError
 from covidxray.inference.lungs import KIND, SEGMENTER, LungSegmenter, model_identity, overlay
 
 log = logging.getLogger(__name__)
 
-#: The shipped preset's architecture (docs/lungs.md: why this size and these widths).
-IMAGE_SIZE, WIDTHS = 128, (8, 16, 32, 48, 64)
 FAILURES = "failures"  # folder: the worst held-out images per source, drawn
 WORST_PER_SOURCE = 3
 
 
-@dataclass
-class LungTrainConfig:
-    """Every setting of ``covidxray lungs train``; stored in the run's ``segmenter.json``."""
-
-    data: list[str]  # folders with images/ and lung-masks/ (covidxray.data.masks)
-    image_size: int = IMAGE_SIZE  # side of the model's square input, a multiple of 2 ** (len(widths) - 1)
-    widths: list[int] = field(default_factory=lambda: list(WIDTHS))  # filters per U-Net level, last = bottom
-    epochs: int = 48
-    batch_size: int = 16
-    learning_rate: float = 2e-3  # Adam's, decayed to zero along a cosine
-    seed: int = 0
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    augment: bool = True
-    threshold: float = 0.5  # probability above which a pixel is lung
-
-    def check(self) -> LungTrainConfig:
-        depth = len(self.widths) - 1
-        problems = [
-            (self.epochs < 1, f"--epochs must be at least 1; got {self.epochs}"),
-            (self.batch_size < 1, f"--batch-size must be at least 1; got {self.batch_size}"),
-            (depth < 1 or min(self.widths) < 1, f"--widths needs two or more positive numbers; got {self.widths}"),
-            (depth >= 1 and (self.image_size < 2 ** depth or self.image_size % 2 ** depth),
-             f"--image-size must be a multiple of {2 ** max(depth, 0)} (2 to the number of --widths less one); "
-             f"got {self.image_size}"),
-            (not 0 < self.threshold < 1, f"--threshold must lie in (0, 1); got {self.threshold}"),
-            (not 0 < self.learning_rate < 1, f"--learning-rate must lie in (0, 1); got {self.learning_rate}"),
-            (not 0 < self.val_fraction < 0.5 or not 0 < self.test_fraction < 0.5,
-             "--val-fraction and --test-fraction must lie in (0, 0.5)"),
-        ]
-        for bad, message in problems:
-            if bad:
-                raise CovidXrayError(message)
-        return self
-
-    def settings(self) -> dict:
-        """The contents of ``segmenter.json``: what inference needs, and the training settings."""
-        return {"kind": KIND, "image_size": self.image_size, "widths": list(self.widths), "threshold": self.threshold,
-                "training": asdict(self)}
+def segmenter_settings(config: LungTrainConfig) -> dict:
+    """The contents of ``segmenter.json``: what inference needs, and the training settings."""
+    return {"kind": KIND, "image_size": config.image_size, "widths": list(config.widths),
+            "threshold": config.threshold, "training": {**asdict(config), "widths": list(config.widths)}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,7 +220,7 @@ def train_segmenter(config: LungTrainConfig, out: str | Path, *, overwrite: bool
     final = unet(config.image_size, tuple(config.widths))  # uncompiled: the saved file holds no optimizer state
     final.set_weights(model.get_weights())
     atomic_save(run.file(rundir.MODEL), final.save)
-    settings = config.settings()
+    settings = segmenter_settings(config)
     run.write_json(SEGMENTER, settings)
     import pandas as pd
 
@@ -354,35 +317,3 @@ def _draw_failure(path: Path, row: dict) -> None:
     image = Image.fromarray(picture)
     ImageDraw.Draw(image).text((4, image.height - 14), f"Dice {row['dice']:.3f}", fill=(255, 220, 0))
     atomic_save(path, lambda tmp: image.save(tmp, format="PNG"))
-
-
-# ---------------------------------------------------------------------------------------------
-# Shipping
-
-
-PACKAGED = (rundir.MODEL, SEGMENTER, rundir.METRICS, rundir.SPLIT, rundir.HISTORY)
-
-
-def package_segmenter(run_dir: str | Path, dest: str | Path) -> Path:
-    """Copy a finished lung-segmenter run into ``dest`` to ship it as a preset: its model (no
-    optimizer state), settings, metrics, split and history, with every path under its datasets
-    written relative to their parent folder (``jsrt/images/JPCLN001.png``), so that no file names
-    this machine. The failure drawings stay behind (they are pictures of the data); ``dest``'s
-    model card is left as it is."""
-    run = rundir.RunDir(run_dir)
-    settings = json.loads(run.require(SEGMENTER).read_text())
-    parents = {str(p) for root in settings["training"]["data"] for p in (Path(root).parent, Path(root).resolve().parent)}
-    prefixes = sorted((p.rstrip("/") + "/" for p in parents if p != "."), key=len, reverse=True)
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    from covidxray.files import atomic_write_text
-
-    for name in PACKAGED:
-        text = run.require(name).read_bytes().decode() if name != rundir.MODEL else None
-        if text is None:
-            shutil.copyfile(run.file(name), dest / name)
-            continue
-        for prefix in prefixes:
-            text = text.replace(prefix, "")
-        atomic_write_text(dest / name, text)
-    return dest

@@ -9,6 +9,7 @@ import pytest
 from covidxray.cli.options import add_config_options, given_settings
 from covidxray.config import TrainConfig
 from covidxray.data.blanking import DEFAULT_FRACTION
+from covidxray.errors import CovidXrayError
 
 
 def _parser(command: str, data_required: bool = True) -> argparse.ArgumentParser:
@@ -67,3 +68,24 @@ def test_data_is_required_unless_told():
     with pytest.raises(SystemExit):
         _parser("cv").parse_args(["--epochs", "2"])
     assert given_settings(_parser("train", data_required=False).parse_args(["--epochs", "2"])) == {"epochs": 2}
+
+
+def test_lungs_train_options_are_generated_from_its_settings():
+    from covidxray.cli.main import build_parser
+    from covidxray.config import LungTrainConfig
+
+    parser = build_parser()
+    args = parser.parse_args(["lungs", "train", "--data", "a", "--data", "b", "--out", "run", "--widths", "4,8,16",
+                              "--epochs", "2", "--no-augment"])
+    assert given_settings(args, LungTrainConfig) == {"data": ["a", "b"], "widths": "4,8,16", "epochs": 2,
+                                                     "augment": False}
+    config = LungTrainConfig(**given_settings(args, LungTrainConfig)).check()
+    assert config.widths == [4, 8, 16] and config.batch_size == 16 and config.image_size == 128 and config.threshold == 0.5  # the declared defaults
+    lungs_train = parser._subparsers._group_actions[0].choices["lungs"]._subparsers._group_actions[0].choices["train"]
+    shown = lungs_train.format_help()
+    assert "(default: 8,16,32,48,64)" in shown and "(default: 48)" in shown and "--threshold" not in shown
+    with pytest.raises(SystemExit):
+        parser.parse_args(["lungs", "train", "--out", "run"])  # --data is required
+    with pytest.raises(CovidXrayError, match="--widths 8,x: give whole numbers separated by commas"):
+        LungTrainConfig(data=["a"], widths="8,x")
+

@@ -7,13 +7,11 @@ import json
 import numpy as np
 import pytest
 
+from covidxray.config import LungTrainConfig
 from covidxray.errors import CovidXrayError
 from covidxray.training.segmentation import (
-    PACKAGED,
-    LungTrainConfig,
     augment_pair,
     dice_iou,
-    package_segmenter,
     train_segmenter,
 )
 from helpers import write_png
@@ -62,8 +60,16 @@ def test_augmentation_moves_image_and_mask_together():
 def test_bad_settings_are_clear_errors():
     with pytest.raises(CovidXrayError, match="--image-size must be a multiple of 8"):
         LungTrainConfig(data=["x"], image_size=60, widths=[4, 8, 16, 32]).check()
-    with pytest.raises(CovidXrayError, match="--epochs"):
+    with pytest.raises(CovidXrayError, match="--epochs must be at least 1; got 0"):
         LungTrainConfig(data=["x"], epochs=0).check()
+    with pytest.raises(CovidXrayError, match=r"--learning-rate must be in \(0, 1\); got 1.5"):
+        LungTrainConfig(data=["x"], learning_rate=1.5).check()
+    with pytest.raises(CovidXrayError, match=r"--val-fraction must be in \(0, 0.5\); got 0.5"):
+        LungTrainConfig(data=["x"], val_fraction=0.5).check()
+    with pytest.raises(CovidXrayError, match="--widths needs two or more positive numbers"):
+        LungTrainConfig(data=["x"], widths=[8]).check()
+    with pytest.raises(CovidXrayError, match="--data is required"):
+        LungTrainConfig().check()
 
 
 def test_train_segmenter_writes_a_run_that_segment_loads(tmp_path):
@@ -90,8 +96,11 @@ def test_train_segmenter_writes_a_run_that_segment_loads(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(
         ["failures", "history.csv", "metrics.json", "model.keras", "segmenter.json", "split.csv"])
 
-    preset = package_segmenter(tmp_path / "run", tmp_path / "preset")
-    assert sorted(p.name for p in preset.iterdir()) == sorted(PACKAGED)
+    from covidxray.presets import package_run
+
+    preset = package_run(tmp_path / "run", tmp_path / "preset")
+    assert sorted(p.name for p in preset.iterdir()) == ["history.csv", "metrics.json", "model.keras", "segmenter.json",
+                                                        "split.csv"]
     for name in ("split.csv", "metrics.json"):
         assert str(tmp_path) not in (preset / name).read_text(), name
     assert "one/images/f0.png" in (preset / "split.csv").read_text()
