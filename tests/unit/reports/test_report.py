@@ -132,3 +132,16 @@ def test_user_strings_show_literally_in_report_md_and_html(scored, tmp_path):
     codes = [html.unescape(c) for c in re.findall(r"<code>(.*?)</code>", page)]
     assert f"data/{hostile}_*x*|`y`" in codes and f"{path}: not an image file" in codes
     assert f"every covid image comes from {hostile}." in html.unescape(re.sub(r"<[^>]*>", "", page))
+
+
+def test_the_report_says_when_scaling_made_the_test_split_worse(scored):
+    from covidxray.reports.report import calibration_section
+
+    _, calibration, _ = scored
+    better = {"ece_before": 0.10, "ece_after": 0.05, "loss_before": 0.50, "loss_after": 0.45}
+    worse = {**better, "ece_after": 0.12}
+    text = "\n".join(calibration_section({**calibration.to_dict(), "validation": better, "test": better}))
+    assert "worse" not in text
+    text = "\n".join(calibration_section({**calibration.to_dict(), "validation": better, "test": worse}))
+    assert "On the test split the scaling made calibration **worse**" in text
+    assert "worse" not in "\n".join(calibration_section({"temperature": 1.0, "test": worse}))  # nothing was fitted
