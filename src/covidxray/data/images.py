@@ -60,8 +60,8 @@ def read_image(path: str | Path, data: bytes | None = None) -> np.ndarray:
     Images over :data:`MAX_PIXELS` are refused from their header, before any pixel is decoded.
     """
     path = Path(path)
-    if data is None and not path.is_file():
-        raise ImageReadError(path, "no such file", "check the path")
+    if data is None:
+        require_regular_file(path)
     source = path if data is None else io.BytesIO(data)
     if looks_like_dicom(path, data):
         return _read_dicom(path, source)
@@ -77,6 +77,27 @@ def read_image(path: str | Path, data: bytes | None = None) -> np.ndarray:
         raise ImageReadError(path, f"too large to decode safely ({error})", "shrink the image") from None
     except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
         raise ImageReadError(path, f"corrupt or truncated image ({error})") from None
+
+
+def require_regular_file(path: str | Path) -> None:
+    """Raise :class:`ImageReadError` unless ``path`` is a regular file (a link to one is): a FIFO would
+    block and a device (a link to /dev/zero) never end, so neither is opened, nor is a folder."""
+    path = Path(path)
+    if path.is_file():
+        return
+    if not path.exists():
+        raise ImageReadError(path, "no such file", "check the path")
+    from covidxray.files import kind_of
+
+    raise ImageReadError(path, f"not a regular file ({kind_of(path.resolve())}); not read",
+                         "give the image file itself")
+
+
+def read_file_bytes(path: str | Path) -> bytes:
+    """The bytes of the image file ``path``, refused unread if it is not a regular file
+    (:func:`require_regular_file`)."""
+    require_regular_file(path)
+    return Path(path).read_bytes()
 
 
 def _check_size(path: Path, width: int, height: int, bytes_per_pixel: int = 1, what: str = "") -> None:

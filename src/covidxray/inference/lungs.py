@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from covidxray.data.images import read_image, resize_square
+from covidxray.data.images import read_file_bytes, read_image, resize_square
 from covidxray.errors import CovidXrayError, ImageReadError
 from covidxray.files import atomic_save
 from covidxray.inference.predict import output_folder
@@ -311,7 +311,9 @@ class LungSegmenter:
 def _load(path: Path, cache: MaskCache | None):
     """``(image, sha256, cached LungMask or None)``; ``(None, None, error message)`` if unreadable."""
     try:
-        data = path.read_bytes()
+        data = read_file_bytes(path)  # a FIFO or a link to a device is refused unread, as predict does
+    except ImageReadError as error:
+        return None, None, str(error)
     except OSError as error:
         return None, None, f"{path}: cannot read ({error.strerror or error}); check the path and permissions"
     sha = hashlib.sha256(data).hexdigest()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -142,6 +144,24 @@ def test_missing_file_raises(tmp_path):
         read_image(path)
     assert str(path) in str(raised.value)
     assert "no such file" in str(raised.value)
+
+
+def test_a_fifo_a_device_or_a_folder_is_named_as_such_and_not_read(tmp_path):
+    """Issue 30: one check (require_regular_file) for predict and lungs segment; before, a FIFO read 'no such file'."""
+    import os
+
+    from covidxray.data.images import read_file_bytes
+
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "device.png").symlink_to("/dev/null")  # refused from its kind, never opened
+    (tmp_path / "folder.png").mkdir()
+    for name, kind in (("pipe.png", "a FIFO (named pipe)"), ("device.png", "a device"), ("folder.png", "a folder")):
+        for read in (read_image, read_file_bytes):
+            with pytest.raises(ImageReadError, match=re.escape(f"{name}: not a regular file ({kind}); not read; give")):
+                read(tmp_path / name)
+    write_image(tmp_path / "ok.png", gray(0))
+    (tmp_path / "link.png").symlink_to(tmp_path / "ok.png")  # a link to an image is read
+    assert read_image(tmp_path / "link.png").shape == (8, 8)
 
 
 def test_folder_is_not_an_image(tmp_path):
