@@ -20,6 +20,9 @@ PREDICT_BATCH = 64
 PREDICT_CHUNK = 4096
 #: Images whose Grad-CAM maps are held in memory at once.
 HEATMAP_CHUNK = 256
+#: The most test-time augmentation views (``--tta``): each view is one more pass of the model over
+#: every image (1000 views of one image took 56 s), and past a few tens the average no longer moves.
+MAX_TTA = 32
 
 
 def predict_arrays(model, images: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
@@ -61,8 +64,7 @@ def predict_augmented(model, images: np.ndarray, views: int, *, seed: int = 0,
     The draws come from a copy of that layer seeded with ``seed``, so the same call gives the same
     probabilities and the model's own layer is left as it was. ``views=1`` is :func:`predict_arrays`.
     """
-    if views < 1:
-        raise CovidXrayError(f"--tta must be 1 or more views; got {views}")
+    check_tta(views)
     probabilities = predict_arrays(model, images, batch_size)
     if views == 1 or len(images) == 0:
         return probabilities
@@ -75,6 +77,15 @@ def predict_augmented(model, images: np.ndarray, views: int, *, seed: int = 0,
                                     for i in range(0, len(chunk), batch_size)])
             total[start:start + len(chunk)] += predict_arrays(model, drawn, batch_size)
     return (total / views).astype(np.float32)
+
+
+def check_tta(views, engine: str = "keras") -> None:
+    """Raise unless ``views`` (``--tta``) is a whole number from 1 to :data:`MAX_TTA`, and 1 for ONNX Runtime."""
+    if isinstance(views, bool) or not isinstance(views, int | np.integer) or not 1 <= views <= MAX_TTA:
+        raise CovidXrayError(f"--tta must be a whole number of views from 1 (none) to {MAX_TTA}; got {views!r}")
+    if views > 1 and engine != "keras":
+        raise CovidXrayError("--tta needs the Keras model (it draws from the model's augmentation layer); "
+                             "drop --engine onnxruntime or use --tta 1")
 
 
 def augmentation_copy(model, seed: int):
@@ -142,17 +153,18 @@ def heatmap_names(paths) -> list[str]:
 
 
 def write_heatmaps(model, images: np.ndarray, paths, class_indices, folder, *, lungs=None,
-                   progress: bool | None = None) -> list[str]:
+                   progress: bool | None = None, names=None) -> list[str]:
     """Grad-CAM overlays (one PNG per image, named after its file) in ``folder``; returns their paths.
 
-    ``lungs``: per image a lung mask (same size) whose outline is drawn, or None."""
+    ``lungs``: per image a lung mask (same size) whose outline is drawn, or None. ``names``: the
+    file names to write (default :func:`heatmap_names` of ``paths``)."""
     from PIL import Image
 
     from covidxray.files import atomic_save
     from covidxray.inference.heatmaps import grad_cam, overlay
 
     folder = heatmap_folder(folder)
-    targets = [folder / name for name in heatmap_names(paths)]
+    targets = [folder / name for name in (heatmap_names(paths) if names is None else names)]
     outlines = [None] * len(images) if lungs is None else lungs
     with progress_bar(total=len(images), desc="heatmaps", unit="img", progress=progress) as bar:
         for start in range(0, len(images), HEATMAP_CHUNK):  # in chunks: n maps at full size can be large
@@ -220,8 +232,10 @@ def predict_files(predictor, paths, *, progress: bool | None = None, heatmaps=No
         fallback = set(inputs.fallback)
         outlines = None if inputs.lungs is None else [
             None if i in fallback else mask for i, mask in enumerate(inputs.lungs)]
+        # named from every input, unreadable ones too, as the command checked them before any work
+        names = [n for n, x in zip(heatmap_names(paths), loaded) if not isinstance(x, ImageReadError)]
         written = write_heatmaps(predictor.model, images, [p for p, _ in good], decided, heatmaps, lungs=outlines,
-                                 progress=progress)
+                                 progress=progress, names=names)
         for result, heatmap in zip(results, written):
             result["heatmap"] = heatmap
     return results, failures

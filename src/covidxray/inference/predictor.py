@@ -42,14 +42,10 @@ class Predictor:
     def __post_init__(self):
         if self.preprocessing is None:
             self.preprocessing = Preprocessing.from_config(self.config)
-        if not isinstance(self.tta, int) or self.tta < 1:
-            raise CovidXrayError(f"--tta must be a whole number of views, 1 or more; got {self.tta!r}")
-        if self.tta > 1 and self.engine != "keras":
-            raise CovidXrayError("--tta needs the Keras model (it draws from the model's augmentation layer); "
-                                 "drop --engine onnxruntime")
-        if self.tta > 1:
-            from covidxray.inference.predict import augmentation_copy
+        from covidxray.inference.predict import augmentation_copy, check_tta
 
+        check_tta(self.tta, self.engine)
+        if self.tta > 1:
             augmentation_copy(self.model, self.config.seed)  # a model trained with --no-augment fails here, not later
 
     @property
