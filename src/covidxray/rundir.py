@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 
 from covidxray.errors import CovidXrayError
-from covidxray.files import atomic_write_text, check_can_create, is_temporary, recover_dir, remove_temporaries
+from covidxray.files import atomic_write_text, check_can_create, is_temporary, kind_of, recover_dir, remove_temporaries
 
 MODEL = "model.keras"
 CONFIG = "config.json"
@@ -68,6 +68,11 @@ class RunDir:
             check_can_create(self.path.parent, f"--out {self.path}")
             return
         self.recover()
+        for name in (*RUN_FILES, *RUN_FOLDERS):  # a link or FIFO of a run file's name: found now, not after training
+            if os.path.islink(self.file(name)) or (name in RUN_FILES and kind_of(self.file(name)) not in
+                                                   ("nothing", "a regular file", "a folder")):
+                raise CovidXrayError(f"{self.file(name)}: is {kind_of(self.file(name))}; a run replaces only its own "
+                                     "regular files; move it away or choose another --out")
         folders = [name for name in RUN_FOLDERS if os.path.lexists(self.file(name))]
         if folders and not self.has_marker():  # a run would remove them whole: never a user's folder
             raise CovidXrayError(

@@ -252,3 +252,22 @@ def test_a_users_folder_holding_backup_is_not_a_run_and_overwrite_deletes_nothin
     (tmp_path / "lungs" / "segmenter.json").write_text("{}")
     with pytest.raises(CovidXrayError, match="already holds a trained run"):
         RunDir(tmp_path / "lungs").refuse_to_replace()
+
+
+def test_a_link_or_fifo_of_a_run_files_name_is_refused_before_the_run(tmp_path):
+    """Issue 30: found before any training, with or without --overwrite, and left as it was."""
+    import os
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    TrainConfig(data="d").resolve().save(run.file(CONFIG))
+    (tmp_path / "mine.md").write_text("the user's")
+    run.file(REPORT).symlink_to(tmp_path / "mine.md")
+    for overwrite in (False, True):
+        with pytest.raises(CovidXrayError, match=r"report.md: is a symbolic link; a run replaces only its own"):
+            run.refuse_to_replace(overwrite=overwrite)
+    run.file(REPORT).unlink()
+    os.mkfifo(run.file(SPLIT))
+    with pytest.raises(CovidXrayError, match=r"split.csv: is a FIFO"):
+        run.refuse_to_replace(overwrite=True)
+    assert (tmp_path / "mine.md").read_text() == "the user's"
