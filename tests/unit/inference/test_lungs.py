@@ -70,6 +70,18 @@ def test_a_fuzzy_probability_map_is_low_confidence():
     assert mask_from_probabilities(crisp, (64, 64)).quality == OK
     lungs = mask_from_probabilities(fuzzy, (64, 64))
     assert lungs.quality == LOW_CONFIDENCE and "unsure" in lungs.reason
+    assert "uncertain pixels cover " in lungs.reason
+
+
+def test_uncertain_pixels_over_the_lung_area_are_not_a_share_over_100_percent():
+    """Issue 30: 'uncertain pixels 149% of the lung area' read as nonsense; more than the lungs is 'N times'."""
+    mask = ellipses(64)
+    probabilities = np.where(mask, 0.95, 0.5).astype("float32")  # every pixel outside the lungs uncertain
+    quality, reason = lung_quality(mask, probabilities=probabilities)
+    assert quality == LOW_CONFIDENCE
+    assert "%" not in reason and "uncertain pixels cover 2.8 times the lung area" in reason
+    quality, reason = lung_quality(mask, probabilities=np.where(mask, 0.5, 0.0).astype("float32"))
+    assert quality == LOW_CONFIDENCE and "uncertain pixels cover 100% of the lung area" in reason
 
 
 def test_keep_lungs_drops_specks_and_fills_holes():
