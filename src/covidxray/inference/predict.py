@@ -10,7 +10,7 @@ import numpy as np
 
 from covidxray.data.images import decode_resized, is_image_path
 from covidxray.errors import CovidXrayError, ImageReadError
-from covidxray.inference.familiarity import UNLIKE
+from covidxray.inference.familiarity import FAMILIARITY, UNLIKE
 from covidxray.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -215,6 +215,12 @@ def predict_files(predictor, paths, *, progress: bool | None = None, heatmaps=No
         for (path, _), row, label in zip(good, probabilities, decided)
     ]
     unlike = predictor.unlike_training(images)
+    if unlike is None and predictor.engine != "keras" and (Path(predictor.path) / FAMILIARITY).is_file():
+        # the run can tell, this engine cannot: the column is there, empty, and the user is told why
+        log.info("ONNX Runtime does not check whether images look unlike the run's training data: unlike_training "
+                 "is left empty (use --engine keras for it)")
+        for result in results:
+            result["unlike_training"] = None
     if unlike is not None:
         for result, flag in zip(results, unlike):
             result["unlike_training"] = bool(flag)

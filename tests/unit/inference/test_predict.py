@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,3 +162,35 @@ def test_predict_reads_dicom(tmp_path):
     assert [r["path"] for r in results] == [str(good)]
     assert abs(sum(results[0]["probabilities"].values()) - 1) < 1e-4
     assert list(failures) == [str(bad)] and str(bad) in failures[str(bad)]
+
+
+def test_onnxruntime_output_has_an_empty_unlike_training_column_where_the_run_can_tell(predictor, tmp_path, caplog):
+    """Issue 30: the column was missing without a word; now it is there, empty, and the log says why."""
+    from dataclasses import replace
+
+    from covidxray.cli.output import format_predictions
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "familiarity.npz").write_bytes(b"the run has one")  # only its presence is looked at
+    onnx_like = replace(predictor, engine="onnxruntime", path=run)  # the Keras model stands in for the ONNX one
+    files = [write_png(tmp_path / "x.png", gray(3, (32, 32)))]
+    with caplog.at_level("INFO", logger="covidxray"):
+        results, _ = predict_files(onnx_like, files, progress=False)
+    assert results[0]["unlike_training"] is None
+    assert any("unlike_training is left empty (use --engine keras" in r.getMessage() for r in caplog.records)
+    header, row = format_predictions(results, predictor.classes, "csv").splitlines()
+    assert header.split(",")[-1] == "unlike_training" and row.endswith(",")
+    plain, _ = predict_files(replace(predictor, engine="onnxruntime"), files, progress=False)  # no familiarity file
+    assert "unlike_training" not in plain[0]
+
+
+def test_heatmap_names_come_from_every_input_unreadable_ones_too(predictor, tmp_path):
+    """Issue 30: the names the command checks before any work (every input) are the names written."""
+    bad = tmp_path / "a" / "x.png"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a png")
+    good = write_png(tmp_path / "b" / "x.png", gray(1, (32, 32)))
+    results, failures = predict_files(predictor, [bad, good], progress=False, heatmaps=tmp_path / "maps")
+    assert list(failures) == [str(bad)]
+    assert [Path(r["heatmap"]).name for r in results] == ["x_gradcam_2.png"]  # as heatmap_names([bad, good]) says
