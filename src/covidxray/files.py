@@ -217,6 +217,9 @@ def check_outputs(targets, what: str, *, overwrite: bool = False, inputs=()) -> 
             files[(info.st_dev, info.st_ino)] = path
     for target in present:
         refuse_special(target, what)
+        if target.is_dir():
+            raise CovidXrayError(f"{what} {target}: is a folder; a file of this name is to be written there, "
+                                 "move the folder or choose another path")
         info = target.stat()
         same = files.get((info.st_dev, info.st_ino))
         real = os.path.realpath(target)

@@ -210,6 +210,9 @@ def test_check_output_refuses_specials_inputs_and_existing_files_before_any_work
     (folder / "b.png").write_text("x")
     with pytest.raises(CovidXrayError, match="--heatmaps .*b.png: exists"):
         check_outputs([folder / "a.png", folder / "b.png"], "--heatmaps", inputs=[folder / "c.png"])
+    (folder / "d.png").mkdir()
+    with pytest.raises(CovidXrayError, match="--heatmaps .*d.png: is a folder"):
+        check_outputs([folder / "d.png"], "--heatmaps", overwrite=True)
     assert (folder / "old.csv").read_text() == "kept" and (folder / "real.csv").read_text() == "the user's"
 
 
