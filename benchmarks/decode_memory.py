@@ -13,7 +13,7 @@ and predict call); its cost ("extra peak") is the process's peak resident memory
 after importing covidxray and decoding a small file of the same kind. Then the issue's 16-bit PNG
 and the file under serve's upload limit whose decode cost the most are posted to ``create_app``
 (the default preset, FastAPI's TestClient) once, and three at a time, each in a fresh process,
-measured the same way after a first small upload. Issue 30 added two cases: many large files
+measured the same way after small uploads as many at once. Issue 30 added two cases: many large files
 decoded by four threads, as ``predict`` reads them (``--many``, default seven of the 16-bit PNG),
 and six uploads at once (``--concurrent``), after which the server's resident memory must come
 back within 100 MiB of its warm level ("after" in the result). Peak resident memory is the kernel's
@@ -269,15 +269,20 @@ def web_worker(path: str, warmup: str, concurrent: int, run: str | None) -> dict
         name = Path(file).name
         return client.post("/api/predict", files={"file": (name, Path(file).read_bytes(), "application/octet-stream")}).status_code
 
-    assert post(warmup) == 200, "the warm-up upload failed"
+    def post_at_once(file: str) -> list[int]:
+        statuses: list[int] = []
+        threads = [threading.Thread(target=lambda: statuses.append(post(file))) for _ in range(concurrent)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return statuses
+
+    # warm: small uploads as many at once as measured, so the model has met the batch sizes they make
+    assert post_at_once(warmup) == [200] * concurrent, "the warm-up uploads failed"
     baseline, warm = peak_rss_mib(), rss_mib()
-    statuses: list[int] = []
     started = time.perf_counter()
-    threads = [threading.Thread(target=lambda: statuses.append(post(path))) for _ in range(concurrent)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    statuses = post_at_once(path)
     return {"baseline_mib": baseline, "peak_mib": peak_rss_mib(), "seconds": time.perf_counter() - started,
             "statuses": sorted(statuses), "kept_mib": rss_mib() - warm}
 

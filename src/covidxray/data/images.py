@@ -61,6 +61,7 @@ class DecodeBudget:
 
     def __init__(self, total: int | None = None):
         self._total, self._used, self._large = total, 0, 0
+        self._decoded_large = False  # since the last release()
         self._free = threading.Condition()
 
     @property
@@ -75,6 +76,7 @@ class DecodeBudget:
             self._free.wait_for(lambda: self._used == 0 or self._used + pixels <= self.total)
             self._used += pixels
             self._large += large
+            self._decoded_large |= large
         try:
             yield
         finally:
@@ -85,6 +87,15 @@ class DecodeBudget:
                 self._free.notify_all()
             if trim:
                 _trim_heap()
+
+    def release(self) -> None:
+        """Trim the C heap if a large image was decoded since the last call and none is being decoded:
+        for a caller that worked on the full-size pixels after the decode (the web page's upload)."""
+        with self._free:
+            trim = self._decoded_large and self._large == 0
+            self._decoded_large = self._decoded_large and not trim
+        if trim:
+            _trim_heap()
 
 
 def _trim_heap() -> None:

@@ -372,3 +372,27 @@ def test_decodes_at_once_hold_at_most_the_budget_of_pixels_whatever_the_threads(
     monkeypatch.setattr(images, "_dicom_frame_to_gray8", lambda *a: held.append(budget._used) or np.zeros((16, 16), np.uint8))
     read_image(write_dicom(tmp_path / "x.dcm", np.arange(256, dtype=np.uint16).reshape(16, 16)))
     assert held == [16 * 16] and budget._used == 0
+
+
+def test_the_heap_is_trimmed_after_large_decodes_and_on_release(monkeypatch):
+    """Issue 30: a server that decoded six large uploads kept 1.6 GB; the freed pixels go back to the system
+    when the last large decode ends, and again when the web page has done with the full-size upload."""
+    import covidxray.data.images as images
+
+    trims = []
+    monkeypatch.setattr(images, "_trim_heap", lambda: trims.append(1))
+    budget = images.DecodeBudget(total=800)
+    with budget.hold(50):  # small: no trim
+        pass
+    budget.release()
+    assert trims == []
+    with budget.hold(700):
+        with budget.hold(50):
+            pass
+        assert trims == []  # the large one still decoding
+    assert trims == [1]
+    budget.release()  # after the caller's own work on the pixels
+    budget.release()  # nothing large since
+    assert trims == [1, 1]
+    monkeypatch.undo()
+    images._trim_heap()  # the real one: no error, with or without glibc
