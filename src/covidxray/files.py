@@ -249,20 +249,24 @@ def check_can_create(folder: str | Path, what: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise CovidXrayError(f"{what}: {existing} is a file, not a folder; choose another path")
-    if not os.access(existing, os.W_OK | os.X_OK) or not _can_write_in(existing):
+    error = None if not os.access(existing, os.W_OK | os.X_OK) else _write_error(existing)
+    if error is not None and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise CovidXrayError(f"{what}: cannot write in {existing} ({error.strerror}); free space or choose "
+                             "another path")
+    if not os.access(existing, os.W_OK | os.X_OK) or error is not None:
         raise CovidXrayError(f"{what}: no permission to write in {existing}; choose another path")
 
 
-def _can_write_in(folder: Path) -> bool:
-    """Whether a file can be created in ``folder``: tried with a temporary name, removed at once (root
-    may write in a mode-555 folder, but not in /proc or a read-only mount)."""
+def _write_error(folder: Path) -> OSError | None:
+    """Why a file cannot be created in ``folder``, or None: tried with a temporary name, removed at once
+    (root may write in a mode-555 folder, but not in /proc or on a read-only mount)."""
+    probe = _temporary_name(folder / "write-check", "write-check")
     try:
-        probe = _temporary_name(folder / "write-check", "write-check")
         os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    except OSError:
-        return False
+    except OSError as error:
+        return error
     probe.unlink(missing_ok=True)
-    return True
+    return None
 
 
 def glob_escape(name: str) -> str:

@@ -226,6 +226,17 @@ def test_a_folder_that_cannot_be_written_in_is_found_as_root_too(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_full_disk_is_named_as_such(tmp_path, monkeypatch):
+    import errno
+
+    def full(path, flags, mode=0o777):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(os, "open", full)
+    with pytest.raises(CovidXrayError, match=r"cannot write in .* \(No space left on device\); free space"):
+        check_writable(tmp_path / "x.json")
+
+
 def test_same_path(tmp_path):
     (tmp_path / "a.csv").write_text("")
     (tmp_path / "link.csv").symlink_to(tmp_path / "a.csv")
