@@ -101,7 +101,8 @@ def check_lungs_segment(args) -> None:
 
     args.expanded = expand_paths(args.paths)
     folder = Path(args.out)
-    refuse_special(folder, "--out")
+    if not folder.is_dir():  # a link to a folder is written in; a link to anything else is not
+        refuse_special(folder, "--out")
     if folder.exists() and not folder.is_dir():
         raise CovidXrayError(f"{folder}: is a file, not a folder; give --out a folder (it is created if missing)")
     check_can_create(folder, f"--out {folder}")

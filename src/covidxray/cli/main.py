@@ -348,7 +348,8 @@ def check_predict(args) -> None:
         if args.engine != "keras":
             raise CovidXrayError("--heatmaps needs the Keras model (Grad-CAM takes gradients); drop --engine onnxruntime")
         folder = Path(args.heatmaps)
-        refuse_special(folder, "--heatmaps")
+        if not folder.is_dir():  # a link to a folder is written in; a link to anything else is not
+            refuse_special(folder, "--heatmaps")
         if folder.exists() and not folder.is_dir():
             raise CovidXrayError(f"{folder}: is a file, not a folder; give --heatmaps a folder (it is created if missing)")
         check_can_create(folder, f"--heatmaps {folder}")

@@ -93,7 +93,15 @@ def test_tta_with_onnxruntime_is_refused_before_the_model_loads(tmp_path, capsys
     assert "--tta needs the Keras model" in one_line_error(capsys)
 
 
-def test_heatmaps_never_overwrite_an_input_and_need_overwrite_for_an_existing_file(tmp_path, capsys):
+class _Passed(BaseException):
+    """Raised where the backend would load: the checks let the command through."""
+
+
+def _passed():
+    raise _Passed
+
+
+def test_heatmaps_never_overwrite_an_input_and_need_overwrite_for_an_existing_file(tmp_path, capsys, monkeypatch):
     import numpy as np
 
     folder = tmp_path / "xrays"
@@ -113,6 +121,15 @@ def test_heatmaps_never_overwrite_an_input_and_need_overwrite_for_an_existing_fi
     (maps / "x_gradcam.png").symlink_to(folder / "x.png")
     assert main(["--quiet", "predict", str(folder / "x.png"), "--heatmaps", str(maps), "--overwrite"]) == 2
     assert "x_gradcam.png: is a symbolic link" in one_line_error(capsys)
+    (maps / "x_gradcam.png").unlink()
+    (tmp_path / "maplink").symlink_to(tmp_path / "nowhere")  # a dangling link: not made a folder
+    assert main(["--quiet", "predict", str(folder / "x.png"), "--heatmaps", str(tmp_path / "maplink")]) == 2
+    assert "maplink: is a symbolic link" in one_line_error(capsys)
+    (tmp_path / "maplink").unlink()
+    (tmp_path / "maplink").symlink_to(maps)  # a link to a folder is written in (it passes the checks)
+    monkeypatch.setattr(importlib.import_module("covidxray.cli.main"), "import_keras_quietly", _passed)
+    with pytest.raises(_Passed):
+        main(["--quiet", "predict", str(folder / "x.png"), "--heatmaps", str(tmp_path / "maplink"), "--overwrite"])
     assert main(["--quiet", "predict", str(folder / "x.png"), "--heatmaps", "/proc/maps"]) == 2
     assert "--heatmaps /proc/maps: no permission to write in /proc" in one_line_error(capsys)
     assert not os.path.exists("/proc/maps") or os.path.isfile("/proc/maps")  # nothing made there
