@@ -7,6 +7,16 @@ Temporary names are covidxray's own (``.NAME.HEX12.covidxray-tmp[.SUFFIX]``, and
 for a folder renamed aside), so that cleaning up after a killed process removes only what
 covidxray wrote (:func:`is_temporary`), never a user's ``.env.tmpl`` or ``.build.tmp/``. An error
 while writing names the target, not the temporary.
+
+The rules every output of every command follows (issue 30), checked here so they hold for all at once:
+
+- A write never replaces what is not a regular file: a symbolic link, a FIFO, a device or a
+  socket under the target name is refused (:func:`refuse_special`), before the work
+  (:func:`check_output`) and again at the rename; covidxray never writes through a link either
+  (the file it reaches is not the one the user named, and would not be replaced atomically).
+- :func:`check_output`, called by a command before any work: the output is not one of the command's
+  inputs (or a file inside an input folder, or a run's file), and an existing file is replaced only
+  with ``--overwrite``; its folder can be created and written in (tried, so that it bites as root).
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import errno
 import os
 import re
 import shutil
+import stat
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -70,9 +81,11 @@ def atomic_save(target: str | Path, save: Callable[[Path], object]) -> None:
     The temporary name keeps the target's suffix, for writers that pick a format by it.
     """
     target = Path(target)
+    refuse_special(target)
     tmp = _temporary_beside(target)
     try:
         save(tmp)
+        refuse_special(target)  # made while the work ran: still not replaced
         os.replace(tmp, target)
     except OSError as error:
         raise _naming(error, tmp, target) from None
@@ -97,6 +110,9 @@ def atomic_write_dir(target: str | Path, write: Callable[[Path], object]) -> Non
     """
     target = Path(target)
     recover_dir(target)
+    if os.path.lexists(target) and (target.is_symlink() or not target.is_dir()):
+        raise CovidXrayError(f"{target}: is {kind_of(target)}, not a folder; covidxray replaces only a folder it "
+                             "wrote there; choose another path")
     tmp = _temporary_name(target, target.name)
     old = _aside(target)
     try:
@@ -141,13 +157,87 @@ def remove_temporaries(folder: str | Path) -> None:
             stale.unlink(missing_ok=True)
 
 
+def kind_of(path: str | Path) -> str:
+    """What is at ``path``, not following a link: 'a regular file', 'a folder', 'a symbolic link', ..."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return "nothing"
+    kinds = ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"),
+             (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def refuse_special(target: str | Path, what: str = "") -> None:
+    """Raise if ``target`` is a symbolic link, a FIFO, a device or a socket: an output never replaces
+    one, nor writes through it. A folder is left to the write, which fails on it naming it."""
+    kind = kind_of(target)
+    if kind not in ("nothing", "a regular file", "a folder"):
+        where = f"{what} {target}" if what else str(target)
+        raise CovidXrayError(f"{where}: is {kind}; an output is written only as a regular file, never through a "
+                             "link or over a special file; give another path")
+
+
 def check_writable(target: str | Path, what: str = "--out") -> None:
     """Raise now, before any work, if the file ``target`` could not be written later: it is a
-    folder, a folder on its way is a file, or the nearest existing folder is not writable."""
+    folder, a link or a special file (:func:`refuse_special`), a folder on its way is a file, or the
+    nearest existing folder is not writable."""
     target = Path(target)
+    refuse_special(target, what)
     if target.is_dir():
         raise CovidXrayError(f"{what} {target}: is a folder; give the file to write")
     check_can_create(target.parent, f"{what} {target}")
+
+
+def check_output(target: str | Path, what: str, *, overwrite: bool = False, inputs=()) -> None:
+    """Raise now, before any work, unless the file ``target`` may be written: :func:`check_writable`,
+    it is none of ``inputs`` (files, or folders: nothing inside them; a run folder's files included)
+    whatever ``overwrite`` says, and it does not exist unless ``overwrite`` (``--overwrite``)."""
+    check_writable(target, what)
+    check_outputs([target], what, overwrite=overwrite, inputs=inputs)
+
+
+def check_outputs(targets, what: str, *, overwrite: bool = False, inputs=()) -> None:
+    """:func:`check_output`'s input and existing-file rules for many files (a heatmap or mask per input):
+    the inputs are looked at once. Nothing is written."""
+    targets = [Path(t) for t in targets]
+    present = [t for t in targets if os.path.lexists(t)]
+    if not present:
+        return
+    files, folders = {}, []
+    for path in map(Path, inputs):
+        try:
+            info = path.stat()
+        except (OSError, ValueError):
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            folders.append(os.path.realpath(path))
+        else:
+            files[(info.st_dev, info.st_ino)] = path
+    for target in present:
+        refuse_special(target, what)
+        if target.is_dir():
+            raise CovidXrayError(f"{what} {target}: is a folder; a file of this name is to be written there, "
+                                 "move the folder or choose another path")
+        info = target.stat()
+        same = files.get((info.st_dev, info.st_ino))
+        real = os.path.realpath(target)
+        inside = next((f for f in folders if os.path.commonpath([f, real]) == f), None)
+        if same is not None or inside is not None:
+            source = f"is also an input ({same})" if same is not None else f"is inside the input {inside}"
+            raise CovidXrayError(f"{what} {target}: {source}; an output never replaces an input or a run's file, "
+                                 "choose another path")
+        if not overwrite:
+            raise CovidXrayError(f"{what} {target}: exists; pass --overwrite to replace it, or choose another path")
+
+
+def same_path(a: str | Path, b: str | Path) -> bool:
+    """Whether ``a`` and ``b`` name the same file (existing or not): links and ``..`` resolved."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 def check_can_create(folder: str | Path, what: str) -> None:
@@ -159,8 +249,24 @@ def check_can_create(folder: str | Path, what: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise CovidXrayError(f"{what}: {existing} is a file, not a folder; choose another path")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    error = None if not os.access(existing, os.W_OK | os.X_OK) else _write_error(existing)
+    if error is not None and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise CovidXrayError(f"{what}: cannot write in {existing} ({error.strerror}); free space or choose "
+                             "another path")
+    if not os.access(existing, os.W_OK | os.X_OK) or error is not None:
         raise CovidXrayError(f"{what}: no permission to write in {existing}; choose another path")
+
+
+def _write_error(folder: Path) -> OSError | None:
+    """Why a file cannot be created in ``folder``, or None: tried with a temporary name, removed at once
+    (root may write in a mode-555 folder, but not in /proc or on a read-only mount)."""
+    probe = _temporary_name(folder / "write-check", "write-check")
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except OSError as error:
+        return error
+    probe.unlink(missing_ok=True)
+    return None
 
 
 def glob_escape(name: str) -> str:

@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 
 from covidxray.errors import CovidXrayError
-from covidxray.files import atomic_write_text, check_can_create, is_temporary, recover_dir, remove_temporaries
+from covidxray.files import atomic_write_text, check_can_create, is_temporary, kind_of, recover_dir, remove_temporaries
 
 MODEL = "model.keras"
 CONFIG = "config.json"
@@ -43,6 +43,7 @@ RUN_FILES = (MODEL, CONFIG, SPLIT, HISTORY, METRICS, REPORT, REPORT_HTML, CALIBR
              PREDICTIONS_FIGURE, RELIABILITY_FIGURE, ONNX_MODEL)
 RUN_FOLDERS = (BACKUP, SAVED_MODEL)
 SPLIT_NAMES = ("train", "validation", "test")  # data.splits.SPLITS, which this module may not import
+SEGMENTER_SETTINGS = "segmenter.json"  # a lung segmenter's marker: presets.SEGMENTER_SETTINGS, not imported here
 STAGED = ".covidxray-staged"  # folder: a run that will replace this one (--overwrite), until it is complete
 REPLACED = ".covidxray-replaced"  # folder: the replaced run's files, while the new ones move in
 _ALL_ASIDE = ".all-aside"  # in REPLACED: every file of the old run is in it
@@ -69,20 +70,31 @@ class RunDir:
             check_can_create(self.path.parent, f"--out {self.path}")
             return
         self.recover()
+        for name in (*RUN_FILES, *RUN_FOLDERS):  # a link or FIFO of a run file's name: found now, not after training
+            if os.path.islink(self.file(name)) or (name in RUN_FILES and kind_of(self.file(name)) not in
+                                                   ("nothing", "a regular file", "a folder")):
+                raise CovidXrayError(f"{self.file(name)}: is {kind_of(self.file(name))}; a run replaces only its own "
+                                     "regular files; move it away or choose another --out")
+        folders = [name for name in RUN_FOLDERS if os.path.lexists(self.file(name))]
+        if folders and not self.has_marker():  # a run would remove them whole: never a user's folder
+            raise CovidXrayError(
+                f"{self.path}: not a covidxray run, and holds {', '.join(f'{n}/' for n in folders)}, which a run "
+                f"writing here would replace; move {'it' if len(folders) == 1 else 'them'} away or choose another --out")
         if overwrite:
             return
         resume = f"continue it with covidxray train --resume {self.path}, or pass --overwrite to start again"
         if self.interrupted_replacement() is not None:
             raise CovidXrayError(f"{self.path}: holds an interrupted run (started with --overwrite, in {STAGED}); "
                                  f"{resume}")
-        if self.file(BACKUP).exists() and not self.file(METRICS).exists():
+        marked = self.has_marker()  # backup/ or model.keras alone may be a user's: a run is what a run marks
+        if marked and self.file(BACKUP).exists() and not self.file(METRICS).exists():
             raise CovidXrayError(f"{self.path}: holds an interrupted run; {resume}")
-        if self.file(MODEL).exists():
+        if marked and self.file(MODEL).exists():
             raise CovidXrayError(
                 f"{self.path}: already holds a trained run; choose another --out or pass --overwrite"
             )
         others = self.entries()
-        if others and not self.is_run():
+        if others and not marked:
             listed = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
             raise CovidXrayError(
                 f"{self.path}: not empty and not a covidxray run (holds {listed}); choose a new or empty --out, "
@@ -103,6 +115,12 @@ class RunDir:
         except (CovidXrayError, OSError):
             return False
         return True
+
+    def has_marker(self) -> bool:
+        """True where the folder holds a run's own marker: a covidxray run configuration (``config.json``,
+        written first by every run), or a lung segmenter's settings. Files of a run's names alone
+        (``backup/``, ``model.keras``) are not one: a user's folder may hold them."""
+        return self.is_run() or self.file(SEGMENTER_SETTINGS).is_file()
 
     def run_entries(self) -> list[str]:
         """The names of run files and folders present (what a new run in this folder replaces)."""

@@ -82,6 +82,7 @@ def test_decode_memory_measures_each_file_in_a_fresh_process(tmp_path):
     assert rows["png16"]["result"] == rows["dcm-rle16"]["result"] == "decoded"
     assert rows["png16-over"]["result"].startswith("refused: too large: 9,400 x 9,400 pixels")
     assert all(0 <= row["peak_mib"] - row["baseline_mib"] < 100 for row in rows.values())
+    assert rows["png16 x7"]["result"] == "decoded" and rows["png16 x7"]["how"] == "decode_resized, 7 files, 4 threads"
     assert "| png16-over | 16-bit grayscale PNG | 9,400 x 9,400 |" in table.read_text()
 
 

@@ -96,7 +96,7 @@ def test_evaluate_writes_the_test_shape(trained, tmp_path, capsys):
     assert 0 <= low <= result["accuracy"] <= high <= 1
     assert "accuracy" in capsys.readouterr().out
     assert main(["--quiet", "evaluate", "--run", str(run), "--data", str(data), "--out", str(out), "--include-seen",
-                 "--predictions", str(tmp_path / "predictions.csv")]) == 0
+                 "--predictions", str(tmp_path / "predictions.csv"), "--overwrite"]) == 0  # out exists: --overwrite
     assert json.loads(out.read_text())["n"] == 60
     rows = pd.read_csv(tmp_path / "predictions.csv")
     assert len(rows) == 60 and list(rows.columns)[:4] == ["path", "label", "predicted", "source"]
@@ -104,14 +104,14 @@ def test_evaluate_writes_the_test_shape(trained, tmp_path, capsys):
     assert json.loads(out.read_text())["tta"] == 1
     augmented = tmp_path / "tta.csv"
     assert main(["--quiet", "evaluate", "--run", str(run), "--data", str(data), "--out", str(out), "--include-seen",
-                 "--predictions", str(augmented), "--tta", "3"]) == 0
+                 "--predictions", str(augmented), "--tta", "3", "--overwrite"]) == 0
     assert json.loads(out.read_text())["tta"] == 3
     views = pd.read_csv(augmented)
     assert list(views["path"]) == list(rows["path"])
     assert np.abs(views[["covid", "normal", "pneumonia"]].to_numpy()
                   - rows[["covid", "normal", "pneumonia"]].to_numpy()).max() > 1e-4  # the views were averaged
     assert main(["--quiet", "evaluate", "--run", str(run), "--data", str(data), "--tta", "0"]) == 2
-    assert "--tta must be a whole number of views, 1 or more; got 0" in capsys.readouterr().err
+    assert "--tta must be a whole number of views from 1 (none) to 32; got 0" in capsys.readouterr().err
 
 
 def test_evaluate_per_source_needs_two_sources(trained, capsys):
@@ -175,7 +175,10 @@ def test_predict_writes_heatmaps(trained, tmp_path, capsys):
         with Image.open(path) as image:
             assert image.format == "PNG" and image.mode == "RGB" and image.size == (32, 32)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)  # no temporary files left
-    assert main(["--quiet", "predict", "--run", str(run), str(files[0]), "--format", "csv", "--heatmaps", str(out)]) == 0
+    assert main(["--quiet", "predict", "--run", str(run), str(files[0]), "--format", "csv", "--heatmaps", str(out)]) == 2
+    assert "_gradcam.png: exists; pass --overwrite to replace it" in capsys.readouterr().err  # issue 30
+    assert main(["--quiet", "predict", "--run", str(run), str(files[0]), "--format", "csv", "--heatmaps", str(out),
+                 "--overwrite"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert rows[0]["heatmap"] == str(written[0])
 

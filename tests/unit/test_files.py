@@ -11,10 +11,13 @@ from covidxray.files import (
     atomic_write_bytes,
     atomic_write_dir,
     atomic_write_text,
+    check_output,
+    check_outputs,
     check_writable,
     is_temporary,
     recover_dir,
     remove_temporaries,
+    same_path,
 )
 
 
@@ -140,3 +143,103 @@ def test_check_writable_finds_now_what_the_write_would_find_at_the_end(tmp_path,
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # tests may run as root, who may write anywhere
     with pytest.raises(CovidXrayError, match=f"no permission to write in {tmp_path}"):
         check_writable(tmp_path / "missing" / "metrics.json")
+
+
+@pytest.fixture
+def specials(tmp_path):
+    """A link to a file, a link to a folder, a dangling link, a link to /dev/null (never opened) and a FIFO."""
+    (tmp_path / "real.csv").write_text("the user's")
+    (tmp_path / "folder").mkdir()
+    made = {"link.csv": tmp_path / "real.csv", "folderlink": tmp_path / "folder", "dangling.csv": tmp_path / "gone",
+            "null.csv": "/dev/null"}
+    for name, to in made.items():
+        (tmp_path / name).symlink_to(to)
+    os.mkfifo(tmp_path / "fifo.csv")
+    return tmp_path, [*made, "fifo.csv"]
+
+
+def test_an_atomic_write_never_replaces_a_link_or_a_special_file(specials):
+    """Issue 30: a link, a FIFO or (a link to) a device under the target name is refused, named, before
+    and after the work; nothing is written through it and it stays what it was."""
+    folder, names = specials
+    for name in names:
+        target = folder / name
+        before = os.lstat(target)
+        with pytest.raises(CovidXrayError, match=rf"{name}: is a (symbolic link|FIFO \(named pipe\)); .*give another"):
+            atomic_write_text(target, "new")
+        after = os.lstat(target)
+        assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino), name
+    assert (folder / "real.csv").read_text() == "the user's"
+    assert not [p for p in folder.iterdir() if is_temporary(p.name)]
+
+    def makes_a_fifo(tmp):  # the target appears as a FIFO while the work runs: still not replaced
+        tmp.write_text("new")
+        os.mkfifo(folder / "late.csv")
+
+    with pytest.raises(CovidXrayError, match="late.csv: is a FIFO"):
+        atomic_save(folder / "late.csv", makes_a_fifo)
+    assert stat.S_ISFIFO(os.lstat(folder / "late.csv").st_mode)
+    with pytest.raises(CovidXrayError, match="folderlink: is a symbolic link, not a folder"):
+        atomic_write_dir(folder / "folderlink", lambda tmp: (tmp / "a").write_text("x"))
+    assert (folder / "folderlink").is_symlink() and list((folder / "folder").iterdir()) == []
+    with pytest.raises(CovidXrayError, match="real.csv: is a regular file, not a folder"):
+        atomic_write_dir(folder / "real.csv", lambda tmp: None)
+    assert (folder / "real.csv").read_text() == "the user's"
+
+
+def test_check_output_refuses_specials_inputs_and_existing_files_before_any_work(specials):
+    folder, names = specials
+    for name in names:
+        with pytest.raises(CovidXrayError, match=rf"--out .*{name}: is a"):
+            check_output(folder / name, "--out", overwrite=True)
+    (folder / "data").mkdir()
+    (folder / "data" / "manifest.csv").write_text("path,label\n")
+    inputs = [folder / "real.csv", folder / "data"]
+    with pytest.raises(CovidXrayError, match=r"--out .*real.csv: is also an input .*choose another path"):
+        check_output(folder / "real.csv", "--out", overwrite=True, inputs=inputs)
+    os.link(folder / "real.csv", folder / "hard.csv")  # the same file under another name
+    with pytest.raises(CovidXrayError, match="hard.csv: is also an input"):
+        check_output(folder / "hard.csv", "--out", overwrite=True, inputs=inputs)
+    with pytest.raises(CovidXrayError, match=r"manifest.csv: is inside the input .*data"):
+        check_output(folder / "data" / "manifest.csv", "--out", overwrite=True, inputs=inputs)
+    (folder / "old.csv").write_text("kept")
+    with pytest.raises(CovidXrayError, match="--out .*old.csv: exists; pass --overwrite to replace it"):
+        check_output(folder / "old.csv", "--out", inputs=inputs)
+    check_output(folder / "old.csv", "--out", overwrite=True, inputs=inputs)
+    check_output(folder / "data" / "new.csv", "--out", inputs=inputs)  # new: nothing of the input replaced
+    (folder / "b.png").write_text("x")
+    with pytest.raises(CovidXrayError, match="--heatmaps .*b.png: exists"):
+        check_outputs([folder / "a.png", folder / "b.png"], "--heatmaps", inputs=[folder / "c.png"])
+    (folder / "d.png").mkdir()
+    with pytest.raises(CovidXrayError, match="--heatmaps .*d.png: is a folder"):
+        check_outputs([folder / "d.png"], "--heatmaps", overwrite=True)
+    assert (folder / "old.csv").read_text() == "kept" and (folder / "real.csv").read_text() == "the user's"
+
+
+def test_a_folder_that_cannot_be_written_in_is_found_as_root_too(tmp_path):
+    """os.access says yes to root everywhere; the check tries to create a file (and removes it)."""
+    with pytest.raises(CovidXrayError, match="no permission to write in /proc; choose another path"):
+        check_writable("/proc/x.json")
+    with pytest.raises(CovidXrayError, match="no permission to write in /proc"):
+        check_output("/proc/covidxray-test/x.json", "--out")
+    check_writable(tmp_path / "x.json")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_is_named_as_such(tmp_path, monkeypatch):
+    import errno
+
+    def full(path, flags, mode=0o777):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(os, "open", full)
+    with pytest.raises(CovidXrayError, match=r"cannot write in .* \(No space left on device\); free space"):
+        check_writable(tmp_path / "x.json")
+
+
+def test_same_path(tmp_path):
+    (tmp_path / "a.csv").write_text("")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "a.csv")
+    assert same_path(tmp_path / "a.csv", tmp_path / "link.csv")
+    assert same_path(tmp_path / "new.json", tmp_path / "sub" / ".." / "new.json")
+    assert not same_path(tmp_path / "new.json", tmp_path / "other.json")

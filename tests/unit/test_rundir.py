@@ -49,6 +49,7 @@ def test_overwrite_removes_every_file_of_the_old_run(tmp_path):
     run.path.mkdir()
     for name in RUN_FILES:
         run.file(name).write_text("old")
+    TrainConfig(data="d").resolve().save(run.file(CONFIG))  # what marks the folder a run's (issue 30)
     for name in RUN_FOLDERS:  # backup/, saved_model/
         run.file(name).mkdir()
         (run.file(name) / "x").write_text("old")
@@ -226,3 +227,47 @@ def test_a_broken_config_is_a_clear_error(tmp_path, text, message):
     with pytest.raises(CovidXrayError, match=message) as raised:
         RunDir(tmp_path).load_config()
     assert str(raised.value).startswith(f"{path}: ") and "retrain the run" in str(raised.value)
+
+
+def test_a_users_folder_holding_backup_is_not_a_run_and_overwrite_deletes_nothing(tmp_path):
+    """Issue 30: backup/ (or model.keras) without a run's config.json is the user's: not called an
+    interrupted run, no message suggests --overwrite, and --overwrite is refused too."""
+    run = RunDir(write_user_folder(tmp_path / "thesis"))
+    (run.path / BACKUP).mkdir()
+    (run.path / BACKUP / "thesis.docx").write_text("two years of work")
+    for overwrite in (False, True):
+        with pytest.raises(CovidXrayError) as raised:
+            run.refuse_to_replace(overwrite=overwrite)
+        message = str(raised.value)
+        assert "interrupted" not in message and "--overwrite" not in message and "--resume" not in message
+        assert "not a covidxray run, and holds backup/, which a run writing here would replace; move it away" in message
+    assert (run.path / BACKUP / "thesis.docx").read_text() == "two years of work" and user_files_intact(run.path)
+    (run.path / BACKUP / "thesis.docx").rename(tmp_path / "thesis.docx")
+    (run.path / BACKUP).rmdir()
+    run.file(MODEL).write_text("the user's model")  # a model.keras alone is not a trained run either
+    with pytest.raises(CovidXrayError, match="thesis: not empty and not a covidxray run"):
+        run.refuse_to_replace()
+    (tmp_path / "lungs").mkdir()  # a lung segmenter's run is marked by its segmenter.json
+    (tmp_path / "lungs" / MODEL).write_text("x")
+    (tmp_path / "lungs" / "segmenter.json").write_text("{}")
+    with pytest.raises(CovidXrayError, match="already holds a trained run"):
+        RunDir(tmp_path / "lungs").refuse_to_replace()
+
+
+def test_a_link_or_fifo_of_a_run_files_name_is_refused_before_the_run(tmp_path):
+    """Issue 30: found before any training, with or without --overwrite, and left as it was."""
+    import os
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    TrainConfig(data="d").resolve().save(run.file(CONFIG))
+    (tmp_path / "mine.md").write_text("the user's")
+    run.file(REPORT).symlink_to(tmp_path / "mine.md")
+    for overwrite in (False, True):
+        with pytest.raises(CovidXrayError, match=r"report.md: is a symbolic link; a run replaces only its own"):
+            run.refuse_to_replace(overwrite=overwrite)
+    run.file(REPORT).unlink()
+    os.mkfifo(run.file(SPLIT))
+    with pytest.raises(CovidXrayError, match=r"split.csv: is a FIFO"):
+        run.refuse_to_replace(overwrite=True)
+    assert (tmp_path / "mine.md").read_text() == "the user's"

@@ -16,6 +16,7 @@ import sys
 
 from covidxray.cli.options import add_config_options, given_settings
 from covidxray.config import LUNGS_TRAIN, LungTrainConfig
+from covidxray.errors import CovidXrayError, printable
 
 SEGMENT_RUN_HELP = ("lung segmenter: a folder written by covidxray lungs train, or preset:NAME "
                     "(default: the shipped preset:lungs_unet_jsrt_ieee8023; see its MODEL_CARD.md)")
@@ -40,7 +41,9 @@ def add_lungs_commands(commands) -> None:
     segment.add_argument("--run", default=None, help=SEGMENT_RUN_HELP)
     segment.add_argument("--cache-dir", default=None, help="mask cache (default ~/.cache/covidxray/lungs)")
     segment.add_argument("--no-cache", dest="cache", action="store_false", help="neither read nor write cached masks")
-    segment.set_defaults(handler=run_lungs_segment)
+    segment.add_argument("--overwrite", action="store_true", help="replace masks and overlays that exist in --out "
+                         "(never an input)")
+    segment.set_defaults(handler=run_lungs_segment, check=check_lungs_segment)
 
 
 def run_lungs_train(args) -> int:
@@ -54,18 +57,38 @@ def run_lungs_train(args) -> int:
     return 0
 
 
+def check_lungs_segment(args) -> None:
+    """Before any work (the model loads): the inputs exist, --out is a folder that can be written, and no
+    mask or overlay would replace an input or, without --overwrite, a file that exists."""
+    from pathlib import Path
+
+    from covidxray.files import check_can_create, check_outputs, refuse_special
+    from covidxray.inference.lungs import output_names
+    from covidxray.inference.predict import expand_paths
+
+    args.expanded = expand_paths(args.paths)
+    folder = Path(args.out)
+    if not folder.is_dir():  # a link to a folder is written in; a link to anything else is not
+        refuse_special(folder, "--out")
+    if folder.exists() and not folder.is_dir():
+        raise CovidXrayError(f"{folder}: is a file, not a folder; give --out a folder (it is created if missing)")
+    check_can_create(folder, f"--out {folder}")
+    targets = [folder / name for pair in output_names(args.expanded) for name in pair]
+    check_outputs(targets, "--out", overwrite=args.overwrite, inputs=args.expanded)
+
+
 def run_lungs_segment(args) -> int:
     from covidxray.inference.lungs import UNREADABLE, load_segmenter
     from covidxray.inference.predict import expand_paths
 
-    paths = expand_paths(args.paths)
+    paths = args.expanded if hasattr(args, "expanded") else expand_paths(args.paths)
     segmenter = load_segmenter(args.run)
     results = segmenter.segment_files(paths, args.out, cache_dir=args.cache_dir, use_cache=args.cache)
     print(format_lungs(results, args.format), end="")
     for result in results:
         if result["warning"]:
             label = "skipped" if result["quality"] == UNREADABLE else "warning"
-            print(f"covidxray: {label}: {result['warning']}", file=sys.stderr)
+            print(printable(f"covidxray: {label}: {result['warning']}"), file=sys.stderr)
     return 1 if any(r["quality"] == UNREADABLE for r in results) else 0
 
 
@@ -74,7 +97,7 @@ def format_lungs(results: list[dict], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(results, indent=2) + "\n"
     header = ["path", "quality", "lung_area", "bbox"]
-    rows = [[r["path"], r["quality"], "" if r["lung_area_fraction"] is None else f"{r['lung_area_fraction']:.3f}",
+    rows = [[printable(r["path"]), r["quality"], "" if r["lung_area_fraction"] is None else f"{r['lung_area_fraction']:.3f}",
              "" if r["bbox"] is None else ",".join(map(str, r["bbox"]))] for r in results]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     return "".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() + "\n" for row in [header, *rows])

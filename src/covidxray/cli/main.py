@@ -32,7 +32,8 @@ DESCRIPTION = ("Train, evaluate and run chest X-ray classifiers (COVID-19, pneum
 RUN_HELP = ("run directory written by covidxray train, or preset:NAME (default: the preset shipped with covidxray; "
             "see its MODEL_CARD.md)")
 TTA_HELP = ("test-time augmentation: average each image's probabilities over itself and N-1 draws of the "
-            "model's training augmentation (default 1: none; Keras engine)")
+            "model's training augmentation (default 1: none; at most 32; Keras engine)")
+OVERWRITE_HELP = "replace output files that exist (never an input or a run's file)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--include-seen", action="store_true",
                           help="keep images the run trained or validated on (left out by default)")
     evaluate.add_argument("--tta", type=int, default=1, metavar="N", help=TTA_HELP)
-    evaluate.set_defaults(handler=run_evaluate)
+    evaluate.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    evaluate.set_defaults(handler=run_evaluate, check=check_evaluate)
 
     predict = commands.add_parser("predict", help="class probabilities for image files or folders")
     add_run_options(predict)
@@ -91,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--engine", choices=tuple(ENGINES), default="keras",
                          help="run model.keras with Keras, or the run's ONNX export (covidxray export) with ONNX Runtime")
     predict.add_argument("--tta", type=int, default=1, metavar="N", help=TTA_HELP)
-    predict.set_defaults(handler=run_predict)
+    predict.add_argument("--overwrite", action="store_true", help="replace heatmaps that exist in --heatmaps "
+                         "(never an input)")
+    predict.set_defaults(handler=run_predict, check=check_predict)
 
     serve = commands.add_parser("serve", help="a local web page: upload an X-ray, see probabilities and a heatmap")
     add_run_options(serve)
@@ -104,8 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--run", required=True, help="run directory written by covidxray train, or preset:NAME")
     export.add_argument("--format", choices=("onnx", "savedmodel"), default="onnx",
                         help="onnx (any backend with its converter: pip install 'covidxray[onnx]') or savedmodel (TensorFlow backend)")
-    export.add_argument("--out", default=None, help="where to write it (default: RUN/model.onnx or RUN/saved_model)")
-    export.set_defaults(handler=run_export)
+    export.add_argument("--out", default=None, help="where to write it (default: RUN/model.onnx or RUN/saved_model, "
+                        "replaced if there)")
+    export.add_argument("--overwrite", action="store_true", help="replace an --out that exists (a file, or an "
+                        "earlier SavedModel export; never a run's file)")
+    export.set_defaults(handler=run_export, check=check_export)
 
     add_lungs_commands(commands)
 
@@ -137,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="leave out images also in this dataset (same original file, same pixels or a "
                         "near-duplicate); repeat for several")
     subset.add_argument("--cache-dir", default=None, help="decoded-image cache (default $COVIDXRAY_CACHE or ~/.cache/covidxray)")
-    subset.set_defaults(handler=run_subset)
+    subset.add_argument("--overwrite", action="store_true", help="replace an --out that exists (never an input)")
+    subset.set_defaults(handler=run_subset, check=check_subset)
     audit = data.add_parser("audit", help="audit datasets before training: classes per source, duplicates, label conflicts")
     audit.add_argument("--data", required=True, action="append",
                        help="class folders, a CSV manifest or an ieee8023 folder; repeat to audit several together")
@@ -145,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default ./audit)")
     audit.add_argument("--overwrite", action="store_true", help="write into an --out that holds other files")
     audit.add_argument("--cache-dir", default=None, help="decoded-image cache (default $COVIDXRAY_CACHE or ~/.cache/covidxray)")
-    audit.set_defaults(handler=run_audit)
+    audit.set_defaults(handler=run_audit, check=check_audit)
     return parser
 
 
@@ -210,10 +218,6 @@ def run_evaluate(args) -> int:
     from covidxray.files import atomic_write_text
     from covidxray.inference.predictor import load_predictor
 
-    if args.out is not None:
-        from covidxray.files import check_writable
-
-        check_writable(args.out, "--out")  # a folder, a file on the way, no permission: before any work
     data = args.data if len(args.data) > 1 else args.data[0]
     metrics = evaluate(load_predictor(args.run, preset=args.preset, tta=args.tta), data, cache_dir=args.cache_dir, per_source=args.per_source, include_seen=args.include_seen,
                        heat=args.heat_in_lungs, predictions=args.predictions)
@@ -224,13 +228,11 @@ def run_evaluate(args) -> int:
 
 
 def run_predict(args) -> int:
-    from covidxray.inference.engines import GRADIENTS, engine_class
     from covidxray.inference.predict import expand_paths, heatmap_folder
     from covidxray.inference.predictor import load_predictor
 
-    paths = expand_paths(args.paths)
+    paths = args.expanded if hasattr(args, "expanded") else expand_paths(args.paths)
     if args.heatmaps:
-        engine_class(args.engine).require(GRADIENTS, "--heatmaps")
         heatmap_folder(args.heatmaps)
     predictor = load_predictor(args.run, preset=args.preset, engine=args.engine, tta=args.tta)
     results, failures = predictor.predict_files(paths, heatmaps=args.heatmaps)
@@ -294,9 +296,7 @@ def run_subset(args) -> int:
     import pandas as pd
 
     from covidxray.data.subset import write_subset
-    from covidxray.files import check_writable
 
-    check_writable(args.out, "--out")  # before any work
     out = write_subset(args.data, args.out, args.per_class, args.seed, exclude=args.exclude,
                        cache_dir=args.cache_dir)
     counts = pd.read_csv(out)["label"].value_counts().sort_index()
@@ -315,6 +315,88 @@ def run_audit(args) -> int:
         print(printable(f"- {sentence}"))  # names of datasets and sources are the user's
     print(f"Audit ({result['seconds']:.1f} s): {printable(report)}")
     return 0
+
+
+# Checks before any work (issue 30): main runs a command's ``check`` before the Keras backend loads, so
+# that a bad option or output ends in one line at once, not after a model load or an hour of work.
+
+def check_evaluate(args) -> None:
+    from covidxray.files import check_output, same_path
+    from covidxray.inference.engines import check_tta
+    from covidxray.presets import resolve_run
+
+    check_tta(args.tta)
+    inputs = [*args.data, resolve_run(args.run, args.preset)]  # the run folder: none of its files is replaced
+    for option in ("out", "predictions"):
+        if getattr(args, option) is not None:
+            check_output(getattr(args, option), f"--{option}", overwrite=args.overwrite, inputs=inputs)
+    if args.out is not None and args.predictions is not None and same_path(args.out, args.predictions):
+        raise CovidXrayError(f"--out {args.out} and --predictions {args.predictions} are the same file; "
+                             "give each its own path")
+
+
+def check_predict(args) -> None:
+    from covidxray.files import check_can_create, check_outputs, refuse_special
+    from covidxray.inference.engines import GRADIENTS, check_tta, engine_class
+    from covidxray.inference.predict import expand_paths, heatmap_names
+
+    check_tta(args.tta, args.engine)
+    args.expanded = expand_paths(args.paths)
+    if args.heatmaps:
+        engine_class(args.engine).require(GRADIENTS, "--heatmaps")
+        folder = Path(args.heatmaps)
+        if not folder.is_dir():  # a link to a folder is written in; a link to anything else is not
+            refuse_special(folder, "--heatmaps")
+        if folder.exists() and not folder.is_dir():
+            raise CovidXrayError(f"{folder}: is a file, not a folder; give --heatmaps a folder (it is created if missing)")
+        check_can_create(folder, f"--heatmaps {folder}")
+        check_outputs([folder / name for name in heatmap_names(map(str, args.expanded))], "--heatmaps",
+                      overwrite=args.overwrite, inputs=args.expanded)
+
+
+def check_export(args) -> None:
+    from covidxray.files import check_can_create, check_output, refuse_special
+    from covidxray.presets import resolve_run
+
+    run = resolve_run(args.run, None)
+    if args.out is None:  # the run's own model.onnx or saved_model/, replaced as a run's file
+        if run.is_dir():
+            refuse_special(run / ("model.onnx" if args.format == "onnx" else "saved_model"))
+            check_can_create(run, f"--run {run}")
+        return
+    if args.format == "onnx":
+        check_output(args.out, "--out", overwrite=args.overwrite, inputs=[run])
+        return
+    out = Path(args.out)
+    refuse_special(out, "--out")
+    if out.exists():
+        if not out.is_dir():
+            raise CovidXrayError(f"--out {out}: is a file; a SavedModel is a folder, choose another path")
+        if not args.overwrite:
+            raise CovidXrayError(f"--out {out}: exists; pass --overwrite to replace it, or choose another path")
+        if not (out / "covidxray.json").is_file():  # the marker export_model writes in a SavedModel
+            raise CovidXrayError(f"--out {out}: a folder that is not a covidxray SavedModel export; it is not "
+                                 "replaced, even with --overwrite: choose another path")
+    check_can_create(out.parent, f"--out {out}")
+
+
+def check_subset(args) -> None:
+    from covidxray.files import check_output
+
+    if args.per_class is not None and args.per_class < 1:
+        raise CovidXrayError(f"--per-class must be at least 1 (got {args.per_class}); leave it out to keep every image")
+    check_output(args.out, "--out", overwrite=args.overwrite, inputs=[args.data, *(args.exclude or [])])
+
+
+def check_audit(args) -> None:
+    from covidxray.data.audit import AUDIT_FILES, check_out
+    from covidxray.files import check_can_create, refuse_special
+
+    check_out(args.out, args.overwrite)
+    out = Path(args.out)
+    for name in AUDIT_FILES:
+        refuse_special(out / name, "--out")
+    check_can_create(out, f"--out {out}")
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -349,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.quiet)
     set_progress(False if args.quiet else None)
     try:
+        if getattr(args, "check", None) is not None:
+            args.check(args)  # outputs and option ranges, before any work
         if args.command not in ("models", "data"):  # every other command runs a model
             import_keras_quietly()
         return args.handler(args)

@@ -74,7 +74,8 @@ def format_predictions(results: list[dict], classes, fmt: str) -> str:
     header = ["path", "label", *probability_columns(classes)]
     if any("unlike_training" in r for r in results):
         header.append("unlike_training")
-        rows = [[*row, str(r.get("unlike_training", ""))] for row, r in zip(rows, results)]
+        rows = [[*row, "" if r.get("unlike_training") is None else str(r["unlike_training"])]  # None: not checked
+                for row, r in zip(rows, results)]
     if any("lungs" in r for r in results):
         header.append("lungs")
         rows = [[*row, r.get("lungs", "")] for row, r in zip(rows, results)]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covidxray.data.images import decode_resized
+from covidxray.data.images import decode_resized, read_file_bytes
 from covidxray.errors import ImageReadError, printable
 from covidxray.files import atomic_save, atomic_write_bytes
 from covidxray.progress import progress_bar
@@ -122,7 +122,9 @@ class ImageCache:
     def _decode(self, path: str, size: int):
         try:
             key = _file_key(path)  # before reading: a file changed meanwhile is decoded again next time
-            data = Path(path).read_bytes()
+            data = read_file_bytes(path)  # a FIFO or a link to a device (a manifest may name one): refused unread
+        except ImageReadError as error:
+            return error
         except FileNotFoundError:
             return ImageReadError(path, "no such file (moved or deleted?)", "restore it or remove it from the dataset")
         except OSError as error:

@@ -9,7 +9,10 @@ Pillow) and otherwise refused naming the transfer syntax and the package to inst
 naming the file.
 
 Memory is bounded whatever the file: its size is read from its header and an image over
-:data:`MAX_PIXELS` is refused before a pixel is decoded (a 200 KB PNG can declare 88 Mpx); only
+:data:`MAX_PIXELS` is refused before a pixel is decoded (a 200 KB PNG can declare 88 Mpx); the
+files decoded at once in a process, by every thread together (predict's readers, the cache's
+workers, the web page's requests), hold at most :data:`MAX_PIXELS` pixels between them, so seven
+50 Mpx files cost one at a time, not four (issue 30), while small X-rays still decode side by side; only
 the first frame of a DICOM file is decoded; and 16- and 32-bit values, DICOM LUTs and colour are
 converted to 8 bits a band of rows at a time at the input's own depth, so decoding an image costs
 its decoded pixels plus a few tens of MB, never a full-size float64 copy.
@@ -18,11 +21,13 @@ its decoded pixels plus a few tens of MB, never a full-size float64 copy.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import io
 import logging
 import math
 import struct
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +51,64 @@ _BAND_PIXELS = 1 << 20  # pixels converted to 8 bits at a time: 8 MB in float64
 _PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "TIFF", "GIF", "WEBP")  # JPEG includes MPO
 
 
+class DecodeBudget:
+    """Pixels being decoded at once in this process, by all threads together, at most ``total``
+    (default :data:`MAX_PIXELS`, read when asked): :meth:`hold` waits until its pixels fit. An image
+    is never larger than the budget (:func:`_check_size` refuses it first), so each one gets its
+    turn. When the last large decode ends, the C heap is trimmed (glibc's ``malloc_trim``): the
+    freed pixels go back to the system instead of staying in the process (a server that decoded
+    six large uploads kept 1.6 GB)."""
+
+    def __init__(self, total: int | None = None):
+        self._total, self._used, self._large = total, 0, 0
+        self._decoded_large = False  # since the last release()
+        self._free = threading.Condition()
+
+    @property
+    def total(self) -> int:
+        return MAX_PIXELS if self._total is None else self._total
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int):
+        pixels = max(0, min(int(pixels), self.total))
+        large = pixels >= self.total // 8
+        with self._free:
+            self._free.wait_for(lambda: self._used == 0 or self._used + pixels <= self.total)
+            self._used += pixels
+            self._large += large
+            self._decoded_large |= large
+        try:
+            yield
+        finally:
+            with self._free:
+                self._used -= pixels
+                self._large -= large
+                trim = large and self._large == 0
+                self._free.notify_all()
+            if trim:
+                _trim_heap()
+
+    def release(self) -> None:
+        """Trim the C heap if a large image was decoded since the last call and none is being decoded:
+        for a caller that worked on the full-size pixels after the decode (the web page's upload)."""
+        with self._free:
+            trim = self._decoded_large and self._large == 0
+            self._decoded_large = self._decoded_large and not trim
+        if trim:
+            _trim_heap()
+
+
+def _trim_heap() -> None:
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl without it, Windows): nothing to do
+        pass
+
+
+#: The process's decode budget (:class:`DecodeBudget`).
+DECODING = DecodeBudget()
+
+
 def is_image_path(path: Path) -> bool:
     """True for file names covidxray reads as images (by suffix, case-insensitive)."""
     return path.suffix.lower() in IMAGE_SUFFIXES
@@ -60,8 +123,8 @@ def read_image(path: str | Path, data: bytes | None = None) -> np.ndarray:
     Images over :data:`MAX_PIXELS` are refused from their header, before any pixel is decoded.
     """
     path = Path(path)
-    if data is None and not path.is_file():
-        raise ImageReadError(path, "no such file", "check the path")
+    if data is None:
+        require_regular_file(path)
     source = path if data is None else io.BytesIO(data)
     if looks_like_dicom(path, data):
         return _read_dicom(path, source)
@@ -69,14 +132,36 @@ def read_image(path: str | Path, data: bytes | None = None) -> np.ndarray:
         with Image.open(source, formats=_PILLOW_FORMATS) as image:
             width, height = image.size  # from the header: nothing is decoded yet
             _check_size(path, width, height)
-            image.load()
-            return _to_gray8(image)
+            with DECODING.hold(width * height):
+                image.load()
+                return _to_gray8(image)
     except UnidentifiedImageError:
         raise ImageReadError(path, "not an image file Pillow can read") from None
     except Image.DecompressionBombError as error:
         raise ImageReadError(path, f"too large to decode safely ({error})", "shrink the image") from None
     except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
         raise ImageReadError(path, f"corrupt or truncated image ({error})") from None
+
+
+def require_regular_file(path: str | Path) -> None:
+    """Raise :class:`ImageReadError` unless ``path`` is a regular file (a link to one is): a FIFO would
+    block and a device (a link to /dev/zero) never end, so neither is opened, nor is a folder."""
+    path = Path(path)
+    if path.is_file():
+        return
+    if not path.exists():
+        raise ImageReadError(path, "no such file", "check the path")
+    from covidxray.files import kind_of
+
+    raise ImageReadError(path, f"not a regular file ({kind_of(path.resolve())}); not read",
+                         "give the image file itself")
+
+
+def read_file_bytes(path: str | Path) -> bytes:
+    """The bytes of the image file ``path``, refused unread if it is not a regular file
+    (:func:`require_regular_file`)."""
+    require_regular_file(path)
+    return Path(path).read_bytes()
 
 
 def _check_size(path: Path, width: int, height: int, bytes_per_pixel: int = 1, what: str = "") -> None:
@@ -188,7 +273,8 @@ def _read_dicom(path: Path, source) -> np.ndarray:
         from pydicom.pixels import get_decoder, pixel_array
     except ImportError:  # pragma: no cover - pydicom is a dependency
         raise ImageReadError(path, "reading DICOM needs pydicom", "pip install pydicom") from None
-    with (open(path, "rb") if isinstance(source, Path) else contextlib.nullcontext(source)) as file:
+    with (contextlib.ExitStack() as held,
+          open(path, "rb") if isinstance(source, Path) else contextlib.nullcontext(source) as file):
         header = _dicom_header(path, file, pydicom)
         try:
             rows, columns = int(header.get("Rows") or 0), int(header.get("Columns") or 0)
@@ -197,6 +283,7 @@ def _read_dicom(path: Path, source) -> np.ndarray:
             raise ImageReadError(path, f"unreadable image size in the DICOM header ({error})",
                                  "replace it, or convert it to PNG") from None
         _check_size(path, columns, rows, samples * max(1, -(-bits // 8)))
+        held.enter_context(DECODING.hold(rows * columns))  # until the frame is 8-bit
         syntax = header.file_meta.TransferSyntaxUID
         photometric = str(header.get("PhotometricInterpretation", ""))
         file.seek(0)

@@ -44,10 +44,43 @@ def write_subset(data: str | Path, out_csv: str | Path, per_class: int | None = 
         table = table[~shared]
         if table.empty:
             raise DatasetError(f"{data}: every image is also in {', '.join(as_paths(exclude))}; nothing is left")
-    chosen = table.sample(frac=1.0, random_state=seed)
-    if per_class is not None:
-        chosen = chosen.groupby("label", sort=True).head(per_class)
+    chosen = readable_sample(table.sample(frac=1.0, random_state=seed), per_class, data, cache_dir=cache_dir)
     chosen = chosen.sort_values(["label", "path"])[SUBSET_COLUMNS]
     out_csv = Path(out_csv)
     atomic_write_text(out_csv, chosen.to_csv(index=False))
     return out_csv
+
+
+def readable_sample(shuffled, per_class: int | None, data, *, cache_dir=None):
+    """The first ``per_class`` rows of each class of ``shuffled`` (None: all) whose image decodes: a
+    manifest lists only images that train. Those that do not are left out with a warning naming
+    them, and the next rows of their class drawn instead; none at all is a :class:`DatasetError`.
+    Decoding goes through the image cache at the fingerprint size, which ``--exclude`` has filled."""
+    import pandas as pd
+
+    from covidxray.data.cache import ImageCache
+    from covidxray.data.duplicates import FINGERPRINT_SIDE
+
+    cache, kept, failed = ImageCache(cache_dir), [], {}
+    pending = shuffled
+    while not pending.empty:
+        if per_class is None:
+            batch = pending
+        else:
+            have = pd.concat(kept)["label"].value_counts().to_dict() if kept else {}
+            room = per_class - pending["label"].map(have).fillna(0).astype(int)
+            batch = pending[pending.groupby("label").cumcount() < room]
+        if batch.empty:
+            break
+        decoded = cache.load([str(p) for p in batch["path"]], FINGERPRINT_SIDE)
+        failed.update(decoded.failed)
+        kept.append(batch[decoded.ok])
+        pending = pending.drop(batch.index)
+    chosen = pd.concat(kept) if kept else shuffled.iloc[:0]
+    first = next(iter(failed.values()), "")
+    if failed:
+        log.warning("left out %d image(s) that cannot be read, e.g. %s", len(failed), first)
+    if chosen.empty:
+        raise DatasetError(f"{data}: none of its {len(shuffled)} image(s) can be read (e.g. {first}); "
+                           "nothing to list")
+    return chosen

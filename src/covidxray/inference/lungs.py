@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from covidxray.data.images import read_image, resize_square
+from covidxray.data.images import read_file_bytes, read_image, resize_square
 from covidxray.errors import CovidXrayError, ImageReadError
 from covidxray.files import atomic_save
 from covidxray.inference.predict import output_folder
@@ -74,7 +74,7 @@ CHUNK = 64  # files decoded, segmented and written at a time
 REASONS = {
     NO_LUNG: "no lung found (not a chest X-ray, or blank?)",
     ONE_LUNG: "one lung region, or two not side by side (a lateral view, a cropped film, or a segmentation failure?)",
-    LOW_CONFIDENCE: "the model is unsure of this mask (uncertain pixels {uncertain:.0%} of the lung area): "
+    LOW_CONFIDENCE: "the model is unsure of this mask (uncertain pixels cover {uncertain} the lung area): "
                     "not a frontal chest X-ray, or an unusual one?",
     IMPLAUSIBLE_AREA: "implausible lung area {area:.0%} of the image (not a frontal chest film, or a failure?)",
 }
@@ -152,7 +152,9 @@ def lung_quality(mask: np.ndarray, area: float | None = None, probabilities: np.
     if probabilities is not None:
         uncertain = float(((probabilities > 0.1) & (probabilities < 0.9)).sum()) / max(1, int(mask.sum()))
         if uncertain > MAX_UNCERTAIN:
-            return LOW_CONFIDENCE, REASONS[LOW_CONFIDENCE].format(uncertain=uncertain)
+            # counted over the whole image, so they may cover more than the lungs: '1.5 times', not '149%'
+            share = f"{uncertain:.0%} of" if uncertain <= 1 else f"{uncertain:.1f} times"
+            return LOW_CONFIDENCE, REASONS[LOW_CONFIDENCE].format(uncertain=share)
     return OK, ""
 
 
@@ -310,7 +312,9 @@ class LungSegmenter:
 def _load(path: Path, cache: MaskCache | None):
     """``(image, sha256, cached LungMask or None)``; ``(None, None, error message)`` if unreadable."""
     try:
-        data = path.read_bytes()
+        data = read_file_bytes(path)  # a FIFO or a link to a device is refused unread, as predict does
+    except ImageReadError as error:
+        return None, None, str(error)
     except OSError as error:
         return None, None, f"{path}: cannot read ({error.strerror or error}); check the path and permissions"
     sha = hashlib.sha256(data).hexdigest()

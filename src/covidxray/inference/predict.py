@@ -10,9 +10,10 @@ import numpy as np
 
 from covidxray.data.images import decode_resized, is_image_path
 from covidxray.errors import CovidXrayError, ImageReadError
-from covidxray.inference.engines import GRADIENTS
+from covidxray.inference.engines import FEATURES, GRADIENTS
 from covidxray.inference.familiarity import UNLIKE
 from covidxray.progress import progress_bar
+from covidxray.rundir import FAMILIARITY
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +64,18 @@ def heatmap_names(paths) -> list[str]:
     return names
 
 
-def write_heatmaps(model, images: np.ndarray, paths, class_indices, folder, *, lungs=None) -> list[str]:
+def write_heatmaps(model, images: np.ndarray, paths, class_indices, folder, *, lungs=None, names=None) -> list[str]:
     """Grad-CAM overlays (one PNG per image, named after its file) in ``folder``; returns their paths.
 
-    ``lungs``: per image a lung mask (same size) whose outline is drawn, or None."""
+    ``lungs``: per image a lung mask (same size) whose outline is drawn, or None. ``names``: the
+    file names to write (default :func:`heatmap_names` of ``paths``)."""
     from PIL import Image
 
     from covidxray.files import atomic_save
     from covidxray.inference.heatmaps import grad_cam, overlay
 
     folder = heatmap_folder(folder)
-    targets = [folder / name for name in heatmap_names(paths)]
+    targets = [folder / name for name in (heatmap_names(paths) if names is None else names)]
     outlines = [None] * len(images) if lungs is None else lungs
     with progress_bar(total=len(images), desc="heatmaps", unit="img") as bar:
         for start in range(0, len(images), HEATMAP_CHUNK):  # in chunks: n maps at full size can be large
@@ -124,6 +126,12 @@ def predict_files(predictor, paths, *, heatmaps=None):
         for (path, _), row, label in zip(good, probabilities, decided)
     ]
     unlike = predictor.unlike_training(images)
+    if unlike is None and not predictor.engine.can(FEATURES) and (Path(predictor.path) / FAMILIARITY).is_file():
+        # the run can tell, this engine cannot: the column is there, empty, and the user is told why
+        log.info("ONNX Runtime does not check whether images look unlike the run's training data: unlike_training "
+                 "is left empty (use --engine keras for it)")
+        for result in results:
+            result["unlike_training"] = None
     if unlike is not None:
         for result, flag in zip(results, unlike):
             result["unlike_training"] = bool(flag)
@@ -139,7 +147,10 @@ def predict_files(predictor, paths, *, heatmaps=None):
         fallback = set(inputs.fallback)
         outlines = None if inputs.lungs is None else [
             None if i in fallback else mask for i, mask in enumerate(inputs.lungs)]
-        written = write_heatmaps(predictor.model, images, [p for p, _ in good], decided, heatmaps, lungs=outlines)
+        # named from every input, unreadable ones too, as the command checked them before any work
+        names = [n for n, x in zip(heatmap_names(paths), loaded) if not isinstance(x, ImageReadError)]
+        written = write_heatmaps(predictor.model, images, [p for p, _ in good], decided, heatmaps, lungs=outlines,
+                                 names=names)
         for result, heatmap in zip(results, written):
             result["heatmap"] = heatmap
     return results, failures

@@ -18,9 +18,8 @@ import numpy as np
 
 from covidxray import rundir
 from covidxray.config import TrainConfig
-from covidxray.errors import CovidXrayError
 from covidxray.inference.decision import Calibration
-from covidxray.inference.engines import FEATURES, TTA, Engine, augmentation_copy, engine_class
+from covidxray.inference.engines import FEATURES, Engine, augmentation_copy, check_tta, engine_class
 from covidxray.inference.familiarity import Familiarity, feature_model, model_features
 from covidxray.inference.preprocess import ModelInputs, Preprocessing
 
@@ -40,10 +39,8 @@ class Predictor:
     def __post_init__(self):
         if self.preprocessing is None:
             self.preprocessing = Preprocessing.from_config(self.config)
-        if not isinstance(self.tta, int) or self.tta < 1:
-            raise CovidXrayError(f"--tta must be a whole number of views, 1 or more; got {self.tta!r}")
+        check_tta(self.tta, self.engine.name)
         if self.tta > 1:
-            self.engine.require(TTA, "--tta")
             augmentation_copy(self.model, self.config.seed)  # a model trained with --no-augment fails here, not later
 
     @property
@@ -112,8 +109,7 @@ def load_predictor(run: str | Path | None = None, *, preset: str | None = None, 
     from covidxray.presets import resolve_run
 
     kind = engine_class(engine)
-    if tta > 1:
-        kind.require(TTA, "--tta")  # before the model loads
+    check_tta(tta, engine)  # before the model loads
     run = rundir.RunDir(resolve_run(run, preset))
     config = run.load_config()
     calibration = Calibration.load(run.path)

@@ -195,8 +195,9 @@ def plot_near_duplicates(result: dict, max_pairs: int = 40, pairs_per_row: int =
         for side, (axes, record) in enumerate(zip(cell.subplots(1, 2), (pair["a"], pair["b"]), strict=True)):
             _show(axes, load_image(record["path"]))
             axes.set_anchor("E" if side == 0 else "W")  # the two images of a pair side by side
+            # the user's names, shown as written: '$...$' in one is not math text (matplotlib would parse it, and fail)
             axes.set_title(f"{record['dataset']}\n{record['label']}\n{_short(Path(record['path']).name)}",
-                           fontsize=7, color=color)
+                           fontsize=7, color=color, parse_math=False)
         note = "LABELS DIFFER  " if pair["labels_differ"] else ""
         cell.suptitle(f"{note}detail {pair['detail']:.2f}  layout {pair['layout']:.2f}  phash {pair['phash']}",
                       fontsize=8, color=color, fontweight="bold" if note else "normal")

@@ -28,6 +28,7 @@ import socket
 import threading
 from pathlib import Path
 
+from covidxray.data.images import DECODING
 from covidxray.errors import CovidXrayError, ImageReadError
 from covidxray.inference.analysis import Analysis, XrayAnalyzer
 from covidxray.inference.familiarity import UNLIKE
@@ -209,8 +210,11 @@ def create_app(analyzer: XrayAnalyzer, max_upload_mb: float = DEFAULT_MAX_UPLOAD
     app.state.batcher = batcher
 
     def decode(filename: str, data: bytes):
-        with decoding:  # bounds the memory of concurrent decodes: a full-size image lives only in here
-            return analyzer.upload(filename, data)
+        try:
+            with decoding:  # bounds the memory of concurrent decodes: a full-size image lives only in here
+                return analyzer.upload(filename, data)
+        finally:
+            DECODING.release()  # a large upload's pixels go back to the system, not kept by the server (issue 30)
 
     async def analyse(filename: str, data: bytes) -> Analysis:
         upload = await run_in_threadpool(decode, filename, data)

@@ -128,6 +128,32 @@ def test_missing_file_is_listed_not_raised(tmp_path, images):
     assert decoded.ok.tolist() == [True, False]
 
 
+def test_a_fifo_or_a_link_to_a_device_is_listed_unread(tmp_path, images):
+    """Issue 30: a manifest may name them; reading a FIFO blocks, a link to /dev/zero never ends.
+    Run in a thread: the old code blocked on the FIFO."""
+    import threading
+
+    os.mkfifo(tmp_path / "images" / "pipe.png")
+    (tmp_path / "images" / "device.png").symlink_to("/dev/null")  # refused from its kind, never opened
+    special = [str(tmp_path / "images" / "pipe.png"), str(tmp_path / "images" / "device.png")]
+    done = []
+    worker = threading.Thread(target=lambda: done.append(ImageCache(tmp_path / "cache", workers=1).load(
+        [*special, images[0]], 32)), daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    if not done:  # blocked reading the FIFO: let it go, then fail
+        try:
+            os.close(os.open(special[0], os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+        worker.join(timeout=20)
+        pytest.fail("the cache blocked on a FIFO")
+    decoded = done[0]
+    assert decoded.ok.tolist() == [False, False, True]
+    assert "not a regular file (a FIFO (named pipe)); not read" in decoded.failed[special[0]]
+    assert "not a regular file (a device); not read" in decoded.failed[special[1]]
+
+
 def test_no_temporary_files_are_left(tmp_path, images):
     cache_root = tmp_path / "cache"
     corrupt = tmp_path / "images" / "bad.png"

@@ -58,3 +58,23 @@ def test_subset_leaves_out_what_another_dataset_holds_copied_or_near_duplicated(
     assert not {str(copy), str(resized)} & set(pd.read_csv(tmp_path / "cli.csv")["path"])
     with pytest.raises(DatasetError, match="every image is also in"):
         write_subset(test_set, tmp_path / "none.csv", exclude=[test_set])
+
+
+def test_unreadable_images_are_left_out_and_a_folder_of_only_unreadable_ones_is_refused(tmp_path, caplog):
+    """Issue 30: a folder of six unreadable files was written to a manifest, exit 0."""
+    data = make_dataset(tmp_path / "data", per_class=4, manifest=False)
+    broken = sorted((data / "covid").glob("*.png"))[:2]
+    for path in broken:
+        path.write_bytes(b"not an image")
+    table = load_dataset(write_subset(data, tmp_path / "s.csv", per_class=3))
+    assert table["label"].value_counts().to_dict() == {"covid": 2, "normal": 3, "pneumonia": 3}  # 2 readable left
+    assert not {str(p) for p in broken} & set(table["path"])
+    assert any("left out 2 image(s) that cannot be read" in r.getMessage() for r in caplog.records)
+    bad = tmp_path / "bad"
+    for label in ("covid", "normal"):
+        (bad / label).mkdir(parents=True)
+        for i in range(3):
+            (bad / label / f"{i}.png").write_bytes(b"not an image")
+    with pytest.raises(DatasetError, match=r"bad: none of its 6 image\(s\) can be read \(e\.g\. .*not an image file"):
+        write_subset(bad, tmp_path / "none.csv")
+    assert not (tmp_path / "none.csv").exists()

@@ -70,6 +70,18 @@ def test_a_fuzzy_probability_map_is_low_confidence():
     assert mask_from_probabilities(crisp, (64, 64)).quality == OK
     lungs = mask_from_probabilities(fuzzy, (64, 64))
     assert lungs.quality == LOW_CONFIDENCE and "unsure" in lungs.reason
+    assert "uncertain pixels cover " in lungs.reason
+
+
+def test_uncertain_pixels_over_the_lung_area_are_not_a_share_over_100_percent():
+    """Issue 30: 'uncertain pixels 149% of the lung area' read as nonsense; more than the lungs is 'N times'."""
+    mask = ellipses(64)
+    probabilities = np.where(mask, 0.95, 0.5).astype("float32")  # every pixel outside the lungs uncertain
+    quality, reason = lung_quality(mask, probabilities=probabilities)
+    assert quality == LOW_CONFIDENCE
+    assert "%" not in reason and "uncertain pixels cover 2.8 times the lung area" in reason
+    quality, reason = lung_quality(mask, probabilities=np.where(mask, 0.5, 0.0).astype("float32"))
+    assert quality == LOW_CONFIDENCE and "uncertain pixels cover 100% of the lung area" in reason
 
 
 def test_keep_lungs_drops_specks_and_fills_holes():
@@ -207,3 +219,41 @@ def test_the_shipped_preset_segments_held_out_jsrt_films():
     results = lungs.segment([image for image, _ in pairs])
     dices = [dice_iou(truth, r.mask)[0] for (_, truth), r in zip(pairs, results)]
     assert np.mean(dices) > 0.9, dices
+
+
+def test_special_files_are_refused_unread_as_predict_refuses_them(tmp_path):
+    """Issue 30: a FIFO (reading it hangs) and a link to a device (a link to /dev/zero read 3 GB in 21 s) are
+    not read: listed unreadable with what they are, the others segmented. Run in a thread: the old code hung."""
+    import os
+    import threading
+
+    good = write_png(tmp_path / "in" / "good.png", np.full((40, 40), 60, np.uint8))
+    os.mkfifo(tmp_path / "in" / "pipe.png")
+    (tmp_path / "in" / "device.png").symlink_to("/dev/null")  # refused from its kind, never opened
+    paths = [tmp_path / "in" / "pipe.png", tmp_path / "in" / "device.png", good]
+    done = []
+    worker = threading.Thread(target=lambda: done.append(segmenter().segment_files(paths)), daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    if not done:  # blocked reading the FIFO: let it go (a writer that closes at once), then fail
+        try:
+            os.close(os.open(tmp_path / "in" / "pipe.png", os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+        worker.join(timeout=20)
+        pytest.fail("segment_files blocked on a special file")
+    pipe, device, image = done[0]
+    assert pipe["quality"] == device["quality"] == UNREADABLE and image["quality"] != UNREADABLE
+    assert "pipe.png: not a regular file (a FIFO (named pipe)); not read" in pipe["warning"]
+    assert "device.png: not a regular file (a device); not read" in device["warning"]
+
+
+def test_the_table_escapes_control_characters_in_file_names():
+    """Issue 30: a file name holding an escape sequence or a newline is shown, not obeyed, as in predict's table."""
+    from covidxray.cli.lungs import format_lungs
+
+    results = [{"path": "/x/\x1b[31mred\nnext.png", "quality": OK, "lung_area_fraction": 0.3, "bbox": [1, 2, 3, 4]},
+               {"path": "/x/b.png", "quality": UNREADABLE, "lung_area_fraction": None, "bbox": None}]
+    table = format_lungs(results, "table")
+    assert "\x1b" not in table and len(table.splitlines()) == 3
+    assert "/x/\\x1b[31mred\\nnext.png" in table.splitlines()[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from PIL import Image
 
 from covidxray.data.images import read_image, resize_square
 from covidxray.errors import CovidXrayError
-from covidxray.inference.engines import KerasEngine, device_count, predict_arrays, predict_augmented
+from covidxray.inference.engines import KerasEngine, OnnxEngine, device_count, predict_arrays, predict_augmented
 from covidxray.inference.predict import expand_paths, heatmap_folder, heatmap_names, predict_files
 from covidxray.inference.predictor import load_predictor
 from helpers import build_run, gray, write_dicom, write_png
@@ -81,8 +82,9 @@ def test_predict_augmented_averages_the_image_and_seeded_draws_of_the_training_a
     after = [np.asarray(v) for v in model.get_layer("augmentation").variables]
     assert len(before) == 2 and all(np.array_equal(a, b) for a, b in zip(before, after))  # the model's own seed state is untouched
     assert predict_augmented(model, images[:0], 4).shape == (0, 3)
-    with pytest.raises(CovidXrayError, match="--tta must be 1 or more views; got 0"):
-        predict_augmented(model, images, 0)
+    for views in (0, 33):  # 1000 views of one image took 56 s (issue 30): at most MAX_TTA
+        with pytest.raises(CovidXrayError, match=rf"--tta must be a whole number of views from 1 \(none\) to 32; got {views}"):
+            predict_augmented(model, images, views)
 
 
 def test_predict_augmented_needs_the_models_augmentation_layer(tmp_path):
@@ -153,3 +155,35 @@ def test_predict_reads_dicom(tmp_path):
     assert [r["path"] for r in results] == [str(good)]
     assert abs(sum(results[0]["probabilities"].values()) - 1) < 1e-4
     assert list(failures) == [str(bad)] and str(bad) in failures[str(bad)]
+
+
+def test_onnxruntime_output_has_an_empty_unlike_training_column_where_the_run_can_tell(predictor, tmp_path, caplog):
+    """Issue 30: the column was missing without a word; now it is there, empty, and the log says why."""
+    from dataclasses import replace
+
+    from covidxray.cli.output import format_predictions
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "familiarity.npz").write_bytes(b"the run has one")  # only its presence is looked at
+    onnx_like = replace(predictor, engine=OnnxEngine(predictor.model), path=run)  # the Keras model stands in for the ONNX one
+    files = [write_png(tmp_path / "x.png", gray(3, (32, 32)))]
+    with caplog.at_level("INFO", logger="covidxray"):
+        results, _ = predict_files(onnx_like, files)
+    assert results[0]["unlike_training"] is None
+    assert any("unlike_training is left empty (use --engine keras" in r.getMessage() for r in caplog.records)
+    header, row = format_predictions(results, predictor.classes, "csv").splitlines()
+    assert header.split(",")[-1] == "unlike_training" and row.endswith(",")
+    plain, _ = predict_files(replace(predictor, engine=OnnxEngine(predictor.model)), files)  # no familiarity file
+    assert "unlike_training" not in plain[0]
+
+
+def test_heatmap_names_come_from_every_input_unreadable_ones_too(predictor, tmp_path):
+    """Issue 30: the names the command checks before any work (every input) are the names written."""
+    bad = tmp_path / "a" / "x.png"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a png")
+    good = write_png(tmp_path / "b" / "x.png", gray(1, (32, 32)))
+    results, failures = predict_files(predictor, [bad, good], heatmaps=tmp_path / "maps")
+    assert list(failures) == [str(bad)]
+    assert [Path(r["heatmap"]).name for r in results] == ["x_gradcam_2.png"]  # as heatmap_names([bad, good]) says

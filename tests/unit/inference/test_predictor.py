@@ -48,8 +48,8 @@ def test_tta_averages_views_drawn_with_the_runs_seed_and_is_checked(run):
     expected = predict_augmented(predictor.model, images, 3, seed=predictor.config.seed)
     np.testing.assert_allclose(predictor.predict_raw(images), expected, atol=1e-6)
     assert np.abs(expected - load_predictor(run).predict_raw(images)).max() > 1e-4
-    for views in (0, -2, 2.5):
-        with pytest.raises(CovidXrayError, match="--tta must be a whole number of views, 1 or more"):
+    for views in (0, -2, 2.5, 33, True):
+        with pytest.raises(CovidXrayError, match=r"--tta must be a whole number of views from 1 \(none\) to 32"):
             load_predictor(run, tta=views)
     plain = load_predictor(run)
     with pytest.raises(CovidXrayError, match="--tta needs the Keras model.*drop --engine onnxruntime"):

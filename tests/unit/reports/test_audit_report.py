@@ -149,3 +149,19 @@ def test_contact_sheet_shows_at_most_max_pairs_and_none_without_pairs():
 def test_short_names():
     assert _short("COVID-1.png") == "COVID-1.png"
     assert _short("F051E018-DAD1-4506-AD43-BE4CA29E960B.png") == "F051E018-DAD…29E960B.png"  # 24 characters
+
+
+def test_names_holding_dollar_signs_are_drawn_as_written(tmp_path):
+    """Issue 30: a file or folder name holding '$...$' (or a lone '$', or '$\\x$') is not matplotlib math
+    text: the contact sheet is saved, and shows the name as it is."""
+    from covidxray.reports.markdown import save_figure
+
+    result = _result()
+    pair = result["near_duplicates"]["pairs"][0]
+    pair["a"] = _image("/d/$\\frac{a}$/covid/x$^{2$.png", "$\\frac{a}$", "covid")
+    pair["b"] = _image("/d/radio/normal/$\\notacommand$.png", "radio", "$normal")
+    figure = plot_near_duplicates(result, load_image=lambda path: np.zeros((8, 8), np.uint8))
+    save_figure(figure, tmp_path / "sheet.png")  # matplotlib parses math text when it draws: it raised here
+    assert (tmp_path / "sheet.png").stat().st_size > 0
+    titles = [a.get_title() for a in figure.subfigs[0].axes]
+    assert titles == ["$\\frac{a}$\ncovid\nx$^{2$.png", "radio\n$normal\n$\\notacommand$.png"]
