@@ -14,6 +14,17 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("COVIDXRAY_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
+@pytest.fixture(autouse=True)
+def progress_follows_the_terminal():
+    """Every test starts with the progress switch at its default (an in-process ``main(["--quiet", ...])``
+    turns it off for the rest of the process, as it should for one command)."""
+    from covidxray.progress import set_progress
+
+    set_progress(None)
+    yield
+    set_progress(None)
+
+
 @pytest.fixture
 def dataset(tmp_path):
     """A three-class synthetic dataset with patient ids (12 images per class)."""

@@ -7,17 +7,9 @@ from __future__ import annotations
 import io
 import sys
 
-import pytest
-
 from covidxray.data.cache import ImageCache
 from covidxray.progress import bar_enabled, progress_bar, set_progress
 from helpers import gray, use_log_file, use_terminal, write_png
-
-
-@pytest.fixture(autouse=True)
-def switch_restored():
-    yield
-    set_progress(None)
 
 
 def test_bar_enabled_follows_the_terminal_unless_told(monkeypatch):

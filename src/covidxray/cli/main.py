@@ -389,8 +389,8 @@ def check_subset(args) -> None:
 
 
 def check_audit(args) -> None:
-    from covidxray.data.audit import AUDIT_FILES, check_out
     from covidxray.files import check_can_create, refuse_special
+    from covidxray.reports.audit_report import AUDIT_FILES, check_out
 
     check_out(args.out, args.overwrite)
     out = Path(args.out)
