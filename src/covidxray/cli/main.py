@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     train.add_argument("--resume", metavar="RUN_DIR", default=None,
                        help="continue an interrupted run from its last finished epoch, with its own settings (config.json)")
-    train.set_defaults(handler=run_train, parser=train)
+    train.set_defaults(handler=run_train, parser=train, check=check_training)
 
     cv = commands.add_parser(CV, help="k-fold cross-validation: per-fold, mean +- sd and pooled metrics")
     add_config_options(cv, CV)
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--fold", type=int, action="append", metavar="K", dest="only",
                     help="train only fold K (repeatable), reusing the folds that finished; the pooled results come "
                          "once every fold has finished (spread a long cross-validation over sessions or machines)")
-    cv.set_defaults(handler=run_cv)
+    cv.set_defaults(handler=run_cv, check=check_training)
 
     probe = commands.add_parser(PROBE, help="shortcut probe: train on images with the lung field blanked out")
     add_config_options(probe, PROBE)
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     probe.add_argument("--reference", metavar="RUN_DIR", default=None,
                        help="a run trained on the same data without blanking: the summary says how much of its score survives")
-    probe.set_defaults(handler=run_probe)
+    probe.set_defaults(handler=run_probe, check=check_training)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a trained run on a labelled dataset")
     add_run_options(evaluate)
@@ -171,19 +171,27 @@ def run_train(args) -> int:
 
     given = given_settings(args)
     if args.resume:
-        if args.overwrite or (args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve()):
-            raise CovidXrayError(f"--resume {args.resume} continues that run in place; drop --out and --overwrite")
         args.out = args.resume
         metrics = resume(args.resume, cache_dir=given.pop("cache_dir", None), verbose=_verbosity(args), **given)
     else:
-        missing = [f"--{name}" for name in ("data", "out") if getattr(args, name, None) is None]
-        if missing:
-            args.parser.error(f"the following arguments are required: {', '.join(missing)} (or --resume RUN_DIR)")
         metrics = train(TrainConfig.for_command(TRAIN, **given), args.out, overwrite=args.overwrite,
                         verbose=_verbosity(args))
     print_run_summary(metrics)
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
+
+
+def check_training(args) -> None:
+    """train, cv and probe: missing options and settings out of their choices or bounds, in one line
+    before the backend loads (``covidxray train`` alone answers at once)."""
+    if getattr(args, "resume", None):
+        if args.overwrite or (args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve()):
+            raise CovidXrayError(f"--resume {args.resume} continues that run in place; drop --out and --overwrite")
+        return
+    missing = [f"--{name}" for name in ("data", "out") if getattr(args, name, None) is None]
+    if missing:
+        args.parser.error(f"the following arguments are required: {', '.join(missing)} (or --resume RUN_DIR)")
+    TrainConfig.for_command(args.command, **given_settings(args)).check()
 
 
 def run_cv(args) -> int:

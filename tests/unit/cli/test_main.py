@@ -78,3 +78,22 @@ def test_cv_fold_options_reach_the_library_and_a_partial_run_says_what_is_left(m
     assert calls == [(3, [1, 3])]
     assert ("finished folds: 1, 3; not yet: 2. Run the command again without --fold to train those and pool every fold"
             in capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train"], "the following arguments are required: --data, --out (or --resume RUN_DIR)"),
+    (["train", "--data", "d", "--out", "o", "--epochs", "0"], "--epochs must be at least 1; got 0"),
+    (["cv", "--data", "d", "--out", "o", "--batch-size", "0"], "--batch-size must be at least 1; got 0"),
+    (["probe", "--data", "d", "--out", "o", "--val-fraction", "0.01"], "--val-fraction must be 0"),
+    (["train", "--resume", "r", "--overwrite"], "continues that run in place"),
+])
+def test_training_commands_answer_bad_arguments_before_the_backend_loads(argv, message, monkeypatch, capsys):
+    import importlib
+
+    cli_main = importlib.import_module("covidxray.cli.main")  # the module: covidxray.cli.main is also the function
+    monkeypatch.setattr(cli_main, "import_keras_quietly", lambda: pytest.fail("the backend was imported first"))
+    try:
+        code = main(["--quiet", *argv])
+    except SystemExit as done:
+        code = done.code
+    assert code == 2 and message in capsys.readouterr().err
