@@ -134,8 +134,11 @@ def test_predict_formats(trained, capsys):
     assert main(["--quiet", "predict", "--run", str(run), str(data / "normal"), "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(rows) == 20
-    assert set(rows[0]) == {"path", "label", "p_covid", "p_normal", "p_pneumonia", "unlike_training"}
+    columns = {"path", "label", "p_covid", "p_normal", "p_pneumonia", "seen_in_training", "unlike_training"}
+    assert columns <= set(rows[0]) <= columns | {"near_tie"}  # near_tie only where the top two are within 10%
     assert {row["unlike_training"] for row in rows} <= {"True", "False"}  # the run's familiarity flag
+    split = {row["path"]: row["split"] for row in csv.DictReader(io.StringIO((run / "split.csv").read_text()))}
+    assert [row["seen_in_training"] for row in rows] == [str(split[row["path"]] != "test") for row in rows]
     assert main(["--quiet", "predict", "--run", str(run), *map(str, files), "--format", "json", "--tta", "3"]) == 0
     augmented = json.loads(capsys.readouterr().out)
     assert [r["path"] for r in augmented] == [str(f) for f in files]
@@ -143,8 +146,12 @@ def test_predict_formats(trained, capsys):
     assert max(abs(a["probabilities"]["covid"] - r["probabilities"]["covid"]) for a, r in zip(augmented, results)) > 1e-4
     assert main(["--quiet", "predict", "--run", str(run), str(files[0])]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["path", "label", "p_covid", "p_normal", "p_pneumonia", "unlike_training"]
+    assert [c for c in table[0].split() if c != "near_tie"] == ["path", "label", "p_covid", "p_normal", "p_pneumonia",
+                                                                "seen_in_training", "unlike_training"]
     assert len(table) == 2
+    assert "never for diagnosis" not in capsys.readouterr().err  # --quiet: no notice
+    assert main(["predict", "--run", str(run), str(files[0])]) == 0
+    assert "For research and teaching only; never for diagnosis or to guide care" in capsys.readouterr().err
 
 
 def test_predict_skips_a_bad_file_and_names_it(trained, tmp_path, capsys):

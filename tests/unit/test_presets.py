@@ -73,7 +73,7 @@ def test_package_run_drops_the_optimizer_state(tmp_path):
 
 def test_evaluate_leaves_out_the_images_the_default_preset_trained_on():
     """Without its split.csv, evaluate would score the preset on its own training images as if unseen."""
-    from covidxray.evaluation.evaluate import seen_by_run
+    from covidxray.inference.predictor import seen_by_run
 
     folder = preset_dir(DEFAULT_PRESET)
     split = rundir.RunDir(folder).read_split(columns=("path", "original_name", "pixels"))

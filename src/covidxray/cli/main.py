@@ -27,8 +27,8 @@ from covidxray.version import __version__
 
 log = logging.getLogger("covidxray")
 
-DESCRIPTION = ("Train, evaluate and run chest X-ray classifiers (COVID-19, pneumonia). "
-               "For research and teaching only; never for diagnosis.")
+NOTICE = "for research and teaching only; never for diagnosis or to guide care"
+DESCRIPTION = f"Train, evaluate and run chest X-ray classifiers (COVID-19, pneumonia). {NOTICE.capitalize()}."
 RUN_HELP = ("run directory written by covidxray train, or preset:NAME (default: the preset shipped with covidxray; "
             "see its MODEL_CARD.md)")
 TTA_HELP = ("test-time augmentation: average each image's probabilities over itself and N-1 draws of the "
@@ -236,13 +236,15 @@ def run_evaluate(args) -> int:
 
 
 def run_predict(args) -> int:
-    from covidxray.inference.predict import expand_paths, heatmap_folder
+    from covidxray.inference.predict import NEAR_TIE, expand_paths, heatmap_folder
     from covidxray.inference.predictor import load_predictor
 
     paths = args.expanded if hasattr(args, "expanded") else expand_paths(args.paths)
     if args.heatmaps:
         heatmap_folder(args.heatmaps)
     predictor = load_predictor(args.run, preset=args.preset, engine=args.engine, tta=args.tta)
+    log.info("%s (%s)", NOTICE.capitalize(), "near_tie: the top two classes within "
+             f"{NEAR_TIE:.0%}; seen_in_training: an image the model trained or validated on")
     results, failures = predictor.predict_files(paths, heatmaps=args.heatmaps)
     print(format_predictions(results, predictor.classes, args.format), end="")
     for message in failures.values():

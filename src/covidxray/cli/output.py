@@ -72,6 +72,12 @@ def format_predictions(results: list[dict], classes, fmt: str) -> str:
         return json.dumps(results, indent=2) + "\n"
     rows = [[printable(r["path"]), r["label"], *(f"{r['probabilities'][c]:.4f}" for c in classes)] for r in results]
     header = ["path", "label", *probability_columns(classes)]
+    if any(r.get("near_tie") for r in results):  # the top two classes within NEAR_TIE: the model cannot tell
+        header.append("near_tie")
+        rows = [[*row, str(bool(r.get("near_tie")))] for row, r in zip(rows, results)]
+    if any("seen_in_training" in r for r in results):
+        header.append("seen_in_training")
+        rows = [[*row, str(r.get("seen_in_training", ""))] for row, r in zip(rows, results)]
     if any("unlike_training" in r for r in results):
         header.append("unlike_training")
         rows = [[*row, "" if r.get("unlike_training") is None else str(r["unlike_training"])]  # None: not checked

@@ -153,7 +153,8 @@ def near_duplicates_of(queries: Fingerprints, references: Fingerprints,
     return hit
 
 
-def same_images(table: pd.DataFrame, reference: pd.DataFrame, cache_dir=None) -> tuple[np.ndarray, dict]:
+def same_images(table: pd.DataFrame, reference: pd.DataFrame, cache_dir=None, *,
+                near: bool = True) -> tuple[np.ndarray, dict]:
     """The one rule for "is this the same image?": True for each row of ``table`` whose image is also
     in ``reference`` (``evaluate`` leaves out what a run trained on, ``data subset --exclude`` what
     another dataset holds): the same original file name, identical pixels, or a near-duplicate.
@@ -161,15 +162,16 @@ def same_images(table: pd.DataFrame, reference: pd.DataFrame, cache_dir=None) ->
     Both are tables with ``path`` and ``original_name``; a ``pixels`` column (pixel digests, as
     ``split.csv`` and loaded datasets hold) is used where a table has one, else the digests are read
     through the image cache. Reference files that are not on this machine match by name and pixels
-    only; files that do not decode, by name (and given pixels) only. Returns the flags and
+    only; files that do not decode, by name (and given pixels) only. ``near=False``: exact copies
+    only (names and given pixels; nothing decoded). Returns the flags and
     ``{"missing": reference files not on this machine, "near": rows found as near-duplicates}``.
     """
     from covidxray.data.cache import ImageCache
 
     names = {k for k in map(original_name_key, reference.get("original_name", [])) if k}
     seen = np.array([bool(k) and k in names for k in map(original_name_key, table["original_name"])], dtype=bool)
-    present = [str(p) for p in reference.get("path", []) if Path(p).is_file()]
-    found = {"missing": len(reference) - len(present), "near": 0}
+    present = [str(p) for p in reference.get("path", []) if near and Path(p).is_file()]
+    found = {"missing": len(reference) - len(present) if near else 0, "near": 0}
     digests = set(reference["pixels"]) if "pixels" in reference else set()
     cache = ImageCache(cache_dir)
     theirs = cache.load(present, FINGERPRINT_SIDE) if present else None

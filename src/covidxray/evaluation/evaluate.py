@@ -6,11 +6,10 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from covidxray import rundir
 from covidxray.data.loading import load_labelled_images
-from covidxray.data.sources import as_paths, confounding_warning, dataset_root
+from covidxray.data.sources import confounding_warning
 from covidxray.errors import CovidXrayError, DatasetError
 from covidxray.evaluation.attention import heat_in_lungs
 from covidxray.evaluation.calibration import calibration_summary
@@ -47,7 +46,7 @@ def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None,
     config = predictor.config
     loaded = load_labelled_images(data, config.classes, predictor.decode_side, cache_dir=cache_dir, require_all=False)
     seen = (np.zeros(len(loaded.table), dtype=bool) if include_seen
-            else seen_by_run(predictor.path, loaded.table, cache_dir=cache_dir, beside=data))
+            else predictor.seen(loaded.table, cache_dir=cache_dir, beside=data))
     if seen.any():
         log.info("left out %d images that the run trained or validated on (pass --include-seen to keep them)",
                  int(seen.sum()))
@@ -89,38 +88,3 @@ def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None,
         metrics["heat_in_lungs"] = heat_in_lungs(predictor.model, prepared.images, prepared.lungs, prepared.quality,
                                                  scored.predicted, loaded.table, config.classes)
     return metrics
-
-
-def seen_by_run(run_dir: str | Path, table: pd.DataFrame, *, cache_dir=None, beside=()) -> np.ndarray:
-    """True for rows that are the same image as a training or validation image of the run: the same
-    original file name, the same pixels, or a near-duplicate (:func:`covidxray.data.duplicates.same_images`;
-    for the run's images still on this machine). ``beside``: dataset paths; a relative path of the
-    run's ``split.csv`` (a shipped preset's: ``darkcovidnet/covid/x.png``) is also looked for in the
-    folders that hold them."""
-    from covidxray.data.duplicates import same_images
-
-    run = rundir.RunDir(run_dir)
-    if not run.file(rundir.SPLIT).is_file():
-        return np.zeros(len(table), dtype=bool)
-    try:
-        split = run.read_split(columns=("split",))
-    except CovidXrayError as error:
-        raise CovidXrayError(f"{error}, or pass --include-seen to keep every image") from None
-    used = split[split["split"].isin(("train", "validation"))]
-    folders = {dataset_root(d).parent for d in as_paths(beside)}
-    if "path" in used:
-        used = used.assign(path=[_located(p, folders) for p in used["path"]])
-    seen, found = same_images(table, used, cache_dir)
-    if found["missing"]:
-        log.info("%d of the run's %d training and validation images are not on this machine: their "
-                 "near-duplicates cannot be found (same names and pixels still are)", found["missing"], len(used))
-    if found["near"]:
-        log.info("%d images are near-duplicates of the run's training or validation images", found["near"])
-    return seen
-
-
-def _located(path: str, folders) -> str:
-    """``path`` as it is, or, where it is relative and missing here, under the first of ``folders`` that holds it."""
-    if Path(path).is_absolute() or Path(path).exists():
-        return path
-    return next((str(folder / path) for folder in sorted(folders) if (folder / path).exists()), path)

@@ -13,12 +13,17 @@ from covidxray.errors import CovidXrayError, ImageReadError
 from covidxray.inference.engines import FEATURES, GRADIENTS
 from covidxray.inference.familiarity import UNLIKE
 from covidxray.progress import progress_bar
-from covidxray.rundir import FAMILIARITY
+from covidxray.rundir import FAMILIARITY, SPLIT
 
 log = logging.getLogger(__name__)
 
 #: Images whose Grad-CAM maps are held in memory at once.
 HEATMAP_CHUNK = 256
+#: Two classes within this many probability points of each other are a near tie: the answer is
+#: reported with ``near_tie`` set, as the model cannot tell them apart (calibrated probabilities).
+NEAR_TIE = 0.10
+SEEN = ("the model trained or validated on this image (same file name or pixels): its probabilities say "
+        "nothing about how it does on new X-rays")
 
 
 def expand_paths(paths) -> list[Path]:
@@ -93,7 +98,10 @@ def predict_files(predictor, paths, *, heatmaps=None):
     returns (results, failures).
 
     ``results`` is a list of ``{"path", "label", "probabilities": {class: p}}`` (probabilities
-    calibrated, the label decided by the run's rule), plus ``"unlike_training"`` (True when the
+    calibrated, the label decided by the run's rule, ``"near_tie"``: the top two within
+    :data:`NEAR_TIE`), plus ``"seen_in_training"`` (True for an image the run trained or validated on:
+    the same original file name or pixels as a row of its ``split.csv``; where the run has one), plus
+    ``"unlike_training"`` (True when the
     image looks unlike the run's training data; only where the run can tell), plus ``"heatmap"`` (the path of its Grad-CAM
     overlay, with the lung outline) when ``heatmaps`` names a folder, and ``"lungs"`` (the lung
     mask's flag: ``ok``, or why the whole image was used) for a run trained with ``--lungs
@@ -120,11 +128,22 @@ def predict_files(predictor, paths, *, heatmaps=None):
     inputs = predictor.prepare(np.stack([x[0] for _, x in good]), [x[1] for _, x in good], lungs=heatmaps is not None)
     images = inputs.images
     probabilities, decided = predictor.predict(images)
+    top_two = np.sort(probabilities, axis=1)[:, -2:] if probabilities.shape[1] > 1 else None
     results = [
         {"path": path, "label": classes[int(label)],
-         "probabilities": {c: round(float(p), 6) for c, p in zip(classes, row)}}
-        for (path, _), row, label in zip(good, probabilities, decided)
+         "probabilities": {c: round(float(p), 6) for c, p in zip(classes, row)},
+         "near_tie": bool(top_two is not None and top_two[i, 1] - top_two[i, 0] < NEAR_TIE)}
+        for i, ((path, _), row, label) in enumerate(zip(good, probabilities, decided))
     ]
+    if (Path(predictor.path) / SPLIT).is_file():
+        import pandas as pd
+
+        table = pd.DataFrame({"path": [p for p, _ in good], "original_name": [Path(p).name for p, _ in good],
+                              "pixels": [x[1] for _, x in good]})
+        for result, flag in zip(results, predictor.seen(table, near=False)):
+            result["seen_in_training"] = bool(flag)
+            if flag:
+                log.warning("%s: %s", result["path"], SEEN)
     unlike = predictor.unlike_training(images)
     if unlike is None and not predictor.engine.can(FEATURES) and (Path(predictor.path) / FAMILIARITY).is_file():
         # the run can tell, this engine cannot: the column is there, empty, and the user is told why

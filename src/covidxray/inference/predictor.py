@@ -11,6 +11,7 @@ or the ONNX export run by ONNX Runtime), the class names and input size it was t
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +19,13 @@ import numpy as np
 
 from covidxray import rundir
 from covidxray.config import TrainConfig
+from covidxray.errors import CovidXrayError
 from covidxray.inference.decision import Calibration
 from covidxray.inference.engines import FEATURES, Engine, augmentation_copy, check_tta, engine_class
 from covidxray.inference.familiarity import Familiarity, feature_model, model_features
 from covidxray.inference.preprocess import ModelInputs, Preprocessing
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -90,6 +94,10 @@ class Predictor:
         """``(calibrated probabilities, decided class indices)`` for model inputs (:meth:`prepare`)."""
         return self.calibration.predict(self.predict_raw(images), self.classes)
 
+    def seen(self, table, *, cache_dir=None, beside=(), near: bool = True) -> np.ndarray:
+        """True for each image of ``table`` the model trained or validated on: :func:`seen_by_run`."""
+        return seen_by_run(self.path, table, cache_dir=cache_dir, beside=beside, near=near)
+
     def predict_files(self, paths, *, heatmaps=None):
         """Predict image files: see :func:`covidxray.inference.predict.predict_files`."""
         from covidxray.inference.predict import predict_files
@@ -115,3 +123,40 @@ def load_predictor(run: str | Path | None = None, *, preset: str | None = None, 
     calibration = Calibration.load(run.path)
     familiarity = Familiarity.load(run.path) if kind.can(FEATURES) else None
     return Predictor(kind.load(run, config), config, calibration, run.path, familiarity=familiarity, tta=tta)
+
+
+def seen_by_run(run_dir: str | Path, table, *, cache_dir=None, beside=(), near: bool = True) -> np.ndarray:
+    """True for rows of ``table`` (``path``, ``original_name``, ``pixels``) that are the same image as a
+    training or validation image of the run: the same original file name, the same pixels, or a
+    near-duplicate (:func:`covidxray.data.duplicates.same_images`; for the run's images still on this
+    machine; ``near=False``: exact copies only, nothing decoded). ``beside``: dataset paths; a
+    relative path of the run's ``split.csv`` (a shipped preset's: ``darkcovidnet/covid/x.png``) is
+    also looked for in the folders that hold them."""
+    from covidxray.data.duplicates import same_images
+    from covidxray.data.sources import as_paths, dataset_root
+
+    run = rundir.RunDir(run_dir)
+    if not run.file(rundir.SPLIT).is_file():
+        return np.zeros(len(table), dtype=bool)
+    try:
+        split = run.read_split(columns=("split",))
+    except CovidXrayError as error:
+        raise CovidXrayError(f"{error}, or pass --include-seen to keep every image") from None
+    used = split[split["split"].isin(("train", "validation"))]
+    folders = {dataset_root(d).parent for d in as_paths(beside)}
+    if "path" in used:
+        used = used.assign(path=[_located(p, folders) for p in used["path"]])
+    seen, found = same_images(table, used, cache_dir, near=near)
+    if found["missing"]:
+        log.info("%d of the run's %d training and validation images are not on this machine: their "
+                 "near-duplicates cannot be found (same names and pixels still are)", found["missing"], len(used))
+    if found["near"]:
+        log.info("%d images are near-duplicates of the run's training or validation images", found["near"])
+    return seen
+
+
+def _located(path: str, folders) -> str:
+    """``path`` as it is, or, where it is relative and missing here, under the first of ``folders`` that holds it."""
+    if Path(path).is_absolute() or Path(path).exists():
+        return path
+    return next((str(folder / path) for folder in sorted(folders) if (folder / path).exists()), path)

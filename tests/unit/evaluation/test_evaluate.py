@@ -10,8 +10,8 @@ import pytest
 
 from covidxray.data.loading import load_labelled_images
 from covidxray.errors import CovidXrayError, DatasetError
-from covidxray.evaluation.evaluate import evaluate, seen_by_run
-from covidxray.inference.predictor import load_predictor
+from covidxray.evaluation.evaluate import evaluate
+from covidxray.inference.predictor import load_predictor, seen_by_run
 from helpers import CLASSES, build_run, make_dataset
 
 
@@ -191,7 +191,7 @@ def test_seen_by_run_leaves_out_near_duplicates_of_training_and_validation_image
     import logging
 
     run, table, _ = run_with_films
-    with caplog.at_level(logging.INFO, logger="covidxray.evaluation.evaluate"):
+    with caplog.at_level(logging.INFO, logger="covidxray.inference.predictor"):
         seen = seen_by_run(run, table, cache_dir=tmp_path / "cache")
     # t and v by near-duplicate; x was a test image; u is unrelated; n by original name (n.png ~ N.png)
     assert seen.tolist() == [True, True, False, False, True]
@@ -220,7 +220,7 @@ def test_seen_by_run_without_the_runs_files_falls_back_to_names_and_pixels(run_w
     for path in kept.values():
         path.unlink()
     table.loc[1, "pixels"] = "pv"  # v's copy, now known by its pixels only
-    with caplog.at_level(logging.INFO, logger="covidxray.evaluation.evaluate"):
+    with caplog.at_level(logging.INFO, logger="covidxray.inference.predictor"):
         seen = seen_by_run(run, table, cache_dir=tmp_path / "cache")
     # n.png is still on disk: its resized copy is found by name and would be by near-duplicate too
     assert seen.tolist() == [False, True, False, False, True]

@@ -187,3 +187,26 @@ def test_heatmap_names_come_from_every_input_unreadable_ones_too(predictor, tmp_
     results, failures = predict_files(predictor, [bad, good], heatmaps=tmp_path / "maps")
     assert list(failures) == [str(bad)]
     assert [Path(r["heatmap"]).name for r in results] == ["x_gradcam_2.png"]  # as heatmap_names([bad, good]) says
+
+
+def test_images_the_run_trained_on_are_marked_and_near_ties_called_so(predictor, tmp_path, caplog):
+    """Issue 31: predict says which images the run trained or validated on (same file name or pixels,
+    as evaluate leaves them out) and when its top two classes are within NEAR_TIE."""
+    import shutil
+    from dataclasses import replace
+
+    from covidxray.inference.predict import NEAR_TIE, SEEN
+
+    run = shutil.copytree(predictor.path, tmp_path / "run")
+    files = [write_png(tmp_path / f"x{i}.png", gray(i, (32, 32))) for i in range(3)]
+    (run / "split.csv").write_text("path,original_name,pixels,split\n"
+                                   "/elsewhere/x0.png,x0.png,,train\n/elsewhere/y.png,y.png,,test\n")
+    with caplog.at_level("WARNING", logger="covidxray"):
+        results, _ = predict_files(replace(predictor, path=run), files)
+    assert [r["seen_in_training"] for r in results] == [True, False, False]  # x0 by its name; a test image is not
+    assert [r.getMessage() for r in caplog.records if SEEN in r.getMessage()] == [f"{files[0]}: {SEEN}"]
+    for r in results:
+        top, second = sorted(r["probabilities"].values())[-1:-3:-1]
+        assert r["near_tie"] == (top - second < NEAR_TIE)
+    (run / "split.csv").unlink()
+    assert "seen_in_training" not in predict_files(replace(predictor, path=run), files)[0][0]  # the run cannot tell
