@@ -34,6 +34,29 @@ RUN_HELP = ("run directory written by covidxray train, or preset:NAME (default: 
 TTA_HELP = ("test-time augmentation: average each image's probabilities over itself and N-1 draws of the "
             "model's training augmentation (default 1: none; at most 32; Keras engine)")
 OVERWRITE_HELP = "replace output files that exist (never an input or a run's file)"
+D = "../shared/data"
+#: What each command's --help ends with: one or two commands to copy.
+EXAMPLES = {
+    "train": [f"covidxray train --data {D}/darkcovidnet --task three-class --out runs/three-class",
+              "covidxray train --resume runs/three-class"],
+    "cv": [f"covidxray cv --data {D}/darkcovidnet --task binary --folds 5 --out runs/cv-binary",
+           f"covidxray cv --data {D}/darkcovidnet --data {D}/ieee8023 --data {D}/radiography-db --group-by source "
+           "--out runs/loso"],
+    "probe": [f"covidxray probe --data {D}/darkcovidnet --task three-class --region lungs --out runs/probe"],
+    "evaluate": [f"covidxray evaluate --data {D}/ieee8023                  # the shipped model on other data",
+                 f"covidxray evaluate --run runs/three-class --data {D}/ieee8023 --out external.json"],
+    "predict": ["covidxray predict xray.png                            # the shipped model",
+                "covidxray predict --run runs/three-class --heatmaps maps/ --format csv images/"],
+    "serve": ["covidxray serve                                      # http://127.0.0.1:8000, the shipped model"],
+    "export": ["covidxray export --run runs/three-class --format onnx"],
+    "models": ["covidxray models"],
+    "lungs train": [f"covidxray lungs train --data {D}/jsrt --data {D}/ieee8023 --out runs/lungs"],
+    "lungs segment": ["covidxray lungs segment images/ --out masks/"],
+    "data download": ["covidxray data download darkcovidnet --dest data"],
+    "data shard": [f"covidxray data shard --data {D}/radiography-db --image-size 160 --out shards/rdb"],
+    "data subset": [f"covidxray data subset --data {D}/darkcovidnet --per-class 40 --out small.csv"],
+    "data audit": [f"covidxray data audit --data {D}/darkcovidnet --data {D}/ieee8023 --out audit"],
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="a local web page: upload an X-ray, see probabilities and a heatmap")
     add_run_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     serve.add_argument("--max-upload-mb", type=float, default=32.0, help="largest upload accepted (default 32)")
     serve.set_defaults(handler=run_serve)
 
@@ -154,7 +177,29 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--overwrite", action="store_true", help="write into an --out that holds other files")
     audit.add_argument("--cache-dir", default=None, help="decoded-image cache (default $COVIDXRAY_CACHE or ~/.cache/covidxray)")
     audit.set_defaults(handler=run_audit, check=check_audit)
+    _finish_help(parser)
     return parser
+
+
+def _finish_help(parser: argparse.ArgumentParser, path: str = "") -> None:
+    """Every command's --help: required options under their own heading (train's: unless --resume),
+    and one or two examples at the end (:data:`EXAMPLES`)."""
+    for action in parser._actions:  # argparse keeps its sub-parsers and groups private
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                _finish_help(sub, f"{path} {name}".strip())
+    if not path:
+        return
+    required = [a for a in parser._optionals._group_actions if a.required or (path == TRAIN and a.dest in ("data", "out"))]
+    if required:
+        group = parser.add_argument_group("required options" + (" (or --resume RUN_DIR)" if path == TRAIN else ""))
+        for action in required:
+            parser._optionals._group_actions.remove(action)
+            group._group_actions.append(action)
+        parser._action_groups.insert(1, parser._action_groups.pop())  # right after the positional arguments
+    if path in EXAMPLES:
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        parser.epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[path])
 
 
 def add_run_options(command) -> None:
@@ -270,16 +315,17 @@ def run_export(args) -> int:
 
 def run_models(args) -> int:
     from covidxray.models import DEFAULT_MODEL, MODELS
-    from covidxray.presets import DEFAULT_PRESET, LUNG_SEGMENTER, list_presets
+    from covidxray.presets import DEFAULT_PRESET, LUNG_SEGMENTER, describe, list_presets
 
     for name in sorted(MODELS):
         spec = MODELS[name]
         mark = " (default)" if name == DEFAULT_MODEL else ""
         print(f"{name:<20} {spec.image_size:>4}px  {spec.description}{mark}")
     for name in list_presets():
-        print(f"preset:{name}" + (" (default for predict, evaluate and serve)" if name == DEFAULT_PRESET else ""))
+        default = " (default for predict, evaluate and serve)" if name == DEFAULT_PRESET else ""
+        print(f"preset:{name}{default}\n    {describe(name)}")
     for name in list_presets(LUNG_SEGMENTER):
-        print(f"preset:{name} (lung segmenter: covidxray lungs segment)")
+        print(f"preset:{name} (lung segmenter: covidxray lungs segment)\n    {describe(name)}")
     return 0
 
 

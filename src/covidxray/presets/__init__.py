@@ -69,6 +69,23 @@ def resolve_run(run: str | Path | None = None, preset: str | None = None) -> Pat
     return Path(run)
 
 
+def describe(name: str) -> str:
+    """One line on a preset, from its own files: what it was trained on, how it scored on its own
+    test split, and where its card says what it fails on."""
+    import json
+
+    folder = preset_dir(name)
+    test = json.loads((folder / rundir.METRICS).read_text())["test"]
+    card = f"where it fails: {folder.name}/{MODEL_CARD}"
+    if (folder / SEGMENTER_SETTINGS).is_file():
+        return f"lung segmenter; held-out Dice {test['all']['dice']:.3f} on {test['all']['n']} films; {card}"
+    config = json.loads((folder / rundir.CONFIG).read_text())
+    data = ", ".join(Path(d).name for d in ([config["data"]] if isinstance(config["data"], str) else config["data"]))
+    recipe = f", recipe {config['recipe']}" if config.get("recipe") else ""
+    return (f"{config['task']}, {data}{recipe}; own test split: accuracy {test['accuracy']:.1%}, COVID AUC "
+            f"{test['covid']['auc']:.3f}; {card}")
+
+
 def package_run(run_dir: str | Path, dest: str | Path) -> Path:
     """Copy a finished run, a classifier's or a lung segmenter's (``covidxray lungs train``), into
     ``dest`` to ship it as a preset: its model without optimizer state, its settings, metrics, split
