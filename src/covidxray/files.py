@@ -232,6 +232,20 @@ def check_outputs(targets, what: str, *, overwrite: bool = False, inputs=()) -> 
             raise CovidXrayError(f"{what} {target}: exists; pass --overwrite to replace it, or choose another path")
 
 
+def check_output_folder(folder: str | Path, what: str, names, *, overwrite: bool = False, inputs=()) -> None:
+    """Raise now, before any work, unless ``folder`` (``what``: ``--heatmaps``, ``--out``) may receive the
+    files ``names``: a folder, or a path where one can be created (a link to a folder is written in, a
+    link to anything else or a special file is refused), and none of the files would replace an input
+    or, without ``overwrite``, a file that exists (:func:`check_outputs`)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        refuse_special(folder, what)
+    if folder.exists() and not folder.is_dir():
+        raise CovidXrayError(f"{folder}: is a file, not a folder; give {what} a folder (it is created if missing)")
+    check_can_create(folder, f"{what} {folder}")
+    check_outputs([folder / name for name in names], what, overwrite=overwrite, inputs=inputs)
+
+
 def same_path(a: str | Path, b: str | Path) -> bool:
     """Whether ``a`` and ``b`` name the same file (existing or not): links and ``..`` resolved."""
     try:

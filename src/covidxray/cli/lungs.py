@@ -16,7 +16,7 @@ import sys
 
 from covidxray.cli.options import add_config_options, given_settings
 from covidxray.config import LUNGS_TRAIN, LungTrainConfig
-from covidxray.errors import CovidXrayError, printable
+from covidxray.errors import printable
 
 SEGMENT_RUN_HELP = ("lung segmenter: a folder written by covidxray lungs train, or preset:NAME "
                     "(default: the shipped preset:lungs_unet_jsrt_ieee8023; see its MODEL_CARD.md)")
@@ -60,21 +60,13 @@ def run_lungs_train(args) -> int:
 def check_lungs_segment(args) -> None:
     """Before any work (the model loads): the inputs exist, --out is a folder that can be written, and no
     mask or overlay would replace an input or, without --overwrite, a file that exists."""
-    from pathlib import Path
-
-    from covidxray.files import check_can_create, check_outputs, refuse_special
+    from covidxray.files import check_output_folder
     from covidxray.inference.lungs import output_names
     from covidxray.inference.predict import expand_paths
 
     args.expanded = expand_paths(args.paths)
-    folder = Path(args.out)
-    if not folder.is_dir():  # a link to a folder is written in; a link to anything else is not
-        refuse_special(folder, "--out")
-    if folder.exists() and not folder.is_dir():
-        raise CovidXrayError(f"{folder}: is a file, not a folder; give --out a folder (it is created if missing)")
-    check_can_create(folder, f"--out {folder}")
-    targets = [folder / name for pair in output_names(args.expanded) for name in pair]
-    check_outputs(targets, "--out", overwrite=args.overwrite, inputs=args.expanded)
+    check_output_folder(args.out, "--out", [name for pair in output_names(args.expanded) for name in pair],
+                        overwrite=args.overwrite, inputs=args.expanded)
 
 
 def run_lungs_segment(args) -> int:

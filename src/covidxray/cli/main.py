@@ -392,7 +392,7 @@ def check_evaluate(args) -> None:
 
 
 def check_predict(args) -> None:
-    from covidxray.files import check_can_create, check_outputs, refuse_special
+    from covidxray.files import check_output_folder
     from covidxray.inference.engines import GRADIENTS, check_tta, engine_class
     from covidxray.inference.predict import expand_paths, heatmap_names
 
@@ -400,14 +400,8 @@ def check_predict(args) -> None:
     args.expanded = expand_paths(args.paths)
     if args.heatmaps:
         engine_class(args.engine).require(GRADIENTS, "--heatmaps")
-        folder = Path(args.heatmaps)
-        if not folder.is_dir():  # a link to a folder is written in; a link to anything else is not
-            refuse_special(folder, "--heatmaps")
-        if folder.exists() and not folder.is_dir():
-            raise CovidXrayError(f"{folder}: is a file, not a folder; give --heatmaps a folder (it is created if missing)")
-        check_can_create(folder, f"--heatmaps {folder}")
-        check_outputs([folder / name for name in heatmap_names(map(str, args.expanded))], "--heatmaps",
-                      overwrite=args.overwrite, inputs=args.expanded)
+        check_output_folder(args.heatmaps, "--heatmaps", heatmap_names(map(str, args.expanded)),
+                            overwrite=args.overwrite, inputs=args.expanded)
 
 
 def check_export(args) -> None:
