@@ -282,3 +282,24 @@ def test_a_paired_difference_is_sharper_than_two_intervals_side_by_side():
     assert swapped["interval"] == pytest.approx([-high, -low]) and swapped["share_second_higher"] == 0.0
     with pytest.raises(ValueError, match="COVID and non-COVID"):
         paired_auc_difference(np.full(n, COVID), first, second, groups, COVID)
+
+
+def test_preset_probabilities_writes_and_compares_the_presets_outputs(tmp_path, capsys):
+    from helpers import gray, shared_data_dir, write_png
+
+    script = load("preset_probabilities")
+    folder = tmp_path / "darkcovidnet"
+    for i in range(4):
+        write_png(folder / "covid" / f"{i}.png", gray(i, (40, 40)))
+    assert script.sample(folder, 2) == [str(folder / "covid" / "0.png"), str(folder / "covid" / "2.png")]
+    data = shared_data_dir()  # skips where ../shared/data is absent (fails on CI)
+    first = tmp_path / "first.npz"
+    assert script.main(["--data", str(data), "--per-dataset", "1", "--out", str(first)]) == 0
+    assert script.main(["--data", str(data), "--per-dataset", "1", "--out", str(tmp_path / "again.npz"),
+                        "--compare", str(first)]) == 0  # the same code gives the same numbers
+    assert "largest difference 0.00e+00" in capsys.readouterr().out
+    arrays = dict(np.load(first))
+    arrays[next(iter(arrays))] = arrays[next(iter(arrays))] + 1e-3
+    np.savez(tmp_path / "moved.npz", **arrays)
+    assert script.main(["--data", str(data), "--per-dataset", "1", "--out", str(tmp_path / "third.npz"),
+                        "--compare", str(tmp_path / "moved.npz")]) == 1
