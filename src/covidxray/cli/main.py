@@ -272,8 +272,9 @@ def run_evaluate(args) -> int:
     from covidxray.inference.predictor import load_predictor
 
     data = args.data if len(args.data) > 1 else args.data[0]
-    metrics = evaluate(load_predictor(args.run, preset=args.preset, tta=args.tta), data, cache_dir=args.cache_dir, per_source=args.per_source, include_seen=args.include_seen,
-                       heat=args.heat_in_lungs, predictions=args.predictions)
+    metrics = evaluate(load_predictor(args.run, preset=args.preset, tta=args.tta), data, cache_dir=args.cache_dir,
+                       per_source=args.per_source, include_seen=args.include_seen, heat=args.heat_in_lungs,
+                       predictions=args.predictions)
     if args.out:
         atomic_write_text(args.out, json.dumps(metrics, indent=2) + "\n")
     print_evaluation(metrics)

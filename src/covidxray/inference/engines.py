@@ -5,7 +5,7 @@ features of the "unlike the training data" flag and the gradients of Grad-CAM he
 :class:`OnnxEngine` runs its ONNX export (``covidxray export``) with ONNX Runtime: probabilities
 only. What an engine cannot do it says once, in :meth:`Engine.require`, before any work::
 
-    engine = load_engine("onnxruntime", run)       # or engine_class("onnxruntime").require(GRADIENTS, "--heatmaps")
+    engine = engine_class("onnxruntime").load(run, config)   # or engine_class(name).require(GRADIENTS, "--heatmaps")
     probabilities = engine.predict(images)          # (n, classes) for (n, size, size, 1) inputs in [0, 255]
 
 :func:`predict_arrays` is the one batched prediction loop every caller (training included) uses.
@@ -182,8 +182,7 @@ class OnnxEngine(Engine):
         self.model = model
 
     def predict(self, images, views: int = 1, seed: int = 0) -> np.ndarray:
-        if views > 1:
-            self.require(TTA, "--tta")
+        check_tta(views, self.name)
         return predict_arrays(self.model, images)
 
     @classmethod
@@ -244,7 +243,3 @@ def engine_class(name: str) -> type[Engine]:
         raise CovidXrayError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")
     return ENGINES[name]
 
-
-def load_engine(name: str, run: rundir.RunDir, config) -> Engine:
-    """The model of ``run`` under engine ``name``, checked against the run's settings."""
-    return engine_class(name).load(run, config)

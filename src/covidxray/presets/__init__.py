@@ -74,13 +74,15 @@ def describe(name: str) -> str:
     test split, and where its card says what it fails on."""
     import json
 
+    from covidxray.data.sources import as_paths
+
     folder = preset_dir(name)
     test = json.loads((folder / rundir.METRICS).read_text())["test"]
     card = f"where it fails: {folder.name}/{MODEL_CARD}"
     if (folder / SEGMENTER_SETTINGS).is_file():
         return f"lung segmenter; held-out Dice {test['all']['dice']:.3f} on {test['all']['n']} films; {card}"
     config = json.loads((folder / rundir.CONFIG).read_text())
-    data = ", ".join(Path(d).name for d in ([config["data"]] if isinstance(config["data"], str) else config["data"]))
+    data = ", ".join(Path(d).name for d in as_paths(config["data"]))
     recipe = f", recipe {config['recipe']}" if config.get("recipe") else ""
     return (f"{config['task']}, {data}{recipe}; own test split: accuracy {test['accuracy']:.1%}, COVID AUC "
             f"{test['covid']['auc']:.3f}; {card}")
@@ -95,7 +97,7 @@ def package_run(run_dir: str | Path, dest: str | Path) -> Path:
     (pictures of the data); ``dest``'s model card is left as it is."""
     import json
 
-    from covidxray.data.sources import dataset_root
+    from covidxray.data.sources import as_paths, dataset_root
     from covidxray.files import atomic_save, atomic_write_text
     from covidxray.models import load_model
 
@@ -106,7 +108,7 @@ def package_run(run_dir: str | Path, dest: str | Path) -> Path:
     else:
         data = run.load_config().data
         files = PACKAGED_FILES + ((rundir.SPLIT,) if run.file(rundir.SPLIT).is_file() else ())  # without it, evaluate finds no seen image
-    roots = [dataset_root(d) for d in ([data] if isinstance(data, str) else data)]
+    roots = [dataset_root(d) for d in as_paths(data)]
     parents = {str(p) for root in roots for p in (root.parent, root.resolve().parent)} - {"."}
     prefixes = sorted((p.rstrip("/") + "/" for p in parents), key=len, reverse=True)
     model = load_model(run.require(rundir.MODEL))  # loaded without compiling: saving it stores no optimizer state
