@@ -1,12 +1,16 @@
 """Find the labelled images of a dataset and return them as one table.
 
-Three layouts are read, and :func:`load_dataset` tells them apart:
+Each way a dataset can lie on disk is one :class:`Layout` in :data:`LAYOUTS`, tried in order by
+:func:`load_dataset`; a layout owns how it is recognised, read, labelled and grouped by patient and
+source (the pattern of torchxrayvision's ``datasets.py``):
 
-* a CSV manifest with ``path,label`` and optional ``patient_id``, ``source`` columns (a folder
-  holding ``manifest.csv`` is read through it);
-* the ieee8023 covid-chestxray-dataset layout, ``metadata.csv`` + ``images/`` (labels from
-  ``finding``, frontal views only);
-* class folders, ``ROOT/<class>/<image>``, whatever the folder names the alias table knows.
+* :class:`Manifest`: a CSV with ``path,label`` and optional ``patient_id``, ``source`` columns (a
+  folder holding ``manifest.csv`` is read through it);
+* :class:`IEEE8023`: the covid-chestxray-dataset layout, ``metadata.csv`` + ``images/`` (labels
+  from ``finding``, frontal views only);
+* :class:`JSRT`: the JSRT films, ``metadata.csv`` with ``filename,nodule`` + ``images/``: films
+  without a nodule are ``normal``; nodule films are neither normal nor a pneumonia and are left out;
+* :class:`ClassFolders`: ``ROOT/<class>/<image>``, whatever the folder names the alias table knows.
 
 A path that is not text (a NUL byte; a file name that is not UTF-8, as archives made on
 Windows hold) is refused, naming the file and the fix; a manifest row that repeats an image is
@@ -32,7 +36,7 @@ import pandas as pd
 
 from covidxray.data.images import is_image_path
 from covidxray.errors import DatasetError, printable
-from covidxray.labels import ALIASES, canonical_label
+from covidxray.labels import ALIASES, NORMAL, canonical_label
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +52,10 @@ def load_dataset(path: str | Path) -> pd.DataFrame:
     path = Path(path).expanduser()
     if not path.exists():
         raise DatasetError(f"{path}: no such file or folder; check the --data path")
-    if path.is_file():
-        if path.suffix.lower() != ".csv":
-            raise DatasetError(f"{path}: a dataset is a folder or a .csv manifest with path,label columns")
-        frame = read_manifest(path)
-    elif (path / MANIFEST_NAME).is_file():
-        frame = read_manifest(path / MANIFEST_NAME)
-    elif (path / IEEE8023_METADATA).is_file() and (path / "images").is_dir():
-        frame = read_ieee8023(path)
-    else:
-        frame = read_class_folders(path)
+    if path.is_file() and path.suffix.lower() != ".csv":
+        raise DatasetError(f"{path}: a dataset is a folder or a .csv manifest with path,label columns")
+    layout = next(layout for layout in LAYOUTS if layout.matches(path))
+    frame = layout.read(path)
     if frame.empty:
         raise DatasetError(f"{path}: no labelled images found")
     _refuse_names_not_utf8(frame["path"], path)
@@ -107,87 +105,155 @@ def original_name_key(name) -> str:
     return "" if name is None or name != name else Path(str(name)).stem.lower()  # name != name: NaN
 
 
-def read_manifest(csv_path: Path) -> pd.DataFrame:
-    """A CSV with ``path,label`` columns (paths relative to the CSV's folder or absolute)."""
-    table = _read_csv(csv_path)
-    missing = {"path", "label"} - set(table.columns)
-    if missing:
-        raise DatasetError(
-            f"{csv_path}: missing column(s) {', '.join(sorted(missing))}; "
-            "a manifest needs path,label (and optionally patient_id,source)"
+class Manifest:
+    """A CSV with ``path,label`` columns (paths relative to the CSV's folder or absolute), or a
+    folder holding one as ``manifest.csv``."""
+
+    @staticmethod
+    def matches(path: Path) -> bool:
+        return path.is_file() or (path / MANIFEST_NAME).is_file()
+
+    @staticmethod
+    def read(path: Path) -> pd.DataFrame:
+        csv_path = path if path.is_file() else path / MANIFEST_NAME
+        table = _read_csv(csv_path)
+        missing = {"path", "label"} - set(table.columns)
+        if missing:
+            raise DatasetError(
+                f"{csv_path}: missing column(s) {', '.join(sorted(missing))}; "
+                "a manifest needs path,label (and optionally patient_id,source)"
+            )
+        root = csv_path.parent
+        _refuse_nul(table["path"], csv_path)
+        _warn_outside(table["path"], root, csv_path)
+        paths = [p if Path(p).is_absolute() else str((root / p).resolve()) for p in table["path"]]
+        labels = [_canonical_or_raise(label, f"{csv_path}, row {row + 2}") for row, label in enumerate(table["label"])]
+        frame = pd.DataFrame(
+            {
+                "path": paths,
+                "label": labels,
+                "patient_id": table["patient_id"] if "patient_id" in table else "",
+                "source": table["source"] if "source" in table else csv_path.parent.name,
+                "original_label": table["label"],
+                # Only a name the manifest gives as the original's: generic names (0001.png) recur across datasets.
+                "original_name": table["original_name"] if "original_name" in table else "",
+            }
         )
-    root = csv_path.parent
-    _refuse_nul(table["path"], csv_path)
-    _warn_outside(table["path"], root, csv_path)
-    paths = [p if Path(p).is_absolute() else str((root / p).resolve()) for p in table["path"]]
-    labels = [_canonical_or_raise(label, f"{csv_path}, row {row + 2}") for row, label in enumerate(table["label"])]
-    frame = pd.DataFrame(
-        {
-            "path": paths,
-            "label": labels,
-            "patient_id": table["patient_id"] if "patient_id" in table else "",
-            "source": table["source"] if "source" in table else csv_path.parent.name,
-            "original_label": table["label"],
-            # Only a name the manifest gives as the original's: generic names (0001.png) recur across datasets.
-            "original_name": table["original_name"] if "original_name" in table else "",
-        }
-    )
-    frame = _count_repeats_once(frame, csv_path)
-    _check_files_exist(frame, csv_path)
-    return frame
+        frame = _count_repeats_once(frame, csv_path)
+        _check_files_exist(frame, csv_path)
+        return frame
 
 
-def read_ieee8023(root: Path) -> pd.DataFrame:
-    """The covid-chestxray-dataset layout: frontal X-rays, labels from ``finding``."""
-    table = _read_csv(root / IEEE8023_METADATA)
-    missing = {"patientid", "finding", "filename"} - set(table.columns)
-    if missing:
-        raise DatasetError(f"{root / IEEE8023_METADATA}: missing column(s) {', '.join(sorted(missing))}")
-    if "view" in table:
-        table = table[table["view"].str.upper().str.replace("_", " ").isin(FRONTAL_VIEWS)]
-    else:
-        log.warning("%s has no 'view' column: all %d images are used, lateral views too",
-                    root / IEEE8023_METADATA, len(table))
-    if "modality" in table:
-        table = table[table["modality"].str.lower().isin(("x-ray", "xray", "cr", "dx", ""))]
-    labels = table["finding"].map(canonical_label)
-    skipped = table.loc[labels.isna(), "finding"].value_counts()
-    if len(skipped):
-        log.info("%s: skipped %d images whose finding is none of the classes: %s",
-                 root, int(skipped.sum()), ", ".join(f"{k} ({v})" for k, v in skipped.items()))
-    table, labels = table[labels.notna()], labels[labels.notna()]
-    _refuse_nul(table["filename"], root / IEEE8023_METADATA, column="filename")
-    _warn_outside(table["filename"], root / "images", root / IEEE8023_METADATA)
-    frame = pd.DataFrame(
-        {
-            "path": [str((root / "images" / name).resolve()) for name in table["filename"]],
-            "label": labels.values,
-            "patient_id": "ieee8023-" + table["patientid"].values,
-            "source": "ieee8023",
-            "original_label": table["finding"].values,
-            "original_name": (table["original_filename"] if "original_filename" in table else table["filename"]).values,
-        }
-    )
-    _check_files_exist(frame, root / IEEE8023_METADATA)
-    return frame
+class IEEE8023:
+    """The covid-chestxray-dataset layout: frontal X-rays, labels from ``finding``, patients from
+    ``patientid``; every image's source is ``ieee8023``."""
 
+    @staticmethod
+    def matches(path: Path) -> bool:
+        return (path / IEEE8023_METADATA).is_file() and (path / "images").is_dir()
 
-def read_class_folders(root: Path) -> pd.DataFrame:
-    """``ROOT/<class>/<image>``: one folder per class, named by any alias of the class."""
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise DatasetError(
-            f"{root}: no class folders, manifest.csv or metadata.csv; lay the images out as "
-            f"{root}/<class>/<image> (e.g. covid/, normal/) or pass a CSV with path,label columns"
+    @staticmethod
+    def read(root: Path) -> pd.DataFrame:
+        table = _read_csv(root / IEEE8023_METADATA)
+        missing = {"patientid", "finding", "filename"} - set(table.columns)
+        if missing:
+            raise DatasetError(f"{root / IEEE8023_METADATA}: missing column(s) {', '.join(sorted(missing))}")
+        if "view" in table:
+            table = table[table["view"].str.upper().str.replace("_", " ").isin(FRONTAL_VIEWS)]
+        else:
+            log.warning("%s has no 'view' column: all %d images are used, lateral views too",
+                        root / IEEE8023_METADATA, len(table))
+        if "modality" in table:
+            table = table[table["modality"].str.lower().isin(("x-ray", "xray", "cr", "dx", ""))]
+        labels = table["finding"].map(canonical_label)
+        skipped = table.loc[labels.isna(), "finding"].value_counts()
+        if len(skipped):
+            log.info("%s: skipped %d images whose finding is none of the classes: %s",
+                     root, int(skipped.sum()), ", ".join(f"{k} ({v})" for k, v in skipped.items()))
+        table, labels = table[labels.notna()], labels[labels.notna()]
+        _refuse_nul(table["filename"], root / IEEE8023_METADATA, column="filename")
+        _warn_outside(table["filename"], root / "images", root / IEEE8023_METADATA)
+        frame = pd.DataFrame(
+            {
+                "path": [str((root / "images" / name).resolve()) for name in table["filename"]],
+                "label": labels.values,
+                "patient_id": "ieee8023-" + table["patientid"].values,
+                "source": "ieee8023",
+                "original_label": table["finding"].values,
+                "original_name": (table["original_filename"] if "original_filename" in table else table["filename"]).values,
+            }
         )
-    rows = []
-    for folder in folders:
-        label = _canonical_or_raise(folder.name, f"{folder}/")
-        images = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_path(p) and not p.name.startswith("."))
-        if not images:
-            raise DatasetError(f"{folder}: empty class folder; add images to it or remove it")
-        rows += [(str(p.resolve()), label, "", root.name, folder.name, "") for p in images]
-    return pd.DataFrame(rows, columns=COLUMNS[:-1])
+        _check_files_exist(frame, root / IEEE8023_METADATA)
+        return frame
+
+
+class JSRT:
+    """The JSRT database (Shiraishi et al. 2000; 247 PA films from Japanese hospitals):
+    ``metadata.csv`` with ``filename,nodule`` and ``images/``. A film without a nodule is
+    ``normal``; a nodule film is neither normal nor a pneumonia, so it is left out (counted in the
+    log). One film per patient; every film's source is ``jsrt``."""
+
+    @staticmethod
+    def matches(path: Path) -> bool:
+        if not ((path / IEEE8023_METADATA).is_file() and (path / "images").is_dir()):
+            return False
+        with open(path / IEEE8023_METADATA, encoding="utf-8", errors="replace") as f:
+            return {"filename", "nodule"} <= {c.strip() for c in f.readline().split(",")}
+
+    @staticmethod
+    def read(root: Path) -> pd.DataFrame:
+        table = _read_csv(root / IEEE8023_METADATA)
+        _refuse_nul(table["filename"], root / IEEE8023_METADATA, column="filename")
+        _warn_outside(table["filename"], root / "images", root / IEEE8023_METADATA)
+        nodule = table["nodule"].str.strip().str.lower()
+        unknown = sorted(set(nodule) - {"yes", "no"})
+        if unknown:
+            raise DatasetError(f"{root / IEEE8023_METADATA}: nodule must be yes or no, not {unknown[0]!r}; correct the row")
+        log.info("%s: left out %d films with a lung nodule (neither normal nor a pneumonia)", root, int((nodule == "yes").sum()))
+        table = table[nodule == "no"]
+        stems = table["filename"].map(lambda name: Path(name).stem)
+        frame = pd.DataFrame(
+            {
+                "path": [str((root / "images" / name).resolve()) for name in table["filename"]],
+                "label": NORMAL,
+                "patient_id": ("jsrt-" + stems).values,
+                "source": "jsrt",
+                "original_label": "no nodule",
+                "original_name": table["filename"].values,
+            }
+        )
+        _check_files_exist(frame, root / IEEE8023_METADATA)
+        return frame
+
+
+class ClassFolders:
+    """``ROOT/<class>/<image>``: one folder per class, named by any alias of the class; the source is
+    the folder's name."""
+
+    @staticmethod
+    def matches(path: Path) -> bool:
+        return path.is_dir()
+
+    @staticmethod
+    def read(root: Path) -> pd.DataFrame:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not folders:
+            raise DatasetError(
+                f"{root}: no class folders, manifest.csv or metadata.csv; lay the images out as "
+                f"{root}/<class>/<image> (e.g. covid/, normal/) or pass a CSV with path,label columns"
+            )
+        rows = []
+        for folder in folders:
+            label = _canonical_or_raise(folder.name, f"{folder}/")
+            images = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_path(p) and not p.name.startswith("."))
+            if not images:
+                raise DatasetError(f"{folder}: empty class folder; add images to it or remove it")
+            rows += [(str(p.resolve()), label, "", root.name, folder.name, "") for p in images]
+        return pd.DataFrame(rows, columns=COLUMNS[:-1])
+
+
+#: The layouts :func:`load_dataset` recognises, tried in this order. A new public layout is one class here.
+LAYOUTS = (Manifest, JSRT, IEEE8023, ClassFolders)
 
 
 def select_task(frame: pd.DataFrame, classes: tuple[str, ...], where: str = "dataset",

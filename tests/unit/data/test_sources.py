@@ -264,6 +264,31 @@ def test_ieee8023_missing_column(tmp_path):
         load_dataset(root)
 
 
+def _jsrt(root: Path, rows: list[tuple[str, str]]) -> Path:
+    for i, (filename, _) in enumerate(rows):
+        write_image(root / "images" / filename, gray(50 + i))
+    (root / "metadata.csv").write_text("filename,nodule\n" + "".join(f"{f},{n}\n" for f, n in rows))
+    return root
+
+
+def test_jsrt_films_without_a_nodule_are_normal_and_nodule_films_are_left_out(tmp_path, caplog):
+    root = _jsrt(tmp_path / "jsrt", [("JPCLN001.png", "yes"), ("JPCNN001.png", "no"), ("JPCNN002.png", "no")])
+    with caplog.at_level(logging.INFO, logger="covidxray.data.sources"):
+        frame = load_dataset(root)
+    assert list(frame.columns) == COLUMNS
+    assert [Path(p).name for p in frame["path"]] == ["JPCNN001.png", "JPCNN002.png"]
+    assert set(frame["label"]) == {"normal"}
+    assert list(frame["patient_id"]) == ["jsrt-JPCNN001", "jsrt-JPCNN002"]  # one film per patient
+    assert set(frame["source"]) == {"jsrt"}
+    assert "left out 1 films with a lung nodule" in caplog.text
+
+
+def test_jsrt_nodule_column_must_say_yes_or_no(tmp_path):
+    root = _jsrt(tmp_path / "jsrt", [("JPCNN001.png", "maybe")])
+    with pytest.raises(DatasetError, match=r"metadata.csv: nodule must be yes or no, not 'maybe'"):
+        load_dataset(root)
+
+
 # --- select_task -----------------------------------------------------------------------------
 
 
@@ -329,6 +354,13 @@ def test_real_ieee8023(shared_data):
     assert frame["patient_id"].str.len().gt(len("ieee8023-")).all()
     assert _counts(frame)["covid"] == 415 + 12  # COVID-19 and COVID-19, ARDS
     assert _counts(frame)["normal"] == 19
+
+
+def test_real_jsrt(shared_data):
+    frame = load_dataset(shared_data / "jsrt")
+    assert _counts(frame) == {"normal": 93}
+    assert frame["patient_id"].nunique() == 93
+    assert set(frame["source"]) == {"jsrt"}
 
 
 # --- several datasets in one run ----------------------------------------------------------------
