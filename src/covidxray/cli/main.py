@@ -49,6 +49,7 @@ EXAMPLES = {
                 "covidxray predict --run runs/three-class --heatmaps maps/ --format csv images/"],
     "serve": ["covidxray serve                                      # http://127.0.0.1:8000, the shipped model"],
     "export": ["covidxray export --run runs/three-class --format onnx"],
+    "ensemble": ["covidxray ensemble --run runs/seed-0 --run runs/seed-1 --run runs/seed-2 --out runs/ensemble"],
     "models": ["covidxray models"],
     "lungs train": [f"covidxray lungs train --data {D}/jsrt --data {D}/ieee8023 --out runs/lungs"],
     "lungs segment": ["covidxray lungs segment images/ --out masks/"],
@@ -136,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace an --out that exists (a file, or an "
                         "earlier SavedModel export; never a run's file)")
     export.set_defaults(handler=run_export, check=check_export)
+
+    ensemble = commands.add_parser("ensemble", help="average several trained runs into one run (predict, evaluate, "
+                                   "serve and export read it like any run)")
+    ensemble.add_argument("--run", required=True, action="append", help="a run folder or preset:NAME; two or more")
+    ensemble.add_argument("--out", required=True, help="the ensemble's run folder")
+    ensemble.add_argument("--overwrite", action="store_true", help="replace a run in --out (never a member)")
+    ensemble.set_defaults(handler=run_ensemble)
 
     add_lungs_commands(commands)
 
@@ -311,6 +319,16 @@ def run_export(args) -> int:
     from covidxray.inference.export import export_run
 
     print(f"exported: {export_run(args.run, args.format, args.out)}")
+    return 0
+
+
+def run_ensemble(args) -> int:
+    from covidxray.training.ensemble import make_ensemble
+
+    metrics = make_ensemble(args.run, args.out, overwrite=args.overwrite)
+    if metrics["test"] is not None:
+        print_evaluation(metrics["test"])
+    print(f"ensemble of {len(args.run)} runs: {printable(args.out)}")
     return 0
 
 

@@ -116,6 +116,29 @@ def patient_resamples(groups, samples: int, seed: int):
                           for _ in range(samples))
 
 
+#: Shares of the images answered at which :func:`risk_coverage` reports the error rate.
+COVERAGES = (1.0, 0.9, 0.8, 0.7, 0.5)
+
+
+def risk_coverage(correct: np.ndarray, doubt: np.ndarray) -> dict:
+    """Selective answering: the error rate among the images answered when the most doubtful are left
+    unanswered first, at each of :data:`COVERAGES` (the share answered), and the area under the whole
+    risk-coverage curve (``aurc``: the mean error rate over coverages 1/n .. 1; lower is better; a
+    doubt that ranks every mistake last would reach ``aurc_best``)."""
+    correct, doubt = np.asarray(correct, dtype=bool), np.asarray(doubt, dtype=float)
+    if not len(correct):
+        return {"aurc": None, "aurc_best": None, "points": []}
+    answered = np.arange(1, len(correct) + 1)
+
+    def curve(order):
+        return np.cumsum(~correct[order]) / answered
+
+    risk = curve(np.argsort(doubt, kind="stable"))
+    best = curve(np.argsort(~correct, kind="stable"))
+    points = [[c, float(risk[max(int(round(c * len(correct))), 1) - 1])] for c in COVERAGES]
+    return {"aurc": float(risk.mean()), "aurc_best": float(best.mean()), "points": points}
+
+
 def chance_accuracy(targets: np.ndarray) -> float:
     """Accuracy of always answering the most frequent class (what a model that learned nothing scores)."""
     targets = np.asarray(targets)

@@ -190,3 +190,27 @@ def test_chance_accuracy_is_the_commonest_class_share():
     assert chance_accuracy(np.array([0, 0, 0, 1])) == 0.75
     assert chance_accuracy(np.array([2, 2, 1, 0, 1, 2])) == 0.5
     assert math.isnan(chance_accuracy(np.array([], dtype=int)))
+
+
+# --- risk-coverage ---------------------------------------------------------------------------
+
+from covidxray.evaluation.metrics import risk_coverage  # noqa: E402
+
+
+def test_risk_coverage_answers_the_least_doubtful_first():
+    correct = np.array([True, True, False, True, False, True, True, True, True, False])
+    doubt = np.array([0.1, 0.2, 0.9, 0.3, 0.8, 0.4, 0.5, 0.6, 0.05, 0.7])  # every mistake most doubtful
+    result = risk_coverage(correct, doubt)
+    points = dict((c, r) for c, r in result["points"])
+    assert points[1.0] == pytest.approx(0.3)  # all answered: 3 mistakes in 10
+    assert points[0.7] == 0.0  # the 3 most doubtful left out: no mistake left
+    assert result["aurc"] == pytest.approx(result["aurc_best"])
+
+
+def test_risk_coverage_of_a_useless_doubt_is_worse_than_the_best():
+    correct = np.array([True] * 7 + [False] * 3)
+    doubt = np.arange(10.0)[::-1]  # mistakes least doubtful: answered first
+    result = risk_coverage(correct, doubt)
+    assert dict(result["points"])[0.5] == pytest.approx(3 / 5)
+    assert result["aurc"] > result["aurc_best"] + 0.2
+    assert risk_coverage(np.array([], dtype=bool), np.array([]))["aurc"] is None

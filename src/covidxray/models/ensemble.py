@@ -1,0 +1,45 @@
+"""Several trained models as one: a Keras model that averages their class probabilities.
+
+The ensemble is one flat functional model (the members' layers renamed ``m0_...``, ``m1_...``),
+so everything that reads a run's ``model.keras`` (predict, evaluate, serve, export to ONNX, the
+heatmaps, the familiarity features) reads an ensemble unchanged. The first member's augmentation
+layer (identity at inference) stays at the input under its own name, so test-time augmentation
+draws one view for every member. Heatmaps and familiarity features come from the layers of the
+last member (the last convolution; the last layer at each resolution).
+"""
+
+from __future__ import annotations
+
+import keras
+
+from covidxray.errors import CovidXrayError
+from covidxray.models.batchnorm import AUGMENTATION_LAYER
+
+
+def average_models(members: list[keras.Model]) -> keras.Model:
+    """One model whose output is the mean of ``members``' outputs (one input shape, one output width)."""
+    if len(members) < 2:
+        raise CovidXrayError("an ensemble needs two or more models")
+    first = members[0]
+    for i, member in enumerate(members[1:], start=1):
+        if member.input_shape != first.input_shape or member.output_shape != first.output_shape:
+            raise CovidXrayError(f"model {i + 1} takes {member.input_shape} and gives {member.output_shape}, model 1 "
+                                 f"{first.input_shape} and {first.output_shape}; an ensemble's models must match")
+    inputs = keras.Input(first.input_shape[1:], name="image")
+    outputs = []
+    for i, member in enumerate(members):
+        names = {layer.name: _member_name(layer.name, i) for layer in member.layers}
+        clone = keras.models.clone_model(
+            member, input_tensors=inputs,
+            clone_function=lambda layer, names=names: layer.__class__.from_config({**layer.get_config(),
+                                                                                   "name": names[layer.name]}))
+        for layer in member.layers:
+            if layer.weights:
+                clone.get_layer(names[layer.name]).set_weights(layer.get_weights())
+        outputs.append(clone.output)
+    return keras.Model(inputs, keras.layers.Average(name="predictions")(outputs), name="ensemble")
+
+
+def _member_name(name: str, i: int) -> str:
+    """A member's layer name in the ensemble: the first member's augmentation keeps its name."""
+    return name if (i, name) == (0, AUGMENTATION_LAYER) else f"m{i}_{name}"
