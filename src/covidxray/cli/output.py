@@ -21,6 +21,10 @@ def print_run_summary(metrics: dict) -> None:
     covid = metrics["test"].get("covid")
     if covid:
         print(f"{'covid':>10}: sensitivity {_fmt(covid['sensitivity'])}  specificity {_fmt(covid['specificity'])}  AUC {_fmt(covid['auc'])}")
+    curve = metrics.get("risk_coverage") or {}
+    if curve.get("points"):
+        print("error rate answering the surest " + ", ".join(f"{100 * c:.0f}%: {100 * r:.1f}%" for c, r in curve["points"])
+              + f" (AURC {curve['aurc']:.3f})")
     if "heat_in_lungs" in metrics:
         from covidxray.evaluation.attention import heat_text
 
@@ -55,6 +59,10 @@ def print_evaluation(metrics: dict) -> None:
           + (f"  covid sensitivity {_fmt(covid['sensitivity'])} specificity {_fmt(covid['specificity'])} AUC {_fmt(covid['auc'])}" if covid else ""))
     for source, part in metrics.get("per_source", {}).items():
         print(f"  {source}: accuracy {part['accuracy']:.4f} ({part['n']} images)")
+    curve = metrics.get("risk_coverage") or {}
+    if curve.get("points"):
+        print("error rate answering the surest " + ", ".join(f"{100 * c:.0f}%: {100 * r:.1f}%" for c, r in curve["points"])
+              + f" (AURC {curve['aurc']:.3f})")
     if "heat_in_lungs" in metrics:
         from covidxray.evaluation.attention import heat_text
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from covidxray.data.splits import split_groups
 from covidxray.errors import DatasetError
-from covidxray.evaluation.metrics import classification_metrics
+from covidxray.evaluation.metrics import classification_metrics, risk_coverage
 from covidxray.inference.decision import Calibration
 
 
@@ -44,6 +44,7 @@ class ScoredPredictions:
         groups = split_groups(self.table)
         metrics = classification_metrics(self.targets, self.probabilities, self.classes, predictions=self.predicted,
                                          groups=groups, seed=seed)
+        metrics["risk_coverage"] = risk_coverage(self.predicted == self.targets, self.doubt())
         sources = self.sources()
         if by_source and len(np.unique(sources)) > 1:
             metrics["per_source"] = {
@@ -53,6 +54,12 @@ class ScoredPredictions:
                 for source in np.unique(sources)
             }
         return metrics
+
+    def doubt(self) -> np.ndarray:
+        """How doubtful each answer is: one less the decided class's probability (the order in which
+        images are left unanswered in the risk-coverage curve; measured against other doubts in
+        ``docs/evaluation.md``)."""
+        return 1 - self.probabilities[np.arange(len(self)), self.predicted]
 
     def per_image(self) -> pd.DataFrame:
         """One row per image: ``path``, ``label`` (true), ``predicted``, ``source`` and one column of

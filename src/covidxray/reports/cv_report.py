@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from covidxray.reports import markdown
-from covidxray.reports.markdown import DISCLAIMER, code_md, covid_row, escape_md, interval_text, percent, source_section
+from covidxray.reports.markdown import (
+    DISCLAIMER,
+    code_md,
+    covid_row,
+    escape_md,
+    interval_text,
+    percent,
+    risk_coverage_table,
+    source_section,
+)
 
 CV_MATRIX = "cv_mat.png"
 
@@ -59,6 +68,11 @@ def held_out_section(per_fold: list[dict]) -> list[str]:
                      f"{percent(fold['accuracy'])}"
                      + (f" [{100 * accuracy[0]:.1f}-{100 * accuracy[1]:.1f}]" if accuracy else "")
                      + f" | {percent(fold.get('share_unlike'))} |")
+    curves = {fold["held_out"]: fold.get("risk_coverage") for fold in per_fold}
+    table = risk_coverage_table(curves, "held-out source: error rate")
+    if table:
+        lines += ["", "Answering only the surest images of each held-out source (the least sure, by one less the "
+                  "decided class's probability, left unanswered first), the error rate among those answered:", "", *table]
     return lines
 
 

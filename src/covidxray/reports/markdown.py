@@ -82,6 +82,21 @@ def interval_text(scores: dict, name: str, percent: bool = True) -> str:
     return f" [{100 * low:.1f}-{100 * high:.1f}]" if percent else f" [{low:.3f}-{high:.3f}]"
 
 
+def risk_coverage_table(curves: dict, first: str = "") -> list[str]:
+    """Risk-coverage curves (:func:`covidxray.evaluation.metrics.risk_coverage`), one row each
+    (``{row name: curve}``): the error rate when only the surest share of the images is answered."""
+    curves = {name: curve for name, curve in curves.items() if curve and curve.get("points")}
+    if not curves:
+        return []
+    coverages = [c for c, _ in next(iter(curves.values()))["points"]]
+    lines = [f"| {first} | " + " | ".join(f"{percent(c)} answered" for c in coverages) + " | AURC (best possible) |",
+             "|---|" + "---:|" * (len(coverages) + 1)]
+    for name, curve in curves.items():
+        lines.append(f"| {escape_md(name)} | " + " | ".join(percent(r) for _, r in curve["points"])
+                     + f" | {curve['aurc']:.3f} ({curve['aurc_best']:.3f}) |")
+    return lines
+
+
 def covid_row(scores: dict) -> str:
     """Sensitivity, specificity and AUC with counts and 95% intervals, as table cells."""
     covid = scores["covid"]

@@ -23,6 +23,7 @@ from covidxray.reports.markdown import (
     escape_md,
     interval_text,
     percent,
+    risk_coverage_table,
     save_figure,
     source_section,
     source_settings_text,
@@ -165,6 +166,11 @@ def render_report(config, metrics: dict) -> str:
         lines += calibration_section(metrics["calibration"])
     if "heat_in_lungs" in metrics:
         lines += heat_section(metrics["heat_in_lungs"])
+    if test.get("risk_coverage"):
+        lines += ["", "## Answering only the surest", "",
+                  "Leaving the least sure test images unanswered (one less the decided class's probability), the "
+                  "error rate among those answered; AURC is its mean over every share (lower is better).", "",
+                  *risk_coverage_table({"test: error rate": test["risk_coverage"]})]
     if metrics.get("unlike_training"):
         lines += unlike_section(metrics["unlike_training"])
     if "probe" in metrics and "summary" in metrics["probe"]:

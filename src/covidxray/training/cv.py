@@ -199,6 +199,7 @@ def _fold_summary(fold: int, metrics: dict, held_out: str | None = None) -> dict
                "fit_seconds": metrics["run"].get("fit_seconds")}
     unlike = (metrics.get("unlike_training") or {}).get("test") or {}
     summary["share_unlike"] = unlike.get("share_unlike")
+    summary["risk_coverage"] = test.get("risk_coverage")
     if held_out is not None:
         summary |= {"held_out": held_out, "measure": held_out_measure(covid),
                     "intervals": {k: v for k, v in test.get("intervals", {}).items() if k in SUMMARY_METRICS},

@@ -96,3 +96,19 @@ def test_leave_one_source_out_names_the_protocol_and_what_each_source_allows():
     assert ("| hospital-b | 10 | COVID sensitivity (COVID images only) | **80.0% [55.0-95.0]** | 80.0% [50.0-95.0] "
             "| n/a |") in report
     assert protocol_name("source") == "source-held-out"
+
+
+def test_held_out_sources_get_their_risk_coverage_rows():
+    result = _result(group_by="source")
+    result["protocol"]["held_out_sources"] = ["hospital-a", "hospital-b"]
+    curve = {"aurc": 0.2, "aurc_best": 0.05, "points": [[1.0, 0.3], [0.9, 0.25], [0.8, 0.2], [0.7, 0.15], [0.5, 0.1]]}
+    result["per_fold"] = [
+        {**FOLD, "fold": 1, "accuracy": 0.7, "auc": 0.8, "held_out": "hospital-a", "measure": "auc", "risk_coverage": curve},
+        {**FOLD, "fold": 2, "accuracy": 0.8, "auc": None, "held_out": "hospital-b", "measure": "specificity",
+         "risk_coverage": {**curve, "aurc": 0.1}},
+    ]
+    report = render_cv_report(result)
+    assert ("| held-out source: error rate | 100.0% answered | 90.0% answered | 80.0% answered | 70.0% answered "
+            "| 50.0% answered | AURC (best possible) |") in report
+    assert "| hospital-a | 30.0% | 25.0% | 20.0% | 15.0% | 10.0% | 0.200 (0.050) |" in report
+    assert "| hospital-b | 30.0% | 25.0% | 20.0% | 15.0% | 10.0% | 0.100 (0.050) |" in report

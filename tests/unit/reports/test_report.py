@@ -145,3 +145,16 @@ def test_the_report_says_when_scaling_made_the_test_split_worse(scored):
     text = "\n".join(calibration_section({**calibration.to_dict(), "validation": better, "test": worse}))
     assert "On the test split the scaling made calibration **worse**" in text
     assert "worse" not in "\n".join(calibration_section({"temperature": 1.0, "test": worse}))  # nothing was fitted
+
+
+def test_the_report_gives_the_error_rate_when_answering_only_the_surest(scored):
+    test, calibration, raw = scored
+    metrics = _metrics(test, calibration, raw)
+    config = TrainConfig(data="synthetic", image_size=32).resolve()
+    assert "Answering only the surest" not in render_report(config, metrics)
+    metrics["test"] = test.metrics()  # ScoredPredictions.metrics adds the risk-coverage curve
+    report = render_report(config, metrics)
+    curve = metrics["test"]["risk_coverage"]
+    assert "## Answering only the surest" in report
+    assert f"| test: error rate | {100 * curve['points'][0][1]:.1f}% |" in report
+    assert curve["points"][0][1] == pytest.approx(1 - metrics["test"]["accuracy"])  # everything answered
