@@ -107,7 +107,8 @@ def augmentation_copy(model, seed: int):
     try:
         layer = model.get_layer("augmentation")
     except ValueError:
-        raise CovidXrayError(f"model {model.name!r} has no augmentation layer (trained with --no-augment): "
+        raise CovidXrayError(f"model {model.name!r} has no augmentation layer (trained with --no-augment, or an "
+                             "ensemble): "
                              "test-time augmentation draws from it; use --tta 1") from None
     config = layer.get_config()
     for i, inner in enumerate(config["layers"]):

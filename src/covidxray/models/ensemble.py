@@ -2,10 +2,10 @@
 
 The ensemble is one flat functional model (the members' layers renamed ``m0_...``, ``m1_...``),
 so everything that reads a run's ``model.keras`` (predict, evaluate, serve, export to ONNX, the
-heatmaps, the familiarity features) reads an ensemble unchanged. The first member's augmentation
-layer (identity at inference) stays at the input under its own name, so test-time augmentation
-draws one view for every member. Heatmaps and familiarity features come from the layers of the
-last member (the last convolution; the last layer at each resolution).
+heatmaps, the familiarity features) reads an ensemble unchanged. The members' training
+augmentation (identity at inference) is left out, so the exported graph holds no random op and
+the ensemble has no test-time augmentation. Heatmaps and familiarity features come from the
+layers of the last member (the last convolution; the last layer at each resolution).
 """
 
 from __future__ import annotations
@@ -28,18 +28,17 @@ def average_models(members: list[keras.Model]) -> keras.Model:
     inputs = keras.Input(first.input_shape[1:], name="image")
     outputs = []
     for i, member in enumerate(members):
-        names = {layer.name: _member_name(layer.name, i) for layer in member.layers}
-        clone = keras.models.clone_model(
-            member, input_tensors=inputs,
-            clone_function=lambda layer, names=names: layer.__class__.from_config({**layer.get_config(),
-                                                                                   "name": names[layer.name]}))
+        clone = keras.models.clone_model(member, input_tensors=inputs,
+                                         clone_function=lambda layer, i=i: _member_layer(layer, i))
         for layer in member.layers:
             if layer.weights:
-                clone.get_layer(names[layer.name]).set_weights(layer.get_weights())
+                clone.get_layer(f"m{i}_{layer.name}").set_weights(layer.get_weights())
         outputs.append(clone.output)
     return keras.Model(inputs, keras.layers.Average(name="predictions")(outputs), name="ensemble")
 
 
-def _member_name(name: str, i: int) -> str:
-    """A member's layer name in the ensemble: the first member's augmentation keeps its name."""
-    return name if (i, name) == (0, AUGMENTATION_LAYER) else f"m{i}_{name}"
+def _member_layer(layer, i: int):
+    """Member ``i``'s layer in the ensemble, renamed ``m{i}_NAME``; its augmentation an identity."""
+    if layer.name == AUGMENTATION_LAYER:
+        return keras.Sequential([keras.layers.Identity()], name=f"m{i}_{layer.name}")  # takes the same call arguments
+    return layer.__class__.from_config({**layer.get_config(), "name": f"m{i}_{layer.name}"})

@@ -47,13 +47,14 @@ def make_ensemble(runs: list, out: str | Path, *, overwrite: bool = False) -> di
     split = _common_split(members)
     target.create()
     configs[0].save(target.file(rundir.CONFIG))
-    rundir.write_csv(target.file(rundir.SPLIT), split)
+    if split is not None:
+        rundir.write_csv(target.file(rundir.SPLIT), split)
     target.write_json(ENSEMBLE, {"members": [str(m.path) for m in members]})
     from covidxray.files import atomic_save
 
     atomic_save(target.file(rundir.MODEL), model.save)
     metrics = {"members": [str(m.path) for m in members], "test": None}
-    test = split[split["split"] == "test"]
+    test = split[split["split"] == "test"] if split is not None else []
     if len(test):
         from covidxray.evaluation.evaluate import evaluate
 
@@ -84,9 +85,13 @@ def _check_alike(members: list[rundir.RunDir], configs: list) -> None:
                                  "ensemble's runs must share the task, input size and preprocessing")
 
 
-def _common_split(members: list[rundir.RunDir]) -> pd.DataFrame:
-    """One row per image of any member: ``train`` where a member trained or validated on it, else ``test``."""
-    table = pd.concat([m.read_split(columns=("path", "split")) for m in members], ignore_index=True)
+def _common_split(members: list[rundir.RunDir]) -> pd.DataFrame | None:
+    """One row per image of any member: ``train`` where a member trained or validated on it, else
+    ``test`` (None when no member has a ``split.csv``)."""
+    splits = [m.read_split(columns=("path", "split")) for m in members if m.file(rundir.SPLIT).is_file()]
+    if not splits:
+        return None
+    table = pd.concat(splits, ignore_index=True)
     used = set(table.loc[table["split"].isin(("train", "validation")), "path"])
     first = table.drop_duplicates("path", keep="first").copy()
     first["split"] = ["train" if path in used else "test" for path in first["path"]]

@@ -56,3 +56,19 @@ def test_the_command_refuses_to_replace_an_ensemble_and_runs_that_do_not_match(m
     with pytest.raises(CovidXrayError, match="is one of the members"):
         make_ensemble([members[0], members[1]], members[1], overwrite=True)
     assert not (tmp_path / "mixed").exists() and pd.read_csv(members[1] / "split.csv").shape[0] > 0
+
+
+def test_an_ensemble_exports_to_onnx_and_refuses_test_time_augmentation(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from covidxray.inference.export import export_run
+
+    members = [build_run(tmp_path / f"run-{seed}", seed=seed) for seed in (0, 1)]
+    make_ensemble(members, tmp_path / "ensemble")  # runs without a split.csv: none written
+    assert not (tmp_path / "ensemble" / "split.csv").exists()
+    export_run(str(tmp_path / "ensemble"), "onnx", None)
+    images = np.random.default_rng(1).uniform(0, 255, (3, 32, 32, 1)).astype("float32")
+    keras_engine = load_predictor(tmp_path / "ensemble").predict_raw(images)
+    onnx_engine = load_predictor(tmp_path / "ensemble", engine="onnxruntime").predict_raw(images)
+    np.testing.assert_allclose(onnx_engine, keras_engine, atol=1e-4)
+    with pytest.raises(CovidXrayError, match="no augmentation layer .*an ensemble"):
+        load_predictor(tmp_path / "ensemble", tta=2)
