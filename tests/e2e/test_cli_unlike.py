@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from covidxray.cli import main
-from covidxray.inference.familiarity import UNLIKE
+from covidxray.inference.familiarity import UNLIKE, Familiarity
 from covidxray.rundir import FAMILIARITY
 from helpers import make_dataset, write_image
 
@@ -55,7 +55,7 @@ def test_train_writes_the_familiarity_and_reports_it(trained):
     assert (run / FAMILIARITY).is_file() and (run / FAMILIARITY).stat().st_size > 0
     metrics = json.loads((run / "metrics.json").read_text())
     unlike = metrics["unlike_training"]
-    assert unlike["quantile"] == 0.99 and unlike["threshold"] > 0
+    assert unlike["share"] == 0.10 and unlike["threshold"] > 0 and 0 < unlike["min_probability"] < 1
     assert unlike["test"]["images"] == metrics["test"]["n"] == metrics["run"]["images"]["test"]
     report = (run / "report.md").read_text()
     assert "## Unlike the training data" in report
@@ -126,7 +126,10 @@ def test_evaluate_on_the_training_data(trained, tmp_path, capsys):
     assert result["n"] == len(rows) == 36 and result["unlike_training"]["images"] == 36
     assert result["unlike_training"]["unlike"] == int(rows["unlike_training"].sum())
     split = pd.read_csv(run / "split.csv").set_index("path")["split"]
-    assert not rows.loc[rows["path"].map(split) == "train", "unlike_training"].any()  # its own training images
+    own = rows[rows["path"].map(split) == "train"]  # its own training images: flagged only where the model is unsure
+    floor = Familiarity.load(run).min_probability
+    top = own[["covid", "normal", "pneumonia"]].max(axis=1)
+    assert (top[own["unlike_training"]] < floor + 1e-6).all() and (top[~own["unlike_training"]] > floor - 1e-6).all()
     capsys.readouterr()
 
 
@@ -192,3 +195,11 @@ def test_a_damaged_familiarity_is_one_clear_error(trained, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"covidxray: error: {damaged / FAMILIARITY}: unreadable")
     assert "delete it" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_predict_table_gives_no_answer_for_the_flagged_image(trained, capsys):
+    _, run, like, board = trained
+    assert main(["--quiet", "predict", "--run", str(run), like, board]) == 0
+    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert lines[board][1:3] == ["no", "answer"] and lines[board][-1] == "True"
+    assert lines[like][1] in ("covid", "normal", "pneumonia") and lines[like][-1] == "False"

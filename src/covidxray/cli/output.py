@@ -74,11 +74,16 @@ def print_evaluation(metrics: dict) -> None:
         print(f"warning: {metrics['confounding']}", file=sys.stderr)
 
 
+NO_ANSWER = "no answer"
+
+
 def format_predictions(results: list[dict], classes, fmt: str) -> str:
     """Predictions as an aligned table, JSON list or CSV."""
     if fmt == "json":
         return json.dumps(results, indent=2) + "\n"
-    rows = [[printable(r["path"]), r["label"], *(f"{r['probabilities'][c]:.4f}" for c in classes)] for r in results]
+    # the table withholds the answer the flag withholds (json and csv keep the label, beside unlike_training)
+    rows = [[printable(r["path"]), NO_ANSWER if fmt == "table" and r.get("unlike_training") else r["label"],
+             *(f"{r['probabilities'][c]:.4f}" for c in classes)] for r in results]
     header = ["path", "label", *probability_columns(classes)]
     if any(r.get("near_tie") for r in results):  # the top two classes within NEAR_TIE: the model cannot tell
         header.append("near_tie")

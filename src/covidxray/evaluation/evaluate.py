@@ -65,7 +65,7 @@ def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None,
     raw = predictor.predict_raw(loaded.images if prepared is None else prepared.images)
     scored = ScoredPredictions.from_raw(loaded.targets, raw, loaded.table, config.classes, predictor.calibration)
     metrics = scored.metrics(seed=config.seed)
-    unlike = predictor.unlike_training(loaded.images if prepared is None else prepared.images)
+    unlike = predictor.unlike_training(loaded.images if prepared is None else prepared.images, scored.probabilities)
     if unlike is not None:
         metrics["unlike_training"] = familiarity_summary(unlike, scored.predicted == scored.targets)
     if predictions is not None:

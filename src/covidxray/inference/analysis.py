@@ -80,7 +80,7 @@ class XrayAnalyzer:
             inputs = self.predictor.prepare(np.stack([u.model_input for u in uploads]), lungs=True)
             probabilities, decided = self.predictor.predict(inputs.images)
             heatmaps = grad_cam(self.predictor.model, inputs.images, class_indices=[int(d) for d in decided])
-            unlike = self.predictor.unlike_training(inputs.images)
+            unlike = self.predictor.unlike_training(inputs.images, probabilities)
         crop = self.predictor.preprocessing.crops
 
         def render(i: int) -> Analysis:

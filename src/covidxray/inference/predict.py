@@ -144,7 +144,7 @@ def predict_files(predictor, paths, *, heatmaps=None):
             result["seen_in_training"] = bool(flag)
             if flag:
                 log.warning("%s: %s", result["path"], SEEN)
-    unlike = predictor.unlike_training(images)
+    unlike = predictor.unlike_training(images, probabilities)
     if unlike is None and not predictor.engine.can(FEATURES) and (Path(predictor.path) / FAMILIARITY).is_file():
         # the run can tell, this engine cannot: the column is there, empty, and the user is told why
         log.info("ONNX Runtime does not check whether images look unlike the run's training data: unlike_training "

@@ -76,13 +76,14 @@ class Predictor:
         (:func:`~covidxray.inference.engines.predict_augmented`, seeded with the run's seed)."""
         return self.engine.predict(images, self.tta, seed=self.config.seed)
 
-    def unlike_training(self, images) -> np.ndarray | None:
-        """True for each model input that looks unlike the run's training data
-        (:mod:`covidxray.inference.familiarity`); None where the run cannot tell (no familiarity.npz,
-        or the ONNX engine)."""
+    def unlike_training(self, images, probabilities: np.ndarray | None = None) -> np.ndarray | None:
+        """True for each model input that looks unlike the run's training data, or (given its
+        calibrated ``probabilities``, from :meth:`predict`) on which the model is unsure: the flag that
+        withholds an answer (:mod:`covidxray.inference.familiarity`). None where the run cannot tell
+        (no familiarity.npz, or the ONNX engine)."""
         if self.familiarity is None or not self.engine.can(FEATURES):
             return None
-        return self.familiarity.unlike(model_features(self.model, images, features=self.feature_model))
+        return self.familiarity.unlike(model_features(self.model, images, features=self.feature_model), probabilities)
 
     @functools.cached_property
     def feature_model(self):

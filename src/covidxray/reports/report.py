@@ -229,15 +229,21 @@ def heat_section(heat: dict) -> list[str]:
 
 
 def unlike_section(unlike: dict) -> list[str]:
-    """How many test images the run's familiarity flags as unlike its training data."""
+    """How many test images the run's flag withholds an answer from, and the accuracy with and without them."""
     test = unlike["test"]
-    text = (f"`predict`, `evaluate` and the web page flag an X-ray as unlike this run's training data when its "
-            f"distance on the model's features exceeds {percent(unlike['quantile'])} of the validation images' "
-            f"(Mahalanobis, {unlike['threshold']:.1f}). On the test split it flags {test['unlike']} of "
-            f"{test['images']} images")
+    if "min_probability" in unlike:
+        text = (f"`predict`, `evaluate` and the web page give no answer for an X-ray that looks unlike this run's "
+                f"training data (its distance on the model's features above {unlike['threshold']:.1f}, Mahalanobis) or "
+                f"whose decided class is less probable than {percent(unlike['min_probability'])}: set so that "
+                f"{percent(unlike['share'])} of the validation images are flagged.")
+    else:  # a run trained before the probability floor
+        text = (f"`predict`, `evaluate` and the web page flag an X-ray as unlike this run's training data when its "
+                f"distance on the model's features exceeds {percent(unlike['quantile'])} of the validation images' "
+                f"(Mahalanobis, {unlike['threshold']:.1f}).")
+    text += f" On the test split it flags {test['unlike']} of {test['images']} images"
     if test.get("accuracy_unlike") is not None:
         text += f" (accuracy {percent(test['accuracy_unlike'])} on them, {percent(test['accuracy_unflagged'])} on the rest)"
-    return ["", "## Unlike the training data", "", text + "."]
+    return ["", "## Unlike the training data, or unsure: no answer", "", text + "."]
 
 
 def environment_text(environment: dict) -> str:

@@ -143,7 +143,7 @@ def _run_fold(config: TrainConfig, data, test_mask: np.ndarray, run: rundir.RunD
     training = fit(config, prepared, run, verbose=verbose)
     model = load_model(run.require(rundir.MODEL))
     metrics, calibration, test = evaluate_splits(model, prepared, config)
-    metrics["unlike_training"] = fit_and_check_familiarity(model, prepared, run, test, config)
+    metrics["unlike_training"] = fit_and_check_familiarity(model, prepared, run, test, config, calibration)
     metrics["run"] = training
     frame = pd.DataFrame(test.probabilities, columns=probability_columns(config.classes))
     frame.insert(0, "path", prepared.table.loc[prepared.mask("test"), "path"].to_numpy())

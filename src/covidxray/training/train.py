@@ -27,7 +27,7 @@ from covidxray.evaluation.calibration import calibration_summary, fit_calibratio
 from covidxray.evaluation.scoring import ScoredPredictions
 from covidxray.inference.decision import Calibration
 from covidxray.inference.engines import predict_arrays
-from covidxray.inference.familiarity import QUANTILE, familiarity_summary, fit_familiarity, model_features
+from covidxray.inference.familiarity import FLAG_SHARE, familiarity_summary, fit_familiarity, model_features
 from covidxray.inference.preprocess import Preprocessing
 from covidxray.models import load_model
 from covidxray.reports.report import write_figures_and_report
@@ -147,7 +147,7 @@ def _run(config: TrainConfig, run: rundir.RunDir, data: PreparedData, *, started
     model = load_model(run.require(rundir.MODEL))
     metrics, calibration, test = evaluate_splits(model, data, config)
     calibration.save(run.path)
-    metrics["unlike_training"] = fit_and_check_familiarity(model, data, run, test, config)
+    metrics["unlike_training"] = fit_and_check_familiarity(model, data, run, test, config, calibration)
     rows = data.mask("test")
     test_lungs = None if data.lungs is None else data.lungs[rows]
     quality = None if data.lung_quality is None else [q for q, k in zip(data.lung_quality, rows) if k]
@@ -177,18 +177,21 @@ def _run(config: TrainConfig, run: rundir.RunDir, data: PreparedData, *, started
 
 
 def fit_and_check_familiarity(model, data: PreparedData, run: rundir.RunDir, test: ScoredPredictions,
-                              config: TrainConfig) -> dict | None:
-    """Fit the run's familiarity (:mod:`covidxray.inference.familiarity`) on its training and
-    validation images, save it, and return how many test images it flags, with the test accuracy
-    with and without them. None for a run without a validation split, whose threshold would have
-    no unseen images to be set on: it saves no familiarity and flags nothing."""
+                              config: TrainConfig, calibration: Calibration) -> dict | None:
+    """Fit the run's flag (:mod:`covidxray.inference.familiarity`) on its training and validation
+    images and the validation images' calibrated probabilities, save it, and return how many test
+    images it flags, with the test accuracy with and without them. None for a run without a
+    validation split, whose thresholds would have no unseen images to be set on: it saves no
+    familiarity and flags nothing."""
     if not config.has_validation:
         return None
-    familiarity = fit_familiarity(model, data.part("train")[0], data.part("validation")[0])
+    validation = data.part("validation")[0]
+    probabilities, _ = calibration.predict(predict_arrays(model, validation), data.classes)
+    familiarity = fit_familiarity(model, data.part("train")[0], validation, probabilities)
     familiarity.save(run.path)
-    unlike = familiarity.unlike(model_features(model, data.part("test")[0]))
-    return {"threshold": familiarity.threshold, "quantile": QUANTILE,
-            "test": familiarity_summary(unlike, test.predicted == test.targets)}
+    unlike = familiarity.unlike(model_features(model, data.part("test")[0]), test.probabilities)
+    return {"threshold": familiarity.threshold, "min_probability": familiarity.min_probability,
+            "share": FLAG_SHARE, "test": familiarity_summary(unlike, test.predicted == test.targets)}
 
 
 def _check_same_split(run: rundir.RunDir, data: PreparedData, where) -> None:

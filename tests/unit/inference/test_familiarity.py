@@ -9,7 +9,7 @@ import pytest
 
 from covidxray.errors import CovidXrayError
 from covidxray.inference.familiarity import (
-    QUANTILE,
+    FLAG_SHARE,
     UNLIKE,
     Familiarity,
     familiarity_summary,
@@ -38,7 +38,7 @@ def _mahalanobis(features, mean, precision):
 # --- fitting ------------------------------------------------------------------------------------
 
 
-def test_fit_takes_ledoit_wolf_and_the_99_percent_quantile_of_validation_distances(gaussian):
+def test_fit_takes_ledoit_wolf_and_the_90_percent_quantile_of_validation_distances_without_probabilities(gaussian):
     from sklearn.covariance import LedoitWolf
 
     train, validation, familiarity = gaussian
@@ -48,25 +48,40 @@ def test_fit_takes_ledoit_wolf_and_the_99_percent_quantile_of_validation_distanc
     np.testing.assert_allclose(familiarity.precision, np.linalg.inv(estimate.covariance_), rtol=1e-9, atol=1e-12)
     assert familiarity.precision.shape == (FEATURES, FEATURES)
     # scikit-learn's own (squared) Mahalanobis distances, independent of Familiarity.distances
-    expected = float(np.quantile(np.sqrt(estimate.mahalanobis(validation)), 0.99))
-    assert QUANTILE == 0.99
+    expected = float(np.quantile(np.sqrt(estimate.mahalanobis(validation)), 0.90))
+    assert FLAG_SHARE == 0.10 and familiarity.min_probability == 0.0
     assert isinstance(familiarity.threshold, float)
     assert familiarity.threshold == pytest.approx(expected, rel=1e-12)
-    # for 8 standard normal features, distances are about sqrt(chi2_8): the 99% point is about 4.5
-    assert 3.5 < familiarity.threshold < 6.0
+    # for 8 standard normal features, distances are about sqrt(chi2_8): the 90% point is about 3.6
+    assert 2.8 < familiarity.threshold < 4.5
 
 
-def test_one_validation_image_in_a_hundred_is_flagged(gaussian):
+def test_ten_validation_images_in_a_hundred_are_flagged(gaussian):
     _, validation, familiarity = gaussian
-    # the 99% quantile of 100 values falls between the two largest: exactly the largest is above it
     flags = familiarity.unlike(validation)
     assert flags.dtype == bool and flags.shape == (100,)
-    assert flags.sum() == 1 and flags[np.argmax(familiarity.distances(validation))]
+    assert flags.sum() == 10 and flags[np.argmax(familiarity.distances(validation))]
 
 
-def test_the_quantile_is_a_parameter(gaussian):
+def test_with_probabilities_half_the_share_is_flagged_by_distance_and_half_by_a_low_probability(gaussian):
     train, validation, _ = gaussian
-    median = Familiarity.fit(train, validation, quantile=0.5)
+    rng = np.random.default_rng(3)
+    probabilities = rng.dirichlet(np.ones(3), len(validation))
+    familiarity = Familiarity.fit(train, validation, probabilities)
+    distances = familiarity.distances(validation)
+    assert familiarity.threshold == pytest.approx(float(np.quantile(distances, 0.95)), rel=1e-12)
+    assert familiarity.min_probability == pytest.approx(float(np.quantile(probabilities.max(axis=1), 0.05)))
+    far, unsure = distances > familiarity.threshold, probabilities.max(axis=1) < familiarity.min_probability
+    assert far.sum() == 5 and unsure.sum() == 5
+    flags = familiarity.unlike(validation, probabilities)
+    np.testing.assert_array_equal(flags, far | unsure)
+    assert 5 < flags.sum() <= 10
+    np.testing.assert_array_equal(familiarity.unlike(validation), far)  # without probabilities: distance alone
+
+
+def test_the_share_is_a_parameter(gaussian):
+    train, validation, _ = gaussian
+    median = Familiarity.fit(train, validation, share=0.5)
     assert median.threshold == pytest.approx(float(np.median(median.distances(validation))), rel=1e-12)
     assert median.unlike(validation).sum() == 50
 
@@ -117,8 +132,19 @@ def test_save_and_load_round_trip_exactly(gaussian, tmp_path):
     np.testing.assert_array_equal(loaded.mean, familiarity.mean)
     np.testing.assert_array_equal(loaded.precision, familiarity.precision)
     assert loaded.threshold == familiarity.threshold and isinstance(loaded.threshold, float)
+    assert loaded.min_probability == familiarity.min_probability
     np.testing.assert_array_equal(loaded.distances(validation), familiarity.distances(validation))
     assert Familiarity.load(str(tmp_path)).threshold == familiarity.threshold  # a str folder too
+
+
+def test_a_file_written_before_the_probability_floor_flags_by_distance_alone(gaussian, tmp_path):
+    _, validation, familiarity = gaussian
+    np.savez(tmp_path / FAMILIARITY, mean=familiarity.mean, precision=familiarity.precision,
+             threshold=familiarity.threshold)
+    loaded = Familiarity.load(tmp_path)
+    assert loaded.min_probability == 0.0
+    unsure = np.full((len(validation), 3), 1 / 3)  # as unsure as three classes can be: still not flagged for it
+    np.testing.assert_array_equal(loaded.unlike(validation, unsure), familiarity.unlike(validation))
 
 
 def test_load_of_a_run_without_the_file_is_none(tmp_path):

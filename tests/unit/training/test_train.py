@@ -173,7 +173,7 @@ def test_train_fits_the_runs_familiarity_and_reports_it(config, tmp_path):
     assert unlike == json.loads(json.dumps(metrics["unlike_training"]))
     split = pd.read_csv(out / rundir.SPLIT)
     test_paths = split.loc[split["split"] == "test", "path"].tolist()
-    assert unlike["quantile"] == 0.99
+    assert unlike["share"] == 0.10 and 0 < unlike["min_probability"] < 1
     assert unlike["test"]["images"] == len(test_paths) == stored["run"]["images"]["test"] == stored["test"]["n"]
     assert 0 <= unlike["test"]["unlike"] <= unlike["test"]["images"]
     assert unlike["test"]["share_unlike"] == pytest.approx(unlike["test"]["unlike"] / unlike["test"]["images"])
