@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import keras
@@ -56,13 +57,12 @@ def _create_model(name, *, num_classes, image_size, weights, augment, seed) -> k
     if spec.imagenet_weights:  # keras.applications loads (or downloads) the backbone weights itself
         try:
             outputs = spec.build_body()(x, num_classes, weights=weights)
+        except CovidXrayError:
+            raise
         except Exception as error:  # keras.utils.get_file raises plain Exception when offline
             if weights is None:
                 raise
-            raise CovidXrayError(
-                f"cannot load {weights} weights for {name!r} ({error}); check the internet connection "
-                "(ImageNet weights are downloaded on first use) or pass --weights with a file"
-            ) from None
+            raise CovidXrayError(_weights_error(name, weights, error)) from None
     else:
         outputs = spec.build_body()(x, num_classes)
     if keras.config.dtype_policy().compute_dtype != "float32":  # probabilities and the loss in float32
@@ -75,6 +75,24 @@ def _create_model(name, *, num_classes, image_size, weights, augment, seed) -> k
         except (ValueError, KeyError, OSError) as error:
             raise CovidXrayError(f"{weights}: weights do not fit model {name!r} ({error})") from None
     return model
+
+
+def keras_models_dir() -> Path:
+    """Where Keras keeps the weights it downloads, and looks for them before downloading."""
+    return Path(os.environ.get("KERAS_HOME") or Path("~/.keras").expanduser()) / "models"
+
+
+def _weights_error(name: str, weights: str, error: Exception) -> str:
+    """One line for weights that could not be had: which file, why, and what to do."""
+    reason = " ".join(str(error).split())
+    if weights != "imagenet":
+        return f"{weights}: cannot load it as the backbone weights of {name!r} ({reason}); pass a weights file of " \
+               "this backbone without its top, or --weights imagenet"
+    if "URL fetch failure" in reason:  # keras.utils.get_file: no network, or the server refused
+        return (f"could not download the ImageNet weights of {name!r} ({reason}); download that URL on a machine "
+                f"with internet into {keras_models_dir()}/ (Keras looks there first) or pass --weights FILE")
+    return (f"cannot load the ImageNet weights of {name!r} ({reason}); delete the file in {keras_models_dir()}/ "
+            "to download it again, or pass --weights FILE")
 
 
 def _check_body(model: keras.Model, name: str) -> None:
