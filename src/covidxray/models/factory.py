@@ -9,6 +9,8 @@ import keras
 
 from covidxray.errors import CovidXrayError
 from covidxray.models.augment import augmentation
+from covidxray.models.finetune import backbone_of
+from covidxray.models.pretrained import converted_path, default_source, keras_models_dir
 from covidxray.models.registry import DEFAULT_MODEL, model_spec
 
 
@@ -77,11 +79,6 @@ def _create_model(name, *, num_classes, image_size, weights, augment, seed) -> k
     return model
 
 
-def keras_models_dir() -> Path:
-    """Where Keras keeps the weights it downloads, and looks for them before downloading."""
-    return Path(os.environ.get("KERAS_HOME") or Path("~/.keras").expanduser()) / "models"
-
-
 def _weights_error(name: str, weights: str, error: Exception) -> str:
     """One line for weights that could not be had: which file, why, and what to do."""
     reason = " ".join(str(error).split())
@@ -103,6 +100,34 @@ def _check_body(model: keras.Model, name: str) -> None:
     if not isinstance(layers.get("predictions"), keras.layers.Dense):
         raise CovidXrayError(f"model {name!r}: its body must end in a Dense layer named 'predictions' (the source "
                              "head reads the features at its input); name the last layer so")
+
+
+def convert_weights(name: str, source=None, out=None, *, overwrite: bool = False) -> Path:
+    """Convert PyTorch weights of model ``name``'s backbone (``source``: a ``.pth``/``.pt``; default: the
+    file its pip package ships) into a Keras ``.weights.h5`` at ``out`` (default: where ``--weights
+    imagenet`` looks, :func:`~covidxray.models.pretrained.converted_path`); returns the path written.
+
+    ``covidxray weights convert NAME``; afterwards ``--weights FILE`` (or ``imagenet`` for the default
+    path) needs no PyTorch."""
+    from covidxray.files import atomic_save
+
+    source = Path(source) if source is not None else default_source(name)
+    if not source.is_file():
+        raise CovidXrayError(f"{source}: no such file; give the PyTorch checkpoint with --source")
+    out = Path(out) if out is not None else converted_path(name)
+    if not out.name.endswith(".weights.h5"):
+        raise CovidXrayError(f"--out {out}: Keras weights files end in .weights.h5; name it so")
+    if out.exists() and not overwrite:
+        raise CovidXrayError(f"--out {out}: exists; pass --overwrite to replace it")
+    backbone = backbone_of(create_model(name, num_classes=2, weights=str(source), augment=False))
+
+    def save(tmp: Path) -> None:
+        named = tmp.with_name(tmp.name + ".weights.h5")  # Keras picks the format by this ending
+        backbone.save_weights(named)
+        os.replace(named, tmp)
+
+    atomic_save(out, save)
+    return out
 
 
 def load_model(path) -> keras.Model:
