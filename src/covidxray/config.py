@@ -99,7 +99,9 @@ class TrainConfig:
     model: str = setting(DEFAULT_MODEL, "a model of `covidxray models`", choices=list_models)
     image_size: int | None = setting(None, "input side in pixels (default: the model's own)", kind=int,
                                      low=MIN_IMAGE_SIZE, high=MAX_IMAGE_SIZE)
-    weights: str = setting("none", "none, imagenet (keras.applications models) or a weights file", metavar="WEIGHTS")
+    weights: str = setting("none", "none, imagenet (the backbone models) or a weights file; a PyTorch .pth/.pt for "
+                           "efficientnet_lite0 and densenet121_xrv (torchxrayvision's DenseNet121) is converted",
+                           metavar="WEIGHTS")
     head_epochs: int | None = setting(
         None, "two-stage fine-tuning of a pretrained backbone: train only the new head for this many epochs "
         "with the backbone frozen, then its top quarter (batch norm excepted) for --epochs more at a tenth of "
@@ -292,6 +294,7 @@ class TrainConfig:
         known = {f.name: f for f in fields(cls)}
         stored = values.get("classes", [])  # derived from the task; a run's file records them
         values = {k: v for k, v in values.items() if k in known}
+        values.setdefault("head_epochs", 0)  # a run from before two-stage fine-tuning trained in one stage
         try:
             for name, value in values.items():
                 _check_type(known[name], value)

@@ -109,8 +109,8 @@ def _bn(state: dict, prefix: str) -> list[np.ndarray]:
 
 
 def _assign(backbone, arrays: dict[str, list[np.ndarray]], state: dict, source) -> None:
-    """Set each named Keras layer's weights; every layer with weights must get some, and every tensor
-    of the checkpoint (but the classifier's and counters) must be used."""
+    """Set each named Keras layer's weights; every layer of the backbone with weights must get them,
+    in the shapes it has."""
     layers = {layer.name: layer for layer in backbone.layers if layer.weights}
     missing = sorted(set(layers) - set(arrays))
     if missing:

@@ -53,8 +53,13 @@ def build_model(config: TrainConfig, train_size: int) -> keras.Model:
     model = _create(config)
     if config.head_epochs:
         unfreeze_top(model)
-    _compile(model, config, train_size, FINE_TUNE_RATE if config.head_epochs else 1.0)
+    _compile(model, config, train_size, _rate(config))
     return model
+
+
+def _rate(config: TrainConfig) -> float:
+    """The share of ``--learning-rate`` the fit (stage two, with ``head_epochs``) peaks at."""
+    return FINE_TUNE_RATE if config.head_epochs else 1.0
 
 
 def _compile(model: keras.Model, config: TrainConfig, train_size: int, rate: float = 1.0,
@@ -84,7 +89,7 @@ def train_head(model: keras.Model, config: TrainConfig, x, y, class_weight, batc
         model.fit(batches, epochs=config.head_epochs, verbose=verbose, shuffle=False)
     for layer in _all_layers(model):
         layer.trainable = trainable[id(layer)]
-    _compile(model, config, train_size, FINE_TUNE_RATE)
+    _compile(model, config, train_size, _rate(config))
 
 
 def _all_layers(model: keras.Model) -> list:
@@ -98,7 +103,7 @@ def build_source_adversarial(model: keras.Model, config: TrainConfig, train_size
     """``model`` with a gradient-reversal source head (:func:`~covidxray.training.adversary.with_source_head`
     of ``config.source_adversary``), compiled to train both outputs."""
     trainer = with_source_head(model, num_sources, config.source_adversary)
-    trainer.compile(optimizer=_optimizer(config, train_size),
+    trainer.compile(optimizer=_optimizer(config, train_size, _rate(config)),
                     loss={CLASSES: "sparse_categorical_crossentropy", SOURCE: conditional_source_loss(num_sources)},
                     metrics={CLASSES: ["accuracy"]}, jit_compile=config.jit_compile,
                     steps_per_execution=config.steps_per_execution)

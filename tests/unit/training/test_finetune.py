@@ -85,6 +85,8 @@ def test_one_stage_without_pretrained_weights_and_clear_errors_for_head_epochs_w
     assert TrainConfig(data="x", model="tinyback").resolve().head_epochs == 0
     assert TrainConfig(data="x", model="compactnet", weights=pretrained).resolve().head_epochs == 0
     assert TrainConfig(data="x", model="tinyback", weights=pretrained, head_epochs=0).resolve().head_epochs == 0
+    older = TrainConfig.from_dict({"data": "x", "model": "tinyback", "weights": pretrained})  # a run of before
+    assert older.resolve().head_epochs == 0  # trained in one stage, and resumes so
     with pytest.raises(CovidXrayError, match="model 'compactnet' has none"):
         TrainConfig(data="x", model="compactnet", weights=pretrained, head_epochs=2).resolve()
     with pytest.raises(CovidXrayError, match="--head-epochs fine-tunes pretrained weights"):
