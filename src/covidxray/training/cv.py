@@ -39,7 +39,7 @@ from covidxray.reports.cv_report import CV_MATRIX, render_cv_report
 from covidxray.reports.markdown import save_figure, write_report
 from covidxray.reports.plots import plot_confusion
 from covidxray.training.data import load_data, split_data
-from covidxray.training.fit import fit
+from covidxray.training.fit import check_model, fit
 from covidxray.training.train import evaluate_splits, fit_and_check_familiarity
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, over
                              "empty --out, or pass --overwrite to write into it")
     if not out.exists():
         check_can_create(out.parent, f"--out {out}")
+    check_model(config)  # weights to download or convert fail now, before the data is read
     started = time.perf_counter()
     data = load_data(config)
     held_out = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import replace
 
 import keras
 import numpy as np
@@ -15,6 +16,7 @@ from covidxray.config import TrainConfig
 from covidxray.errors import CovidXrayError
 from covidxray.inference.engines import device_count
 from covidxray.models import create_model
+from covidxray.models.finetune import freeze_backbone, unfreeze_top
 from covidxray.training.adversary import (
     CLASSES,
     SOURCE,
@@ -33,34 +35,85 @@ log = logging.getLogger(__name__)
 
 #: Training images used to recompute batch-norm statistics after each epoch.
 CALIBRATION_IMAGES = 256
+#: Stage two of two-stage fine-tuning (--head-epochs) peaks at this share of --learning-rate.
+FINE_TUNE_RATE = 0.1
 #: fastai v1's fit_one_cycle: share of the steps rising, start = peak / DIV, end = start / FINAL_DIV.
 ONE_CYCLE_RISE, ONE_CYCLE_DIV, ONE_CYCLE_FINAL_DIV = 0.3, 25.0, 1e4
 
 
 def build_model(config: TrainConfig, train_size: int) -> keras.Model:
-    """Create and compile the model of ``config`` (resolved) for ``train_size`` training images."""
+    """Create and compile the model of ``config`` (resolved) for ``train_size`` training images.
+
+    With ``config.head_epochs`` (two-stage fine-tuning) the model is compiled for stage two: the
+    backbone's top blocks train (:func:`~covidxray.models.finetune.unfreeze_top`), at
+    :data:`FINE_TUNE_RATE` times the learning rate; :func:`train_head` runs stage one before the fit.
+    """
     _check_backend(config)
     keras.utils.set_random_seed(config.seed)
     model = _create(config)
-    model.compile(optimizer=_optimizer(config, train_size),
+    if config.head_epochs:
+        unfreeze_top(model)
+    _compile(model, config, train_size, _rate(config))
+    return model
+
+
+def _rate(config: TrainConfig) -> float:
+    """The share of ``--learning-rate`` the fit (stage two, with ``head_epochs``) peaks at."""
+    return FINE_TUNE_RATE if config.head_epochs else 1.0
+
+
+def _compile(model: keras.Model, config: TrainConfig, train_size: int, rate: float = 1.0,
+             epochs: int | None = None) -> None:
+    model.compile(optimizer=_optimizer(config, train_size, rate, epochs),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=config.jit_compile,
                   steps_per_execution=config.steps_per_execution)
-    return model
+
+
+def train_head(model: keras.Model, config: TrainConfig, x, y, class_weight, batches: ShuffledBatches | None,
+               train_size: int, verbose: int = 1) -> None:
+    """Stage one of two-stage fine-tuning: ``config.head_epochs`` epochs of the head alone on the frozen
+    backbone, at ``config.learning_rate``; then ``model`` is compiled again for stage two as
+    :func:`build_model` left it (a fresh optimizer for the layers stage two trains).
+
+    Stage one keeps no checkpoint or backup: a run cut short during it starts it again."""
+    trainable = {id(layer): layer.trainable for layer in _all_layers(model)}
+    freeze_backbone(model)
+    _compile(model, config, train_size, epochs=config.head_epochs)
+    if verbose:
+        log.info("stage one: %d epochs of the head on the frozen backbone", config.head_epochs)
+    if batches is None:
+        fit_arrays(model, x, y, epochs=config.head_epochs, batch_size=config.batch_size, class_weight=class_weight,
+                   verbose=verbose, seed=config.seed)
+    else:
+        batches.start_at(0)
+        model.fit(batches, epochs=config.head_epochs, verbose=verbose, shuffle=False)
+    for layer in _all_layers(model):
+        layer.trainable = trainable[id(layer)]
+    _compile(model, config, train_size, _rate(config))
+
+
+def _all_layers(model: keras.Model) -> list:
+    nested = [model]
+    for layer in model.layers:
+        nested += _all_layers(layer) if isinstance(layer, keras.Model) else [layer]
+    return nested
 
 
 def build_source_adversarial(model: keras.Model, config: TrainConfig, train_size: int, num_sources: int) -> keras.Model:
     """``model`` with a gradient-reversal source head (:func:`~covidxray.training.adversary.with_source_head`
     of ``config.source_adversary``), compiled to train both outputs."""
     trainer = with_source_head(model, num_sources, config.source_adversary)
-    trainer.compile(optimizer=_optimizer(config, train_size),
+    trainer.compile(optimizer=_optimizer(config, train_size, _rate(config)),
                     loss={CLASSES: "sparse_categorical_crossentropy", SOURCE: conditional_source_loss(num_sources)},
                     metrics={CLASSES: ["accuracy"]}, jit_compile=config.jit_compile,
                     steps_per_execution=config.steps_per_execution)
     return trainer
 
 
-def _optimizer(config: TrainConfig, train_size: int) -> keras.optimizers.Optimizer:
-    return keras.optimizers.Adam(learning_rate_schedule(config, train_size),
+def _optimizer(config: TrainConfig, train_size: int, rate: float = 1.0, epochs: int | None = None
+               ) -> keras.optimizers.Optimizer:
+    schedule = replace(config, learning_rate=config.learning_rate * rate, epochs=epochs or config.epochs)
+    return keras.optimizers.Adam(learning_rate_schedule(schedule, train_size),
                                  weight_decay=config.weight_decay or None)  # Keras decouples it (AdamW)
 
 
@@ -115,6 +168,9 @@ def _fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: i
     batches = training_batches(config, x_train, y_train, class_weight, distributed)
     train_size = len(x_train) if batches is None else len(batches) * config.batch_size
     model = build_model(config, train_size)
+    state = read_state(run)
+    if config.head_epochs and state is None:  # a resumed run is past stage one: its backup holds stage two
+        train_head(model, config, x_train, y_train, class_weight, batches, train_size, verbose)
     trainer, targets = model, y_train
     if config.source_adversary:
         source, names = source_targets(y_train, sources)
@@ -134,7 +190,6 @@ def _fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: i
     # went the full 30 epochs peaked at epochs 20-28 with 79-82%.
     stopping = EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience,
                              start_from_epoch=config.epochs // 2)
-    state = read_state(run)
     watched = {"early_stopping": stopping} if config.has_validation else {}  # without, every epoch runs: the last is kept
     backup = RunBackup(run, {"checkpoint": checkpoint, **watched, "seeds": SeedStates(trainer)}, state)
     callbacks = [

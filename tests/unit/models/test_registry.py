@@ -26,9 +26,10 @@ def test_model_spec_names_the_known_ones():
 
 def test_the_registry_lists_every_model_sorted():
     assert list_models() == sorted(MODELS) == [
-        "compactnet", "darkcovidnet", "densenet121", "efficientnet_b0", "mobilenet_v3_small"]
+        "compactnet", "darkcovidnet", "densenet121", "densenet121_xrv", "efficientnet_b0", "efficientnet_lite0",
+        "mobilenet_v3_small"]
     assert [name for name in list_models() if MODELS[name].imagenet_weights] == [
-        "densenet121", "efficientnet_b0", "mobilenet_v3_small"]
+        "densenet121", "densenet121_xrv", "efficientnet_b0", "efficientnet_lite0", "mobilenet_v3_small"]
     assert all(MODELS[name].description for name in list_models())
 
 
