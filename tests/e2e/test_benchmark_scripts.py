@@ -117,23 +117,32 @@ def test_heat_in_lungs_rebuilds_the_runs_test_split(dataset, tmp_path):
         load("heat_in_lungs").main(["--run", str(run)])
 
 
-def test_unlike_training_measures_the_flag_on_a_runs_own_split_and_other_data(dataset, tmp_path):
+def test_refit_familiarity_and_abstention_measure_the_flag_on_a_runs_split(dataset, tmp_path):
     from covidxray import rundir
+    from covidxray.inference.familiarity import Familiarity
 
     run, table = _untrained_run(dataset, tmp_path)
-    rundir.write_csv(run / "split.csv", table)
-    split = table["split"].value_counts()
-    (run / "metrics.json").write_text(json.dumps({"test": {"n": int(split["test"])}}))
-    other = make_dataset(tmp_path / "other", per_class=3, seed=9)
-    out = tmp_path / "unlike.json"
-    assert load("unlike_training").main(["--run", str(run), "--data", str(other), "--out", str(out)]) == 0
-    result = json.loads(out.read_text())
-    assert result["own_test"]["images"] == split["test"] and result["test_sources"] == ["synthetic"]
-    assert result["in_source"]["images"] == split["validation"] - split["validation"] // 2  # the half not fitted on
-    assert result["datasets"][str(other)]["images"] == 9 and 0 <= result["datasets"][str(other)]["unlike"] <= 9
-    (run / "metrics.json").write_text(json.dumps({"test": {"n": int(split["test"]) + 1}}))  # not this run's data
-    with pytest.raises(SystemExit, match="the test split holds"):
-        load("unlike_training").main(["--run", str(run)])
+    fold = tmp_path / "cv" / "fold-1"
+    fold.parent.mkdir()
+    run = run.rename(fold)
+    rundir.write_csv(fold / "split.csv", table)
+    (fold / "metrics.json").write_text(json.dumps({"test": {"n": 1}}))
+    out = tmp_path / "refit.json"
+    assert load("refit_familiarity").main([str(fold), "--out", str(out)]) == 0
+    refit = json.loads(out.read_text())
+    familiarity = Familiarity.load(fold)
+    assert refit["threshold"] == familiarity.threshold and refit["min_probability"] == familiarity.min_probability
+    assert refit["test"]["images"] == int((table["split"] == "test").sum())
+    assert json.loads((fold / "metrics.json").read_text())["unlike_training"]["share"] == refit["share"] == 0.10
+    results = tmp_path / "abstention"
+    assert load("abstention").main([str(tmp_path / "cv"), "--out", str(results)]) == 0
+    rows = json.loads((results / "abstention.json").read_text())
+    assert {r["rule"] for r in rows} >= {"familiarity distance", "1 - top probability", "distance or low probability"}
+    for row in rows:
+        assert row["test_images"] == refit["test"]["images"] and 0 <= row["test_flagged"] <= 1
+        if row["aurc"] is not None:
+            assert 0 <= row["aurc_best_possible"] <= row["aurc"] + 1e-12
+    assert "| synthetic (" in (results / "abstention.md").read_text()
 
 
 def test_train_speed_plans_environments_and_compares_bfloat16_like_for_like():
