@@ -11,7 +11,14 @@ from PIL import Image
 
 from covidxray.data.images import read_image, resize_square
 from covidxray.errors import CovidXrayError
-from covidxray.inference.engines import KerasEngine, OnnxEngine, device_count, predict_arrays, predict_augmented
+from covidxray.inference.engines import (
+    KerasEngine,
+    OnnxEngine,
+    device_count,
+    padded_batches,
+    predict_arrays,
+    predict_augmented,
+)
 from covidxray.inference.predict import expand_paths, heatmap_folder, heatmap_names, predict_files
 from covidxray.inference.predictor import load_predictor
 from helpers import build_run, gray, write_dicom, write_png
@@ -65,6 +72,17 @@ def test_predict_arrays_in_chunks_equals_one_call(predictor, monkeypatch):
     monkeypatch.setattr(engines, "PREDICT_CHUNK", 3)  # 3 + 3 + 1 images
     np.testing.assert_allclose(predict_arrays(predictor.model, images, batch_size=2), whole, atol=1e-6)
     assert predict_arrays(predictor.model, images[:0]).shape == (0, 3)
+
+
+def test_padded_batches_give_one_shape_and_the_rows_to_keep():
+    images = np.arange(7 * 2).reshape(7, 2).astype(np.uint8) + 1
+    batches = list(padded_batches(images, 3))
+    assert [(b.shape, c) for b, c in batches] == [((3, 2), 3), ((3, 2), 3), ((3, 2), 1)]
+    np.testing.assert_array_equal(np.concatenate([b[:c] for b, c in batches]), images)
+    assert not batches[-1][0][1:].any() and batches[-1][0].dtype == np.uint8  # zeros, the images' dtype
+    assert [b.shape[0] for b, _ in padded_batches(images, 3, pad=False)] == [3, 3, 1]
+    assert [b.shape[0] for b, _ in padded_batches(images[:5], 8, multiple=4)] == [8]
+    assert [b.shape[0] for b, _ in padded_batches(images[:3], 8, multiple=4)] == [4]
 
 
 def test_predict_augmented_averages_the_image_and_seeded_draws_of_the_training_augmentation(predictor):
