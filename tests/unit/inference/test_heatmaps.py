@@ -298,3 +298,33 @@ def test_edge_is_the_masks_rim_about_a_two_hundredth_of_the_side_thick():
     assert thick[100, 200] and thick[101, 200] and not thick[102, 200] and not thick[99, 200]
     scaled = edge(mask, (40, 40))  # resized first: the rim of the 10..30 square
     assert scaled.shape == (40, 40) and scaled[10, 20] and scaled[29, 20] and not scaled[20, 20]
+
+
+def test_heatmap_figure_stands_alone():
+    from matplotlib.colors import to_rgba
+    from matplotlib.patches import Rectangle
+
+    from covidxray.inference.heatmaps import BOX_COLOR, NOTICE, fit_side, heatmap_figure
+
+    film = fit_side(np.tile(np.linspace(0, 255, 1000, dtype=np.uint8), (600, 1)))  # 600 x 1000: shown at 307 x 512
+    assert film.shape == (307, 512) and fit_side(film[:40, :50]).shape == (40, 50)  # never enlarged
+    heat, lungs = np.random.default_rng(0).random((32, 32)), np.zeros((32, 32), bool)
+    lungs[8:24, 4:28] = True
+    figure = heatmap_figure(film, heat, label="covid", probability=0.826, box=(0.25, 0.1, 0.75, 0.9), outline=lungs,
+                            crop=True, name="x.png", note="UNLIKE THE TRAINING DATA")
+    axes, bar = figure.axes
+    assert axes.get_title() == "x.png\npredicted: covid (82.6%)\nUNLIKE THE TRAINING DATA"
+    shown, heatmap = axes.get_images()
+    assert shown.get_array().shape == (307, 512)  # the whole film
+    assert heatmap.get_extent() == pytest.approx([0.25 * 512 - 0.5, 0.75 * 512 - 0.5, 0.9 * 307 - 0.5, 0.1 * 307 - 0.5])
+    (box,) = [p for p in axes.patches if isinstance(p, Rectangle)]
+    assert box.get_edgecolor() == to_rgba(BOX_COLOR) and box.get_width() == pytest.approx(256)
+    assert axes.collections  # the lungs' outline
+    assert "Grad-CAM" in bar.get_ylabel() and [t.get_text() for t in bar.get_yticklabels()] == ["0 low", "0.5", "1 high"]
+    assert figure.get_supxlabel() == NOTICE and "never for diagnosis" in NOTICE
+    whole = heatmap_figure(film, heat, label="normal", probability=0.5, crop=False)  # --lungs none: over the whole film
+    axes = whole.axes[0]
+    assert axes.get_title() == "predicted: normal (50.0%)" and not axes.patches and not axes.collections
+    assert axes.get_images()[1].get_extent() == pytest.approx([-0.5, 511.5, 306.5, -0.5])
+    with pytest.raises(CovidXrayError, match="grayscale image"):
+        heatmap_figure(np.zeros((4, 4, 3)), heat, label="x", probability=1.0)

@@ -129,10 +129,26 @@ def test_predict_files_results_failures_and_heatmaps(predictor, tmp_path):
         assert list(result["probabilities"]) == list(predictor.classes)
         assert list(result["probabilities"].values()) == pytest.approx(row.tolist(), abs=1e-6)
         assert result["label"] == predictor.classes[label]
-        with Image.open(result["heatmap"]) as heatmap:
-            assert heatmap.size == (32, 32) and heatmap.mode == "RGB"
+        with Image.open(result["heatmap"]) as heatmap:  # a figure around the whole film (40 x 50 px), not the input
+            assert heatmap.size[0] > 300 and heatmap.size[1] > 250 and heatmap.mode == "RGBA"
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["x0_gradcam.png", "x1_gradcam.png", "x2_gradcam.png"]
     json.dumps(results)  # plain JSON types
+
+
+def test_heatmap_files_show_the_whole_film_with_the_class_and_its_flags(predictor, tmp_path, monkeypatch):
+    import covidxray.inference.heatmaps as heatmaps
+
+    drawn = []
+    real = heatmaps.heatmap_figure
+    monkeypatch.setattr(heatmaps, "heatmap_figure", lambda picture, *a, **k: drawn.append((picture.shape, k)) or real(picture, *a, **k))
+    wide = write_png(tmp_path / "wide.png", gray(1, (600, 1200)))
+    results, _ = predict_files(predictor, [wide], heatmaps=tmp_path / "maps")
+    (shape, options), = drawn
+    assert shape == (256, 512)  # the whole film, aspect kept, 512 px on its long side
+    label = results[0]["label"]
+    assert options["label"] == label and options["probability"] == pytest.approx(results[0]["probabilities"][label], abs=1e-6)
+    assert options["name"] == "wide.png" and options["crop"] is False  # this run does not crop the lungs
+    assert options["note"] == ("near tie" if results[0]["near_tie"] else None)
 
 
 def test_predict_files_decides_with_the_runs_calibration(predictor, tmp_path):
