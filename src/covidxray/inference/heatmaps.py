@@ -314,8 +314,11 @@ def draw_heatmap(axes, picture, heatmap, *, box=FULL, outline=None, crop: bool =
 
 
 def heat_colorbar(figure, heat, axes) -> None:
-    """The heatmap's colour scale beside ``axes`` (one or several), labelled with what it means."""
-    bar = figure.colorbar(heat, ax=axes, shrink=0.8, ticks=[0, 0.5, 1])
+    """The heatmap's colour scale beside ``axes`` (one or several), labelled with what it means; its
+    colours unblended (over the film they are mixed with its gray, :data:`HEAT_ALPHA`)."""
+    from matplotlib.cm import ScalarMappable
+
+    bar = figure.colorbar(ScalarMappable(heat.norm, heat.cmap), ax=axes, shrink=0.8, ticks=[0, 0.5, 1])
     bar.ax.set_yticklabels(["0 low", "0.5", "1 high"])
     bar.set_label("Grad-CAM: how much the class score\nrises with the last features (per image)", fontsize=8)
 
