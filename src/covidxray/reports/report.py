@@ -29,24 +29,28 @@ from covidxray.reports.markdown import (
     source_settings_text,
     write_report,
 )
-from covidxray.reports.plots import pick_examples, plot_confusion, plot_history, plot_predictions, plot_reliability
+from covidxray.reports.plots import (
+    examples_title,
+    pick_examples,
+    plot_confusion,
+    plot_history,
+    plot_predictions,
+    plot_reliability,
+)
 
 log = logging.getLogger(__name__)
 
 
-def with_heatmaps(model, images: np.ndarray, predicted: np.ndarray, lungs: np.ndarray | None = None) -> np.ndarray:
-    """The images as RGB Grad-CAM overlays for their predicted class, with the lung outline where
-    ``lungs`` (masks, same size) has one; the images unchanged if the model has no convolutional layer."""
-    from covidxray.inference.heatmaps import grad_cam, overlay
+def with_heatmaps(model, images: np.ndarray, predicted: np.ndarray) -> np.ndarray | None:
+    """Grad-CAM maps ``(n, H, W)`` of the images for their predicted class; None if the model has no
+    convolutional layer (``pred.png`` then shows the plain images)."""
+    from covidxray.inference.heatmaps import grad_cam
 
     try:
-        maps = grad_cam(model, images, predicted)
+        return grad_cam(model, images, predicted)
     except CovidXrayError as error:
         log.warning("pred.png without heatmaps: %s", error)
-        return images
-    outlines = [None] * len(images) if lungs is None else lungs
-    return (np.stack([overlay(image, heatmap, outline=outline) for image, heatmap, outline in zip(images, maps, outlines)])
-            if len(images) else images)
+        return None
 
 
 def write_figures_and_report(run: rundir.RunDir, config, x_test, test: ScoredPredictions, metrics: dict,
@@ -64,10 +68,11 @@ def write_figures_and_report(run: rundir.RunDir, config, x_test, test: ScoredPre
     if lungs is not None:
         outlines = np.stack([lungs[i] if lung_quality is None or lung_quality[i] == OK else np.zeros_like(lungs[i])
                              for i in shown]) if len(shown) else None
-    examples = (x_test[shown] if model is None
-                else with_heatmaps(model, x_test[shown], test.predicted[shown], outlines))
-    save_figure(plot_predictions(examples, test.targets[shown], test.probabilities[shown], config.classes,
-                                 predicted=test.predicted[shown]),
+    maps = None if model is None else with_heatmaps(model, x_test[shown], test.predicted[shown])
+    title = examples_title(test.targets, test.predicted, shown, config.seed, heatmaps=maps is not None,
+                           lungs=outlines is not None and bool(np.any(outlines)))
+    save_figure(plot_predictions(x_test[shown], test.targets[shown], test.probabilities[shown], config.classes,
+                                 predicted=test.predicted[shown], heatmaps=maps, outlines=outlines, title=title),
                 run.file(rundir.PREDICTIONS_FIGURE))
     kept = "kept" if temperature_kept(metrics["calibration"]) else "not kept"
     save_figure(plot_reliability(metrics["calibration"]["test"], f"test reliability (temperature scaling {kept})"),
@@ -201,7 +206,8 @@ def render_report(config, metrics: dict) -> str:
               ("Training and validation" if validated else "Training") + " accuracy and loss per epoch:",
               "", f"![accuracy and loss]({rundir.ACC_FIGURE})", "",
               "Test confusion matrix:", "", f"![confusion matrix]({rundir.MATRIX_FIGURE})", "",
-              "Test predictions (mistakes in red), coloured by Grad-CAM where the predicted class's score is most "
+              "Test predictions: mistakes first (in red, up to half the grid), then a random sample per class, "
+              "coloured by Grad-CAM where the predicted class's score is most "
               "sensitive to the last convolutional features (a hint for inspection, not proof of what the model uses); "
               "the white line is the outline of the segmented lungs:",
               "", f"![predictions]({rundir.PREDICTIONS_FIGURE})", ""]
