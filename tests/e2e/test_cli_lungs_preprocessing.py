@@ -140,7 +140,7 @@ def test_the_web_page_shows_what_the_model_saw(cropped_run, xrays):
     import io
 
     heat = np.asarray(Image.open(io.BytesIO(analysis.heatmap_png)))
-    assert heat.ndim == 3 and heat.shape[2] == 4
+    assert heat.ndim == 3 and heat.shape[2] == 3
     box = (heat[..., :3] == (255, 0, 255)).all(axis=2).sum()  # heatmaps.BOX_COLOR: the lung crop's box
     assert (box > 100) == analysis.cropped
 

@@ -83,8 +83,8 @@ def write_heatmaps(model, images: np.ndarray, paths, class_indices, folder, *, c
     :data:`~covidxray.inference.heatmaps.FIGURE_SIDE` pixels on its longest side."""
     from covidxray.data.images import read_image
     from covidxray.data.lungviews import FULL
-    from covidxray.files import atomic_save
-    from covidxray.inference.heatmaps import fit_side, grad_cam, heatmap_figure
+    from covidxray.files import atomic_write_bytes
+    from covidxray.inference.heatmaps import figure_png, fit_side, grad_cam, heatmap_figure
 
     folder = heatmap_folder(folder)
     targets = [folder / name for name in (heatmap_names(paths) if names is None else names)]
@@ -104,7 +104,7 @@ def write_heatmaps(model, images: np.ndarray, paths, class_indices, folder, *, c
                 label = int(class_indices[i])
                 figure = heatmap_figure(picture, heatmap, label=classes[label], probability=float(probabilities[i, label]),
                                         box=box, outline=outlines[i], crop=crop, name=Path(paths[i]).name, note=notes[i])
-                atomic_save(targets[i], lambda tmp, figure=figure: figure.savefig(tmp, format="png"))
+                atomic_write_bytes(targets[i], figure_png(figure))
                 bar.update()
     return [str(target) for target in targets]
 

@@ -130,7 +130,7 @@ def test_predict_files_results_failures_and_heatmaps(predictor, tmp_path):
         assert list(result["probabilities"].values()) == pytest.approx(row.tolist(), abs=1e-6)
         assert result["label"] == predictor.classes[label]
         with Image.open(result["heatmap"]) as heatmap:  # a figure around the whole film (40 x 50 px), not the input
-            assert heatmap.size[0] > 300 and heatmap.size[1] > 250 and heatmap.mode == "RGBA"
+            assert heatmap.size[0] > 300 and heatmap.size[1] > 250 and heatmap.mode == "RGB"
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["x0_gradcam.png", "x1_gradcam.png", "x2_gradcam.png"]
     json.dumps(results)  # plain JSON types
 
