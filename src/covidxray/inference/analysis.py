@@ -75,6 +75,7 @@ class XrayAnalyzer:
     def analyse_uploads(self, uploads: list[Upload]) -> list[Analysis]:
         """Predict and explain several decoded uploads in one batch: segmentation, prediction,
         familiarity and Grad-CAM each run once for all of them."""
+        from covidxray.inference.familiarity import UNLIKE_SHORT
         from covidxray.inference.heatmaps import figure_png, fit_side, grad_cam, heatmap_figure
 
         with self._lock:
@@ -92,7 +93,7 @@ class XrayAnalyzer:
             figure = heatmap_figure(fit_side(image), heatmaps[i], label=self.classes[label],
                                     probability=float(probabilities[i, label]), box=inputs.boxes[i],  # what the model saw
                                     outline=inputs.lungs[i] if quality == OK else None, crop=crop,
-                                    note="UNLIKE THE TRAINING DATA" if flagged else None)
+                                    note=UNLIKE_SHORT.upper() if flagged else None)
             return Analysis(
                 label=self.classes[label],
                 probabilities={c: float(p) for c, p in zip(self.classes, probabilities[i])},

@@ -11,7 +11,7 @@ import numpy as np
 from covidxray.data.images import decode_resized, is_image_path
 from covidxray.errors import CovidXrayError, ImageReadError
 from covidxray.inference.engines import FEATURES, GRADIENTS
-from covidxray.inference.familiarity import UNLIKE
+from covidxray.inference.familiarity import UNLIKE, UNLIKE_SHORT
 from covidxray.progress import progress_bar
 from covidxray.rundir import FAMILIARITY, SPLIT
 
@@ -111,7 +111,7 @@ def write_heatmaps(model, images: np.ndarray, paths, class_indices, folder, *, c
 
 def heatmap_note(result: dict) -> str | None:
     """The flags of a prediction in a few words, for its heatmap's title (None: none)."""
-    flags = [text for key, text in (("unlike_training", "UNLIKE THE TRAINING DATA"), ("near_tie", "near tie"),
+    flags = [text for key, text in (("unlike_training", UNLIKE_SHORT.upper()), ("near_tie", "near tie"),
                                     ("seen_in_training", "seen in training")) if result.get(key)]
     return "; ".join(flags) or None
 

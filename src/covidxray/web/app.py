@@ -32,7 +32,7 @@ from pathlib import Path
 from covidxray.data.images import DECODING
 from covidxray.errors import CovidXrayError, ImageReadError
 from covidxray.inference.analysis import Analysis, XrayAnalyzer
-from covidxray.inference.familiarity import UNLIKE
+from covidxray.inference.familiarity import UNLIKE, UNLIKE_SHORT
 from covidxray.inference.lungs import OK
 from covidxray.web.batching import MAX_BATCH, MAX_WAIT_S, Batcher
 
@@ -136,8 +136,8 @@ def render_page(analyzer: XrayAnalyzer, max_bytes: int, *, analysis: Analysis | 
         )
         flag = ""
         if analysis.unlike_training:  # the headline, above any class: the class means little for this image
-            flag = ('<div class="flag" id="unlike" role="alert"><strong>Unlike the training data.</strong> '
-                    f'{html.escape(UNLIKE[0].upper() + UNLIKE[1:])}: read the class below with that in mind.</div>')
+            flag = (f'<div class="flag" id="unlike" role="alert"><strong>{html.escape(UNLIKE_SHORT.capitalize())}.'
+                    f'</strong> {html.escape(UNLIKE[0].upper() + UNLIKE[1:])}.</div>')
         parts.append(
             f'<section id="result">{flag}<h2>{html.escape(filename)}: <span id="label">{html.escape(analysis.label)}</span></h2>'
             f'<table id="probabilities"><tr><th>class</th><th>probability</th><th></th></tr>{rows}</table>'

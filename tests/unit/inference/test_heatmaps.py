@@ -237,9 +237,9 @@ def test_heatmap_figure_stands_alone():
     heat, lungs = np.random.default_rng(0).random((32, 32)), np.zeros((32, 32), bool)
     lungs[8:24, 4:28] = True
     figure = heatmap_figure(film, heat, label="covid", probability=0.826, box=(0.25, 0.1, 0.75, 0.9), outline=lungs,
-                            crop=True, name="x.png", note="UNLIKE THE TRAINING DATA")
+                            crop=True, name="x.png", note="NO ANSWER")
     axes, bar = figure.axes
-    assert axes.get_title() == "x.png\npredicted: covid (82.6%)\nUNLIKE THE TRAINING DATA"
+    assert axes.get_title() == "x.png\npredicted: covid (82.6%)\nNO ANSWER"
     shown, heatmap = axes.get_images()
     assert shown.get_array().shape == (307, 512)  # the whole film
     assert heatmap.get_cmap().name == COLORMAP == "jet" and heatmap.get_alpha() == HEAT_ALPHA  # blue cold, red hot
