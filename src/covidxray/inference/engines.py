@@ -37,7 +37,7 @@ NEEDS = {TTA: "it draws from the model's augmentation layer", FEATURES: "it read
          GRADIENTS: "Grad-CAM takes gradients"}
 
 
-def predict_arrays(model, images: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
+def predict_arrays(model, images: np.ndarray, batch_size: int = PREDICT_BATCH, *, pad: bool = True) -> np.ndarray:
     """Class probabilities ``(n, classes)`` for ``(n, size, size, 1)`` images in [0, 255].
 
     ``images`` may be any array-like with slicing and ``astype`` (a shard array is read
@@ -47,9 +47,11 @@ def predict_arrays(model, images: np.ndarray, batch_size: int = PREDICT_BATCH) -
     batch, the last, smaller one is padded to ``batch_size`` (:func:`padded_batches`), so that
     the model sees one batch shape: a second shape is traced again by TensorFlow (0.36 s for the
     shipped model on a 2-core CPU; five such traces in a row print TensorFlow's "triggered
-    tf.function retracing" warning) and compiled again by JAX. Under a data-parallel distribution
-    ``model.predict`` spreads the batches, each padded to split evenly over the devices; the
-    padding's outputs are dropped.
+    tf.function retracing" warning) and compiled again by JAX. ``pad=False`` for a caller that
+    predicts the same images with the same model again and again (the validation images after each
+    epoch): the second shape is traced once, the padding would be computed every time. Under a
+    data-parallel distribution ``model.predict`` spreads the batches, each padded to split evenly
+    over the devices; the padding's outputs are dropped.
     """
     if len(images) == 0:
         return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
@@ -62,7 +64,7 @@ def predict_arrays(model, images: np.ndarray, batch_size: int = PREDICT_BATCH) -
         chunk = images[start:start + PREDICT_CHUNK].astype(np.float32)
         if devices == 1:
             parts += [np.asarray(model.predict_on_batch(batch))[:count]
-                      for batch, count in padded_batches(chunk, batch_size, pad=len(images) > batch_size)]
+                      for batch, count in padded_batches(chunk, batch_size, pad=pad and len(images) > batch_size)]
             continue
         count, pad = len(chunk), -len(chunk) % devices
         if pad:

@@ -85,6 +85,26 @@ def test_padded_batches_give_one_shape_and_the_rows_to_keep():
     assert [b.shape[0] for b, _ in padded_batches(images[:3], 8, multiple=4)] == [4]
 
 
+def test_predict_arrays_pads_the_last_batch_unless_told_not_to(tmp_path):
+    """More than one batch: the last one is padded (one batch shape, one trace), except with pad=False
+    (a caller that predicts the same images every epoch traces the second shape once instead)."""
+    import keras
+
+    from covidxray.models import load_model
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("tf.function tracing is TensorFlow's")
+    run = build_run(tmp_path / "run")
+    images = np.stack([gray(i, (32, 32)) for i in range(10)])[..., None]
+    counts = []
+    for pad in (True, False):
+        model = load_model(run / "model.keras")  # a fresh predict function
+        result = predict_arrays(model, images, batch_size=4, pad=pad)  # 4 + 4 + 2 images
+        counts.append(model.predict_function.experimental_get_tracing_count())
+        np.testing.assert_allclose(result, predict_arrays(model, images, batch_size=16), atol=1e-6)  # one batch
+    assert counts == [1, 2]
+
+
 def test_predict_augmented_averages_the_image_and_seeded_draws_of_the_training_augmentation(predictor):
     model = predictor.model
     images = np.stack([gray(i, (32, 32)) for i in range(5)])[..., None]
