@@ -128,6 +128,39 @@ def test_upload_a_real_xray(server, browser, tmp_path):
     assert "127.0.0.1" in log_path.read_text()  # uvicorn says where it listens: this machine only
 
 
+def _line_plot(path: Path) -> Path:
+    """A line plot (acc.png of a run): no X-ray at all, as a user of issue 31 uploaded."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
+    epochs = np.arange(1, 31)
+    axes.plot(epochs, 1 - 0.5 * np.exp(-epochs / 8), marker="o", label="training")
+    axes.plot(epochs, 0.9 - 0.5 * np.exp(-epochs / 6), marker="o", label="validation")
+    axes.set(xlabel="epoch", ylabel="accuracy", title="accuracy per epoch")
+    axes.legend()
+    figure.savefig(path)
+    return path
+
+
+def test_an_upload_unlike_the_training_data_is_headlined_above_the_class(server, browser, tmp_path):
+    url, _ = server
+    page = browser.new_page(viewport={"width": 1100, "height": 1000})
+    _upload(page, url, _line_plot(tmp_path / "acc.png"))
+    page.wait_for_selector("#result")
+    flag, label = page.locator("#unlike"), page.locator("#label")
+    assert flag.is_visible() and flag.inner_text().startswith("No answer: unlike the training data, or unsure.")
+    flag_box, label_box = flag.bounding_box(), label.bounding_box()
+    assert flag_box["y"] + flag_box["height"] <= label_box["y"]  # the flag is the headline, the class below it
+    assert flag_box["width"] > label_box["width"]
+    assert page.is_visible("#scale") and "1 high" in page.inner_text("#scale")  # the heatmap's colour scale
+    assert page.eval_on_selector("#heatmap", "img => img.complete && img.naturalWidth") > 400  # the figure, legible
+    screenshot = tmp_path / "unlike.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 10_000
+
+
 @pytest.mark.parametrize("name, content", [
     ("truncated.png", None),  # the first bytes of a real X-ray
     ("notes.txt", b"this is not an image\n" * 10),

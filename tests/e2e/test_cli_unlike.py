@@ -155,6 +155,7 @@ def test_web_page_and_api_flag_the_checkerboard_only(trained):
     page = _upload(client, "board.png", Path(board).read_bytes())
     assert page.status_code == 200 and 'id="unlike"' in page.text
     assert "This X-ray looks unlike the data this model was trained on" in page.text
+    assert page.text.index('id="unlike"') < page.text.index('id="label"')  # the headline, above the class
     familiar = _upload(client, "familiar.png", Path(like).read_bytes())
     assert familiar.status_code == 200 and '<span id="label">' in familiar.text and 'id="unlike"' not in familiar.text
     flagged = _upload(client, "board.png", Path(board).read_bytes(), "/api/predict").json()

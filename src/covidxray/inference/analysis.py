@@ -23,7 +23,7 @@ from covidxray.inference.lungs import OK
 from covidxray.inference.predictor import Predictor, load_predictor
 
 DISPLAY_SIZE = 384  # side in pixels of the X-ray and heatmap images returned
-#: Longest side kept of an upload for display (the part the model saw is cut from it, then shown at DISPLAY_SIZE).
+#: Longest side kept of an upload for display (the X-ray at DISPLAY_SIZE, the heatmap figure at heatmaps.FIGURE_SIDE).
 PICTURE_SIDE = 1024
 #: Threads drawing and encoding the images of a batch's answers.
 RENDER_THREADS = min(4, os.cpu_count() or 1)
@@ -36,7 +36,8 @@ class Analysis:
     label: str
     probabilities: dict[str, float]
     image_png: bytes  # the X-ray as read (grayscale, longest side DISPLAY_SIZE px)
-    heatmap_png: bytes  # the Grad-CAM heatmap of the predicted class over what the model saw, lungs outlined (RGB)
+    heatmap_png: bytes  # the Grad-CAM figure of the predicted class (heatmaps.heatmap_figure: the whole X-ray,
+    #                     the map over what the model saw, the crop's box, the lungs' outline, class, colour bar)
     lungs: str = OK  # the lung mask's flag: ok, or why no outline is drawn (and, for --lungs crop|mask, the whole image used)
     cropped: bool = False  # the heatmap shows the lungs' box the model saw (--lungs crop), not the whole X-ray
     unlike_training: bool | None = None  # looks unlike the run's training data (None: the run cannot tell)
@@ -74,7 +75,8 @@ class XrayAnalyzer:
     def analyse_uploads(self, uploads: list[Upload]) -> list[Analysis]:
         """Predict and explain several decoded uploads in one batch: segmentation, prediction,
         familiarity and Grad-CAM each run once for all of them."""
-        from covidxray.inference.heatmaps import grad_cam, overlay
+        from covidxray.inference.familiarity import UNLIKE_SHORT
+        from covidxray.inference.heatmaps import figure_png, fit_side, grad_cam, heatmap_figure
 
         with self._lock:
             inputs = self.predictor.prepare(np.stack([u.model_input for u in uploads]), lungs=True)
@@ -85,17 +87,18 @@ class XrayAnalyzer:
 
         def render(i: int) -> Analysis:
             quality = inputs.quality[i]
-            x0, y0, x1, y1 = inputs.boxes[i]  # the part of the X-ray the model saw (all of it, or the lungs' box)
             image = uploads[i].picture
-            height, width = image.shape
-            seen = image[round(y0 * height):max(round(y1 * height), round(y0 * height) + 1),
-                         round(x0 * width):max(round(x1 * width), round(x0 * width) + 1)]
-            outline = inputs.lungs[i] if quality == OK else None
+            label = int(decided[i])
+            flagged = unlike is not None and bool(unlike[i])
+            figure = heatmap_figure(fit_side(image), heatmaps[i], label=self.classes[label],
+                                    probability=float(probabilities[i, label]), box=inputs.boxes[i],  # what the model saw
+                                    outline=inputs.lungs[i] if quality == OK else None, crop=crop,
+                                    note=UNLIKE_SHORT.upper() if flagged else None)
             return Analysis(
-                label=self.classes[int(decided[i])],
+                label=self.classes[label],
                 probabilities={c: float(p) for c, p in zip(self.classes, probabilities[i])},
                 image_png=_png(_fit(image, DISPLAY_SIZE)),
-                heatmap_png=_png(overlay(_fit(seen, DISPLAY_SIZE), heatmaps[i], outline=outline)),
+                heatmap_png=figure_png(figure),
                 lungs=quality,
                 cropped=crop and quality == OK,
                 unlike_training=None if unlike is None else bool(unlike[i]),

@@ -37,15 +37,21 @@ NEEDS = {TTA: "it draws from the model's augmentation layer", FEATURES: "it read
          GRADIENTS: "Grad-CAM takes gradients"}
 
 
-def predict_arrays(model, images: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
+def predict_arrays(model, images: np.ndarray, batch_size: int = PREDICT_BATCH, *, pad: bool = True) -> np.ndarray:
     """Class probabilities ``(n, classes)`` for ``(n, size, size, 1)`` images in [0, 255].
 
     ``images`` may be any array-like with slicing and ``astype`` (a shard array is read
     chunk by chunk). Each batch goes through the model's one compiled predict function
     (``predict_on_batch``): ``model.predict`` builds a data pipeline per call, which cost a
-    single image about 50 ms on a CPU (docs/speed.md). Under a data-parallel distribution
-    ``model.predict`` spreads the batches, each padded to split evenly over the devices; the
-    padding's outputs are dropped.
+    single image about 50 ms on a CPU (docs/speed.md). Where the images fill more than one
+    batch, the last, smaller one is padded to ``batch_size`` (:func:`padded_batches`), so that
+    the model sees one batch shape: a second shape is traced again by TensorFlow (0.36 s for the
+    shipped model on a 2-core CPU; five such traces in a row print TensorFlow's "triggered
+    tf.function retracing" warning) and compiled again by JAX. ``pad=False`` for a caller that
+    predicts the same images with the same model again and again (the validation images after each
+    epoch): the second shape is traced once, the padding would be computed every time. Under a
+    data-parallel distribution ``model.predict`` spreads the batches, each padded to split evenly
+    over the devices; the padding's outputs are dropped.
     """
     if len(images) == 0:
         return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
@@ -57,14 +63,28 @@ def predict_arrays(model, images: np.ndarray, batch_size: int = PREDICT_BATCH) -
     for start in range(0, len(images), PREDICT_CHUNK):
         chunk = images[start:start + PREDICT_CHUNK].astype(np.float32)
         if devices == 1:
-            parts += [np.asarray(model.predict_on_batch(chunk[i:i + batch_size]))
-                      for i in range(0, len(chunk), batch_size)]
+            parts += [np.asarray(model.predict_on_batch(batch))[:count]
+                      for batch, count in padded_batches(chunk, batch_size, pad=pad and len(images) > batch_size)]
             continue
         count, pad = len(chunk), -len(chunk) % devices
         if pad:
             chunk = np.pad(chunk, [(0, pad)] + [(0, 0)] * (chunk.ndim - 1))
         parts.append(np.asarray(model.predict(chunk, batch_size=batch_size, verbose=0))[:count])
     return np.concatenate(parts)
+
+
+def padded_batches(images: np.ndarray, batch_size: int, *, pad: bool = True, multiple: int | None = None):
+    """``(batch, count)`` for each run of ``batch_size`` rows of ``images``: ``count`` rows of the
+    images, and, where ``pad``, the last, smaller batch filled with zeros up to ``batch_size`` rows
+    (up to a multiple of ``multiple``, when given). The caller keeps the first ``count`` outputs:
+    every row is computed on its own in inference, so the padding changes no other row's result."""
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        count = len(batch)
+        size = batch_size if multiple is None else -(-count // multiple) * multiple
+        if pad and count < size:
+            batch = np.concatenate([batch, np.zeros((size - count, *batch.shape[1:]), batch.dtype)])
+        yield batch, count
 
 
 def predict_augmented(model, images: np.ndarray, views: int, *, seed: int = 0,

@@ -35,6 +35,8 @@ from covidxray.rundir import FAMILIARITY
 FLAG_SHARE = 0.10
 UNLIKE = ("this X-ray looks unlike the data this model was trained on, or the model is unsure: no answer "
           "(its probabilities may not hold)")
+#: The flag in a few words: a heatmap's title, the web page's headline.
+UNLIKE_SHORT = "no answer: unlike the training data, or unsure"
 
 
 @dataclass

@@ -16,9 +16,12 @@ resolution of that layer, e.g. 5 x 5 for CompactNet at 160 px).
 
 from __future__ import annotations
 
+import io
+
 import keras
 import numpy as np
 
+from covidxray.data.lungviews import FULL
 from covidxray.errors import CovidXrayError
 
 #: Images per forward/backward pass.
@@ -27,6 +30,14 @@ HEATMAP_BATCH = 16
 _CONV_TYPES = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D,
                keras.layers.Conv2DTranspose)
 _SEPARATOR = "/"
+#: The longest side, in pixels, of the film in a heatmap figure (:func:`heatmap_figure`); a smaller
+#: film is shown at its own size.
+FIGURE_SIDE = 512
+#: The one line every heatmap figure carries.
+NOTICE = "For research and teaching only: not a medical device, never for diagnosis."
+COLORMAP = "jet"  # blue: cold, red: hot
+HEAT_ALPHA = 0.4  # the colour's share in every pixel of the film it covers
+BOX_COLOR = "#ff00ff"  # the lung crop's box (magenta: not a colour of the heatmap's)
 
 
 # --- finding the layer ---------------------------------------------------------------------
@@ -215,43 +226,95 @@ def grad_cam(model, images, class_indices=None, layer: str | None = None) -> np.
 
 # --- drawing ---------------------------------------------------------------------------------
 
-def overlay(image, heatmap, alpha: float = 0.4, colormap: str = "jet", outline=None) -> np.ndarray:
-    """The grayscale image with the heatmap's colours blended on top, as RGB uint8 ``(H, W, 3)``.
-
-    ``image``: ``(H, W)`` or ``(H, W, 1)``, uint8, or float in [0, 255] (in [0, 1] if its
-    maximum is at most 1). ``heatmap``: values in [0, 1], resized to the image if needed.
-    ``alpha``: the colour's share in every pixel (blue: cold, red: hot with ``"jet"``).
-    ``outline``: a bool mask (the lungs; resized to the image if needed) whose edge is drawn in white.
-    """
-    from matplotlib import colormaps
+def fit_side(image: np.ndarray, side: int = FIGURE_SIDE) -> np.ndarray:
+    """A 2-D uint8 ``image`` resized (aspect kept) so that its longest side is at most ``side``; never enlarged."""
     from PIL import Image
 
-    gray = np.asarray(image, dtype=np.float32)
-    if gray.ndim == 3 and gray.shape[-1] == 1:
-        gray = gray[..., 0]
+    image = np.asarray(image)
+    if max(image.shape) <= side:
+        return image
+    scale = side / max(image.shape)
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+
+
+def _grayscale(picture) -> np.ndarray:
+    gray = np.squeeze(np.asarray(picture, dtype=np.float32))
     if gray.ndim != 2:
-        raise CovidXrayError(f"overlay needs a grayscale image (H, W) or (H, W, 1), not shape {np.shape(image)}")
-    if np.asarray(image).dtype != np.uint8 and gray.size and gray.max() <= 1:
-        gray = gray * 255
-    heat = np.nan_to_num(np.asarray(heatmap, dtype=np.float32))
-    if heat.shape != gray.shape:
-        heat = np.asarray(Image.fromarray(heat).resize(gray.shape[::-1], Image.Resampling.BILINEAR))
-    table = colormaps[colormap]
-    lut = (table(np.arange(table.N))[:, :3] * 255).astype(np.float32)  # the colours matplotlib would pick
-    index = np.minimum((np.clip(heat, 0, 1) * table.N).astype(np.intp), table.N - 1)  # as Colormap.__call__ bins
-    blended = np.float32(1 - alpha) * np.clip(gray, 0, 255)[..., None] + np.float32(alpha) * lut[index]
-    result = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    if outline is not None:
-        result[edge(outline, gray.shape)] = 255
-    return result
+        raise CovidXrayError(f"a heatmap is drawn over a grayscale image (H, W), not shape {np.shape(picture)}")
+    return gray
 
 
-def edge(mask, shape: tuple[int, int]) -> np.ndarray:
-    """The edge pixels of a bool ``mask`` resized to ``shape``, about 1/200 of the side thick."""
+def draw_heatmap(axes, picture, heatmap, *, box=FULL, outline=None, crop: bool = False):
+    """Draw one Grad-CAM heatmap on matplotlib ``axes``: the grayscale film ``picture`` (2-D, in
+    [0, 255]), the ``heatmap`` (values in [0, 1]) blended over the part of it the model saw (``box``:
+    fractions ``(x0, y0, x1, y1)`` of the film), the lungs' outline in white (``outline``: a bool mask
+    in the heatmap's pixels) and, where ``crop``, the box drawn. Returns the heatmap's image, for a colour
+    bar. Every heatmap covidxray draws goes through here: ``predict --heatmaps``, ``pred.png`` and the
+    web page."""
+    from matplotlib.patches import Rectangle
+
+    picture = _grayscale(picture)
+    height, width = picture.shape
+    x0, y0, x1, y1 = (float(v) for v in box)
+    extent = (x0 * width - 0.5, x1 * width - 0.5, y1 * height - 0.5, y0 * height - 0.5)  # pixel edges, as imshow's
+    axes.imshow(picture, cmap="gray", vmin=0, vmax=255, interpolation="antialiased")
+    heat = axes.imshow(np.clip(np.nan_to_num(np.asarray(heatmap, np.float32)), 0, 1), cmap=COLORMAP, vmin=0, vmax=1,
+                       alpha=HEAT_ALPHA, extent=extent, interpolation="bilinear")
+    if outline is not None and np.asarray(outline).any():
+        axes.contour(np.asarray(outline, np.float32), levels=[0.5], colors="white", linewidths=1.2, extent=extent,
+                     origin="upper")
+    if crop and tuple(box) != FULL:
+        axes.add_patch(Rectangle((extent[0], extent[3]), extent[1] - extent[0], extent[2] - extent[3], fill=False,
+                                 edgecolor=BOX_COLOR, linewidth=2, linestyle="--", label="the model's lung crop"))
+    axes.set(xlim=(-0.5, width - 0.5), ylim=(height - 0.5, -0.5), xticks=[], yticks=[])
+    return heat
+
+
+def heat_colorbar(figure, heat, axes) -> None:
+    """The heatmap's colour scale beside ``axes`` (one or several), labelled with what it means; its
+    colours unblended (over the film they are mixed with its gray, :data:`HEAT_ALPHA`)."""
+    from matplotlib.cm import ScalarMappable
+
+    bar = figure.colorbar(ScalarMappable(heat.norm, heat.cmap), ax=axes, shrink=0.8, ticks=[0, 0.5, 1])
+    bar.ax.set_yticklabels(["0 low", "0.5", "1 high"])
+    bar.set_label("Grad-CAM: how much the class score\nrises with the last features (per image)", fontsize=8)
+
+
+def heatmap_figure(picture, heatmap, *, label: str, probability: float, box=FULL, outline=None, crop: bool = False,
+                   name: str | None = None, note: str | None = None):
+    """A heatmap that stands on its own: the whole film (longest side :data:`FIGURE_SIDE` px at most,
+    :func:`fit_side` it first), the heatmap over what the model saw (:func:`draw_heatmap`), the lung
+    crop's box when the model crops (``crop``), a title with the predicted class and its probability
+    (``name``: the file; ``note``: one more line, e.g. a flag), a colour bar and :data:`NOTICE`."""
+    from matplotlib.figure import Figure
+
+    height, width = _grayscale(picture).shape
+    dpi = 100
+    figure = Figure(figsize=(max(width / dpi, 3.2) + 1.6, max(height / dpi, 2.4) + 1.1), dpi=dpi, layout="constrained")
+    axes = figure.subplots()
+    heat = draw_heatmap(axes, picture, heatmap, box=box, outline=outline, crop=crop)
+    title = f"predicted: {label} ({100 * probability:.1f}%)"
+    if name:
+        title = f"{name}\n{title}"
+    if note:
+        title += f"\n{note}"
+    axes.set_title(title, fontsize=10)
+    if crop and tuple(box) != FULL:
+        axes.legend(loc="lower center", fontsize=7, framealpha=0.7)
+    heat_colorbar(figure, heat, axes)
+    figure.supxlabel(NOTICE, fontsize=7, color="#9a3b00")
+    return figure
+
+
+def figure_png(figure) -> bytes:
+    """``figure`` as RGB PNG bytes, zlib level 1 (a third faster than ``savefig``'s RGBA at level 6,
+    about as large)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from PIL import Image
-    from scipy import ndimage
 
-    mask = np.asarray(mask, bool)
-    if mask.shape != tuple(shape):
-        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(shape[::-1], Image.Resampling.BILINEAR)) >= 128
-    return mask & ~ndimage.binary_erosion(mask, iterations=max(1, min(shape) // 200), border_value=1)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3]).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()

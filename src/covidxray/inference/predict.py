@@ -11,7 +11,7 @@ import numpy as np
 from covidxray.data.images import decode_resized, is_image_path
 from covidxray.errors import CovidXrayError, ImageReadError
 from covidxray.inference.engines import FEATURES, GRADIENTS
-from covidxray.inference.familiarity import UNLIKE
+from covidxray.inference.familiarity import UNLIKE, UNLIKE_SHORT
 from covidxray.progress import progress_bar
 from covidxray.rundir import FAMILIARITY, SPLIT
 
@@ -69,28 +69,51 @@ def heatmap_names(paths) -> list[str]:
     return names
 
 
-def write_heatmaps(model, images: np.ndarray, paths, class_indices, folder, *, lungs=None, names=None) -> list[str]:
-    """Grad-CAM overlays (one PNG per image, named after its file) in ``folder``; returns their paths.
+def write_heatmaps(model, images: np.ndarray, paths, class_indices, folder, *, classes, probabilities, lungs=None,
+                   boxes=None, crop: bool = False, names=None, notes=None) -> list[str]:
+    """Grad-CAM figures (:func:`~covidxray.inference.heatmaps.heatmap_figure`: the whole film, the
+    heatmap over what the model saw, the predicted class and its probability, a colour bar and the
+    not-for-diagnosis line), one PNG per image, named after its file, in ``folder``; returns their paths.
 
-    ``lungs``: per image a lung mask (same size) whose outline is drawn, or None. ``names``: the
-    file names to write (default :func:`heatmap_names` of ``paths``)."""
-    from PIL import Image
-
-    from covidxray.files import atomic_save
-    from covidxray.inference.heatmaps import grad_cam, overlay
+    ``images``: the model inputs; ``probabilities``: ``(n, classes)``, calibrated. ``lungs``: per image a
+    lung mask (the inputs' size) whose outline is drawn, or None. ``boxes``: per image the part of the
+    film the input shows (fractions; None: all of it), drawn where ``crop``. ``names``: the file names to
+    write (default :func:`heatmap_names` of ``paths``). ``notes``: per image a line under the title, or None.
+    Each film is read again from its file, one at a time, and drawn at most
+    :data:`~covidxray.inference.heatmaps.FIGURE_SIDE` pixels on its longest side."""
+    from covidxray.data.images import read_image
+    from covidxray.data.lungviews import FULL
+    from covidxray.files import atomic_write_bytes
+    from covidxray.inference.heatmaps import figure_png, fit_side, grad_cam, heatmap_figure
 
     folder = heatmap_folder(folder)
     targets = [folder / name for name in (heatmap_names(paths) if names is None else names)]
-    outlines = [None] * len(images) if lungs is None else lungs
-    with progress_bar(total=len(images), desc="heatmaps", unit="img") as bar:
-        for start in range(0, len(images), HEATMAP_CHUNK):  # in chunks: n maps at full size can be large
+    count = len(images)
+    outlines = [None] * count if lungs is None else lungs
+    boxes = [FULL] * count if boxes is None else boxes
+    notes = [None] * count if notes is None else notes
+    with progress_bar(total=count, desc="heatmaps", unit="img") as bar:
+        for start in range(0, count, HEATMAP_CHUNK):  # in chunks: n maps at full size can be large
             chunk = slice(start, start + HEATMAP_CHUNK)
-            for image, heatmap, outline, target in zip(images[chunk], grad_cam(model, images[chunk], class_indices[chunk]),
-                                                       outlines[chunk], targets[chunk]):
-                picture = Image.fromarray(overlay(image, heatmap, outline=outline))
-                atomic_save(target, lambda tmp, picture=picture: picture.save(tmp, format="PNG"))
+            maps = grad_cam(model, images[chunk], class_indices[chunk])
+            for i, heatmap in zip(range(start, min(start + HEATMAP_CHUNK, count)), maps):
+                try:
+                    picture, box = fit_side(read_image(paths[i])), boxes[i]
+                except ImageReadError:  # changed since it was read: the model's input alone
+                    picture, box = images[i][..., 0], FULL
+                label = int(class_indices[i])
+                figure = heatmap_figure(picture, heatmap, label=classes[label], probability=float(probabilities[i, label]),
+                                        box=box, outline=outlines[i], crop=crop, name=Path(paths[i]).name, note=notes[i])
+                atomic_write_bytes(targets[i], figure_png(figure))
                 bar.update()
     return [str(target) for target in targets]
+
+
+def heatmap_note(result: dict) -> str | None:
+    """The flags of a prediction in a few words, for its heatmap's title (None: none)."""
+    flags = [text for key, text in (("unlike_training", UNLIKE_SHORT.upper()), ("near_tie", "near tie"),
+                                    ("seen_in_training", "seen in training")) if result.get(key)]
+    return "; ".join(flags) or None
 
 
 def predict_files(predictor, paths, *, heatmaps=None):
@@ -103,7 +126,7 @@ def predict_files(predictor, paths, *, heatmaps=None):
     the same original file name or pixels as a row of its ``split.csv``; where the run has one), plus
     ``"unlike_training"`` (True when the
     image looks unlike the run's training data; only where the run can tell), plus ``"heatmap"`` (the path of its Grad-CAM
-    overlay, with the lung outline) when ``heatmaps`` names a folder, and ``"lungs"`` (the lung
+    figure, :func:`write_heatmaps`) when ``heatmaps`` names a folder, and ``"lungs"`` (the lung
     mask's flag: ``ok``, or why the whole image was used) for a run trained with ``--lungs
     crop|mask``; ``failures`` maps each unreadable file to its error.
     """
@@ -168,8 +191,10 @@ def predict_files(predictor, paths, *, heatmaps=None):
             None if i in fallback else mask for i, mask in enumerate(inputs.lungs)]
         # named from every input, unreadable ones too, as the command checked them before any work
         names = [n for n, x in zip(heatmap_names(paths), loaded) if not isinstance(x, ImageReadError)]
-        written = write_heatmaps(predictor.model, images, [p for p, _ in good], decided, heatmaps, lungs=outlines,
-                                 names=names)
+        written = write_heatmaps(predictor.model, images, [p for p, _ in good], decided, heatmaps, classes=classes,
+                                 probabilities=probabilities, lungs=outlines, boxes=inputs.boxes,
+                                 crop=predictor.preprocessing.crops, names=names,
+                                 notes=[heatmap_note(result) for result in results])
         for result, heatmap in zip(results, written):
             result["heatmap"] = heatmap
     return results, failures

@@ -45,29 +45,37 @@ def plot_confusion(matrix, classes, title: str = "test confusion matrix") -> Fig
 
 
 def plot_predictions(images: np.ndarray, y_true: np.ndarray, probabilities: np.ndarray, classes,
-                     columns: int = 6, predicted: np.ndarray | None = None) -> Figure:
+                     columns: int = 6, predicted: np.ndarray | None = None, heatmaps: np.ndarray | None = None,
+                     outlines=None, title: str | None = None) -> Figure:
     """A grid of images titled true / predicted (probability); mistakes in red (``pred.png``).
 
-    ``images``: grayscale ``(n, H, W[, 1])`` in [0, 255], or RGB ``(n, H, W, 3)`` uint8 (heatmap overlays).
-    ``predicted``: the decided classes (default: the most probable), e.g. under a COVID threshold.
+    ``images``: grayscale ``(n, H, W[, 1])`` in [0, 255]. ``predicted``: the decided classes (default:
+    the most probable), e.g. under a COVID threshold. ``heatmaps``: ``(n, H, W)`` Grad-CAM maps, drawn
+    over the images (:func:`~covidxray.inference.heatmaps.draw_heatmap`, with the lungs' ``outlines``
+    where given) with one colour bar; ``title``: how the tiles were chosen. Every grid ends with the
+    not-for-diagnosis line.
     """
+    from covidxray.inference.heatmaps import NOTICE, draw_heatmap, heat_colorbar
+
     if predicted is None:
         predicted = probabilities.argmax(axis=1)
     count = len(images)
     rows = max(1, int(np.ceil(count / columns)))
-    figure = Figure(figsize=(2.3 * columns, 2.6 * rows), layout="constrained")
+    figure = Figure(figsize=(2.3 * columns + (1.2 if heatmaps is not None else 0), 2.6 * rows + 0.8),
+                    layout="constrained")
     grid = np.atleast_1d(figure.subplots(rows, columns, squeeze=False).ravel())
+    heat = None
     for index, axes in enumerate(grid):
         axes.axis("off")
         if index >= count:
             continue
         label = int(predicted[index])
         wrong = label != int(y_true[index])
-        image = images[index]
-        if image.ndim == 3 and image.shape[-1] == 3:
-            axes.imshow(image)
+        if heatmaps is not None:
+            heat = draw_heatmap(axes, images[index], heatmaps[index],
+                                outline=None if outlines is None else outlines[index])
         else:
-            axes.imshow(np.squeeze(image), cmap="gray", vmin=0, vmax=255)
+            axes.imshow(np.squeeze(images[index]), cmap="gray", vmin=0, vmax=255)
         axes.set_title(
             f"true: {classes[int(y_true[index])]}\npred: {classes[label]} ({probabilities[index, label]:.2f})",
             fontsize=9, color=MISTAKE_COLOR if wrong else CORRECT_COLOR,
@@ -78,22 +86,41 @@ def plot_predictions(images: np.ndarray, y_true: np.ndarray, probabilities: np.n
             axes.set_yticks([])
             for spine in axes.spines.values():
                 spine.set(color=MISTAKE_COLOR, linewidth=3)
+    if heat is not None:
+        heat_colorbar(figure, heat, grid.tolist())
+    if title:
+        figure.suptitle(title, fontsize=11)
+    figure.supxlabel(NOTICE, fontsize=8, color="#9a3b00")
     return figure
 
 
 def pick_examples(y_true: np.ndarray, predicted: np.ndarray, count: int = 24, seed: int = 0) -> np.ndarray:
-    """Indices to show: every mistake first (up to half the grid), then a sample per class."""
+    """Indices to show, in the order shown: mistakes first (up to half the grid, drawn at random, in
+    test order), then a random sample per class of the rest (in test order)."""
     rng = np.random.default_rng(seed)
     wrong = np.flatnonzero(predicted != y_true)
     chosen = list(rng.permutation(wrong)[: count // 2])
     taken = set(chosen)
     remaining = [i for i in rng.permutation(len(y_true)) if i not in taken]
     by_class = {c: [i for i in remaining if y_true[i] == c] for c in np.unique(y_true)}
-    while len(chosen) < min(count, len(y_true)) and any(by_class.values()):
+    sample = []
+    while len(chosen) + len(sample) < min(count, len(y_true)) and any(by_class.values()):
         for c in list(by_class):
-            if by_class[c] and len(chosen) < count:
-                chosen.append(by_class[c].pop())
-    return np.array(sorted(chosen), dtype=int)
+            if by_class[c] and len(chosen) + len(sample) < count:
+                sample.append(by_class[c].pop())
+    return np.array(sorted(chosen) + sorted(sample), dtype=int)
+
+
+def examples_title(y_true: np.ndarray, predicted: np.ndarray, shown: np.ndarray, seed: int, count: int = 24, *,
+                   heatmaps: bool = True, lungs: bool = False) -> str:
+    """How :func:`pick_examples` (``count`` tiles, ``seed``) chose the tiles of ``pred.png``, with the
+    counts, and what their colours mean, for its title."""
+    mistakes = int((predicted != y_true).sum())
+    text = (f"{len(shown)} of {len(y_true)} test images: mistakes first (red; {min(mistakes, count // 2)} of the "
+            f"{mistakes}), then a random sample per class (seed {seed})")
+    if heatmaps:
+        text += "\ncoloured by Grad-CAM of the predicted class" + ("; white: the lungs' outline" if lungs else "")
+    return text
 
 
 def plot_reliability(summary: dict, title: str = "test reliability") -> Figure:

@@ -29,24 +29,28 @@ from covidxray.reports.markdown import (
     source_settings_text,
     write_report,
 )
-from covidxray.reports.plots import pick_examples, plot_confusion, plot_history, plot_predictions, plot_reliability
+from covidxray.reports.plots import (
+    examples_title,
+    pick_examples,
+    plot_confusion,
+    plot_history,
+    plot_predictions,
+    plot_reliability,
+)
 
 log = logging.getLogger(__name__)
 
 
-def with_heatmaps(model, images: np.ndarray, predicted: np.ndarray, lungs: np.ndarray | None = None) -> np.ndarray:
-    """The images as RGB Grad-CAM overlays for their predicted class, with the lung outline where
-    ``lungs`` (masks, same size) has one; the images unchanged if the model has no convolutional layer."""
-    from covidxray.inference.heatmaps import grad_cam, overlay
+def with_heatmaps(model, images: np.ndarray, predicted: np.ndarray) -> np.ndarray | None:
+    """Grad-CAM maps ``(n, H, W)`` of the images for their predicted class; None if the model has no
+    convolutional layer (``pred.png`` then shows the plain images)."""
+    from covidxray.inference.heatmaps import grad_cam
 
     try:
-        maps = grad_cam(model, images, predicted)
+        return grad_cam(model, images, predicted)
     except CovidXrayError as error:
         log.warning("pred.png without heatmaps: %s", error)
-        return images
-    outlines = [None] * len(images) if lungs is None else lungs
-    return (np.stack([overlay(image, heatmap, outline=outline) for image, heatmap, outline in zip(images, maps, outlines)])
-            if len(images) else images)
+        return None
 
 
 def write_figures_and_report(run: rundir.RunDir, config, x_test, test: ScoredPredictions, metrics: dict,
@@ -64,12 +68,15 @@ def write_figures_and_report(run: rundir.RunDir, config, x_test, test: ScoredPre
     if lungs is not None:
         outlines = np.stack([lungs[i] if lung_quality is None or lung_quality[i] == OK else np.zeros_like(lungs[i])
                              for i in shown]) if len(shown) else None
-    examples = (x_test[shown] if model is None
-                else with_heatmaps(model, x_test[shown], test.predicted[shown], outlines))
-    save_figure(plot_predictions(examples, test.targets[shown], test.probabilities[shown], config.classes,
-                                 predicted=test.predicted[shown]),
+    maps = None if model is None else with_heatmaps(model, x_test[shown], test.predicted[shown])
+    title = examples_title(test.targets, test.predicted, shown, config.seed, heatmaps=maps is not None,
+                           lungs=outlines is not None and bool(np.any(outlines)))
+    save_figure(plot_predictions(x_test[shown], test.targets[shown], test.probabilities[shown], config.classes,
+                                 predicted=test.predicted[shown], heatmaps=maps, outlines=outlines, title=title),
                 run.file(rundir.PREDICTIONS_FIGURE))
-    save_figure(plot_reliability(metrics["calibration"]["test"]), run.file(rundir.RELIABILITY_FIGURE))
+    kept = "kept" if temperature_kept(metrics["calibration"]) else "not kept"
+    save_figure(plot_reliability(metrics["calibration"]["test"], f"test reliability (temperature scaling {kept})"),
+                run.file(rundir.RELIABILITY_FIGURE))
     write_report(run.file(rundir.REPORT), render_report(config, metrics))
 
 
@@ -80,25 +87,44 @@ def kept_epoch_text(info: dict, validated: bool) -> str:
     return f"the last epoch's model kept ({info['epochs_run']} run; no validation split)"
 
 
+def temperature_kept(calibration: dict) -> bool:
+    """Whether the run applies its fitted temperature (``metrics.json``'s ``calibration``; runs from
+    before the rule kept every fitted temperature)."""
+    return "validation" in calibration and calibration.get("temperature_kept", True)
+
+
 def calibration_section(calibration: dict) -> list[str]:
+    """The temperature fitted, whether it was kept and why, and the ECE and loss before and after on
+    validation and test."""
     if "validation" in calibration:  # what the temperature was fitted on
-        fitted = (f"Temperature scaling fitted on the validation split: T = {calibration['temperature']:.3f} "
-                  "(T > 1: the model was over-confident).")
+        fitted = calibration.get("fitted_temperature", calibration["temperature"])
+        validation = calibration["validation"]
+        change = (validation["loss_before"] - validation["loss_after"]) / validation["loss_before"] \
+            if validation["loss_before"] > 0 else 0.0
+        margin = calibration.get("keep_margin")
+        rule = f" (kept only where it lowers it by at least {percent(margin)})" if margin is not None else ""
+        verdict = ("**Kept**: every table and `predict`, `evaluate` and `serve` use the temperature-scaled probabilities."
+                   if temperature_kept(calibration) else
+                   "**Not kept**: every table and `predict`, `evaluate` and `serve` use the model's own probabilities (T = 1).")
+        text = (f"Temperature scaling fitted on the validation split: T = {fitted:.3f} "
+                f"({'over' if fitted > 1 else 'under'}-confident model); it lowered the validation loss by "
+                f"{percent(change)}{rule}. {verdict}")
     else:
-        fitted = "No validation split to fit temperature scaling on: the model's own probabilities (T = 1)."
+        text = "No validation split to fit temperature scaling on: the model's own probabilities (T = 1)."
     lines = ["", "## Calibration", "",
-             f"{fitted} Expected calibration error (15 bins) and loss:", "",
+             f"{text} Expected calibration error (15 bins) and loss of the model's own probabilities (before) "
+             "and the temperature-scaled ones (after):", "",
              "| split | ECE before | ECE after | loss before | loss after |", "|---|---:|---:|---:|---:|"]
     for split in [s for s in ("validation", "test") if s in calibration]:
         part = calibration[split]
         lines.append(f"| {split} | {percent(part['ece_before'])} | {percent(part['ece_after'])} "
                      f"| {part['loss_before']:.3f} | {part['loss_after']:.3f} |")
     test = calibration.get("test")
-    if "validation" in calibration and test and (test["ece_after"] > test["ece_before"]
-                                                 or test["loss_after"] > test["loss_before"]):
-        lines += ["", "On the test split the scaling made calibration **worse**: a temperature fitted on one small "
-                  "validation split is itself uncertain (docs/evaluation.md: over ten runs it lowered the test loss "
-                  "in eight). It is kept, as fitted; the model's own probabilities are the 'before' column."]
+    if temperature_kept(calibration) and test and (test["ece_after"] > test["ece_before"]
+                                                   or test["loss_after"] > test["loss_before"]):
+        lines += ["", "On the test split the kept scaling made calibration **worse**: a temperature fitted on one "
+                  "small validation split is itself uncertain (docs/evaluation.md). The model's own probabilities "
+                  "are the 'before' column."]
     if calibration.get("covid_threshold") is not None:
         lines += ["", f"COVID is called when its calibrated probability reaches **{calibration['covid_threshold']:.3f}**, "
                   f"chosen on the validation split for a sensitivity of {percent(calibration['target_sensitivity'])}; "
@@ -150,7 +176,8 @@ def render_report(config, metrics: dict) -> str:
     lines += preprocessing_lines(info)
     lines += ["", "## Results", "",
               "Accuracy with its 95% interval (bootstrap over patients, 1000 resamples); probabilities are "
-              + ("temperature-scaled" if validated else "the model's own") + " (see Calibration).", "",
+              + ("temperature-scaled" if temperature_kept(metrics.get("calibration", {})) else "the model's own")
+              + " (see Calibration).", "",
               "| split | images | accuracy [95% CI] | loss |", "|---|---:|---:|---:|"]
     for split in [s for s in rundir.SPLIT_NAMES if s in metrics]:
         part = metrics[split]
@@ -179,7 +206,8 @@ def render_report(config, metrics: dict) -> str:
               ("Training and validation" if validated else "Training") + " accuracy and loss per epoch:",
               "", f"![accuracy and loss]({rundir.ACC_FIGURE})", "",
               "Test confusion matrix:", "", f"![confusion matrix]({rundir.MATRIX_FIGURE})", "",
-              "Test predictions (mistakes in red), coloured by Grad-CAM where the predicted class's score is most "
+              "Test predictions: mistakes first (in red, up to half the grid), then a random sample per class, "
+              "coloured by Grad-CAM where the predicted class's score is most "
               "sensitive to the last convolutional features (a hint for inspection, not proof of what the model uses); "
               "the white line is the outline of the segmented lungs:",
               "", f"![predictions]({rundir.PREDICTIONS_FIGURE})", ""]

@@ -48,7 +48,7 @@ class PreciseValidation(ClassifierCallback):
         recalibrate_batch_norm(model, self.calibration_images)
         if not len(self.x_val):
             return
-        probabilities = predict_arrays(model, self.x_val)
+        probabilities = predict_arrays(model, self.x_val, pad=False)  # the same images each epoch: traced once
         if logs is not None:
             logs["val_loss"] = cross_entropy(self.y_val, probabilities)
             logs["val_accuracy"] = float(np.mean(probabilities.argmax(axis=1) == self.y_val))

@@ -23,7 +23,7 @@ from covidxray.data.sources import confounding_warning
 from covidxray.data.splits import SPLITS, run_splits, without_patient_id
 from covidxray.errors import CovidXrayError, DatasetError
 from covidxray.evaluation.attention import heat_in_lungs
-from covidxray.evaluation.calibration import calibration_summary, fit_calibration
+from covidxray.evaluation.calibration import run_calibration
 from covidxray.evaluation.scoring import ScoredPredictions
 from covidxray.inference.decision import Calibration
 from covidxray.inference.engines import predict_arrays
@@ -44,7 +44,8 @@ def evaluate_splits(model: keras.Model, data: PreparedData, config: TrainConfig
     """Calibrate on validation data, then score every split.
 
     Returns the metrics, the fitted decision rule and the scored test predictions. Every split is
-    scored with the run's calibration (temperature, and the COVID threshold when a target
+    scored with the run's calibration (temperature where it lowers the validation loss enough,
+    :func:`~covidxray.evaluation.calibration.run_calibration`, and the COVID threshold when a target
     sensitivity was asked for), as ``predict`` and ``evaluate`` will use it; a run without a
     validation split (``--val-fraction 0``) has none to fit it on and keeps the model's own
     probabilities (temperature 1), and its metrics have no ``validation`` entry. Intervals
@@ -53,16 +54,12 @@ def evaluate_splits(model: keras.Model, data: PreparedData, config: TrainConfig
     splits = run_splits(config.val_fraction)
     raw = {split: predict_arrays(model, data.part(split)[0]) for split in splits}
     y = {split: data.part(split)[1] for split in splits}
-    calibration = (fit_calibration(y["validation"], raw["validation"], data.classes, config.target_sensitivity)
-                   if config.has_validation else Calibration())
+    calibration, metrics_calibration = run_calibration(y, raw, data.classes, config.target_sensitivity)
     scored = {split: ScoredPredictions.from_raw(y[split], raw[split], data.table[data.mask(split)], data.classes,
                                                 calibration)
               for split in splits}
     metrics = {split: scored[split].metrics(by_source=split == "test", seed=config.seed) for split in splits}
-    metrics["calibration"] = {
-        **calibration.to_dict(),
-        **{split: calibration_summary(y[split], raw[split], calibration) for split in splits if split != "train"},
-    }
+    metrics["calibration"] = metrics_calibration
     return metrics, calibration, scored["test"]
 
 

@@ -1,7 +1,8 @@
 """``covidxray serve``: a small local web page to try a trained model on one X-ray at a time.
 
 Upload a PNG, JPEG or DICOM file; the page shows the class probabilities, a Grad-CAM heatmap
-over the image and the not-for-diagnosis warning. The model is loaded once, at start-up.
+over the image with its colour scale and the not-for-diagnosis warning; an X-ray unlike the run's
+training data is headlined as such, above the class. The model is loaded once, at start-up.
 Uploads are decoded from memory and answered with inline (``data:``) images: covidxray writes
 no file (the upload parser may spool a large upload to the system's temporary folder). Files
 over the size limit, non-images and corrupt files get a one-line message on the page, never a
@@ -31,7 +32,7 @@ from pathlib import Path
 from covidxray.data.images import DECODING
 from covidxray.errors import CovidXrayError, ImageReadError
 from covidxray.inference.analysis import Analysis, XrayAnalyzer
-from covidxray.inference.familiarity import UNLIKE
+from covidxray.inference.familiarity import UNLIKE, UNLIKE_SHORT
 from covidxray.inference.lungs import OK
 from covidxray.web.batching import MAX_BATCH, MAX_WAIT_S, Batcher
 
@@ -67,6 +68,12 @@ button { font: inherit; padding: .3rem 1.2rem; }
 .images { display: flex; gap: 1rem; flex-wrap: wrap; }
 figure { margin: 0; max-width: 384px; }
 figure img { width: 384px; max-width: 100%; border-radius: 4px; background: #000; }
+figure.heat { max-width: 680px; }
+figure.heat img { width: auto; background: none; }
+.flag { padding: .8rem 1rem; background: #fdecea; border: 2px solid #c62828; border-radius: 4px; margin: 1rem 0; }
+.flag strong { font-size: 1.15rem; color: #b71c1c; }
+#scale { display: flex; align-items: center; gap: .5rem; margin: .3rem 0; font-size: .85rem; }
+#scale .ramp { width: 14rem; height: .8rem; border-radius: 3px; }
 table { border-collapse: collapse; margin: .5rem 0 1rem; }
 td, th { padding: .25rem .6rem; text-align: left; }
 td.p { font-variant-numeric: tabular-nums; text-align: right; }
@@ -89,8 +96,21 @@ def _lungs_caption(analysis) -> str:
     if analysis.lungs != OK:
         return f"No lung outline: the lungs were not found reliably ({analysis.lungs})."
     if analysis.cropped:
-        return "The model saw the box around the lungs (shown); the white line is their outline."
+        return "The model saw the box around the lungs (dashed magenta); the white line is their outline."
     return "The white line is the outline of the lungs."
+
+
+def _scale_html() -> str:
+    """The heatmap's colour scale (heatmaps.COLORMAP) as a CSS gradient, with what its ends mean."""
+    from matplotlib import colormaps
+
+    from covidxray.inference.heatmaps import COLORMAP
+
+    stops = ", ".join(f"rgb({r * 255:.0f},{g * 255:.0f},{b * 255:.0f}) {100 * x:.0f}%"
+                      for x in (i / 10 for i in range(11)) for r, g, b, _ in [colormaps[COLORMAP](x)])
+    return (f'<div id="scale" role="img" aria-label="heatmap colour scale from blue, low, to red, high">'
+            f'<span>Grad-CAM: 0 low</span><span class="ramp" style="background: linear-gradient(to right, {stops})">'
+            '</span><span>1 high</span></div>')
 
 
 def render_page(analyzer: XrayAnalyzer, max_bytes: int, *, analysis: Analysis | None = None,
@@ -114,15 +134,18 @@ def render_page(analyzer: XrayAnalyzer, max_bytes: int, *, analysis: Analysis | 
             f'<td><div class="bar"><span style="width:{100 * p:.1f}%"></span></div></td></tr>'
             for c, p in analysis.probabilities.items()
         )
+        flag = ""
+        if analysis.unlike_training:  # the headline, above any class: the class means little for this image
+            flag = (f'<div class="flag" id="unlike" role="alert"><strong>{html.escape(UNLIKE_SHORT.capitalize())}.'
+                    f'</strong> {html.escape(UNLIKE[0].upper() + UNLIKE[1:])}.</div>')
         parts.append(
-            f'<section id="result"><h2>{html.escape(filename)}: <span id="label">{html.escape(analysis.label)}</span></h2>'
-            + (f'<p class="warning" id="unlike" role="note">{html.escape(UNLIKE[0].upper() + UNLIKE[1:])}.</p>'
-               if analysis.unlike_training else "")
-            + f'<table id="probabilities"><tr><th>class</th><th>probability</th><th></th></tr>{rows}</table>'
+            f'<section id="result">{flag}<h2>{html.escape(filename)}: <span id="label">{html.escape(analysis.label)}</span></h2>'
+            f'<table id="probabilities"><tr><th>class</th><th>probability</th><th></th></tr>{rows}</table>'
             '<div class="images">'
             f'<figure><img id="xray" alt="the uploaded X-ray" src="{_data_uri(analysis.image_png)}">'
             '<figcaption>the X-ray, as read</figcaption></figure>'
-            f'<figure><img id="heatmap" alt="Grad-CAM heatmap over the X-ray" src="{_data_uri(analysis.heatmap_png)}">'
+            f'<figure class="heat"><img id="heatmap" alt="Grad-CAM heatmap over the X-ray" '
+            f'src="{_data_uri(analysis.heatmap_png)}">{_scale_html()}'
             f'<figcaption>Grad-CAM heatmap for "{html.escape(analysis.label)}": where the model looked, '
             f'not where the disease is. {html.escape(_lungs_caption(analysis))}</figcaption></figure></div></section>'
         )

@@ -8,13 +8,18 @@ from scipy.special import softmax
 
 from covidxray.errors import CovidXrayError
 from covidxray.evaluation.calibration import (
+    KEEP_TEMPERATURE_MARGIN,
+    TemperatureChoice,
     calibration_summary,
+    choose_temperature,
     choose_threshold,
     expected_calibration_error,
     fit_calibration,
     fit_temperature,
     reliability_bins,
+    run_calibration,
 )
+from covidxray.evaluation.metrics import cross_entropy
 from covidxray.inference.decision import Calibration, scale
 
 
@@ -102,3 +107,54 @@ def test_calibration_summary_before_and_after():
     assert summary["ece_after"] == pytest.approx(expected_calibration_error(y, scale(reported, 2.5)))
     assert summary["ece_after"] < summary["ece_before"] / 2 and summary["loss_after"] < summary["loss_before"]
     assert sum(summary["bins_before"]["count"]) == sum(summary["bins_after"]["count"]) == len(y)
+
+
+def test_the_temperature_is_kept_only_where_it_lowers_the_validation_loss_by_the_margin():
+    assert KEEP_TEMPERATURE_MARGIN == 0.01
+    assert TemperatureChoice(2.0, loss_before=1.0, loss_after=0.99).kept  # exactly 1% lower
+    assert not TemperatureChoice(2.0, loss_before=1.0, loss_after=0.9901).kept
+    assert TemperatureChoice(2.0, 1.0, 0.9901).temperature == 1.0 and TemperatureChoice(2.0, 1.0, 0.5).temperature == 2.0
+    assert TemperatureChoice(2.0, 1.0, 0.9, margin=0.2).temperature == 1.0
+    assert TemperatureChoice(2.0, 1.0, 0.5).to_dict() == {"fitted_temperature": 2.0, "temperature_kept": True,
+                                                          "keep_margin": KEEP_TEMPERATURE_MARGIN}
+
+
+def _splits(true_temperature: float, seed: int, n: int = 120) -> tuple[dict, dict]:
+    y, raw = _overconfident(n=3 * n, true_temperature=true_temperature, seed=seed)
+    names = ("train", "validation", "test")
+    return ({name: y[i * n:(i + 1) * n] for i, name in enumerate(names)},
+            {name: raw[i * n:(i + 1) * n] for i, name in enumerate(names)})
+
+
+def test_run_calibration_keeps_a_temperature_that_helps():
+    y, raw = _splits(true_temperature=2.5, seed=5)  # over-confident: scaling lowers the loss a lot
+    calibration, entry = run_calibration(y, raw, ("covid", "normal", "pneumonia"), None)
+    choice = choose_temperature(y["validation"], raw["validation"])
+    assert choice.kept and choice.loss_after < 0.9 * choice.loss_before
+    assert calibration.temperature == entry["temperature"] == entry["fitted_temperature"] == choice.fitted > 1.5
+    assert entry["temperature_kept"] is True and entry["keep_margin"] == KEEP_TEMPERATURE_MARGIN
+    for split in ("validation", "test"):  # before: the model's own; after: the fitted temperature's
+        assert entry[split]["ece_before"] == pytest.approx(expected_calibration_error(y[split], raw[split]))
+        assert entry[split]["ece_after"] == pytest.approx(expected_calibration_error(y[split], scale(raw[split], choice.fitted)))
+    assert "train" not in entry
+
+
+def test_run_calibration_drops_a_temperature_that_barely_moves_the_validation_loss():
+    y, raw = _splits(true_temperature=1.0, seed=6, n=60)  # calibrated already: the fit chases noise
+    calibration, entry = run_calibration(y, raw, ("covid", "normal", "pneumonia"), 0.9)
+    fitted = entry["fitted_temperature"]
+    assert fitted != 1.0 and entry["temperature_kept"] is False
+    assert cross_entropy(y["validation"], scale(raw["validation"], fitted)) > 0.99 * cross_entropy(y["validation"], raw["validation"])
+    assert calibration.temperature == entry["temperature"] == 1.0  # the model's own probabilities
+    covid = raw["validation"][:, 0]  # the threshold is chosen on the probabilities the run keeps
+    assert calibration.covid_threshold == choose_threshold(y["validation"], covid, 0, 0.9)
+    for split in ("validation", "test"):  # the report still shows what the fitted temperature would have done
+        assert entry[split]["ece_after"] == pytest.approx(expected_calibration_error(y[split], scale(raw[split], fitted)))
+
+
+def test_run_calibration_without_a_validation_split_keeps_the_model_s_own_probabilities():
+    y, raw = _splits(true_temperature=2.5, seed=7)
+    del y["validation"], raw["validation"]
+    calibration, entry = run_calibration(y, raw, ("covid", "normal", "pneumonia"), None)
+    assert calibration.temperature == 1.0 and "fitted_temperature" not in entry
+    assert entry["test"]["ece_after"] == entry["test"]["ece_before"]

@@ -244,3 +244,38 @@ def test_seen_by_run_of_a_near_duplicate_of_the_n_th_training_image_only(run_wit
     run, table, _ = run_with_films
     reordered = table.iloc[[3, 4, 0, 2, 1]].reset_index(drop=True)  # u, n, t, x, v
     assert seen_by_run(run, reordered, cache_dir=tmp_path / "cache").tolist() == [False, True, True, False, True]
+
+
+def test_evaluate_traces_each_model_once_and_logs_no_retracing(tmp_path, monkeypatch, caplog):
+    """72 images, more than one batch (64): the last, smaller batch is padded, so that TensorFlow traces
+    the classifier's and the features' predict functions once each, and its "triggered tf.function
+    retracing" warning (five traces of Keras's predict code close together: before, the lung
+    segmenter, the classifier and the features each traced two batch shapes) is not printed."""
+    import json
+    import logging
+
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("tf.function tracing is TensorFlow's")
+    from tensorflow.python.eager.polymorphic_function import polymorphic_function as tf_function
+
+    from covidxray.inference.familiarity import fit_familiarity
+
+    run = build_run(tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "lungs": "crop"}))
+    data = make_dataset(tmp_path / "data", per_class=24)
+    predictor = load_predictor(run)
+    inputs = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 1)).astype(np.uint8)
+    fit_familiarity(predictor.model, inputs[:20], inputs[20:]).save(run)
+    predictor = load_predictor(run)  # a fresh model, now with the run's familiarity
+    # TensorFlow counts traces per Python code across all models: a fresh count, whatever ran before
+    monkeypatch.setattr(tf_function, "_frequent_tracing_detector_manager", tf_function._FrequentTracingDetectorManager())
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        metrics = evaluate(predictor, str(data), cache_dir=tmp_path / "cache")
+    assert metrics["n"] == 72 and "unlike_training" in metrics
+    # the lung segmenter keeps two shapes (covidxray.inference.lungs.PAD_TO: a second pass on flagged images)
+    assert predictor.model.predict_function.experimental_get_tracing_count() == 1
+    assert predictor.feature_model.predict_function.experimental_get_tracing_count() == 1
+    assert not [r.getMessage() for r in caplog.records if "retracing" in r.getMessage()]

@@ -11,7 +11,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from covidxray.errors import CovidXrayError
-from covidxray.inference.heatmaps import find_target_layer, grad_cam, overlay
+from covidxray.inference.heatmaps import find_target_layer, grad_cam
 from covidxray.models import create_model, list_models
 
 SIZE, CENTER, RADIUS = 32, (9, 9), 5
@@ -184,27 +184,6 @@ def test_another_layer_can_be_chosen(trained, test_blobs):
     assert np.abs(maps - grad_cam(trained, test_blobs, 1)).max() > 0.1
 
 
-def test_overlay_is_rgb_red_where_hot_and_blue_where_cold():
-    image = np.full((8, 8), 128, dtype=np.uint8)
-    heat = np.zeros((8, 8), dtype=np.float32)
-    heat[0, 0] = 1
-    out = overlay(image, heat)
-    assert out.shape == (8, 8, 3) and out.dtype == np.uint8
-    red, green, blue = out[0, 0].astype(int)
-    assert red > blue and red > green  # hot
-    red, green, blue = out[5, 5].astype(int)
-    assert blue > red and blue > green  # cold
-    assert (overlay(image, heat, alpha=0) == 128).all()  # no colour: the X-ray unchanged
-    image = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
-    out = overlay(image, heat)
-    # (H, W, 1) floats in [0, 255] or [0, 1], and a heatmap at another size
-    np.testing.assert_array_equal(overlay(image[..., None].astype(np.float32), heat), out)
-    np.testing.assert_array_equal(overlay(image / 255.0, heat), out)
-    assert overlay(image, np.ones((2, 2))).shape == (8, 8, 3)
-    with pytest.raises(CovidXrayError, match="grayscale"):
-        overlay(np.zeros((8, 8, 3)), heat)
-
-
 BACKEND_SCRIPT = r"""
 import sys
 import numpy as np
@@ -247,54 +226,32 @@ def test_every_backend_gives_the_same_maps(backend, saved_models):
         assert np.abs(maps - expected[name]).max() < 1e-3, json.dumps({name: float(np.abs(maps - expected[name]).max())})
 
 
-def square_mask(side: int, start: int, stop: int) -> np.ndarray:
-    mask = np.zeros((side, side), bool)
-    mask[start:stop, start:stop] = True
-    return mask
+def test_heatmap_figure_stands_alone():
+    from matplotlib.colors import to_rgba
+    from matplotlib.patches import Rectangle
 
+    from covidxray.inference.heatmaps import BOX_COLOR, COLORMAP, HEAT_ALPHA, NOTICE, fit_side, heatmap_figure
 
-def white(picture: np.ndarray) -> np.ndarray:
-    return (picture == 255).all(axis=-1)
-
-
-def test_overlay_outlines_the_mask_in_white():
-    from covidxray.inference.heatmaps import edge
-
-    image = np.full((64, 64), 100, dtype=np.uint8)
-    mask = square_mask(64, 16, 48)
-    plain = overlay(image, np.zeros((64, 64)))
-    out = overlay(image, np.zeros((64, 64)), outline=mask)
-    assert not white(plain).any()
-    ring = edge(mask, (64, 64))
-    np.testing.assert_array_equal(white(out), ring)  # white on the edge and nowhere else
-    assert white(out)[16, 30] and white(out)[47, 30] and white(out)[30, 16] and white(out)[30, 47]
-    assert not white(out)[15, 30] and not white(out)[17, 30]  # a thin line
-    np.testing.assert_array_equal(out[~ring], plain[~ring])  # the rest as without the outline
-    assert not white(out)[32, 32] and not white(out)[2, 2]
-
-
-def test_overlay_resizes_an_outline_of_another_size():
-    image = np.full((64, 64), 100, dtype=np.uint8)
-    out = overlay(image, np.zeros((16, 16)), outline=square_mask(32, 8, 24))  # the square 16..48 at 64 px
-    drawn = white(out)
-    assert drawn.any()
-    rows, cols = np.nonzero(drawn)
-    assert abs(rows.min() - 16) <= 1 and abs(rows.max() - 47) <= 1
-    assert abs(cols.min() - 16) <= 1 and abs(cols.max() - 47) <= 1
-    assert not drawn[32, 32] and not drawn[2, 2] and not drawn[60, 60]
-
-
-def test_edge_is_the_masks_rim_about_a_two_hundredth_of_the_side_thick():
-    from covidxray.inference.heatmaps import edge
-
-    mask = square_mask(20, 5, 15)
-    rim = edge(mask, (20, 20))
-    assert rim.dtype == bool and rim.shape == (20, 20)
-    assert rim.sum() == 4 * (10 - 1)  # the square's one-pixel border
-    assert rim[5, 5] and rim[14, 10] and not rim[10, 10] and not rim[4, 10]
-    assert not edge(np.ones((20, 20), bool), (20, 20)).any()  # the image's border is no edge
-    assert not edge(np.zeros((20, 20), bool), (20, 20)).any()
-    thick = edge(square_mask(400, 100, 300), (400, 400))  # 400 // 200 = 2 px thick
-    assert thick[100, 200] and thick[101, 200] and not thick[102, 200] and not thick[99, 200]
-    scaled = edge(mask, (40, 40))  # resized first: the rim of the 10..30 square
-    assert scaled.shape == (40, 40) and scaled[10, 20] and scaled[29, 20] and not scaled[20, 20]
+    film = fit_side(np.tile(np.linspace(0, 255, 1000, dtype=np.uint8), (600, 1)))  # 600 x 1000: shown at 307 x 512
+    assert film.shape == (307, 512) and fit_side(film[:40, :50]).shape == (40, 50)  # never enlarged
+    heat, lungs = np.random.default_rng(0).random((32, 32)), np.zeros((32, 32), bool)
+    lungs[8:24, 4:28] = True
+    figure = heatmap_figure(film, heat, label="covid", probability=0.826, box=(0.25, 0.1, 0.75, 0.9), outline=lungs,
+                            crop=True, name="x.png", note="NO ANSWER")
+    axes, bar = figure.axes
+    assert axes.get_title() == "x.png\npredicted: covid (82.6%)\nNO ANSWER"
+    shown, heatmap = axes.get_images()
+    assert shown.get_array().shape == (307, 512)  # the whole film
+    assert heatmap.get_cmap().name == COLORMAP == "jet" and heatmap.get_alpha() == HEAT_ALPHA  # blue cold, red hot
+    assert heatmap.get_extent() == pytest.approx([0.25 * 512 - 0.5, 0.75 * 512 - 0.5, 0.9 * 307 - 0.5, 0.1 * 307 - 0.5])
+    (box,) = [p for p in axes.patches if isinstance(p, Rectangle)]
+    assert box.get_edgecolor() == to_rgba(BOX_COLOR) and box.get_width() == pytest.approx(256)
+    assert axes.collections  # the lungs' outline
+    assert "Grad-CAM" in bar.get_ylabel() and [t.get_text() for t in bar.get_yticklabels()] == ["0 low", "0.5", "1 high"]
+    assert figure.get_supxlabel() == NOTICE and "never for diagnosis" in NOTICE
+    whole = heatmap_figure(film, heat, label="normal", probability=0.5, crop=False)  # --lungs none: over the whole film
+    axes = whole.axes[0]
+    assert axes.get_title() == "predicted: normal (50.0%)" and not axes.patches and not axes.collections
+    assert axes.get_images()[1].get_extent() == pytest.approx([-0.5, 511.5, 306.5, -0.5])
+    with pytest.raises(CovidXrayError, match="grayscale image"):
+        heatmap_figure(np.zeros((4, 4, 3)), heat, label="x", probability=1.0)

@@ -11,7 +11,14 @@ from PIL import Image
 
 from covidxray.data.images import read_image, resize_square
 from covidxray.errors import CovidXrayError
-from covidxray.inference.engines import KerasEngine, OnnxEngine, device_count, predict_arrays, predict_augmented
+from covidxray.inference.engines import (
+    KerasEngine,
+    OnnxEngine,
+    device_count,
+    padded_batches,
+    predict_arrays,
+    predict_augmented,
+)
 from covidxray.inference.predict import expand_paths, heatmap_folder, heatmap_names, predict_files
 from covidxray.inference.predictor import load_predictor
 from helpers import build_run, gray, write_dicom, write_png
@@ -67,6 +74,37 @@ def test_predict_arrays_in_chunks_equals_one_call(predictor, monkeypatch):
     assert predict_arrays(predictor.model, images[:0]).shape == (0, 3)
 
 
+def test_padded_batches_give_one_shape_and_the_rows_to_keep():
+    images = np.arange(7 * 2).reshape(7, 2).astype(np.uint8) + 1
+    batches = list(padded_batches(images, 3))
+    assert [(b.shape, c) for b, c in batches] == [((3, 2), 3), ((3, 2), 3), ((3, 2), 1)]
+    np.testing.assert_array_equal(np.concatenate([b[:c] for b, c in batches]), images)
+    assert not batches[-1][0][1:].any() and batches[-1][0].dtype == np.uint8  # zeros, the images' dtype
+    assert [b.shape[0] for b, _ in padded_batches(images, 3, pad=False)] == [3, 3, 1]
+    assert [b.shape[0] for b, _ in padded_batches(images[:5], 8, multiple=4)] == [8]
+    assert [b.shape[0] for b, _ in padded_batches(images[:3], 8, multiple=4)] == [4]
+
+
+def test_predict_arrays_pads_the_last_batch_unless_told_not_to(tmp_path):
+    """More than one batch: the last one is padded (one batch shape, one trace), except with pad=False
+    (a caller that predicts the same images every epoch traces the second shape once instead)."""
+    import keras
+
+    from covidxray.models import load_model
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("tf.function tracing is TensorFlow's")
+    run = build_run(tmp_path / "run")
+    images = np.stack([gray(i, (32, 32)) for i in range(10)])[..., None]
+    counts = []
+    for pad in (True, False):
+        model = load_model(run / "model.keras")  # a fresh predict function
+        result = predict_arrays(model, images, batch_size=4, pad=pad)  # 4 + 4 + 2 images
+        counts.append(model.predict_function.experimental_get_tracing_count())
+        np.testing.assert_allclose(result, predict_arrays(model, images, batch_size=16), atol=1e-6)  # one batch
+    assert counts == [1, 2]
+
+
 def test_predict_augmented_averages_the_image_and_seeded_draws_of_the_training_augmentation(predictor):
     model = predictor.model
     images = np.stack([gray(i, (32, 32)) for i in range(5)])[..., None]
@@ -111,10 +149,26 @@ def test_predict_files_results_failures_and_heatmaps(predictor, tmp_path):
         assert list(result["probabilities"]) == list(predictor.classes)
         assert list(result["probabilities"].values()) == pytest.approx(row.tolist(), abs=1e-6)
         assert result["label"] == predictor.classes[label]
-        with Image.open(result["heatmap"]) as heatmap:
-            assert heatmap.size == (32, 32) and heatmap.mode == "RGB"
+        with Image.open(result["heatmap"]) as heatmap:  # a figure around the whole film (40 x 50 px), not the input
+            assert heatmap.size[0] > 300 and heatmap.size[1] > 250 and heatmap.mode == "RGB"
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["x0_gradcam.png", "x1_gradcam.png", "x2_gradcam.png"]
     json.dumps(results)  # plain JSON types
+
+
+def test_heatmap_files_show_the_whole_film_with_the_class_and_its_flags(predictor, tmp_path, monkeypatch):
+    import covidxray.inference.heatmaps as heatmaps
+
+    drawn = []
+    real = heatmaps.heatmap_figure
+    monkeypatch.setattr(heatmaps, "heatmap_figure", lambda picture, *a, **k: drawn.append((picture.shape, k)) or real(picture, *a, **k))
+    wide = write_png(tmp_path / "wide.png", gray(1, (600, 1200)))
+    results, _ = predict_files(predictor, [wide], heatmaps=tmp_path / "maps")
+    (shape, options), = drawn
+    assert shape == (256, 512)  # the whole film, aspect kept, 512 px on its long side
+    label = results[0]["label"]
+    assert options["label"] == label and options["probability"] == pytest.approx(results[0]["probabilities"][label], abs=1e-6)
+    assert options["name"] == "wide.png" and options["crop"] is False  # this run does not crop the lungs
+    assert options["note"] == ("near tie" if results[0]["near_tie"] else None)
 
 
 def test_predict_files_decides_with_the_runs_calibration(predictor, tmp_path):

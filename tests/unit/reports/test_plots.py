@@ -8,6 +8,7 @@ import pandas as pd
 from covidxray.reports.plots import (
     CORRECT_COLOR,
     MISTAKE_COLOR,
+    examples_title,
     pick_examples,
     plot_confusion,
     plot_history,
@@ -21,11 +22,18 @@ def test_pick_examples_shows_mistakes_first_then_every_class():
     predicted = y_true.copy()
     predicted[[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]] = 2  # 15 mistakes (the first 10 and 5 more)
     chosen = pick_examples(y_true, predicted, count=24, seed=0)
-    assert len(chosen) == 24 and list(chosen) == sorted(set(chosen))
-    assert (predicted[chosen] != y_true[chosen]).sum() >= 12  # up to half the grid is mistakes
+    assert len(chosen) == 24 == len(set(chosen))
+    wrong = predicted[chosen] != y_true[chosen]
+    assert wrong[:12].all() and list(chosen[:12]) == sorted(chosen[:12])  # half the grid: mistakes, first
+    assert list(chosen[12:]) == sorted(chosen[12:])  # then the sample, in test order
     assert set(y_true[chosen]) == {0, 1, 2}
     np.testing.assert_array_equal(pick_examples(y_true, predicted, count=24, seed=0), chosen)  # seeded
     assert list(pick_examples(np.array([0, 1]), np.array([0, 1]), count=24)) == [0, 1]  # fewer than the grid
+    assert list(pick_examples(np.array([0, 1, 2]), np.array([0, 2, 2]), count=24)) == [1, 0, 2]  # the mistake first
+    title = examples_title(y_true, predicted, chosen, seed=0)
+    assert title.startswith("24 of 30 test images: mistakes first (red; 12 of the 15), then a random sample per class")
+    assert "Grad-CAM" in title and "lungs" not in title and "Grad-CAM" not in examples_title(y_true, predicted, chosen, 0,
+                                                                                             heatmaps=False)
 
 
 def test_plot_history_and_confusion():
@@ -51,6 +59,22 @@ def test_plot_predictions_titles_and_colours():
                       ("true: covid\npred: normal (0.70)", MISTAKE_COLOR),
                       ("true: normal\npred: normal (0.40)", CORRECT_COLOR)]  # the decided class, not the argmax
     assert len(figure.axes) == 4  # a 2 x 2 grid, the last cell empty
+    assert "never for diagnosis" in figure.get_supxlabel()
+
+
+def test_plot_predictions_draws_heatmaps_with_one_colour_bar_and_says_how_tiles_were_chosen():
+    images = np.full((3, 8, 8, 1), 100, dtype=np.uint8)
+    maps = np.random.default_rng(0).random((3, 8, 8))
+    outlines = np.zeros((3, 8, 8), bool)
+    outlines[0, 2:6, 2:6] = True
+    figure = plot_predictions(images, np.array([0, 0, 1]), np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]]),
+                              ("covid", "normal"), columns=3, heatmaps=maps, outlines=outlines, title="how")
+    tiles, bar = figure.axes[:3], figure.axes[3]
+    assert len(figure.axes) == 4 and "Grad-CAM" in bar.get_ylabel()  # three tiles and one colour bar
+    assert [len(a.get_images()) for a in tiles] == [2, 2, 2]  # the image and its heatmap
+    np.testing.assert_allclose(tiles[1].get_images()[1].get_array(), maps[1])
+    assert len(tiles[0].collections) == 1 and not tiles[1].collections  # the lungs' outline where there is one
+    assert figure.get_suptitle() == "how"
 
 
 def test_plot_reliability_labels_the_eces():

@@ -94,8 +94,8 @@ def test_the_report_figure_gets_overlays(tmp_path):
 
     model = load_model(build_run(tmp_path / "run") / rundir.MODEL)
     images = np.stack([gray(i, (32, 32)) for i in range(3)])[..., None]
-    shown = with_heatmaps(model, images, np.array([0, 1, 2]))
-    assert shown.shape == (3, 32, 32, 3) and shown.dtype == np.uint8
+    maps = with_heatmaps(model, images, np.array([0, 1, 2]))
+    assert maps.shape == (3, 32, 32) and maps.dtype == np.float32 and 0 <= maps.min() <= maps.max() <= 1
 
 
 def test_a_model_without_convolutions_keeps_the_plain_images():
@@ -105,7 +105,7 @@ def test_a_model_without_convolutions_keeps_the_plain_images():
     x = keras.layers.Rescaling(1 / 255)(inputs)
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(x)), name="flat")
     images = np.stack([gray(i) for i in range(2)])[..., None]
-    assert with_heatmaps(model, images, np.array([0, 1])) is images  # the report goes on without
+    assert with_heatmaps(model, images, np.array([0, 1])) is None  # the report goes on without
 
 
 def test_user_strings_show_literally_in_report_md_and_html(scored, tmp_path):
@@ -143,7 +143,7 @@ def test_the_report_says_when_scaling_made_the_test_split_worse(scored):
     text = "\n".join(calibration_section({**calibration.to_dict(), "validation": better, "test": better}))
     assert "worse" not in text
     text = "\n".join(calibration_section({**calibration.to_dict(), "validation": better, "test": worse}))
-    assert "On the test split the scaling made calibration **worse**" in text
+    assert "On the test split the kept scaling made calibration **worse**" in text
     assert "worse" not in "\n".join(calibration_section({"temperature": 1.0, "test": worse}))  # nothing was fitted
 
 
@@ -158,3 +158,26 @@ def test_the_report_gives_the_error_rate_when_answering_only_the_surest(scored):
     assert "## Answering only the surest" in report
     assert f"| test: error rate | {100 * curve['points'][0][1]:.1f}% |" in report
     assert curve["points"][0][1] == pytest.approx(1 - metrics["test"]["accuracy"])  # everything answered
+
+
+def test_the_report_says_whether_the_temperature_was_kept(scored):
+    from covidxray.reports.report import calibration_section
+
+    _, calibration, _ = scored
+    validation = {"ece_before": 0.10, "ece_after": 0.08, "loss_before": 0.500, "loss_after": 0.450}
+    test = {"ece_before": 0.054, "ece_after": 0.092, "loss_before": 0.40, "loss_after": 0.42}
+    kept = {**calibration.to_dict(), "fitted_temperature": 1.5, "temperature_kept": True, "keep_margin": 0.01,
+            "validation": validation, "test": test}
+    text = "\n".join(calibration_section(kept))
+    assert "T = 1.500" in text and "lowered the validation loss by 10.0% (kept only where it lowers it by at least 1.0%)" in text
+    assert "**Kept**" in text and "| validation | 10.0% | 8.0% | 0.500 | 0.450 |" in text
+    assert "| test | 5.4% | 9.2% | 0.400 | 0.420 |" in text and "kept scaling made calibration **worse**" in text
+    dropped = {**kept, "temperature": 1.0, "temperature_kept": False, "validation": {**validation, "loss_after": 0.498}}
+    text = "\n".join(calibration_section(dropped))
+    assert "**Not kept**" in text and "model's own probabilities (T = 1)" in text and "by 0.4%" in text
+    assert "| test | 5.4% | 9.2% |" in text and "worse" not in text  # shown, but not applied: nothing made worse
+    config = TrainConfig(data="synthetic", image_size=32).resolve()
+    metrics = _metrics(*scored)
+    assert "probabilities are temperature-scaled" in render_report(config, metrics)
+    metrics["calibration"].update(temperature_kept=False)
+    assert "probabilities are the model's own" in render_report(config, metrics)

@@ -36,7 +36,11 @@ def test_train_writes_a_complete_run_and_refuses_to_replace_it(config, tmp_path)
     assert info["images"] == pd.read_csv(out / rundir.SPLIT)["split"].value_counts().to_dict()
     assert sum(info["images"].values()) == 24 and info["sources"] == {"synthetic": 24}
     assert metrics["calibration"]["temperature"] == json.loads((out / rundir.CALIBRATION).read_text())["temperature"]
-    assert set(metrics["calibration"]) >= {"validation", "test", "temperature", "covid_threshold"}
+    assert set(metrics["calibration"]) >= {"validation", "test", "temperature", "covid_threshold", "fitted_temperature",
+                                          "temperature_kept", "keep_margin"}
+    kept = metrics["calibration"]["temperature_kept"]  # the temperature applied: the fitted one where kept, else 1
+    assert metrics["calibration"]["temperature"] == (metrics["calibration"]["fitted_temperature"] if kept else 1.0)
+    assert ("**Kept**" if kept else "**Not kept**") in (out / rundir.REPORT).read_text()
     assert TrainConfig.load(out / rundir.CONFIG) == config.resolve()
     with pytest.raises(CovidXrayError, match="already holds a trained run"):
         train(config, out, verbose=0)

@@ -63,8 +63,11 @@ def test_png_and_jpeg_give_probabilities_and_a_heatmap(client, name, fmt):
     label = re.search(r'<span id="label">(\w+)</span>', response.text).group(1)
     assert probabilities[label] == max(probabilities.values())
     heatmap = re.search(r'<img id="heatmap"[^>]*src="data:image/png;base64,([^"]+)"', response.text).group(1)
-    overlay = np.asarray(Image.open(io.BytesIO(base64.b64decode(heatmap))))
-    assert overlay.ndim == 3 and overlay.shape[2] == 3 and overlay.shape[0] > 64
+    figure = np.asarray(Image.open(io.BytesIO(base64.b64decode(heatmap))))
+    assert figure.ndim == 3 and figure.shape[2] == 3 and figure.shape[0] > 64
+    scale = re.search(r'<div id="scale"[^>]*>(.*?)</div>', response.text).group(1)  # the heatmap's colour scale
+    assert "0 low" in scale and "1 high" in scale and "linear-gradient(to right, rgb(0,0,128) 0%" in scale
+    assert 'id="unlike"' not in response.text  # this run cannot tell (no familiarity.npz): no flag
     assert "never use it for diagnosis" in response.text and 'id="error"' not in response.text
 
 
