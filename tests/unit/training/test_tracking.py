@@ -34,7 +34,9 @@ pytest.importorskip("tensorflow", reason="TensorBoard logs need tensorflow")
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    """A local SQLite MLflow store in tmp_path, named as users name theirs (MLFLOW_TRACKING_URI)."""
+    """A local SQLite MLflow store in tmp_path, named as users name theirs (MLFLOW_TRACKING_URI); run from
+    tmp_path, where MLflow puts the artifacts of such a store (./mlruns)."""
+    monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
@@ -111,6 +113,7 @@ def test_a_run_writes_tensorboard_logs_and_logs_to_mlflow(config, store, tmp_pat
     artifacts = {f.path for f in store.list_artifacts(run.info.run_id)}
     assert {rundir.REPORT, rundir.REPORT_HTML, rundir.METRICS, rundir.MATRIX_FIGURE, rundir.PREDICTIONS_FIGURE,
             rundir.ACC_FIGURE} <= artifacts
+    assert run.info.artifact_uri.startswith(str(tmp_path / "mlruns"))  # where MLflow puts them: not in the repository
 
 
 def test_a_resumed_run_is_a_new_tracked_run_with_every_epoch(config, store, tmp_path, monkeypatch):
