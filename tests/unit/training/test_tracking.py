@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -132,6 +134,17 @@ def test_a_resumed_run_is_a_new_tracked_run_with_every_epoch(config, store, tmp_
     assert second.data.tags["covidxray.resumed"] == "true"
     assert sorted(history(store, second, "loss")) == [0, 1]  # restored from the backup: fit had nothing left to run
     assert "test_accuracy" in second.data.metrics and "test_accuracy" not in first.data.metrics
+
+
+def test_a_probe_is_one_tracked_run_with_its_summary(config, store, tmp_path):
+    from covidxray.training.probe import probe
+
+    metrics = probe(replace(config, epochs=1), tmp_path / "probe", verbose=0, track="mlflow")
+    [run] = runs_of(store)  # train's run, kept open by the probe for its own scores
+    assert run.info.status == FINISHED and run.data.params["blank_fraction"] == "0.75"
+    assert run.data.metrics["chance_accuracy"] == pytest.approx(metrics["probe"]["chance_accuracy"])
+    report = Path(store.download_artifacts(run.info.run_id, rundir.REPORT, str(tmp_path)))
+    assert "## Shortcut probe" in report.read_text()  # the report rewritten with the probe's summary
 
 
 def test_cv_is_a_parent_run_with_a_child_run_per_fold(tiny_model, fast_bootstrap, store, tmp_path):
