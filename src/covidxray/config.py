@@ -33,6 +33,8 @@ MAY_CHANGE_ON_RESUME = ("cache_dir",)
 #: Names an older config.json used for a setting, and the name it has now.
 RENAMED = {"blank_lungs": "blank_fraction"}
 LR_SCHEDULES = ("cosine", "one-cycle")
+#: Where a training run is also logged (--track); TensorBoard logs are written in every run.
+TRACKERS = ("none", "mlflow")
 #: How a model sees an image (--lungs): the whole film, the box around the lungs, or the lungs alone;
 #: :class:`covidxray.inference.preprocess.Preprocessing` is the one place that acts on it.
 LUNG_MODES = ("none", "crop", "mask")
@@ -312,6 +314,22 @@ class TrainConfig:
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()), str(path))
+
+
+@dataclass
+class Tracking:
+    """Where a training run is logged besides its folder (``--track``). Not a setting of what the
+    run computes: it is not saved in ``config.json``, and a resumed run or a reused fold may change it."""
+
+    track: str = setting(
+        "none", "also log the run to MLflow: its settings, metrics per epoch, test metrics, report and figures "
+        "(pip install 'covidxray[mlflow]'; the store of MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db); "
+        "TensorBoard logs are written in every run (RUN/tensorboard/)", choices=TRACKERS)
+
+    def check(self) -> Tracking:
+        for f in fields(self):
+            _check_value(f, getattr(self, f.name))
+        return self
 
 
 def parse_widths(text: str) -> list[int]:

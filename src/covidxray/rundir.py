@@ -5,7 +5,8 @@ A run directory holds ``model.keras``, ``config.json``, ``split.csv``, ``history
 ``calibration.png``), ``report.md`` and ``report.html`` (the same, one self-contained page); while
 it trains, ``backup/`` (what ``train --resume`` continues from), and once exported, ``model.onnx`` or
 ``saved_model/``. Every file is written to a temporary name and renamed (a folder: built beside and
-swapped in), so an interrupted run never leaves a half-written file behind.
+swapped in), so an interrupted run never leaves a half-written file behind; but ``tensorboard/``,
+TensorBoard's event files (:mod:`covidxray.training.tracking`), which TensorBoard appends to.
 
 A run removes only what covidxray wrote: its own temporaries (:func:`covidxray.files.is_temporary`)
 and, replacing an earlier run, the files of the names above; a folder that holds anything else
@@ -39,9 +40,10 @@ ONNX_MODEL, SAVED_MODEL = "model.onnx", "saved_model"
 FAMILIARITY = "familiarity.npz"  # the "unlike the training data" flag (inference.familiarity)
 TEST_PREDICTIONS = "test_predictions.csv"  # a cross-validation fold's test probabilities, one row per image
 BACKUP = "backup"  # folder: Keras's BackupAndRestore state and covidxray's callback states
+TENSORBOARD = "tensorboard"  # folder: TensorBoard event files (training.tracking)
 RUN_FILES = (MODEL, CONFIG, SPLIT, HISTORY, METRICS, REPORT, REPORT_HTML, CALIBRATION, ACC_FIGURE, MATRIX_FIGURE,
              PREDICTIONS_FIGURE, RELIABILITY_FIGURE, ONNX_MODEL)
-RUN_FOLDERS = (BACKUP, SAVED_MODEL)
+RUN_FOLDERS = (BACKUP, SAVED_MODEL, TENSORBOARD)
 SPLIT_NAMES = ("train", "validation", "test")  # data.splits.SPLITS, which this module may not import
 SEGMENTER_SETTINGS = "segmenter.json"  # a lung segmenter's marker: presets.SEGMENTER_SETTINGS, not imported here
 STAGED = ".covidxray-staged"  # folder: a run that will replace this one (--overwrite), until it is complete

@@ -312,3 +312,16 @@ def test_preset_probabilities_writes_and_compares_the_presets_outputs(tmp_path, 
     np.savez(tmp_path / "moved.npz", **arrays)
     assert script.main(["--data", str(data), "--per-dataset", "1", "--out", str(tmp_path / "third.npz"),
                         "--compare", str(tmp_path / "moved.npz")]) == 1
+
+
+def test_tensorboard_cost_times_the_logs_of_one_run(dataset, tmp_path):
+    from covidxray.training.callbacks import EpochTensorBoard
+
+    pytest.importorskip("tensorboard")
+    on_epoch_end = EpochTensorBoard.on_epoch_end
+    result = load("tensorboard_cost").main(["--data", str(dataset), "--out", str(tmp_path / "run"), "--epochs", "2",
+                                            "--image-size", "32"])
+    assert result["epochs"] == 2 and set(result["bytes"]) == {"train", "validation", "test"}
+    assert result["seconds"]["on_epoch_end"] > 0 and result["seconds"]["write_report_summaries"] > 0
+    assert result["bytes"]["test"] > result["bytes"]["train"] > 0  # the images
+    assert EpochTensorBoard.on_epoch_end is on_epoch_end  # the timing is undone

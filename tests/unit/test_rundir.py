@@ -50,7 +50,7 @@ def test_overwrite_removes_every_file_of_the_old_run(tmp_path):
     for name in RUN_FILES:
         run.file(name).write_text("old")
     TrainConfig(data="d").resolve().save(run.file(CONFIG))  # what marks the folder a run's (issue 30)
-    for name in RUN_FOLDERS:  # backup/, saved_model/
+    for name in RUN_FOLDERS:  # backup/, saved_model/, tensorboard/
         run.file(name).mkdir()
         (run.file(name) / "x").write_text("old")
     (run.path / ".model.0123456789ab.covidxray-tmp.keras").write_text("left by a killed process")

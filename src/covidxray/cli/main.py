@@ -19,7 +19,7 @@ from covidxray.backend import NO_BACKEND, import_keras_quietly, is_missing_backe
 from covidxray.cli.lungs import add_lungs_commands
 from covidxray.cli.options import add_config_options, given_settings
 from covidxray.cli.output import format_predictions, print_cv_summary, print_evaluation, print_run_summary
-from covidxray.config import CV, PROBE, TRAIN, TrainConfig, check_setting
+from covidxray.config import CV, PROBE, TRAIN, Tracking, TrainConfig, check_setting
 from covidxray.errors import CovidXrayError, printable
 from covidxray.inference.engines import ENGINES
 from covidxray.models.pretrained import CONVERTERS
@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(TRAIN, help="train a model and write a run directory with its report")
     add_config_options(train, TRAIN, data_required=False)
+    add_config_options(train, TRAIN, settings=Tracking)
     train.add_argument("--out", help="run directory to write")
     train.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     train.add_argument("--resume", metavar="RUN_DIR", default=None,
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cv = commands.add_parser(CV, help="k-fold cross-validation: per-fold, mean +- sd and pooled metrics")
     add_config_options(cv, CV)
+    add_config_options(cv, CV, settings=Tracking)
     cv.add_argument("--out", required=True, help="folder for cv.json, cv.md and one run directory per fold")
     cv.add_argument("--overwrite", action="store_true", help="replace a finished cross-validation in --out")
     cv.add_argument("--folds", type=int, default=5, help="number of folds (default: 5)")
@@ -90,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     probe = commands.add_parser(PROBE, help="shortcut probe: train on images with the lung field blanked out")
     add_config_options(probe, PROBE)
+    add_config_options(probe, PROBE, settings=Tracking)
     probe.add_argument("--out", required=True, help="run directory to write")
     probe.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     probe.add_argument("--reference", metavar="RUN_DIR", default=None,
@@ -237,16 +240,22 @@ def _verbosity(args) -> int:
     return 0 if args.quiet else (1 if sys.stdout.isatty() else 2)
 
 
+def _track(args) -> str:
+    """``--track`` (tracking options are not settings of the run: :class:`~covidxray.config.Tracking`)."""
+    return Tracking(**given_settings(args, Tracking)).track
+
+
 def run_train(args) -> int:
     from covidxray.training.train import resume, train
 
     given = given_settings(args)
     if args.resume:
         args.out = args.resume
-        metrics = resume(args.resume, cache_dir=given.pop("cache_dir", None), verbose=_verbosity(args), **given)
+        metrics = resume(args.resume, cache_dir=given.pop("cache_dir", None), verbose=_verbosity(args),
+                         track=_track(args), **given)
     else:
         metrics = train(TrainConfig.for_command(TRAIN, **given), args.out, overwrite=args.overwrite,
-                        verbose=_verbosity(args))
+                        verbose=_verbosity(args), track=_track(args))
     print_run_summary(metrics)
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
@@ -254,7 +263,10 @@ def run_train(args) -> int:
 
 def check_training(args) -> None:
     """train, cv and probe: missing options and settings out of their choices or bounds, in one line
-    before the backend loads (``covidxray train`` alone answers at once)."""
+    before the backend loads (``covidxray train`` alone answers at once); ``--track mlflow`` without MLflow."""
+    from covidxray.training.tracking import check_tracking
+
+    check_tracking(_track(args))
     if getattr(args, "resume", None):
         if args.overwrite or (args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve()):
             raise CovidXrayError(f"--resume {args.resume} continues that run in place; drop --out and --overwrite")
@@ -270,7 +282,7 @@ def run_cv(args) -> int:
 
     result = cross_validate(TrainConfig.for_command(CV, **given_settings(args)), args.out, args.folds,
                             overwrite=args.overwrite, verbose=0 if args.quiet else 2,
-                            only=args.only)
+                            only=args.only, track=_track(args))
     if "missing" in result:
         print(f"finished folds: {', '.join(map(str, result['finished'])) or 'none'}; not yet: "
               f"{', '.join(map(str, result['missing']))}. Run the command again without --fold to train those and "
@@ -285,7 +297,7 @@ def run_probe(args) -> int:
     from covidxray.training.probe import probe, probe_summary
 
     metrics = probe(TrainConfig.for_command(PROBE, **given_settings(args)), args.out, overwrite=args.overwrite,
-                    verbose=_verbosity(args), reference=args.reference)
+                    verbose=_verbosity(args), reference=args.reference, track=_track(args))
     print_run_summary(metrics)
     print(probe_summary(metrics))
     print(f"report: {Path(args.out) / 'report.md'}")

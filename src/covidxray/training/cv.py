@@ -40,6 +40,14 @@ from covidxray.reports.markdown import save_figure, write_report
 from covidxray.reports.plots import plot_confusion
 from covidxray.training.data import load_data, split_data
 from covidxray.training.fit import check_model, fit
+from covidxray.training.tracking import (
+    Tracker,
+    closing,
+    log_finished_run,
+    make_tracker,
+    run_params,
+    write_report_summaries,
+)
 from covidxray.training.train import evaluate_splits, fit_and_check_familiarity
 
 log = logging.getLogger(__name__)
@@ -49,14 +57,18 @@ SUMMARY_METRICS = ("accuracy", "loss", "sensitivity", "specificity", "auc")
 
 
 def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, overwrite: bool = False,
-                   verbose: int = 0, only: list[int] | None = None) -> dict:
+                   verbose: int = 0, only: list[int] | None = None, track: str | Tracker = "none") -> dict:
     """Train and test ``folds`` models; returns ``cv.json``'s content and writes ``out``.
 
     ``only``: train just these folds (numbered from 1) and reuse the others where they finished.
     Until every fold has finished no ``cv.json`` is written and the result is ``{"finished":
     [...], "missing": [...]}``, the fold numbers of each.
+
+    ``track``: as for :func:`~covidxray.training.train.train`: the cross-validation is a tracked run
+    with its pooled scores and report, each fold trained or reused a child run of it.
     """
     config = config.resolve()
+    tracker = make_tracker(track)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CovidXrayError(f"{out}: is a file, not a folder; choose another --out")
@@ -84,64 +96,76 @@ def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, over
     outside = sorted(k for k in set(only or ()) if not 1 <= k <= folds)
     if outside:
         raise CovidXrayError(f"--fold {outside[0]}: this cross-validation has folds 1 to {folds}")
-    out.mkdir(parents=True, exist_ok=True)
-    probabilities = np.zeros((len(data.targets), len(config.classes)))
-    predictions = np.zeros(len(data.targets), dtype=int)
-    per_fold, missing = [], []
-    for k in progress_bar(range(folds), desc="cross-validation", unit="fold"):
-        test_mask = fold_of == k
-        run = rundir.RunDir(out / f"fold-{k + 1}")
-        skipped = only is not None and k + 1 not in only
-        finished = None if overwrite and not skipped else _finished_fold(run, config, int(test_mask.sum()))
-        if finished is None and skipped:
-            missing.append(k + 1)
-            continue
-        if finished is None:
-            log.info("fold %d of %d: training on %d images, testing on %d", k + 1, folds,
-                     int((~test_mask).sum()), int(test_mask.sum()))
-            finished = _run_fold(config, data, test_mask, run, verbose)
-        else:
-            log.info("fold %d of %d: reusing the finished run in %s", k + 1, folds, run.path)
-        metrics, fold_probabilities = finished
-        probabilities[test_mask] = fold_probabilities
-        calibration = Calibration.from_dict(metrics["calibration"], str(run.file(rundir.METRICS)))
-        predictions[test_mask] = calibration.decide(fold_probabilities, config.classes)
-        per_fold.append(_fold_summary(k + 1, metrics, None if held_out is None else held_out[k]))
-    if missing:
-        log.info("not finished yet of %d folds: %s; run the command again without --fold (or with --fold for "
-                 "them) to train them and pool all %d", folds, ", ".join(map(str, missing)), folds)
-        return {"finished": [f["fold"] for f in per_fold], "missing": missing}
-    # intervals resample patients, whatever the folds were grouped by
-    pooled = ScoredPredictions(data.targets, probabilities, predictions, data.table, config.classes).metrics(
-        seed=config.seed)
-    result = {
-        "protocol": {"folds": folds, "group_by": config.group_by, "seed": config.seed,
-                     "images": len(data.targets), "patients": pooled["intervals"]["patients"],
-                     **({} if held_out is None else {"held_out_sources": held_out})},
-        "config": asdict(config),
-        "per_fold": per_fold,
-        "mean": {m: _mean_sd(per_fold, m)[0] for m in SUMMARY_METRICS},
-        "sd": {m: _mean_sd(per_fold, m)[1] for m in SUMMARY_METRICS},
-        "pooled": pooled,
-        "confounding": confounding_warning(data.table["label"], data.table["source"]),
-        "skipped": data.skipped,
-        "total_seconds": round(time.perf_counter() - started, 1),
-    }
-    save_figure(plot_confusion(pooled["confusion_matrix"], config.classes, title="pooled out-of-fold confusion matrix"),
-                out / CV_MATRIX)
-    rundir.RunDir(out).write_json(CV_JSON, result)
-    write_report(out / CV_REPORT, render_cv_report(result))  # cv.md and cv.html
+    with closing(tracker, track):
+        tracker.start(out.resolve().name, run_params(config, folds=folds),
+                      tags={"covidxray.run_dir": str(out.resolve()), "covidxray.command": "cv"})
+        out.mkdir(parents=True, exist_ok=True)
+        probabilities = np.zeros((len(data.targets), len(config.classes)))
+        predictions = np.zeros(len(data.targets), dtype=int)
+        per_fold, missing = [], []
+        for k in progress_bar(range(folds), desc="cross-validation", unit="fold"):
+            test_mask = fold_of == k
+            run = rundir.RunDir(out / f"fold-{k + 1}")
+            skipped = only is not None and k + 1 not in only
+            finished = None if overwrite and not skipped else _finished_fold(run, config, int(test_mask.sum()))
+            if finished is None and skipped:
+                missing.append(k + 1)
+                continue
+            child = tracker.child()  # each fold trained or reused: a run nested in the cross-validation's
+            with child.running():
+                child.start(f"{out.resolve().name}/{run.path.name}", run_params(config, fold=k + 1),
+                            tags={"covidxray.run_dir": str(run.path.resolve())})
+                if finished is None:
+                    log.info("fold %d of %d: training on %d images, testing on %d", k + 1, folds,
+                             int((~test_mask).sum()), int(test_mask.sum()))
+                    finished = _run_fold(config, data, test_mask, run, verbose, child)
+                else:
+                    log.info("fold %d of %d: reusing the finished run in %s", k + 1, folds, run.path)
+                    if run.file(rundir.HISTORY).is_file():
+                        child.log_history(pd.read_csv(run.file(rundir.HISTORY)).to_dict("records"))
+                log_finished_run(child, run, finished[0])
+            metrics, fold_probabilities = finished
+            probabilities[test_mask] = fold_probabilities
+            calibration = Calibration.from_dict(metrics["calibration"], str(run.file(rundir.METRICS)))
+            predictions[test_mask] = calibration.decide(fold_probabilities, config.classes)
+            per_fold.append(_fold_summary(k + 1, metrics, None if held_out is None else held_out[k]))
+        if missing:
+            log.info("not finished yet of %d folds: %s; run the command again without --fold (or with --fold for "
+                     "them) to train them and pool all %d", folds, ", ".join(map(str, missing)), folds)
+            return {"finished": [f["fold"] for f in per_fold], "missing": missing}
+        # intervals resample patients, whatever the folds were grouped by
+        pooled = ScoredPredictions(data.targets, probabilities, predictions, data.table, config.classes).metrics(
+            seed=config.seed)
+        result = {
+            "protocol": {"folds": folds, "group_by": config.group_by, "seed": config.seed,
+                         "images": len(data.targets), "patients": pooled["intervals"]["patients"],
+                         **({} if held_out is None else {"held_out_sources": held_out})},
+            "config": asdict(config),
+            "per_fold": per_fold,
+            "mean": {m: _mean_sd(per_fold, m)[0] for m in SUMMARY_METRICS},
+            "sd": {m: _mean_sd(per_fold, m)[1] for m in SUMMARY_METRICS},
+            "pooled": pooled,
+            "confounding": confounding_warning(data.table["label"], data.table["source"]),
+            "skipped": data.skipped,
+            "total_seconds": round(time.perf_counter() - started, 1),
+        }
+        save_figure(plot_confusion(pooled["confusion_matrix"], config.classes, title="pooled out-of-fold confusion matrix"),
+                    out / CV_MATRIX)
+        rundir.RunDir(out).write_json(CV_JSON, result)
+        write_report(out / CV_REPORT, render_cv_report(result))  # cv.md and cv.html
+        tracker.log_metrics(cv_metrics(result))
+        tracker.log_files(out, (CV_JSON, CV_REPORT, CV_REPORT.replace(".md", ".html"), CV_MATRIX))
     return result
 
 
-def _run_fold(config: TrainConfig, data, test_mask: np.ndarray, run: rundir.RunDir, verbose: int):
+def _run_fold(config: TrainConfig, data, test_mask: np.ndarray, run: rundir.RunDir, verbose: int, tracker: Tracker):
     """Train and score one fold; a fold interrupted with the same settings continues from its backup."""
     prepared = split_data(config, data, test_mask=test_mask)
     resumable = _same_config(run, config) and run.file(rundir.BACKUP).is_dir()
-    run.create(keep=(rundir.BACKUP, rundir.MODEL, rundir.HISTORY) if resumable else ())
+    run.create(keep=(rundir.BACKUP, rundir.MODEL, rundir.HISTORY, rundir.TENSORBOARD) if resumable else ())
     config.save(run.file(rundir.CONFIG))
     rundir.write_csv(run.file(rundir.SPLIT), prepared.table)
-    training = fit(config, prepared, run, verbose=verbose)
+    training = fit(config, prepared, run, verbose=verbose, tracker=tracker)
     model = load_model(run.require(rundir.MODEL))
     metrics, calibration, test = evaluate_splits(model, prepared, config)
     metrics["unlike_training"] = fit_and_check_familiarity(model, prepared, run, test, config, calibration)
@@ -150,6 +174,7 @@ def _run_fold(config: TrainConfig, data, test_mask: np.ndarray, run: rundir.RunD
     frame.insert(0, "path", prepared.table.loc[prepared.mask("test"), "path"].to_numpy())
     atomic_save(run.file(rundir.TEST_PREDICTIONS), lambda tmp: frame.to_csv(tmp, index=False))
     calibration.save(run.path)
+    write_report_summaries(run, metrics)  # TensorBoard: the fold's test scores
     run.write_json(rundir.METRICS, metrics)  # last: its presence marks the fold finished
     shutil.rmtree(run.file(rundir.BACKUP), ignore_errors=True)
     return metrics, test.probabilities
@@ -206,6 +231,14 @@ def _fold_summary(fold: int, metrics: dict, held_out: str | None = None) -> dict
                     "intervals": {k: v for k, v in test.get("intervals", {}).items() if k in SUMMARY_METRICS},
                     "covid_counts": {k: covid[k] for k in ("tp", "fn", "tn", "fp") if k in covid}}
     return summary
+
+
+def cv_metrics(result: dict) -> dict:
+    """A finished cross-validation's scores as flat names: mean and sd over folds, pooled out-of-fold."""
+    pooled, covid = result["pooled"], result["pooled"].get("covid") or {}
+    return {**{f"mean_{m}": v for m, v in result["mean"].items()}, **{f"sd_{m}": v for m, v in result["sd"].items()},
+            "pooled_accuracy": pooled.get("accuracy"), "pooled_loss": pooled.get("loss"),
+            **{f"pooled_covid_{m}": covid.get(m) for m in ("sensitivity", "specificity", "auc")}}
 
 
 def held_out_measure(covid: dict) -> str:

@@ -27,9 +27,16 @@ from covidxray.training.adversary import (
 )
 from covidxray.training.backup import EarlyStopping, RunBackup, SeedStates, read_state
 from covidxray.training.batches import ShuffledBatches, repeated_tf_dataset, sample_weights
-from covidxray.training.callbacks import BestCheckpoint, PreciseValidation
+from covidxray.training.callbacks import (
+    BestCheckpoint,
+    LearningRateLog,
+    PreciseValidation,
+    TrackEpochs,
+    tensorboard_callback,
+)
 from covidxray.training.data import PreparedData
 from covidxray.training.distribute import data_parallel, process_slice
+from covidxray.training.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +144,11 @@ def _create(config: TrainConfig) -> keras.Model:
                         dtype_policy=config.mixed_precision)
 
 
-def fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: int = 1) -> dict:
+def fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: int = 1,
+        tracker: Tracker | None = None) -> dict:
     """Build, compile and fit the model; the epoch with the best validation accuracy is saved (the
-    last epoch without a validation split).
+    last epoch without a validation split). Each epoch's logs go to ``history.csv``, to TensorBoard
+    (``RUN/tensorboard/``) and to ``tracker`` (:mod:`covidxray.training.tracking`).
 
     Where ``run`` holds the backup of an interrupted fit, it continues from its last finished epoch.
     With ``config.distribute == "data-parallel"`` the model is built and trained under a
@@ -147,7 +156,7 @@ def fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: in
     """
     distribution = data_parallel(config.batch_size, config.devices) if config.distribute == "data-parallel" else None
     with distribution.scope() if distribution else contextlib.nullcontext():
-        return {**_fit(config, data, run, verbose, distributed=distribution is not None),
+        return {**_fit(config, data, run, verbose, distributed=distribution is not None, tracker=tracker or Tracker()),
                 "devices": device_count(distribution)}
 
 
@@ -161,7 +170,8 @@ def training_batches(config: TrainConfig, x, y, class_weight, distributed: bool)
                            drop_remainder=distributed, process_index=index, process_count=count)
 
 
-def _fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: int, distributed: bool) -> dict:
+def _fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: int, distributed: bool,
+         tracker: Tracker) -> dict:
     x_train, y_train = data.part("train")
     sources = data.table.loc[data.mask("train"), "source"].to_numpy()
     class_weight = training_weights(config, y_train, sources)
@@ -192,11 +202,16 @@ def _fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: i
                              start_from_epoch=config.epochs // 2)
     watched = {"early_stopping": stopping} if config.has_validation else {}  # without, every epoch runs: the last is kept
     backup = RunBackup(run, {"checkpoint": checkpoint, **watched, "seeds": SeedStates(trainer)}, state)
+    tracker.log_history([] if state is None else state["history"])  # a resumed run's epochs so far
+    tensorboard = tensorboard_callback(run)
     callbacks = [
         ClassifierLogs(),
         PreciseValidation(calibration, *data.part("validation"), classifier=model),  # the others see its scores
+        LearningRateLog(),
         checkpoint,
         *watched.values(),
+        *([] if tensorboard is None else [tensorboard]),
+        TrackEpochs(tracker),
         backup,  # last: saves the states the others reach at each epoch's end, and writes history.csv
     ]
     if state is not None and (state["stopped"] or state["epoch"] >= config.epochs):

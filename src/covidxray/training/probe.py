@@ -22,20 +22,33 @@ from covidxray.errors import CovidXrayError
 from covidxray.evaluation.metrics import chance_accuracy
 from covidxray.reports.markdown import write_report
 from covidxray.reports.report import render_report
+from covidxray.training.tracking import Tracker, closing, make_tracker
 from covidxray.training.train import train
 
 
-def probe(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verbose: int = 1, reference: str | Path | None = None) -> dict:
+def probe(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verbose: int = 1,
+          reference: str | Path | None = None, track: str | Tracker = "none") -> dict:
     """Train ``config`` with part of every image blanked (``config.blank_region``: the central box of
     ``config.blank_fraction``, or the default :data:`DEFAULT_FRACTION` when it is 0; the segmented
     lungs; or all but the lungs); returns ``metrics.json``'s content with a ``"probe"`` entry.
 
     ``reference``: a run trained on the same data without blanking; the summary then says how much of
-    its score survives."""
+    its score survives. ``track``: as for :func:`~covidxray.training.train.train`, with the probe's
+    chance accuracy and its report."""
     if config.blank_region == "box" and not config.blank_fraction:
         config = replace(config, blank_fraction=DEFAULT_FRACTION)
     baseline = reference_scores(reference) if reference is not None else None  # a bad folder fails before training
-    metrics = train(config, out, overwrite=overwrite, verbose=verbose)
+    tracker = make_tracker(track)
+    with closing(tracker, track):
+        metrics = train(config, out, overwrite=overwrite, verbose=verbose, track=tracker)
+        _add_probe(metrics, config, out, baseline, reference)
+        tracker.log_metrics({"chance_accuracy": metrics["probe"]["chance_accuracy"]})
+        tracker.log_files(Path(out), (rundir.METRICS, rundir.REPORT, rundir.REPORT_HTML))  # with the probe's summary
+    return metrics
+
+
+def _add_probe(metrics: dict, config: TrainConfig, out, baseline: dict | None, reference) -> None:
+    """Add the probe's entry to a finished run's metrics, and its summary to the report."""
     test = metrics["test"]
     targets = np.repeat(np.arange(len(test["classes"])), [c["support"] for c in test["per_class"].values()])
     metrics["probe"] = {"region": config.blank_region, "lungs": config.lungs,
@@ -51,7 +64,6 @@ def probe(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verb
     run = rundir.RunDir(out)
     run.write_json(rundir.METRICS, metrics)
     write_report(run.file(rundir.REPORT), render_report(run.load_config(), metrics))  # with the summary
-    return metrics
 
 
 def reference_scores(reference: str | Path) -> dict:

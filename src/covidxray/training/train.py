@@ -35,6 +35,14 @@ from covidxray.training.backup import check_resumable
 from covidxray.training.data import PreparedData, prepare_data
 from covidxray.training.distribute import data_parallel
 from covidxray.training.fit import check_model, fit
+from covidxray.training.tracking import (
+    Tracker,
+    closing,
+    log_finished_run,
+    make_tracker,
+    run_params,
+    write_report_summaries,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +71,13 @@ def evaluate_splits(model: keras.Model, data: PreparedData, config: TrainConfig
     return metrics, calibration, scored["test"]
 
 
-def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verbose: int = 1) -> dict:
+def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verbose: int = 1,
+          track: str | Tracker = "none") -> dict:
     """The whole pipeline: returns ``metrics.json``'s content and writes the run directory ``out``.
+
+    ``track``: ``"mlflow"`` also logs the run to MLflow (:mod:`covidxray.training.tracking`; TensorBoard
+    logs are written in every run), or a :class:`~covidxray.training.tracking.Tracker` that the caller
+    closes. The tracked run opens once the data is read, so a refused command leaves none behind.
 
     A folder holding a finished or interrupted run, or anything but a run, is refused unless
     ``overwrite``. Everything that can be checked (settings, backend, the model with its weights,
@@ -74,6 +87,7 @@ def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verb
     :func:`resume`; files of ``out`` that are not a run's are kept).
     """
     config = config.resolve()
+    tracker = make_tracker(track)  # MLflow not installed: an error now
     run = rundir.RunDir(out)
     run.refuse_to_replace(overwrite)
     if config.distribute == "data-parallel":
@@ -82,26 +96,29 @@ def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verb
     started = time.perf_counter()
     data = prepare_data(config)
     decode_seconds = time.perf_counter() - started
-    staged = run.stage() if run.run_entries() else None
-    target = staged or run
-    if staged is None:
-        run.path.mkdir(parents=True, exist_ok=True)
-        run.remove_temporaries()
-    try:
-        config.save(target.file(rundir.CONFIG))
-        rundir.write_csv(target.file(rundir.SPLIT), data.table)
-        metrics = _run(config, target, data, started=started, decode_seconds=decode_seconds, resumed=False,
-                       verbose=verbose)
-    except BaseException:
-        if staged is not None and not staged.file(rundir.BACKUP).exists():  # nothing to resume: no trace
-            shutil.rmtree(staged.path, ignore_errors=True)
-        raise
-    if staged is not None:
-        run.swap_in(staged)
+    with closing(tracker, track):
+        tracker.start(run.path.resolve().name, run_params(config), tags={"covidxray.run_dir": str(run.path.resolve())})
+        staged = run.stage() if run.run_entries() else None
+        target = staged or run
+        if staged is None:
+            run.path.mkdir(parents=True, exist_ok=True)
+            run.remove_temporaries()
+        try:
+            config.save(target.file(rundir.CONFIG))
+            rundir.write_csv(target.file(rundir.SPLIT), data.table)
+            metrics = _run(config, target, data, started=started, decode_seconds=decode_seconds, resumed=False,
+                           verbose=verbose, tracker=tracker)
+        except BaseException:
+            if staged is not None and not staged.file(rundir.BACKUP).exists():  # nothing to resume: no trace
+                shutil.rmtree(staged.path, ignore_errors=True)
+            raise
+        if staged is not None:
+            run.swap_in(staged)
+        log_finished_run(tracker, run, metrics)
     return metrics
 
 
-def resume(run_dir: str | Path, *, cache_dir: str | None = None, verbose: int = 1,
+def resume(run_dir: str | Path, *, cache_dir: str | None = None, verbose: int = 1, track: str | Tracker = "none",
            **settings) -> dict:
     """Continue the interrupted run in ``run_dir`` from its last finished epoch, with its own settings.
 
@@ -109,8 +126,10 @@ def resume(run_dir: str | Path, *, cache_dir: str | None = None, verbose: int = 
     :meth:`TrainConfig.conflicts`: a resumed run keeps its own settings, so any that differ is an
     error. ``cache_dir`` may change. Where ``run_dir`` holds an interrupted replacement (``train
     --overwrite`` cut short after its first epoch, in ``run_dir/.covidxray-staged/``), that one is
-    continued, and replaces the run in ``run_dir`` once complete.
+    continued, and replaces the run in ``run_dir`` once complete. ``track``: as for :func:`train`
+    (the tracked run is a new one, with the epochs finished before too).
     """
+    tracker = make_tracker(track)
     run = rundir.RunDir(run_dir)
     if run.path.is_dir():
         run.recover()
@@ -130,17 +149,21 @@ def resume(run_dir: str | Path, *, cache_dir: str | None = None, verbose: int = 
     data = prepare_data(config)
     decode_seconds = time.perf_counter() - started
     _check_same_split(target, data, config.data)
-    metrics = _run(config, target, data, started=started, decode_seconds=decode_seconds, resumed=True,
-                   verbose=verbose)
-    if staged is not None:
-        run.swap_in(staged)
+    with closing(tracker, track):
+        tracker.start(run.path.resolve().name, run_params(config),
+                      tags={"covidxray.run_dir": str(run.path.resolve()), "covidxray.resumed": "true"})
+        metrics = _run(config, target, data, started=started, decode_seconds=decode_seconds, resumed=True,
+                       verbose=verbose, tracker=tracker)
+        if staged is not None:
+            run.swap_in(staged)
+        log_finished_run(tracker, run, metrics)
     return metrics
 
 
 def _run(config: TrainConfig, run: rundir.RunDir, data: PreparedData, *, started: float, decode_seconds: float,
-         resumed: bool, verbose: int) -> dict:
+         resumed: bool, verbose: int, tracker: Tracker) -> dict:
     """Fit, evaluate and report in ``run``, which holds the run's config.json and split.csv."""
-    training = fit(config, data, run, verbose=verbose)
+    training = fit(config, data, run, verbose=verbose, tracker=tracker)
     model = load_model(run.require(rundir.MODEL))
     metrics, calibration, test = evaluate_splits(model, data, config)
     calibration.save(run.path)
@@ -168,6 +191,7 @@ def _run(config: TrainConfig, run: rundir.RunDir, data: PreparedData, *, started
     }
     write_figures_and_report(run, config, data.part("test")[0], test, metrics, model=model, lungs=test_lungs,
                              lung_quality=quality)
+    write_report_summaries(run, metrics)  # TensorBoard: the test scores and figures
     run.write_json(rundir.METRICS, metrics)  # last: metrics.json marks a complete run
     shutil.rmtree(run.file(rundir.BACKUP))  # nothing left to resume
     return metrics

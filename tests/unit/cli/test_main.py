@@ -100,6 +100,46 @@ def test_training_commands_answer_bad_arguments_before_the_backend_loads(argv, m
     assert code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [
+    ["train", "--data", "d", "--out", "o"],
+    ["train", "--resume", "r"],
+    ["cv", "--data", "d", "--out", "o"],
+    ["probe", "--data", "d", "--out", "o"],
+])
+def test_track_mlflow_without_mlflow_says_how_to_install_it_before_the_backend_loads(argv, monkeypatch, capsys,
+                                                                                    tmp_path):
+    import importlib
+    import sys
+
+    cli_main = importlib.import_module("covidxray.cli.main")
+    monkeypatch.setattr(cli_main, "import_keras_quietly", lambda: pytest.fail("the backend was imported first"))
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed
+    monkeypatch.chdir(tmp_path)
+    assert main(["--quiet", *argv, "--track", "mlflow"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "covidxray: error: --track mlflow needs MLflow (mlflow not installed): pip install 'covidxray[mlflow]'"]
+    assert list(tmp_path.iterdir()) == []  # no run folder, no store
+
+
+def test_track_reaches_the_library(monkeypatch):
+    import importlib
+
+    import covidxray.training.train as train_module
+
+    pytest.importorskip("mlflow", reason="pip install 'covidxray[mlflow]'")
+    cli_main = importlib.import_module("covidxray.cli.main")
+    calls = []
+    monkeypatch.setattr(train_module, "train", lambda config, out, **kw: calls.append(("train", kw["track"])) or {})
+    monkeypatch.setattr(train_module, "resume", lambda run, **kw: calls.append(("resume", kw["track"])) or {})
+    monkeypatch.setattr(cli_main, "print_run_summary", lambda metrics: None)
+    for argv in (["--data", "d", "--out", "o"], ["--data", "d", "--out", "o", "--track", "mlflow"],
+                 ["--resume", "r", "--track", "mlflow"]):
+        assert main(["--quiet", "train", *argv]) == 0
+    assert calls == [("train", "none"), ("train", "mlflow"), ("resume", "mlflow")]
+    with pytest.raises(SystemExit):
+        main(["--quiet", "train", "--data", "d", "--out", "o", "--track", "wandb"])
+
+
 def _commands(parser, path=""):
     import argparse
 
