@@ -20,7 +20,6 @@ from covidxray.config import TrainConfig
 from covidxray.data.blanking import DEFAULT_FRACTION
 from covidxray.errors import CovidXrayError
 from covidxray.evaluation.metrics import chance_accuracy
-from covidxray.inference.preprocess import Preprocessing
 from covidxray.reports.markdown import write_report
 from covidxray.reports.report import render_report
 from covidxray.training.tracking import Tracker, closing, make_tracker
@@ -52,7 +51,7 @@ def _add_probe(metrics: dict, config: TrainConfig, out, baseline: dict | None, r
     """Add the probe's entry to a finished run's metrics, and its summary to the report."""
     test = metrics["test"]
     targets = np.repeat(np.arange(len(test["classes"])), [c["support"] for c in test["per_class"].values()])
-    metrics["probe"] = {"region": config.blank_region, "lungs": Preprocessing.from_config(config).settings()["lungs"],
+    metrics["probe"] = {"region": config.blank_region, "lungs": config.lungs,
                         "chance_accuracy": chance_accuracy(targets)}
     if config.blank_region == "box":
         metrics["probe"]["blank_fraction"] = config.blank_fraction
