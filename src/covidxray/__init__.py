@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import importlib
 
-from covidxray.backend import choose_backend, quiet_backend_logs
+from covidxray.backend import choose_backend, import_keras_quietly, quiet_backend_logs
 from covidxray.version import __version__
 
 choose_backend()  # must run before anything imports keras
@@ -57,11 +57,18 @@ _API = {
     "download_dataset": "covidxray.data.download",
 }
 
+#: Names whose module imports Keras (and so the backend, with its start-up lines) when loaded.
+_WITH_KERAS = {"train", "resume", "cross_validate", "probe", "evaluate", "ScoredPredictions", "Calibration", "Predictor",
+               "load_predictor", "XrayAnalyzer", "grad_cam", "export_run", "serve", "create_model", "load_model",
+               "load_labelled_images"}
+
 __all__ = ["__version__", *sorted(_API)]
 
 
 def __getattr__(name: str):
     if name in _API:
+        if name in _WITH_KERAS:
+            import_keras_quietly()  # TensorFlow's C++ start-up lines off the terminal and the notebook
         value = getattr(importlib.import_module(_API[name]), name)
         globals()[name] = value
         return value

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -85,12 +86,25 @@ def import_keras_quietly() -> None:
 
 
 def quiet_backend_logs() -> None:
-    """Keep TensorFlow's C++ start-up lines (oneDNN, CPU features) and absl's off the terminal.
+    """Keep TensorFlow's C++ start-up lines (oneDNN, CPU features) and absl's off the terminal, and
+    its "triggered tf.function retracing" warning off the terminal and the notebook.
 
-    Set ``TF_CPP_MIN_LOG_LEVEL=0`` to see them again. Must run before TensorFlow loads.
+    That warning fires when five of the last calls of Keras's predict code traced, whichever
+    models they belong to: a run or an analysis predicts with several models (the classifier,
+    its feature model, the Grad-CAM model, the lung segmenter), each traced once per batch shape
+    (:func:`covidxray.inference.engines.predict_arrays` pads to one shape), so it warns about
+    traces that cannot be avoided. Set ``TF_CPP_MIN_LOG_LEVEL=0`` to see everything again. Must
+    run before TensorFlow loads.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")
+    tensorflow_log = logging.getLogger("tensorflow")  # the logger TensorFlow's Python side writes to
+    if os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0" and _not_retracing not in tensorflow_log.filters:
+        tensorflow_log.addFilter(_not_retracing)
+
+
+def _not_retracing(record: logging.LogRecord) -> bool:
+    return "triggered tf.function retracing" not in record.getMessage()
 
 
 def runtime_environment() -> dict:

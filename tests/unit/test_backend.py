@@ -99,6 +99,21 @@ def test_import_keras_quietly_hides_the_start_up_lines_only():
     assert done.stderr == "after\n"  # TensorFlow's oneDNN and absl lines are gone; stderr works again
 
 
+def test_the_library_api_loads_keras_quietly_and_keeps_retracing_warnings_off():
+    """A notebook's `covidxray.train` or `load_predictor` shows no TensorFlow start-up line, and
+    TensorFlow's retracing warning (several models traced once each) is filtered; other warnings pass."""
+    code = ("import logging, sys; import covidxray; covidxray.load_predictor; print('keras' in sys.modules); "
+            "log = logging.getLogger('tensorflow'); "
+            "log.warning('5 out of the last 9 calls to <function f> triggered tf.function retracing. Tracing is expensive'); "
+            "log.warning('another warning'); print('after', file=sys.stderr)")
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout == "True\n"
+    assert "retracing" not in done.stderr and "oneDNN" not in done.stderr and "absl" not in done.stderr, done.stderr
+    assert "another warning" in done.stderr and done.stderr.endswith("after\n")
+
+
 def test_cpu_flags_come_from_cpuinfo(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx512f avx512_bf16 amx_tile amx_bf16\n\n"
