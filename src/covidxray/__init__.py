@@ -57,10 +57,9 @@ _API = {
     "download_dataset": "covidxray.data.download",
 }
 
-#: Names whose module imports Keras (and so the backend, with its start-up lines) when loaded.
-_WITH_KERAS = {"train", "resume", "cross_validate", "probe", "evaluate", "ScoredPredictions", "Calibration", "Predictor",
-               "load_predictor", "XrayAnalyzer", "grad_cam", "export_run", "serve", "create_model", "load_model",
-               "load_labelled_images"}
+#: Names whose module imports Keras (and so the backend, with its start-up lines) when loaded; the
+#: others load it, where they need it, through :func:`covidxray.models.load_model` or ``create_model``.
+_WITH_KERAS = {"train", "resume", "cross_validate", "probe", "grad_cam"}
 
 __all__ = ["__version__", *sorted(_API)]
 

@@ -102,7 +102,7 @@ def test_import_keras_quietly_hides_the_start_up_lines_only():
 def test_the_library_api_loads_keras_quietly_and_keeps_retracing_warnings_off():
     """A notebook's `covidxray.train` or `load_predictor` shows no TensorFlow start-up line, and
     TensorFlow's retracing warning (several models traced once each) is filtered; other warnings pass."""
-    code = ("import logging, sys; import covidxray; covidxray.load_predictor; print('keras' in sys.modules); "
+    code = ("import logging, sys; import covidxray; covidxray.load_predictor(); print('keras' in sys.modules); "
             "log = logging.getLogger('tensorflow'); "
             "log.warning('5 out of the last 9 calls to <function f> triggered tf.function retracing. Tracing is expensive'); "
             "log.warning('another warning'); print('after', file=sys.stderr)")

@@ -8,11 +8,13 @@ the registry is plain data, and Keras loads when a model is built or read.
 
 from __future__ import annotations
 
+from covidxray.backend import import_keras_quietly
 from covidxray.models.registry import DEFAULT_MODEL, MODELS, ModelSpec, list_models, model_spec, register_model
 
 
 def create_model(name: str = DEFAULT_MODEL, **options):
     """Build model ``name``: see :func:`covidxray.models.factory.create_model`."""
+    import_keras_quietly()
     from covidxray.models.factory import create_model as create
 
     return create(name, **options)
@@ -20,6 +22,7 @@ def create_model(name: str = DEFAULT_MODEL, **options):
 
 def load_model(path):
     """A saved ``.keras`` model (covidxray's custom layers registered), or a clear error naming the file."""
+    import_keras_quietly()
     from covidxray.models.factory import load_model as load
 
     return load(path)
