@@ -2,10 +2,10 @@
 
 For each fold of a ``covidxray cv --group-by source`` run (its ``fold-N`` folders hold the model),
 the fold's validation images (sources it trained on) and test images (the source held out) are
-scored once and written to ``scores-fold-N.csv`` beside ``--out``: the calibrated probabilities,
-the familiarity distance (:mod:`covidxray.inference.familiarity`) and the top probability. Each
-doubt rule then gets a threshold on the validation images (so that ``--flag-share`` of them are
-flagged, the operating point), and on the held-out source the table gives: the share flagged, the
+scored once and written to ``scores-fold-N.csv`` in ``--out``: the calibrated probabilities, the
+familiarity distance (:mod:`covidxray.inference.familiarity`) and the run's own flag. Each doubt
+rule then gets a threshold on the validation images (so that ``FLAG_SHARE`` of them, the shipped
+operating point, are flagged), and on the held-out source the table gives: the share flagged, the
 share of the model's mistakes flagged, accuracy on the images answered, and the area under the
 risk-coverage curve (error rate against the share answered; lower is better)::
 
@@ -17,44 +17,39 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from refit_familiarity import part  # a part of a run's split, read and prepared as the model saw it
 
-#: Share of the validation images (sources seen in training) each rule may flag.
-FLAG_SHARE = 0.10
+from covidxray.inference.familiarity import FLAG_SHARE  # each rule flags this share of the validation images
 
 
 def score_fold(fold: Path, out: Path) -> pd.DataFrame:
-    """Per-image probabilities and doubt scores of a fold's validation and test images (cached in ``out``)."""
+    """Per-image probabilities, doubt scores and the run's own flag for a fold's validation and test
+    images (cached in ``out``)."""
     cached = out / f"scores-{fold.name}.csv"
     if cached.is_file():
         return pd.read_csv(cached, keep_default_na=False)
-    from covidxray.data.loading import load_labelled_images
     from covidxray.inference.familiarity import model_features
     from covidxray.inference.predictor import load_predictor
 
     predictor = load_predictor(fold)
     split = pd.read_csv(fold / "split.csv", dtype=str, keep_default_na=False)
     frames = []
-    for part in ("validation", "test"):
-        rows = split[split["split"] == part][["path", "label", "patient_id", "source"]]
-        manifest = out / f"{fold.name}-{part}.csv"
-        rows.to_csv(manifest, index=False)
-        loaded = load_labelled_images(manifest, predictor.classes, predictor.decode_side, require_all=False)
-        prepared = predictor.prepare(loaded.images, list(loaded.table["pixels"])).images
+    for name in ("validation", "test"):
+        with tempfile.TemporaryDirectory() as scratch:
+            prepared, targets, table = part(predictor, split, name, Path.cwd(), Path(scratch))
         probabilities, predicted = predictor.predict(prepared)
-        distance = predictor.familiarity.distances(model_features(predictor.model, prepared,
-                                                                  features=predictor.feature_model))
-        frame = pd.DataFrame({"split": part, "path": loaded.table["path"], "source": loaded.table["source"],
-                              "target": loaded.targets, "predicted": predicted, "distance": distance,
-                              "threshold": predictor.familiarity.threshold,
-                              "min_probability": predictor.familiarity.min_probability})
-        for i, name in enumerate(predictor.classes):
-            frame[f"p_{name}"] = probabilities[:, i]
+        features = model_features(predictor.model, prepared, features=predictor.feature_model)
+        frame = pd.DataFrame({"split": name, "path": table["path"], "source": table["source"], "target": targets,
+                              "predicted": predicted, "distance": predictor.familiarity.distances(features),
+                              "flagged": predictor.familiarity.unlike(features, probabilities)})
+        for i, label in enumerate(predictor.classes):
+            frame[f"p_{label}"] = probabilities[:, i]
         frames.append(frame)
-        manifest.unlink()
     scores = pd.concat(frames, ignore_index=True)
     scores.to_csv(cached, index=False)
     return scores
@@ -75,39 +70,27 @@ def doubt_scores(scores: pd.DataFrame) -> dict[str, np.ndarray]:
             "distance or low probability": both}
 
 
-def risk_coverage_area(correct: np.ndarray, doubt: np.ndarray) -> float:
-    """Mean error rate over the coverages 1/n .. 1, answering the least doubtful images first."""
-    errors = np.cumsum(~correct[np.argsort(doubt, kind="stable")])
-    return float(np.mean(errors / np.arange(1, len(correct) + 1)))
-
-
 def measure(scores: pd.DataFrame, fold: str) -> list[dict]:
+    from covidxray.evaluation.metrics import risk_coverage
+
     validation = (scores["split"] == "validation").to_numpy()
     test = ~validation
     correct = (scores["target"] == scores["predicted"]).to_numpy()
-    rows = []
-    for name, doubt in doubt_scores(scores).items():
-        threshold = np.quantile(doubt[validation], 1 - FLAG_SHARE)
-        flagged = doubt > threshold
-        mistakes = test & ~correct
-        rows.append({"fold": fold, "held_out": ", ".join(sorted(set(scores.loc[test, "source"]))),
-                     "rule": name, "test_images": int(test.sum()), "test_accuracy": float(correct[test].mean()),
-                     "validation_flagged": float(flagged[validation].mean()),
-                     "test_flagged": float(flagged[test].mean()),
-                     "mistakes_flagged": float(flagged[mistakes].mean()) if mistakes.any() else None,
-                     "accuracy_answered": float(correct[test & ~flagged].mean()) if (test & ~flagged).any() else None,
-                     "aurc": risk_coverage_area(correct[test], doubt[test]),
-                     "aurc_best_possible": risk_coverage_area(correct[test], (~correct[test]).astype(float))})
-    floor = scores["min_probability"].to_numpy() if "min_probability" in scores else 0.0  # runs trained before it
-    shipped = ((scores["distance"].to_numpy() > scores["threshold"].to_numpy())
-               | (scores.filter(like="p_").to_numpy().max(axis=1) < floor))
-    rows.append({"fold": fold, "held_out": rows[0]["held_out"], "rule": "the run's own flag (its familiarity.npz)",
-                 "test_images": int(test.sum()), "test_accuracy": rows[0]["test_accuracy"],
-                 "validation_flagged": float(shipped[validation].mean()), "test_flagged": float(shipped[test].mean()),
-                 "mistakes_flagged": float(shipped[test & ~correct].mean()) if (test & ~correct).any() else None,
-                 "accuracy_answered": float(correct[test & ~shipped].mean()) if (test & ~shipped).any() else None,
-                 "aurc": None, "aurc_best_possible": None})
-    return rows
+    held_out = ", ".join(sorted(set(scores.loc[test, "source"])))
+
+    def row(rule: str, flagged: np.ndarray, doubt: np.ndarray | None = None) -> dict:
+        curve = risk_coverage(correct[test], doubt[test]) if doubt is not None else {}
+        mistakes, answered = test & ~correct, test & ~flagged
+        return {"fold": fold, "held_out": held_out, "rule": rule, "test_images": int(test.sum()),
+                "test_accuracy": float(correct[test].mean()),
+                "validation_flagged": float(flagged[validation].mean()), "test_flagged": float(flagged[test].mean()),
+                "mistakes_flagged": float(flagged[mistakes].mean()) if mistakes.any() else None,
+                "accuracy_answered": float(correct[answered].mean()) if answered.any() else None,
+                "aurc": curve.get("aurc"), "aurc_best_possible": curve.get("aurc_best")}
+
+    rows = [row(name, doubt > np.quantile(doubt[validation], 1 - FLAG_SHARE), doubt)
+            for name, doubt in doubt_scores(scores).items()]
+    return rows + [row("the run's own flag (its familiarity.npz)", scores["flagged"].to_numpy(dtype=bool))]
 
 
 def markdown(rows: list[dict]) -> str:

@@ -33,7 +33,7 @@ def part(predictor, split: pd.DataFrame, name: str, root: Path, scratch: Path):
     manifest = scratch / f"{name}.csv"
     rows.to_csv(manifest, index=False)
     loaded = load_labelled_images(manifest, predictor.classes, predictor.decode_side, require_all=False)
-    return predictor.prepare(loaded.images, list(loaded.table["pixels"])).images, loaded.targets
+    return predictor.prepare(loaded.images, list(loaded.table["pixels"])).images, loaded.targets, loaded.table
 
 
 def main(argv=None) -> int:
@@ -50,9 +50,9 @@ def main(argv=None) -> int:
     predictor = load_predictor(args.run)
     split = pd.read_csv(args.run / "split.csv", dtype=str, keep_default_na=False)
     with tempfile.TemporaryDirectory() as scratch:
-        train, _ = part(predictor, split, "train", args.data_root, Path(scratch))
-        validation, _ = part(predictor, split, "validation", args.data_root, Path(scratch))
-        test, targets = part(predictor, split, "test", args.data_root, Path(scratch))
+        train, _, _ = part(predictor, split, "train", args.data_root, Path(scratch))
+        validation, _, _ = part(predictor, split, "validation", args.data_root, Path(scratch))
+        test, targets, _ = part(predictor, split, "test", args.data_root, Path(scratch))
     familiarity = fit_familiarity(predictor.model, train, validation, predictor.predict(validation)[0])
     familiarity.save(args.run)
     predictor.familiarity = familiarity
