@@ -21,6 +21,7 @@ import pandas as pd
 
 from covidxray import rundir
 from covidxray.errors import CovidXrayError
+from covidxray.files import atomic_save
 from covidxray.inference.preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,6 @@ def make_ensemble(runs: list, out: str | Path, *, overwrite: bool = False) -> di
     if split is not None:
         rundir.write_csv(target.file(rundir.SPLIT), split)
     target.write_json(ENSEMBLE, {"members": [str(m.path) for m in members]})
-    from covidxray.files import atomic_save
-
     atomic_save(target.file(rundir.MODEL), model.save)
     metrics = {"members": [str(m.path) for m in members], "test": None}
     test = split[split["split"] == "test"] if split is not None else []
