@@ -167,8 +167,9 @@ def _run_fold(config: TrainConfig, data, test_mask: np.ndarray, run: rundir.RunD
     rundir.write_csv(run.file(rundir.SPLIT), prepared.table)
     training = fit(config, prepared, run, verbose=verbose, tracker=tracker)
     model = load_model(run.require(rundir.MODEL))
-    metrics, calibration, test = evaluate_splits(model, prepared, config)
-    metrics["unlike_training"] = fit_and_check_familiarity(model, prepared, run, test, config, calibration)
+    metrics, calibration, scored = evaluate_splits(model, prepared, config)
+    test = scored["test"]
+    metrics["unlike_training"] = fit_and_check_familiarity(model, prepared, run, scored, config)
     metrics["run"] = training
     frame = pd.DataFrame(test.probabilities, columns=probability_columns(config.classes))
     frame.insert(0, "path", prepared.table.loc[prepared.mask("test"), "path"].to_numpy())

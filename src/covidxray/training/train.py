@@ -48,10 +48,10 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_splits(model: keras.Model, data: PreparedData, config: TrainConfig
-                    ) -> tuple[dict, Calibration, ScoredPredictions]:
+                    ) -> tuple[dict, Calibration, dict[str, ScoredPredictions]]:
     """Calibrate on validation data, then score every split.
 
-    Returns the metrics, the fitted decision rule and the scored test predictions. Every split is
+    Returns the metrics, the fitted decision rule and the scored predictions of each split. Every split is
     scored with the run's calibration (temperature where it lowers the validation loss enough,
     :func:`~covidxray.evaluation.calibration.run_calibration`, and the COVID threshold when a target
     sensitivity was asked for), as ``predict`` and ``evaluate`` will use it; a run without a
@@ -68,7 +68,7 @@ def evaluate_splits(model: keras.Model, data: PreparedData, config: TrainConfig
               for split in splits}
     metrics = {split: scored[split].metrics(by_source=split == "test", seed=config.seed) for split in splits}
     metrics["calibration"] = metrics_calibration
-    return metrics, calibration, scored["test"]
+    return metrics, calibration, scored
 
 
 def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verbose: int = 1,
@@ -165,9 +165,10 @@ def _run(config: TrainConfig, run: rundir.RunDir, data: PreparedData, *, started
     """Fit, evaluate and report in ``run``, which holds the run's config.json and split.csv."""
     training = fit(config, data, run, verbose=verbose, tracker=tracker)
     model = load_model(run.require(rundir.MODEL))
-    metrics, calibration, test = evaluate_splits(model, data, config)
+    metrics, calibration, scored = evaluate_splits(model, data, config)
     calibration.save(run.path)
-    metrics["unlike_training"] = fit_and_check_familiarity(model, data, run, test, config, calibration)
+    test = scored["test"]
+    metrics["unlike_training"] = fit_and_check_familiarity(model, data, run, scored, config)
     rows = data.mask("test")
     test_lungs = None if data.lungs is None else data.lungs[rows]
     quality = None if data.lung_quality is None else [q for q, k in zip(data.lung_quality, rows) if k]
@@ -197,18 +198,18 @@ def _run(config: TrainConfig, run: rundir.RunDir, data: PreparedData, *, started
     return metrics
 
 
-def fit_and_check_familiarity(model, data: PreparedData, run: rundir.RunDir, test: ScoredPredictions,
-                              config: TrainConfig, calibration: Calibration) -> dict | None:
+def fit_and_check_familiarity(model, data: PreparedData, run: rundir.RunDir, scored: dict[str, ScoredPredictions],
+                              config: TrainConfig) -> dict | None:
     """Fit the run's flag (:mod:`covidxray.inference.familiarity`) on its training and validation
-    images and the validation images' calibrated probabilities, save it, and return how many test
-    images it flags, with the test accuracy with and without them. None for a run without a
-    validation split, whose thresholds would have no unseen images to be set on: it saves no
-    familiarity and flags nothing."""
+    images and the validation images' calibrated probabilities (``scored``: :func:`evaluate_splits`'
+    predictions per split), save it, and return how many test images it flags, with the test
+    accuracy with and without them. None for a run without a validation split, whose thresholds
+    would have no unseen images to be set on: it saves no familiarity and flags nothing."""
     if not config.has_validation:
         return None
-    validation = data.part("validation")[0]
-    probabilities, _ = calibration.predict(predict_arrays(model, validation), data.classes)
-    familiarity = fit_familiarity(model, data.part("train")[0], validation, probabilities)
+    test = scored["test"]
+    familiarity = fit_familiarity(model, data.part("train")[0], data.part("validation")[0],
+                                  scored["validation"].probabilities)
     familiarity.save(run.path)
     unlike = familiarity.unlike(model_features(model, data.part("test")[0]), test.probabilities)
     return {"threshold": familiarity.threshold, "min_probability": familiarity.min_probability,
