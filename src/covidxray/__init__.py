@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import importlib
 
-from covidxray.backend import choose_backend, import_keras_quietly, quiet_backend_logs
+from covidxray.backend import choose_backend, import_keras_quietly, quiet_backend_logs, use_onednn
 from covidxray.version import __version__
 
 choose_backend()  # must run before anything imports keras
+use_onednn()  # TensorFlow's fast CPU kernels on AVX2-only CPUs too (it turns them on only with VNNI or AMX)
 quiet_backend_logs()  # TensorFlow's start-up lines stay off the terminal (TF_CPP_MIN_LOG_LEVEL=0 shows them)
 
 #: Public name -> the module that defines it.

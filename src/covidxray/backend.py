@@ -8,7 +8,8 @@ TensorFlow, PyTorch and JAX: the order of their measured training speed on a lap
 ``KERAS_BACKEND=jax`` (or ``torch``, ``tensorflow``) to choose. Where none is installed nothing
 fails at import: the first command that needs Keras ends with :data:`NO_BACKEND`.
 
-It also says what ``--mixed-precision auto`` (the default) trains in on this machine:
+It also turns on TensorFlow's oneDNN kernels on every x86 CPU with AVX2 (:func:`use_onednn`) and
+says what ``--mixed-precision auto`` (the default) trains in on this machine:
 :func:`auto_mixed_precision`.
 """
 
@@ -55,6 +56,20 @@ def choose_backend() -> str | None:
             os.environ["KERAS_BACKEND"] = backend
             return backend
     return None
+
+
+def use_onednn(flags: frozenset[str] | None = None) -> str | None:
+    """Turn on TensorFlow's oneDNN kernels on an x86 CPU with AVX2 unless ``TF_ENABLE_ONEDNN_OPTS`` is set;
+    return the setting in force ("1", "0", or None: TensorFlow decides).
+
+    TensorFlow on Linux turns them on by itself only on CPUs with AVX512_VNNI, AVX_VNNI or AMX, so
+    on an AVX2-only CPU (many AMD EPYC and Ryzen, older Intel) it runs Eigen's convolutions:
+    darkcovidnet trained at 0.38x the PyTorch reference with them and 1.12x with oneDNN, on the
+    Xeon limited to AVX2 (docs/speed.md). Must run before TensorFlow loads; the run records it.
+    """
+    if "TF_ENABLE_ONEDNN_OPTS" not in os.environ and "avx2" in (cpu_flags() if flags is None else flags):
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
+    return os.environ.get("TF_ENABLE_ONEDNN_OPTS")
 
 
 def is_missing_backend(error: ImportError) -> bool:
@@ -128,7 +143,8 @@ def runtime_environment() -> dict:
     keras = sys.modules.get("keras")
     backend = keras.backend.backend() if keras is not None else os.environ.get("KERAS_BACKEND")
     return {"python": platform.python_version(), "platform": platform.platform(), "cpu": _cpu_model(),
-            "cpu_count": os.cpu_count(), "backend": backend, "packages": versions}
+            "cpu_count": os.cpu_count(), "backend": backend, "packages": versions,
+            "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}
 
 
 def _cpu_model() -> str:

@@ -143,3 +143,26 @@ def test_auto_mixed_precision_is_bfloat16_only_where_measured_faster(monkeypatch
     assert backend.auto_mixed_precision(True) is None  # AVX-512 bfloat16 without AMX: measured slower
     monkeypatch.setattr(backend, "cpu_bfloat16", lambda flags=None: ())
     assert backend.auto_mixed_precision(True) is None  # a CPU without native bfloat16
+
+
+def test_use_onednn_turns_tensorflows_fast_kernels_on_with_avx2_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    assert backend.use_onednn(frozenset({"sse4_2"})) is None  # no AVX2 (or no /proc/cpuinfo): TensorFlow decides
+    assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ
+    assert backend.use_onednn(frozenset({"avx2", "fma"})) == "1"  # an AVX2-only CPU: TensorFlow would leave it off
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    assert backend.runtime_environment()["tf_enable_onednn_opts"] == "1"  # the run records it
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert backend.use_onednn(frozenset({"avx2"})) == "0"  # the user's choice stays
+
+
+def test_importing_covidxray_turns_onednn_on_before_tensorflow_loads(tmp_path):
+    """In a fresh process on an AVX2 CPU, TensorFlow reports oneDNN on, whatever its own default."""
+    if "avx2" not in backend.cpu_flags():
+        pytest.skip("this CPU has no AVX2")
+    code = ("import covidxray, os; print(os.environ['TF_ENABLE_ONEDNN_OPTS']); "
+            "from tensorflow.python.util import _pywrap_util_port as port; print(port.IsMklEnabled())")
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "True"]
