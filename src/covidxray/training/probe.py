@@ -51,8 +51,7 @@ def _add_probe(metrics: dict, config: TrainConfig, out, baseline: dict | None, r
     """Add the probe's entry to a finished run's metrics, and its summary to the report."""
     test = metrics["test"]
     targets = np.repeat(np.arange(len(test["classes"])), [c["support"] for c in test["per_class"].values()])
-    metrics["probe"] = {"region": config.blank_region, "lungs": config.lungs,
-                        "chance_accuracy": chance_accuracy(targets)}
+    metrics["probe"] = {"region": config.blank_region, "chance_accuracy": chance_accuracy(targets)}  # lungs: in "run"
     if config.blank_region == "box":
         metrics["probe"]["blank_fraction"] = config.blank_fraction
     if baseline is not None:

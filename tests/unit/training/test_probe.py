@@ -35,7 +35,7 @@ def trained(monkeypatch):
 def test_probe_blanks_by_default_and_adds_chance(trained, tmp_path):
     metrics = probe(TrainConfig(data="d"), tmp_path, verbose=0)
     assert trained[0].blank_fraction == DEFAULT_FRACTION and trained[0].blanking == "box"
-    assert metrics["probe"] == {"region": "box", "lungs": "none", "blank_fraction": DEFAULT_FRACTION,
+    assert metrics["probe"] == {"region": "box", "blank_fraction": DEFAULT_FRACTION,
                                 "chance_accuracy": 0.6, "summary": probe_summary(metrics)}  # 6 of 10 are normal
     assert json.loads((tmp_path / "metrics.json").read_text())["probe"] == metrics["probe"]
     assert (tmp_path / "report.md").read_text().strip() == metrics["probe"]["summary"]  # the report says it too
@@ -46,7 +46,7 @@ def test_probe_blanks_by_default_and_adds_chance(trained, tmp_path):
 def test_a_lung_probe_has_no_box_fraction(trained, tmp_path):
     metrics = probe(TrainConfig(data="d", blank_region="lungs", lungs="crop"), tmp_path, verbose=0)
     assert trained[0].blanking == "lungs" and trained[0].blank_fraction == 0
-    assert metrics["probe"]["region"] == "lungs" and metrics["probe"]["lungs"] == "crop"
+    assert metrics["probe"]["region"] == "lungs" and trained[0].lungs == "crop"  # the run's "lungs" records the crop
     assert "blank_fraction" not in metrics["probe"]
 
 
