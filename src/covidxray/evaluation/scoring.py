@@ -15,7 +15,7 @@ import pandas as pd
 from covidxray.data.splits import split_groups
 from covidxray.errors import DatasetError
 from covidxray.evaluation.metrics import classification_metrics, risk_coverage
-from covidxray.inference.decision import Calibration
+from covidxray.inference.decision import Calibration, doubt
 
 
 @dataclass
@@ -56,10 +56,10 @@ class ScoredPredictions:
         return metrics
 
     def doubt(self) -> np.ndarray:
-        """How doubtful each answer is: one less the decided class's probability (the order in which
-        images are left unanswered in the risk-coverage curve; measured against other doubts in
-        ``docs/evaluation.md``)."""
-        return 1 - self.probabilities[np.arange(len(self)), self.predicted]
+        """How doubtful each answer is (:func:`~covidxray.inference.decision.doubt`, as the flag's
+        floor): the order in which images are left unanswered in the risk-coverage curve; measured
+        against other doubts in ``docs/evaluation.md``."""
+        return doubt(self.probabilities)
 
     def per_image(self) -> pd.DataFrame:
         """One row per image: ``path``, ``label`` (true), ``predicted``, ``source`` and one column of

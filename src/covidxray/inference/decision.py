@@ -28,6 +28,13 @@ from covidxray.rundir import CALIBRATION
 EPSILON = 1e-7
 
 
+def doubt(probabilities: np.ndarray) -> np.ndarray:
+    """How unsure the model is of each image: one less its top calibrated probability, whichever
+    class the rule calls (a COVID threshold calls COVID below the top on purpose). The one measure
+    of doubt: the flag's probability floor and the risk-coverage curve both order images by it."""
+    return 1 - np.max(np.asarray(probabilities), axis=1)
+
+
 @dataclass(frozen=True)
 class Calibration:
     """What a run applies to its model's probabilities before deciding."""

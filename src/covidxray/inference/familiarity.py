@@ -28,6 +28,7 @@ import numpy as np
 
 from covidxray.errors import CovidXrayError
 from covidxray.files import atomic_save
+from covidxray.inference.decision import doubt
 from covidxray.inference.engines import predict_arrays
 from covidxray.rundir import FAMILIARITY
 
@@ -46,7 +47,7 @@ class Familiarity:
     mean: np.ndarray  # (features,)
     precision: np.ndarray  # (features, features)
     threshold: float  # distance above which an image is unlike the training images
-    min_probability: float = 0.0  # probability of the decided class below which the model is unsure
+    min_probability: float = 0.0  # top probability below which the model is unsure (:func:`~covidxray.inference.decision.doubt`)
 
     @classmethod
     def fit(cls, train_features: np.ndarray, validation_features: np.ndarray,
@@ -61,7 +62,7 @@ class Familiarity:
         by_distance = share if validation_probabilities is None else share / 2
         fitted.threshold = float(np.quantile(fitted.distances(validation_features), 1 - by_distance))
         if validation_probabilities is not None:
-            fitted.min_probability = float(np.quantile(np.max(validation_probabilities, axis=1), share / 2))
+            fitted.min_probability = float(np.quantile(1 - doubt(validation_probabilities), share / 2))
         return fitted
 
     def distances(self, features: np.ndarray) -> np.ndarray:
@@ -71,10 +72,10 @@ class Familiarity:
 
     def unlike(self, features: np.ndarray, probabilities: np.ndarray | None = None) -> np.ndarray:
         """True for each image farther from the training data than :attr:`threshold`, or (given the
-        calibrated ``probabilities``) whose decided class is less probable than :attr:`min_probability`."""
+        calibrated ``probabilities``) whose top class is less probable than :attr:`min_probability`."""
         flags = self.distances(features) > self.threshold
         if probabilities is not None:
-            flags |= np.max(probabilities, axis=1) < self.min_probability
+            flags |= 1 - doubt(probabilities) < self.min_probability
         return flags
 
     def save(self, folder: str | Path) -> None:

@@ -72,7 +72,7 @@ def held_out_section(per_fold: list[dict]) -> list[str]:
     table = risk_coverage_table(curves, "held-out source: error rate")
     if table:
         lines += ["", "Answering only the surest images of each held-out source (the least sure, by one less the "
-                  "decided class's probability, left unanswered first), the error rate among those answered:", "", *table]
+                  "top probability, left unanswered first), the error rate among those answered:", "", *table]
     return lines
 
 

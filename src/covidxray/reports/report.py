@@ -195,7 +195,7 @@ def render_report(config, metrics: dict) -> str:
         lines += heat_section(metrics["heat_in_lungs"])
     if test.get("risk_coverage"):
         lines += ["", "## Answering only the surest", "",
-                  "Leaving the least sure test images unanswered (one less the decided class's probability), the "
+                  "Leaving the least sure test images unanswered (one less the top probability), the "
                   "error rate among those answered; AURC is its mean over every share (lower is better).", "",
                   *risk_coverage_table({"test: error rate": test["risk_coverage"]})]
     if metrics.get("unlike_training"):
@@ -262,7 +262,7 @@ def unlike_section(unlike: dict) -> list[str]:
     if "min_probability" in unlike:
         text = (f"`predict`, `evaluate` and the web page give no answer for an X-ray that looks unlike this run's "
                 f"training data (its distance on the model's features above {unlike['threshold']:.1f}, Mahalanobis) or "
-                f"whose decided class is less probable than {percent(unlike['min_probability'])}: set so that "
+                f"whose likeliest class is less probable than {percent(unlike['min_probability'])}: set so that "
                 f"{percent(unlike['share'])} of the validation images are flagged.")
     else:  # a run trained before the probability floor
         text = (f"`predict`, `evaluate` and the web page flag an X-ray as unlike this run's training data when its "

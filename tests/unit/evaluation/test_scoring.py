@@ -53,3 +53,15 @@ def test_one_source_has_no_breakdown_and_per_source_required_says_so():
     with pytest.raises(DatasetError, match="one value \\('empty'\\)"):
         per_source_required(TABLE.assign(source=None), "data.csv")
     per_source_required(TABLE, "data.csv")  # two sources: no error
+
+
+def test_doubt_is_one_less_the_top_probability_as_the_flags_floor_whatever_the_rule_calls():
+    """A COVID threshold calls COVID at 0.4 (row 1) although normal is at 0.6: the doubt is 0.4,
+    the same for the risk-coverage curve and the familiarity flag's floor (one definition)."""
+    from covidxray.inference.familiarity import Familiarity
+
+    scored = ScoredPredictions.from_raw(TARGETS, RAW, TABLE, CLASSES, Calibration(covid_threshold=0.35))
+    np.testing.assert_allclose(scored.doubt(), [0.1, 0.4, 0.3, 0.2, 0.4, 0.1])
+    features = np.random.default_rng(0).normal(size=(6, 3))
+    floor = Familiarity.fit(features, features, RAW, share=0.4).min_probability
+    assert floor == pytest.approx(np.quantile(1 - scored.doubt(), 0.2))
