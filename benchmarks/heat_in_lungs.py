@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 
 from harness import write_results
 
@@ -26,8 +25,7 @@ def measure(run: str, cache_dir: str | None = None, layer: str | None = None) ->
     from covidxray.training.data import prepare_data
 
     predictor = load_predictor(run)
-    config = replace(predictor.config, cache_dir=cache_dir) if cache_dir else predictor.config
-    data = prepare_data(config)
+    data = prepare_data(predictor.config, cache_dir)
     rows = data.mask("test")
     expected = json.loads(RunDir(predictor.path).file(METRICS).read_text())["test"]["n"]
     if int(rows.sum()) != expected:

@@ -70,19 +70,19 @@ def measure_keras(job: dict) -> dict:
     import keras
 
     import covidxray  # noqa: F401  (KERAS_BACKEND is set by the parent)
-    from covidxray.config import TrainConfig
+    from covidxray.config import Runtime, TrainConfig
     from covidxray.inference.engines import predict_arrays
     from covidxray.training.fit import balanced_class_weights, build_model, fit_arrays
 
     imported = peak_rss_mib()  # the framework's own share of the peak: before any model or image
     config = TrainConfig(data="synthetic", model=job["model"], image_size=job["image_size"],
-                         batch_size=job["batch_size"], epochs=1 + job["epochs"], augment=job["augment"],
-                         jit_compile=job["jit_compile"], mixed_precision=job["mixed_precision"],
-                         steps_per_execution=job["steps_per_execution"]).resolve()
+                         batch_size=job["batch_size"], epochs=1 + job["epochs"], augment=job["augment"]).resolve()
+    runtime = Runtime(jit_compile=job["jit_compile"], mixed_precision=job["mixed_precision"],
+                      steps_per_execution=job["steps_per_execution"]).resolve(config)
     n = job["steps"] * job["batch_size"]
     x, y = synthetic_images(n, config.image_size, len(config.classes))
     started = time.perf_counter()
-    model = build_model(config, n)
+    model = build_model(config, n, runtime)
     build_seconds = time.perf_counter() - started
 
     timer = epoch_timer()

@@ -4,7 +4,9 @@
 (the lung U-Net: ``lungs train``) are declared the same way: the command line's options are
 generated from their fields (:mod:`covidxray.cli.options`), ``check`` enforces their choices and
 bounds, and every run writes its settings (``config.json``, ``segmenter.json``) so that it can be
-repeated. Importing this module does not import Keras.
+repeated. :class:`Runtime` (how and where a run computes: precision, devices, steps per execution,
+cache) and :class:`Tracking` (where it is logged) are declared the same way but are no settings of
+what a run computes. Importing this module does not import Keras.
 """
 
 from __future__ import annotations
@@ -27,12 +29,16 @@ TRAINING_COMMANDS = (TRAIN, CV, PROBE)
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
 MIXED_PRECISION_POLICIES = ("mixed_float16", "mixed_bfloat16")
 AUTO = "auto"
-DISTRIBUTE_CHOICES = ("none", "data-parallel")
-#: Settings a resumed run may change: they do not change what it computes.
+#: Settings a resumed run may change: where it caches decoded images, not what it computes.
 MAY_CHANGE_ON_RESUME = ("cache_dir",)
 #: Names an older config.json used for a setting, and the name it has now.
 RENAMED = {"blank_lungs": "blank_fraction"}
 LR_SCHEDULES = ("cosine", "one-cycle")
+#: Adam's decoupled weight decay (AdamW) per --lr-schedule: one-cycle is fastai's fit_one_cycle, with its
+#: default weight decay 0.01; cosine trains plain Adam. Not a setting: no measurement showed it helps.
+WEIGHT_DECAY = {"cosine": 0.0, "one-cycle": 0.01}
+#: The entry of config.json that records the run's resolved :class:`Runtime`.
+RUNTIME = "runtime"
 #: Where a training run is also logged (--track); TensorBoard logs are written in every run.
 TRACKERS = ("none", "mlflow")
 #: How a model sees an image (--lungs): the whole film, the box around the lungs, or the lungs alone;
@@ -42,27 +48,21 @@ LUNG_MODES = ("none", "crop", "mask")
 MIN_VAL_FRACTION = 0.02
 #: Epochs of stage one (the head alone) when a pretrained backbone is fine-tuned in two stages (--head-epochs).
 DEFAULT_HEAD_EPOCHS = 5
-#: Named sets of settings, chosen in one word (``--recipe``); an option given beside it wins.
+#: Named sets of settings, chosen in one word (``--recipe``, which is no setting of its own: it fills others);
+#: an option given beside it wins.
 #: darkcovidnet-paper: Ozturk et al. 2020 as the authors' fastai v1 code trains it
 #: (muhammedtalo/COVID-19): DarkCovidNet at 256 x 256, batch 32, 100 epochs of one-cycle Adam
-#: peaking at 3e-3 with fastai's default decoupled weight decay 0.01, unweighted loss, image-level
+#: peaking at 3e-3 (with fastai's default decoupled weight decay 0.01: :data:`WEIGHT_DECAY`), unweighted loss, image-level
 #: folds. Nothing stops early: the paper reports its last epoch.
 #: source-robust: the defaults with the setting for several sources that scored best on sources
 #: held out whole (leave-one-source-out COVID AUC, paired against the previous recipe, the source
 #: head; docs/evaluation.md): the lung crop. The shipped default preset is trained with it.
 RECIPES = {
     "darkcovidnet-paper": {"model": "darkcovidnet", "image_size": 256, "batch_size": 32, "epochs": 100,
-                           "learning_rate": 3e-3, "lr_schedule": "one-cycle", "weight_decay": 0.01,
+                           "learning_rate": 3e-3, "lr_schedule": "one-cycle",
                            "class_weights": False, "patience": 100, "group_by": "none"},
     "source-robust": {"lungs": "crop"},
 }
-
-
-def _recipe_help(name: str) -> str:
-    """A recipe's settings as options: ``--model darkcovidnet, ..., --no-class-weights``."""
-    flags = {"class_weights": "--no-class-weights"}
-    return ", ".join(flags.get(k, option_name(k)) if isinstance(v, bool) else f"{option_name(k)} {v}"
-                     for k, v in RECIPES[name].items())
 
 
 def option_name(name: str) -> str:
@@ -114,10 +114,9 @@ class TrainConfig:
     batch_size: int = setting(32, "images per training step", low=1)
     learning_rate: float = setting(1e-3, "peak rate of Adam (see --lr-schedule)", low=0.0, low_open=True)
     lr_schedule: str = setting(
-        "cosine", "cosine: one epoch of linear warm-up, then cosine decay to 0; one-cycle: 30%% of the steps "
-        "rising from rate/25 to the rate, then cosine annealing to rate/250000 (fastai's fit_one_cycle, with "
-        "a linear rise)", choices=LR_SCHEDULES)
-    weight_decay: float = setting(0.0, "decoupled weight decay of Adam (AdamW; 0: plain Adam)", low=0.0, high=1.0)
+        "cosine", "cosine: plain Adam, one epoch of linear warm-up, then cosine decay to 0; one-cycle: fastai's "
+        "fit_one_cycle (with a linear rise): Adam with decoupled weight decay 0.01 (AdamW), 30%% of the steps "
+        "rising from rate/25 to the rate, then cosine annealing to rate/250000", choices=LR_SCHEDULES)
     patience: int = setting(10, "stop after this many epochs without better validation accuracy, watched from the "
                             "middle of training on", low=0)
     class_weights: bool = setting(True, "weight the loss by inverse class frequency", flag="--no-class-weights")
@@ -160,45 +159,24 @@ class TrainConfig:
     lung_segmenter: str | None = setting(
         None, "the lung segmenter for --lungs, the lung probes and heat-in-lungs: a folder written by covidxray "
         "lungs train, or preset:NAME (default: the shipped preset)", kind=str, metavar="DIR")
-    jit_compile: bool | str = setting("auto", "XLA compilation (Keras's auto: where the backend supports it)",
-                                      commands=())
-    mixed_precision: str | None = setting(
-        AUTO, "compute in 16-bit floats, keep weights in float32: auto (mixed_bfloat16 where it measured faster: "
-        "darkcovidnet, TensorFlow, a CPU with AMX and no GPU; else float32), float32, mixed_bfloat16 "
-        "or mixed_float16 (GPUs); the run stores what it used", kind=str,
-        choices=(AUTO, "float32", *MIXED_PRECISION_POLICIES))
-    steps_per_execution: int = setting(1, "training steps per compiled call (more: less Python overhead per step, "
-                                       "for fast GPUs)", low=1)
-    cache_dir: str | None = setting(None, "decoded-image cache (default ~/.cache/covidxray)", kind=str, metavar="DIR")
-    distribute: str = setting("none", "data-parallel: split each batch over several devices (JAX backend: "
-                              "KERAS_BACKEND=jax)", choices=DISTRIBUTE_CHOICES, commands=(TRAIN,))
-    devices: int | None = setting(None, "devices for --distribute data-parallel (default: all visible)", kind=int,
-                                  low=1, commands=(TRAIN,))
-    recipe: str | None = setting(
-        None, "a named set of settings; options given beside it win. darkcovidnet-paper: "
-        + _recipe_help("darkcovidnet-paper") + " (Ozturk et al. 2020's training); source-robust: "
-        + _recipe_help("source-robust") + " (best on sources held out whole; the default preset's)",
-        kind=str, choices=tuple(RECIPES))
 
     @classmethod
-    def for_command(cls, command: str, **values) -> TrainConfig:
-        """The settings of ``command`` (its own defaults) with ``values`` given; a ``recipe`` among
-        them fills the settings it names that ``values`` does not give."""
+    def for_command(cls, command: str, recipe: str | None = None, **values) -> TrainConfig:
+        """The settings of ``command`` (its own defaults) with ``values`` given; ``recipe`` (a name of
+        :data:`RECIPES`) fills the settings it names that ``values`` does not give."""
         defaults = {f.name: f.metadata["command_defaults"][command] for f in fields(cls)
                     if command in f.metadata["command_defaults"]}
-        recipe = values.get("recipe")
-        if recipe is not None and recipe not in RECIPES:
-            raise CovidXrayError(f"--recipe must be one of {', '.join(RECIPES)}; got {recipe!r}")
-        return cls(**{**defaults, **RECIPES.get(recipe, {}), **values})
+        return cls(**{**defaults, **recipe_settings(recipe), **values})
+
+    @property
+    def weight_decay(self) -> float:
+        """Adam's decoupled weight decay, implied by the schedule (:data:`WEIGHT_DECAY`; 0: plain Adam)."""
+        return WEIGHT_DECAY[self.lr_schedule]
 
     def check(self) -> None:
         """Raise a :class:`CovidXrayError` naming the option for a value outside its choices or bounds."""
         for f in fields(self):
             _check_value(f, getattr(self, f.name))
-        if self.devices is not None and self.distribute == "none":
-            raise CovidXrayError("--devices needs --distribute data-parallel")
-        if self.source_adversary and self.distribute != "none":
-            raise CovidXrayError("--source-adversary trains in one process; leave out --distribute")
         if not self.data:
             raise CovidXrayError("--data is required: a dataset folder or manifest")
         if 0 < self.val_fraction < MIN_VAL_FRACTION:
@@ -232,7 +210,7 @@ class TrainConfig:
         return "box" if self.blank_fraction else None
 
     def resolve(self) -> TrainConfig:
-        """Check the settings and fill the derived ones (image size, precision, the data as a path or list)."""
+        """Check the settings and fill the derived ones (image size, head epochs, the data as a path or list)."""
         from covidxray.data.shards import shard_image_size
 
         self.check()
@@ -245,17 +223,11 @@ class TrainConfig:
             raise CovidXrayError(f"{self.data}: --source-adversary trains on images in memory, not streamed from "
                                  "shards; give the dataset folders instead")
         size = stored or (spec.image_size if self.image_size is None else self.image_size)
-        precision = self.mixed_precision
-        if precision == AUTO:
-            from covidxray.backend import auto_mixed_precision
-
-            precision = auto_mixed_precision(spec.cpu_bfloat16)
         head_epochs = self.head_epochs
         if head_epochs is None:
             pretrained = spec.imagenet_weights and self.weights not in ("none", "None")
             head_epochs = DEFAULT_HEAD_EPOCHS if pretrained else 0
-        return replace(self, image_size=size, data=_one_or_list(self.data),
-                       mixed_precision=precision or "float32", head_epochs=head_epochs)
+        return replace(self, image_size=size, data=_one_or_list(self.data), head_epochs=head_epochs)
 
     def conflicts(self, values: dict) -> list[str]:
         """The settings in ``values`` that differ from this run's, as ``--option value (the run has ...)``.
@@ -263,36 +235,29 @@ class TrainConfig:
         The one rule for resuming (library and command line alike): a resumed run keeps its own
         settings; only :data:`MAY_CHANGE_ON_RESUME` may differ. Dataset paths are compared resolved.
         """
-        found = []
-        for name, value in values.items():
-            if name in MAY_CHANGE_ON_RESUME or name == "classes":  # derived from the task
-                continue
-            shown, mine = value, getattr(self, name)
-            if name == "data":
-                shown = _one_or_list(value)
-                value, mine = _resolved_paths(value), _resolved_paths(mine)
-            if value != mine:
-                found.append(f"{option_name(name)} {shown} (the run has {getattr(self, name)})")
-        return found
+        return _conflicts(self, values)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "classes": list(self.classes)}
+        """The settings with what they imply (the task's classes, the schedule's weight decay), as
+        ``config.json`` records them."""
+        return {**asdict(self), "weight_decay": self.weight_decay, "classes": list(self.classes)}
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, runtime: Runtime | None = None) -> None:
+        """Write ``config.json``: :meth:`to_dict`, and the resolved ``runtime`` the run computes with."""
         from covidxray.files import atomic_write_text
 
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        record = self.to_dict() if runtime is None else {**self.to_dict(), RUNTIME: runtime.record()}
+        atomic_write_text(path, json.dumps(record, indent=2) + "\n")
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "config") -> TrainConfig:
         """Settings read back from ``config.json``, checked as the command line's are (types, choices,
-        bounds, classes of the task); unknown keys are ignored, renamed ones mapped."""
+        bounds, classes of the task); unknown keys are ignored (the runtime, :class:`Runtime`'s; an older
+        file's recipe and weight decay, no settings now), renamed ones mapped."""
         if not isinstance(values, dict):
             raise CovidXrayError(f"{where}: not a covidxray run configuration (a JSON object is expected); "
                                  "retrain the run")
         values = {RENAMED.get(k, k): v for k, v in values.items()}
-        if "mixed_precision" in values and values["mixed_precision"] is None:
-            values["mixed_precision"] = "float32"  # what an older run's null meant
         known = {f.name: f for f in fields(cls)}
         stored = values.get("classes", [])  # derived from the task; a run's file records them
         values = {k: v for k, v in values.items() if k in known}
@@ -313,6 +278,115 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()), str(path))
+
+
+def recipe_help(name: str) -> str:
+    """A recipe's settings as options: ``--model darkcovidnet, ..., --no-class-weights``."""
+    flags = {"class_weights": "--no-class-weights"}
+    return ", ".join(flags.get(k, option_name(k)) if isinstance(v, bool) else f"{option_name(k)} {v}"
+                     for k, v in RECIPES[name].items())
+
+
+def recipe_settings(recipe: str | None) -> dict:
+    """The settings ``--recipe`` fills (none for None); an unknown name fails with the known ones."""
+    if recipe is not None and recipe not in RECIPES:
+        raise CovidXrayError(f"--recipe must be one of {', '.join(RECIPES)}; got {recipe!r}")
+    return dict(RECIPES.get(recipe, {}))
+
+
+def stored_weight_decay_conflict(values: dict, where: str = "config") -> str | None:
+    """Why a run whose ``config.json`` (``values``) holds a ``weight_decay`` other than its schedule now
+    implies (:data:`WEIGHT_DECAY`: it trained with the former --weight-decay) cannot be resumed; None if it can.
+    Other commands ignore the stored value: the run's model is what it is."""
+    stored, schedule = values.get("weight_decay"), values.get("lr_schedule", "cosine")
+    if stored is None or schedule not in WEIGHT_DECAY or stored == WEIGHT_DECAY[schedule]:
+        return None
+    return (f"{where}: the run trained with weight decay {stored:g}, but --lr-schedule {schedule} now implies "
+            f"{WEIGHT_DECAY[schedule]:g} (--weight-decay is gone); it cannot be resumed, start a new run")
+
+
+@dataclass
+class Runtime:
+    """How and where a run computes on this machine, not what it computes: the result is the same
+    within each backend's tolerance. Not in :class:`TrainConfig`, so a reused fold or two runs are
+    compared without it; a run records its resolved runtime in ``config.json`` (the ``"runtime"``
+    entry, :meth:`record`: issue 33, the speed choice), and a resumed run computes with that one."""
+
+    mixed_precision: str | None = setting(
+        AUTO, "compute in 16-bit floats, keep weights in float32: auto (mixed_bfloat16 where it measured faster: "
+        "darkcovidnet, TensorFlow, a CPU with AMX and no GPU; else float32), float32, mixed_bfloat16 "
+        "or mixed_float16 (GPUs); the run stores what it used", kind=str,
+        choices=(AUTO, "float32", *MIXED_PRECISION_POLICIES))
+    jit_compile: bool | str = setting("auto", "XLA compilation (Keras's auto: where the backend supports it)",
+                                      commands=())
+    steps_per_execution: int = setting(1, "training steps per compiled call (more: less Python overhead per step, "
+                                       "for fast GPUs)", low=1)
+    devices: int | None = setting(
+        1, "devices to train on: N >= 2 splits each batch over N devices, data-parallel (JAX backend: "
+        "KERAS_BACKEND=jax; the library's None: every visible device)", kind=int, low=1, commands=(TRAIN,))
+    cache_dir: str | None = setting(None, "decoded-image cache (default ~/.cache/covidxray)", kind=str, metavar="DIR")
+
+    @property
+    def data_parallel(self) -> bool:
+        """Whether the run trains under a ``keras.distribution.DataParallel`` (several devices, or None: all)."""
+        return self.devices != 1
+
+    def check(self, config: TrainConfig | None = None) -> Runtime:
+        """Raise a :class:`CovidXrayError` naming the option for a value outside its choices or bounds, or one
+        that ``config`` cannot train with."""
+        for f in fields(self):
+            _check_value(f, getattr(self, f.name))
+        if config is not None and config.source_adversary and self.data_parallel:
+            raise CovidXrayError("--source-adversary trains in one process; leave out --devices")
+        return self
+
+    def resolve(self, config: TrainConfig) -> Runtime:
+        """Checked, with ``auto`` precision resolved for ``config``'s model on this machine (idempotent)."""
+        self.check(config)
+        precision = self.mixed_precision
+        if precision == AUTO:
+            from covidxray.backend import auto_mixed_precision
+
+            precision = auto_mixed_precision(model_spec(config.model).cpu_bfloat16)
+        return replace(self, mixed_precision=precision or "float32")
+
+    def conflicts(self, values: dict) -> list[str]:
+        """As :meth:`TrainConfig.conflicts`: the runtime settings in ``values`` that a resumed run refuses."""
+        return _conflicts(self, values)
+
+    def record(self) -> dict:
+        """What ``config.json``'s ``"runtime"`` entry holds."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "config") -> Runtime:
+        """The runtime a run's ``config.json`` (``values``) records: its ``"runtime"`` entry, or an older
+        file's top-level keys (``distribute`` and ``devices`` then merged: ``none`` is one device,
+        ``data-parallel`` the devices it names, or every visible one)."""
+        known = {f.name: f for f in fields(cls)}
+        stored = values.get(RUNTIME)
+        if stored is None:  # a run from before the runtime entry
+            stored = {k: v for k, v in values.items() if k in known}
+            if values.get("distribute", "none") == "none":
+                stored["devices"] = 1
+            else:
+                stored.setdefault("devices", None)
+            if stored.get("mixed_precision", AUTO) is None:
+                stored["mixed_precision"] = "float32"  # what an older run's null meant
+        if not isinstance(stored, dict):
+            raise CovidXrayError(f"{where}: {RUNTIME} must be a JSON object, not {stored!r}; retrain the run")
+        stored = {k: v for k, v in stored.items() if k in known}
+        try:
+            for name, value in stored.items():
+                if value is not None or name != "devices":  # devices None: every visible device
+                    _check_type(known[name], value)
+            return cls(**stored).check()
+        except CovidXrayError as error:
+            raise CovidXrayError(f"{where}: not a valid covidxray run configuration: {error}; retrain the run") from None
+
+    @classmethod
+    def load(cls, path: Path) -> Runtime:
         return cls.from_dict(json.loads(Path(path).read_text()), str(path))
 
 
@@ -384,6 +458,20 @@ class LungTrainConfig:
         if not self.data:
             raise CovidXrayError("--data is required: a folder with images/ and lung-masks/")
         return self
+
+
+def _conflicts(settings, values: dict) -> list[str]:
+    found = []
+    for name, value in values.items():
+        if name in MAY_CHANGE_ON_RESUME or name == "classes":  # derived from the task
+            continue
+        shown, mine = value, getattr(settings, name)
+        if name == "data":
+            shown = _one_or_list(value)
+            value, mine = _resolved_paths(value), _resolved_paths(mine)
+        if value != mine:
+            found.append(f"{option_name(name)} {shown} (the run has {getattr(settings, name)})")
+    return found
 
 
 def check_setting(name: str, value) -> None:

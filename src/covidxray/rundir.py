@@ -216,6 +216,16 @@ class RunDir:
             raise CovidXrayError(f"{path}: not a valid covidxray run configuration: no image_size; retrain the run")
         return config
 
+    def load_runtime(self):
+        """How the run computed (:class:`~covidxray.config.Runtime`), as its ``config.json`` records it."""
+        from covidxray.config import Runtime
+
+        path = self.require(CONFIG)
+        try:
+            return Runtime.load(path)
+        except (ValueError, TypeError, AttributeError) as error:
+            raise CovidXrayError(f"{path}: not a covidxray run configuration ({error}); retrain the run") from None
+
     def read_split(self, columns: tuple[str, ...] = ("path", "split")):
         """``split.csv`` as a table of strings, checked: its ``columns``, and splits that are train,
         validation or test."""

@@ -90,17 +90,18 @@ def _untrained_run(dataset, tmp_path):
     """A run folder with config.json and an untrained model.keras; returns it and its split's table."""
     import keras
 
-    from covidxray.config import TrainConfig
+    from covidxray.config import Runtime, TrainConfig
     from covidxray.models import create_model
     from covidxray.training.data import prepare_data
 
     run = tmp_path / "run"
     run.mkdir()
-    config = TrainConfig(data=str(dataset), image_size=32, cache_dir=str(tmp_path / "cache")).resolve()
-    config.save(run / "config.json")
+    config = TrainConfig(data=str(dataset), image_size=32).resolve()
+    runtime = Runtime(cache_dir=str(tmp_path / "cache")).resolve(config)
+    config.save(run / "config.json", runtime)
     create_model(config.model, num_classes=3, image_size=32, seed=0).save(run / "model.keras")
     keras.backend.clear_session()
-    return run, prepare_data(config).table
+    return run, prepare_data(config, runtime.cache_dir).table
 
 
 def test_heat_in_lungs_rebuilds_the_runs_test_split(dataset, tmp_path):

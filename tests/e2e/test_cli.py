@@ -390,7 +390,7 @@ def test_cli_refuses_data_parallel_off_jax_before_writing(tmp_path, monkeypatch,
 
     monkeypatch.setattr(keras.backend, "backend", lambda: "tensorflow")
     data = make_dataset(tmp_path / "data", per_class=4)
-    code = main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--distribute", "data-parallel"])
+    code = main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--devices", "2"])
     assert code == 2
     assert "needs the JAX backend, not tensorflow; run with KERAS_BACKEND=jax" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

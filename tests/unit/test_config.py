@@ -9,10 +9,14 @@ import pytest
 
 from covidxray.config import (
     MAY_CHANGE_ON_RESUME,
+    RUNTIME,
     TRAINING_COMMANDS,
+    WEIGHT_DECAY,
+    Runtime,
     TrainConfig,
     check_setting,
     option_name,
+    stored_weight_decay_conflict,
 )
 from covidxray.data.blanking import DEFAULT_FRACTION
 from covidxray.errors import CovidXrayError
@@ -51,8 +55,6 @@ def test_for_command_applies_the_commands_own_defaults():
     ({"batch_size": float("nan")}, "--batch-size must be a number; got nan"),
     ({"epochs": True}, "--epochs must be a number; got True"),
     ({"epochs": "3"}, "--epochs must be a number; got '3'"),
-    ({"devices": 2}, "--devices needs --distribute data-parallel"),
-    ({"distribute": "data-parallel", "devices": 0}, "--devices must be at least 1"),
     ({"data": ""}, "--data is required"),
 ])
 def test_check_names_the_option_and_its_bounds(values, message):
@@ -94,7 +96,8 @@ def test_config_json_round_trip_and_renamed_keys(tmp_path):
     config = TrainConfig(data=["a", "b"], task="binary", blank_fraction=0.5, epochs=4).resolve()
     config.save(tmp_path / "config.json")
     saved = json.loads((tmp_path / "config.json").read_text())
-    assert set(saved) == {f.name for f in fields(TrainConfig)} | {"classes"} and saved["classes"] == ["covid", "normal"]
+    assert set(saved) == {f.name for f in fields(TrainConfig)} | {"classes", "weight_decay"}
+    assert saved["classes"] == ["covid", "normal"] and saved["weight_decay"] == 0.0
     assert TrainConfig.load(tmp_path / "config.json") == config
     old = TrainConfig.from_dict({"data": "d", "task": "binary", "blank_lungs": 0.6, "removed_setting": 1,
                                  "classes": ["covid", "normal"]})
@@ -108,18 +111,56 @@ def test_config_json_round_trip_and_renamed_keys(tmp_path):
 
 
 def test_every_setting_declares_its_help_and_commands():
-    for f in fields(TrainConfig):
+    for f in fields(TrainConfig) + fields(Runtime):
         assert f.metadata["help"], f.name
         assert set(f.metadata["commands"]) <= set(TRAINING_COMMANDS), f.name
-    assert TrainConfig.__dataclass_fields__["distribute"].metadata["commands"] == ("train",)
-    assert TrainConfig.__dataclass_fields__["jit_compile"].metadata["commands"] == ()  # library only
+    assert Runtime.__dataclass_fields__["devices"].metadata["commands"] == ("train",)
+    assert Runtime.__dataclass_fields__["jit_compile"].metadata["commands"] == ()  # library only
 
 
-@pytest.mark.parametrize("change, option", [({"mixed_precision": "float8"}, "--mixed-precision"),
-                                            ({"steps_per_execution": 0}, "--steps-per-execution")])
-def test_bad_speed_options_are_clear_errors(change, option):
+def test_how_a_run_computes_is_no_setting_of_what_it_computes():
+    names = {f.name for f in fields(TrainConfig)}
+    assert len(names) <= 25
+    assert not names & {f.name for f in fields(Runtime)}
+    assert not names & {"recipe", "weight_decay", "distribute"}
+
+
+@pytest.mark.parametrize("change, option", [({"mixed_precision": "float8"}, "--mixed-precision must be one of"),
+                                            ({"steps_per_execution": 0}, "--steps-per-execution must be at least 1"),
+                                            ({"devices": 0}, "--devices must be at least 1; got 0")])
+def test_bad_runtime_options_are_clear_errors(change, option):
     with pytest.raises(CovidXrayError, match=option):
-        TrainConfig(data="unused", **change).resolve()
+        Runtime(**change).resolve(TrainConfig(data="unused"))
+
+
+def test_devices_above_one_train_data_parallel_and_not_with_a_source_adversary():
+    assert not Runtime().data_parallel and Runtime().devices == 1  # the default: one device
+    assert Runtime(devices=2).data_parallel and Runtime(devices=None).data_parallel  # None: every visible device
+    Runtime(devices=2).check(TrainConfig(data="x"))
+    Runtime(devices=1).check(TrainConfig(data="x", source_adversary=0.1))
+    with pytest.raises(CovidXrayError, match="--source-adversary trains in one process; leave out --devices"):
+        Runtime(devices=2).check(TrainConfig(data="x", source_adversary=0.1))
+
+
+def test_one_cycle_implies_fastais_weight_decay_and_cosine_plain_adam():
+    assert TrainConfig(data="x", lr_schedule="one-cycle").weight_decay == 0.01 == WEIGHT_DECAY["one-cycle"]
+    assert TrainConfig(data="x").weight_decay == 0.0
+    assert TrainConfig.for_command("cv", data="x", recipe="darkcovidnet-paper").weight_decay == 0.01
+    with pytest.raises(TypeError):
+        TrainConfig(data="x", weight_decay=0.01)  # no longer a setting
+
+
+def test_a_stored_weight_decay_is_ignored_unless_it_differs_from_the_schedules():
+    for schedule, decay in (("one-cycle", 0.01), ("cosine", 0.0)):
+        values = {"data": "d", "lr_schedule": schedule, "weight_decay": decay}
+        assert TrainConfig.from_dict(values).lr_schedule == schedule
+        assert stored_weight_decay_conflict(values) is None
+    assert stored_weight_decay_conflict({"data": "d"}) is None  # a run from before weight decay
+    odd = {"data": "d", "lr_schedule": "cosine", "weight_decay": 0.05}
+    assert TrainConfig.from_dict(odd).weight_decay == 0.0  # it loads (predict, evaluate)
+    message = stored_weight_decay_conflict(odd, "run/config.json")
+    assert message.startswith("run/config.json: the run trained with weight decay 0.05, but --lr-schedule cosine "
+                              "now implies 0 (--weight-decay is gone)") and "\n" not in message
 
 
 
@@ -163,11 +204,15 @@ def test_a_recipe_fills_its_settings_and_options_given_beside_it_win():
     assert TrainConfig.for_command("train", data="x", recipe="source-robust", lungs="mask").lungs == "mask"
 
 
-def test_a_recipe_is_saved_with_the_run_and_read_back(tmp_path):
+def test_a_run_made_from_a_recipe_equals_one_given_its_settings(tmp_path):
     config = TrainConfig.for_command("train", data="x", recipe="darkcovidnet-paper").resolve()
     config.save(tmp_path / "config.json")
     assert TrainConfig.load(tmp_path / "config.json") == config
-    assert TrainConfig.from_dict({"data": "x"}).recipe is None  # an older config.json
+    assert "recipe" not in json.loads((tmp_path / "config.json").read_text())
+    from covidxray.config import RECIPES
+
+    assert config == TrainConfig(data="x", **RECIPES["darkcovidnet-paper"]).resolve()
+    assert TrainConfig.from_dict({"data": "x", "recipe": "darkcovidnet-paper"}) == TrainConfig(data="x", head_epochs=0)
 
 
 def test_mixed_precision_auto_is_resolved_to_what_the_run_trains_in(monkeypatch):
@@ -176,16 +221,65 @@ def test_mixed_precision_auto_is_resolved_to_what_the_run_trains_in(monkeypatch)
     asked = []
     monkeypatch.setattr(backend, "auto_mixed_precision",
                         lambda prefers: asked.append(prefers) or ("mixed_bfloat16" if prefers else None))
-    assert TrainConfig().mixed_precision == "auto"
-    assert TrainConfig(data="a", model="darkcovidnet").resolve().mixed_precision == "mixed_bfloat16"
-    assert TrainConfig(data="a", model="compactnet").resolve().mixed_precision == "float32"
+
+    def precision(model="compactnet", **runtime):
+        return Runtime(**runtime).resolve(TrainConfig(data="a", model=model)).mixed_precision
+
+    assert Runtime().mixed_precision == "auto"
+    assert precision("darkcovidnet") == "mixed_bfloat16" and precision("compactnet") == "float32"
     assert asked == [True, False]  # the model's measured preference decides
-    assert TrainConfig(data="a", model="darkcovidnet", mixed_precision="float32").resolve().mixed_precision == "float32"
-    assert TrainConfig(data="a", mixed_precision=None).resolve().mixed_precision == "float32"
-    assert TrainConfig(data="a", mixed_precision="mixed_float16").resolve().mixed_precision == "mixed_float16"
+    assert precision("darkcovidnet", mixed_precision="float32") == "float32"
+    assert precision(mixed_precision=None) == "float32"
+    assert precision(mixed_precision="mixed_float16") == "mixed_float16"
     assert len(asked) == 2  # an explicit choice is kept as given
-    resolved = TrainConfig(data="a", model="darkcovidnet").resolve()
-    assert resolved.resolve().mixed_precision == "mixed_bfloat16"  # a saved run keeps what it trained in
-    older = {k: v for k, v in TrainConfig(data="a").to_dict().items()}
-    older["mixed_precision"] = None  # config.json of a run from before "auto": it trained in float32
-    assert TrainConfig.from_dict(older).mixed_precision == "float32"
+    resolved = Runtime().resolve(TrainConfig(data="a", model="darkcovidnet"))
+    assert resolved.resolve(TrainConfig(data="a", model="darkcovidnet")) == resolved  # a saved run keeps it
+    assert len(asked) == 3
+
+
+def test_config_json_records_the_resolved_runtime_and_reads_it_back(tmp_path):
+    config = TrainConfig(data="a", model="darkcovidnet").resolve()
+    runtime = Runtime(mixed_precision="mixed_bfloat16", steps_per_execution=4, devices=2, cache_dir="c")
+    config.save(tmp_path / "config.json", runtime)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved[RUNTIME] == {"mixed_precision": "mixed_bfloat16", "jit_compile": "auto", "steps_per_execution": 4,
+                              "devices": 2, "cache_dir": "c"}
+    assert Runtime.load(tmp_path / "config.json") == runtime and TrainConfig.load(tmp_path / "config.json") == config
+    with pytest.raises(CovidXrayError, match="run/config.json: not a valid .*--devices must be at least 1; got 0"):
+        Runtime.from_dict({**saved, RUNTIME: {**saved[RUNTIME], "devices": 0}}, "run/config.json")
+    with pytest.raises(CovidXrayError, match="steps_per_execution must be int"):
+        Runtime.from_dict({RUNTIME: {"steps_per_execution": "4"}})
+    conflicts = runtime.conflicts({"cache_dir": "elsewhere", "devices": 2, "mixed_precision": "float32"})
+    assert conflicts == ["--mixed-precision float32 (the run has mixed_bfloat16)"]  # the cache may move
+
+
+OLDER = {"data": "a", "lr_schedule": "cosine", "weight_decay": 0.0, "jit_compile": "auto",
+         "mixed_precision": "mixed_bfloat16", "steps_per_execution": 2, "cache_dir": "c", "distribute": "none",
+         "devices": None, "recipe": "source-robust", "classes": ["covid", "normal", "pneumonia"]}
+
+
+@pytest.mark.parametrize("older, expected", [
+    (OLDER, Runtime("mixed_bfloat16", "auto", 2, 1, "c")),
+    ({**OLDER, "mixed_precision": None}, Runtime("float32", "auto", 2, 1, "c")),  # before "auto": float32
+    ({**OLDER, "distribute": "data-parallel", "devices": 4}, Runtime("mixed_bfloat16", "auto", 2, 4, "c")),
+    ({**OLDER, "distribute": "data-parallel"}, Runtime("mixed_bfloat16", "auto", 2, None, "c")),  # every device
+    ({"data": "a", "mixed_precision": "float32"}, Runtime("float32", "auto", 1, 1, None)),
+])
+def test_an_older_config_json_with_the_runtime_at_top_level_loads(older, expected):
+    assert Runtime.from_dict(older) == expected
+    assert TrainConfig.from_dict(older) == TrainConfig(data="a", head_epochs=0)  # the rest is ignored
+
+
+def test_the_shipped_and_committed_config_files_load():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    files = [*root.glob("src/covidxray/presets/*/config.json"), *root.glob("benchmarks/results/cv/*/fold-*/config.json")]
+    assert len(files) >= 10
+    for path in files:
+        values = json.loads(path.read_text())
+        config, runtime = TrainConfig.load(path), Runtime.load(path)
+        assert runtime.mixed_precision == (values["mixed_precision"] or "float32") and runtime.devices == 1
+        assert config.weight_decay == values.get("weight_decay", 0.0) and stored_weight_decay_conflict(values) is None
+        recorded = config.to_dict()
+        assert {k: recorded[k] for k in values if k in recorded} == {k: values[k] for k in values if k in recorded}

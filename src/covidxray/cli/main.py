@@ -17,9 +17,9 @@ from pathlib import Path
 
 from covidxray.backend import NO_BACKEND, import_keras_quietly, is_missing_backend, quiet_backend_logs
 from covidxray.cli.lungs import add_lungs_commands
-from covidxray.cli.options import add_config_options, given_settings
+from covidxray.cli.options import add_config_options, add_recipe_option, given_settings
 from covidxray.cli.output import format_predictions, print_cv_summary, print_evaluation, print_run_summary
-from covidxray.config import CV, PROBE, TRAIN, Tracking, TrainConfig, check_setting
+from covidxray.config import CV, PROBE, TRAIN, Runtime, Tracking, TrainConfig, check_setting, recipe_settings
 from covidxray.errors import CovidXrayError, printable
 from covidxray.inference.engines import ENGINES
 from covidxray.models.pretrained import CONVERTERS
@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(TRAIN, help="train a model and write a run directory with its report")
     add_config_options(train, TRAIN, data_required=False)
+    add_recipe_option(train)
+    add_config_options(train, TRAIN, settings=Runtime)
     add_config_options(train, TRAIN, settings=Tracking)
     train.add_argument("--out", help="run directory to write")
     train.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
@@ -81,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cv = commands.add_parser(CV, help="k-fold cross-validation: per-fold, mean +- sd and pooled metrics")
     add_config_options(cv, CV)
+    add_recipe_option(cv)
+    add_config_options(cv, CV, settings=Runtime)
     add_config_options(cv, CV, settings=Tracking)
     cv.add_argument("--out", required=True, help="folder for cv.json, cv.md and one run directory per fold")
     cv.add_argument("--overwrite", action="store_true", help="replace a finished cross-validation in --out")
@@ -92,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     probe = commands.add_parser(PROBE, help="shortcut probe: train on images with the lung field blanked out")
     add_config_options(probe, PROBE)
+    add_recipe_option(probe)
+    add_config_options(probe, PROBE, settings=Runtime)
     add_config_options(probe, PROBE, settings=Tracking)
     probe.add_argument("--out", required=True, help="run directory to write")
     probe.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
@@ -245,16 +251,25 @@ def _track(args) -> str:
     return Tracking(**given_settings(args, Tracking)).track
 
 
+def _config(args) -> TrainConfig:
+    """The run's settings: the options given, then ``--recipe``'s, then the command's defaults."""
+    return TrainConfig.for_command(args.command, args.recipe, **given_settings(args))
+
+
+def _runtime(args) -> Runtime:
+    """How the run computes on this machine (:class:`~covidxray.config.Runtime`: not a setting of what it computes)."""
+    return Runtime(**given_settings(args, Runtime))
+
+
 def run_train(args) -> int:
     from covidxray.training.train import resume, train
 
-    given = given_settings(args)
     if args.resume:
         args.out = args.resume
-        metrics = resume(args.resume, cache_dir=given.pop("cache_dir", None), verbose=_verbosity(args),
-                         track=_track(args), **given)
+        given = {**recipe_settings(args.recipe), **given_settings(args), **given_settings(args, Runtime)}
+        metrics = resume(args.resume, verbose=_verbosity(args), track=_track(args), **given)
     else:
-        metrics = train(TrainConfig.for_command(TRAIN, **given), args.out, overwrite=args.overwrite,
+        metrics = train(_config(args), args.out, runtime=_runtime(args), overwrite=args.overwrite,
                         verbose=_verbosity(args), track=_track(args))
     print_run_summary(metrics)
     print(f"report: {Path(args.out) / 'report.md'}")
@@ -274,14 +289,16 @@ def check_training(args) -> None:
     missing = [f"--{name}" for name in ("data", "out") if getattr(args, name, None) is None]
     if missing:
         args.parser.error(f"the following arguments are required: {', '.join(missing)} (or --resume RUN_DIR)")
-    TrainConfig.for_command(args.command, **given_settings(args)).check()
+    config = _config(args)
+    config.check()
+    _runtime(args).check(config)
 
 
 def run_cv(args) -> int:
     from covidxray.training.cv import CV_REPORT, cross_validate
 
-    result = cross_validate(TrainConfig.for_command(CV, **given_settings(args)), args.out, args.folds,
-                            overwrite=args.overwrite, verbose=0 if args.quiet else 2,
+    result = cross_validate(_config(args), args.out, args.folds, runtime=_runtime(args), overwrite=args.overwrite,
+                            verbose=0 if args.quiet else 2,
                             only=args.only, track=_track(args))
     if "missing" in result:
         print(f"finished folds: {', '.join(map(str, result['finished'])) or 'none'}; not yet: "
@@ -296,7 +313,7 @@ def run_cv(args) -> int:
 def run_probe(args) -> int:
     from covidxray.training.probe import probe, probe_summary
 
-    metrics = probe(TrainConfig.for_command(PROBE, **given_settings(args)), args.out, overwrite=args.overwrite,
+    metrics = probe(_config(args), args.out, runtime=_runtime(args), overwrite=args.overwrite,
                     verbose=_verbosity(args), reference=args.reference, track=_track(args))
     print_run_summary(metrics)
     print(probe_summary(metrics))

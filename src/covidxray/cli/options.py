@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, fields
 
-from covidxray.config import TrainConfig, choices_of, option_name
+from covidxray.config import RECIPES, TrainConfig, choices_of, option_name, recipe_help
 
 #: How an option's value is shown in the help, by type.
 METAVARS = {int: "N", float: "F", str: "VALUE"}
@@ -45,6 +45,16 @@ def add_config_options(parser: argparse.ArgumentParser, command: str, *, data_re
         if choices is not None:
             options["metavar"] = None  # argparse shows {a,b,c}
         parser.add_argument(*names, type=meta["kind"], choices=choices, **options)
+
+
+def add_recipe_option(parser: argparse.ArgumentParser) -> None:
+    """``--recipe NAME``: not a setting (a run does not store it) but a named set of them, which
+    :meth:`~covidxray.config.TrainConfig.for_command` fills where the options given beside it do not."""
+    parser.add_argument(
+        "--recipe", choices=tuple(RECIPES), default=None,
+        help="a named set of settings; options given beside it win. darkcovidnet-paper: "
+        + recipe_help("darkcovidnet-paper") + " (Ozturk et al. 2020's training); source-robust: "
+        + recipe_help("source-robust") + " (best on sources held out whole; the default preset's)")
 
 
 def given_settings(args: argparse.Namespace, settings=TrainConfig) -> dict:

@@ -65,8 +65,8 @@ class Preprocessing:
 
     @classmethod
     def from_config(cls, config, cache_dir: str | None = None) -> Preprocessing:
-        return cls(int(config.image_size), config.lungs, config.intensity, config.lung_segmenter,
-                   cache_dir if cache_dir is not None else config.cache_dir)
+        """The preprocessing of a run's settings; lung masks cached in ``cache_dir`` (default ``~/.cache/covidxray``)."""
+        return cls(int(config.image_size), config.lungs, config.intensity, config.lung_segmenter, cache_dir)
 
     @classmethod
     def from_settings(cls, settings: dict, size: int = 1) -> Preprocessing:

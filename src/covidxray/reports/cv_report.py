@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from covidxray.config import RUNTIME
 from covidxray.reports import markdown
 from covidxray.reports.markdown import (
     DISCLAIMER,
@@ -36,14 +37,14 @@ def protocol_name(group_by: str) -> str:
 
 
 def training_text(config: dict) -> str:
-    """The recipe, schedule and optimiser of a run's config, in one line."""
+    """The recipe (an older run's config names it), schedule, optimiser and precision of a run's config, in one line."""
     recipe = f"recipe {code_md(config['recipe'])}: " if config.get("recipe") else ""
     decay = f", weight decay {config['weight_decay']:g}" if config.get("weight_decay") else ""
     weights = "class-weighted loss" if config.get("class_weights", True) else "unweighted loss"
     sources = markdown.source_settings_text(config)
     return (f"{recipe}Adam{decay}, {config.get('lr_schedule', 'cosine')} learning rate peaking at "
             f"{config['learning_rate']:g}, batch {config['batch_size']}, {weights}, "
-            f"{config.get('mixed_precision') or 'float32'}" + (f"; for other sources: {sources}" if sources else ""))
+            f"{config.get(RUNTIME, config).get('mixed_precision') or 'float32'}" + (f"; for other sources: {sources}" if sources else ""))
 
 
 def held_out_section(per_fold: list[dict]) -> list[str]:

@@ -161,7 +161,7 @@ def render_report(config, metrics: dict) -> str:
         f"- split: {grouping}, stratified by label; identical images kept in one split; seed {config.seed}",
         "- images: " + ", ".join(f"{escape_md(k)} {v}" for k, v in info["images"].items()),
         f"- model: {code_md(config.model)} at {config.image_size}x{config.image_size}, {info['parameters']:,} parameters, "
-        f"Keras backend {code_md(info['backend'])}, computing in {code_md(config.mixed_precision or 'float32')}",
+        f"Keras backend {code_md(info['backend'])}, computing in {code_md(info.get('mixed_precision', 'float32'))}",
         f"- training: up to {config.epochs} epochs, {kept_epoch_text(info, validated)}, "
         f"{info['fit_seconds']} s ({info['train_images_per_second']} images/s); decoding and segmenting the lungs {info['data_seconds']} s",
     ]

@@ -15,17 +15,17 @@ sessions or machines: the same command then pools them once every fold has finis
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from covidxray import rundir
-from covidxray.config import TrainConfig
+from covidxray.config import RUNTIME, Runtime, TrainConfig, stored_weight_decay_conflict
 from covidxray.data.sources import confounding_warning
 from covidxray.data.splits import assign_folds, source_folds
 from covidxray.errors import CovidXrayError, printable
@@ -56,18 +56,20 @@ CV_JSON, CV_REPORT = "cv.json", "cv.md"
 SUMMARY_METRICS = ("accuracy", "loss", "sensitivity", "specificity", "auc")
 
 
-def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, overwrite: bool = False,
-                   verbose: int = 0, only: list[int] | None = None, track: str | Tracker = "none") -> dict:
+def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, runtime: Runtime | None = None,
+                   overwrite: bool = False, verbose: int = 0, only: list[int] | None = None,
+                   track: str | Tracker = "none") -> dict:
     """Train and test ``folds`` models; returns ``cv.json``'s content and writes ``out``.
 
     ``only``: train just these folds (numbered from 1) and reuse the others where they finished.
     Until every fold has finished no ``cv.json`` is written and the result is ``{"finished":
     [...], "missing": [...]}``, the fold numbers of each.
 
-    ``track``: as for :func:`~covidxray.training.train.train`: the cross-validation is a tracked run
+    ``runtime``, ``track``: as for :func:`~covidxray.training.train.train`: the cross-validation is a tracked run
     with its pooled scores and report, each fold trained or reused a child run of it.
     """
     config = config.resolve()
+    runtime = (runtime or Runtime()).resolve(config)
     tracker = make_tracker(track)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -81,9 +83,9 @@ def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, over
                              "empty --out, or pass --overwrite to write into it")
     if not out.exists():
         check_can_create(out.parent, f"--out {out}")
-    check_model(config)  # weights to download or convert fail now, before the data is read
+    check_model(config, runtime)  # weights to download or convert fail now, before the data is read
     started = time.perf_counter()
-    data = load_data(config)
+    data = load_data(config, runtime.cache_dir)
     held_out = None
     if config.group_by == "source":
         fold_of, held_out = source_folds(data.table)
@@ -97,7 +99,7 @@ def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, over
     if outside:
         raise CovidXrayError(f"--fold {outside[0]}: this cross-validation has folds 1 to {folds}")
     with closing(tracker, track):
-        tracker.start(out.resolve().name, run_params(config, folds=folds),
+        tracker.start(out.resolve().name, run_params(config, runtime, folds=folds),
                       tags={"covidxray.run_dir": str(out.resolve()), "covidxray.command": "cv"})
         out.mkdir(parents=True, exist_ok=True)
         probabilities = np.zeros((len(data.targets), len(config.classes)))
@@ -107,18 +109,18 @@ def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, over
             test_mask = fold_of == k
             run = rundir.RunDir(out / f"fold-{k + 1}")
             skipped = only is not None and k + 1 not in only
-            finished = None if overwrite and not skipped else _finished_fold(run, config, int(test_mask.sum()))
+            finished = None if overwrite and not skipped else _finished_fold(run, config, runtime, int(test_mask.sum()))
             if finished is None and skipped:
                 missing.append(k + 1)
                 continue
             child = tracker.child()  # each fold trained or reused: a run nested in the cross-validation's
             with child.running():
-                child.start(f"{out.resolve().name}/{run.path.name}", run_params(config, fold=k + 1),
+                child.start(f"{out.resolve().name}/{run.path.name}", run_params(config, runtime, fold=k + 1),
                             tags={"covidxray.run_dir": str(run.path.resolve())})
                 if finished is None:
                     log.info("fold %d of %d: training on %d images, testing on %d", k + 1, folds,
                              int((~test_mask).sum()), int(test_mask.sum()))
-                    finished = _run_fold(config, data, test_mask, run, verbose, child)
+                    finished = _run_fold(config, runtime, data, test_mask, run, verbose, child)
                 else:
                     log.info("fold %d of %d: reusing the finished run in %s", k + 1, folds, run.path)
                     if run.file(rundir.HISTORY).is_file():
@@ -140,7 +142,7 @@ def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, over
             "protocol": {"folds": folds, "group_by": config.group_by, "seed": config.seed,
                          "images": len(data.targets), "patients": pooled["intervals"]["patients"],
                          **({} if held_out is None else {"held_out_sources": held_out})},
-            "config": asdict(config),
+            "config": {**config.to_dict(), RUNTIME: runtime.record()},
             "per_fold": per_fold,
             "mean": {m: _mean_sd(per_fold, m)[0] for m in SUMMARY_METRICS},
             "sd": {m: _mean_sd(per_fold, m)[1] for m in SUMMARY_METRICS},
@@ -158,14 +160,15 @@ def cross_validate(config: TrainConfig, out: str | Path, folds: int = 5, *, over
     return result
 
 
-def _run_fold(config: TrainConfig, data, test_mask: np.ndarray, run: rundir.RunDir, verbose: int, tracker: Tracker):
+def _run_fold(config: TrainConfig, runtime: Runtime, data, test_mask: np.ndarray, run: rundir.RunDir, verbose: int,
+              tracker: Tracker):
     """Train and score one fold; a fold interrupted with the same settings continues from its backup."""
     prepared = split_data(config, data, test_mask=test_mask)
-    resumable = _same_config(run, config) and run.file(rundir.BACKUP).is_dir()
+    resumable = _same_config(run, config, runtime) and run.file(rundir.BACKUP).is_dir()
     run.create(keep=(rundir.BACKUP, rundir.MODEL, rundir.HISTORY, rundir.TENSORBOARD) if resumable else ())
-    config.save(run.file(rundir.CONFIG))
+    config.save(run.file(rundir.CONFIG), runtime)
     rundir.write_csv(run.file(rundir.SPLIT), prepared.table)
-    training = fit(config, prepared, run, verbose=verbose, tracker=tracker)
+    training = fit(config, prepared, run, runtime, verbose=verbose, tracker=tracker)
     model = load_model(run.require(rundir.MODEL))
     metrics, calibration, scored = evaluate_splits(model, prepared, config)
     test = scored["test"]
@@ -181,10 +184,16 @@ def _run_fold(config: TrainConfig, data, test_mask: np.ndarray, run: rundir.RunD
     return metrics, test.probabilities
 
 
-def _same_config(run: rundir.RunDir, config: TrainConfig) -> bool:
+def _same_config(run: rundir.RunDir, config: TrainConfig, runtime: Runtime) -> bool:
+    """Whether the fold in ``run`` was trained with ``config`` and in ``runtime``'s precision (a runtime
+    choice that changes the numbers beyond the order of float sums), as its ``config.json`` says: an
+    older one's top-level runtime keys and weight decay are read as they were written."""
+    path = run.file(rundir.CONFIG)
     try:
-        return TrainConfig.load(run.file(rundir.CONFIG)) == config
-    except (OSError, ValueError, TypeError, CovidXrayError):
+        stored = json.loads(path.read_text())
+        return (TrainConfig.from_dict(stored, str(path)) == config and stored_weight_decay_conflict(stored) is None
+                and Runtime.from_dict(stored, str(path)).mixed_precision == runtime.mixed_precision)
+    except (OSError, ValueError, TypeError, AttributeError, CovidXrayError):
         return False
 
 
@@ -194,12 +203,10 @@ def _is_ours(path: Path) -> bool:
         path.name.startswith("fold-") and path.name[5:].isdigit() and path.is_dir())
 
 
-def _finished_fold(run: rundir.RunDir, config: TrainConfig, test_images: int):
+def _finished_fold(run: rundir.RunDir, config: TrainConfig, runtime: Runtime, test_images: int):
     """The metrics and test probabilities of a fold finished with the same settings, else None (a
     fold whose files do not read back as such is trained again, with a warning)."""
-    import json
-
-    if not run.file(rundir.METRICS).is_file() or not _same_config(run, config):
+    if not run.file(rundir.METRICS).is_file() or not _same_config(run, config, runtime):
         return None
     try:
         metrics = json.loads(run.file(rundir.METRICS).read_text())

@@ -37,13 +37,14 @@ class PreparedData:
         return (self.table["split"] == split).to_numpy()
 
 
-def load_data(config: TrainConfig) -> LabelledImages:
-    """Read and decode the data of ``config`` (resolved) and make the model's inputs
+def load_data(config: TrainConfig, cache_dir: str | None = None) -> LabelledImages:
+    """Read and decode the data of ``config`` (resolved; decoded images cached in ``cache_dir``, default
+    ``~/.cache/covidxray``) and make the model's inputs
     (:class:`~covidxray.inference.preprocess.Preprocessing`: the lungs cropped or masked, intensities
     harmonised); with a probe's blanking, hide the lung field (a central box, or the segmented lungs)
     or everything but the lungs."""
-    prep = Preprocessing.from_config(config)
-    data = load_labelled_images(config.data, config.classes, prep.decode_side, cache_dir=config.cache_dir)
+    prep = Preprocessing.from_config(config, cache_dir)
+    data = load_labelled_images(config.data, config.classes, prep.decode_side, cache_dir=cache_dir)
     in_memory = isinstance(data.images, np.ndarray)
     if not in_memory and (prep.changes_pixels or config.blanking):
         raise CovidXrayError("--lungs, --intensity and the probe's blanking need the images in memory; train on "
@@ -78,6 +79,6 @@ def split_data(config: TrainConfig, data: LabelledImages, test_mask: np.ndarray 
                         data.lung_quality)
 
 
-def prepare_data(config: TrainConfig) -> PreparedData:
-    """Read, decode and split the data of ``config`` (resolved)."""
-    return split_data(config, load_data(config))
+def prepare_data(config: TrainConfig, cache_dir: str | None = None) -> PreparedData:
+    """Read, decode and split the data of ``config`` (resolved); ``cache_dir`` as for :func:`load_data`."""
+    return split_data(config, load_data(config, cache_dir))

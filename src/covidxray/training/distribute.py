@@ -30,7 +30,8 @@ def data_parallel(batch_size: int, devices: int | None = None):
 
     backend = keras.backend.backend()
     if backend != "jax":
-        raise CovidXrayError(f"--distribute data-parallel needs the JAX backend, not {backend}; "
+        asked = "N" if devices is None else devices
+        raise CovidXrayError(f"--devices {asked} (data-parallel) needs the JAX backend, not {backend}; "
                              "run with KERAS_BACKEND=jax (pip install 'covidxray[jax]')")
     if any(os.environ.get(name) for name in MULTI_HOST_VARIABLES) and not _initialized():
         keras.distribution.initialize()

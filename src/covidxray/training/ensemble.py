@@ -47,7 +47,7 @@ def make_ensemble(runs: list, out: str | Path, *, overwrite: bool = False) -> di
     model = average_models([load_model(m.require(rundir.MODEL)) for m in members])
     split = _common_split(members)
     target.create()
-    configs[0].save(target.file(rundir.CONFIG))
+    configs[0].save(target.file(rundir.CONFIG), members[0].load_runtime())
     if split is not None:
         rundir.write_csv(target.file(rundir.SPLIT), split)
     target.write_json(ENSEMBLE, {"members": [str(m.path) for m in members]})

@@ -12,7 +12,7 @@ import numpy as np
 from sklearn.utils.class_weight import compute_class_weight
 
 from covidxray import rundir
-from covidxray.config import TrainConfig
+from covidxray.config import Runtime, TrainConfig
 from covidxray.errors import CovidXrayError
 from covidxray.inference.engines import device_count
 from covidxray.models import create_model
@@ -48,20 +48,26 @@ FINE_TUNE_RATE = 0.1
 ONE_CYCLE_RISE, ONE_CYCLE_DIV, ONE_CYCLE_FINAL_DIV = 0.3, 25.0, 1e4
 
 
-def build_model(config: TrainConfig, train_size: int) -> keras.Model:
-    """Create and compile the model of ``config`` (resolved) for ``train_size`` training images.
+def build_model(config: TrainConfig, train_size: int, runtime: Runtime | None = None) -> keras.Model:
+    """Create and compile the model of ``config`` (resolved) for ``train_size`` training images, computing
+    as ``runtime`` says (default: :class:`~covidxray.config.Runtime`'s, resolved).
 
     With ``config.head_epochs`` (two-stage fine-tuning) the model is compiled for stage two: the
     backbone's top blocks train (:func:`~covidxray.models.finetune.unfreeze_top`), at
     :data:`FINE_TUNE_RATE` times the learning rate; :func:`train_head` runs stage one before the fit.
     """
-    _check_backend(config)
+    runtime = _resolved(runtime, config)
+    _check_backend(runtime)
     keras.utils.set_random_seed(config.seed)
-    model = _create(config)
+    model = _create(config, runtime)
     if config.head_epochs:
         unfreeze_top(model)
-    _compile(model, config, train_size, _rate(config))
+    _compile(model, config, runtime, train_size, _rate(config))
     return model
+
+
+def _resolved(runtime: Runtime | None, config: TrainConfig) -> Runtime:
+    return (runtime or Runtime()).resolve(config)
 
 
 def _rate(config: TrainConfig) -> float:
@@ -69,23 +75,24 @@ def _rate(config: TrainConfig) -> float:
     return FINE_TUNE_RATE if config.head_epochs else 1.0
 
 
-def _compile(model: keras.Model, config: TrainConfig, train_size: int, rate: float = 1.0,
+def _compile(model: keras.Model, config: TrainConfig, runtime: Runtime, train_size: int, rate: float = 1.0,
              epochs: int | None = None) -> None:
     model.compile(optimizer=_optimizer(config, train_size, rate, epochs),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=config.jit_compile,
-                  steps_per_execution=config.steps_per_execution)
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=runtime.jit_compile,
+                  steps_per_execution=runtime.steps_per_execution)
 
 
 def train_head(model: keras.Model, config: TrainConfig, x, y, class_weight, batches: ShuffledBatches | None,
-               train_size: int, verbose: int = 1) -> None:
+               train_size: int, verbose: int = 1, runtime: Runtime | None = None) -> None:
     """Stage one of two-stage fine-tuning: ``config.head_epochs`` epochs of the head alone on the frozen
     backbone, at ``config.learning_rate``; then ``model`` is compiled again for stage two as
     :func:`build_model` left it (a fresh optimizer for the layers stage two trains).
 
     Stage one keeps no checkpoint or backup: a run cut short during it starts it again."""
+    runtime = _resolved(runtime, config)
     trainable = {id(layer): layer.trainable for layer in _all_layers(model)}
     freeze_backbone(model)
-    _compile(model, config, train_size, epochs=config.head_epochs)
+    _compile(model, config, runtime, train_size, epochs=config.head_epochs)
     if verbose:
         log.info("stage one: %d epochs of the head on the frozen backbone", config.head_epochs)
     if batches is None:
@@ -96,7 +103,7 @@ def train_head(model: keras.Model, config: TrainConfig, x, y, class_weight, batc
         model.fit(batches, epochs=config.head_epochs, verbose=verbose, shuffle=False)
     for layer in _all_layers(model):
         layer.trainable = trainable[id(layer)]
-    _compile(model, config, train_size, _rate(config))
+    _compile(model, config, runtime, train_size, _rate(config))
 
 
 def _all_layers(model: keras.Model) -> list:
@@ -106,14 +113,16 @@ def _all_layers(model: keras.Model) -> list:
     return nested
 
 
-def build_source_adversarial(model: keras.Model, config: TrainConfig, train_size: int, num_sources: int) -> keras.Model:
+def build_source_adversarial(model: keras.Model, config: TrainConfig, train_size: int, num_sources: int,
+                             runtime: Runtime | None = None) -> keras.Model:
     """``model`` with a gradient-reversal source head (:func:`~covidxray.training.adversary.with_source_head`
     of ``config.source_adversary``), compiled to train both outputs."""
+    runtime = _resolved(runtime, config)
     trainer = with_source_head(model, num_sources, config.source_adversary)
     trainer.compile(optimizer=_optimizer(config, train_size, _rate(config)),
                     loss={CLASSES: "sparse_categorical_crossentropy", SOURCE: conditional_source_loss(num_sources)},
-                    metrics={CLASSES: ["accuracy"]}, jit_compile=config.jit_compile,
-                    steps_per_execution=config.steps_per_execution)
+                    metrics={CLASSES: ["accuracy"]}, jit_compile=runtime.jit_compile,
+                    steps_per_execution=runtime.steps_per_execution)
     return trainer
 
 
@@ -121,42 +130,45 @@ def _optimizer(config: TrainConfig, train_size: int, rate: float = 1.0, epochs: 
                ) -> keras.optimizers.Optimizer:
     schedule = replace(config, learning_rate=config.learning_rate * rate, epochs=epochs or config.epochs)
     return keras.optimizers.Adam(learning_rate_schedule(schedule, train_size),
-                                 weight_decay=config.weight_decay or None)  # Keras decouples it (AdamW)
+                                 weight_decay=config.weight_decay or None)  # the schedule's; Keras decouples it (AdamW)
 
 
-def check_model(config: TrainConfig) -> None:
+def check_model(config: TrainConfig, runtime: Runtime | None = None) -> None:
     """Raise now what :func:`build_model` would raise once the data is read and the run folder made:
     a setting the backend refuses, a weights file that does not fit (the model is built with its
     weights once, and dropped)."""
-    _check_backend(config)
+    runtime = _resolved(runtime, config)
+    _check_backend(runtime)
     if config.weights not in (None, "none", "None"):
-        _create(config)
+        _create(config, runtime)
 
 
-def _check_backend(config: TrainConfig) -> None:
-    if config.steps_per_execution > 1 and keras.backend.backend() == "torch":
+def _check_backend(runtime: Runtime) -> None:
+    if runtime.steps_per_execution > 1 and keras.backend.backend() == "torch":
         raise CovidXrayError("--steps-per-execution must be 1 with the PyTorch backend (Keras runs it eagerly)")
 
 
-def _create(config: TrainConfig) -> keras.Model:
+def _create(config: TrainConfig, runtime: Runtime) -> keras.Model:
     return create_model(config.model, num_classes=len(config.classes), image_size=config.image_size,
                         weights=config.weights, augment=config.augment, seed=config.seed,
-                        dtype_policy=config.mixed_precision)
+                        dtype_policy=runtime.mixed_precision)
 
 
-def fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: int = 1,
-        tracker: Tracker | None = None) -> dict:
+def fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, runtime: Runtime | None = None,
+        verbose: int = 1, tracker: Tracker | None = None) -> dict:
     """Build, compile and fit the model; the epoch with the best validation accuracy is saved (the
     last epoch without a validation split). Each epoch's logs go to ``history.csv``, to TensorBoard
     (``RUN/tensorboard/``) and to ``tracker`` (:mod:`covidxray.training.tracking`).
 
     Where ``run`` holds the backup of an interrupted fit, it continues from its last finished epoch.
-    With ``config.distribute == "data-parallel"`` the model is built and trained under a
-    ``keras.distribution.DataParallel`` over ``config.devices`` devices (JAX backend).
+    ``runtime`` (default: :class:`~covidxray.config.Runtime`'s): with ``runtime.devices`` above one the
+    model is built and trained under a ``keras.distribution.DataParallel`` over that many devices (JAX backend).
     """
-    distribution = data_parallel(config.batch_size, config.devices) if config.distribute == "data-parallel" else None
+    runtime = _resolved(runtime, config)
+    distribution = data_parallel(config.batch_size, runtime.devices) if runtime.data_parallel else None
     with distribution.scope() if distribution else contextlib.nullcontext():
-        return {**_fit(config, data, run, verbose, distributed=distribution is not None, tracker=tracker or Tracker()),
+        return {**_fit(config, runtime, data, run, verbose, distributed=distribution is not None,
+                       tracker=tracker or Tracker()),
                 "devices": device_count(distribution)}
 
 
@@ -170,24 +182,24 @@ def training_batches(config: TrainConfig, x, y, class_weight, distributed: bool)
                            drop_remainder=distributed, process_index=index, process_count=count)
 
 
-def _fit(config: TrainConfig, data: PreparedData, run: rundir.RunDir, verbose: int, distributed: bool,
-         tracker: Tracker) -> dict:
+def _fit(config: TrainConfig, runtime: Runtime, data: PreparedData, run: rundir.RunDir, verbose: int,
+         distributed: bool, tracker: Tracker) -> dict:
     x_train, y_train = data.part("train")
     sources = data.table.loc[data.mask("train"), "source"].to_numpy()
     class_weight = training_weights(config, y_train, sources)
     batches = training_batches(config, x_train, y_train, class_weight, distributed)
     train_size = len(x_train) if batches is None else len(batches) * config.batch_size
-    model = build_model(config, train_size)
+    model = build_model(config, train_size, runtime)
     state = read_state(run)
     if config.head_epochs and state is None:  # a resumed run is past stage one: its backup holds stage two
-        train_head(model, config, x_train, y_train, class_weight, batches, train_size, verbose)
+        train_head(model, config, x_train, y_train, class_weight, batches, train_size, verbose, runtime)
     trainer, targets = model, y_train
     if config.source_adversary:
         source, names = source_targets(y_train, sources)
         if len(names) < 2:
             log.warning("--source-adversary: the training images come from one source (%s); the source head has "
                         "nothing to tell apart", names[0])
-        trainer = build_source_adversarial(model, config, train_size, len(names))
+        trainer = build_source_adversarial(model, config, train_size, len(names), runtime)
         targets = {CLASSES: y_train, SOURCE: source}
         if isinstance(class_weight, dict):  # Keras takes class weights for one output only
             class_weight = sample_weights(y_train, class_weight)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from covidxray import rundir
-from covidxray.config import TrainConfig
+from covidxray.config import Runtime, TrainConfig
 from covidxray.data.blanking import DEFAULT_FRACTION
 from covidxray.errors import CovidXrayError
 from covidxray.evaluation.metrics import chance_accuracy
@@ -26,21 +26,21 @@ from covidxray.training.tracking import Tracker, closing, make_tracker
 from covidxray.training.train import train
 
 
-def probe(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verbose: int = 1,
-          reference: str | Path | None = None, track: str | Tracker = "none") -> dict:
+def probe(config: TrainConfig, out: str | Path, *, runtime: Runtime | None = None, overwrite: bool = False,
+          verbose: int = 1, reference: str | Path | None = None, track: str | Tracker = "none") -> dict:
     """Train ``config`` with part of every image blanked (``config.blank_region``: the central box of
     ``config.blank_fraction``, or the default :data:`DEFAULT_FRACTION` when it is 0; the segmented
     lungs; or all but the lungs); returns ``metrics.json``'s content with a ``"probe"`` entry.
 
     ``reference``: a run trained on the same data without blanking; the summary then says how much of
-    its score survives. ``track``: as for :func:`~covidxray.training.train.train`, with the probe's
+    its score survives. ``runtime``, ``track``: as for :func:`~covidxray.training.train.train`, with the probe's
     chance accuracy and its report."""
     if config.blank_region == "box" and not config.blank_fraction:
         config = replace(config, blank_fraction=DEFAULT_FRACTION)
     baseline = reference_scores(reference) if reference is not None else None  # a bad folder fails before training
     tracker = make_tracker(track)
     with closing(tracker, track):
-        metrics = train(config, out, overwrite=overwrite, verbose=verbose, track=tracker)
+        metrics = train(config, out, runtime=runtime, overwrite=overwrite, verbose=verbose, track=tracker)
         _add_probe(metrics, config, out, baseline, reference)
         tracker.log_metrics({"chance_accuracy": metrics["probe"]["chance_accuracy"]})
         tracker.log_files(Path(out), (rundir.METRICS, rundir.REPORT, rundir.REPORT_HTML))  # with the probe's summary

@@ -262,9 +262,9 @@ def closing(tracker: Tracker, track: str | Tracker):
     return contextlib.nullcontext() if tracker is track else tracker.running()
 
 
-def run_params(config, **more) -> dict:
-    """A training run's settings (``config.json``) as the tracked run's parameters."""
-    return {**config.to_dict(), **more}
+def run_params(config, runtime=None, **more) -> dict:
+    """A training run's settings and its resolved runtime (``config.json``) as the tracked run's parameters."""
+    return {**config.to_dict(), **(runtime.record() if runtime is not None else {}), **more}
 
 
 def log_finished_run(tracker: Tracker, run: rundir.RunDir, metrics: dict) -> None:

@@ -8,17 +8,18 @@ function of its own so that notebooks and other commands can reuse it.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import keras
 
 from covidxray import rundir
 from covidxray.backend import runtime_environment
-from covidxray.config import TrainConfig
+from covidxray.config import Runtime, TrainConfig, stored_weight_decay_conflict
 from covidxray.data.sources import confounding_warning
 from covidxray.data.splits import SPLITS, run_splits, without_patient_id
 from covidxray.errors import CovidXrayError, DatasetError
@@ -71,9 +72,12 @@ def evaluate_splits(model: keras.Model, data: PreparedData, config: TrainConfig
     return metrics, calibration, scored
 
 
-def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verbose: int = 1,
-          track: str | Tracker = "none") -> dict:
+def train(config: TrainConfig, out: str | Path, *, runtime: Runtime | None = None, overwrite: bool = False,
+          verbose: int = 1, track: str | Tracker = "none") -> dict:
     """The whole pipeline: returns ``metrics.json``'s content and writes the run directory ``out``.
+
+    ``runtime``: how the run computes on this machine (default :class:`~covidxray.config.Runtime`: one
+    device, ``auto`` precision); ``config.json`` records it resolved, and a resumed run computes with it.
 
     ``track``: ``"mlflow"`` also logs the run to MLflow (:mod:`covidxray.training.tracking`; TensorBoard
     logs are written in every run), or a :class:`~covidxray.training.tracking.Tracker` that the caller
@@ -87,26 +91,28 @@ def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False, verb
     :func:`resume`; files of ``out`` that are not a run's are kept).
     """
     config = config.resolve()
+    runtime = (runtime or Runtime()).resolve(config)
     tracker = make_tracker(track)  # MLflow not installed: an error now
     run = rundir.RunDir(out)
     run.refuse_to_replace(overwrite)
-    if config.distribute == "data-parallel":
-        data_parallel(config.batch_size, config.devices)  # a backend or device problem fails before any file is written
-    check_model(config)  # a weights file that does not fit, too
+    if runtime.data_parallel:
+        data_parallel(config.batch_size, runtime.devices)  # a backend or device problem fails before any file is written
+    check_model(config, runtime)  # a weights file that does not fit, too
     started = time.perf_counter()
-    data = prepare_data(config)
+    data = prepare_data(config, runtime.cache_dir)
     decode_seconds = time.perf_counter() - started
     with closing(tracker, track):
-        tracker.start(run.path.resolve().name, run_params(config), tags={"covidxray.run_dir": str(run.path.resolve())})
+        tracker.start(run.path.resolve().name, run_params(config, runtime),
+                      tags={"covidxray.run_dir": str(run.path.resolve())})
         staged = run.stage() if run.run_entries() else None
         target = staged or run
         if staged is None:
             run.path.mkdir(parents=True, exist_ok=True)
             run.remove_temporaries()
         try:
-            config.save(target.file(rundir.CONFIG))
+            config.save(target.file(rundir.CONFIG), runtime)
             rundir.write_csv(target.file(rundir.SPLIT), data.table)
-            metrics = _run(config, target, data, started=started, decode_seconds=decode_seconds, resumed=False,
+            metrics = _run(config, runtime, target, data, started=started, decode_seconds=decode_seconds, resumed=False,
                            verbose=verbose, tracker=tracker)
         except BaseException:
             if staged is not None and not staged.file(rundir.BACKUP).exists():  # nothing to resume: no trace
@@ -122,9 +128,11 @@ def resume(run_dir: str | Path, *, cache_dir: str | None = None, verbose: int = 
            **settings) -> dict:
     """Continue the interrupted run in ``run_dir`` from its last finished epoch, with its own settings.
 
-    ``settings`` (optional) are checked against the run's ``config.json`` by
-    :meth:`TrainConfig.conflicts`: a resumed run keeps its own settings, so any that differ is an
-    error. ``cache_dir`` may change. Where ``run_dir`` holds an interrupted replacement (``train
+    ``settings`` (optional; of :class:`~covidxray.config.TrainConfig` or of its
+    :class:`~covidxray.config.Runtime`) are checked against the run's ``config.json`` by their
+    ``conflicts``: a resumed run keeps its own settings and runtime, so any that differs is an error.
+    ``cache_dir`` may change. A run that trained with a weight decay its schedule no longer implies
+    (the former ``--weight-decay``) is refused. Where ``run_dir`` holds an interrupted replacement (``train
     --overwrite`` cut short after its first epoch, in ``run_dir/.covidxray-staged/``), that one is
     continued, and replaces the run in ``run_dir`` once complete. ``track``: as for :func:`train`
     (the tracked run is a new one, with the epochs finished before too).
@@ -137,22 +145,31 @@ def resume(run_dir: str | Path, *, cache_dir: str | None = None, verbose: int = 
     target = staged or run
     check_resumable(target)
     saved = target.load_config()
-    conflicts = saved.conflicts(settings)
+    path = target.file(rundir.CONFIG)
+    stored = json.loads(path.read_text())
+    refused = stored_weight_decay_conflict(stored, str(path))
+    if refused:
+        raise CovidXrayError(refused)
+    runtime = Runtime.from_dict(stored, str(path))
+    runtime_names = {f.name for f in fields(Runtime)}
+    conflicts = (saved.conflicts({k: v for k, v in settings.items() if k not in runtime_names})
+                 + runtime.conflicts({k: v for k, v in settings.items() if k in runtime_names}))
     if conflicts:
-        raise CovidXrayError(f"{target.file(rundir.CONFIG)}: a resumed run keeps its own settings, but "
+        raise CovidXrayError(f"{path}: a resumed run keeps its own settings, but "
                              f"{'; '.join(conflicts)}; drop these or start a new run")
-    config = (replace(saved, cache_dir=cache_dir) if cache_dir else saved).resolve()
-    if config.distribute == "data-parallel":
-        data_parallel(config.batch_size, config.devices)
+    config = saved.resolve()
+    runtime = (replace(runtime, cache_dir=cache_dir) if cache_dir else runtime).resolve(config)
+    if runtime.data_parallel:
+        data_parallel(config.batch_size, runtime.devices)
     target.remove_temporaries()
     started = time.perf_counter()
-    data = prepare_data(config)
+    data = prepare_data(config, runtime.cache_dir)
     decode_seconds = time.perf_counter() - started
     _check_same_split(target, data, config.data)
     with closing(tracker, track):
-        tracker.start(run.path.resolve().name, run_params(config),
+        tracker.start(run.path.resolve().name, run_params(config, runtime),
                       tags={"covidxray.run_dir": str(run.path.resolve()), "covidxray.resumed": "true"})
-        metrics = _run(config, target, data, started=started, decode_seconds=decode_seconds, resumed=True,
+        metrics = _run(config, runtime, target, data, started=started, decode_seconds=decode_seconds, resumed=True,
                        verbose=verbose, tracker=tracker)
         if staged is not None:
             run.swap_in(staged)
@@ -160,10 +177,10 @@ def resume(run_dir: str | Path, *, cache_dir: str | None = None, verbose: int = 
     return metrics
 
 
-def _run(config: TrainConfig, run: rundir.RunDir, data: PreparedData, *, started: float, decode_seconds: float,
-         resumed: bool, verbose: int, tracker: Tracker) -> dict:
+def _run(config: TrainConfig, runtime: Runtime, run: rundir.RunDir, data: PreparedData, *, started: float,
+         decode_seconds: float, resumed: bool, verbose: int, tracker: Tracker) -> dict:
     """Fit, evaluate and report in ``run``, which holds the run's config.json and split.csv."""
-    training = fit(config, data, run, verbose=verbose, tracker=tracker)
+    training = fit(config, data, run, runtime, verbose=verbose, tracker=tracker)
     model = load_model(run.require(rundir.MODEL))
     metrics, calibration, scored = evaluate_splits(model, data, config)
     calibration.save(run.path)
@@ -174,11 +191,12 @@ def _run(config: TrainConfig, run: rundir.RunDir, data: PreparedData, *, started
     quality = None if data.lung_quality is None else [q for q, k in zip(data.lung_quality, rows) if k]
     metrics["heat_in_lungs"] = heat_in_lungs(model, data.part("test")[0], test_lungs, quality, test.predicted,
                                              data.table[rows], data.classes)
-    prep = Preprocessing.from_config(config)
+    prep = Preprocessing.from_config(config, runtime.cache_dir)
     metrics["run"] = {
         **training,
         "model": config.model, "task": config.task, "image_size": config.image_size,
         "parameters": int(model.count_params()), "backend": keras.backend.backend(),
+        "mixed_precision": runtime.mixed_precision,
         "data_seconds": round(decode_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1),
         "images": {split: int((data.table["split"] == split).sum()) for split in SPLITS},
         "images_without_patient_id": int(without_patient_id(data.table).sum()),

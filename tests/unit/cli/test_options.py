@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from covidxray.cli.options import add_config_options, given_settings
-from covidxray.config import TrainConfig
+from covidxray.config import Runtime, TrainConfig
 from covidxray.data.blanking import DEFAULT_FRACTION
 from covidxray.errors import CovidXrayError
 
@@ -47,14 +47,45 @@ def test_aliases_and_types():
 
 
 def test_each_command_offers_its_own_options():
-    def options(command):
-        return {o for action in _parser(command)._actions for o in action.option_strings}
+    def options(command, settings=TrainConfig):
+        parser = argparse.ArgumentParser()
+        add_config_options(parser, command, settings=settings)
+        return {o for action in parser._actions for o in action.option_strings}
 
     train, cv, probe = options("train"), options("cv"), options("probe")
-    assert {"--distribute", "--devices", "--test-fraction"} <= train
-    assert "--distribute" not in cv and "--test-fraction" not in cv and "--blank-fraction" not in cv
-    assert "--distribute" not in probe and "--blank-fraction" in probe
-    assert "--jit-compile" not in train | cv | probe and "--classes" not in train  # library only
+    assert "--test-fraction" in train and "--test-fraction" not in cv and "--blank-fraction" not in cv
+    assert "--blank-fraction" in probe and "--classes" not in train
+    runtime = {command: options(command, Runtime) for command in ("train", "cv", "probe")}
+    assert runtime["train"] == {"-h", "--help", "--mixed-precision", "--steps-per-execution", "--devices", "--cache-dir"}
+    assert runtime["cv"] == runtime["probe"] == runtime["train"] - {"--devices"}  # one process per fold
+    everything = train | cv | probe | runtime["train"]
+    assert not everything & {"--jit-compile", "--distribute", "--weight-decay", "--recipe"}  # library only, or gone
+
+
+def test_runtime_options_parse_and_are_checked():
+    parser = argparse.ArgumentParser()
+    add_config_options(parser, "train", settings=Runtime)
+    args = parser.parse_args(["--devices", "2", "--mixed-precision", "mixed_bfloat16", "--steps-per-execution", "4"])
+    runtime = Runtime(**given_settings(args, Runtime))
+    assert runtime == Runtime(mixed_precision="mixed_bfloat16", steps_per_execution=4, devices=2)
+    assert runtime.data_parallel and not Runtime(**given_settings(parser.parse_args([]), Runtime)).data_parallel
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--mixed-precision", "float8"])
+    with pytest.raises(CovidXrayError, match="--devices must be at least 1; got 0"):
+        Runtime(**given_settings(parser.parse_args(["--devices", "0"]), Runtime)).check()
+
+
+def test_a_recipe_fills_settings_and_options_beside_it_win():
+    from covidxray.cli.main import _config, build_parser
+
+    args = build_parser().parse_args(["cv", "--data", "a", "--out", "o", "--recipe", "darkcovidnet-paper",
+                                      "--epochs", "3"])
+    config = _config(args)
+    assert (config.model, config.lr_schedule, config.weight_decay, config.epochs) == ("darkcovidnet", "one-cycle",
+                                                                                       0.01, 3)
+    assert "recipe" not in given_settings(args)  # not a setting
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["cv", "--data", "a", "--out", "o", "--recipe", "fastai"])
 
 
 def test_help_shows_each_commands_default():

@@ -47,7 +47,17 @@ def test_a_recipe_and_its_schedule_are_named():
     result["config"].update(recipe="darkcovidnet-paper", lr_schedule="one-cycle", weight_decay=0.01,
                             learning_rate=0.003, batch_size=32, class_weights=False, mixed_precision="mixed_bfloat16")
     assert ("- training: recipe `darkcovidnet-paper`: Adam, weight decay 0.01, one-cycle learning rate peaking at "
-            "0.003, batch 32, unweighted loss, mixed_bfloat16\n") in render_cv_report(result)
+            "0.003, batch 32, unweighted loss, mixed_bfloat16\n") in render_cv_report(result)  # an older cv.json
+
+
+def test_a_new_cv_json_names_the_schedules_weight_decay_and_the_runtimes_precision():
+    from covidxray.config import Runtime, TrainConfig
+
+    result = _result()
+    config = TrainConfig(data="a", lr_schedule="one-cycle", learning_rate=0.003, batch_size=32).resolve()
+    result["config"] = {**config.to_dict(), "runtime": Runtime(mixed_precision="mixed_bfloat16").record()}
+    assert ("- training: Adam, weight decay 0.01, one-cycle learning rate peaking at 0.003, batch 32, class-weighted "
+            "loss, mixed_bfloat16\n") in render_cv_report(result)
 
 
 def test_the_settings_for_other_sources_are_named():

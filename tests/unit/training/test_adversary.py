@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from covidxray import rundir
-from covidxray.config import TrainConfig
+from covidxray.config import Runtime, TrainConfig
 from covidxray.errors import CovidXrayError
 from covidxray.models import load_model
 from covidxray.training.adversary import (
@@ -128,7 +128,7 @@ def test_the_source_head_changes_what_the_classifier_learns(tiny_model, tmp_path
 
 def test_source_adversary_refuses_what_it_cannot_train_on(monkeypatch):
     with pytest.raises(CovidXrayError, match="--source-adversary trains in one process"):
-        TrainConfig(data="x", source_adversary=0.1, distribute="data-parallel").check()
+        Runtime(devices=2).check(TrainConfig(data="x", source_adversary=0.1))
     monkeypatch.setattr("covidxray.data.shards.shard_image_size", lambda data: 32)  # as for a shard folder
     with pytest.raises(CovidXrayError, match="not streamed from shards; give the dataset folders"):
         TrainConfig(data="shards", source_adversary=0.1).resolve()

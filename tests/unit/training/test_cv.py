@@ -78,7 +78,7 @@ def test_fold_files_that_do_not_read_back_are_trained_again(cv_config, tmp_path,
     (out / "fold-2" / TEST_PREDICTIONS).write_text("path\nx.png\n")
     trained = []
     real = cv_module._run_fold
-    monkeypatch.setattr(cv_module, "_run_fold", lambda *args: trained.append(args[3].path.name) or real(*args))
+    monkeypatch.setattr(cv_module, "_run_fold", lambda *args: trained.append(args[4].path.name) or real(*args))
     with caplog.at_level("WARNING", logger="covidxray"):
         again = cross_validate(cv_config, out, 2, verbose=0)
     assert trained == ["fold-1", "fold-2"] and "its results do not read back" in caplog.text
@@ -171,10 +171,33 @@ def test_folds_trained_one_at_a_time_are_pooled_once_all_have_finished(cv_config
     assert not (out / CV_JSON).exists()
     trained = []
     real = cv_module._run_fold
-    monkeypatch.setattr(cv_module, "_run_fold", lambda *args: trained.append(args[3].path.name) or real(*args))
+    monkeypatch.setattr(cv_module, "_run_fold", lambda *args: trained.append(args[4].path.name) or real(*args))
     result = cross_validate(cv_config, out, 2, verbose=0)
     assert trained == ["fold-1"]  # fold 2 is reused
     assert [f["fold"] for f in result["per_fold"]] == [1, 2] and (out / CV_JSON).is_file()
+
+
+def test_a_fold_is_reused_from_an_older_config_json_and_not_from_another_computation(cv_config, tmp_path):
+    from covidxray.config import Runtime
+    from covidxray.rundir import RunDir
+    from covidxray.training.cv import _same_config
+
+    config, runtime = cv_config.resolve(), Runtime().resolve(cv_config)
+    run = RunDir(tmp_path / "fold-1")
+    run.create()
+    config.save(run.file("config.json"), runtime)
+    assert _same_config(run, config, runtime)
+    new = json.loads(run.file("config.json").read_text())
+    older = {**{k: v for k, v in new.items() if k != "runtime"}, "jit_compile": "auto", "steps_per_execution": 1,
+             "mixed_precision": runtime.mixed_precision, "cache_dir": None, "distribute": "none", "devices": None,
+             "recipe": None, "weight_decay": 0.0}  # as the committed folds of benchmarks/results/cv hold it
+    for stored, same in ((older, True), ({**older, "recipe": "source-robust"}, True),
+                         ({**older, "cache_dir": "elsewhere", "steps_per_execution": 4}, True),  # how, not what
+                         ({**older, "weight_decay": 0.01}, False),  # trained with the former --weight-decay
+                         ({**older, "mixed_precision": "mixed_float16"}, False),  # other numbers
+                         ({**older, "epochs": config.epochs + 1}, False)):
+        run.file("config.json").write_text(json.dumps(stored))
+        assert _same_config(run, config, runtime) is same, stored
 
 
 def test_folds_without_validation_train_on_all_their_training_folds(tiny_model, fast_bootstrap, tmp_path):

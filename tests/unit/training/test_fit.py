@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from covidxray import rundir
-from covidxray.config import TrainConfig
+from covidxray.config import Runtime, TrainConfig
 from covidxray.errors import CovidXrayError
 from covidxray.training.batches import ShuffledBatches
 from covidxray.training.data import prepare_data
@@ -29,11 +29,12 @@ from helpers import make_dataset
 
 
 def test_mixed_precision_and_steps_per_execution_train():
-    config = TrainConfig(data="unused", model="compactnet", image_size=32, epochs=2, batch_size=8,
-                         mixed_precision="mixed_bfloat16",
-                         steps_per_execution=1 if keras.backend.backend() == "torch" else 2).resolve()
+    config = TrainConfig(data="unused", model="compactnet", image_size=32, epochs=2, batch_size=8).resolve()
+    runtime = Runtime(mixed_precision="mixed_bfloat16", steps_per_execution=1 if keras.backend.backend() == "torch" else 2)
     images = np.random.default_rng(0).integers(0, 256, (32, 32, 32, 1), dtype=np.uint8)
-    history = fit_arrays(build_model(config, len(images)), images, np.arange(32) % 3, epochs=2, batch_size=8)
+    model = build_model(config, len(images), runtime)
+    assert model.dtype_policy.name == "mixed_bfloat16"
+    history = fit_arrays(model, images, np.arange(32) % 3, epochs=2, batch_size=8)
     assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
 
 
@@ -91,9 +92,9 @@ def test_one_cycle_rises_from_a_25th_for_30_percent_then_anneals_to_a_250000th()
     assert max(rate) == rate[2]
 
 
-def test_weight_decay_makes_adam_decoupled_and_zero_leaves_it_off(tiny_model):
-    decayed = build_model(TrainConfig(data="x", model=tiny_model, weight_decay=0.01).resolve(), 8)
-    assert decayed.optimizer.weight_decay == pytest.approx(0.01)
+def test_one_cycle_trains_adamw_with_decay_001_and_cosine_plain_adam(tiny_model):
+    decayed = build_model(TrainConfig(data="x", model=tiny_model, lr_schedule="one-cycle").resolve(), 8)
+    assert decayed.optimizer.weight_decay == pytest.approx(0.01)  # fastai's fit_one_cycle default
     assert build_model(TrainConfig(data="x", model=tiny_model).resolve(), 8).optimizer.weight_decay is None
 
 
@@ -139,7 +140,7 @@ def test_build_model_compiles_the_config(tiny_model, monkeypatch):
     assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(0.0)  # warm-up starts at 0
     monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
     with pytest.raises(CovidXrayError, match="--steps-per-execution must be 1 with the PyTorch backend"):
-        build_model(TrainConfig(data="x", model=tiny_model, steps_per_execution=2).resolve(), 8)
+        build_model(TrainConfig(data="x", model=tiny_model).resolve(), 8, Runtime(steps_per_execution=2))
 
 
 def test_fit_saves_the_best_epoch_and_its_history(tiny_model, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 import covidxray.training.train as train_module
 from covidxray import rundir
-from covidxray.config import TrainConfig
+from covidxray.config import RUNTIME, Runtime, TrainConfig
 from covidxray.errors import CovidXrayError
 from covidxray.training.train import resume, train
 from helpers import make_dataset
@@ -67,6 +67,38 @@ def test_an_interrupted_run_resumes_with_its_own_settings(config, tmp_path, monk
     assert metrics["run"]["resumed"] and metrics["run"]["epochs_run"] == 2
     assert list(pd.read_csv(out / rundir.HISTORY)["epoch"]) == [0, 1]  # not trained again
     assert not (out / rundir.BACKUP).exists()
+
+
+def test_config_json_records_the_runtime_and_a_resumed_run_computes_with_it(config, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    used = []
+    fit = train_module.fit
+    monkeypatch.setattr(train_module, "fit", lambda c, d, r, runtime, **kw: used.append(runtime) or fit(c, d, r, runtime,
+                                                                                                        **kw))
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "evaluate_splits", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, out, runtime=Runtime(mixed_precision="mixed_bfloat16", cache_dir=str(tmp_path / "c")),
+                  verbose=0)
+    stored = json.loads((out / rundir.CONFIG).read_text())
+    assert stored[RUNTIME] == {"mixed_precision": "mixed_bfloat16", "jit_compile": "auto", "steps_per_execution": 1,
+                               "devices": 1, "cache_dir": str(tmp_path / "c")}
+    with pytest.raises(CovidXrayError, match=r"keeps its own settings, but --mixed-precision float32 \(the run has "
+                                             r"mixed_bfloat16\)"):
+        resume(out, mixed_precision="float32", verbose=0)
+    (out / rundir.CONFIG).write_text(json.dumps({**stored, "weight_decay": 0.05}))  # the former --weight-decay
+    with pytest.raises(CovidXrayError, match="the run trained with weight decay 0.05, but --lr-schedule cosine now "
+                                             "implies 0 .*cannot be resumed"):
+        resume(out, verbose=0)
+    (out / rundir.CONFIG).write_text(json.dumps(stored))
+    metrics = resume(out, verbose=0)
+    assert used[-1] == used[0] and used[-1].mixed_precision == "mixed_bfloat16"  # the stored runtime, not the default
+    assert metrics["run"]["mixed_precision"] == "mixed_bfloat16"
+    assert "computing in `mixed_bfloat16`" in (out / rundir.REPORT).read_text()
 
 
 def test_resume_needs_a_run_with_a_backup(tmp_path):
