@@ -74,12 +74,12 @@ def folds(folder: Path) -> dict[str, Path]:
     return found
 
 
-def compare_fold(first: Path, second: Path, samples: int) -> dict | None:
-    """The paired AUC difference of one fold, or None where the fold has no COVID AUC."""
+def fold_pair(first: Path, second: Path) -> tuple[pd.DataFrame, list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """What two runs of one fold predicted for the same images: the images' rows of their datasets
+    (``label``, ``source``, patients), the classes, the true class indices and each run's probabilities."""
     from covidxray.config import TrainConfig
     from covidxray.data.sources import load_datasets
-    from covidxray.data.splits import split_groups
-    from covidxray.labels import covid_index, probability_columns
+    from covidxray.labels import probability_columns
     from covidxray.rundir import TEST_PREDICTIONS as PREDICTIONS
 
     config = TrainConfig.load(first / "config.json")
@@ -97,12 +97,20 @@ def compare_fold(first: Path, second: Path, samples: int) -> dict | None:
     rows = table.loc[a["path"]].reset_index()
     classes = list(config.classes)
     targets = rows["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    covid = covid_index(config.classes)
+    columns = probability_columns(classes)
+    return rows, classes, targets, a[columns].to_numpy(), b[columns].to_numpy()
+
+
+def compare_fold(first: Path, second: Path, samples: int) -> dict | None:
+    """The paired AUC difference of one fold, or None where the fold has no COVID AUC."""
+    from covidxray.data.splits import split_groups
+    from covidxray.labels import covid_index
+
+    rows, classes, targets, a, b = fold_pair(first, second)
+    covid = covid_index(classes)
     if not (targets == covid).any() or (targets == covid).all():
         return None
-    columns = probability_columns(classes)
-    result = paired_auc_difference(targets, a[columns].to_numpy(), b[columns].to_numpy(), split_groups(rows),
-                                   covid, samples=samples)
+    result = paired_auc_difference(targets, a, b, split_groups(rows), covid, samples=samples)
     sources = sorted(rows["source"].fillna("").astype(str).unique())
     return {"images": len(rows), "sources": sources, **result}
 

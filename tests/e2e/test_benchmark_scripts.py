@@ -233,6 +233,42 @@ def test_paired_auc_compares_two_settings_fold_by_fold_on_the_same_images(datase
         load("paired_auc").main(["--first", str(first / "fold-1"), "--second", str(second / "fold-1")])
 
 
+def test_ensemble_doubt_scores_orderings_of_the_ensembles_mistakes(dataset, tmp_path):
+    """Two models agree, unsure, on the images they get right and are sure of two different wrong
+    classes on the rest: disagreement puts every mistake of their mean first, the mean's top
+    probability (higher on the mistakes) last."""
+    import pandas as pd
+
+    from covidxray.config import TrainConfig
+    from covidxray.data.sources import load_datasets
+
+    table = load_datasets(str(dataset))
+    classes = ["covid", "normal", "pneumonia"]
+    targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    hard = np.arange(len(table)) % 4 == 0  # the mean of a confident right and a confident wrong: wrong
+    runs = []
+    for name, wrong_class in (("a", 1), ("b", 2)):
+        folder = tmp_path / name / "fold-1"
+        folder.mkdir(parents=True)
+        TrainConfig(data=str(dataset), image_size=32).resolve().save(folder / "config.json")
+        called = np.where(hard, (targets + wrong_class) % 3, targets)
+        probabilities = np.repeat(np.where(hard, 0.1, 0.3)[:, None], 3, axis=1)
+        probabilities[np.arange(len(table)), called] = np.where(hard, 0.8, 0.4)
+        pd.DataFrame({"path": table["path"], **{f"p_{c}": probabilities[:, i] for i, c in enumerate(classes)}}
+                     ).to_csv(folder / "test_predictions.csv", index=False)
+        runs.append(tmp_path / name)
+    out, markdown = tmp_path / "doubt.json", tmp_path / "doubt.md"
+    assert load("ensemble_doubt").main(["--first", str(runs[0]), "--second", str(runs[1]), "--share", "0.25",
+                                        "--out", str(out), "--markdown", str(markdown)]) == 0
+    results = {r["doubt"]: r for r in json.loads(out.read_text())["results"]}
+    assert len(results) == 3 and all(r["images"] == len(table) for r in results.values())
+    disagree = results["the members disagree on the class (ties by the above)"]
+    assert disagree["disagree"] == pytest.approx(hard.mean())
+    assert disagree["mistakes_in_most_doubtful"] == 1.0 and disagree["aurc"] == pytest.approx(disagree["aurc_best"])
+    assert results["one less the ensemble's top probability"]["mistakes_in_most_doubtful"] == 0.0
+    assert "| synthetic (" in markdown.read_text()
+
+
 def test_cv_tta_scores_a_cross_validation_again_and_reproduces_it_with_one_view(tmp_path, tiny_model):
     import pandas as pd
 
