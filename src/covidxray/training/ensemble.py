@@ -8,7 +8,7 @@ must share the task, input size and preprocessing. Its ``split.csv`` counts an i
 on when any member trained or validated on it, and as test otherwise; ``metrics.json`` holds the
 ensemble's metrics on those test images (none when every image trained a member, as with the
 folds of one cross-validation: evaluate it on other data).
-``ensemble.json`` names the members. An ensemble has no ``familiarity.npz``: it flags nothing
+``metrics.json`` names the members. An ensemble has no ``familiarity.npz``: it flags nothing
 as unlike its training data.
 """
 
@@ -25,8 +25,6 @@ from covidxray.files import atomic_save
 from covidxray.inference.preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
-
-ENSEMBLE = "ensemble.json"
 
 
 def make_ensemble(runs: list, out: str | Path, *, overwrite: bool = False) -> dict:
@@ -50,7 +48,6 @@ def make_ensemble(runs: list, out: str | Path, *, overwrite: bool = False) -> di
     configs[0].save(target.file(rundir.CONFIG), members[0].load_runtime())
     if split is not None:
         rundir.write_csv(target.file(rundir.SPLIT), split)
-    target.write_json(ENSEMBLE, {"members": [str(m.path) for m in members]})
     atomic_save(target.file(rundir.MODEL), model.save)
     metrics = {"members": [str(m.path) for m in members], "test": None}
     test = split[split["split"] == "test"] if split is not None else []

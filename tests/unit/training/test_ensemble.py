@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +13,7 @@ from covidxray.cli import main
 from covidxray.config import TrainConfig
 from covidxray.errors import CovidXrayError
 from covidxray.inference.predictor import load_predictor
-from covidxray.training.ensemble import ENSEMBLE, make_ensemble
+from covidxray.training.ensemble import make_ensemble
 from covidxray.training.train import train
 from helpers import build_run, make_dataset
 
@@ -39,7 +41,8 @@ def test_an_ensemble_averages_its_members_and_is_scored_on_images_no_member_saw(
     first = rundir.RunDir(members[0]).read_split()
     assert set(split.loc[split["split"] == "test", "path"]) == set(first.loc[first["split"] == "test", "path"])
     assert metrics["test"]["n"] == int((split["split"] == "test").sum()) > 0
-    assert rundir.RunDir(tmp_path / "ensemble").file(ENSEMBLE).is_file()
+    stored = json.loads(rundir.RunDir(tmp_path / "ensemble").file(rundir.METRICS).read_text())
+    assert stored["members"] == [str(rundir.RunDir(m).path) for m in members]  # the one record of the members
 
 
 def test_the_command_refuses_to_replace_an_ensemble_and_runs_that_do_not_match(members, tmp_path, capsys):
