@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 import covidxray
-import covidxray.models  # noqa: F401  (registers RandomAffine, which the saved models hold)
+import covidxray.models.augment  # noqa: F401  (register covidxray's layers, which the saved models hold:
+import covidxray.models.batchnorm  # noqa: F401  RandomAffine and the fused BatchNormalization)
 from covidxray.cli import main
 from helpers import make_dataset
 
