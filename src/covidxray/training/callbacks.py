@@ -1,5 +1,6 @@
-"""Callbacks of a training run: precise validation after each epoch, the best checkpoint, the
-learning rate in each epoch's logs, and the tracker (``--track``) of each epoch."""
+"""Callbacks of a training run: precise validation after each epoch, the best checkpoint (the
+classifier's and the lung U-Net's), the learning rate in each epoch's logs, and the tracker
+(``--track``) of each epoch."""
 
 from __future__ import annotations
 
@@ -61,31 +62,41 @@ class PreciseValidation(ClassifierCallback):
 
 
 class BestCheckpoint(ClassifierCallback):
-    """Save the model, atomically, whenever validation accuracy improves (or ties at a lower loss);
-    ``keep_last`` (a run without a validation split, ``--val-fraction 0``): after every epoch, so
-    the last one is kept.
+    """Keep the model of the epoch with the best ``monitor`` score (``mode`` "max": higher is better,
+    "min": lower), compared to 6 decimals; a tie goes to the lower ``val_loss``. The model is saved,
+    atomically, to ``path`` at each improvement, or, where ``path`` is None, its weights are kept in
+    memory (``.weights``). ``best_epoch`` counts from 1. ``keep_last`` (a run without a validation
+    split, ``--val-fraction 0``): every epoch is kept, so the last one is.
 
-    Accuracy rather than loss: late epochs grow more confident, which raises the validation
-    loss while accuracy still improves (measured on DarkCovidNet: loss picked epoch 13 of 30 at
-    70.8% validation accuracy, the last epochs reached 75.8%).
+    The classifier monitors validation accuracy rather than loss: late epochs grow more confident,
+    which raises the validation loss while accuracy still improves (measured on DarkCovidNet: loss
+    picked epoch 13 of 30 at 70.8% validation accuracy, the last epochs reached 75.8%). The lung
+    U-Net monitors its validation Dice (``val_dice``).
     """
 
-    def __init__(self, path: Path, classifier: keras.Model | None = None, keep_last: bool = False):
+    def __init__(self, path: Path | None = None, classifier: keras.Model | None = None, keep_last: bool = False,
+                 monitor: str = "val_accuracy", mode: str = "max"):
         super().__init__(classifier)
-        self.path, self.best, self.best_epoch = Path(path), (-np.inf, -np.inf), None
-        self.keep_last = keep_last
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min'; got {mode!r}")
+        self.path = None if path is None else Path(path)
+        self.monitor, self.sign, self.keep_last = monitor, 1.0 if mode == "max" else -1.0, keep_last
+        self.best, self.best_epoch, self.weights = (-np.inf, -np.inf), None, None
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if self.keep_last:  # each epoch beats the one before
             score = (float(epoch), 0.0)
-        elif "val_accuracy" in logs:
-            score = (round(float(logs["val_accuracy"]), 6), -float(logs["val_loss"]))
+        elif self.monitor in logs:
+            score = (round(self.sign * float(logs[self.monitor]), 6), -float(logs.get("val_loss", 0.0)))
         else:
             return
         if score > self.best:
             self.best, self.best_epoch = score, epoch + 1
-            atomic_save(self.path, self.classifier.save)
+            if self.path is None:
+                self.weights = self.classifier.get_weights()
+            else:
+                atomic_save(self.path, self.classifier.save)
 
     def state(self) -> dict:  # for resuming (covidxray.training.backup)
         return {"best": [float(v) for v in self.best], "best_epoch": self.best_epoch}

@@ -22,6 +22,10 @@ class Model:
         self.saved += 1
         path.write_text(str(self.saved))
 
+    def get_weights(self):
+        self.saved += 1
+        return [self.saved]
+
 
 @pytest.mark.parametrize("scores, saved_epochs", [
     ([(0.5, 1.0), (0.7, 0.9), (0.6, 0.5)], [1, 2]),  # better accuracy wins, whatever the loss
@@ -57,6 +61,22 @@ def test_a_checkpoint_that_keeps_the_last_epoch_saves_every_epoch(tmp_path):
     restored.restore(checkpoint.state())
     restored.on_epoch_end(3, {"loss": 0.1})  # a resumed run goes on saving
     assert restored.model.saved == 1 and restored.best_epoch == 4
+
+
+@pytest.mark.parametrize("mode, scores, kept", [
+    ("max", [0.5, 0.8, 0.7, 0.8], 2),  # the U-Net's val_dice: the first of two equal bests
+    ("min", [0.5, 0.8, 0.3, 0.4], 3),
+])
+def test_best_checkpoint_monitors_any_score_and_keeps_weights_in_memory(tmp_path, mode, scores, kept):
+    checkpoint = BestCheckpoint(monitor="val_dice", mode=mode)
+    checkpoint.set_model(Model())
+    for epoch, score in enumerate(scores):
+        checkpoint.on_epoch_end(epoch, {"val_dice": score, "val_accuracy": 1.0 - score, "val_loss": 1.0})
+    assert checkpoint.best_epoch == kept
+    assert checkpoint.weights == [checkpoint.model.saved]  # the weights read at that epoch, the last read
+    assert not list(tmp_path.iterdir())  # no path: nothing written
+    with pytest.raises(ValueError, match="'max' or 'min'"):
+        BestCheckpoint(monitor="val_dice", mode="maximum")
 
 
 def test_precise_validation_scores_the_validation_set():
