@@ -1,6 +1,6 @@
-"""Callbacks of a training run: precise validation after each epoch, the best checkpoint (the
-classifier's and the lung U-Net's), the learning rate in each epoch's logs, and the tracker
-(``--track``) of each epoch."""
+"""Callbacks of a training run, the classifier's and the lung U-Net's: precise validation after each
+epoch, the best checkpoint, ``history.csv``, the learning rate in each epoch's logs, TensorBoard, and
+the tracker (``--track``) of each epoch."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 
 from covidxray import rundir
 from covidxray.evaluation.metrics import cross_entropy
-from covidxray.files import atomic_save
+from covidxray.files import atomic_save, atomic_write_text
 from covidxray.inference.engines import predict_arrays
 from covidxray.models.batchnorm import recalibrate_batch_norm
 from covidxray.training.tracking import Tracker, epoch_metrics, tensorboard_available
@@ -103,6 +104,29 @@ class BestCheckpoint(ClassifierCallback):
 
     def restore(self, state: dict) -> None:
         self.best, self.best_epoch = tuple(state["best"]), state["best_epoch"]
+
+
+class HistoryCsv(keras.callbacks.Callback):
+    """Each finished epoch's logs as a row of ``RUN/history.csv`` (``epoch`` from 0, then the logs by
+    name), the file rewritten whole, atomically, after every epoch: never a partial line.
+
+    :class:`~covidxray.training.backup.RunBackup` holds one and writes it after its backup (``rows``
+    are part of the saved state, restored on resume); a run without a backup adds it as a callback.
+    """
+
+    def __init__(self, run: rundir.RunDir, rows: list[dict] | None = None):
+        super().__init__()
+        self.run, self.rows = run, list(rows or [])
+
+    def add(self, epoch: int, logs: dict | None) -> None:
+        self.rows.append({"epoch": epoch, **{k: float(v) for k, v in sorted((logs or {}).items())}})
+
+    def write(self) -> None:
+        atomic_write_text(self.run.file(rundir.HISTORY), pd.DataFrame(self.rows).to_csv(index=False))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.add(epoch, logs)
+        self.write()
 
 
 class LearningRateLog(keras.callbacks.Callback):

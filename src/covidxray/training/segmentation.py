@@ -152,7 +152,7 @@ def train_segmenter(config: LungTrainConfig, out: str | Path, *, overwrite: bool
     from covidxray.files import atomic_save
     from covidxray.models.batchnorm import recalibrate_batch_norm
     from covidxray.models.unet import unet
-    from covidxray.training.callbacks import BestCheckpoint
+    from covidxray.training.callbacks import BestCheckpoint, HistoryCsv, LearningRateLog, tensorboard_callback
 
     config.check()
     final_run = rundir.RunDir(out)
@@ -189,9 +189,10 @@ def train_segmenter(config: LungTrainConfig, out: str | Path, *, overwrite: bool
     y_val = masks[part["validation"]][..., None].astype(np.float32)
     # Kept in memory: batch norm is recalibrated below, then an uncompiled copy saved.
     best = BestCheckpoint(monitor="val_dice", mode="max", keep_last=not len(x_val))
+    tensorboard = tensorboard_callback(run)
+    callbacks = [LearningRateLog(), best, HistoryCsv(run), *([] if tensorboard is None else [tensorboard])]
     started = time.perf_counter()
-    history = model.fit(batches, validation_data=(x_val, y_val), epochs=config.epochs, verbose=verbose,
-                        callbacks=[best])
+    model.fit(batches, validation_data=(x_val, y_val), epochs=config.epochs, verbose=verbose, callbacks=callbacks)
     train_seconds = time.perf_counter() - started
     model.set_weights(best.weights)
     before = _validation_dice(model, x_val, y_val)
@@ -206,9 +207,6 @@ def train_segmenter(config: LungTrainConfig, out: str | Path, *, overwrite: bool
     atomic_save(run.file(rundir.MODEL), final.save)
     settings = segmenter_settings(config)
     run.write_json(SEGMENTER, settings)
-    import pandas as pd
-
-    rundir.write_csv(run.file(rundir.HISTORY), pd.DataFrame(history.history).rename_axis("epoch").reset_index())
 
     segmenter = LungSegmenter(final, settings, final_run.path, identity=model_identity(run.file(rundir.MODEL), settings))
     metrics = {

@@ -1,14 +1,16 @@
-"""covidxray.training.callbacks: precise validation after each epoch, and the best checkpoint."""
+"""covidxray.training.callbacks: precise validation after each epoch, the best checkpoint, history.csv."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 
+from covidxray import rundir
 from covidxray.evaluation.metrics import cross_entropy
 from covidxray.inference.engines import predict_arrays
-from covidxray.training.callbacks import BestCheckpoint, PreciseValidation
+from covidxray.training.callbacks import BestCheckpoint, HistoryCsv, PreciseValidation
 from helpers import gray, tiny_body
 
 
@@ -77,6 +79,16 @@ def test_best_checkpoint_monitors_any_score_and_keeps_weights_in_memory(tmp_path
     assert not list(tmp_path.iterdir())  # no path: nothing written
     with pytest.raises(ValueError, match="'max' or 'min'"):
         BestCheckpoint(monitor="val_dice", mode="maximum")
+
+
+def test_history_csv_writes_a_row_per_epoch_with_the_logs_by_name(tmp_path):
+    run = rundir.RunDir(tmp_path)
+    history = HistoryCsv(run, rows=[{"epoch": 0, "loss": 2.0}])  # a resumed run's rows so far
+    history.on_epoch_end(1, {"val_dice": np.float32(0.5), "loss": 1.0})
+    table = pd.read_csv(run.file(rundir.HISTORY))
+    assert list(table.columns) == ["epoch", "loss", "val_dice"]
+    assert table["epoch"].tolist() == [0, 1] and table["loss"].tolist() == [2.0, 1.0]
+    assert table["val_dice"].iloc[1] == 0.5 and np.isnan(table["val_dice"].iloc[0])
 
 
 def test_precise_validation_scores_the_validation_set():
