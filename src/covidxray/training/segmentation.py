@@ -153,6 +153,7 @@ def train_segmenter(config: LungTrainConfig, out: str | Path, *, overwrite: bool
     from covidxray.models.batchnorm import recalibrate_batch_norm
     from covidxray.models.unet import unet
     from covidxray.training.callbacks import BestCheckpoint, HistoryCsv, LearningRateLog, tensorboard_callback
+    from covidxray.training.optimizer import adam, steps_per_epoch
 
     config.check()
     final_run = rundir.RunDir(out)
@@ -180,9 +181,9 @@ def train_segmenter(config: LungTrainConfig, out: str | Path, *, overwrite: bool
 
     keras.utils.set_random_seed(config.seed)
     model = unet(config.image_size, tuple(config.widths))
-    steps = max(1, len(part["train"]) // config.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps * config.epochs)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=dice_bce_loss, metrics=[dice])
+    steps = steps_per_epoch(len(part["train"]), config.batch_size, whole_batches=True)  # as pair_batches gives them
+    model.compile(optimizer=adam(config.learning_rate, steps, config.epochs, warmup_epochs=0), loss=dice_bce_loss,
+                  metrics=[dice])
     batches = pair_batches(images[part["train"]], masks[part["train"]], config.batch_size, config.seed,
                            config.augment)
     x_val = images[part["validation"]][..., None].astype(np.float32)
