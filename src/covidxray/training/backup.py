@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 
 import keras
-import pandas as pd
 
 from covidxray import rundir
 from covidxray.errors import CovidXrayError
-from covidxray.files import atomic_save, atomic_write_dir, atomic_write_text, recover_dir
+from covidxray.files import atomic_save, atomic_write_dir, recover_dir
+from covidxray.training.callbacks import HistoryCsv
 
 # File names Keras's BackupAndRestore reads in the backup folder.
 KERAS_WEIGHTS, KERAS_METADATA = "latest.weights.h5", "training_metadata.json"
@@ -84,26 +84,31 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         super().__init__(str(run.file(rundir.BACKUP)), save_freq="epoch", delete_checkpoint=False)
         self.run, self.parts, self.saved = run, parts, state
         self.folder = run.file(rundir.BACKUP)
-        self.history: list[dict] = []
+        self.history_csv = HistoryCsv(run)
         self.fit_seconds, self.stopped = 0.0, False
         self._started = None
+
+    @property
+    def history(self) -> list[dict]:
+        """The rows of ``history.csv``: one per finished epoch."""
+        return self.history_csv.rows
 
     def on_train_begin(self, logs=None):
         recover_dir(self.folder)
         super().on_train_begin(logs)  # Keras: weights, optimizer state, epoch to start from
         state = self.saved
         if state is not None:
-            self.history, self.fit_seconds = state["history"], state["fit_seconds"]
+            self.history_csv.rows, self.fit_seconds = list(state["history"]), state["fit_seconds"]
             for name, part in self.parts.items():
                 if name in state["parts"]:  # a backup written before a part existed restores without it
                     part.restore(state["parts"][name])
             if (self.folder / BEST).is_file():  # the checkpoint of this epoch, not of a later cut-short one
                 atomic_save(self.run.file(rundir.MODEL), lambda tmp: shutil.copyfile(self.folder / BEST, tmp))
-            self._write_history()
+            self.history_csv.write()
         self._started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.history.append({"epoch": epoch, **{k: float(v) for k, v in sorted((logs or {}).items())}})
+        self.history_csv.add(epoch, logs)
         self.stopped = bool(self.model.stop_training)
         now = time.perf_counter()
         self.fit_seconds += now - self._started
@@ -111,7 +116,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         state = {"epoch": epoch + 1, "stopped": self.stopped, "fit_seconds": self.fit_seconds,
                  "history": self.history, "parts": {name: part.state() for name, part in self.parts.items()}}
         atomic_write_dir(self.folder, lambda folder: self._write_backup(folder, epoch, state))
-        self._write_history()
+        self.history_csv.write()
 
     def _write_backup(self, folder: Path, epoch: int, state: dict) -> None:
         self.model.save_weights(str(folder / KERAS_WEIGHTS))
@@ -123,9 +128,6 @@ class RunBackup(keras.callbacks.BackupAndRestore):
             except OSError:
                 shutil.copyfile(best, folder / BEST)
         (folder / STATE).write_text(json.dumps(state, indent=1) + "\n")
-
-    def _write_history(self) -> None:
-        atomic_write_text(self.run.file(rundir.HISTORY), pd.DataFrame(self.history).to_csv(index=False))
 
 
 def read_state(run: rundir.RunDir) -> dict | None:

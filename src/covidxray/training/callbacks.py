@@ -1,5 +1,6 @@
-"""Callbacks of a training run: precise validation after each epoch, the best checkpoint, the
-learning rate in each epoch's logs, and the tracker (``--track``) of each epoch."""
+"""Callbacks of a training run, the classifier's and the lung U-Net's: precise validation after each
+epoch, the best checkpoint, ``history.csv``, the learning rate in each epoch's logs, TensorBoard, and
+the tracker (``--track``) of each epoch."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 
 from covidxray import rundir
 from covidxray.evaluation.metrics import cross_entropy
-from covidxray.files import atomic_save
+from covidxray.files import atomic_save, atomic_write_text
 from covidxray.inference.engines import predict_arrays
 from covidxray.models.batchnorm import recalibrate_batch_norm
 from covidxray.training.tracking import Tracker, epoch_metrics, tensorboard_available
@@ -61,37 +63,70 @@ class PreciseValidation(ClassifierCallback):
 
 
 class BestCheckpoint(ClassifierCallback):
-    """Save the model, atomically, whenever validation accuracy improves (or ties at a lower loss);
-    ``keep_last`` (a run without a validation split, ``--val-fraction 0``): after every epoch, so
-    the last one is kept.
+    """Keep the model of the epoch with the best ``monitor`` score (``mode`` "max": higher is better,
+    "min": lower), compared to 6 decimals; a tie goes to the lower ``val_loss``. The model is saved,
+    atomically, to ``path`` at each improvement, or, where ``path`` is None, its weights are kept in
+    memory (``.weights``). ``best_epoch`` counts from 1. ``keep_last`` (a run without a validation
+    split, ``--val-fraction 0``): every epoch is kept, so the last one is.
 
-    Accuracy rather than loss: late epochs grow more confident, which raises the validation
-    loss while accuracy still improves (measured on DarkCovidNet: loss picked epoch 13 of 30 at
-    70.8% validation accuracy, the last epochs reached 75.8%).
+    The classifier monitors validation accuracy rather than loss: late epochs grow more confident,
+    which raises the validation loss while accuracy still improves (measured on DarkCovidNet: loss
+    picked epoch 13 of 30 at 70.8% validation accuracy, the last epochs reached 75.8%). The lung
+    U-Net monitors its validation Dice (``val_dice``).
     """
 
-    def __init__(self, path: Path, classifier: keras.Model | None = None, keep_last: bool = False):
+    def __init__(self, path: Path | None = None, classifier: keras.Model | None = None, keep_last: bool = False,
+                 monitor: str = "val_accuracy", mode: str = "max"):
         super().__init__(classifier)
-        self.path, self.best, self.best_epoch = Path(path), (-np.inf, -np.inf), None
-        self.keep_last = keep_last
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min'; got {mode!r}")
+        self.path = None if path is None else Path(path)
+        self.monitor, self.sign, self.keep_last = monitor, 1.0 if mode == "max" else -1.0, keep_last
+        self.best, self.best_epoch, self.weights = (-np.inf, -np.inf), None, None
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if self.keep_last:  # each epoch beats the one before
             score = (float(epoch), 0.0)
-        elif "val_accuracy" in logs:
-            score = (round(float(logs["val_accuracy"]), 6), -float(logs["val_loss"]))
+        elif self.monitor in logs:
+            score = (round(self.sign * float(logs[self.monitor]), 6), -float(logs.get("val_loss", 0.0)))
         else:
             return
         if score > self.best:
             self.best, self.best_epoch = score, epoch + 1
-            atomic_save(self.path, self.classifier.save)
+            if self.path is None:
+                self.weights = self.classifier.get_weights()
+            else:
+                atomic_save(self.path, self.classifier.save)
 
     def state(self) -> dict:  # for resuming (covidxray.training.backup)
         return {"best": [float(v) for v in self.best], "best_epoch": self.best_epoch}
 
     def restore(self, state: dict) -> None:
         self.best, self.best_epoch = tuple(state["best"]), state["best_epoch"]
+
+
+class HistoryCsv(keras.callbacks.Callback):
+    """Each finished epoch's logs as a row of ``RUN/history.csv`` (``epoch`` from 0, then the logs by
+    name), the file rewritten whole, atomically, after every epoch: never a partial line.
+
+    :class:`~covidxray.training.backup.RunBackup` holds one and writes it after its backup (``rows``
+    are part of the saved state, restored on resume); a run without a backup adds it as a callback.
+    """
+
+    def __init__(self, run: rundir.RunDir, rows: list[dict] | None = None):
+        super().__init__()
+        self.run, self.rows = run, list(rows or [])
+
+    def add(self, epoch: int, logs: dict | None) -> None:
+        self.rows.append({"epoch": epoch, **{k: float(v) for k, v in sorted((logs or {}).items())}})
+
+    def write(self) -> None:
+        atomic_write_text(self.run.file(rundir.HISTORY), pd.DataFrame(self.rows).to_csv(index=False))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.add(epoch, logs)
+        self.write()
 
 
 class LearningRateLog(keras.callbacks.Callback):

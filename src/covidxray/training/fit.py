@@ -1,11 +1,11 @@
-"""Build, compile and fit a model on a prepared dataset: the schedule, class weights, input
-pipeline, checkpoint, early stopping and backup of one training run."""
+"""Build, compile and fit a model on a prepared dataset: the optimizer (:mod:`covidxray.training.optimizer`,
+shared with the lung U-Net), class weights, input pipeline, checkpoint, early stopping and backup of
+one training run."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import replace
 
 import keras
 import numpy as np
@@ -36,6 +36,7 @@ from covidxray.training.callbacks import (
 )
 from covidxray.training.data import PreparedData
 from covidxray.training.distribute import data_parallel, process_slice
+from covidxray.training.optimizer import adam, steps_per_epoch
 from covidxray.training.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,6 @@ log = logging.getLogger(__name__)
 CALIBRATION_IMAGES = 256
 #: Stage two of two-stage fine-tuning (--head-epochs) peaks at this share of --learning-rate.
 FINE_TUNE_RATE = 0.1
-#: fastai v1's fit_one_cycle: share of the steps rising, start = peak / DIV, end = start / FINAL_DIV.
-ONE_CYCLE_RISE, ONE_CYCLE_DIV, ONE_CYCLE_FINAL_DIV = 0.3, 25.0, 1e4
 
 
 def build_model(config: TrainConfig, train_size: int, runtime: Runtime | None = None) -> keras.Model:
@@ -128,9 +127,10 @@ def build_source_adversarial(model: keras.Model, config: TrainConfig, train_size
 
 def _optimizer(config: TrainConfig, train_size: int, rate: float = 1.0, epochs: int | None = None
                ) -> keras.optimizers.Optimizer:
-    schedule = replace(config, learning_rate=config.learning_rate * rate, epochs=epochs or config.epochs)
-    return keras.optimizers.Adam(learning_rate_schedule(schedule, train_size),
-                                 weight_decay=config.weight_decay or None)  # the schedule's; Keras decouples it (AdamW)
+    """Adam peaking at ``rate`` times ``config.learning_rate`` on ``config.lr_schedule`` (cosine: one
+    epoch of warm-up), with the schedule's weight decay (:func:`~covidxray.training.optimizer.adam`)."""
+    return adam(config.learning_rate * rate, steps_per_epoch(train_size, config.batch_size), epochs or config.epochs,
+                kind=config.lr_schedule, weight_decay=config.weight_decay)
 
 
 def check_model(config: TrainConfig, runtime: Runtime | None = None) -> None:
@@ -263,30 +263,6 @@ def fit_arrays(model: keras.Model, x: np.ndarray, y: np.ndarray | dict[str, np.n
     return model.fit(x, y, epochs=epochs, batch_size=batch_size, class_weight=None if per_image else class_weight,
                      sample_weight=class_weight if per_image else None, callbacks=list(callbacks), verbose=verbose,
                      shuffle=True)
-
-
-def learning_rate_schedule(config: TrainConfig, train_size: int):
-    """``config.lr_schedule``'s rate per step, peaking at ``config.learning_rate``.
-
-    cosine: linear warm-up over the first epoch from 0, then cosine decay to zero at the last.
-    one-cycle (Smith 2018; fastai v1's ``fit_one_cycle``, which the DarkCovidNet authors used):
-    the first :data:`ONE_CYCLE_RISE` of the steps rise from rate/25 to the rate, then cosine
-    annealing to rate/(25 x 10^4). fastai rises along a cosine, this schedule linearly (Keras's
-    ``CosineDecay`` warm-up); fastai also cycles Adam's beta_1 (0.95 to 0.85), which this does not.
-    """
-    steps_per_epoch = max(1, -(-train_size // config.batch_size))
-    total = steps_per_epoch * config.epochs
-    peak = config.learning_rate
-    if config.lr_schedule == "one-cycle":
-        warmup = max(1, min(round(ONE_CYCLE_RISE * total), total - 1))
-        return keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=peak / ONE_CYCLE_DIV, warmup_target=peak, warmup_steps=warmup,
-            decay_steps=max(1, total - warmup), alpha=1 / (ONE_CYCLE_DIV * ONE_CYCLE_FINAL_DIV))
-    warmup = min(steps_per_epoch, total // 2)
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup else peak, decay_steps=max(1, total - warmup),
-        warmup_target=peak if warmup else None, warmup_steps=warmup,
-    )
 
 
 def training_weights(config: TrainConfig, y: np.ndarray, sources: np.ndarray) -> dict[int, float] | np.ndarray | None:

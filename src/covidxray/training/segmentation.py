@@ -140,24 +140,6 @@ def pair_batches(images: np.ndarray, masks: np.ndarray, batch_size: int, seed: i
     return PairBatches()
 
 
-def best_weights():
-    """A Keras callback keeping (in memory, as ``.weights``) the weights of the epoch with the best
-    validation Dice, and that epoch (``.epoch``, from 0)."""
-    import keras
-
-    class BestWeights(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.score, self.epoch, self.weights = -1.0, -1, None
-
-        def on_epoch_end(self, epoch, logs=None):
-            score = float((logs or {}).get("val_dice", -1.0))
-            if score > self.score or self.weights is None:
-                self.score, self.epoch, self.weights = score, epoch, self.model.get_weights()
-
-    return BestWeights()
-
-
 # ---------------------------------------------------------------------------------------------
 # Training
 
@@ -170,6 +152,8 @@ def train_segmenter(config: LungTrainConfig, out: str | Path, *, overwrite: bool
     from covidxray.files import atomic_save
     from covidxray.models.batchnorm import recalibrate_batch_norm
     from covidxray.models.unet import unet
+    from covidxray.training.callbacks import BestCheckpoint, HistoryCsv, LearningRateLog, tensorboard_callback
+    from covidxray.training.optimizer import adam, steps_per_epoch
 
     config.check()
     final_run = rundir.RunDir(out)
@@ -197,17 +181,19 @@ def train_segmenter(config: LungTrainConfig, out: str | Path, *, overwrite: bool
 
     keras.utils.set_random_seed(config.seed)
     model = unet(config.image_size, tuple(config.widths))
-    steps = max(1, len(part["train"]) // config.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps * config.epochs)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=dice_bce_loss, metrics=[dice])
+    steps = steps_per_epoch(len(part["train"]), config.batch_size, whole_batches=True)  # as pair_batches gives them
+    model.compile(optimizer=adam(config.learning_rate, steps, config.epochs, warmup_epochs=0), loss=dice_bce_loss,
+                  metrics=[dice])
     batches = pair_batches(images[part["train"]], masks[part["train"]], config.batch_size, config.seed,
                            config.augment)
     x_val = images[part["validation"]][..., None].astype(np.float32)
     y_val = masks[part["validation"]][..., None].astype(np.float32)
-    best = best_weights()
+    # Kept in memory: batch norm is recalibrated below, then an uncompiled copy saved.
+    best = BestCheckpoint(monitor="val_dice", mode="max", keep_last=not len(x_val))
+    tensorboard = tensorboard_callback(run)
+    callbacks = [LearningRateLog(), best, HistoryCsv(run), *([] if tensorboard is None else [tensorboard])]
     started = time.perf_counter()
-    history = model.fit(batches, validation_data=(x_val, y_val), epochs=config.epochs, verbose=verbose,
-                        callbacks=[best])
+    model.fit(batches, validation_data=(x_val, y_val), epochs=config.epochs, verbose=verbose, callbacks=callbacks)
     train_seconds = time.perf_counter() - started
     model.set_weights(best.weights)
     before = _validation_dice(model, x_val, y_val)
@@ -222,9 +208,6 @@ def train_segmenter(config: LungTrainConfig, out: str | Path, *, overwrite: bool
     atomic_save(run.file(rundir.MODEL), final.save)
     settings = segmenter_settings(config)
     run.write_json(SEGMENTER, settings)
-    import pandas as pd
-
-    rundir.write_csv(run.file(rundir.HISTORY), pd.DataFrame(history.history).rename_axis("epoch").reset_index())
 
     segmenter = LungSegmenter(final, settings, final_run.path, identity=model_identity(run.file(rundir.MODEL), settings))
     metrics = {
@@ -232,7 +215,7 @@ def train_segmenter(config: LungTrainConfig, out: str | Path, *, overwrite: bool
         "data": list(config.data),
         "images": {name: _counts(table.iloc[rows]) for name, rows in part.items()},
         "unreadable": failed,
-        "best_epoch": best.epoch + 1,
+        "best_epoch": best.best_epoch,
         "validation_dice_at_model_size": {"before_batch_norm_recalibration": before,
                                           "after": after, "kept": "after" if after >= before else "before"},
         "train_seconds": round(train_seconds, 1),

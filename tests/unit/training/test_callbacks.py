@@ -1,14 +1,16 @@
-"""covidxray.training.callbacks: precise validation after each epoch, and the best checkpoint."""
+"""covidxray.training.callbacks: precise validation after each epoch, the best checkpoint, history.csv."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 
+from covidxray import rundir
 from covidxray.evaluation.metrics import cross_entropy
 from covidxray.inference.engines import predict_arrays
-from covidxray.training.callbacks import BestCheckpoint, PreciseValidation
+from covidxray.training.callbacks import BestCheckpoint, HistoryCsv, PreciseValidation
 from helpers import gray, tiny_body
 
 
@@ -21,6 +23,10 @@ class Model:
     def save(self, path):
         self.saved += 1
         path.write_text(str(self.saved))
+
+    def get_weights(self):
+        self.saved += 1
+        return [self.saved]
 
 
 @pytest.mark.parametrize("scores, saved_epochs", [
@@ -57,6 +63,32 @@ def test_a_checkpoint_that_keeps_the_last_epoch_saves_every_epoch(tmp_path):
     restored.restore(checkpoint.state())
     restored.on_epoch_end(3, {"loss": 0.1})  # a resumed run goes on saving
     assert restored.model.saved == 1 and restored.best_epoch == 4
+
+
+@pytest.mark.parametrize("mode, scores, kept", [
+    ("max", [0.5, 0.8, 0.7, 0.8], 2),  # the U-Net's val_dice: the first of two equal bests
+    ("min", [0.5, 0.8, 0.3, 0.4], 3),
+])
+def test_best_checkpoint_monitors_any_score_and_keeps_weights_in_memory(tmp_path, mode, scores, kept):
+    checkpoint = BestCheckpoint(monitor="val_dice", mode=mode)
+    checkpoint.set_model(Model())
+    for epoch, score in enumerate(scores):
+        checkpoint.on_epoch_end(epoch, {"val_dice": score, "val_accuracy": 1.0 - score, "val_loss": 1.0})
+    assert checkpoint.best_epoch == kept
+    assert checkpoint.weights == [checkpoint.model.saved]  # the weights read at that epoch, the last read
+    assert not list(tmp_path.iterdir())  # no path: nothing written
+    with pytest.raises(ValueError, match="'max' or 'min'"):
+        BestCheckpoint(monitor="val_dice", mode="maximum")
+
+
+def test_history_csv_writes_a_row_per_epoch_with_the_logs_by_name(tmp_path):
+    run = rundir.RunDir(tmp_path)
+    history = HistoryCsv(run, rows=[{"epoch": 0, "loss": 2.0}])  # a resumed run's rows so far
+    history.on_epoch_end(1, {"val_dice": np.float32(0.5), "loss": 1.0})
+    table = pd.read_csv(run.file(rundir.HISTORY))
+    assert list(table.columns) == ["epoch", "loss", "val_dice"]
+    assert table["epoch"].tolist() == [0, 1] and table["loss"].tolist() == [2.0, 1.0]
+    assert table["val_dice"].iloc[1] == 0.5 and np.isnan(table["val_dice"].iloc[0])
 
 
 def test_precise_validation_scores_the_validation_set():

@@ -20,7 +20,6 @@ from covidxray.training.fit import (
     build_model,
     fit,
     fit_arrays,
-    learning_rate_schedule,
     source_balanced_weights,
     training_batches,
     training_weights,
@@ -67,29 +66,6 @@ def test_training_is_compiled_where_the_backend_can(backend):
         assert result == {"auto": True, "forced": True}
     else:
         assert result == {"auto": False, "forced": False}
-
-
-def test_learning_rate_warms_up_over_one_epoch_then_decays_to_zero():
-    config = TrainConfig(data="x", batch_size=10, epochs=5, learning_rate=0.01)
-    schedule = learning_rate_schedule(config, train_size=95)  # 10 steps per epoch, 50 in all
-    rate = [float(keras.ops.convert_to_numpy(schedule(step))) for step in (0, 5, 10, 30, 50)]
-    assert rate[0] == pytest.approx(0.0, abs=1e-9) and rate[1] == pytest.approx(0.005)
-    assert rate[2] == pytest.approx(0.01)  # the peak, at the end of the first epoch
-    assert rate[3] == pytest.approx(0.01 * 0.5 * (1 + np.cos(np.pi * 20 / 40)), rel=1e-4)  # cosine, halfway: 0.005
-    assert rate[4] == pytest.approx(0.0, abs=1e-7)
-
-
-def test_one_cycle_rises_from_a_25th_for_30_percent_then_anneals_to_a_250000th():
-    config = TrainConfig(data="x", batch_size=10, epochs=10, learning_rate=0.003, lr_schedule="one-cycle")
-    schedule = learning_rate_schedule(config, train_size=100)  # 10 steps per epoch, 100 in all, 30 rising
-    rate = [float(keras.ops.convert_to_numpy(schedule(step))) for step in (0, 15, 30, 65, 100)]
-    assert rate[0] == pytest.approx(0.003 / 25)
-    assert rate[1] == pytest.approx(0.003 / 25 + (0.003 - 0.003 / 25) / 2)  # linear rise, halfway
-    assert rate[2] == pytest.approx(0.003)  # the peak
-    floor = 0.003 / 25 / 1e4
-    assert rate[3] == pytest.approx(floor + (0.003 - floor) / 2, rel=1e-4)  # cosine, halfway down
-    assert rate[4] == pytest.approx(floor, rel=1e-3)
-    assert max(rate) == rate[2]
 
 
 def test_one_cycle_trains_adamw_with_decay_001_and_cosine_plain_adam(tiny_model):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from covidxray.config import LungTrainConfig
@@ -14,6 +15,7 @@ from covidxray.training.segmentation import (
     dice_iou,
     train_segmenter,
 )
+from covidxray.training.tracking import tensorboard_available
 from helpers import write_png
 
 
@@ -85,6 +87,18 @@ def test_train_segmenter_writes_a_run_that_segment_loads(tmp_path):
         part = metrics["test"][source]
         assert part["n"] > 0 and 0 <= part["dice"] <= 1 and 0 <= part["iou"] <= part["dice"] + 1e-9
     assert list((tmp_path / "run" / "failures").glob("*.png"))
+    # The classifier's callbacks: history.csv with the learning rate, the best epoch by val_dice, TensorBoard.
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert history["epoch"].tolist() == [0, 1]
+    assert {"loss", "dice", "val_loss", "val_dice", "learning_rate"} <= set(history.columns)
+    assert history["learning_rate"].iloc[1] < history["learning_rate"].iloc[0] <= config.learning_rate  # cosine decay
+    ranked = sorted(range(2), key=lambda e: (round(history["val_dice"][e], 6), -history["val_loss"][e]))
+    assert metrics["best_epoch"] == ranked[-1] + 1  # a tie in Dice goes to the lower loss
+    if tensorboard_available():
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "validation")).Reload()
+        assert "epoch_dice" in events.Tags()["tensors"]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["settings"]["image_size"] == 32
     lungs = load_segmenter(tmp_path / "run")
     assert lungs.image_size == 32
@@ -94,7 +108,9 @@ def test_train_segmenter_writes_a_run_that_segment_loads(tmp_path):
     train_segmenter(config, tmp_path / "run", overwrite=True, verbose=0)  # swapped in when complete
     assert json.loads((tmp_path / "run" / "segmenter.json").read_text())["training"]["epochs"] == 1
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(
-        ["failures", "history.csv", "metrics.json", "model.keras", "segmenter.json", "split.csv"])
+        ["failures", "history.csv", "metrics.json", "model.keras", "segmenter.json", "split.csv",
+         *(["tensorboard"] if tensorboard_available() else [])])
+    assert len(pd.read_csv(tmp_path / "run" / "history.csv")) == 1  # the new run's
 
     from covidxray.presets import package_run
 
