@@ -84,7 +84,10 @@ def fold_pair(first: Path, second: Path) -> tuple[pd.DataFrame, list[str], np.nd
 
     config = TrainConfig.load(first / "config.json")
     other = TrainConfig.load(second / "config.json")
-    if (config.data, config.classes) != (other.data, other.classes):
+    def where(data) -> list[str]:  # the folders as read from here: one run may name them relative, one absolute
+        return [str(Path(d).resolve()) for d in ([data] if isinstance(data, str) else data)]
+
+    if (where(config.data), config.classes) != (where(other.data), other.classes):
         raise SystemExit(f"{first} and {second} were trained on other data or classes; nothing to pair")
     a, b = pd.read_csv(first / PREDICTIONS), pd.read_csv(second / PREDICTIONS)
     if list(a["path"]) != list(b["path"]):
