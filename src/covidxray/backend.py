@@ -64,7 +64,7 @@ def use_onednn(flags: frozenset[str] | None = None) -> str | None:
 
     TensorFlow on Linux turns them on by itself only on CPUs with AVX512_VNNI, AVX_VNNI or AMX, so
     on an AVX2-only CPU (many AMD EPYC and Ryzen, older Intel) it runs Eigen's convolutions:
-    darkcovidnet trained at 0.38x the PyTorch reference with them and 1.12x with oneDNN, on the
+    darkcovidnet trained at 0.71x the PyTorch reference with them and 1.39-1.76x with oneDNN, on the
     Xeon limited to AVX2 (docs/speed.md). Must run before TensorFlow loads; the run records it.
     """
     if "TF_ENABLE_ONEDNN_OPTS" not in os.environ and "avx2" in (cpu_flags() if flags is None else flags):

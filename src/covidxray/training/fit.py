@@ -112,11 +112,10 @@ def _all_layers(model: keras.Model) -> list:
     return nested
 
 
-def build_source_adversarial(model: keras.Model, config: TrainConfig, train_size: int, num_sources: int,
-                             runtime: Runtime | None = None) -> keras.Model:
+def build_source_adversarial(model: keras.Model, config: TrainConfig, runtime: Runtime, train_size: int,
+                             num_sources: int) -> keras.Model:
     """``model`` with a gradient-reversal source head (:func:`~covidxray.training.adversary.with_source_head`
-    of ``config.source_adversary``), compiled to train both outputs."""
-    runtime = _resolved(runtime, config)
+    of ``config.source_adversary``), compiled to train both outputs as ``runtime`` (resolved) says."""
     trainer = with_source_head(model, num_sources, config.source_adversary)
     trainer.compile(optimizer=_optimizer(config, train_size, _rate(config)),
                     loss={CLASSES: "sparse_categorical_crossentropy", SOURCE: conditional_source_loss(num_sources)},
@@ -199,7 +198,7 @@ def _fit(config: TrainConfig, runtime: Runtime, data: PreparedData, run: rundir.
         if len(names) < 2:
             log.warning("--source-adversary: the training images come from one source (%s); the source head has "
                         "nothing to tell apart", names[0])
-        trainer = build_source_adversarial(model, config, train_size, len(names), runtime)
+        trainer = build_source_adversarial(model, config, runtime, train_size, len(names))
         targets = {CLASSES: y_train, SOURCE: source}
         if isinstance(class_weight, dict):  # Keras takes class weights for one output only
             class_weight = sample_weights(y_train, class_weight)
