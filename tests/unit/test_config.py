@@ -279,7 +279,8 @@ def test_the_shipped_and_committed_config_files_load():
     for path in files:
         values = json.loads(path.read_text())
         config, runtime = TrainConfig.load(path), Runtime.load(path)
-        assert runtime.mixed_precision == (values["mixed_precision"] or "float32") and runtime.devices == 1
+        stored = values.get("runtime", values)  # runtime settings: top level before Runtime, nested after
+        assert runtime.mixed_precision == (stored["mixed_precision"] or "float32") and runtime.devices == 1
         assert config.weight_decay == values.get("weight_decay", 0.0) and stored_weight_decay_conflict(values) is None
         recorded = config.to_dict()
         assert {k: recorded[k] for k in values if k in recorded} == {k: values[k] for k in values if k in recorded}
