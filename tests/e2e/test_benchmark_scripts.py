@@ -138,7 +138,9 @@ def test_refit_familiarity_and_abstention_measure_the_flag_on_a_runs_split(datas
     results = tmp_path / "abstention"
     assert load("abstention").main([str(tmp_path / "cv"), "--out", str(results)]) == 0
     rows = json.loads((results / "abstention.json").read_text())
-    assert {r["rule"] for r in rows} >= {"familiarity distance", "1 - top probability", "distance or low probability"}
+    assert {r["rule"] for r in rows} >= {"familiarity distance", "1 - top probability", "distance or low probability",
+                                         "distance to the nearest class", "penultimate: 10th nearest training image"}
+    assert "source detector: 1 - top probability" not in {r["rule"] for r in rows}  # one training source: no detector
     for row in rows:
         assert row["test_images"] == refit["test"]["images"] and 0 <= row["test_flagged"] <= 1
         if row["aurc"] is not None:
@@ -362,3 +364,30 @@ def test_tensorboard_cost_times_the_logs_of_one_run(dataset, tmp_path):
     assert result["seconds"]["on_epoch_end"] > 0 and result["seconds"]["write_report_summaries"] > 0
     assert result["bytes"]["test"] > result["bytes"]["train"] > 0  # the images
     assert EpochTensorBoard.on_epoch_end is on_epoch_end  # the timing is undone
+
+
+def test_onednn_profile_tables_the_kernels_of_the_measured_epochs_only(tmp_path):
+    profile = load("onednn_profile")
+    mark = profile.MARK
+    lines = ["onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx2,forward_training,src,,alg,mb2_ic1oc8,5.0",  # warm-up
+             f"{mark} begin",
+             "onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx2,forward_training,src,,alg,mb2_ic1oc8,2.0",
+             "onednn_verbose,v1,primitive,create:cache_hit,cpu,convolution,jit:avx2,forward_training,src,,alg,mb2,9.0",
+             "onednn_verbose,1796623293.1,v1,primitive,exec,cpu,batch_normalization,bnorm_jit,backward,data,,flags,mb2ic8,1.0",
+             f"{mark} end 0.004",
+             f"{mark} begin",
+             "onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx2,forward_training,src,,alg,mb2_ic1oc8,4.0",
+             f"{mark} end 0.006"]
+    by_kind, by_shape, step_ms, epochs = profile.kernel_times(lines, steps=2)
+    assert epochs == 2 and step_ms == pytest.approx(2.5)  # 10 ms over 4 steps
+    assert by_kind == {("convolution", "forward_training"): pytest.approx(1.5), ("batch_normalization", "backward"): 0.25}
+    assert by_shape[("convolution", "forward_training", "jit:avx2", "mb2_ic1oc8")] == pytest.approx(1.5)
+
+    # a real run: the worker's kernels, timed by oneDNN, within a step that TensorFlow timed
+    out, table = tmp_path / "profile.json", tmp_path / "profile.md"
+    assert profile.main(["--model", "compactnet:32", "--batch-size", "4", "--steps", "2", "--epochs", "1",
+                         "--out", str(out), "--markdown", str(table)]) == 0
+    result = json.loads(out.read_text())
+    assert result["epochs"] == 1 and result["step_ms"] > 0 and result["isa"] != "unknown"
+    assert result["kernel_ms_per_step"]["convolution backward_weights"] > 0
+    assert "| the training step (wall time) |" in table.read_text()
