@@ -41,9 +41,8 @@ class RunLoop:
         ``start_at(epoch)`` where it has one), or in-memory ``(images, labels)`` for
         :func:`~covidxray.training.batches.fit_arrays`. ``fit_args`` go to ``model.fit`` (a
         PyDataset: e.g. ``validation_data``; ``shuffle`` False unless given: the PyDataset shuffles)
-        or to ``fit_arrays`` (arrays: ``batch_size``,
-        ``class_weight``, ``seed``). ``saved``: the model the checkpoint saves (default
-        ``trainer``). ``callbacks``: the trainer's own, run first at each epoch's end, so that the
+        or to ``fit_arrays`` (arrays: ``batch_size``, ``class_weight``, ``seed``). ``saved``: the
+        model the checkpoint saves (default ``trainer``). ``callbacks``: the trainer's own, run first at each epoch's end, so that the
         scores they add to the logs are those the checkpoint, early stopping, history and tracker
         see. ``parts``: more states to back up (``state()``/``restore(state)``), such as a
         PyDataset's random draws.
