@@ -398,7 +398,8 @@ class Tracking:
     track: str = setting(
         "none", "also log the run to MLflow: its settings, metrics per epoch, test metrics, report and figures "
         "(pip install 'covidxray[mlflow]'; the store of MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db); "
-        "TensorBoard logs are written in every run (RUN/tensorboard/)", choices=TRACKERS)
+        "TensorBoard logs are written in every run (RUN/tensorboard/)", choices=TRACKERS,
+        commands=(*TRAINING_COMMANDS, LUNGS_TRAIN))
 
     def check(self) -> Tracking:
         for f in fields(self):
@@ -438,12 +439,30 @@ class LungTrainConfig:
                                    high_open=True, commands=(LUNGS_TRAIN,))
     augment: bool = setting(True, "random affine maps of image and mask, gamma, blur and noise", flag="--no-augment",
                             commands=(LUNGS_TRAIN,))
+    patience: int | None = setting(None, "stop after this many epochs without better validation Dice, watched from "
+                                   "the middle of training on (default: every epoch runs)", kind=int, low=0,
+                                   commands=(LUNGS_TRAIN,))
     threshold: float = setting(0.5, "probability above which a pixel is lung", low=0.0, high=1.0, low_open=True,
                                high_open=True, commands=())
 
     def __post_init__(self):
         if isinstance(self.widths, str):  # as the command line gives it
             self.widths = parse_widths(self.widths)
+
+    def conflicts(self, values: dict) -> list[str]:
+        """As :meth:`TrainConfig.conflicts`: the settings in ``values`` that a resumed run refuses."""
+        given = LungTrainConfig(**{**asdict(self), **values})  # --widths as a run reads it
+        return _conflicts(replace(self, widths=list(self.widths)),
+                          {name: list(given.widths) if name == "widths" else value for name, value in values.items()})
+
+    @classmethod
+    def from_settings(cls, settings: dict, where: str) -> LungTrainConfig:
+        """The settings a run's ``segmenter.json`` (``settings``) records under ``"training"``, checked."""
+        training = settings.get("training") if isinstance(settings, dict) else None
+        known = {f.name for f in fields(cls)}
+        if not isinstance(training, dict) or not training.get("data"):
+            raise CovidXrayError(f"{where}: no training settings; not a run of covidxray lungs train")
+        return cls(**{k: v for k, v in training.items() if k in known}).check()
 
     def check(self) -> LungTrainConfig:
         """Raise a :class:`CovidXrayError` naming the option for a value outside its bounds."""

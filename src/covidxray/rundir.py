@@ -3,7 +3,7 @@
 A run directory holds ``model.keras``, ``config.json``, ``split.csv``, ``history.csv``,
 ``metrics.json``, ``calibration.json``, the figures (``acc.png``, ``mat.png``, ``pred.png``,
 ``calibration.png``), ``report.md`` and ``report.html`` (the same, one self-contained page); while
-it trains, ``backup/`` (what ``train --resume`` continues from), and once exported, ``model.onnx`` or
+it trains, ``backup/`` (what ``train --resume`` and ``lungs train --resume`` continue from), and once exported, ``model.onnx`` or
 ``saved_model/``. Every file is written to a temporary name and renamed (a folder: built beside and
 swapped in), so an interrupted run never leaves a half-written file behind; but ``tensorboard/``,
 TensorBoard's event files (:mod:`covidxray.training.tracking`), which TensorBoard appends to.
@@ -84,7 +84,8 @@ class RunDir:
                 f"writing here would replace; move {'it' if len(folders) == 1 else 'them'} away or choose another --out")
         if overwrite:
             return
-        resume = f"continue it with covidxray train --resume {self.path}, or pass --overwrite to start again"
+        command = "covidxray lungs train" if self.file(SEGMENTER_SETTINGS).is_file() else "covidxray train"
+        resume = f"continue it with {command} --resume {self.path}, or pass --overwrite to start again"
         if self.interrupted_replacement() is not None:
             raise CovidXrayError(f"{self.path}: holds an interrupted run (started with --overwrite, in {STAGED}); "
                                  f"{resume}")

@@ -1,7 +1,8 @@
 """``covidxray lungs``: train a lung segmenter, and segment X-rays with one.
 
 ``covidxray lungs train --data DIR [--data DIR ...] --out RUN`` trains the U-Net on lung-mask
-datasets (folders with images/ and lung-masks/) and writes a run folder;
+datasets (folders with images/ and lung-masks/) and writes a run folder (``--resume RUN`` continues
+an interrupted one);
 ``covidxray lungs segment IMAGE|FOLDER ... --out DIR`` writes a mask and an overlay per image into
 DIR and prints each image's lung area fraction, bounding box and quality flag (a table, or JSON
 with ``--format json``). Flagged images get a warning on stderr naming the file; unreadable ones
@@ -13,10 +14,11 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from covidxray.cli.options import add_config_options, given_settings
-from covidxray.config import LUNGS_TRAIN, LungTrainConfig
-from covidxray.errors import printable
+from covidxray.config import LUNGS_TRAIN, LungTrainConfig, Tracking
+from covidxray.errors import CovidXrayError, printable
 
 SEGMENT_RUN_HELP = ("lung segmenter: a folder written by covidxray lungs train, or preset:NAME "
                     "(default: the shipped preset:lungs_unet_jsrt_ieee8023; see its MODEL_CARD.md)")
@@ -28,10 +30,14 @@ def add_lungs_commands(commands) -> None:
     actions = lungs.add_subparsers(dest="lungs_command", required=True, metavar="ACTION")
 
     train = actions.add_parser("train", help="train a lung segmenter on lung-mask datasets, held-out Dice and IoU per source")
-    add_config_options(train, LUNGS_TRAIN, settings=LungTrainConfig)
-    train.add_argument("--out", required=True, help="run folder to write")
+    add_config_options(train, LUNGS_TRAIN, data_required=False, settings=LungTrainConfig)
+    add_config_options(train, LUNGS_TRAIN, settings=Tracking)
+    train.add_argument("--out", help="run folder to write")
     train.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    train.set_defaults(handler=run_lungs_train)
+    train.add_argument("--resume", metavar="RUN_DIR", default=None,
+                       help="continue an interrupted run from its last finished epoch, with its own settings "
+                            "(segmenter.json)")
+    train.set_defaults(handler=run_lungs_train, parser=train, check=check_lungs_train)
 
     segment = actions.add_parser("segment", help="lung masks, overlays, area, box and a quality flag per image")
     segment.add_argument("paths", nargs="+", metavar="PATH", help="PNG, JPEG or DICOM files, or folders of them")
@@ -46,15 +52,39 @@ def add_lungs_commands(commands) -> None:
     segment.set_defaults(handler=run_lungs_segment, check=check_lungs_segment)
 
 
-def run_lungs_train(args) -> int:
-    from covidxray.training.segmentation import train_segmenter
+def check_lungs_train(args) -> None:
+    """Before the backend loads: --resume alone, or --data and --out; the settings' bounds; --track."""
+    from covidxray.training.tracking import check_tracking
 
-    config = LungTrainConfig(**given_settings(args, LungTrainConfig))
+    check_tracking(_track(args))
+    if args.resume:
+        if args.overwrite or (args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve()):
+            raise CovidXrayError(f"--resume {args.resume} continues that run in place; drop --out and --overwrite")
+        return
+    missing = [f"--{name}" for name in ("data", "out") if getattr(args, name, None) is None]
+    if missing:
+        args.parser.error(f"the following arguments are required: {', '.join(missing)} (or --resume RUN_DIR)")
+    LungTrainConfig(**given_settings(args, LungTrainConfig)).check()
+
+
+def run_lungs_train(args) -> int:
+    from covidxray.training.segmentation import resume_segmenter, train_segmenter
+
     verbose = 0 if getattr(args, "quiet", False) else (1 if sys.stdout.isatty() else 2)
-    metrics = train_segmenter(config, args.out, overwrite=args.overwrite, verbose=verbose)
+    if args.resume:
+        args.out = args.resume
+        metrics = resume_segmenter(args.resume, verbose=verbose, track=_track(args),
+                                   **given_settings(args, LungTrainConfig))
+    else:
+        config = LungTrainConfig(**given_settings(args, LungTrainConfig))
+        metrics = train_segmenter(config, args.out, overwrite=args.overwrite, verbose=verbose, track=_track(args))
     print(format_segmentation_metrics(metrics["test"]), end="")
     print(f"run: {args.out} (metrics.json, failures/)")
     return 0
+
+
+def _track(args) -> str:
+    return Tracking(**given_settings(args, Tracking)).track
 
 
 def check_lungs_segment(args) -> None:

@@ -19,7 +19,17 @@ from covidxray.backend import NO_BACKEND, import_keras_quietly, is_missing_backe
 from covidxray.cli.lungs import add_lungs_commands
 from covidxray.cli.options import add_config_options, add_recipe_option, given_settings
 from covidxray.cli.output import format_predictions, print_cv_summary, print_evaluation, print_run_summary
-from covidxray.config import CV, PROBE, TRAIN, Runtime, Tracking, TrainConfig, check_setting, recipe_settings
+from covidxray.config import (
+    CV,
+    LUNGS_TRAIN,
+    PROBE,
+    TRAIN,
+    Runtime,
+    Tracking,
+    TrainConfig,
+    check_setting,
+    recipe_settings,
+)
 from covidxray.errors import CovidXrayError, printable
 from covidxray.inference.engines import ENGINES
 from covidxray.models.pretrained import CONVERTERS
@@ -217,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _finish_help(parser: argparse.ArgumentParser, path: str = "") -> None:
-    """Every command's --help: required options under their own heading (train's: unless --resume),
+    """Every command's --help: required options under their own heading (train's and lungs train's: unless --resume),
     and one or two examples at the end (:data:`EXAMPLES`)."""
     for action in parser._actions:  # argparse keeps its sub-parsers and groups private
         if isinstance(action, argparse._SubParsersAction):
@@ -225,9 +235,10 @@ def _finish_help(parser: argparse.ArgumentParser, path: str = "") -> None:
                 _finish_help(sub, f"{path} {name}".strip())
     if not path:
         return
-    required = [a for a in parser._optionals._group_actions if a.required or (path == TRAIN and a.dest in ("data", "out"))]
+    resumable = path in (TRAIN, LUNGS_TRAIN)
+    required = [a for a in parser._optionals._group_actions if a.required or (resumable and a.dest in ("data", "out"))]
     if required:
-        group = parser.add_argument_group("required options" + (" (or --resume RUN_DIR)" if path == TRAIN else ""))
+        group = parser.add_argument_group("required options" + (" (or --resume RUN_DIR)" if resumable else ""))
         for action in required:
             parser._optionals._group_actions.remove(action)
             group._group_actions.append(action)

@@ -461,6 +461,9 @@ def load_segmenter(run: str | Path | None = None) -> LungSegmenter:
     if not folder.is_dir():
         raise CovidXrayError(f"{folder}: no such folder; give a folder written by covidxray lungs train")
     settings = read_settings(folder)
+    if (folder / rundir.BACKUP).is_dir() and not (folder / rundir.METRICS).is_file():
+        raise CovidXrayError(f"{folder}: a lung segmenter's run that was interrupted (its model.keras is a checkpoint "
+                             f"of training); finish it with covidxray lungs train --resume {folder}")
     model_path = folder / rundir.MODEL
     model = load_model(model_path)
     return LungSegmenter(model, settings, folder, identity=model_identity(model_path, settings))

@@ -102,8 +102,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
             for name, part in self.parts.items():
                 if name in state["parts"]:  # a backup written before a part existed restores without it
                     part.restore(state["parts"][name])
-            if (self.folder / BEST).is_file():  # the checkpoint of this epoch, not of a later cut-short one
-                atomic_save(self.run.file(rundir.MODEL), lambda tmp: shutil.copyfile(self.folder / BEST, tmp))
+            restore_checkpoint(self.run)
             self.history_csv.write()
         self._started = time.perf_counter()
 
@@ -130,6 +129,14 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         (folder / STATE).write_text(json.dumps(state, indent=1) + "\n")
 
 
+def restore_checkpoint(run: rundir.RunDir) -> None:
+    """Put back the best checkpoint ``model.keras`` as the backup's last epoch left it, not as a later
+    epoch cut short, or the steps after the fit, changed it."""
+    best = run.file(rundir.BACKUP) / BEST
+    if best.is_file():
+        atomic_save(run.file(rundir.MODEL), lambda tmp: shutil.copyfile(best, tmp))
+
+
 def read_state(run: rundir.RunDir) -> dict | None:
     """The saved state of an interrupted run, or None where it has no backup."""
     recover_dir(run.file(rundir.BACKUP))
@@ -148,17 +155,18 @@ def read_state(run: rundir.RunDir) -> dict | None:
     return state
 
 
-def check_resumable(run: rundir.RunDir) -> dict:
-    """The state to resume ``run`` from, or a clear error saying why it cannot be resumed."""
+def check_resumable(run: rundir.RunDir, settings: str = rundir.CONFIG, command: str = "covidxray train") -> dict:
+    """The state to resume ``run`` from, or a clear error saying why it cannot be resumed. ``settings``:
+    the file holding the run's settings (a lung segmenter's: ``segmenter.json``), written by ``command``."""
     if not run.path.is_dir():
         raise CovidXrayError(f"{run.path}: no such run directory to resume")
     if run.file(rundir.METRICS).is_file():
         raise CovidXrayError(f"{run.path}: the run is complete (metrics.json is written); nothing to resume")
-    run.require(rundir.CONFIG)
+    run.require(settings)
     state = read_state(run)
     if state is None:
         raise CovidXrayError(
             f"{run.path}: no backup to resume from (it stopped before finishing its first epoch); "
-            f"start it again with covidxray train --out {run.path} --overwrite"
+            f"start it again with {command} --out {run.path} --overwrite"
         )
     return state

@@ -1,4 +1,4 @@
-"""Shuffled training batches from an in-memory array or a lazy shard array.
+"""Shuffled training batches from an in-memory array or a lazy shard array, and the fit on in-memory arrays.
 
 :class:`ShuffledBatches` is a ``keras.utils.PyDataset``: Keras fetches its batches in worker
 threads (``workers``) and keeps ``max_queue_size`` of them ready, so reading shards from disk
@@ -122,3 +122,25 @@ def repeated_tf_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int,
     order = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
     batches = order.batch(batch_size).repeat().skip(skip_epochs * -(-n // batch_size))
     return batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def fit_arrays(model: keras.Model, x: np.ndarray, y: np.ndarray | dict[str, np.ndarray], *, epochs: int, batch_size: int,
+               class_weight: dict | np.ndarray | None = None, callbacks=(), verbose: int = 0, seed: int = 0,
+               skip_epochs: int = 0) -> keras.callbacks.History:
+    """Train ``model`` on in-memory images ``x`` (uint8, [0, 255]) and labels ``y`` (a dict of them
+    for a model with several outputs), reshuffled each epoch: the input pipeline of
+    :func:`covidxray.training.fit.fit` (and of ``benchmarks/train_speed.py``).
+
+    On TensorFlow the arrays go through one repeated ``tf.data`` pipeline for the whole fit
+    (:func:`repeated_tf_dataset`: no pipeline restart, and no idle
+    cores, at each epoch); on JAX and torch, to ``model.fit`` as they are. ``skip_epochs``: on
+    TensorFlow, start from the order of that epoch (a resumed run continues the same sequence).
+    """
+    if keras.backend.backend() == "tensorflow":
+        dataset = repeated_tf_dataset(x, y, batch_size, seed=seed, class_weight=class_weight, skip_epochs=skip_epochs)
+        return model.fit(dataset, epochs=epochs, steps_per_epoch=-(-len(x) // batch_size),
+                         callbacks=list(callbacks), verbose=verbose, shuffle=False)  # the dataset shuffles
+    per_image = isinstance(class_weight, np.ndarray)
+    return model.fit(x, y, epochs=epochs, batch_size=batch_size, class_weight=None if per_image else class_weight,
+                     sample_weight=class_weight if per_image else None, callbacks=list(callbacks), verbose=verbose,
+                     shuffle=True)

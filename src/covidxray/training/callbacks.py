@@ -65,8 +65,8 @@ class PreciseValidation(ClassifierCallback):
 class BestCheckpoint(ClassifierCallback):
     """Keep the model of the epoch with the best ``monitor`` score (``mode`` "max": higher is better,
     "min": lower), compared to 6 decimals; a tie goes to the lower ``val_loss``. The model is saved,
-    atomically, to ``path`` at each improvement, or, where ``path`` is None, its weights are kept in
-    memory (``.weights``). ``best_epoch`` counts from 1. ``keep_last`` (a run without a validation
+    atomically, to ``path`` at each improvement (a run's backup keeps that file, so an interrupted run
+    resumes with it). ``best_epoch`` counts from 1. ``keep_last`` (a run without a validation
     split, ``--val-fraction 0``): every epoch is kept, so the last one is.
 
     The classifier monitors validation accuracy rather than loss: late epochs grow more confident,
@@ -75,14 +75,14 @@ class BestCheckpoint(ClassifierCallback):
     U-Net monitors its validation Dice (``val_dice``).
     """
 
-    def __init__(self, path: Path | None = None, classifier: keras.Model | None = None, keep_last: bool = False,
+    def __init__(self, path: Path, classifier: keras.Model | None = None, keep_last: bool = False,
                  monitor: str = "val_accuracy", mode: str = "max"):
         super().__init__(classifier)
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min'; got {mode!r}")
-        self.path = None if path is None else Path(path)
+        self.path = Path(path)
         self.monitor, self.sign, self.keep_last = monitor, 1.0 if mode == "max" else -1.0, keep_last
-        self.best, self.best_epoch, self.weights = (-np.inf, -np.inf), None, None
+        self.best, self.best_epoch = (-np.inf, -np.inf), None
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -94,10 +94,7 @@ class BestCheckpoint(ClassifierCallback):
             return
         if score > self.best:
             self.best, self.best_epoch = score, epoch + 1
-            if self.path is None:
-                self.weights = self.classifier.get_weights()
-            else:
-                atomic_save(self.path, self.classifier.save)
+            atomic_save(self.path, self.classifier.save)
 
     def state(self) -> dict:  # for resuming (covidxray.training.backup)
         return {"best": [float(v) for v in self.best], "best_epoch": self.best_epoch}
@@ -111,7 +108,7 @@ class HistoryCsv(keras.callbacks.Callback):
     name), the file rewritten whole, atomically, after every epoch: never a partial line.
 
     :class:`~covidxray.training.backup.RunBackup` holds one and writes it after its backup (``rows``
-    are part of the saved state, restored on resume); a run without a backup adds it as a callback.
+    are part of the saved state, restored on resume).
     """
 
     def __init__(self, run: rundir.RunDir, rows: list[dict] | None = None):

@@ -1,6 +1,7 @@
-"""Build, compile and fit a model on a prepared dataset: the optimizer (:mod:`covidxray.training.optimizer`,
-shared with the lung U-Net), class weights, input pipeline, checkpoint, early stopping and backup of
-one training run."""
+"""Build, compile and fit a classifier on a prepared dataset: the optimizer (:mod:`covidxray.training.optimizer`,
+shared with the lung U-Net), class weights, input pipeline, two-stage fine-tuning and the source adversary;
+the checkpoint, early stopping and backup around ``model.fit`` are the run loop's
+(:mod:`covidxray.training.loop`, shared with the lung U-Net)."""
 
 from __future__ import annotations
 
@@ -25,17 +26,11 @@ from covidxray.training.adversary import (
     source_targets,
     with_source_head,
 )
-from covidxray.training.backup import EarlyStopping, RunBackup, SeedStates, read_state
-from covidxray.training.batches import ShuffledBatches, repeated_tf_dataset, sample_weights
-from covidxray.training.callbacks import (
-    BestCheckpoint,
-    LearningRateLog,
-    PreciseValidation,
-    TrackEpochs,
-    tensorboard_callback,
-)
+from covidxray.training.batches import ShuffledBatches, fit_arrays, sample_weights
+from covidxray.training.callbacks import PreciseValidation
 from covidxray.training.data import PreparedData
 from covidxray.training.distribute import data_parallel, process_slice
+from covidxray.training.loop import RunLoop
 from covidxray.training.optimizer import adam, steps_per_epoch
 from covidxray.training.tracking import Tracker
 
@@ -189,8 +184,9 @@ def _fit(config: TrainConfig, runtime: Runtime, data: PreparedData, run: rundir.
     batches = training_batches(config, x_train, y_train, class_weight, distributed)
     train_size = len(x_train) if batches is None else len(batches) * config.batch_size
     model = build_model(config, train_size, runtime)
-    state = read_state(run)
-    if config.head_epochs and state is None:  # a resumed run is past stage one: its backup holds stage two
+    loop = RunLoop(run, epochs=config.epochs, monitor="val_accuracy", has_validation=config.has_validation,
+                   patience=config.patience)
+    if config.head_epochs and loop.state is None:  # a resumed run is past stage one: its backup holds stage two
         train_head(model, config, x_train, y_train, class_weight, batches, train_size, verbose, runtime)
     trainer, targets = model, y_train
     if config.source_adversary:
@@ -202,66 +198,17 @@ def _fit(config: TrainConfig, runtime: Runtime, data: PreparedData, run: rundir.
         targets = {CLASSES: y_train, SOURCE: source}
         if isinstance(class_weight, dict):  # Keras takes class weights for one output only
             class_weight = sample_weights(y_train, class_weight)
-    checkpoint = BestCheckpoint(run.file(rundir.MODEL), classifier=model, keep_last=not config.has_validation)
     rng = np.random.default_rng(config.seed)
     calibration = x_train[np.sort(rng.permutation(len(x_train))[:CALIBRATION_IMAGES])]
-    # Watch from the middle on: the first half of the cosine schedule explores at a high
-    # learning rate and validation accuracy is noisy there. Measured on DarkCovidNet: a run
-    # stopped at epoch 17 of 30 on its epoch-7 best (73% validation accuracy); runs that
-    # went the full 30 epochs peaked at epochs 20-28 with 79-82%.
-    stopping = EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience,
-                             start_from_epoch=config.epochs // 2)
-    watched = {"early_stopping": stopping} if config.has_validation else {}  # without, every epoch runs: the last is kept
-    backup = RunBackup(run, {"checkpoint": checkpoint, **watched, "seeds": SeedStates(trainer)}, state)
-    tracker.log_history([] if state is None else state["history"])  # a resumed run's epochs so far
-    tensorboard = tensorboard_callback(run)
-    callbacks = [
-        ClassifierLogs(),
-        PreciseValidation(calibration, *data.part("validation"), classifier=model),  # the others see its scores
-        LearningRateLog(),
-        checkpoint,
-        *watched.values(),
-        *([] if tensorboard is None else [tensorboard]),
-        TrackEpochs(tracker),
-        backup,  # last: saves the states the others reach at each epoch's end, and writes history.csv
-    ]
-    if state is not None and (state["stopped"] or state["epoch"] >= config.epochs):
-        history, seconds, best_epoch = state["history"], state["fit_seconds"], state["parts"]["checkpoint"]["best_epoch"]
-    else:
-        done = 0 if state is None else state["epoch"]  # a resumed run draws the order of the epochs it has left
-        if batches is None:
-            fit_arrays(trainer, x_train, targets, epochs=config.epochs, batch_size=config.batch_size,
-                       class_weight=class_weight, callbacks=callbacks, verbose=verbose, seed=config.seed,
-                       skip_epochs=done)
-        else:  # the PyDataset shuffles, from the seed
-            batches.start_at(done)
-            trainer.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
-        history, seconds, best_epoch = backup.history, backup.fit_seconds, checkpoint.best_epoch
-    epochs_run = len(history)
-    return {"best_epoch": best_epoch, "fit_seconds": round(seconds, 1), "epochs_run": epochs_run,
+    own = [ClassifierLogs(), PreciseValidation(calibration, *data.part("validation"), classifier=model)]
+    if batches is None:
+        fitted = loop.fit(trainer, (x_train, targets), saved=model, callbacks=own, tracker=tracker, verbose=verbose,
+                          batch_size=config.batch_size, class_weight=class_weight, seed=config.seed)
+    else:  # the PyDataset shuffles, from the seed
+        fitted = loop.fit(trainer, batches, saved=model, callbacks=own, tracker=tracker, verbose=verbose)
+    seconds, epochs_run = fitted["fit_seconds"], len(fitted["history"])
+    return {"best_epoch": fitted["best_epoch"], "fit_seconds": round(seconds, 1), "epochs_run": epochs_run,
             "train_images_per_second": round(len(x_train) * epochs_run / max(seconds, 1e-9), 1)}
-
-
-def fit_arrays(model: keras.Model, x: np.ndarray, y: np.ndarray | dict[str, np.ndarray], *, epochs: int, batch_size: int,
-               class_weight: dict | np.ndarray | None = None, callbacks=(), verbose: int = 0, seed: int = 0,
-               skip_epochs: int = 0) -> keras.callbacks.History:
-    """Train ``model`` on in-memory images ``x`` (uint8, [0, 255]) and labels ``y`` (a dict of them
-    for a model with several outputs), reshuffled each epoch: the input pipeline of :func:`fit`
-    (and of ``benchmarks/train_speed.py``).
-
-    On TensorFlow the arrays go through one repeated ``tf.data`` pipeline for the whole fit
-    (:func:`~covidxray.training.batches.repeated_tf_dataset`: no pipeline restart, and no idle
-    cores, at each epoch); on JAX and torch, to ``model.fit`` as they are. ``skip_epochs``: on
-    TensorFlow, start from the order of that epoch (a resumed run continues the same sequence).
-    """
-    if keras.backend.backend() == "tensorflow":
-        dataset = repeated_tf_dataset(x, y, batch_size, seed=seed, class_weight=class_weight, skip_epochs=skip_epochs)
-        return model.fit(dataset, epochs=epochs, steps_per_epoch=-(-len(x) // batch_size),
-                         callbacks=list(callbacks), verbose=verbose, shuffle=False)  # the dataset shuffles
-    per_image = isinstance(class_weight, np.ndarray)
-    return model.fit(x, y, epochs=epochs, batch_size=batch_size, class_weight=None if per_image else class_weight,
-                     sample_weight=class_weight if per_image else None, callbacks=list(callbacks), verbose=verbose,
-                     shuffle=True)
 
 
 def training_weights(config: TrainConfig, y: np.ndarray, sources: np.ndarray) -> dict[int, float] | np.ndarray | None:

@@ -7,15 +7,19 @@ and noise on the image; the epoch with the best validation Dice is kept. The hel
 are then segmented as ``covidxray lungs segment`` does it (at their own size, post-processed) and
 compared with their masks: Dice and IoU per image, summarised per source, with the worst images
 drawn in ``failures/``. The run folder holds ``model.keras``, ``segmenter.json``, ``split.csv``,
-``history.csv``, ``metrics.json`` and ``failures/*.png``; every file is written atomically.
+``history.csv``, ``metrics.json`` and ``failures/*.png``; every file is written atomically. The fit
+is the classifier's run loop (:mod:`covidxray.training.loop`): the best epoch by validation Dice,
+optional early stopping (``patience``), TensorBoard, the tracker, and ``backup/`` after every
+epoch, from which :func:`resume_segmenter` (``covidxray lungs train --resume RUN``) continues an
+interrupted run.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import random
 import shutil
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,8 +28,9 @@ import numpy as np
 from covidxray import rundir
 from covidxray.config import LungTrainConfig
 from covidxray.data.masks import load_pairs, mask_table, read_pair, split_masks
-from covidxray.errors import DatasetError
-from covidxray.inference.lungs import KIND, SEGMENTER, LungSegmenter, model_identity, overlay
+from covidxray.errors import CovidXrayError, DatasetError
+from covidxray.inference.lungs import KIND, SEGMENTER, LungSegmenter, model_identity, overlay, read_settings
+from covidxray.training.tracking import Tracker, closing, make_tracker
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +41,7 @@ WORST_PER_SOURCE = 3
 def segmenter_settings(config: LungTrainConfig) -> dict:
     """The contents of ``segmenter.json``: what inference needs, and the training settings."""
     return {"kind": KIND, "image_size": config.image_size, "widths": list(config.widths),
-            "threshold": config.threshold, "training": {**asdict(config), "widths": list(config.widths)}}
+            "threshold": config.threshold, "training": training_settings(config)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +118,11 @@ def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) 
 def pair_batches(images: np.ndarray, masks: np.ndarray, batch_size: int, seed: int, augment: bool):
     """A ``keras.utils.PyDataset`` of shuffled ``(image, mask)`` batches of ``(n, size, size)``
     arrays, whole batches only (one shape per step, so JAX compiles once); augmented
-    (:func:`augment_pair`) where ``augment``. (Built here so that importing this module needs no Keras.)"""
+    (:func:`augment_pair`) where ``augment``. ``model.fit(..., shuffle=True)`` also shuffles the order
+    in which Keras asks for the batches, with Python's ``random``: the order, the random generator and
+    ``random``'s state are a state that a run's backup saves after each epoch (``state()``,
+    ``restore(state)``), so that a resumed run draws what the uninterrupted one would have. (Built here
+    so that importing this module needs no Keras.)"""
     import keras
 
     class PairBatches(keras.utils.PyDataset):
@@ -134,8 +143,19 @@ def pair_batches(images: np.ndarray, masks: np.ndarray, batch_size: int, seed: i
                 x, y = images[rows].astype(np.float32), masks[rows].astype(np.float32)
             return x[..., None], y[..., None]
 
-        def on_epoch_end(self):
+        def on_epoch_end(self):  # Keras calls it before the callbacks' on_epoch_end: the next epoch's order
             self.order = self.rng.permutation(len(images))
+
+        def state(self) -> dict:
+            version, internal, gauss = random.getstate()
+            return {"order": self.order.tolist(), "rng": self.rng.bit_generator.state,
+                    "python_random": [version, list(internal), gauss]}
+
+        def restore(self, state: dict) -> None:
+            self.order = np.asarray(state["order"], dtype=self.order.dtype)
+            self.rng.bit_generator.state = state["rng"]
+            version, internal, gauss = state["python_random"]
+            random.setstate((version, tuple(internal), gauss))
 
     return PairBatches()
 
@@ -144,22 +164,82 @@ def pair_batches(images: np.ndarray, masks: np.ndarray, batch_size: int, seed: i
 # Training
 
 
-def train_segmenter(config: LungTrainConfig, out: str | Path, *, overwrite: bool = False, verbose: int = 2) -> dict:
-    """Train a lung U-Net on ``config.data`` and write the run folder ``out``; returns its metrics."""
-    import keras
+def train_segmenter(config: LungTrainConfig, out: str | Path, *, overwrite: bool = False, verbose: int = 2,
+                    track: str | Tracker = "none") -> dict:
+    """Train a lung U-Net on ``config.data`` and write the run folder ``out``; returns its metrics.
 
-    from covidxray.backend import runtime_environment
-    from covidxray.files import atomic_save
-    from covidxray.models.batchnorm import recalibrate_batch_norm
-    from covidxray.models.unet import unet
-    from covidxray.training.callbacks import BestCheckpoint, HistoryCsv, LearningRateLog, tensorboard_callback
-    from covidxray.training.optimizer import adam, steps_per_epoch
-
+    Each finished epoch is backed up in ``out/backup/``: an interrupted run continues with
+    :func:`resume_segmenter` (a new one in its folder is refused unless ``overwrite``). ``track``: as
+    for :func:`covidxray.training.train.train` (``"mlflow"``, or a tracker the caller closes).
+    """
     config.check()
+    tracker = make_tracker(track)
     final_run = rundir.RunDir(out)
     final_run.refuse_to_replace(overwrite)
     # Replacing a finished run (--overwrite): the new one is written aside and swapped in once complete.
     replacing = overwrite and final_run.file(rundir.MODEL).exists()
+    data = _read_data(config)
+    with closing(tracker, track):
+        tracker.start(final_run.path.resolve().name, training_settings(config),
+                      tags={"covidxray.run_dir": str(final_run.path.resolve())})
+        run = final_run.stage() if replacing else final_run
+        if not replacing:
+            run.create()
+            shutil.rmtree(run.file(FAILURES), ignore_errors=True)
+        rundir.write_csv(run.file(rundir.SPLIT), data["table"])
+        run.write_json(SEGMENTER, segmenter_settings(config))  # first: marks the folder as a segmenter's run
+        metrics = _train(config, run, final_run, data, verbose, tracker)
+        if replacing:
+            _swap_in(final_run, run)
+        _log_finished(tracker, final_run, metrics)
+    return metrics
+
+
+def resume_segmenter(run_dir: str | Path, *, verbose: int = 2, track: str | Tracker = "none", **settings) -> dict:
+    """Continue the interrupted lung run in ``run_dir`` from its last finished epoch, with its own settings
+    (``segmenter.json``), as :func:`covidxray.training.train.resume` continues a classifier's:
+    ``settings`` (of :class:`~covidxray.config.LungTrainConfig`) that differ from the run's are an
+    error, and an interrupted replacement (``--overwrite``, in ``.covidxray-staged/``) is continued
+    and swapped in once complete."""
+    from covidxray.training.backup import check_resumable
+
+    tracker = make_tracker(track)
+    run = rundir.RunDir(run_dir)
+    if run.path.is_dir():
+        run.recover()
+    staged = run.interrupted_replacement()
+    target = staged or run
+    check_resumable(target, SEGMENTER, "covidxray lungs train")
+    path = target.file(SEGMENTER)
+    config = LungTrainConfig.from_settings(read_settings(target.path), str(path))
+    conflicts = config.conflicts(settings)
+    if conflicts:
+        raise CovidXrayError(f"{path}: a resumed run keeps its own settings, but {'; '.join(conflicts)}; drop these "
+                             "or start a new run")
+    target.remove_temporaries()
+    data = _read_data(config)
+    saved = target.read_split()
+    if list(saved["path"]) != list(data["table"]["path"]) or list(saved["split"]) != list(data["table"]["split"]):
+        raise DatasetError(f"{', '.join(config.data)}: the images differ from those in {target.file(rundir.SPLIT)}; "
+                           "resume needs the same datasets (or start a new run)")
+    with closing(tracker, track):
+        tracker.start(run.path.resolve().name, training_settings(config),
+                      tags={"covidxray.run_dir": str(run.path.resolve()), "covidxray.resumed": "true"})
+        metrics = _train(config, target, run, data, verbose, tracker)
+        if staged is not None:
+            _swap_in(run, staged)
+        _log_finished(tracker, run, metrics)
+    return metrics
+
+
+def training_settings(config: LungTrainConfig) -> dict:
+    """The training settings as ``segmenter.json`` records them (and the tracker logs them)."""
+    return {**asdict(config), "widths": list(config.widths)}
+
+
+def _read_data(config: LungTrainConfig) -> dict:
+    """The image/mask pairs of ``config.data`` at the model's size, split by patient: the table with its
+    ``split`` and ``used`` columns, the arrays, the unreadable pairs and each split's rows."""
     table = mask_table(config.data)
     table["split"] = split_masks(table, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
                                  seed=config.seed).to_numpy()
@@ -172,13 +252,23 @@ def train_segmenter(config: LungTrainConfig, out: str | Path, *, overwrite: bool
     table["used"] = usable.to_numpy()
     part = {name: np.flatnonzero(usable.to_numpy() & (table["split"] == name).to_numpy())
             for name in rundir.SPLIT_NAMES}
-    run = final_run.stage() if replacing else final_run
-    if not replacing:
-        run.create()
-        shutil.rmtree(run.file(FAILURES), ignore_errors=True)
-        run.file(SEGMENTER).unlink(missing_ok=True)
-    rundir.write_csv(run.file(rundir.SPLIT), table)
+    return {"table": table, "images": images, "masks": masks, "failed": failed, "part": part}
 
+
+def _train(config: LungTrainConfig, run: rundir.RunDir, final_run: rundir.RunDir, data: dict, verbose: int,
+           tracker: Tracker) -> dict:
+    """Fit (from the backup where ``run`` holds one), measure and write the run's files into ``run``, which
+    holds its ``split.csv`` and ``segmenter.json``; ``final_run``: where the run will be once complete."""
+    import keras
+
+    from covidxray.backend import runtime_environment
+    from covidxray.files import atomic_save
+    from covidxray.models.batchnorm import recalibrate_batch_norm
+    from covidxray.models.unet import unet
+    from covidxray.training.loop import RunLoop
+    from covidxray.training.optimizer import adam, steps_per_epoch
+
+    table, images, masks, failed, part = (data[k] for k in ("table", "images", "masks", "failed", "part"))
     keras.utils.set_random_seed(config.seed)
     model = unet(config.image_size, tuple(config.widths))
     steps = steps_per_epoch(len(part["train"]), config.batch_size, whole_batches=True)  # as pair_batches gives them
@@ -188,14 +278,12 @@ def train_segmenter(config: LungTrainConfig, out: str | Path, *, overwrite: bool
                            config.augment)
     x_val = images[part["validation"]][..., None].astype(np.float32)
     y_val = masks[part["validation"]][..., None].astype(np.float32)
-    # Kept in memory: batch norm is recalibrated below, then an uncompiled copy saved.
-    best = BestCheckpoint(monitor="val_dice", mode="max", keep_last=not len(x_val))
-    tensorboard = tensorboard_callback(run)
-    callbacks = [LearningRateLog(), best, HistoryCsv(run), *([] if tensorboard is None else [tensorboard])]
-    started = time.perf_counter()
-    model.fit(batches, validation_data=(x_val, y_val), epochs=config.epochs, verbose=verbose, callbacks=callbacks)
-    train_seconds = time.perf_counter() - started
-    model.set_weights(best.weights)
+    loop = RunLoop(run, epochs=config.epochs, monitor="val_dice", has_validation=bool(len(x_val)),
+                   patience=config.patience)
+    fitted = loop.fit(model, batches, parts={"batches": batches}, tracker=tracker, verbose=verbose,
+                      validation_data=(x_val, y_val), shuffle=True)
+    # The checkpoint holds the best epoch's weights: batch norm is recalibrated below, then an uncompiled copy saved.
+    model.set_weights(keras.saving.load_model(run.file(rundir.MODEL), compile=False).get_weights())
     before = _validation_dice(model, x_val, y_val)
     saved = model.get_weights()
     recalibrate_batch_norm(model, images[part["train"]][..., None])  # batch-norm statistics of the kept weights
@@ -207,7 +295,6 @@ def train_segmenter(config: LungTrainConfig, out: str | Path, *, overwrite: bool
     final.set_weights(model.get_weights())
     atomic_save(run.file(rundir.MODEL), final.save)
     settings = segmenter_settings(config)
-    run.write_json(SEGMENTER, settings)
 
     segmenter = LungSegmenter(final, settings, final_run.path, identity=model_identity(run.file(rundir.MODEL), settings))
     metrics = {
@@ -215,20 +302,31 @@ def train_segmenter(config: LungTrainConfig, out: str | Path, *, overwrite: bool
         "data": list(config.data),
         "images": {name: _counts(table.iloc[rows]) for name, rows in part.items()},
         "unreadable": failed,
-        "best_epoch": best.best_epoch,
+        "best_epoch": fitted["best_epoch"],
         "validation_dice_at_model_size": {"before_batch_norm_recalibration": before,
                                           "after": after, "kept": "after" if after >= before else "before"},
-        "train_seconds": round(train_seconds, 1),
+        "train_seconds": round(fitted["fit_seconds"], 1),
         "test": evaluate_segmenter(segmenter, table.iloc[part["test"]], run.file(FAILURES)),
         "validation": evaluate_segmenter(segmenter, table.iloc[part["validation"]], None),
         "settings": settings,
         "environment": runtime_environment(),
     }
     run.write_json(rundir.METRICS, metrics)  # last: the run is complete
-    if replacing:
-        shutil.rmtree(final_run.file(FAILURES), ignore_errors=True)  # the old drawings: a folder is not replaced in one step
-        final_run.swap_in(run)
+    shutil.rmtree(run.file(rundir.BACKUP), ignore_errors=True)  # nothing left to resume
     return metrics
+
+
+def _swap_in(final_run: rundir.RunDir, staged: rundir.RunDir) -> None:
+    shutil.rmtree(final_run.file(FAILURES), ignore_errors=True)  # the old drawings: a folder is not replaced in one step
+    final_run.swap_in(staged)
+
+
+def _log_finished(tracker: Tracker, run: rundir.RunDir, metrics: dict) -> None:
+    """Log a finished run's held-out Dice and IoU (all sources), its best epoch and time, and its files."""
+    scores = {f"{split}_{name}": metrics[split]["all"][name] for split in ("test", "validation")
+              if "all" in metrics[split] for name in ("dice", "iou")}
+    tracker.log_metrics({**scores, "best_epoch": metrics["best_epoch"], "train_seconds": metrics["train_seconds"]})
+    tracker.log_files(run.path, (rundir.METRICS, rundir.HISTORY, SEGMENTER))
 
 
 def _validation_dice(model, x: np.ndarray, y: np.ndarray) -> float:

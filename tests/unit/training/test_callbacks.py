@@ -24,10 +24,6 @@ class Model:
         self.saved += 1
         path.write_text(str(self.saved))
 
-    def get_weights(self):
-        self.saved += 1
-        return [self.saved]
-
 
 @pytest.mark.parametrize("scores, saved_epochs", [
     ([(0.5, 1.0), (0.7, 0.9), (0.6, 0.5)], [1, 2]),  # better accuracy wins, whatever the loss
@@ -69,16 +65,19 @@ def test_a_checkpoint_that_keeps_the_last_epoch_saves_every_epoch(tmp_path):
     ("max", [0.5, 0.8, 0.7, 0.8], 2),  # the U-Net's val_dice: the first of two equal bests
     ("min", [0.5, 0.8, 0.3, 0.4], 3),
 ])
-def test_best_checkpoint_monitors_any_score_and_keeps_weights_in_memory(tmp_path, mode, scores, kept):
-    checkpoint = BestCheckpoint(monitor="val_dice", mode=mode)
+def test_best_checkpoint_monitors_any_score(tmp_path, mode, scores, kept):
+    checkpoint = BestCheckpoint(tmp_path / "model.keras", monitor="val_dice", mode=mode)
     checkpoint.set_model(Model())
+    saved = []
     for epoch, score in enumerate(scores):
+        before = checkpoint.model.saved
         checkpoint.on_epoch_end(epoch, {"val_dice": score, "val_accuracy": 1.0 - score, "val_loss": 1.0})
-    assert checkpoint.best_epoch == kept
-    assert checkpoint.weights == [checkpoint.model.saved]  # the weights read at that epoch, the last read
-    assert not list(tmp_path.iterdir())  # no path: nothing written
+        if checkpoint.model.saved > before:
+            saved.append(epoch + 1)
+    assert checkpoint.best_epoch == kept == saved[-1]  # the file holds that epoch's model, saved last
+    assert (tmp_path / "model.keras").read_text() == str(len(saved))
     with pytest.raises(ValueError, match="'max' or 'min'"):
-        BestCheckpoint(monitor="val_dice", mode="maximum")
+        BestCheckpoint(tmp_path / "model.keras", monitor="val_dice", mode="maximum")
 
 
 def test_history_csv_writes_a_row_per_epoch_with_the_logs_by_name(tmp_path):

@@ -87,7 +87,7 @@ def test_fold_files_that_do_not_read_back_are_trained_again(cv_config, tmp_path,
 
 def test_an_interrupted_fold_continues_from_its_backup(cv_config, tmp_path, monkeypatch):
     import covidxray.training.cv as cv_module
-    import covidxray.training.fit as fit_module
+    import covidxray.training.loop as loop_module
 
     out = tmp_path / "cv"
 
@@ -100,8 +100,8 @@ def test_an_interrupted_fold_continues_from_its_backup(cv_config, tmp_path, monk
             cross_validate(cv_config, out, 2, verbose=0)
     assert (out / "fold-1" / "backup").is_dir()
     fitted = []
-    real = fit_module.fit_arrays
-    monkeypatch.setattr(fit_module, "fit_arrays", lambda *args, **kwargs: fitted.append(1) or real(*args, **kwargs))
+    real = loop_module.fit_arrays  # the run loop fits
+    monkeypatch.setattr(loop_module, "fit_arrays", lambda *args, **kwargs: fitted.append(1) or real(*args, **kwargs))
     result = cross_validate(cv_config, out, 2, verbose=0)
     assert fitted == [1]  # fold 2 only: fold 1 had finished its epochs
     assert result["pooled"]["n"] == 16 and not (out / "fold-1" / "backup").exists()

@@ -15,7 +15,7 @@ from covidxray.training.segmentation import (
     dice_iou,
     train_segmenter,
 )
-from covidxray.training.tracking import tensorboard_available
+from covidxray.training.tracking import Tracker, tensorboard_available
 from helpers import write_png
 
 
@@ -121,3 +121,91 @@ def test_train_segmenter_writes_a_run_that_segment_loads(tmp_path):
         assert str(tmp_path) not in (preset / name).read_text(), name
     assert "one/images/f0.png" in (preset / "split.csv").read_text()
     assert load_segmenter(preset).segment([np.zeros((20, 20), np.uint8)])[0].quality == "no-lung"
+
+
+class Killed(Exception):
+    """Stands for the process killed right after an epoch's backup."""
+
+
+class Recorder(Tracker):
+    """A tracker that keeps what it is given."""
+
+    def __init__(self):
+        self.params, self.logged, self.files = None, [], []
+
+    def start(self, name, params, tags=None):
+        self.params = params
+
+    def log_metrics(self, metrics, step=None):
+        self.logged.append((step, metrics))
+
+    def log_files(self, folder, names):
+        self.files += [name for name in names if (folder / name).is_file()]
+
+
+def test_an_interrupted_lungs_run_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch, capsys):
+    import keras
+
+    from covidxray.cli.main import main
+    from covidxray.inference.lungs import load_segmenter
+    from covidxray.training.backup import RunBackup
+
+    data = synthetic_mask_set(tmp_path / "one", 24, 0)
+    run, whole = tmp_path / "run", tmp_path / "whole"
+    args = ["--quiet", "lungs", "train", "--data", str(data), "--image-size", "32", "--widths", "4,8,8", "--epochs", "3",
+            "--batch-size", "8", "--seed", "2"]
+    tracker = Recorder()  # the run that is never cut, tracked as --track mlflow would log it
+    config = LungTrainConfig(data=[str(data)], image_size=32, widths=[4, 8, 8], epochs=3, batch_size=8, seed=2)
+    whole_metrics = train_segmenter(config, whole, verbose=0, track=tracker)
+    assert tracker.params["epochs"] == 3 and tracker.params["widths"] == [4, 8, 8]
+    assert [step for step, _ in tracker.logged] == [0, 1, 2, None]
+    assert {"loss", "dice", "val_dice", "learning_rate"} <= set(tracker.logged[0][1])
+    final = tracker.logged[-1][1]
+    assert final["test_dice"] == whole_metrics["test"]["all"]["dice"] and final["best_epoch"] == whole_metrics["best_epoch"]
+    assert tracker.files == ["metrics.json", "history.csv", "segmenter.json"]
+
+    backup_epoch = RunBackup.on_epoch_end
+
+    def killed_after_the_first_epoch(self, epoch, logs=None):
+        backup_epoch(self, epoch, logs)
+        if epoch == 0:
+            raise Killed
+
+    with monkeypatch.context() as patched:
+        patched.setattr(RunBackup, "on_epoch_end", killed_after_the_first_epoch)
+        with pytest.raises(Killed):
+            main([*args, "--out", str(run)])
+    assert json.loads((run / "backup" / "state.json").read_text())["epoch"] == 1
+    assert len(pd.read_csv(run / "history.csv")) == 1 and not (run / "metrics.json").exists()
+    with pytest.raises(CovidXrayError, match="interrupted.*lungs train --resume"):
+        load_segmenter(run)  # its model.keras is a checkpoint of training, not a segmenter yet
+    capsys.readouterr()
+
+    # refusals: a new run over it, a setting other than the run's; nothing touched
+    assert main([*args, "--out", str(run)]) == 2
+    assert f"continue it with covidxray lungs train --resume {run}" in capsys.readouterr().err
+    assert main(["--quiet", "lungs", "train", "--resume", str(run), "--epochs", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--epochs 5 (the run has 3)" in err and len(err.strip().splitlines()) == 1
+    assert main(["--quiet", "lungs", "train", "--resume", str(run), "--out", str(whole)]) == 2
+    assert "drop --out" in capsys.readouterr().err
+    assert json.loads((run / "backup" / "state.json").read_text())["epoch"] == 1
+
+    assert main(["--quiet", "lungs", "train", "--resume", str(run), "--widths", "4,8,8", "--seed", "2"]) == 0  # its own
+    capsys.readouterr()
+    assert not (run / "backup").exists()
+    # The same epochs, best epoch, weights and held-out scores as the run that was never cut.
+    resumed, uninterrupted = pd.read_csv(run / "history.csv"), pd.read_csv(whole / "history.csv")
+    assert resumed["epoch"].tolist() == [0, 1, 2]
+    for column in ("loss", "dice", "val_loss", "val_dice", "learning_rate"):
+        assert resumed[column].to_numpy() == pytest.approx(uninterrupted[column].to_numpy(), rel=1e-5, abs=1e-6), column
+    metrics = {name: json.loads((folder / "metrics.json").read_text()) for name, folder in (("run", run), ("whole", whole))}
+    assert metrics["run"]["best_epoch"] == metrics["whole"]["best_epoch"]
+    for split in ("test", "validation"):
+        assert metrics["run"][split]["all"]["dice"] == pytest.approx(metrics["whole"][split]["all"]["dice"], abs=1e-6)
+    weights = [keras.saving.load_model(folder / "model.keras").get_weights() for folder in (run, whole)]
+    for mine, theirs in zip(*weights):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+
+    assert main(["--quiet", "lungs", "train", "--resume", str(run)]) == 2
+    assert "the run is complete" in capsys.readouterr().err
