@@ -122,11 +122,11 @@ def main(argv=None) -> int:
         slowest = sorted(by_shape.items(), key=lambda item: -item[1])[: args.shapes]
         table += "\n" + markdown_table(["kernel", "direction", "implementation", "shape", "ms per step"],
                                        [[*key, f"{ms:.1f}"] for key, ms in slowest], align="llllr")
-    print(table)
     write_results(args.out, {"model": args.model, "batch_size": args.batch_size, "isa": isa, "epochs": epochs,
                              "steps": args.steps, "step_ms": step_ms,
                              "kernel_ms_per_step": {f"{k} {d}": ms for (k, d), ms in by_kind.items()}},
                   args.markdown, table)
+    print(table)
     return 0
 
 
