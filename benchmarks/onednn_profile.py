@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import subprocess
 import sys
@@ -35,11 +34,11 @@ def worker(model: str, size: int, batch_size: int, steps: int, epochs: int) -> N
     """Train ``model`` for a warm-up epoch and ``epochs`` measured ones; print a mark around each
     measured epoch, the end mark with the epoch's wall seconds."""
     import keras
+    from harness import synthetic_images
 
     import covidxray  # noqa: F401  (turns oneDNN on before TensorFlow loads)
     from covidxray.config import Runtime, TrainConfig
     from covidxray.training.fit import balanced_class_weights, build_model, fit_arrays
-    from harness import synthetic_images
 
     class Marks(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
