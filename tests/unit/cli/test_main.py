@@ -87,6 +87,8 @@ def test_cv_fold_options_reach_the_library_and_a_partial_run_says_what_is_left(m
     (["cv", "--data", "d", "--out", "o", "--batch-size", "0"], "--batch-size must be at least 1; got 0"),
     (["probe", "--data", "d", "--out", "o", "--val-fraction", "0.01"], "--val-fraction must be 0"),
     (["train", "--resume", "r", "--overwrite"], "continues that run in place"),
+    (["lungs", "train", "--out", "o"], "the following arguments are required: --data (or --resume RUN_DIR)"),
+    (["lungs", "train", "--resume", "r", "--out", "o"], "continues that run in place"),
 ])
 def test_training_commands_answer_bad_arguments_before_the_backend_loads(argv, message, monkeypatch, capsys):
     import importlib
