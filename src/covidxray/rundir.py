@@ -23,7 +23,7 @@ import os
 import shutil
 from pathlib import Path
 
-from covidxray.errors import CovidXrayError
+from covidxray.errors import CovidXrayError, DatasetError
 from covidxray.files import atomic_write_text, check_can_create, is_temporary, kind_of, recover_dir, remove_temporaries
 
 MODEL = "model.keras"
@@ -247,6 +247,15 @@ class RunDir:
             raise CovidXrayError(f"{path}: unknown split {unknown[0]!r} (a split is one of "
                                  f"{', '.join(SPLIT_NAMES)}); {fix}")
         return table
+
+    def check_same_split(self, table, where) -> None:
+        """Raise a :class:`~covidxray.errors.DatasetError` unless ``table`` (the images read again to
+        resume the run, ``where``: the datasets named) lists the images of ``split.csv`` in the same
+        order and split."""
+        saved = self.read_split()
+        if list(saved["path"]) != list(table["path"]) or list(saved["split"]) != list(table["split"]):
+            raise DatasetError(f"{where}: the images differ from those in {self.file(SPLIT)}; "
+                               "resume needs the same datasets (or start a new run)")
 
     def write_json(self, name: str, data) -> Path:
         target = self.file(name)

@@ -271,3 +271,18 @@ def test_a_link_or_fifo_of_a_run_files_name_is_refused_before_the_run(tmp_path):
     with pytest.raises(CovidXrayError, match=r"split.csv: is a FIFO"):
         run.refuse_to_replace(overwrite=True)
     assert (tmp_path / "mine.md").read_text() == "the user's"
+
+
+def test_a_resumed_run_must_read_the_images_of_its_split_in_the_same_order_and_split(tmp_path):
+    from covidxray.errors import DatasetError
+    from covidxray.rundir import SPLIT, RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.create()
+    saved = pd.DataFrame({"path": ["a.png", "b.png", "c.png"], "split": ["train", "validation", "test"]})
+    write_csv(run.file(SPLIT), saved)
+    run.check_same_split(saved.assign(label="normal"), "data")  # other columns do not matter
+    for changed in (saved.iloc[[1, 0, 2]], saved.assign(split=["train", "train", "test"]), saved.iloc[:2]):
+        with pytest.raises(DatasetError, match=r"^data-a, data-b: the images differ from those in .*split\.csv; "
+                                               r"resume needs the same datasets"):
+            run.check_same_split(changed, "data-a, data-b")

@@ -155,6 +155,19 @@ def read_state(run: rundir.RunDir) -> dict | None:
     return state
 
 
+def run_to_resume(run_dir, settings: str = rundir.CONFIG, command: str = "covidxray train"
+                  ) -> tuple[rundir.RunDir, rundir.RunDir | None]:
+    """``(run, staged)``: the run folder ``run_dir``, recovered from an interrupted write, and the
+    interrupted replacement inside it (``--overwrite`` cut short, in ``.covidxray-staged/``) or None;
+    whichever of the two is to continue is checked by :func:`check_resumable`."""
+    run = rundir.RunDir(run_dir)
+    if run.path.is_dir():
+        run.recover()
+    staged = run.interrupted_replacement()
+    check_resumable(staged or run, settings, command)
+    return run, staged
+
+
 def check_resumable(run: rundir.RunDir, settings: str = rundir.CONFIG, command: str = "covidxray train") -> dict:
     """The state to resume ``run`` from, or a clear error saying why it cannot be resumed. ``settings``:
     the file holding the run's settings (a lung segmenter's: ``segmenter.json``), written by ``command``."""

@@ -201,15 +201,11 @@ def resume_segmenter(run_dir: str | Path, *, verbose: int = 2, track: str | Trac
     ``settings`` (of :class:`~covidxray.config.LungTrainConfig`) that differ from the run's are an
     error, and an interrupted replacement (``--overwrite``, in ``.covidxray-staged/``) is continued
     and swapped in once complete."""
-    from covidxray.training.backup import check_resumable
+    from covidxray.training.backup import run_to_resume
 
     tracker = make_tracker(track)
-    run = rundir.RunDir(run_dir)
-    if run.path.is_dir():
-        run.recover()
-    staged = run.interrupted_replacement()
+    run, staged = run_to_resume(run_dir, SEGMENTER, "covidxray lungs train")
     target = staged or run
-    check_resumable(target, SEGMENTER, "covidxray lungs train")
     path = target.file(SEGMENTER)
     config = LungTrainConfig.from_settings(read_settings(target.path), str(path))
     conflicts = config.conflicts(settings)
@@ -218,10 +214,7 @@ def resume_segmenter(run_dir: str | Path, *, verbose: int = 2, track: str | Trac
                              "or start a new run")
     target.remove_temporaries()
     data = _read_data(config)
-    saved = target.read_split()
-    if list(saved["path"]) != list(data["table"]["path"]) or list(saved["split"]) != list(data["table"]["split"]):
-        raise DatasetError(f"{', '.join(config.data)}: the images differ from those in {target.file(rundir.SPLIT)}; "
-                           "resume needs the same datasets (or start a new run)")
+    target.check_same_split(data["table"], ", ".join(config.data))
     with closing(tracker, track):
         tracker.start(run.path.resolve().name, training_settings(config),
                       tags={"covidxray.run_dir": str(run.path.resolve()), "covidxray.resumed": "true"})

@@ -22,7 +22,7 @@ from covidxray.backend import runtime_environment
 from covidxray.config import Runtime, TrainConfig, stored_weight_decay_conflict
 from covidxray.data.sources import confounding_warning
 from covidxray.data.splits import SPLITS, run_splits, without_patient_id
-from covidxray.errors import CovidXrayError, DatasetError
+from covidxray.errors import CovidXrayError
 from covidxray.evaluation.attention import heat_in_lungs
 from covidxray.evaluation.calibration import run_calibration
 from covidxray.evaluation.scoring import ScoredPredictions
@@ -32,7 +32,7 @@ from covidxray.inference.familiarity import FLAG_SHARE, familiarity_summary, fit
 from covidxray.inference.preprocess import Preprocessing
 from covidxray.models import load_model
 from covidxray.reports.report import write_figures_and_report
-from covidxray.training.backup import check_resumable
+from covidxray.training.backup import run_to_resume
 from covidxray.training.data import PreparedData, prepare_data
 from covidxray.training.distribute import data_parallel
 from covidxray.training.fit import check_model, fit
@@ -138,12 +138,8 @@ def resume(run_dir: str | Path, *, cache_dir: str | None = None, verbose: int = 
     (the tracked run is a new one, with the epochs finished before too).
     """
     tracker = make_tracker(track)
-    run = rundir.RunDir(run_dir)
-    if run.path.is_dir():
-        run.recover()
-    staged = run.interrupted_replacement()
+    run, staged = run_to_resume(run_dir)
     target = staged or run
-    check_resumable(target)
     saved = target.load_config()
     path = target.file(rundir.CONFIG)
     stored = json.loads(path.read_text())
@@ -165,7 +161,7 @@ def resume(run_dir: str | Path, *, cache_dir: str | None = None, verbose: int = 
     started = time.perf_counter()
     data = prepare_data(config, runtime.cache_dir)
     decode_seconds = time.perf_counter() - started
-    _check_same_split(target, data, config.data)
+    target.check_same_split(data.table, config.data)
     with closing(tracker, track):
         tracker.start(run.path.resolve().name, run_params(config, runtime),
                       tags={"covidxray.run_dir": str(run.path.resolve()), "covidxray.resumed": "true"})
@@ -232,10 +228,3 @@ def fit_and_check_familiarity(model, data: PreparedData, run: rundir.RunDir, sco
     unlike = familiarity.unlike(model_features(model, data.part("test")[0]), test.probabilities)
     return {"threshold": familiarity.threshold, "min_probability": familiarity.min_probability,
             "share": FLAG_SHARE, "test": familiarity_summary(unlike, test.predicted == test.targets)}
-
-
-def _check_same_split(run: rundir.RunDir, data: PreparedData, where) -> None:
-    saved = run.read_split()
-    if list(saved["path"]) != list(data.table["path"]) or list(saved["split"]) != list(data.table["split"]):
-        raise DatasetError(f"{where}: the images differ from those in {run.file(rundir.SPLIT)}; "
-                           "resume needs the same dataset (or start a new run)")
