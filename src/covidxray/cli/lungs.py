@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-from covidxray.cli.options import add_config_options, given_settings
+from covidxray.cli.options import add_config_options, given_settings, resuming
 from covidxray.config import LUNGS_TRAIN, LungTrainConfig, Tracking
-from covidxray.errors import CovidXrayError, printable
+from covidxray.errors import printable
 
 SEGMENT_RUN_HELP = ("lung segmenter: a folder written by covidxray lungs train, or preset:NAME "
                     "(default: the shipped preset:lungs_unet_jsrt_ieee8023; see its MODEL_CARD.md)")
@@ -57,13 +56,8 @@ def check_lungs_train(args) -> None:
     from covidxray.training.tracking import check_tracking
 
     check_tracking(_track(args))
-    if args.resume:
-        if args.overwrite or (args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve()):
-            raise CovidXrayError(f"--resume {args.resume} continues that run in place; drop --out and --overwrite")
+    if resuming(args):
         return
-    missing = [f"--{name}" for name in ("data", "out") if getattr(args, name, None) is None]
-    if missing:
-        args.parser.error(f"the following arguments are required: {', '.join(missing)} (or --resume RUN_DIR)")
     LungTrainConfig(**given_settings(args, LungTrainConfig)).check()
 
 

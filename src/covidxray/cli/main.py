@@ -17,7 +17,7 @@ from pathlib import Path
 
 from covidxray.backend import NO_BACKEND, import_keras_quietly, is_missing_backend, quiet_backend_logs
 from covidxray.cli.lungs import add_lungs_commands
-from covidxray.cli.options import add_config_options, add_recipe_option, given_settings
+from covidxray.cli.options import add_config_options, add_recipe_option, given_settings, resuming
 from covidxray.cli.output import format_predictions, print_cv_summary, print_evaluation, print_run_summary
 from covidxray.config import (
     CV,
@@ -293,13 +293,8 @@ def check_training(args) -> None:
     from covidxray.training.tracking import check_tracking
 
     check_tracking(_track(args))
-    if getattr(args, "resume", None):
-        if args.overwrite or (args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve()):
-            raise CovidXrayError(f"--resume {args.resume} continues that run in place; drop --out and --overwrite")
+    if resuming(args):
         return
-    missing = [f"--{name}" for name in ("data", "out") if getattr(args, name, None) is None]
-    if missing:
-        args.parser.error(f"the following arguments are required: {', '.join(missing)} (or --resume RUN_DIR)")
     config = _config(args)
     config.check()
     _runtime(args).check(config)

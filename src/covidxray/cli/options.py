@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import MISSING, fields
+from pathlib import Path
 
 from covidxray.config import RECIPES, TrainConfig, choices_of, option_name, recipe_help
+from covidxray.errors import CovidXrayError
 
 #: How an option's value is shown in the help, by type.
 METAVARS = {int: "N", float: "F", str: "VALUE"}
@@ -64,3 +66,17 @@ def given_settings(args: argparse.Namespace, settings=TrainConfig) -> dict:
 
 def _help(text: str, default) -> str:
     return text if default in (None, "") else f"{text} (default: {default})"
+
+
+def resuming(args) -> bool:
+    """For a command that trains a run or, with ``--resume RUN_DIR``, continues one (``train``, ``lungs
+    train``): True with ``--resume`` (which continues that run in place: no other ``--out``, no
+    ``--overwrite``); otherwise ``--data`` and ``--out`` are required, and their absence is a usage error."""
+    if getattr(args, "resume", None):
+        if args.overwrite or (args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve()):
+            raise CovidXrayError(f"--resume {args.resume} continues that run in place; drop --out and --overwrite")
+        return True
+    missing = [f"--{name}" for name in ("data", "out") if getattr(args, name, None) is None]
+    if missing:
+        args.parser.error(f"the following arguments are required: {', '.join(missing)} (or --resume RUN_DIR)")
+    return False
