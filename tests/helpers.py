@@ -4,6 +4,7 @@ second, and a fake terminal for the progress bars."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import sys
@@ -195,3 +196,22 @@ def traced_peak(call):
         return result, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+@contextlib.contextmanager
+def cut_after_epoch(last: int, error: type[BaseException] = KeyboardInterrupt):
+    """Inside, a training run stops with ``error`` right after its backup of epoch ``last`` (from 0),
+    as a run killed there would; the block must raise it (``pytest.raises``)."""
+    from covidxray.training.backup import RunBackup
+
+    finish_epoch = RunBackup.on_epoch_end
+
+    def cut(self, epoch, logs=None):
+        finish_epoch(self, epoch, logs)
+        if epoch == last:
+            raise error
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(RunBackup, "on_epoch_end", cut)
+        with pytest.raises(error):
+            yield

@@ -15,10 +15,9 @@ from covidxray.training.adversary import (
     source_targets,
     with_source_head,
 )
-from covidxray.training.backup import RunBackup
 from covidxray.training.data import prepare_data
 from covidxray.training.fit import build_model, fit
-from helpers import make_dataset
+from helpers import cut_after_epoch, make_dataset
 
 
 def _one_step(reversal_weight: float | None) -> tuple[np.ndarray, np.ndarray]:
@@ -87,23 +86,15 @@ def _two_source_dataset(root):
     return root
 
 
-def test_fit_against_a_source_head_saves_the_classifier_alone_and_resumes(tiny_model, tmp_path, monkeypatch):
+def test_fit_against_a_source_head_saves_the_classifier_alone_and_resumes(tiny_model, tmp_path):
     config = TrainConfig(data=str(_two_source_dataset(tmp_path / "data")), model=tiny_model, epochs=2,
                          batch_size=8, patience=2, augment=False, source_adversary=0.5).resolve()
     data = prepare_data(config)
     assert set(data.table["source"]) == {"site-a", "site-b"}
     run = rundir.RunDir(tmp_path / "run")
     run.create()
-    finish_epoch = RunBackup.on_epoch_end
-
-    def stop_after_the_first(self, epoch, logs=None):
-        finish_epoch(self, epoch, logs)
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as patch:
-        patch.setattr(RunBackup, "on_epoch_end", stop_after_the_first)
-        with pytest.raises(KeyboardInterrupt):
-            fit(config, data, run, verbose=0)
+    with cut_after_epoch(0):
+        fit(config, data, run, verbose=0)
     info = fit(config, data, run, verbose=0)  # continues from the backup of the model with its head
     history = pd.read_csv(run.file(rundir.HISTORY))
     assert list(history["epoch"]) == [0, 1] and info["epochs_run"] == 2

@@ -11,6 +11,7 @@ from covidxray.models import MODELS, ModelSpec
 from covidxray.models.finetune import backbone_of
 from covidxray.training.fit import build_model, fit_arrays, train_head
 from covidxray.training.train import train
+from helpers import cut_after_epoch
 
 
 def tiny_backbone_body(x, num_classes: int, *, weights=None):
@@ -96,24 +97,15 @@ def test_one_stage_without_pretrained_weights_and_clear_errors_for_head_epochs_w
 def test_a_run_cut_short_in_stage_two_resumes_there_without_stage_one(pretrained, dataset, tmp_path, monkeypatch,
                                                                       fast_bootstrap):
     import covidxray.training.fit as fit_module
-    from covidxray.training.backup import RunBackup
     from covidxray.training.train import resume
 
     config = TrainConfig(data=str(dataset), model="tinyback", weights=pretrained, head_epochs=1, epochs=2,
                          batch_size=8, augment=False)
     heads = []
-    original_head, original_backup = fit_module.train_head, RunBackup.on_epoch_end
+    original_head = fit_module.train_head
     monkeypatch.setattr(fit_module, "train_head", lambda *a, **k: (heads.append(1), original_head(*a, **k)))
-
-    def cut_after_first_epoch(self, epoch, logs=None):
-        original_backup(self, epoch, logs)
-        if epoch == 0:
-            raise KeyboardInterrupt
-
-    with monkeypatch.context() as patch:
-        patch.setattr(RunBackup, "on_epoch_end", cut_after_first_epoch)
-        with pytest.raises(KeyboardInterrupt):
-            train(config, tmp_path / "run", verbose=0)
+    with cut_after_epoch(0):
+        train(config, tmp_path / "run", verbose=0)
     assert heads == [1]
     metrics = resume(tmp_path / "run", verbose=0)  # the backup of stage two loads into the stage-two model
     assert heads == [1] and metrics["run"]["resumed"]

@@ -16,7 +16,7 @@ from covidxray.training.segmentation import (
     train_segmenter,
 )
 from covidxray.training.tracking import Tracker, tensorboard_available
-from helpers import write_png
+from helpers import cut_after_epoch, write_png
 
 
 def synthetic_film(rng: np.random.Generator, size: int = 48) -> tuple[np.ndarray, np.ndarray]:
@@ -143,12 +143,11 @@ class Recorder(Tracker):
         self.files += [name for name in names if (folder / name).is_file()]
 
 
-def test_an_interrupted_lungs_run_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch, capsys):
+def test_an_interrupted_lungs_run_resumes_to_the_uninterrupted_run(tmp_path, capsys):
     import keras
 
     from covidxray.cli.main import main
     from covidxray.inference.lungs import load_segmenter
-    from covidxray.training.backup import RunBackup
 
     data = synthetic_mask_set(tmp_path / "one", 24, 0)
     run, whole = tmp_path / "run", tmp_path / "whole"
@@ -164,17 +163,8 @@ def test_an_interrupted_lungs_run_resumes_to_the_uninterrupted_run(tmp_path, mon
     assert final["test_dice"] == whole_metrics["test"]["all"]["dice"] and final["best_epoch"] == whole_metrics["best_epoch"]
     assert tracker.files == ["metrics.json", "history.csv", "segmenter.json"]
 
-    backup_epoch = RunBackup.on_epoch_end
-
-    def killed_after_the_first_epoch(self, epoch, logs=None):
-        backup_epoch(self, epoch, logs)
-        if epoch == 0:
-            raise Killed
-
-    with monkeypatch.context() as patched:
-        patched.setattr(RunBackup, "on_epoch_end", killed_after_the_first_epoch)
-        with pytest.raises(Killed):
-            main([*args, "--out", str(run)])
+    with cut_after_epoch(0, Killed):
+        main([*args, "--out", str(run)])
     assert json.loads((run / "backup" / "state.json").read_text())["epoch"] == 1
     assert len(pd.read_csv(run / "history.csv")) == 1 and not (run / "metrics.json").exists()
     with pytest.raises(CovidXrayError, match="interrupted.*lungs train --resume"):

@@ -13,7 +13,7 @@ from covidxray import rundir
 from covidxray.config import RUNTIME, Runtime, TrainConfig
 from covidxray.errors import CovidXrayError
 from covidxray.training.train import resume, train
-from helpers import make_dataset
+from helpers import cut_after_epoch, make_dataset
 
 
 @pytest.fixture
@@ -280,22 +280,11 @@ def test_a_run_without_validation_fits_every_training_image_and_keeps_its_last_e
         resume(out, verbose=0)
 
 
-def test_a_run_without_validation_resumes_to_its_last_epoch(config, tmp_path, monkeypatch):
-    from covidxray.training import backup
-
+def test_a_run_without_validation_resumes_to_its_last_epoch(config, tmp_path):
     out = tmp_path / "run"
     settings = replace(config, val_fraction=0.0, epochs=3)
-    original = backup.RunBackup.on_epoch_end
-
-    def stop_after_two(self, epoch, logs=None):
-        original(self, epoch, logs)
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    with monkeypatch.context() as patch:
-        patch.setattr(backup.RunBackup, "on_epoch_end", stop_after_two)
-        with pytest.raises(KeyboardInterrupt):
-            train(settings, out, verbose=0)
+    with cut_after_epoch(1):
+        train(settings, out, verbose=0)
     assert len(pd.read_csv(out / rundir.HISTORY)) == 2 and not (out / rundir.METRICS).exists()
     metrics = resume(out, verbose=0)
     assert metrics["run"]["resumed"] and metrics["run"]["epochs_run"] == 3 and metrics["run"]["best_epoch"] == 3
