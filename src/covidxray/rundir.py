@@ -257,6 +257,13 @@ class RunDir:
             raise DatasetError(f"{where}: the images differ from those in {self.file(SPLIT)}; "
                                "resume needs the same datasets (or start a new run)")
 
+    def complete(self, metrics: dict) -> Path:
+        """Write ``metrics.json``, the file whose presence marks the run complete (so last), then
+        drop the backup an interrupted fit would have resumed from."""
+        path = self.write_json(METRICS, metrics)
+        shutil.rmtree(self.file(BACKUP), ignore_errors=True)
+        return path
+
     def write_json(self, name: str, data) -> Path:
         target = self.file(name)
         atomic_write_text(target, json.dumps(data, indent=2, default=_json_default) + "\n")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -179,8 +178,7 @@ def _run_fold(config: TrainConfig, runtime: Runtime, data, test_mask: np.ndarray
     atomic_save(run.file(rundir.TEST_PREDICTIONS), lambda tmp: frame.to_csv(tmp, index=False))
     calibration.save(run.path)
     write_report_summaries(run, metrics)  # TensorBoard: the fold's test scores
-    run.write_json(rundir.METRICS, metrics)  # last: its presence marks the fold finished
-    shutil.rmtree(run.file(rundir.BACKUP), ignore_errors=True)
+    run.complete(metrics)  # its metrics.json marks the fold finished
     return metrics, test.probabilities
 
 

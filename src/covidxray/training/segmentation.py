@@ -304,8 +304,7 @@ def _train(config: LungTrainConfig, run: rundir.RunDir, final_run: rundir.RunDir
         "settings": settings,
         "environment": runtime_environment(),
     }
-    run.write_json(rundir.METRICS, metrics)  # last: the run is complete
-    shutil.rmtree(run.file(rundir.BACKUP), ignore_errors=True)  # nothing left to resume
+    run.complete(metrics)
     return metrics
 
 

@@ -207,8 +207,7 @@ def _run(config: TrainConfig, runtime: Runtime, run: rundir.RunDir, data: Prepar
     write_figures_and_report(run, config, data.part("test")[0], test, metrics, model=model, lungs=test_lungs,
                              lung_quality=quality)
     write_report_summaries(run, metrics)  # TensorBoard: the test scores and figures
-    run.write_json(rundir.METRICS, metrics)  # last: metrics.json marks a complete run
-    shutil.rmtree(run.file(rundir.BACKUP))  # nothing left to resume
+    run.complete(metrics)
     return metrics
 
 
