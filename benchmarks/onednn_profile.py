@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from harness import markdown_table, write_results
+from harness import markdown_table, worker_env, write_results
 
 MARK = "covidxray-profile-epoch"  # printed at each measured epoch's start and end
 
@@ -98,8 +96,7 @@ def main(argv=None) -> int:
         worker(name, size, args.batch_size, args.steps, args.epochs)
         return 0
 
-    env = {**os.environ, "ONEDNN_VERBOSE": "profile_exec", "KERAS_BACKEND": "tensorflow",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {**worker_env("tensorflow"), "ONEDNN_VERBOSE": "profile_exec"}
     command = [sys.executable, __file__, "--worker", "--model", args.model, "--batch-size", str(args.batch_size),
                "--steps", str(args.steps), "--epochs", str(args.epochs)]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
