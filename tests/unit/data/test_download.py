@@ -98,8 +98,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if server.cut_after is not None:  # one broken transfer, then normal service
             body, server.cut_after = body[: server.cut_after], None
+        server.bytes_sent.append(len(body))  # before writing: the client may finish before this thread goes on
         self.wfile.write(body)
-        server.bytes_sent.append(len(body))
 
     def log_message(self, *args):
         pass
