@@ -17,11 +17,16 @@ exists during training (and in the run's backup, for resuming).
 
 from __future__ import annotations
 
+import logging
+
 import keras
 import numpy as np
 from keras import ops
 
 from covidxray.errors import CovidXrayError
+from covidxray.training.batches import sample_weights
+
+log = logging.getLogger(__name__)
 
 #: Output names of the training model.
 CLASSES, SOURCE = "classes", "source"
@@ -98,3 +103,27 @@ class ClassifierLogs(keras.callbacks.Callback):
         logs["loss"] = logs.pop(f"{CLASSES}_loss")
         if f"{CLASSES}_accuracy" in logs:
             logs["accuracy"] = logs.pop(f"{CLASSES}_accuracy")
+
+
+class SourceAdversary:
+    """The handler of ``--source-adversary WEIGHT`` (see :mod:`covidxray.training.fit`): the fit trains
+    the classifier inside :func:`with_source_head`'s model, on (class, source) targets, and logs the
+    classifier's scores under their one-output names (:class:`ClassifierLogs`)."""
+
+    def __init__(self, weight: float):
+        self.weight = weight
+
+    def attach(self, fit) -> None:
+        """Change ``fit`` (a :class:`covidxray.training.fit.Fit`) to train against the source head."""
+        source, names = source_targets(fit.y, fit.sources)
+        if len(names) < 2:
+            log.warning("--source-adversary: the training images come from one source (%s); the source head has "
+                        "nothing to tell apart", names[0])
+        fit.trainer = with_source_head(fit.model, len(names), self.weight)
+        fit.compile(fit.trainer, loss={CLASSES: "sparse_categorical_crossentropy",
+                                       SOURCE: conditional_source_loss(len(names))},
+                    metrics={CLASSES: ["accuracy"]})
+        fit.targets = {CLASSES: fit.y, SOURCE: source}
+        if isinstance(fit.class_weight, dict):  # Keras takes class weights for one output only
+            fit.class_weight = sample_weights(fit.y, fit.class_weight)
+        fit.callbacks.insert(0, ClassifierLogs())  # first: the others read the names it gives

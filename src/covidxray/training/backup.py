@@ -168,6 +168,14 @@ def run_to_resume(run_dir, settings: str = rundir.CONFIG, command: str = "covidx
     return run, staged
 
 
+def refuse_changes(path, conflicts: list[str]) -> None:
+    """A resumed run keeps its own settings: raise an error naming ``conflicts`` (the settings given
+    that differ from those in the run's file ``path``), if any."""
+    if conflicts:
+        raise CovidXrayError(f"{path}: a resumed run keeps its own settings, but {'; '.join(conflicts)}; drop these "
+                             "or start a new run")
+
+
 def check_resumable(run: rundir.RunDir, settings: str = rundir.CONFIG, command: str = "covidxray train") -> dict:
     """The state to resume ``run`` from, or a clear error saying why it cannot be resumed. ``settings``:
     the file holding the run's settings (a lung segmenter's: ``segmenter.json``), written by ``command``."""

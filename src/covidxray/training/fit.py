@@ -1,12 +1,17 @@
 """Build, compile and fit a classifier on a prepared dataset: the optimizer (:mod:`covidxray.training.optimizer`,
-shared with the lung U-Net), class weights, input pipeline, two-stage fine-tuning and the source adversary;
-the checkpoint, early stopping and backup around ``model.fit`` are the run loop's
-(:mod:`covidxray.training.loop`, shared with the lung U-Net)."""
+shared with the lung U-Net), class weights and input pipeline. The checkpoint, early stopping and backup
+around ``model.fit`` are the run loop's (:mod:`covidxray.training.loop`, shared with the lung U-Net).
+
+Optional parts of the fit are handlers, as in MONAI's ``monai/handlers``: :func:`handlers` picks them
+from the config and each attaches to the :class:`Fit` before the run loop starts (two-stage
+fine-tuning's stage one, :class:`TwoStage`; the source head,
+:class:`~covidxray.training.adversary.SourceAdversary`). The fit itself has no branch for any of them."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
@@ -18,15 +23,8 @@ from covidxray.errors import CovidXrayError
 from covidxray.inference.engines import device_count
 from covidxray.models import create_model
 from covidxray.models.finetune import freeze_backbone, unfreeze_top
-from covidxray.training.adversary import (
-    CLASSES,
-    SOURCE,
-    ClassifierLogs,
-    conditional_source_loss,
-    source_targets,
-    with_source_head,
-)
-from covidxray.training.batches import ShuffledBatches, fit_arrays, sample_weights
+from covidxray.training.adversary import SourceAdversary
+from covidxray.training.batches import ShuffledBatches, fit_arrays
 from covidxray.training.callbacks import PreciseValidation
 from covidxray.training.data import PreparedData
 from covidxray.training.distribute import data_parallel, process_slice
@@ -70,9 +68,9 @@ def _rate(config: TrainConfig) -> float:
 
 
 def _compile(model: keras.Model, config: TrainConfig, runtime: Runtime, train_size: int, rate: float = 1.0,
-             epochs: int | None = None) -> None:
-    model.compile(optimizer=_optimizer(config, train_size, rate, epochs),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=runtime.jit_compile,
+             epochs: int | None = None, loss="sparse_categorical_crossentropy", metrics=("accuracy",)) -> None:
+    model.compile(optimizer=_optimizer(config, train_size, rate, epochs), loss=loss,
+                  metrics=list(metrics) if isinstance(metrics, tuple) else metrics, jit_compile=runtime.jit_compile,
                   steps_per_execution=runtime.steps_per_execution)
 
 
@@ -105,18 +103,6 @@ def _all_layers(model: keras.Model) -> list:
     for layer in model.layers:
         nested += _all_layers(layer) if isinstance(layer, keras.Model) else [layer]
     return nested
-
-
-def build_source_adversarial(model: keras.Model, config: TrainConfig, runtime: Runtime, train_size: int,
-                             num_sources: int) -> keras.Model:
-    """``model`` with a gradient-reversal source head (:func:`~covidxray.training.adversary.with_source_head`
-    of ``config.source_adversary``), compiled to train both outputs as ``runtime`` (resolved) says."""
-    trainer = with_source_head(model, num_sources, config.source_adversary)
-    trainer.compile(optimizer=_optimizer(config, train_size, _rate(config)),
-                    loss={CLASSES: "sparse_categorical_crossentropy", SOURCE: conditional_source_loss(num_sources)},
-                    metrics={CLASSES: ["accuracy"]}, jit_compile=runtime.jit_compile,
-                    steps_per_execution=runtime.steps_per_execution)
-    return trainer
 
 
 def _optimizer(config: TrainConfig, train_size: int, rate: float = 1.0, epochs: int | None = None
@@ -176,6 +162,55 @@ def training_batches(config: TrainConfig, x, y, class_weight, distributed: bool)
                            drop_remainder=distributed, process_index=index, process_count=count)
 
 
+@dataclass
+class Fit:
+    """What the run loop trains, as the handlers leave it: ``trainer`` (the classifier ``model``, or a
+    larger model around it) on the training images ``x`` with ``targets`` (default: the labels ``y``),
+    weighted by ``class_weight``, streamed by ``batches`` where not None. ``callbacks`` run first at
+    each epoch's end. ``resumed``: the run continues from its backup."""
+
+    config: TrainConfig
+    runtime: Runtime
+    model: keras.Model
+    x: np.ndarray
+    y: np.ndarray
+    sources: np.ndarray
+    class_weight: dict[int, float] | np.ndarray | None
+    batches: ShuffledBatches | None
+    train_size: int
+    resumed: bool
+    verbose: int = 1
+    trainer: keras.Model | None = None
+    targets: np.ndarray | dict | None = None
+    callbacks: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.trainer = self.model if self.trainer is None else self.trainer
+        self.targets = self.y if self.targets is None else self.targets
+
+    def compile(self, model: keras.Model, loss, metrics) -> None:
+        """Compile ``model`` with the fit's optimizer (:func:`build_model`'s: stage two's rate with
+        ``head_epochs``) and runtime."""
+        _compile(model, self.config, self.runtime, self.train_size, _rate(self.config), loss=loss, metrics=metrics)
+
+
+class TwoStage:
+    """Two-stage fine-tuning (``--head-epochs``): :func:`train_head` (stage one) before the fit, which
+    is stage two as :func:`build_model` compiled it. A resumed run is past stage one: its backup
+    holds stage two."""
+
+    def attach(self, fit: Fit) -> None:
+        if not fit.resumed:
+            train_head(fit.model, fit.config, fit.x, fit.y, fit.class_weight, fit.batches, fit.train_size,
+                       fit.verbose, fit.runtime)
+
+
+def handlers(config: TrainConfig) -> list:
+    """The optional parts of the fit that ``config`` asks for, in the order they attach."""
+    return ([TwoStage()] if config.head_epochs else []) + (
+        [SourceAdversary(config.source_adversary)] if config.source_adversary else [])
+
+
 def _fit(config: TrainConfig, runtime: Runtime, data: PreparedData, run: rundir.RunDir, verbose: int,
          distributed: bool, tracker: Tracker) -> dict:
     x_train, y_train = data.part("train")
@@ -186,26 +221,19 @@ def _fit(config: TrainConfig, runtime: Runtime, data: PreparedData, run: rundir.
     model = build_model(config, train_size, runtime)
     loop = RunLoop(run, epochs=config.epochs, monitor="val_accuracy", has_validation=config.has_validation,
                    patience=config.patience)
-    if config.head_epochs and loop.state is None:  # a resumed run is past stage one: its backup holds stage two
-        train_head(model, config, x_train, y_train, class_weight, batches, train_size, verbose, runtime)
-    trainer, targets = model, y_train
-    if config.source_adversary:
-        source, names = source_targets(y_train, sources)
-        if len(names) < 2:
-            log.warning("--source-adversary: the training images come from one source (%s); the source head has "
-                        "nothing to tell apart", names[0])
-        trainer = build_source_adversarial(model, config, runtime, train_size, len(names))
-        targets = {CLASSES: y_train, SOURCE: source}
-        if isinstance(class_weight, dict):  # Keras takes class weights for one output only
-            class_weight = sample_weights(y_train, class_weight)
+    state = Fit(config, runtime, model, x_train, y_train, sources, class_weight, batches, train_size,
+                resumed=loop.state is not None, verbose=verbose)
+    for handler in handlers(config):
+        handler.attach(state)
     rng = np.random.default_rng(config.seed)
     calibration = x_train[np.sort(rng.permutation(len(x_train))[:CALIBRATION_IMAGES])]
-    own = [ClassifierLogs(), PreciseValidation(calibration, *data.part("validation"), classifier=model)]
+    own = [*state.callbacks, PreciseValidation(calibration, *data.part("validation"), classifier=model)]
     if batches is None:
-        fitted = loop.fit(trainer, (x_train, targets), saved=model, callbacks=own, tracker=tracker, verbose=verbose,
-                          batch_size=config.batch_size, class_weight=class_weight, seed=config.seed)
+        fitted = loop.fit(state.trainer, (x_train, state.targets), saved=model, callbacks=own, tracker=tracker,
+                          verbose=verbose, batch_size=config.batch_size, class_weight=state.class_weight,
+                          seed=config.seed)
     else:  # the PyDataset shuffles, from the seed
-        fitted = loop.fit(trainer, batches, saved=model, callbacks=own, tracker=tracker, verbose=verbose)
+        fitted = loop.fit(state.trainer, batches, saved=model, callbacks=own, tracker=tracker, verbose=verbose)
     seconds, epochs_run = fitted["fit_seconds"], len(fitted["history"])
     return {"best_epoch": fitted["best_epoch"], "fit_seconds": round(seconds, 1), "epochs_run": epochs_run,
             "train_images_per_second": round(len(x_train) * epochs_run / max(seconds, 1e-9), 1)}

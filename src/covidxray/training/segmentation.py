@@ -28,7 +28,7 @@ import numpy as np
 from covidxray import rundir
 from covidxray.config import LungTrainConfig
 from covidxray.data.masks import load_pairs, mask_table, read_pair, split_masks
-from covidxray.errors import CovidXrayError, DatasetError
+from covidxray.errors import DatasetError
 from covidxray.inference.lungs import KIND, SEGMENTER, LungSegmenter, model_identity, overlay, read_settings
 from covidxray.training.tracking import Tracker, closing, make_tracker
 
@@ -201,17 +201,14 @@ def resume_segmenter(run_dir: str | Path, *, verbose: int = 2, track: str | Trac
     ``settings`` (of :class:`~covidxray.config.LungTrainConfig`) that differ from the run's are an
     error, and an interrupted replacement (``--overwrite``, in ``.covidxray-staged/``) is continued
     and swapped in once complete."""
-    from covidxray.training.backup import run_to_resume
+    from covidxray.training.backup import refuse_changes, run_to_resume
 
     tracker = make_tracker(track)
     run, staged = run_to_resume(run_dir, SEGMENTER, "covidxray lungs train")
     target = staged or run
     path = target.file(SEGMENTER)
     config = LungTrainConfig.from_settings(read_settings(target.path), str(path))
-    conflicts = config.conflicts(settings)
-    if conflicts:
-        raise CovidXrayError(f"{path}: a resumed run keeps its own settings, but {'; '.join(conflicts)}; drop these "
-                             "or start a new run")
+    refuse_changes(path, config.conflicts(settings))
     target.remove_temporaries()
     data = _read_data(config)
     target.check_same_split(data["table"], ", ".join(config.data))

@@ -32,7 +32,7 @@ from covidxray.inference.familiarity import FLAG_SHARE, familiarity_summary, fit
 from covidxray.inference.preprocess import Preprocessing
 from covidxray.models import load_model
 from covidxray.reports.report import write_figures_and_report
-from covidxray.training.backup import run_to_resume
+from covidxray.training.backup import refuse_changes, run_to_resume
 from covidxray.training.data import PreparedData, prepare_data
 from covidxray.training.distribute import data_parallel
 from covidxray.training.fit import check_model, fit
@@ -150,9 +150,7 @@ def resume(run_dir: str | Path, *, cache_dir: str | None = None, verbose: int = 
     runtime_names = {f.name for f in fields(Runtime)}
     conflicts = (saved.conflicts({k: v for k, v in settings.items() if k not in runtime_names})
                  + runtime.conflicts({k: v for k, v in settings.items() if k in runtime_names}))
-    if conflicts:
-        raise CovidXrayError(f"{path}: a resumed run keeps its own settings, but "
-                             f"{'; '.join(conflicts)}; drop these or start a new run")
+    refuse_changes(path, conflicts)
     config = saved.resolve()
     runtime = (replace(runtime, cache_dir=cache_dir) if cache_dir else runtime).resolve(config)
     if runtime.data_parallel:

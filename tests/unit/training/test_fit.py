@@ -13,13 +13,16 @@ import pytest
 from covidxray import rundir
 from covidxray.config import Runtime, TrainConfig
 from covidxray.errors import CovidXrayError
+from covidxray.training.adversary import SourceAdversary
 from covidxray.training.batches import ShuffledBatches
 from covidxray.training.data import prepare_data
 from covidxray.training.fit import (
+    TwoStage,
     balanced_class_weights,
     build_model,
     fit,
     fit_arrays,
+    handlers,
     source_balanced_weights,
     training_batches,
     training_weights,
@@ -92,6 +95,13 @@ def test_training_weights_follow_the_settings():
     assert training_weights(TrainConfig(data="x", class_weights=False), y, sources) is None
     per_image = training_weights(TrainConfig(data="x", balance_sources=True), y, sources)
     assert per_image.tolist() == pytest.approx([0.75, 0.75, 1.5])
+
+
+def test_the_optional_parts_of_the_fit_are_the_handlers_the_config_asks_for():
+    assert handlers(TrainConfig(data="x")) == []
+    both = handlers(TrainConfig(data="x", head_epochs=2, source_adversary=0.3))
+    assert [type(h) for h in both] == [TwoStage, SourceAdversary]  # stage one runs before the head is added
+    assert both[1].weight == 0.3
 
 
 def test_balanced_class_weights():
