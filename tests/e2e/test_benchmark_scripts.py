@@ -235,6 +235,48 @@ def test_paired_auc_compares_two_settings_fold_by_fold_on_the_same_images(datase
         load("paired_auc").main(["--first", str(first / "fold-1"), "--second", str(second / "fold-1")])
 
 
+def test_fold_ensemble_averages_the_members_fold_by_fold(dataset, tmp_path):
+    """Three members, each right on another third of the images: alone each ranks COVID badly, their
+    mean ranks it perfectly; on a fold of normal films only, it counts the films called COVID-19."""
+    import pandas as pd
+
+    from covidxray.config import TrainConfig
+    from covidxray.data.sources import load_datasets
+
+    table = load_datasets(str(dataset))
+    classes = ["covid", "normal", "pneumonia"]
+    targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    normal = (table["label"] == "normal").to_numpy()
+    members = []
+    for k in range(3):
+        right = np.arange(len(table)) % 3 == k
+        probabilities = np.full((len(table), 3), 0.2)
+        probabilities[np.arange(len(table)), targets] = np.where(right, 0.9, 0.2)
+        probabilities[np.arange(len(table)), (targets + 2) % 3] = np.where(right, 0.05, 0.6)  # normal: covid
+        for fold, rows in (("fold-1", np.ones(len(table), bool)), ("fold-2", normal)):
+            folder = tmp_path / f"seed{k}" / fold
+            folder.mkdir(parents=True)
+            TrainConfig(data=str(dataset), image_size=32).resolve().save(folder / "config.json")
+            pd.DataFrame({"path": table["path"][rows], **{f"p_{c}": probabilities[rows, i] for i, c in
+                                                           enumerate(classes)}}).to_csv(folder / "test_predictions.csv",
+                                                                                         index=False)
+        members.append(tmp_path / f"seed{k}")
+    out, markdown = tmp_path / "ensemble.json", tmp_path / "ensemble.md"
+    args = [arg for member in members for arg in ("--member", str(member))]
+    assert load("fold_ensemble").main([*args, "--samples", "100", "--out", str(out), "--markdown", str(markdown)]) == 0
+    first, second = json.loads(out.read_text())["results"]
+    assert first["fold"] == "fold-1" and first["images"] == len(table)
+    assert first["ensemble_auc"] == 1.0 and max(first["auc"]) < 1.0
+    assert first["ensemble_accuracy"] == 1.0 and first["accuracy"] == pytest.approx([1 / 3] * 3, abs=0.05)
+    assert first["paired"]["difference"] == pytest.approx(1.0 - first["auc"][0]) and first["paired"]["interval"][0] > 0
+    wrong_normal = [int(np.sum(normal & (np.arange(len(table)) % 3 != k))) for k in range(3)]
+    assert second["called_covid"] == wrong_normal and second["ensemble_called_covid"] == 0 and "auc" not in second
+    assert second["accuracy"] == pytest.approx([1 - w / normal.sum() for w in wrong_normal])
+    assert f"called COVID-19: 0 ({', '.join(map(str, wrong_normal))})" in markdown.read_text()
+    with pytest.raises(SystemExit):
+        load("fold_ensemble").main(["--member", str(members[0])])
+
+
 def test_ensemble_doubt_scores_orderings_of_the_ensembles_mistakes(dataset, tmp_path):
     """Two models agree, unsure, on the images they get right and are sure of two different wrong
     classes on the rest: disagreement puts every mistake of their mean first, the mean's top
