@@ -10,7 +10,7 @@ hold is scored, read as ``paired_auc.py`` reads them (run it from where the cros
 The ensemble is the mean of the members' probabilities (as ``covidxray ensemble`` averages), its
 class the most probable one. Per fold: the accuracy of each member and of the ensemble; where the
 fold holds COVID and non-COVID images, the COVID AUC, with the paired difference of the ensemble to
-the first member (whole-patient resamples, ``paired_auc_difference``); where it holds no COVID
+each member (whole-patient resamples, ``paired_auc_difference``); where it holds no COVID
 image (a held-out source of normal films), how many of them each one calls COVID-19.
 """
 
@@ -43,9 +43,10 @@ def score_fold(members: list[Path], samples: int) -> dict:
               "ensemble_accuracy": float(np.mean(mean.argmax(1) == targets))}
     if positive.any() and not positive.all():
         result["auc"] = [float(roc_auc_score(positive, p[:, covid])) for p in probabilities]
-        result["paired"] = paired_auc_difference(targets, probabilities[0], mean, split_groups(rows), covid,
-                                                 samples=samples)
-        result["ensemble_auc"] = result["paired"]["second"]
+        groups = split_groups(rows)
+        result["paired"] = [paired_auc_difference(targets, p, mean, groups, covid, samples=samples)
+                            for p in probabilities]
+        result["ensemble_auc"] = result["paired"][0]["second"]
     elif not positive.any():
         result["called_covid"] = [int(np.sum(p.argmax(1) == covid)) for p in probabilities]
         result["ensemble_called_covid"] = int(np.sum(mean.argmax(1) == covid))
@@ -55,9 +56,9 @@ def score_fold(members: list[Path], samples: int) -> dict:
 def _row(result: dict) -> list[str]:
     members = ", ".join(f"{a:.1%}" for a in result["accuracy"])
     if "auc" in result:
-        low, high = result["paired"]["interval"]
         score = (f"COVID AUC {result['ensemble_auc']:.3f} ({', '.join(f'{a:.3f}' for a in result['auc'])})",
-                 f"{result['paired']['difference']:+.3f} [{low:+.3f} to {high:+.3f}]")
+                 "; ".join(f"{d['difference']:+.3f} [{d['interval'][0]:+.3f} to {d['interval'][1]:+.3f}]"
+                           for d in result["paired"]))
     elif "called_covid" in result:
         score = (f"called COVID-19: {result['ensemble_called_covid']} ({', '.join(map(str, result['called_covid']))})",
                  "")
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     results = [score_fold([f[name] for f in member_folds], args.samples) for name in shared]
     table = markdown_table(
         ["held-out source (images)", "ensemble accuracy (members)", "ensemble (members)",
-         "ensemble - first member, paired [95% CI]"],
+         "ensemble - each member, paired [95% CI]"],
         [_row(result) for result in results])
     write_results(args.out, {"members": [str(m) for m in args.member], "results": results}, args.markdown, table)
     print(table)
