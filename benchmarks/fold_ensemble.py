@@ -26,14 +26,29 @@ from paired_auc import fold_pair, folds, paired_auc_difference
 from sklearn.metrics import roc_auc_score
 
 
+def fold_members(members: list[Path]) -> tuple:
+    """One fold of every member (the same images): the images' rows of their datasets, the classes,
+    the true class indices and each member's probabilities, as ``paired_auc.fold_pair`` reads two."""
+    pairs = [fold_pair(members[0], member) for member in members]
+    rows, classes, targets = pairs[0][:3]
+    return rows, classes, targets, [pairs[0][3]] + [pair[4] for pair in pairs[1:]]
+
+
+def shared_folds(members: list[Path]) -> list[list[Path]]:
+    """Per fold that every member holds, its folder in each member."""
+    member_folds = [folds(member) for member in members]
+    shared = sorted(set.intersection(*(set(f) for f in member_folds)))
+    if not shared:
+        raise SystemExit(f"{', '.join(map(str, members))}: no fold that every member holds")
+    return [[f[name] for f in member_folds] for name in shared]
+
+
 def score_fold(members: list[Path], samples: int) -> dict:
     """One fold of every member (the same images): the members' and the ensemble's scores."""
     from covidxray.data.splits import split_groups
     from covidxray.labels import covid_index
 
-    pairs = [fold_pair(members[0], member) for member in members]
-    rows, classes, targets = pairs[0][:3]
-    probabilities = [pairs[0][3]] + [pair[4] for pair in pairs[1:]]
+    rows, classes, targets, probabilities = fold_members(members)
     mean = np.mean(probabilities, axis=0)
     covid = covid_index(classes)
     positive = targets == covid
@@ -78,11 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if len(args.member) < 2:
         parser.error("give two or more --member folders")
-    member_folds = [folds(member) for member in args.member]
-    shared = sorted(set.intersection(*(set(f) for f in member_folds)))
-    if not shared:
-        raise SystemExit(f"{', '.join(map(str, args.member))}: no fold that every member holds")
-    results = [score_fold([f[name] for f in member_folds], args.samples) for name in shared]
+    results = [score_fold(fold, args.samples) for fold in shared_folds(args.member)]
     table = markdown_table(
         ["held-out source (images)", "ensemble accuracy (members)", "ensemble (members)",
          "ensemble - each member, paired [95% CI]"],

@@ -303,7 +303,7 @@ def test_ensemble_doubt_scores_orderings_of_the_ensembles_mistakes(dataset, tmp_
                      ).to_csv(folder / "test_predictions.csv", index=False)
         runs.append(tmp_path / name)
     out, markdown = tmp_path / "doubt.json", tmp_path / "doubt.md"
-    assert load("ensemble_doubt").main(["--first", str(runs[0]), "--second", str(runs[1]), "--share", "0.25",
+    assert load("ensemble_doubt").main(["--member", str(runs[0]), "--member", str(runs[1]), "--share", "0.25",
                                         "--out", str(out), "--markdown", str(markdown)]) == 0
     results = {r["doubt"]: r for r in json.loads(out.read_text())["results"]}
     assert len(results) == 3 and all(r["images"] == len(table) for r in results.values())
@@ -312,6 +312,12 @@ def test_ensemble_doubt_scores_orderings_of_the_ensembles_mistakes(dataset, tmp_
     assert disagree["mistakes_in_most_doubtful"] == 1.0 and disagree["aurc"] == pytest.approx(disagree["aurc_best"])
     assert results["one less the ensemble's top probability"]["mistakes_in_most_doubtful"] == 0.0
     assert "| synthetic (" in markdown.read_text()
+    assert load("ensemble_doubt").main(["--member", str(runs[0]), "--member", str(runs[0]), "--member", str(runs[1]),
+                                        "--share", "0.25", "--out", str(out), "--markdown", str(markdown)]) == 0
+    three = {r["doubt"]: r for r in json.loads(out.read_text())["results"]}  # a, a and b: a's wrong call wins
+    assert three["the members disagree on the class (ties by the above)"]["members_accuracy"] == [0.75, 0.75, 0.75]
+    assert three["the members disagree on the class (ties by the above)"]["mistakes_in_most_doubtful"] == 1.0
+    assert three["one less the ensemble's top probability"]["accuracy"] == pytest.approx(1 - hard.mean())
 
 
 def test_cv_tta_scores_a_cross_validation_again_and_reproduces_it_with_one_view(tmp_path, tiny_model):
