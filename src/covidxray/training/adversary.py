@@ -114,7 +114,7 @@ class SourceAdversary:
         self.weight = weight
 
     def attach(self, fit) -> None:
-        """Change ``fit`` (a :class:`covidxray.training.fit.Fit`) to train against the source head."""
+        """Change ``fit`` (a :class:`covidxray.training.fit.FitState`) to train against the source head."""
         source, names = source_targets(fit.y, fit.sources)
         if len(names) < 2:
             log.warning("--source-adversary: the training images come from one source (%s); the source head has "

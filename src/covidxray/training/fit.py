@@ -3,7 +3,7 @@ shared with the lung U-Net), class weights and input pipeline. The checkpoint, e
 around ``model.fit`` are the run loop's (:mod:`covidxray.training.loop`, shared with the lung U-Net).
 
 Optional parts of the fit are handlers, as in MONAI's ``monai/handlers``: :func:`handlers` picks them
-from the config and each attaches to the :class:`Fit` before the run loop starts (two-stage
+from the config and each attaches to the :class:`FitState` before the run loop starts (two-stage
 fine-tuning's stage one, :class:`TwoStage`; the source head,
 :class:`~covidxray.training.adversary.SourceAdversary`). The fit itself has no branch for any of them."""
 
@@ -163,7 +163,7 @@ def training_batches(config: TrainConfig, x, y, class_weight, distributed: bool)
 
 
 @dataclass
-class Fit:
+class FitState:
     """What the run loop trains, as the handlers leave it: ``trainer`` (the classifier ``model``, or a
     larger model around it) on the training images ``x`` with ``targets`` (default: the labels ``y``),
     weighted by ``class_weight``, streamed by ``batches`` where not None. ``callbacks`` run first at
@@ -199,7 +199,7 @@ class TwoStage:
     is stage two as :func:`build_model` compiled it. A resumed run is past stage one: its backup
     holds stage two."""
 
-    def attach(self, fit: Fit) -> None:
+    def attach(self, fit: FitState) -> None:
         if not fit.resumed:
             train_head(fit.model, fit.config, fit.x, fit.y, fit.class_weight, fit.batches, fit.train_size,
                        fit.verbose, fit.runtime)
@@ -221,8 +221,8 @@ def _fit(config: TrainConfig, runtime: Runtime, data: PreparedData, run: rundir.
     model = build_model(config, train_size, runtime)
     loop = RunLoop(run, epochs=config.epochs, monitor="val_accuracy", has_validation=config.has_validation,
                    patience=config.patience)
-    state = Fit(config, runtime, model, x_train, y_train, sources, class_weight, batches, train_size,
-                resumed=loop.state is not None, verbose=verbose)
+    state = FitState(config, runtime, model, x_train, y_train, sources, class_weight, batches, train_size,
+                     resumed=loop.state is not None, verbose=verbose)
     for handler in handlers(config):
         handler.attach(state)
     rng = np.random.default_rng(config.seed)
