@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from covidxray.data.blanking import DEFAULT_FRACTION
-from covidxray.data.lungviews import BLANK_REGIONS, INTENSITY
+from covidxray.data.lungviews import BLANK_REGIONS
 from covidxray.data.splits import GROUP_BY
 from covidxray.errors import CovidXrayError
 from covidxray.labels import TASKS, task_classes
@@ -153,9 +153,6 @@ class TrainConfig:
         "none", "what the model sees: none (the whole image), crop (the box around both lungs plus a margin, "
         "resized) or mask (zero outside the lungs); saved with the run and applied by predict, evaluate, serve "
         "and export", choices=LUNG_MODES)
-    intensity: str = setting(
-        "none", "intensity harmonisation of every input: none, equalize (histogram equalisation) or clahe "
-        "(contrast-limited adaptive); saved with the run", choices=INTENSITY)
     lung_segmenter: str | None = setting(
         None, "the lung segmenter for --lungs, the lung probes and heat-in-lungs: a folder written by covidxray "
         "lungs train, or preset:NAME (default: the shipped preset)", kind=str, metavar="DIR")
@@ -253,10 +250,12 @@ class TrainConfig:
     def from_dict(cls, values: dict, where: str = "config") -> TrainConfig:
         """Settings read back from ``config.json``, checked as the command line's are (types, choices,
         bounds, classes of the task); unknown keys are ignored (the runtime, :class:`Runtime`'s; an older
-        file's recipe and weight decay, no settings now), renamed ones mapped."""
+        file's recipe and weight decay, no settings now), renamed ones mapped; a run that harmonised its
+        intensities (the removed --intensity) is refused (:func:`refuse_removed_intensity`)."""
         if not isinstance(values, dict):
             raise CovidXrayError(f"{where}: not a covidxray run configuration (a JSON object is expected); "
                                  "retrain the run")
+        refuse_removed_intensity(values, where)
         values = {RENAMED.get(k, k): v for k, v in values.items()}
         known = {f.name: f for f in fields(cls)}
         stored = values.get("classes", [])  # derived from the task; a run's file records them
@@ -293,6 +292,24 @@ def recipe_settings(recipe: str | None) -> dict:
     if recipe is not None and recipe not in RECIPES:
         raise CovidXrayError(f"--recipe must be one of {', '.join(RECIPES)}; got {recipe!r}")
     return dict(RECIPES.get(recipe, {}))
+
+
+def refuse_removed_intensity(values, where: str = "config") -> None:
+    """Raise a :class:`CovidXrayError` where a run's recorded settings ``values`` (its ``config.json``,
+    ``metrics.json``'s run entry, an ONNX export's ``preprocessing`` metadata) say its inputs were
+    intensity-harmonised: the former --intensity is gone, and without it the run's model would be
+    fed other pixels than it was trained on. Absent, null or ``"none"`` (a run of before that left
+    it off) passes.
+
+    The one place that refuses such a run: every reader of recorded settings calls it
+    (:meth:`TrainConfig.from_dict`, :meth:`covidxray.inference.preprocess.Preprocessing.from_settings`,
+    :class:`covidxray.inference.engines.OnnxModel`)."""
+    stored = values.get("intensity") if isinstance(values, dict) else None
+    if stored in (None, "none"):
+        return
+    raise CovidXrayError(f"{where}: this run was trained with intensity harmonisation (--intensity {stored}), which "
+                         "was removed from covidxray (git history keeps it, in the commits before its removal); "
+                         "retrain the run without it")
 
 
 def stored_weight_decay_conflict(values: dict, where: str = "config") -> str | None:

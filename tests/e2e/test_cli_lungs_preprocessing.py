@@ -118,7 +118,7 @@ def test_onnx_export_records_and_applies_the_crop(cropped_run, xrays):
     assert main(["--quiet", "export", "--run", str(run), "--format", "onnx"]) == 0
     graph = onnx.load(str(run / "model.onnx"))
     metadata = json.loads({p.key: p.value for p in graph.metadata_props}["covidxray"])
-    assert metadata["preprocessing"] == {"lungs": "crop", "intensity": "none", "decode_side": 128}
+    assert metadata["preprocessing"] == {"lungs": "crop", "decode_side": 128}
     files = sorted((xrays / "covid").glob("*.png"))[:3]
     keras_results, _ = load_predictor(run).predict_files(files)
     onnx_results, _ = load_predictor(run, engine="onnxruntime").predict_files(files)

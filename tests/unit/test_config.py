@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import fields
 
 import pytest
@@ -172,8 +173,7 @@ def test_blanking_names_what_the_probe_hides():
     assert TrainConfig(data="x", blank_region="outside-lungs").blanking == "outside-lungs"
 
 
-@pytest.mark.parametrize("values, option", [({"lungs": "bogus"}, "--lungs"), ({"intensity": "gamma"}, "--intensity"),
-                                            ({"blank_region": "heart"}, "--blank-region")])
+@pytest.mark.parametrize("values, option", [({"lungs": "bogus"}, "--lungs"), ({"blank_region": "heart"}, "--blank-region")])
 def test_lung_settings_are_checked(values, option):
     with pytest.raises(CovidXrayError, match=f"{option} must be one of"):
         TrainConfig(data="x", **values).check()
@@ -181,10 +181,32 @@ def test_lung_settings_are_checked(values, option):
 
 def test_an_older_config_without_lung_settings_sees_the_whole_image():
     old = TrainConfig.from_dict({"data": "d", "task": "binary", "blank_fraction": 0.5})
-    assert (old.lungs, old.intensity, old.blank_region, old.lung_segmenter) == ("none", "none", "box", None)
+    assert (old.lungs, old.blank_region, old.lung_segmenter) == ("none", "box", None)
     assert old.blanking == "box"
-    new = TrainConfig.from_dict({"data": "d", "lungs": "crop", "intensity": "clahe"})
-    assert (new.lungs, new.intensity) == ("crop", "clahe")
+    new = TrainConfig.from_dict({"data": "d", "lungs": "crop"})
+    assert new.lungs == "crop"
+
+
+REMOVED_INTENSITY = (r"{}: this run was trained with intensity harmonisation \(--intensity {}\), which was removed from "
+                     r"covidxray \(git history keeps it, in the commits before its removal\); retrain the run without it$")
+
+
+def test_a_config_json_with_intensity_harmonisation_off_loads_as_before(tmp_path):
+    path = tmp_path / "config.json"
+    for older in ({"data": "d", "lungs": "crop", "intensity": "none"}, {"data": "d", "lungs": "crop", "intensity": None}):
+        path.write_text(json.dumps(older))
+        assert TrainConfig.load(path) == TrainConfig(data="d", lungs="crop", head_epochs=0)
+    assert "intensity" not in TrainConfig(data="d").to_dict()  # a new run records no such setting
+
+
+@pytest.mark.parametrize("intensity", ["clahe", "equalize", "gamma"])
+def test_a_config_json_with_intensity_harmonisation_is_refused_naming_the_file(tmp_path, intensity):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"data": "d", "lungs": "crop", "intensity": intensity}))
+    with pytest.raises(CovidXrayError, match=REMOVED_INTENSITY.format("^" + re.escape(str(path)), intensity)):
+        TrainConfig.load(path)
+    with pytest.raises(CovidXrayError, match=REMOVED_INTENSITY.format("^run/config.json", intensity)):
+        TrainConfig.from_dict({"data": "d", "intensity": intensity}, "run/config.json")
 
 
 def test_a_recipe_fills_its_settings_and_options_given_beside_it_win():

@@ -1,7 +1,7 @@
-"""Lung-aware model inputs: crop to the lungs or zero outside them, blank regions for the probes,
-harmonise intensities. Pure numpy and Pillow: the masks come from the lung segmenter
-(:mod:`covidxray.inference.lungs`), and :mod:`covidxray.inference.preprocess` chains these steps
-the same way for training, predict, evaluate, serve and export.
+"""Lung-aware model inputs: crop to the lungs or zero outside them, blank regions for the probes.
+Pure numpy and Pillow: the masks come from the lung segmenter (:mod:`covidxray.inference.lungs`),
+and :mod:`covidxray.inference.preprocess` chains these steps the same way for training, predict,
+evaluate, serve and export.
 
 ``--lungs crop`` keeps the box around both lungs plus a margin (:data:`MARGIN`): the lung masks of
 the segmenter (as the SCR and ieee8023 masks it learned from) stop at the heart and the diaphragm's
@@ -17,13 +17,9 @@ from PIL import Image
 
 #: What the shortcut probe blanks: the central box, the segmented lungs, or all but the lungs.
 BLANK_REGIONS = ("box", "lungs", "outside-lungs")
-#: Intensity harmonisation: none, global histogram equalisation, or CLAHE (scikit-image).
-INTENSITY = ("none", "equalize", "clahe")
 #: Margin around the box of both lungs, as a fraction of its width (left, right) or height (top,
 #: bottom); more below, where the posterior costophrenic recesses lie under the dome.
 MARGIN = (0.06, 0.06, 0.06, 0.12)  # left, top, right, bottom
-#: CLAHE's clip limit (scikit-image's default, 0.01).
-CLAHE_CLIP = 0.01
 FULL = (0.0, 0.0, 1.0, 1.0)
 
 
@@ -82,25 +78,3 @@ def blank_regions(images: np.ndarray, masks: np.ndarray, region: str) -> np.ndar
     blanked[blank] = 0
     return blanked
 
-
-def harmonise(images: np.ndarray, method: str) -> np.ndarray:
-    """Images ``(n, h, w[, 1])`` uint8 with their intensities harmonised by ``method`` (:data:`INTENSITY`):
-    each image on its own, so the result does not depend on the batch."""
-    if method not in INTENSITY:
-        raise ValueError(f"unknown intensity harmonisation {method!r}; choose one of {', '.join(INTENSITY)}")
-    if method == "none" or len(images) == 0:
-        return images
-    from skimage import exposure
-
-    out = np.empty_like(images)
-    for i, image in enumerate(images):
-        plane = image[..., 0] if image.ndim == 3 else image
-        if plane.min() == plane.max():  # one grey level: nothing to equalise
-            result = plane
-        elif method == "equalize":
-            result = exposure.equalize_hist(plane, nbins=256)
-        else:
-            result = exposure.equalize_adapthist(plane, clip_limit=CLAHE_CLIP)
-        result = plane if result is plane else np.clip(np.rint(result * 255), 0, 255).astype(np.uint8)
-        out[i] = result[..., None] if image.ndim == 3 else result
-    return out

@@ -3,9 +3,9 @@
 The exported graph is the inference model: the augmentation layer is cut off, so no random op
 reaches it. The class names and the input size travel with it (ONNX metadata, or a
 ``covidxray.json`` inside the SavedModel folder), so predicting needs nothing else, except for a
-run trained with ``--lungs crop|mask`` or ``--intensity``: the metadata's ``preprocessing`` says
-so, and ``load_predictor(run, engine="onnxruntime")`` crops (with the Keras lung segmenter) and
-harmonises the inputs as training did.
+run trained with ``--lungs crop|mask``: the metadata's ``preprocessing`` says so, and
+``load_predictor(run, engine="onnxruntime")`` crops (with the Keras lung segmenter) or masks the
+inputs as training did.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def export_run(run_path: str | Path, fmt: str = "onnx", out: str | Path | None =
 def export_model(model, fmt: str, target: str | Path, classes, image_size: int, preprocessing: dict | None = None) -> None:
     """Write ``model``'s inference part (augmentation cut off) to ``target``, atomically.
 
-    ``preprocessing``: what the inputs went through before the model (the run's ``lungs`` and
-    ``intensity``), recorded beside the classes: a run trained with ``--lungs crop`` needs its
+    ``preprocessing``: what the inputs went through before the model (the run's ``lungs``),
+    recorded beside the classes: a run trained with ``--lungs crop`` needs its
     inputs cropped the same way, which ``load_predictor(run, engine="onnxruntime")`` does."""
     import keras
 

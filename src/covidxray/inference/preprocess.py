@@ -1,7 +1,7 @@
 """From decoded images to model inputs, the same way everywhere: :class:`Preprocessing`.
 
-A run's ``lungs`` and ``intensity`` settings (``config.json``) decide what its model sees, and
-this is the one place that acts on them: training, ``predict``, ``evaluate``, ``serve``, ``export``,
+A run's ``lungs`` setting (``config.json``) decides what its model sees, and this is the one
+place that acts on it: training, ``predict``, ``evaluate``, ``serve``, ``export``,
 the probe, the reports and the notebook ask a :class:`Preprocessing` (made from the run's settings)
 what to do, and call :meth:`Preprocessing.apply` with images decoded at :attr:`Preprocessing.decode_side`::
 
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from covidxray.config import LUNG_MODES
-from covidxray.data.lungviews import FULL, INTENSITY, harmonise, lung_view
+from covidxray.config import LUNG_MODES, refuse_removed_intensity
+from covidxray.data.lungviews import FULL, lung_view
 from covidxray.errors import CovidXrayError
 from covidxray.inference.lungs import OK
 
@@ -47,12 +47,10 @@ class ModelInputs:
 
 @dataclass
 class Preprocessing:
-    """What a run's model sees: ``size`` pixels a side, the lungs (``none``, ``crop``, ``mask``)
-    and intensity harmonisation (``none``, ``equalize``, ``clahe``)."""
+    """What a run's model sees: ``size`` pixels a side and the lungs (``none``, ``crop``, ``mask``)."""
 
     size: int
     lungs: str = "none"
-    intensity: str = "none"
     segmenter_path: str | None = None  # a lung segmenter folder or preset:NAME; None: the shipped one
     cache_dir: str | None = None
     _segmenter: object = field(default=None, init=False, repr=False, compare=False)
@@ -60,22 +58,23 @@ class Preprocessing:
     def __post_init__(self):
         if self.lungs not in LUNG_MODES:
             raise CovidXrayError(f"--lungs must be one of {', '.join(LUNG_MODES)}; got {self.lungs!r}")
-        if self.intensity not in INTENSITY:
-            raise CovidXrayError(f"--intensity must be one of {', '.join(INTENSITY)}; got {self.intensity!r}")
 
     @classmethod
     def from_config(cls, config, cache_dir: str | None = None) -> Preprocessing:
         """The preprocessing of a run's settings; lung masks cached in ``cache_dir`` (default ``~/.cache/covidxray``)."""
-        return cls(int(config.image_size), config.lungs, config.intensity, config.lung_segmenter, cache_dir)
+        return cls(int(config.image_size), config.lungs, segmenter_path=config.lung_segmenter, cache_dir=cache_dir)
 
     @classmethod
-    def from_settings(cls, settings: dict, size: int = 1) -> Preprocessing:
-        """The preprocessing that :meth:`settings` wrote into a run's ``metrics.json`` or config (absent: none)."""
-        return cls(size, settings.get("lungs") or "none", settings.get("intensity") or "none")
+    def from_settings(cls, settings: dict, size: int = 1, where: str = "the run's settings") -> Preprocessing:
+        """The preprocessing that :meth:`settings` wrote into a run's ``metrics.json`` or config (absent:
+        none); ``where`` names them in the error that refuses a run trained with the removed intensity
+        harmonisation (:func:`~covidxray.config.refuse_removed_intensity`)."""
+        refuse_removed_intensity(settings, where)
+        return cls(size, settings.get("lungs") or "none")
 
     def settings(self) -> dict:
         """What a run records of its preprocessing (``metrics.json``'s run entry, the ONNX metadata)."""
-        return {"lungs": self.lungs, "intensity": self.intensity}
+        return {"lungs": self.lungs}
 
     @property
     def segments(self) -> bool:
@@ -88,14 +87,9 @@ class Preprocessing:
         return self.lungs == "crop"
 
     @property
-    def harmonises(self) -> bool:
-        """Whether intensities are harmonised (``--intensity equalize|clahe``)."""
-        return self.intensity != "none"
-
-    @property
     def changes_pixels(self) -> bool:
-        """Whether the model's inputs differ from the decoded images (lungs or intensities)."""
-        return self.segments or self.harmonises
+        """Whether the model's inputs differ from the decoded images (the lungs cropped or masked)."""
+        return self.segments
 
     @property
     def decode_side(self) -> int:
@@ -139,7 +133,7 @@ class Preprocessing:
             raise CovidXrayError(f"images of shape {images.shape[1:]} given; this run's model takes images decoded at "
                                  f"{self.decode_side}x{self.decode_side} (lungs {self.lungs}, size {self.size})")
         if not self.segments and not lungs:
-            return ModelInputs(harmonise(images, self.intensity)[..., None])
+            return ModelInputs(images[..., None])
         masks = self.segment(images, digests)
         views = np.empty((len(images), self.size, self.size), np.uint8)
         view_masks = np.zeros((len(images), self.size, self.size), bool)
@@ -148,18 +142,13 @@ class Preprocessing:
             reliable = found.quality == OK  # flagged: the whole image
             views[i], view_masks[i], boxes[i] = lung_view(image, found.mask, self.size, crop=reliable and self.crops,
                                                           zero_outside=reliable and self.lungs == "mask")
-        return ModelInputs(harmonise(views, self.intensity)[..., None], view_masks, [m.quality for m in masks], boxes)
+        return ModelInputs(views[..., None], view_masks, [m.quality for m in masks], boxes)
 
     def short(self) -> list[str]:
-        """The preprocessing in a few words per setting that is on: ``["lung crop", "intensity clahe"]``."""
-        parts = [{"crop": "lung crop", "mask": "lungs masked"}[self.lungs]] if self.segments else []
-        return parts + ([f"intensity {self.intensity}"] if self.harmonises else [])
+        """The preprocessing in a few words per setting that is on: ``["lung crop"]``."""
+        return [{"crop": "lung crop", "mask": "lungs masked"}[self.lungs]] if self.segments else []
 
     def describe(self) -> str:
         """The preprocessing in words, for reports and cards."""
-        parts = {"none": "the whole image", "crop": "cropped to the box around both lungs (plus a margin)",
-                 "mask": "zero outside the lungs"}[self.lungs]
-        if self.harmonises:
-            parts += {"equalize": ", histogram-equalised", "clahe": ", contrast-limited adaptive histogram "
-                      "equalisation (CLAHE)"}[self.intensity]
-        return parts
+        return {"none": "the whole image", "crop": "cropped to the box around both lungs (plus a margin)",
+                "mask": "zero outside the lungs"}[self.lungs]

@@ -59,8 +59,7 @@ def write_report(path, text: str) -> None:
 
 def source_settings_text(config: dict) -> str | None:
     """The settings meant to make a model hold up on other sources, in words, or None when none is on:
-    what the model sees of the lungs, intensity harmonisation, source-balanced weights and the
-    gradient-reversal source head."""
+    what the model sees of the lungs, source-balanced weights and the gradient-reversal source head."""
     parts = Preprocessing.from_settings(config).short()
     if config.get("balance_sources"):
         parts.append("source-balanced loss")

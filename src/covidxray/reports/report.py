@@ -215,9 +215,9 @@ def render_report(config, metrics: dict) -> str:
 
 
 def preprocessing_lines(info: dict) -> list[str]:
-    """Setup lines on what the model saw: the lungs, the intensities, what a probe blanked, fallbacks."""
+    """Setup lines on what the model saw: the lungs, what a probe blanked, fallbacks."""
     lines = []
-    prep = Preprocessing.from_settings(info)
+    prep = Preprocessing.from_settings(info, where=f"{rundir.METRICS} (run)")
     if prep.segments:
         lines.append(f"- **lungs**: every image {prep.describe()} (--lungs {prep.lungs}), by the lung segmenter")
         fallback = info.get("lung_fallback") or {}
@@ -227,8 +227,6 @@ def preprocessing_lines(info: dict) -> list[str]:
             lines.append(f"- lungs not found reliably in {len(fallback)} image(s), used whole: {names}{more}")
         else:
             lines.append("- the lungs were found reliably in every image")
-    if prep.harmonises:
-        lines.append(f"- intensities harmonised per image: {code_md(prep.intensity)}")
     blanking = info.get("blanking", "box" if info.get("blank_fraction") else None)
     if blanking == "box":
         lines.append(f"- **shortcut probe**: the central {100 * info['blank_fraction']:.0f}% x {100 * info['blank_fraction']:.0f}% "

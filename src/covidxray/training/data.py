@@ -40,15 +40,15 @@ class PreparedData:
 def load_data(config: TrainConfig, cache_dir: str | None = None) -> LabelledImages:
     """Read and decode the data of ``config`` (resolved; decoded images cached in ``cache_dir``, default
     ``~/.cache/covidxray``) and make the model's inputs
-    (:class:`~covidxray.inference.preprocess.Preprocessing`: the lungs cropped or masked, intensities
-    harmonised); with a probe's blanking, hide the lung field (a central box, or the segmented lungs)
-    or everything but the lungs."""
+    (:class:`~covidxray.inference.preprocess.Preprocessing`: the lungs cropped or masked); with a
+    probe's blanking, hide the lung field (a central box, or the segmented lungs) or everything but
+    the lungs."""
     prep = Preprocessing.from_config(config, cache_dir)
     data = load_labelled_images(config.data, config.classes, prep.decode_side, cache_dir=cache_dir)
     in_memory = isinstance(data.images, np.ndarray)
     if not in_memory and (prep.changes_pixels or config.blanking):
-        raise CovidXrayError("--lungs, --intensity and the probe's blanking need the images in memory; train on "
-                             "the image files, not a shard folder")
+        raise CovidXrayError("--lungs and the probe's blanking need the images in memory; train on the image "
+                             "files, not a shard folder")
     if in_memory:  # the lungs of every image: for --lungs, the lung probes and heat-in-lungs
         inputs = prep.apply(data.images, list(data.table["pixels"]), lungs=True)
         data.images, data.lungs, data.lung_quality = inputs.images, inputs.lungs, inputs.quality

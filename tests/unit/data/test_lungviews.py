@@ -1,4 +1,4 @@
-"""covidxray.data.lungviews: crop boxes, lung views, blanked regions and harmonised intensities."""
+"""covidxray.data.lungviews: crop boxes, lung views and blanked regions."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from covidxray.data.lungviews import (
     MARGIN,
     blank_regions,
     crop_box,
-    harmonise,
     lung_view,
     resize_box,
 )
@@ -27,13 +26,6 @@ def two_lungs(side: int = 128, top: int = 32, bottom: int = 96, left: int = 24, 
 
 def lung_image(mask: np.ndarray, inside: int = 200, outside: int = 40) -> np.ndarray:
     return np.where(mask, inside, outside).astype(np.uint8)
-
-
-def low_contrast(seed: int, shape=(64, 64)) -> np.ndarray:
-    """Values in 100..119: a narrow histogram to spread."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
-    return (100 + (xx + yy) * 10 // (shape[0] + shape[1]) + rng.integers(0, 10, shape)).astype(np.uint8)
 
 
 # --- crop_box --------------------------------------------------------------------------------
@@ -182,51 +174,3 @@ def test_blank_regions_refuses_another_region():
     with pytest.raises(ValueError, match="region must be 'lungs' or 'outside-lungs'"):
         blank_regions(images, masks, "box")
 
-
-# --- harmonise -------------------------------------------------------------------------------
-
-def test_harmonise_none_returns_the_input():
-    images = np.stack([low_contrast(0), low_contrast(1)])
-    assert harmonise(images, "none") is images
-
-
-@pytest.mark.parametrize("method", ["equalize", "clahe"])
-@pytest.mark.parametrize("channel", [False, True])
-def test_harmonise_spreads_a_narrow_histogram(method, channel):
-    images = np.stack([low_contrast(0), low_contrast(1)])
-    if channel:
-        images = images[..., None]
-    original = images.copy()
-    out = harmonise(images, method)
-    assert out.shape == images.shape and out.dtype == np.uint8
-    for before, after in zip(images, out):
-        assert np.ptp(after) > 2 * np.ptp(before)
-        assert after.std() > 2 * before.std()
-    np.testing.assert_array_equal(images, original)
-
-
-@pytest.mark.parametrize("method", ["equalize", "clahe"])
-def test_harmonise_leaves_a_constant_image_alone(method):
-    images = np.stack([np.full((32, 32), 77, np.uint8), low_contrast(2, (32, 32))])
-    out = harmonise(images, method)
-    np.testing.assert_array_equal(out[0], images[0])
-    assert not np.array_equal(out[1], images[1])
-
-
-@pytest.mark.parametrize("method", ["equalize", "clahe"])
-def test_harmonise_treats_each_image_on_its_own(method):
-    a, b = low_contrast(3), low_contrast(4)
-    c = np.random.default_rng(5).integers(0, 256, (64, 64), dtype=np.uint8)
-    alone = harmonise(a[None], method)[0]
-    np.testing.assert_array_equal(harmonise(np.stack([a, b]), method)[0], alone)
-    np.testing.assert_array_equal(harmonise(np.stack([c, a]), method)[1], alone)
-
-
-def test_harmonise_of_an_empty_batch_is_empty():
-    empty = np.zeros((0, 16, 16), np.uint8)
-    assert harmonise(empty, "clahe").shape == (0, 16, 16)
-
-
-def test_harmonise_refuses_an_unknown_method():
-    with pytest.raises(ValueError, match="unknown intensity harmonisation 'gamma'"):
-        harmonise(np.zeros((1, 8, 8), np.uint8), "gamma")

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import pytest
 from covidxray import rundir
 from covidxray.config import TrainConfig
 from covidxray.errors import CovidXrayError
-from covidxray.inference.engines import OnnxEngine, OnnxModel
+from covidxray.inference.engines import METADATA_KEY, OnnxEngine, OnnxModel
 from covidxray.inference.export import export_run
 from covidxray.models import load_model
 from helpers import build_run, gray
@@ -44,6 +45,32 @@ def test_export_errors_name_the_fix(run, tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
     with pytest.raises(CovidXrayError, match="bad.onnx: not an ONNX model exported by covidxray"):
         OnnxModel(tmp_path / "bad.onnx")
+
+
+def test_an_onnx_export_of_a_run_that_harmonised_its_intensities_is_refused(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnx
+    from onnx import TensorProto, helper
+
+    def exported(name: str, preprocessing: dict):
+        """An ONNX model (the identity on two values) with covidxray's metadata, as an older export wrote it."""
+        graph = helper.make_graph([helper.make_node("Identity", ["image"], ["probabilities"])], "identity",
+                                  [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 2])],
+                                  [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+        entry = model.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps({"classes": ["covid", "normal"], "image_size": 2,
+                                                           "preprocessing": preprocessing})
+        onnx.save(model, str(tmp_path / name))
+        return tmp_path / name
+
+    older = OnnxModel(exported("none.onnx", {"lungs": "crop", "intensity": "none", "decode_side": 4}))
+    assert older.classes == ("covid", "normal") and older.image_size == 2
+    np.testing.assert_allclose(older.predict(np.ones((3, 2))), np.ones((3, 2)))
+    harmonised = exported("clahe.onnx", {"lungs": "none", "intensity": "clahe", "decode_side": 2})
+    with pytest.raises(CovidXrayError, match=f"^{re.escape(str(harmonised))}: this run was trained with intensity "
+                       r"harmonisation \(--intensity clahe\), which was removed from covidxray"):
+        OnnxModel(harmonised)
 
 
 BACKEND_SCRIPT = r"""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -109,3 +110,20 @@ def test_a_broken_config_json_is_refused_before_the_model_is_used(run, tmp_path,
     (broken / "config.json").write_text(json.dumps(config if isinstance(config, list) else {**values, **config}))
     with pytest.raises(CovidXrayError, match=message):
         load_predictor(broken)
+
+
+@pytest.mark.parametrize("intensity", ["none", None, "clahe"])
+def test_a_run_of_before_intensity_harmonisation_was_removed(run, tmp_path, intensity):
+    older = shutil.copytree(run, tmp_path / "older")
+    values = json.loads((older / "config.json").read_text())
+    (older / "config.json").write_text(json.dumps({**values, "intensity": intensity}))
+    if intensity == "clahe":  # its model was trained on other pixels than it would now be given
+        with pytest.raises(CovidXrayError, match=r"^" + re.escape(f"{older / 'config.json'}: this run was trained with "
+                           "intensity harmonisation (--intensity clahe), which was removed from covidxray (git history "
+                           "keeps it, in the commits before its removal); retrain the run without it") + "$"):
+            load_predictor(older)
+        return
+    images = np.stack([gray(i, (32, 32)) for i in range(3)])[..., None]
+    predictor = load_predictor(older)
+    assert predictor.preprocessing.settings() == {"lungs": "none"}
+    np.testing.assert_allclose(predictor.predict_raw(images), load_predictor(run).predict_raw(images), atol=1e-6)

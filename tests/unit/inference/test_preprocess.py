@@ -52,8 +52,8 @@ def batch(side: int, n: int = 3, seed: int = 0):
     return images, masks, quality
 
 
-def prepared(lungs: str, intensity: str = "none", size: int = SIZE, **kwargs):
-    prep = Preprocessing(size=size, lungs=lungs, intensity=intensity, **kwargs)
+def prepared(lungs: str, size: int = SIZE, **kwargs):
+    prep = Preprocessing(size=size, lungs=lungs, **kwargs)
     images, masks, quality = batch(prep.decode_side)
     prep._segmenter = FakeSegmenter(masks, quality)
     return prep, images, masks, quality
@@ -132,33 +132,20 @@ def test_mask_mode_zeroes_outside_the_lungs_of_reliable_images():
     assert inputs.fallback == [1]
 
 
-def test_intensity_harmonisation_changes_the_pixels():
-    images, _, _ = batch(SIZE)
-    plain = Preprocessing(size=SIZE).apply(images).images
-    clahe = Preprocessing(size=SIZE, intensity="clahe").apply(images).images
-    assert clahe.shape == plain.shape and clahe.dtype == np.uint8
-    assert not np.array_equal(clahe, plain)
-    prep, images, _, _ = prepared("crop", "equalize")
-    equalised = prep.apply(images).images
-    assert equalised.max() == 255  # spread to the full range
-
-
-def test_describe_names_the_lung_mode_and_intensity():
+def test_describe_names_the_lung_mode():
     assert Preprocessing(SIZE).describe() == "the whole image"
     assert "crop" in Preprocessing(SIZE, "crop").describe()
     assert "zero outside the lungs" in Preprocessing(SIZE, "mask").describe()
-    assert "CLAHE" in Preprocessing(SIZE, "crop", "clahe").describe()
-    assert "histogram-equalised" in Preprocessing(SIZE, intensity="equalize").describe()
 
 
 def test_from_config_takes_the_runs_settings():
     config = TrainConfig(data="x", lungs="crop", image_size=64)
     prep = Preprocessing.from_config(config)
-    assert (prep.size, prep.lungs, prep.intensity, prep.segmenter_path, prep.cache_dir) == (64, "crop", "none", None, None)
+    assert (prep.size, prep.lungs, prep.segmenter_path, prep.cache_dir) == (64, "crop", None, None)
     assert prep.decode_side == 128
-    config = TrainConfig(data="x", lungs="mask", intensity="clahe", image_size=48, lung_segmenter="seg")
+    config = TrainConfig(data="x", lungs="mask", image_size=48, lung_segmenter="seg")
     prep = Preprocessing.from_config(config, cache_dir="c")  # where this machine caches: the runtime's
-    assert (prep.size, prep.lungs, prep.intensity, prep.segmenter_path, prep.cache_dir) == (48, "mask", "clahe", "seg", "c")
+    assert (prep.size, prep.lungs, prep.segmenter_path, prep.cache_dir) == (48, "mask", "seg", "c")
 
 
 def test_the_shipped_segmenter_crops_real_films_and_caches_their_masks(tmp_path, monkeypatch):
@@ -199,7 +186,6 @@ def test_the_shipped_segmenter_crops_real_films_and_caches_their_masks(tmp_path,
 
 def test_decode_side_is_the_size_without_lungs_and_twice_it_with_them():
     assert Preprocessing(128).decode_side == 128
-    assert Preprocessing(128, intensity="clahe").decode_side == 128
     assert Preprocessing(128, "crop").decode_side == 256
     assert Preprocessing(128, "mask").decode_side == 256
 
@@ -215,21 +201,29 @@ def test_decode_side_is_capped_at_the_largest_side_but_never_below_the_size(monk
 
 
 def test_the_settings_say_what_to_do_and_travel_with_the_run():
-    none, crop, mask = Preprocessing(64), Preprocessing(64, "crop", "clahe"), Preprocessing(64, "mask")
+    none, crop, mask = Preprocessing(64), Preprocessing(64, "crop"), Preprocessing(64, "mask")
     assert (none.segments, crop.segments, mask.segments) == (False, True, True)
     assert (none.crops, crop.crops, mask.crops) == (False, True, False)
-    assert (none.changes_pixels, Preprocessing(64, intensity="equalize").changes_pixels) == (False, True)
-    assert none.short() == [] and crop.short() == ["lung crop", "intensity clahe"] and mask.short() == ["lungs masked"]
-    assert crop.settings() == {"lungs": "crop", "intensity": "clahe"}
+    assert (none.changes_pixels, crop.changes_pixels, mask.changes_pixels) == (False, True, True)
+    assert none.short() == [] and crop.short() == ["lung crop"] and mask.short() == ["lungs masked"]
+    assert crop.settings() == {"lungs": "crop"}
     assert Preprocessing.from_settings(crop.settings()).settings() == crop.settings()
     assert Preprocessing.from_settings({}).settings() == none.settings()  # a run from before the settings
+    older = {"lungs": "crop", "intensity": "none"}  # a run of before --intensity was removed, with it off
+    assert Preprocessing.from_settings(older).settings() == crop.settings()
     assert crop.fallback(["a.png", "b.png"], ["ok", "no-lung"]) == {"b.png": "no-lung"}
     assert none.fallback(["a.png"], ["no-lung"]) == {} and crop.fallback(["a.png"], None) == {}
 
 
-def test_an_unknown_lung_mode_or_intensity_is_refused():
+def test_an_unknown_lung_mode_is_refused():
     with pytest.raises(CovidXrayError, match="--lungs must be one of none, crop, mask; got 'lobes'"):
         Preprocessing(8, "lobes")
-    with pytest.raises(CovidXrayError, match="--intensity must be one of none, equalize, clahe; got 'gamma'"):
-        Preprocessing(8, intensity="gamma")
+
+
+@pytest.mark.parametrize("intensity", ["clahe", "equalize"])
+def test_settings_of_a_run_that_harmonised_its_intensities_are_refused(intensity):
+    with pytest.raises(CovidXrayError, match=rf"^run/metrics.json: this run was trained with intensity harmonisation "
+                       rf"\(--intensity {intensity}\), which was removed from covidxray \(git history keeps it, in the "
+                       r"commits before its removal\); retrain the run without it$"):
+        Preprocessing.from_settings({"lungs": "crop", "intensity": intensity}, where="run/metrics.json")
 

@@ -62,8 +62,8 @@ def test_a_new_cv_json_names_the_schedules_weight_decay_and_the_runtimes_precisi
 
 def test_the_settings_for_other_sources_are_named():
     result = _result()
-    result["config"].update(lungs="crop", intensity="clahe", balance_sources=True, source_adversary=0.3)
-    assert ("batch 8, class-weighted loss, float32; for other sources: lung crop, intensity clahe, source-balanced loss, "
+    result["config"].update(lungs="crop", balance_sources=True, source_adversary=0.3)
+    assert ("batch 8, class-weighted loss, float32; for other sources: lung crop, source-balanced loss, "
             "source adversary 0.3\n") in render_cv_report(result)
 
 

@@ -84,9 +84,9 @@ def test_render_report_names_the_settings_for_other_sources(scored):
     test, calibration, raw = scored
     plain = render_report(TrainConfig(data="synthetic", image_size=32).resolve(), _metrics(test, calibration, raw))
     assert "for other sources" not in plain
-    config = TrainConfig(data="synthetic", image_size=32, intensity="clahe", source_adversary=0.1).resolve()
+    config = TrainConfig(data="synthetic", image_size=32, lungs="crop", source_adversary=0.1).resolve()
     report = render_report(config, _metrics(test, calibration, raw))
-    assert "- for other sources: intensity clahe, source adversary 0.1\n" in report
+    assert "- for other sources: lung crop, source adversary 0.1\n" in report
 
 
 def test_the_report_figure_gets_overlays(tmp_path):
