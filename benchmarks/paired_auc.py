@@ -74,16 +74,25 @@ def folds(folder: Path) -> dict[str, Path]:
     return found
 
 
+def fold_settings(fold: Path):
+    """A fold's settings (its ``config.json``), read for its data and classes. A setting since removed
+    from covidxray that only changed what the fold's model saw (``intensity``) is dropped: a run
+    trained with it is refused as a model, but the folds that measured it still read here."""
+    from covidxray.config import TrainConfig
+
+    values = json.loads((fold / "config.json").read_text())
+    values.pop("intensity", None)
+    return TrainConfig.from_dict(values, str(fold / "config.json"))
+
+
 def fold_pair(first: Path, second: Path) -> tuple[pd.DataFrame, list[str], np.ndarray, np.ndarray, np.ndarray]:
     """What two runs of one fold predicted for the same images: the images' rows of their datasets
     (``label``, ``source``, patients), the classes, the true class indices and each run's probabilities."""
-    from covidxray.config import TrainConfig
     from covidxray.data.sources import load_datasets
     from covidxray.labels import probability_columns
     from covidxray.rundir import TEST_PREDICTIONS as PREDICTIONS
 
-    config = TrainConfig.load(first / "config.json")
-    other = TrainConfig.load(second / "config.json")
+    config, other = fold_settings(first), fold_settings(second)
     def where(data) -> list[str]:  # the folders as read from here: one run may name them relative, one absolute
         return [str(Path(d).resolve()) for d in ([data] if isinstance(data, str) else data)]
 

@@ -230,6 +230,11 @@ def test_paired_auc_compares_two_settings_fold_by_fold_on_the_same_images(datase
     assert [row.split(" | ")[:2] for row in rows[2:]] == [["| weak", "fold-1"], ["| strong", "fold-1"],
                                                           ["| weaker", "fold-1"]]
     assert f"{result['second']:.3f} | - | {result['difference']:+.3f} [" in rows[3]  # no metrics.json: no accuracy
+    fold = second / "fold-1" / "config.json"  # a fold of the removed --intensity still reads, for its data
+    fold.write_text(json.dumps({**json.loads(fold.read_text()), "intensity": "clahe"}))
+    assert load("paired_auc").main(["--first", str(first), "--second", str(second), "--samples", "200",
+                                    "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["settings"][str(second)]["folds"]["fold-1"]["second"] == result["second"]
     (second / "fold-1" / "test_predictions.csv").write_text("path,p_covid,p_normal,p_pneumonia\n")
     with pytest.raises(SystemExit, match="tested other images"):
         load("paired_auc").main(["--first", str(first / "fold-1"), "--second", str(second / "fold-1")])
