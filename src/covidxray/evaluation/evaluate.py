@@ -57,7 +57,7 @@ def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None,
         per_source_required(loaded.table, str(data))
     prep = predictor.preprocessing
     prepared = None
-    if prep.changes_pixels or heat:
+    if prep.segments or heat:
         if not isinstance(loaded.images, np.ndarray):
             raise CovidXrayError(f"{data}: this run crops or masks its images (config.json), or heat in "
                                  "the lungs was asked for; evaluate on the image files, not a shard folder")

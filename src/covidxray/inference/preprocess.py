@@ -78,18 +78,14 @@ class Preprocessing:
 
     @property
     def segments(self) -> bool:
-        """Whether the model's inputs need the lungs segmented (``--lungs crop|mask``)."""
+        """Whether the model's inputs need the lungs segmented (``--lungs crop|mask``), and so differ
+        from the decoded images."""
         return self.lungs != "none"
 
     @property
     def crops(self) -> bool:
         """Whether the model sees the box around the lungs rather than the whole film."""
         return self.lungs == "crop"
-
-    @property
-    def changes_pixels(self) -> bool:
-        """Whether the model's inputs differ from the decoded images (the lungs cropped or masked)."""
-        return self.segments
 
     @property
     def decode_side(self) -> int:

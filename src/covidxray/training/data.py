@@ -46,7 +46,7 @@ def load_data(config: TrainConfig, cache_dir: str | None = None) -> LabelledImag
     prep = Preprocessing.from_config(config, cache_dir)
     data = load_labelled_images(config.data, config.classes, prep.decode_side, cache_dir=cache_dir)
     in_memory = isinstance(data.images, np.ndarray)
-    if not in_memory and (prep.changes_pixels or config.blanking):
+    if not in_memory and (prep.segments or config.blanking):
         raise CovidXrayError("--lungs and the probe's blanking need the images in memory; train on the image "
                              "files, not a shard folder")
     if in_memory:  # the lungs of every image: for --lungs, the lung probes and heat-in-lungs

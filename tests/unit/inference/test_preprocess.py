@@ -204,7 +204,6 @@ def test_the_settings_say_what_to_do_and_travel_with_the_run():
     none, crop, mask = Preprocessing(64), Preprocessing(64, "crop"), Preprocessing(64, "mask")
     assert (none.segments, crop.segments, mask.segments) == (False, True, True)
     assert (none.crops, crop.crops, mask.crops) == (False, True, False)
-    assert (none.changes_pixels, crop.changes_pixels, mask.changes_pixels) == (False, True, True)
     assert none.short() == [] and crop.short() == ["lung crop"] and mask.short() == ["lungs masked"]
     assert crop.settings() == {"lungs": "crop"}
     assert Preprocessing.from_settings(crop.settings()).settings() == crop.settings()
