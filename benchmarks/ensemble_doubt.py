@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from fold_ensemble import fold_members, shared_folds
+from fold_ensemble import add_member_option, fold_members, shared_folds
 from harness import markdown_table, write_results
 
 from covidxray.evaluation.metrics import risk_coverage
@@ -59,14 +59,11 @@ def score_fold(members: list[Path], share: float) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--member", type=Path, action="append", required=True,
-                        help="a cross-validation folder; repeat for each member (two or more)")
+    add_member_option(parser)
     parser.add_argument("--share", type=float, default=0.3, help="share of the images left unanswered")
     parser.add_argument("--out", default="ensemble_doubt.json")
     parser.add_argument("--markdown", default="ensemble_doubt.md")
     args = parser.parse_args(argv)
-    if len(args.member) < 2:
-        parser.error("give two or more --member folders")
     results = [row for fold in shared_folds(args.member) for row in score_fold(fold, args.share)]
     table = markdown_table(
         ["held-out source (images)", "ensemble accuracy (members)", "members disagree", "doubt", "AURC (best)",

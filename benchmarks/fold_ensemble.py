@@ -34,8 +34,16 @@ def fold_members(members: list[Path]) -> tuple:
     return rows, classes, targets, [pairs[0][3]] + [pair[4] for pair in pairs[1:]]
 
 
+def add_member_option(parser: argparse.ArgumentParser) -> None:
+    """``--member``, repeated: the cross-validation folders of the scripts that score several fold by fold."""
+    parser.add_argument("--member", type=Path, action="append", required=True,
+                        help="a cross-validation folder; repeat for each member (two or more)")
+
+
 def shared_folds(members: list[Path]) -> list[list[Path]]:
-    """Per fold that every member holds, its folder in each member."""
+    """Per fold that every member (two or more) holds, its folder in each member."""
+    if len(members) < 2:
+        raise SystemExit("give two or more --member folders")
     member_folds = [folds(member) for member in members]
     shared = sorted(set.intersection(*(set(f) for f in member_folds)))
     if not shared:
@@ -85,14 +93,11 @@ def _row(result: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--member", type=Path, action="append", required=True,
-                        help="a cross-validation folder; repeat for each member (two or more)")
+    add_member_option(parser)
     parser.add_argument("--samples", type=int, default=1000, help="bootstrap resamples (default: 1000)")
     parser.add_argument("--out", default="fold_ensemble.json")
     parser.add_argument("--markdown", default="fold_ensemble.md")
     args = parser.parse_args(argv)
-    if len(args.member) < 2:
-        parser.error("give two or more --member folders")
     results = [score_fold(fold, args.samples) for fold in shared_folds(args.member)]
     table = markdown_table(
         ["held-out source (images)", "ensemble accuracy (members)", "ensemble (members)",

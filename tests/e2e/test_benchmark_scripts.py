@@ -279,7 +279,7 @@ def test_fold_ensemble_averages_the_members_fold_by_fold(dataset, tmp_path):
     assert second["called_covid"] == wrong_normal and second["ensemble_called_covid"] == 0 and "auc" not in second
     assert second["accuracy"] == pytest.approx([1 - w / normal.sum() for w in wrong_normal])
     assert f"called COVID-19: 0 ({', '.join(map(str, wrong_normal))})" in markdown.read_text()
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="two or more --member"):
         load("fold_ensemble").main(["--member", str(members[0])])
 
 

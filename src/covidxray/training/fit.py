@@ -68,9 +68,9 @@ def _rate(config: TrainConfig) -> float:
 
 
 def _compile(model: keras.Model, config: TrainConfig, runtime: Runtime, train_size: int, rate: float = 1.0,
-             epochs: int | None = None, loss="sparse_categorical_crossentropy", metrics=("accuracy",)) -> None:
+             epochs: int | None = None, loss="sparse_categorical_crossentropy", metrics=None) -> None:
     model.compile(optimizer=_optimizer(config, train_size, rate, epochs), loss=loss,
-                  metrics=list(metrics) if isinstance(metrics, tuple) else metrics, jit_compile=runtime.jit_compile,
+                  metrics=["accuracy"] if metrics is None else metrics, jit_compile=runtime.jit_compile,
                   steps_per_execution=runtime.steps_per_execution)
 
 
