@@ -445,3 +445,31 @@ def test_onednn_profile_tables_the_kernels_of_the_measured_epochs_only(tmp_path)
     assert result["epochs"] == 1 and result["step_ms"] > 0 and result["isa"] != "unknown"
     assert result["kernel_ms_per_step"]["convolution backward_weights"] > 0
     assert "| the training step (wall time) |" in table.read_text()
+
+
+def test_adapt_batch_norm_predicts_a_folds_held_out_images_before_and_after(dataset, tmp_path):
+    import pandas as pd
+
+    from covidxray import rundir
+
+    run, table = _untrained_run(dataset, tmp_path)
+    (tmp_path / "cv").mkdir()
+    fold = run.rename(tmp_path / "cv" / "fold-1")
+    rundir.write_csv(fold / "split.csv", table)
+    test = table[table["split"] == "test"]
+    recorded = pd.DataFrame({"path": list(reversed(list(test["path"]))), "p_covid": 1.0, "p_normal": 0.0,
+                             "p_pneumonia": 0.0})  # another order than the split's: the adapted rows follow it
+    recorded.to_csv(fold / "test_predictions.csv", index=False)
+    out = tmp_path / "adapted"
+    assert load("adapt_batch_norm").main([str(tmp_path / "cv"), "--out", str(out)]) == 0
+    result = json.loads((out / "adapt.json").read_text())["fold-1"]
+    assert result["batch_norm_layers"] > 0
+    assert result["before"]["images"] == result["after"]["images"] == len(test)
+    adapted = pd.read_csv(out / "fold-1" / "test_predictions.csv")
+    assert [Path(p).name for p in adapted["path"]] == [Path(p).name for p in recorded["path"]]
+    assert np.allclose(adapted[["p_covid", "p_normal", "p_pneumonia"]].sum(axis=1), 1, atol=1e-5)
+    assert (out / "fold-1" / "config.json").read_text() == (fold / "config.json").read_text()
+    recorded.iloc[1:].to_csv(fold / "test_predictions.csv", index=False)  # not the images the split holds now
+    with pytest.raises(SystemExit, match="not those of test_predictions.csv"):
+        load("adapt_batch_norm").main([str(tmp_path / "cv"), "--out", str(tmp_path / "again")])
+    assert load("adapt_batch_norm").main([str(tmp_path / "nothing"), "--out", str(out)]) == 2
