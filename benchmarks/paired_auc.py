@@ -75,13 +75,16 @@ def folds(folder: Path) -> dict[str, Path]:
 
 
 def fold_settings(fold: Path):
-    """A fold's settings (its ``config.json``), read for its data and classes. A setting since removed
-    from covidxray that only changed what the fold's model saw (``intensity``) is dropped: a run
-    trained with it is refused as a model, but the folds that measured it still read here."""
+    """A fold's settings (its ``config.json``), read for its data and classes. The settings since
+    removed from covidxray only changed what the fold's model saw (``intensity``, ``lungs`` mask), so
+    they are dropped: a run trained with them is refused as a model, but the folds that measured
+    them still read here."""
     from covidxray.config import TrainConfig
 
     values = json.loads((fold / "config.json").read_text())
     values.pop("intensity", None)
+    if values.get("lungs") == "mask":
+        values.pop("lungs")
     return TrainConfig.from_dict(values, str(fold / "config.json"))
 
 

@@ -43,7 +43,7 @@ RUNTIME = "runtime"
 TRACKERS = ("none", "mlflow")
 #: How a model sees an image (--lungs): the whole film, the box around the lungs, or the lungs alone;
 #: :class:`covidxray.inference.preprocess.Preprocessing` is the one place that acts on it.
-LUNG_MODES = ("none", "crop", "mask")
+LUNG_MODES = ("none", "crop")
 #: The smallest validation share other than none (0).
 MIN_VAL_FRACTION = 0.02
 #: Epochs of stage one (the head alone) when a pretrained backbone is fine-tuned in two stages (--head-epochs).
@@ -150,9 +150,8 @@ class TrainConfig:
         "lungs: only the rest is visible) or outside-lungs (only the lungs are visible)", choices=BLANK_REGIONS,
         commands=(TRAIN, PROBE), aliases=("--region",))
     lungs: str = setting(
-        "none", "what the model sees: none (the whole image), crop (the box around both lungs plus a margin, "
-        "resized) or mask (zero outside the lungs); saved with the run and applied by predict, evaluate, serve "
-        "and export", choices=LUNG_MODES)
+        "none", "what the model sees: none (the whole image) or crop (the box around both lungs plus a margin, "
+        "resized); saved with the run and applied by predict, evaluate, serve and export", choices=LUNG_MODES)
     lung_segmenter: str | None = setting(
         None, "the lung segmenter for --lungs, the lung probes and heat-in-lungs: a folder written by covidxray "
         "lungs train, or preset:NAME (default: the shipped preset)", kind=str, metavar="DIR")
@@ -250,12 +249,12 @@ class TrainConfig:
     def from_dict(cls, values: dict, where: str = "config") -> TrainConfig:
         """Settings read back from ``config.json``, checked as the command line's are (types, choices,
         bounds, classes of the task); unknown keys are ignored (the runtime, :class:`Runtime`'s; an older
-        file's recipe and weight decay, no settings now), renamed ones mapped; a run that harmonised its
-        intensities (the removed --intensity) is refused (:func:`refuse_removed_intensity`)."""
+        file's recipe and weight decay, no settings now), renamed ones mapped; a run trained with a removed
+        setting (--intensity, --lungs mask) is refused (:func:`refuse_removed_settings`)."""
         if not isinstance(values, dict):
             raise CovidXrayError(f"{where}: not a covidxray run configuration (a JSON object is expected); "
                                  "retrain the run")
-        refuse_removed_intensity(values, where)
+        refuse_removed_settings(values, where)
         values = {RENAMED.get(k, k): v for k, v in values.items()}
         known = {f.name: f for f in fields(cls)}
         stored = values.get("classes", [])  # derived from the task; a run's file records them
@@ -294,22 +293,26 @@ def recipe_settings(recipe: str | None) -> dict:
     return dict(RECIPES.get(recipe, {}))
 
 
-def refuse_removed_intensity(values, where: str = "config") -> None:
+def refuse_removed_settings(values, where: str = "config") -> None:
     """Raise a :class:`CovidXrayError` where a run's recorded settings ``values`` (its ``config.json``,
-    ``metrics.json``'s run entry, an ONNX export's ``preprocessing`` metadata) say its inputs were
-    intensity-harmonised: the former --intensity is gone, and without it the run's model would be
-    fed other pixels than it was trained on. Absent, null or ``"none"`` (a run of before that left
-    it off) passes.
+    ``metrics.json``'s run entry, an ONNX export's ``preprocessing`` metadata) say its inputs were made
+    by a removed setting: intensity harmonisation (the former ``--intensity``; absent, null or
+    ``"none"`` passes) or every pixel outside the lungs set to 0 (the former ``--lungs mask``).
+    Without it the run's model would be fed other pixels than it was trained on.
 
     The one place that refuses such a run: every reader of recorded settings calls it
     (:meth:`TrainConfig.from_dict`, :meth:`covidxray.inference.preprocess.Preprocessing.from_settings`,
     :class:`covidxray.inference.engines.OnnxModel`)."""
-    stored = values.get("intensity") if isinstance(values, dict) else None
-    if stored in (None, "none"):
+    values = values if isinstance(values, dict) else {}
+    intensity = values.get("intensity")
+    if intensity not in (None, "none"):
+        removed = f"intensity harmonisation (--intensity {intensity})"
+    elif values.get("lungs") == "mask":
+        removed = "every pixel outside the lungs set to 0 (--lungs mask)"
+    else:
         return
-    raise CovidXrayError(f"{where}: this run was trained with intensity harmonisation (--intensity {stored}), which "
-                         "was removed from covidxray (git history keeps it, in the commits before its removal); "
-                         "retrain the run without it")
+    raise CovidXrayError(f"{where}: this run was trained with {removed}, which was removed from covidxray (git "
+                         "history keeps it, in the commits before its removal); retrain the run without it")
 
 
 def stored_weight_decay_conflict(values: dict, where: str = "config") -> str | None:

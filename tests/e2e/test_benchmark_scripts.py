@@ -230,8 +230,8 @@ def test_paired_auc_compares_two_settings_fold_by_fold_on_the_same_images(datase
     assert [row.split(" | ")[:2] for row in rows[2:]] == [["| weak", "fold-1"], ["| strong", "fold-1"],
                                                           ["| weaker", "fold-1"]]
     assert f"{result['second']:.3f} | - | {result['difference']:+.3f} [" in rows[3]  # no metrics.json: no accuracy
-    fold = second / "fold-1" / "config.json"  # a fold of the removed --intensity still reads, for its data
-    fold.write_text(json.dumps({**json.loads(fold.read_text()), "intensity": "clahe"}))
+    fold = second / "fold-1" / "config.json"  # a fold of the removed --intensity and --lungs mask still reads
+    fold.write_text(json.dumps({**json.loads(fold.read_text()), "intensity": "clahe", "lungs": "mask"}))
     assert load("paired_auc").main(["--first", str(first), "--second", str(second), "--samples", "200",
                                     "--out", str(out)]) == 0
     assert json.loads(out.read_text())["settings"][str(second)]["folds"]["fold-1"]["second"] == result["second"]

@@ -209,6 +209,12 @@ def test_a_config_json_with_intensity_harmonisation_is_refused_naming_the_file(t
         TrainConfig.from_dict({"data": "d", "intensity": intensity}, "run/config.json")
 
 
+def test_a_config_json_of_the_lungs_masked_is_refused_naming_the_file():
+    with pytest.raises(CovidXrayError, match=r"^run/config.json: this run was trained with every pixel outside the "
+                       r"lungs set to 0 \(--lungs mask\), which was removed from covidxray"):
+        TrainConfig.from_dict({"data": "d", "lungs": "mask"}, "run/config.json")
+
+
 def test_a_recipe_fills_its_settings_and_options_given_beside_it_win():
     from covidxray.config import RECIPES
 
@@ -223,7 +229,7 @@ def test_a_recipe_fills_its_settings_and_options_given_beside_it_win():
         TrainConfig.for_command("cv", data="x", recipe="fastai")
     robust = TrainConfig.for_command("train", data="x", recipe="source-robust")
     assert robust.lungs == "crop" and robust.source_adversary == 0 and (robust.model, robust.epochs) == ("compactnet", 30)
-    assert TrainConfig.for_command("train", data="x", recipe="source-robust", lungs="mask").lungs == "mask"
+    assert TrainConfig.for_command("train", data="x", recipe="source-robust", lungs="none").lungs == "none"
 
 
 def test_a_run_made_from_a_recipe_equals_one_given_its_settings(tmp_path):
@@ -302,6 +308,10 @@ def test_the_shipped_and_committed_config_files_load():
         values = json.loads(path.read_text())
         if values.get("intensity", "none") != "none":  # the folds that measured the removed --intensity
             with pytest.raises(CovidXrayError, match=r"intensity harmonisation \(--intensity clahe\), which was removed"):
+                TrainConfig.load(path)
+            continue
+        if values.get("lungs") == "mask":  # and those that measured the removed --lungs mask
+            with pytest.raises(CovidXrayError, match=r"outside the lungs set to 0 \(--lungs mask\), which was removed"):
                 TrainConfig.load(path)
             continue
         config, runtime = TrainConfig.load(path), Runtime.load(path)

@@ -1,4 +1,4 @@
-"""Lung-aware model inputs: crop to the lungs or zero outside them, blank regions for the probes.
+"""Lung-aware model inputs: crop to the lungs, blank regions for the probes.
 Pure numpy and Pillow: the masks come from the lung segmenter (:mod:`covidxray.inference.lungs`),
 and :mod:`covidxray.inference.preprocess` chains these steps the same way for training, predict,
 evaluate, serve and export.
@@ -6,7 +6,7 @@ evaluate, serve and export.
 ``--lungs crop`` keeps the box around both lungs plus a margin (:data:`MARGIN`): the lung masks of
 the segmenter (as the SCR and ieee8023 masks it learned from) stop at the heart and the diaphragm's
 dome, but the pleura, the costophrenic angles and the lung behind the heart and below the dome lie
-just outside them. ``--lungs mask`` sets every pixel outside the lungs to 0. Images are decoded at
+just outside them. Images are decoded at
 twice the model's side (``Preprocessing.decode_side``) before cropping, so a crop keeps the model's resolution.
 """
 
@@ -46,10 +46,10 @@ def resize_box(image: np.ndarray, box, size: int, resample=Image.Resampling.BILI
     return np.asarray(Image.fromarray(image).resize((size, size), resample, box=pixels))
 
 
-def lung_view(image: np.ndarray, mask: np.ndarray | None, size: int, *, crop: bool = False,
-              zero_outside: bool = False) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float, float, float]]:
+def lung_view(image: np.ndarray, mask: np.ndarray | None, size: int, *,
+              crop: bool = False) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float, float, float]]:
     """A ``size`` x ``size`` view of a 2-D uint8 ``image``: ``(view, view_mask, box)``; ``crop``: the
-    box around its lungs (:func:`crop_box`), ``zero_outside``: 0 outside its lungs.
+    box around its lungs (:func:`crop_box`).
 
     ``mask``: the image's lungs (same shape; None or empty: segmentation failed, and the whole
     image is used). ``view_mask`` is the lung mask in the view's pixels (None without ``mask``);
@@ -61,8 +61,6 @@ def lung_view(image: np.ndarray, mask: np.ndarray | None, size: int, *, crop: bo
     view_mask = None
     if mask is not None:
         view_mask = resize_box(mask.astype(np.uint8) * 255, box, size) >= 128
-    if zero_outside and found:
-        view = np.where(view_mask, view, 0).astype(np.uint8)
     return view, view_mask, box
 
 

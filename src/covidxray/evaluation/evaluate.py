@@ -36,7 +36,7 @@ def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None,
     also measure the share of Grad-CAM heat inside the lungs (``"heat_in_lungs"``; Keras engine).
     ``predictions``: a CSV file to write with one row per image evaluated
     (:meth:`ScoredPredictions.per_image`: path, true label, predicted class, source and the
-    calibrated probability of each class; plus the lung mask's flag for a ``--lungs crop|mask`` run).
+    calibrated probability of each class; plus the lung mask's flag for a ``--lungs crop`` run).
     """
     if predictions is not None:
         check_writable(predictions, "--predictions")  # before any work

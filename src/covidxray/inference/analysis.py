@@ -38,7 +38,7 @@ class Analysis:
     image_png: bytes  # the X-ray as read (grayscale, longest side DISPLAY_SIZE px)
     heatmap_png: bytes  # the Grad-CAM figure of the predicted class (heatmaps.heatmap_figure: the whole X-ray,
     #                     the map over what the model saw, the crop's box, the lungs' outline, class, colour bar)
-    lungs: str = OK  # the lung mask's flag: ok, or why no outline is drawn (and, for --lungs crop|mask, the whole image used)
+    lungs: str = OK  # the lung mask's flag: ok, or why no outline is drawn (and, for --lungs crop, the whole image used)
     cropped: bool = False  # the heatmap shows the lungs' box the model saw (--lungs crop), not the whole X-ray
     unlike_training: bool | None = None  # looks unlike the run's training data (None: the run cannot tell)
 
@@ -83,7 +83,7 @@ class XrayAnalyzer:
             probabilities, decided = self.predictor.predict(inputs.images)
             heatmaps = grad_cam(self.predictor.model, inputs.images, class_indices=[int(d) for d in decided])
             unlike = self.predictor.unlike_training(inputs.images, probabilities)
-        crop = self.predictor.preprocessing.crops
+        crop = self.predictor.preprocessing.segments
 
         def render(i: int) -> Analysis:
             quality = inputs.quality[i]

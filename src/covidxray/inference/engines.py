@@ -20,7 +20,7 @@ from typing import ClassVar
 import numpy as np
 
 from covidxray import rundir
-from covidxray.config import refuse_removed_intensity
+from covidxray.config import refuse_removed_settings
 from covidxray.errors import CovidXrayError
 
 PREDICT_BATCH = 64
@@ -241,7 +241,7 @@ class OnnxModel:
         except Exception as error:  # onnxruntime raises its own exception types for a bad file
             raise CovidXrayError(f"{self.path}: not an ONNX model exported by covidxray ({error}); "
                                  "export it again with covidxray export") from None
-        refuse_removed_intensity(metadata.get("preprocessing"), str(self.path))
+        refuse_removed_settings(metadata.get("preprocessing"), str(self.path))
         self.classes = tuple(metadata["classes"])
         self.image_size = int(metadata["image_size"])
         self.input_name = self.session.get_inputs()[0].name

@@ -128,7 +128,7 @@ def predict_files(predictor, paths, *, heatmaps=None):
     image looks unlike the run's training data; only where the run can tell), plus ``"heatmap"`` (the path of its Grad-CAM
     figure, :func:`write_heatmaps`) when ``heatmaps`` names a folder, and ``"lungs"`` (the lung
     mask's flag: ``ok``, or why the whole image was used) for a run trained with ``--lungs
-    crop|mask``; ``failures`` maps each unreadable file to its error.
+    crop``; ``failures`` maps each unreadable file to its error.
     """
     classes = predictor.classes
     side = predictor.decode_side
@@ -193,7 +193,7 @@ def predict_files(predictor, paths, *, heatmaps=None):
         names = [n for n, x in zip(heatmap_names(paths), loaded) if not isinstance(x, ImageReadError)]
         written = write_heatmaps(predictor.model, images, [p for p, _ in good], decided, heatmaps, classes=classes,
                                  probabilities=probabilities, lungs=outlines, boxes=inputs.boxes,
-                                 crop=predictor.preprocessing.crops, names=names,
+                                 crop=predictor.preprocessing.segments, names=names,
                                  notes=[heatmap_note(result) for result in results])
         for result, heatmap in zip(results, written):
             result["heatmap"] = heatmap

@@ -62,7 +62,7 @@ class Predictor:
 
     @property
     def decode_side(self) -> int:
-        """The side images are decoded at for :meth:`prepare` (twice the model's with ``--lungs crop|mask``)."""
+        """The side images are decoded at for :meth:`prepare` (twice the model's with ``--lungs crop``)."""
         return self.preprocessing.decode_side
 
     def prepare(self, images, digests=None, *, lungs: bool = False) -> ModelInputs:

@@ -10,7 +10,7 @@ what to do, and call :meth:`Preprocessing.apply` with images decoded at :attr:`P
     inputs.images                              # (n, size, size, 1) uint8, what the model takes
     inputs.lungs, inputs.quality, inputs.boxes # the lung masks in the inputs' pixels, their flags, the crops
 
-With ``lungs`` ``crop`` or ``mask`` every image is segmented by the run's lung segmenter (masks
+With ``lungs`` ``crop`` every image is segmented by the run's lung segmenter (masks
 cached by pixel digest); an image whose mask is flagged (:data:`covidxray.inference.lungs.QUALITY`)
 is used whole, and listed in :attr:`ModelInputs.fallback`.
 """
@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from covidxray.config import LUNG_MODES, refuse_removed_intensity
+from covidxray.config import LUNG_MODES, refuse_removed_settings
 from covidxray.data.lungviews import FULL, lung_view
 from covidxray.errors import CovidXrayError
 from covidxray.inference.lungs import OK
 
-#: The largest side images are decoded at for a lung crop or mask.
+#: The largest side images are decoded at for a lung crop.
 LARGEST_DECODE = 1024
 
 
@@ -41,13 +41,13 @@ class ModelInputs:
 
     @property
     def fallback(self) -> list[int]:
-        """Rows whose lungs were not found reliably (flagged): used whole, not cropped or masked."""
+        """Rows whose lungs were not found reliably (flagged): used whole, not cropped."""
         return [] if self.quality is None else [i for i, q in enumerate(self.quality) if q != OK]
 
 
 @dataclass
 class Preprocessing:
-    """What a run's model sees: ``size`` pixels a side and the lungs (``none``, ``crop``, ``mask``)."""
+    """What a run's model sees: ``size`` pixels a side and the lungs (``none`` or ``crop``)."""
 
     size: int
     lungs: str = "none"
@@ -67,9 +67,9 @@ class Preprocessing:
     @classmethod
     def from_settings(cls, settings: dict, size: int = 1, where: str = "the run's settings") -> Preprocessing:
         """The preprocessing that :meth:`settings` wrote into a run's ``metrics.json`` or config (absent:
-        none); ``where`` names them in the error that refuses a run trained with the removed intensity
-        harmonisation (:func:`~covidxray.config.refuse_removed_intensity`)."""
-        refuse_removed_intensity(settings, where)
+        none); ``where`` names them in the error that refuses a run trained with a removed setting
+        (:func:`~covidxray.config.refuse_removed_settings`)."""
+        refuse_removed_settings(settings, where)
         return cls(size, settings.get("lungs") or "none")
 
     def settings(self) -> dict:
@@ -78,19 +78,14 @@ class Preprocessing:
 
     @property
     def segments(self) -> bool:
-        """Whether the model's inputs need the lungs segmented (``--lungs crop|mask``), and so differ
-        from the decoded images."""
+        """Whether the model's inputs need the lungs segmented (``--lungs crop``): it sees the box
+        around the lungs rather than the whole decoded film."""
         return self.lungs != "none"
-
-    @property
-    def crops(self) -> bool:
-        """Whether the model sees the box around the lungs rather than the whole film."""
-        return self.lungs == "crop"
 
     @property
     def decode_side(self) -> int:
         """The side images must be decoded at for :meth:`apply`: the model's, or twice it (at most
-        :data:`LARGEST_DECODE`, never less than the model's) where the lungs are cropped or masked,
+        :data:`LARGEST_DECODE`, never less than the model's) where the lungs are cropped,
         so that a crop keeps the model's resolution."""
         return min(2 * self.size, max(self.size, LARGEST_DECODE)) if self.segments else self.size
 
@@ -136,15 +131,14 @@ class Preprocessing:
         boxes = np.tile(np.asarray(FULL), (len(images), 1))
         for i, (image, found) in enumerate(zip(images, masks)):
             reliable = found.quality == OK  # flagged: the whole image
-            views[i], view_masks[i], boxes[i] = lung_view(image, found.mask, self.size, crop=reliable and self.crops,
-                                                          zero_outside=reliable and self.lungs == "mask")
+            views[i], view_masks[i], boxes[i] = lung_view(image, found.mask, self.size,
+                                                          crop=reliable and self.segments)
         return ModelInputs(views[..., None], view_masks, [m.quality for m in masks], boxes)
 
     def short(self) -> list[str]:
         """The preprocessing in a few words per setting that is on: ``["lung crop"]``."""
-        return [{"crop": "lung crop", "mask": "lungs masked"}[self.lungs]] if self.segments else []
+        return ["lung crop"] if self.segments else []
 
     def describe(self) -> str:
         """The preprocessing in words, for reports and cards."""
-        return {"none": "the whole image", "crop": "cropped to the box around both lungs (plus a margin)",
-                "mask": "zero outside the lungs"}[self.lungs]
+        return {"none": "the whole image", "crop": "cropped to the box around both lungs (plus a margin)"}[self.lungs]

@@ -40,7 +40,7 @@ class PreparedData:
 def load_data(config: TrainConfig, cache_dir: str | None = None) -> LabelledImages:
     """Read and decode the data of ``config`` (resolved; decoded images cached in ``cache_dir``, default
     ``~/.cache/covidxray``) and make the model's inputs
-    (:class:`~covidxray.inference.preprocess.Preprocessing`: the lungs cropped or masked); with a
+    (:class:`~covidxray.inference.preprocess.Preprocessing`: the lungs cropped); with a
     probe's blanking, hide the lung field (a central box, or the segmented lungs) or everything but
     the lungs."""
     prep = Preprocessing.from_config(config, cache_dir)

@@ -121,26 +121,14 @@ def test_lung_view_mask_is_aligned_with_the_view():
         assert agree > 0.97, (crop, agree)
 
 
-def test_lung_view_mask_mode_zeroes_outside_the_lungs():
-    mask = two_lungs()
-    image = lung_image(mask)
-    view, view_mask, box = lung_view(image, mask, 64, zero_outside=True)
-    whole, _, _ = lung_view(image, mask, 64)
-    assert box == FULL
-    assert (view[~view_mask] == 0).all()
-    np.testing.assert_array_equal(view[view_mask], whole[view_mask])
-    assert view[view_mask].min() > 0
-
-
-@pytest.mark.parametrize("mode", [{"crop": True}, {"zero_outside": True}])
-def test_lung_view_without_lungs_uses_the_whole_image(mode):
+def test_lung_view_without_lungs_uses_the_whole_image():
     rng = np.random.default_rng(0)
     image = rng.integers(1, 256, (96, 96), dtype=np.uint8)
     whole = resize_box(image, FULL, 48)
-    view, view_mask, box = lung_view(image, np.zeros((96, 96), bool), 48, **mode)
+    view, view_mask, box = lung_view(image, np.zeros((96, 96), bool), 48, crop=True)
     assert box == FULL and not view_mask.any()
-    np.testing.assert_array_equal(view, whole)  # not zeroed, not cropped
-    view, view_mask, box = lung_view(image, None, 48, **mode)
+    np.testing.assert_array_equal(view, whole)  # not cropped
+    view, view_mask, box = lung_view(image, None, 48, crop=True)
     assert box == FULL and view_mask is None
     np.testing.assert_array_equal(view, whole)
 

@@ -71,6 +71,10 @@ def test_an_onnx_export_of_a_run_that_harmonised_its_intensities_is_refused(tmp_
     with pytest.raises(CovidXrayError, match=f"^{re.escape(str(harmonised))}: this run was trained with intensity "
                        r"harmonisation \(--intensity clahe\), which was removed from covidxray"):
         OnnxModel(harmonised)
+    masked = exported("mask.onnx", {"lungs": "mask", "decode_side": 4})
+    with pytest.raises(CovidXrayError, match=f"^{re.escape(str(masked))}: this run was trained with every pixel "
+                       r"outside the lungs set to 0 \(--lungs mask\), which was removed from covidxray"):
+        OnnxModel(masked)
 
 
 BACKEND_SCRIPT = r"""

@@ -83,7 +83,7 @@ def test_lungs_true_segments_the_whole_images_too():
     assert inputs.quality == quality and (inputs.boxes == FULL).all()
 
 
-@pytest.mark.parametrize("lungs, side", [("none", SIZE), ("crop", 2 * SIZE), ("mask", 2 * SIZE)])
+@pytest.mark.parametrize("lungs, side", [("none", SIZE), ("crop", 2 * SIZE)])
 def test_a_wrong_side_is_refused_naming_the_expected_one(lungs, side):
     prep = Preprocessing(size=SIZE, lungs=lungs)
     prep._segmenter = Refuses()
@@ -121,21 +121,9 @@ def test_crop_mode_without_digests_passes_none():
     assert prep._segmenter.calls[0]["digests"] == [None, None, None]
 
 
-def test_mask_mode_zeroes_outside_the_lungs_of_reliable_images():
-    prep, images, _, _ = prepared("mask")
-    inputs = prep.apply(images)
-    views, lungs = inputs.images[..., 0], inputs.lungs
-    assert (inputs.boxes == FULL).all()
-    for i in (0, 2):
-        assert (views[i][~lungs[i]] == 0).all() and views[i][lungs[i]].min() > 0
-    assert (views[1][~lungs[1]] > 0).all()  # flagged: left whole
-    assert inputs.fallback == [1]
-
-
 def test_describe_names_the_lung_mode():
     assert Preprocessing(SIZE).describe() == "the whole image"
     assert "crop" in Preprocessing(SIZE, "crop").describe()
-    assert "zero outside the lungs" in Preprocessing(SIZE, "mask").describe()
 
 
 def test_from_config_takes_the_runs_settings():
@@ -143,9 +131,9 @@ def test_from_config_takes_the_runs_settings():
     prep = Preprocessing.from_config(config)
     assert (prep.size, prep.lungs, prep.segmenter_path, prep.cache_dir) == (64, "crop", None, None)
     assert prep.decode_side == 128
-    config = TrainConfig(data="x", lungs="mask", image_size=48, lung_segmenter="seg")
+    config = TrainConfig(data="x", lungs="crop", image_size=48, lung_segmenter="seg")
     prep = Preprocessing.from_config(config, cache_dir="c")  # where this machine caches: the runtime's
-    assert (prep.size, prep.lungs, prep.segmenter_path, prep.cache_dir) == (48, "mask", "seg", "c")
+    assert (prep.size, prep.lungs, prep.segmenter_path, prep.cache_dir) == (48, "crop", "seg", "c")
 
 
 def test_the_shipped_segmenter_crops_real_films_and_caches_their_masks(tmp_path, monkeypatch):
@@ -187,7 +175,6 @@ def test_the_shipped_segmenter_crops_real_films_and_caches_their_masks(tmp_path,
 def test_decode_side_is_the_size_without_lungs_and_twice_it_with_them():
     assert Preprocessing(128).decode_side == 128
     assert Preprocessing(128, "crop").decode_side == 256
-    assert Preprocessing(128, "mask").decode_side == 256
 
 
 def test_decode_side_is_capped_at_the_largest_side_but_never_below_the_size(monkeypatch):
@@ -201,10 +188,9 @@ def test_decode_side_is_capped_at_the_largest_side_but_never_below_the_size(monk
 
 
 def test_the_settings_say_what_to_do_and_travel_with_the_run():
-    none, crop, mask = Preprocessing(64), Preprocessing(64, "crop"), Preprocessing(64, "mask")
-    assert (none.segments, crop.segments, mask.segments) == (False, True, True)
-    assert (none.crops, crop.crops, mask.crops) == (False, True, False)
-    assert none.short() == [] and crop.short() == ["lung crop"] and mask.short() == ["lungs masked"]
+    none, crop = Preprocessing(64), Preprocessing(64, "crop")
+    assert (none.segments, crop.segments) == (False, True)
+    assert none.short() == [] and crop.short() == ["lung crop"]
     assert crop.settings() == {"lungs": "crop"}
     assert Preprocessing.from_settings(crop.settings()).settings() == crop.settings()
     assert Preprocessing.from_settings({}).settings() == none.settings()  # a run from before the settings
@@ -215,7 +201,7 @@ def test_the_settings_say_what_to_do_and_travel_with_the_run():
 
 
 def test_an_unknown_lung_mode_is_refused():
-    with pytest.raises(CovidXrayError, match="--lungs must be one of none, crop, mask; got 'lobes'"):
+    with pytest.raises(CovidXrayError, match="--lungs must be one of none, crop; got 'lobes'"):
         Preprocessing(8, "lobes")
 
 
@@ -225,4 +211,11 @@ def test_settings_of_a_run_that_harmonised_its_intensities_are_refused(intensity
                        rf"\(--intensity {intensity}\), which was removed from covidxray \(git history keeps it, in the "
                        r"commits before its removal\); retrain the run without it$"):
         Preprocessing.from_settings({"lungs": "crop", "intensity": intensity}, where="run/metrics.json")
+
+
+def test_settings_of_a_run_that_masked_everything_but_the_lungs_are_refused():
+    with pytest.raises(CovidXrayError, match=r"^run/metrics.json: this run was trained with every pixel outside the "
+                       r"lungs set to 0 \(--lungs mask\), which was removed from covidxray \(git history keeps it, in "
+                       r"the commits before its removal\); retrain the run without it$"):
+        Preprocessing.from_settings({"lungs": "mask"}, where="run/metrics.json")
 
