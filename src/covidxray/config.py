@@ -41,7 +41,7 @@ WEIGHT_DECAY = {"cosine": 0.0, "one-cycle": 0.01}
 RUNTIME = "runtime"
 #: Where a training run is also logged (--track); TensorBoard logs are written in every run.
 TRACKERS = ("none", "mlflow")
-#: How a model sees an image (--lungs): the whole film, the box around the lungs, or the lungs alone;
+#: How a model sees an image (--lungs): the whole film or the box around the lungs;
 #: :class:`covidxray.inference.preprocess.Preprocessing` is the one place that acts on it.
 LUNG_MODES = ("none", "crop")
 #: The smallest validation share other than none (0).

@@ -6,8 +6,8 @@ evaluate, serve and export.
 ``--lungs crop`` keeps the box around both lungs plus a margin (:data:`MARGIN`): the lung masks of
 the segmenter (as the SCR and ieee8023 masks it learned from) stop at the heart and the diaphragm's
 dome, but the pleura, the costophrenic angles and the lung behind the heart and below the dome lie
-just outside them. Images are decoded at
-twice the model's side (``Preprocessing.decode_side``) before cropping, so a crop keeps the model's resolution.
+just outside them. Images are decoded at twice the model's side (``Preprocessing.decode_side``)
+before cropping, so a crop keeps the model's resolution.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ The exported graph is the inference model: the augmentation layer is cut off, so
 reaches it. The class names and the input size travel with it (ONNX metadata, or a
 ``covidxray.json`` inside the SavedModel folder), so predicting needs nothing else, except for a
 run trained with ``--lungs crop``: the metadata's ``preprocessing`` says so, and
-``load_predictor(run, engine="onnxruntime")`` crops (with the Keras lung segmenter) or masks the
-inputs as training did.
+``load_predictor(run, engine="onnxruntime")`` crops (with the Keras lung segmenter) the inputs as
+training did.
 """
 
 from __future__ import annotations
