@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from harness import model_folds
 from refit_familiarity import part  # a part of a run's split, read and prepared as the model saw it
 
 from covidxray.inference.familiarity import FLAG_SHARE  # each rule flags this share of the validation images
@@ -164,8 +165,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for fold in sorted(args.cv_run.glob("fold-*")):
-        if (fold / "model.keras").is_file() and (fold / "metrics.json").is_file():
+    for fold in model_folds(args.cv_run):
+        if (fold / "metrics.json").is_file():
             rows += measure(score_fold(fold, args.out), fold.name)
     (args.out / "abstention.json").write_text(json.dumps(rows, indent=1))
     (args.out / "abstention.md").write_text(markdown(rows))

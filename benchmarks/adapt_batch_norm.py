@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from harness import model_folds
 from refit_familiarity import part  # a part of a run's split, read and prepared as the model saw it
 from sklearn.metrics import roc_auc_score
 
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data-root", type=Path, default=Path("../shared/data"),
                         help="the folder relative paths of split.csv are under (default ../shared/data)")
     args = parser.parse_args(argv)
-    folds = sorted(p for p in args.run.glob("fold-*") if (p / "model.keras").is_file())
+    folds = model_folds(args.run)
     if args.fold:
         folds = [p for p in folds if int(p.name.split("-")[1]) in args.fold]
     if not folds:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from harness import write_results
+from harness import model_folds, write_results
 
 SUMMARY_METRICS = ("accuracy", "loss", "sensitivity", "specificity", "auc")
 
@@ -64,7 +64,7 @@ def rescore(cv: Path, views: int, out: Path, *, cache_dir=None) -> dict:
     from covidxray.labels import probability_columns
     from covidxray.rundir import TEST_PREDICTIONS as FOLD_PREDICTIONS
 
-    folds = sorted((f for f in cv.glob("fold-*") if (f / "model.keras").is_file()), key=lambda f: int(f.name[5:]))
+    folds = model_folds(cv)
     if not folds or not (cv / "cv.json").is_file():
         raise SystemExit(f"{cv}: not a finished cross-validation with its models (cv.json, fold-K/model.keras)")
     finished = json.loads((cv / "cv.json").read_text())

@@ -154,6 +154,11 @@ def synthetic_images(n: int, size: int, num_classes: int = 3):
 # Results
 
 
+def model_folds(cv: Path) -> list[Path]:
+    """The ``fold-K`` folders of a ``covidxray cv`` output that hold their model, in fold order."""
+    return sorted((f for f in Path(cv).glob("fold-*") if (f / "model.keras").is_file()), key=lambda f: int(f.name[5:]))
+
+
 def markdown_table(header: list[str], rows: Iterable[Iterable], align: str = "", caption: str = "") -> str:
     """A Markdown table; ``align``: one letter a column, ``l`` or ``r`` (default: the first column
     left, the others right); ``caption``: a paragraph above it."""
