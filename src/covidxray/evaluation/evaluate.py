@@ -59,7 +59,7 @@ def evaluate(run: str | Path | Predictor | None, data, *, cache_dir=None,
     prepared = None
     if prep.segments or heat:
         if not isinstance(loaded.images, np.ndarray):
-            raise CovidXrayError(f"{data}: this run crops or masks its images (config.json), or heat in "
+            raise CovidXrayError(f"{data}: this run crops its images to the lungs (config.json), or heat in "
                                  "the lungs was asked for; evaluate on the image files, not a shard folder")
         prepared = predictor.prepare(loaded.images, list(loaded.table["pixels"]), lungs=heat)
     raw = predictor.predict_raw(loaded.images if prepared is None else prepared.images)
