@@ -4,10 +4,12 @@ The ensemble run folder holds one ``model.keras`` that averages the members' pro
 (:func:`covidxray.models.ensemble.average_models`), so predict, evaluate, serve, export and a
 preset read it as they read any run, and decide by one rule: the most probable class of the
 average (no temperature: each member's own scaling would no longer apply to the mean). Members
-must share the task, input size and preprocessing. Its ``split.csv`` counts an image as trained
-on when any member trained or validated on it, and as test otherwise; ``metrics.json`` holds the
-ensemble's metrics on those test images (none when every image trained a member, as with the
-folds of one cross-validation: evaluate it on other data).
+must share the task, input size and preprocessing. Its ``split.csv`` counts an image (its pixels,
+where the members' splits record them: a shipped preset lists its images relative to their
+dataset folder, a run by full path) as trained on when any member trained or validated on it, and
+as test otherwise; ``metrics.json`` holds the ensemble's metrics on those test images that are on
+this machine (none when every image trained a member, as with the folds of one cross-validation:
+evaluate it on other data).
 ``metrics.json`` names the members. An ensemble has no ``familiarity.npz``: it flags nothing
 as unlike its training data.
 """
@@ -50,7 +52,10 @@ def make_ensemble(runs: list, out: str | Path, *, overwrite: bool = False) -> di
         rundir.write_csv(target.file(rundir.SPLIT), split)
     atomic_save(target.file(rundir.MODEL), model.save)
     metrics = {"members": [str(m.path) for m in members], "test": None}
-    test = split[split["split"] == "test"] if split is not None else []
+    test = split[(split["split"] == "test") & split["path"].map(_on_disk)] if split is not None else []
+    if split is not None and len(test) < (split["split"] == "test").sum():
+        log.info("%d of the ensemble's test images are not on this machine: not scored",
+                 (split["split"] == "test").sum() - len(test))
     if len(test):
         from covidxray.evaluation.evaluate import evaluate
 
@@ -88,7 +93,15 @@ def _common_split(members: list[rundir.RunDir]) -> pd.DataFrame | None:
     if not splits:
         return None
     table = pd.concat(splits, ignore_index=True)
-    used = set(table.loc[table["split"].isin(("train", "validation")), "path"])
-    first = table.drop_duplicates("path", keep="first").copy()
-    first["split"] = ["train" if path in used else "test" for path in first["path"]]
+    key = "pixels" if "pixels" in table and (table["pixels"].fillna("") != "").all() else "path"
+    used = set(table.loc[table["split"].isin(("train", "validation")), key])
+    on_disk = table["path"].map(_on_disk)
+    first = table.loc[on_disk.sort_values(ascending=False, kind="stable").index]  # a row whose file is here first
+    first = first.drop_duplicates(key, keep="first").sort_index().copy()
+    first["split"] = ["train" if image in used else "test" for image in first[key]]
     return first.reset_index(drop=True)
+
+
+def _on_disk(path: str) -> bool:
+    """True for a split's full path to a file on this machine (a shipped preset's are relative)."""
+    return Path(path).is_absolute() and Path(path).is_file()

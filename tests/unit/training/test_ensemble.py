@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -43,6 +44,24 @@ def test_an_ensemble_averages_its_members_and_is_scored_on_images_no_member_saw(
     assert metrics["test"]["n"] == int((split["split"] == "test").sum()) > 0
     stored = json.loads(rundir.RunDir(tmp_path / "ensemble").file(rundir.METRICS).read_text())
     assert stored["members"] == [str(rundir.RunDir(m).path) for m in members]  # the one record of the members
+
+
+def test_an_ensemble_with_a_member_that_lists_its_images_relative_counts_each_image_once(members, tmp_path):
+    # a shipped preset's split.csv lists its images relative to their dataset folder; a run's by full path
+    preset_like = rundir.RunDir(members[1])
+    split = preset_like.read_split(columns=("path", "pixels", "split"))
+    root = tmp_path / "data"
+    split["path"] = [str(Path(p).relative_to(root.parent)) for p in split["path"]]
+    rundir.write_csv(preset_like.file(rundir.SPLIT), split)
+    metrics = make_ensemble([str(r) for r in members], tmp_path / "ensemble")
+    ensemble = rundir.RunDir(tmp_path / "ensemble").read_split()
+    first = rundir.RunDir(members[0]).read_split()
+    assert len(ensemble) == len(first)
+    assert set(ensemble.loc[ensemble["split"] == "test", "path"]) == set(first.loc[first["split"] == "test", "path"])
+    assert metrics["test"]["n"] == int((first["split"] == "test").sum())
+    # with the relative member first, its test rows are not on this machine's working folder: the full paths win
+    metrics = make_ensemble([str(members[1]), str(members[0])], tmp_path / "reversed")
+    assert metrics["test"]["n"] == int((first["split"] == "test").sum())
 
 
 def test_the_command_refuses_to_replace_an_ensemble_and_runs_that_do_not_match(members, tmp_path, capsys):
