@@ -8,10 +8,11 @@ Each ``--member`` is a cross-validation folder (``covidxray cv --out``, or the f
 ``benchmarks/results/cv/NAME``) whose folds tested the same images; every fold that all members
 hold is scored, read as ``paired_auc.py`` reads them (run it from where the cross-validation ran).
 The ensemble is the mean of the members' calibrated probabilities (``covidxray ensemble`` averages
-them before calibration), its class the most probable one. Per fold: the accuracy of each member and of the ensemble; where the
-fold holds COVID and non-COVID images, the COVID AUC, with the paired difference of the ensemble to
-each member (whole-patient resamples, ``paired_auc_difference``); where it holds no COVID
-image (a held-out source of normal films), how many of them each one calls COVID-19.
+them before calibration), its class the most probable one. Per fold: the accuracy of each member
+and of the ensemble; where the fold holds COVID and non-COVID images, the COVID AUC, with the
+paired difference of the ensemble to each member (whole-patient resamples,
+``paired_auc_difference``); where it holds no COVID image (a held-out source of normal films), how
+many of them each one calls COVID-19.
 """
 
 from __future__ import annotations

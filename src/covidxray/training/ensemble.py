@@ -52,10 +52,10 @@ def make_ensemble(runs: list, out: str | Path, *, overwrite: bool = False) -> di
         rundir.write_csv(target.file(rundir.SPLIT), split)
     atomic_save(target.file(rundir.MODEL), model.save)
     metrics = {"members": [str(m.path) for m in members], "test": None}
-    test = split[(split["split"] == "test") & split["path"].map(_on_disk)] if split is not None else []
-    if split is not None and len(test) < (split["split"] == "test").sum():
-        log.info("%d of the ensemble's test images are not on this machine: not scored",
-                 (split["split"] == "test").sum() - len(test))
+    held_out = split[split["split"] == "test"] if split is not None else pd.DataFrame(columns=["path"])
+    test = held_out[held_out["path"].map(_on_disk)]
+    if len(test) < len(held_out):
+        log.info("%d of the ensemble's test images are not on this machine: not scored", len(held_out) - len(test))
     if len(test):
         from covidxray.evaluation.evaluate import evaluate
 
