@@ -50,8 +50,7 @@ def test_an_ensemble_with_a_member_that_lists_its_images_relative_counts_each_im
     # a shipped preset's split.csv lists its images relative to their dataset folder; a run's by full path
     preset_like = rundir.RunDir(members[1])
     split = preset_like.read_split(columns=("path", "pixels", "split"))
-    root = tmp_path / "data"
-    split["path"] = [str(Path(p).relative_to(root.parent)) for p in split["path"]]
+    split["path"] = [str(Path(p).relative_to(tmp_path)) for p in split["path"]]  # data/covid/x.png
     rundir.write_csv(preset_like.file(rundir.SPLIT), split)
     metrics = make_ensemble([str(r) for r in members], tmp_path / "ensemble")
     ensemble = rundir.RunDir(tmp_path / "ensemble").read_split()
